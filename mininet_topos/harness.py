@@ -1,0 +1,297 @@
+"""Start and stop a whole PRISM network: ryu-manager, Mininet on OVS, and the cells.
+
+Used by ``prism demo`` and by the integration tests, so both run the same
+thing. Everything started here is ended by PID and every bridge and host is
+removed in ``stop()``, which ``with PrismNetwork(...)`` always calls.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from functools import partial
+from pathlib import Path
+from typing import Dict, List, Optional, Sequence
+
+import yaml
+from mininet.net import Mininet
+from mininet.node import OVSSwitch, RemoteController
+
+from mininet_topos.prism_topo import (
+    IP_BASE,
+    SWITCH_NAME,
+    PrismTopo,
+    cell_names,
+    client_names,
+    prism_config,
+    server_names,
+)
+
+LOG = logging.getLogger("prism.harness")
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+DIRECTOR_APP = REPO_ROOT / "ryu_apps" / "mirroring_director.py"
+CONTROLLER_START_TIMEOUT_S = 30.0
+SWITCH_CONNECT_TIMEOUT_S = 30.0
+PROCESS_STOP_TIMEOUT_S = 5.0
+OFCTL = ["ovs-ofctl", "-O", "OpenFlow13"]
+
+
+def free_tcp_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on right now."""
+    with contextlib.closing(socket.socket(socket.AF_INET, socket.SOCK_STREAM)) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def venv_bin(name: str) -> str:
+    """Path of a console script next to the running interpreter (the venv's bin)."""
+    candidate = Path(sys.executable).parent / name
+    return str(candidate) if candidate.exists() else (shutil.which(name) or name)
+
+
+def stop_process(process: Optional[subprocess.Popen], timeout: float = PROCESS_STOP_TIMEOUT_S) -> None:
+    """End one process we started: SIGTERM, then SIGKILL after ``timeout``."""
+    if process is None or process.poll() is not None:
+        return
+    process.terminate()
+    try:
+        process.wait(timeout)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait(timeout)
+
+
+class ControllerProcess:
+    """``ryu-manager`` with PRISM's apps as a subprocess on loopback."""
+
+    def __init__(self, workdir: Path, config_path: Path, apps: Sequence[Path] = (DIRECTOR_APP,),
+                 extra_env: Optional[Dict[str, str]] = None):
+        self.workdir = workdir
+        self.config_path = config_path
+        self.apps = [str(app) for app in apps]
+        self.extra_env = dict(extra_env or {})
+        self.of_port = free_tcp_port()
+        self.rest_port = free_tcp_port()
+        self.log_path = workdir / "ryu-manager.log"
+        self.process: Optional[subprocess.Popen] = None
+
+    def start(self) -> None:
+        """Start ryu-manager and wait until it accepts OpenFlow connections."""
+        env = dict(os.environ, PRISM_CONFIG=str(self.config_path), **self.extra_env)
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO_ROOT), env.get("PYTHONPATH")]))
+        command = [
+            venv_bin("ryu-manager"),
+            "--ofp-listen-host", "127.0.0.1",
+            "--ofp-tcp-listen-port", str(self.of_port),
+            "--wsapi-host", "127.0.0.1",
+            "--wsapi-port", str(self.rest_port),
+            *self.apps,
+        ]
+        log = open(self.log_path, "wb")  # noqa: SIM115 - owned by the process
+        self.process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env,
+                                        cwd=str(REPO_ROOT))
+        log.close()
+        deadline = time.monotonic() + CONTROLLER_START_TIMEOUT_S
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"ryu-manager exited at start:\n{self.log_tail()}")
+            with contextlib.suppress(OSError):
+                socket.create_connection(("127.0.0.1", self.of_port), timeout=0.5).close()
+                return
+            time.sleep(0.2)
+        raise RuntimeError(f"ryu-manager did not listen in time:\n{self.log_tail()}")
+
+    def rest(self, path: str, method: str = "GET", body: Optional[dict] = None,
+             token: Optional[str] = None) -> dict:
+        """Call the controller's REST API on loopback; returns the decoded JSON."""
+        data = None if body is None else json.dumps(body).encode()
+        request = urllib.request.Request(f"http://127.0.0.1:{self.rest_port}{path}", data=data,
+                                         method=method)
+        if token:
+            request.add_header("Authorization", f"Bearer {token}")
+        with urllib.request.urlopen(request, timeout=5) as response:
+            return json.loads(response.read().decode() or "null")
+
+    def log_tail(self, lines: int = 40) -> str:
+        """The last lines of the controller's log."""
+        try:
+            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+        except OSError:
+            return "(no log)"
+
+    def stop(self) -> None:
+        """End ryu-manager by PID."""
+        stop_process(self.process)
+
+
+class PrismNetwork:
+    """The whole PRISM test network, started and always fully stopped.
+
+    Args:
+        workdir: where the config, logs, state sockets and captures go.
+        clients, servers, cells: topology size.
+        replication_factor: the config's default replication factor.
+        idle_timeout: FSC idle timeout (s).
+        start_cells: run ``prism cell`` in every cell host.
+        cell_args: extra arguments for every ``prism cell``.
+    """
+
+    def __init__(self, workdir: Path, clients: int = 2, servers: int = 1, cells: int = 3,
+                 replication_factor: int = 1, idle_timeout: int = 10, start_cells: bool = True,
+                 cell_args: Sequence[str] = (), extra_env: Optional[Dict[str, str]] = None,
+                 config_overrides: Optional[dict] = None):
+        self.workdir = Path(workdir)
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        self.clients, self.servers, self.cells = clients, servers, cells
+        self.config = prism_config(clients, servers, cells, idle_timeout, replication_factor)
+        self.config.update(config_overrides or {})
+        self.config_path = self.workdir / "prism.yaml"
+        self.start_cells = start_cells
+        self.cell_args = list(cell_args)
+        self.controller = ControllerProcess(self.workdir, self.config_path, extra_env=extra_env)
+        self.net: Optional[Mininet] = None
+        self.cell_processes: Dict[str, subprocess.Popen] = {}
+        self.background: List[subprocess.Popen] = []
+
+    # -- lifecycle -----------------------------------------------------------
+    def __enter__(self) -> "PrismNetwork":
+        try:
+            self.start()
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+    def start(self) -> None:
+        """Write the config, start the controller, the network and the cells."""
+        self.config_path.write_text(yaml.safe_dump(self.config, sort_keys=False))
+        self.controller.start()
+        topo = PrismTopo(clients=self.clients, servers=self.servers, cells=self.cells)
+        switch = partial(OVSSwitch, datapath="user", protocols="OpenFlow13")
+        self.net = Mininet(topo=topo, switch=switch, controller=None, ipBase=IP_BASE,
+                           autoSetMacs=True, build=False, waitConnected=False)
+        self.net.addController(RemoteController("c0", ip="127.0.0.1", port=self.controller.of_port))
+        self.net.build()
+        self.net.start()
+        for host in self.net.hosts:
+            self._configure_host(host)
+        if not self.net.waitConnected(timeout=SWITCH_CONNECT_TIMEOUT_S):
+            raise RuntimeError(f"switch did not connect:\n{self.controller.log_tail()}")
+        self._wait_for_pipeline()
+        if self.start_cells:
+            for name in cell_names(self.cells):
+                self.start_cell(name)
+
+    def stop(self) -> None:
+        """End everything this network started, whatever state it is in."""
+        for process in self.background:
+            with contextlib.suppress(Exception):
+                stop_process(process)
+        for name in list(self.cell_processes):
+            with contextlib.suppress(Exception):
+                self.stop_cell(name)
+        if self.net is not None:
+            with contextlib.suppress(Exception):
+                self.net.stop()
+            self.net = None
+        self.controller.stop()
+
+    # -- hosts and cells -------------------------------------------------------
+    @staticmethod
+    def _configure_host(host) -> None:
+        """Checksummed, MTU-sized frames (cells forward raw frames) and no IPv6 chatter."""
+        for intf in host.intfList():
+            host.cmd(f"ethtool -K {intf} tx off rx off tso off gso off gro off >/dev/null 2>&1")
+        host.cmd("sysctl -qw net.ipv6.conf.all.disable_ipv6=1 net.ipv6.conf.default.disable_ipv6=1")
+
+    def _wait_for_pipeline(self) -> None:
+        deadline = time.monotonic() + SWITCH_CONNECT_TIMEOUT_S
+        while time.monotonic() < deadline:
+            if "table=0" in self.ofctl("dump-flows", "table=0"):
+                return
+            time.sleep(0.2)
+        raise RuntimeError(f"the director installed no pipeline:\n{self.controller.log_tail()}")
+
+    def host(self, name: str):
+        """The Mininet host called ``name``."""
+        return self.net.get(name)
+
+    def state_socket(self, cell_id: str) -> Path:
+        """Where cell ``cell_id`` serves its state table."""
+        return self.workdir / f"{cell_id}.sock"
+
+    def start_cell(self, cell_id: str) -> subprocess.Popen:
+        """Run ``prism cell`` in the cell host (by PID, logged to the workdir)."""
+        host = self.host(cell_id)
+        log = open(self.workdir / f"{cell_id}.log", "ab")  # noqa: SIM115
+        process = host.popen(
+            [sys.executable, "-m", "prism.cli", "cell", "--interface", f"{cell_id}-eth0",
+             "--cell-id", cell_id, "--state-socket", str(self.state_socket(cell_id)),
+             *self.cell_args],
+            stdout=log, stderr=subprocess.STDOUT, cwd=str(REPO_ROOT),
+            env=dict(os.environ, PYTHONPATH=str(REPO_ROOT)),
+        )
+        log.close()
+        self.cell_processes[cell_id] = process
+        deadline = time.monotonic() + 10
+        while not self.state_socket(cell_id).exists():
+            if process.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"cell {cell_id} did not start: "
+                                   f"{(self.workdir / f'{cell_id}.log').read_text(errors='replace')}")
+            time.sleep(0.1)
+        return process
+
+    def stop_cell(self, cell_id: str, kill: bool = False) -> None:
+        """End a cell process by PID (``kill`` = SIGKILL, as a crash would)."""
+        process = self.cell_processes.pop(cell_id)
+        if kill and process.poll() is None:
+            process.kill()
+            process.wait(PROCESS_STOP_TIMEOUT_S)
+        stop_process(process)
+
+    def cell_state(self, cell_id: str) -> dict:
+        """The JSON state document of a running cell."""
+        with contextlib.closing(socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)) as sock:
+            sock.settimeout(5)
+            sock.connect(str(self.state_socket(cell_id)))
+            chunks = []
+            while True:
+                chunk = sock.recv(65536)
+                if not chunk:
+                    break
+                chunks.append(chunk)
+        return json.loads(b"".join(chunks).decode())
+
+    def set_cell_link(self, cell_id: str, up: bool) -> None:
+        """Take a cell's link down or up (both ends, as a cable pull would)."""
+        self.net.configLinkStatus(cell_id, SWITCH_NAME, "up" if up else "down")
+
+    # -- switch inspection -----------------------------------------------------
+    def ofctl(self, *args: str) -> str:
+        """Run ``ovs-ofctl -O OpenFlow13 <args> s1`` and return its output."""
+        command = [*OFCTL, args[0], SWITCH_NAME, *args[1:]]
+        return subprocess.run(command, capture_output=True, text=True, timeout=10).stdout
+
+    @property
+    def client_names(self) -> List[str]:
+        return client_names(self.clients)
+
+    @property
+    def server_names(self) -> List[str]:
+        return server_names(self.servers)
+
+    @property
+    def cell_names(self) -> List[str]:
+        return cell_names(self.cells)

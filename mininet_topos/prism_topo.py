@@ -1,0 +1,89 @@
+"""PRISM's Mininet topology: clients, servers and cells on one fast-path switch.
+
+Usable with Mininet's own launcher (userspace datapath, OpenFlow 1.3)::
+
+    PRISM_CONFIG=out/prism.yaml ryu-manager ryu_apps/mirroring_director.py &
+    mn --custom mininet_topos/prism_topo.py --topo prism,clients=2,servers=1,cells=3 \\
+       --switch ovs,datapath=user,protocols=OpenFlow13 \\
+       --controller remote,ip=127.0.0.1,port=6653 --ipbase 172.31.0.0/16 --mac
+
+``prism_config(topo)`` gives the matching PRISM configuration (cells and edge
+ports by switch port number), so topology and controller cannot disagree.
+Nothing happens at import time.
+"""
+
+from __future__ import annotations
+
+from typing import Dict, List
+
+from mininet.topo import Topo
+
+#: The switch's datapath id (``dpid`` as Mininet wants it: 16 hex digits).
+SWITCH_DPID = 1
+SWITCH_NAME = "s1"
+#: Hosts get addresses from here. It must not contain the resolver address of
+#: /etc/resolv.conf (10.255.255.53 on these machines), or lookups hang.
+IP_BASE = "172.31.0.0/16"
+#: Switch port numbers: edge hosts count up from 1, cells from CELL_PORT_BASE.
+EDGE_PORT_BASE = 1
+CELL_PORT_BASE = 101
+
+
+class PrismTopo(Topo):
+    """``clients`` + ``servers`` edge hosts and ``cells`` cell hosts on one switch."""
+
+    def build(self, clients: int = 2, servers: int = 1, cells: int = 3) -> None:  # noqa: D102
+        if clients < 1 or servers < 1 or cells < 1:
+            raise ValueError("the topology needs at least one client, server and cell")
+        switch = self.addSwitch(SWITCH_NAME, dpid=f"{SWITCH_DPID:016x}")
+        port = EDGE_PORT_BASE
+        for name in client_names(clients) + server_names(servers):
+            self.addLink(self.addHost(name), switch, port2=port)
+            port += 1
+        for index, name in enumerate(cell_names(cells)):
+            self.addLink(self.addHost(name), switch, port2=CELL_PORT_BASE + index)
+
+
+def client_names(count: int) -> List[str]:
+    """Host names of the clients: c1, c2, ..."""
+    return [f"c{i}" for i in range(1, count + 1)]
+
+
+def server_names(count: int) -> List[str]:
+    """Host names of the servers: sv1, sv2, ..."""
+    return [f"sv{i}" for i in range(1, count + 1)]
+
+
+def cell_names(count: int) -> List[str]:
+    """Host names of the cells, which are also their PRISM cell ids."""
+    return [f"cell{i}" for i in range(1, count + 1)]
+
+
+def prism_config(
+    clients: int,
+    servers: int,
+    cells: int,
+    idle_timeout: int = 10,
+    replication_factor: int = 1,
+) -> Dict:
+    """The PRISM configuration (as a YAML-ready dict) for ``PrismTopo``."""
+    edge_ports = list(range(EDGE_PORT_BASE, EDGE_PORT_BASE + clients + servers))
+    return {
+        "idle_timeout": idle_timeout,
+        "default_replication_factor": replication_factor,
+        "max_replication_factor": max(replication_factor, min(2, cells - 1)),
+        "switches": [
+            {
+                "dpid": SWITCH_DPID,
+                "name": SWITCH_NAME,
+                "edge_ports": edge_ports,
+                "cells": [
+                    {"id": name, "port": CELL_PORT_BASE + index}
+                    for index, name in enumerate(cell_names(cells))
+                ],
+            }
+        ],
+    }
+
+
+topos = {"prism": PrismTopo}
