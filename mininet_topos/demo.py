@@ -1,0 +1,321 @@
+"""``prism demo``: the main scenario on real Open vSwitch, with a readable report.
+
+Starts the network (ryu-manager with the Mirroring Director, a userspace OVS
+switch in Mininet, a ``prism cell`` in every cell host), sends UDP flows and a
+TCP transfer (iperf3) from the clients to a server through the cells, takes the
+TCP flow's primary cell down mid-transfer, and reports what happened: flows,
+groups, per-cell work, whether TCP survived and how long traffic stopped.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Dict, List, Optional
+
+#: iperf3's data connection uses this client port, so the demo can find its flow.
+TCP_CLIENT_PORT = 45000
+IPERF_PORT = 5201
+UDP_BASE_PORT = 9000
+TCP_RATE = "20M"
+INTERVAL_S = 0.1
+#: Capture window after the failure in which the longest gap is the interruption.
+GAP_WINDOW_S = 3.0
+
+
+@dataclass
+class DemoOptions:
+    """What ``prism demo`` was asked to do."""
+
+    cells: int = 3
+    clients: int = 2
+    replication_factor: int = 1
+    duration_s: float = 8.0
+    fail_at_s: float = 3.0
+    fail_primary: str = "link"
+    udp_flows_per_client: int = 3
+    workdir: Path = Path("out/demo")
+    json_path: Optional[Path] = None
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Arguments of ``prism demo``."""
+    parser.add_argument("--cells", type=int, default=3, help="cell hosts (default 3)")
+    parser.add_argument("--clients", type=int, default=2, help="client hosts (default 2)")
+    parser.add_argument("--rf", type=int, default=1, dest="replication_factor",
+                        help="replication factor: mirror cells per flow (default 1)")
+    parser.add_argument("--duration", type=float, default=8.0, dest="duration_s",
+                        help="length of the TCP transfer in seconds (default 8)")
+    parser.add_argument("--fail-at", type=float, default=3.0, dest="fail_at_s",
+                        help="seconds into the transfer when the primary fails (default 3)")
+    parser.add_argument("--fail-primary", choices=["link", "none"], default="link",
+                        help="how the TCP flow's primary cell fails (default: link down)")
+    parser.add_argument("--udp-flows", type=int, default=3, dest="udp_flows_per_client",
+                        help="UDP flows per client (default 3)")
+    parser.add_argument("--workdir", type=Path, default=Path("out/demo"),
+                        help="where logs, captures and the report go (default out/demo)")
+    parser.add_argument("--json", type=Path, dest="json_path", help="also write the report as JSON")
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run the demo; exit code 0 when the TCP transfer survived (or no failure was asked)."""
+    options = DemoOptions(**{k: v for k, v in vars(args).items() if k in DemoOptions.__dataclass_fields__})
+    problem = _preflight(options)
+    if problem:
+        print(f"prism demo: {problem}", file=sys.stderr)
+        return 2
+    report = run_demo(options)
+    print(format_report(report))
+    if options.json_path:
+        options.json_path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = options.json_path.with_suffix(options.json_path.suffix + ".tmp")
+        tmp.write_text(json.dumps(report, indent=2, sort_keys=True))
+        os.replace(tmp, options.json_path)
+        print(f"JSON report: {options.json_path}")
+    survived = report["tcp_survived"]
+    expected = options.replication_factor > 0 or options.fail_primary == "none"
+    return 0 if survived or not expected else 1
+
+
+def _preflight(options: DemoOptions) -> Optional[str]:
+    if os.geteuid() != 0:
+        return "needs root (Mininet creates network namespaces); run `sudo make demo`"
+    if options.cells < 1 or options.clients < 1:
+        return "--cells and --clients must be at least 1"
+    if options.replication_factor > options.cells - 1:
+        return f"--rf {options.replication_factor} needs at least {options.replication_factor + 1} cells"
+    if options.fail_at_s >= options.duration_s:
+        return "--fail-at must be before the end of --duration"
+    if subprocess.run(["ovs-vsctl", "--timeout=3", "show"], capture_output=True).returncode != 0:
+        return "Open vSwitch is not running: run `make setup` first"
+    return None
+
+
+def run_demo(options: DemoOptions) -> Dict:
+    """Run the scenario and return the report as a JSON-able dict."""
+    from mininet_topos.harness import PrismNetwork  # Mininet only when the demo runs
+
+    workdir = options.workdir.resolve()
+    workdir.mkdir(parents=True, exist_ok=True)
+    for stale in workdir.glob("*"):
+        if stale.is_file() or stale.is_socket():
+            stale.unlink()
+    with PrismNetwork(workdir, clients=options.clients, servers=1, cells=options.cells,
+                      replication_factor=options.replication_factor) as net:
+        server = net.host(net.server_names[0])
+        server_ip = server.IP()
+        capture = workdir / "server.pcap"
+        net.background.append(server.popen(
+            ["tcpdump", "-i", f"{server.name}-eth0", "-n", "-s", "128", "-U", "-w", str(capture),
+             f"tcp port {IPERF_PORT}"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+        net.background.append(server.popen(["iperf3", "-s", "-1", "-p", str(IPERF_PORT)],
+                                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+        sink_json = workdir / "udp-sink.json"
+        net.background.append(server.popen(
+            [sys.executable, "-m", "mininet_topos.traffic", "udp-sink", "--port", str(UDP_BASE_PORT),
+             "--duration", str(options.duration_s + 4), "--json", str(sink_json)],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+        time.sleep(1.0)  # tcpdump, iperf3 and the sink are listening
+        udp_sent = _start_udp_flows(net, server_ip, options)
+        tcp_client = net.host(net.client_names[0])
+        iperf = tcp_client.popen(
+            ["iperf3", "-c", server_ip, "-p", str(IPERF_PORT), "--cport", str(TCP_CLIENT_PORT),
+             "-t", str(options.duration_s), "-b", TCP_RATE, "-i", str(INTERVAL_S), "-J",
+             "--connect-timeout", "3000"],
+            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+        net.background.append(iperf)
+        time.sleep(options.fail_at_s)
+        failed_cell, fail_time = None, None
+        tcp_profile = _find_tcp_primary(net)
+        if options.fail_primary == "link" and tcp_profile:
+            failed_cell = tcp_profile
+            fail_time = time.time()
+            net.set_cell_link(failed_cell, up=False)
+        try:
+            output, _ = iperf.communicate(timeout=options.duration_s + 15)
+        except subprocess.TimeoutExpired:
+            iperf.kill()
+            output, _ = iperf.communicate()
+        time.sleep(1.0)  # let counters and the capture settle
+        iperf_result = _parse_iperf(output, options.fail_at_s)
+        per_cell = {name: _cell_summary(net, name) for name in net.cell_names}
+        status = _controller_status(net)
+        groups_text = net.ofctl("dump-groups")
+        for sender in udp_sent:
+            sender.wait(timeout=10)
+    udp = json.loads(sink_json.read_text()) if sink_json.exists() else {"datagrams": 0, "flows": {}}
+    gaps = interruption_from_capture(capture, fail_time, TCP_CLIENT_PORT)
+    survived = bool(iperf_result["ok"] and iperf_result["bytes_after_failure"] > 0) if fail_time else \
+        bool(iperf_result["ok"])
+    return {
+        "options": {"cells": options.cells, "clients": options.clients,
+                    "replication_factor": options.replication_factor,
+                    "fail_primary": options.fail_primary, "duration_s": options.duration_s},
+        "flows_total": status.get("flows_total"),
+        "flows_mirrored": status.get("flows_mirrored"),
+        "groups": status.get("groups_installed", groups_text.count("group_id=")),
+        "switch_groups": _group_summary(groups_text),
+        "controller": status,
+        "per_cell": per_cell,
+        "failed_cell": failed_cell,
+        "tcp_survived": survived,
+        "tcp": iperf_result,
+        "interruption_ms": gaps["interruption_ms"],
+        "baseline_max_gap_ms": gaps["baseline_max_gap_ms"],
+        "udp_datagrams_received": udp.get("datagrams", 0),
+        "udp_flows_received": len(udp.get("flows", {})),
+        "workdir": str(workdir),
+    }
+
+
+def _start_udp_flows(net, server_ip: str, options: DemoOptions) -> List[subprocess.Popen]:
+    senders = []
+    for client_index, name in enumerate(net.client_names):
+        for flow in range(options.udp_flows_per_client):
+            port = UDP_BASE_PORT + client_index * options.udp_flows_per_client + flow
+            senders.append(net.host(name).popen(
+                [sys.executable, "-m", "mininet_topos.traffic", "udp-send", "--dst", server_ip,
+                 "--port", str(port), "--count", "40", "--rate", "20"],
+                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+    net.background.extend(senders)
+    return senders
+
+
+def _flows_of(state: Dict) -> List[Dict]:
+    return state.get("flows", [])
+
+
+def _find_tcp_primary(net) -> Optional[str]:
+    """The cell that forwards iperf3's data connection as primary, from the cells' own tables."""
+    deadline = time.monotonic() + 3.0
+    while time.monotonic() < deadline:
+        for name in net.cell_names:
+            for flow in _flows_of(net.cell_state(name)):
+                if str(TCP_CLIENT_PORT) in flow.get("key", "") and flow.get("primary_packets", 0) > 0:
+                    return name
+        time.sleep(0.2)
+    return None
+
+
+def _cell_summary(net, name: str) -> Dict:
+    try:
+        state = net.cell_state(name)
+    except OSError as error:
+        return {"error": str(error)}
+    counters = state.get("counters", {})
+    return {
+        "primary_packets": counters.get("primary_packets", 0),
+        "mirror_packets": counters.get("mirror_packets", 0),
+        "forwarded": counters.get("forwarded", 0),
+        "dropped": counters.get("dropped", 0),
+        "flows_tracked": len(_flows_of(state)),
+    }
+
+
+def _controller_status(net) -> Dict:
+    try:
+        return net.controller.rest("/prism/v1/status")
+    except Exception as error:  # noqa: BLE001 - the report says what went wrong
+        return {"error": f"controller status unavailable: {error}"}
+
+
+def _group_summary(dump: str) -> List[str]:
+    return [line.strip() for line in dump.splitlines() if "group_id=" in line]
+
+
+def _parse_iperf(output: bytes, fail_at_s: float) -> Dict:
+    try:
+        result = json.loads(output.decode(errors="replace"))
+    except ValueError:
+        return {"ok": False, "error": "iperf3 printed no JSON", "bytes": 0, "bytes_after_failure": 0}
+    end = result.get("end", {})
+    received = end.get("sum_received", {}).get("bytes", 0)
+    intervals = [i["sum"] for i in result.get("intervals", [])]
+    return {
+        "ok": "error" not in result and received > 0,
+        "error": result.get("error"),
+        "bytes": received,
+        # a second of margin: the failure came fail_at_s after iperf3 was started
+        "bytes_after_failure": sum(i.get("bytes", 0) for i in intervals
+                                   if i.get("start", 0) >= fail_at_s + 1.0),
+        "retransmits": end.get("sum_sent", {}).get("retransmits"),
+        "throughput_bps": [round(i.get("bits_per_second", 0)) for i in intervals],
+    }
+
+
+def interruption_from_capture(capture: Path, fail_time: Optional[float], client_port: int) -> Dict:
+    """The longest gap between data packets reaching the server around the failure.
+
+    Returns ``interruption_ms`` (longest gap within GAP_WINDOW_S after the
+    failure, None without a failure) and ``baseline_max_gap_ms`` (the longest
+    gap before it, what "normal" looks like).
+    """
+    import dpkt
+
+    times: List[float] = []
+    try:
+        with open(capture, "rb") as handle:
+            for timestamp, frame in dpkt.pcap.Reader(handle):
+                eth = dpkt.ethernet.Ethernet(frame)
+                tcp = getattr(eth.data, "data", None)
+                if isinstance(tcp, dpkt.tcp.TCP) and tcp.sport == client_port and len(tcp.data):
+                    times.append(float(timestamp))
+    except (OSError, ValueError, dpkt.dpkt.NeedData):
+        pass
+    baseline = _max_gap([t for t in times if fail_time is None or t < fail_time])
+    if fail_time is None or not times:
+        return {"interruption_ms": None, "baseline_max_gap_ms": baseline}
+    window = [t for t in times if fail_time - 0.5 <= t <= fail_time + GAP_WINDOW_S]
+    after = [t for t in times if t >= fail_time]
+    if not after:
+        return {"interruption_ms": None, "baseline_max_gap_ms": baseline}
+    return {"interruption_ms": _max_gap(window), "baseline_max_gap_ms": baseline}
+
+
+def _max_gap(times: List[float]) -> Optional[float]:
+    if len(times) < 2:
+        return None
+    return round(max(b - a for a, b in zip(times, times[1:])) * 1000, 1)
+
+
+def format_report(report: Dict) -> str:
+    """The one-screen text report."""
+    lines = ["", "PRISM demo report", "=" * 17]
+    options = report["options"]
+    lines.append(f"network: {options['clients']} clients, 1 server, {options['cells']} cells, "
+                 f"replication factor {options['replication_factor']}")
+    lines.append(f"flows seen by the director: {report['flows_total']} "
+                 f"({report['flows_mirrored']} mirrored)")
+    lines.append(f"profile groups installed: {report['groups']}")
+    for group in report["switch_groups"][:6]:
+        lines.append(f"  {group[:110]}")
+    lines.append("")
+    lines.append(f"{'cell':<8}{'primary pkts':>14}{'mirror pkts':>13}{'forwarded':>11}{'flows':>7}")
+    for name, cell in report["per_cell"].items():
+        if "error" in cell:
+            lines.append(f"{name:<8} unreachable: {cell['error']}")
+            continue
+        mark = "  <- failed" if name == report["failed_cell"] else ""
+        lines.append(f"{name:<8}{cell['primary_packets']:>14}{cell['mirror_packets']:>13}"
+                     f"{cell['forwarded']:>11}{cell['flows_tracked']:>7}{mark}")
+    lines.append("")
+    lines.append(f"UDP: {report['udp_datagrams_received']} datagrams in "
+                 f"{report['udp_flows_received']} flows reached the server")
+    tcp = report["tcp"]
+    lines.append(f"TCP transfer: {tcp['bytes'] / 1e6:.1f} MB, retransmits {tcp.get('retransmits')}"
+                 + (f", error: {tcp['error']}" if tcp.get("error") else ""))
+    if report["failed_cell"]:
+        verdict = "SURVIVED" if report["tcp_survived"] else "BROKE"
+        lines.append(f"failover: {report['failed_cell']} link down mid-transfer -> TCP {verdict}; "
+                     f"traffic stopped for {report['interruption_ms']} ms "
+                     f"(normal max gap {report['baseline_max_gap_ms']} ms)")
+    else:
+        lines.append("failover: no failure injected")
+    lines.append(f"logs and captures: {report['workdir']}")
+    return "\n".join(lines)
