@@ -90,6 +90,8 @@ PREREQUISITES: Mapping[str, Tuple[str, Optional[frozenset]]] = {
     "tcp_flags": ("ip_proto", frozenset({oxm.PROTO_TCP})),
     "udp_src": ("ip_proto", frozenset({oxm.PROTO_UDP})),
     "udp_dst": ("ip_proto", frozenset({oxm.PROTO_UDP})),
+    "sctp_src": ("ip_proto", frozenset({oxm.PROTO_SCTP})),
+    "sctp_dst": ("ip_proto", frozenset({oxm.PROTO_SCTP})),
     "icmpv4_type": ("ip_proto", frozenset({oxm.PROTO_ICMP})),
     "icmpv4_code": ("ip_proto", frozenset({oxm.PROTO_ICMP})),
     "icmpv6_type": ("ip_proto", frozenset({oxm.PROTO_ICMPV6})),

@@ -27,6 +27,7 @@ PROTO_ICMP = 1
 PROTO_TCP = 6
 PROTO_UDP = 17
 PROTO_ICMPV6 = 58
+PROTO_SCTP = 132
 ICMPV6_ND_SOLICIT = 135
 ICMPV6_ND_ADVERT = 136
 OFPVID_PRESENT = 0x1000
@@ -45,6 +46,7 @@ _IPV4 = struct.Struct("!BBHHHBBH4s4s")
 _IPV6 = struct.Struct("!IHBB16s16s")
 _TCP = struct.Struct("!HHIIBBHHH")
 _UDP = struct.Struct("!HHHH")
+_SCTP = struct.Struct("!HHII")  # ports, verification tag, checksum (left 0: nothing here checks it)
 _ICMP = struct.Struct("!BBH")
 _ICMP_REST = 4  # identifier/sequence or unused word after type, code, checksum
 
@@ -153,6 +155,8 @@ def _l4(packet: Mapping[str, Any], payload: bytes, pseudo: bytes) -> bytes:
     if proto == PROTO_UDP and "udp_src" in packet:
         segment = _UDP.pack(packet["udp_src"], packet.get("udp_dst", 0), _UDP.size + len(payload), 0) + payload
         return _with_checksum(segment, 6, pseudo + struct.pack("!xBH", proto, len(segment)))
+    if proto == PROTO_SCTP and "sctp_src" in packet:
+        return _SCTP.pack(packet["sctp_src"], packet.get("sctp_dst", 0), 0, 0) + payload
     if proto == PROTO_ICMP and "icmpv4_type" in packet:
         segment = _ICMP.pack(packet["icmpv4_type"], packet.get("icmpv4_code", 0), 0) + payload
         return _with_checksum(segment, 2, b"")
@@ -249,6 +253,10 @@ def _parse_l4(packet: Packet, proto: int, body: bytes) -> bytes:
         sport, dport, _, _ = _UDP.unpack_from(body)
         packet.update(udp_src=sport, udp_dst=dport)
         return body[_UDP.size :]
+    if proto == PROTO_SCTP and len(body) >= _SCTP.size:
+        sport, dport, _, _ = _SCTP.unpack_from(body)
+        packet.update(sctp_src=sport, sctp_dst=dport)
+        return body[_SCTP.size :]
     if proto == PROTO_ICMP and len(body) >= _ICMP.size:
         packet.update(icmpv4_type=body[0], icmpv4_code=body[1])
         return body[_ICMP.size :]

@@ -1,0 +1,130 @@
+"""The one place that turns ``prism.openflow`` descriptions into Ryu OpenFlow 1.3 messages.
+
+Everything is built through ``datapath.ofproto`` / ``datapath.ofproto_parser``
+(as Ryu's own apps do), so a ``ProtocolDesc`` stands in for a datapath in
+tests, and os-ken's parser would work the same way.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Dict, Iterable, List, Mapping
+
+from prism.openflow import (
+    Action,
+    Barrier,
+    Bucket,
+    Command,
+    FlowMod,
+    GroupAction,
+    GroupMod,
+    GroupType,
+    OfChange,
+    Output,
+    PacketOut,
+    SetField,
+)
+
+
+def to_ofmsgs(datapath: Any, changes: Iterable[OfChange]) -> List[Any]:
+    """Ryu message objects for ``changes``, in order.
+
+    Args:
+        datapath: A Ryu ``Datapath`` (or anything with ``ofproto`` and ``ofproto_parser``).
+        changes: FlowMod / GroupMod / PacketOut / Barrier descriptions.
+
+    Raises:
+        TypeError: something that is not an OpenFlow change description.
+    """
+    return [to_ofmsg(datapath, change) for change in changes]
+
+
+def to_ofmsg(datapath: Any, change: OfChange) -> Any:
+    """The Ryu message for one change description."""
+    if isinstance(change, FlowMod):
+        return _flow_mod(datapath, change)
+    if isinstance(change, GroupMod):
+        return _group_mod(datapath, change)
+    if isinstance(change, PacketOut):
+        ofp = datapath.ofproto
+        return datapath.ofproto_parser.OFPPacketOut(
+            datapath=datapath,
+            buffer_id=ofp.OFP_NO_BUFFER,
+            in_port=change.in_port,
+            actions=_actions(datapath, change.actions),
+            data=change.data,
+        )
+    if isinstance(change, Barrier):
+        return datapath.ofproto_parser.OFPBarrierRequest(datapath)
+    raise TypeError(f"not an OpenFlow change description: {change!r}")
+
+
+def match_to_dict(match: Any) -> Dict[str, Any]:
+    """The fields of a Ryu ``OFPMatch`` as a plain dict (e.g. from a flow-removed message)."""
+    return dict(match.items())
+
+
+def _flow_mod(datapath: Any, mod: FlowMod) -> Any:
+    ofp = datapath.ofproto
+    parser = datapath.ofproto_parser
+    commands = {Command.ADD: ofp.OFPFC_ADD, Command.MODIFY: ofp.OFPFC_MODIFY, Command.DELETE: ofp.OFPFC_DELETE}
+    instructions = []
+    if mod.actions:
+        instructions.append(parser.OFPInstructionActions(ofp.OFPIT_APPLY_ACTIONS, _actions(datapath, mod.actions)))
+    if mod.goto_table is not None:
+        instructions.append(parser.OFPInstructionGotoTable(mod.goto_table))
+    return parser.OFPFlowMod(
+        datapath=datapath,
+        cookie=mod.cookie,
+        cookie_mask=mod.cookie_mask,
+        table_id=ofp.OFPTT_ALL if mod.table_id is None else mod.table_id,
+        command=commands[mod.command],
+        idle_timeout=mod.idle_timeout,
+        hard_timeout=mod.hard_timeout,
+        priority=mod.priority,
+        buffer_id=ofp.OFP_NO_BUFFER,
+        out_port=ofp.OFPP_ANY,
+        out_group=ofp.OFPG_ANY,
+        flags=ofp.OFPFF_SEND_FLOW_REM if mod.send_flow_removed else 0,
+        match=_match(datapath, mod.match.as_dict()),
+        instructions=instructions,
+    )
+
+
+def _group_mod(datapath: Any, mod: GroupMod) -> Any:
+    ofp = datapath.ofproto
+    parser = datapath.ofproto_parser
+    commands = {Command.ADD: ofp.OFPGC_ADD, Command.MODIFY: ofp.OFPGC_MODIFY, Command.DELETE: ofp.OFPGC_DELETE}
+    types = {GroupType.ALL: ofp.OFPGT_ALL, GroupType.FAST_FAILOVER: ofp.OFPGT_FF}
+    return parser.OFPGroupMod(
+        datapath,
+        command=commands[mod.command],
+        type_=types[mod.group_type],
+        group_id=mod.group_id,
+        buckets=[_bucket(datapath, bucket) for bucket in mod.buckets],
+    )
+
+
+def _bucket(datapath: Any, bucket: Bucket) -> Any:
+    ofp = datapath.ofproto
+    return datapath.ofproto_parser.OFPBucket(
+        weight=0, watch_port=bucket.watch_port, watch_group=ofp.OFPG_ANY, actions=_actions(datapath, bucket.actions)
+    )
+
+
+def _match(datapath: Any, fields: Mapping[str, Any]) -> Any:
+    return datapath.ofproto_parser.OFPMatch(**fields)
+
+
+def _actions(datapath: Any, actions: Iterable[Action]) -> List[Any]:
+    parser = datapath.ofproto_parser
+    built = []
+    for action in actions:
+        if isinstance(action, Output):
+            built.append(parser.OFPActionOutput(action.port, action.max_len))
+        elif isinstance(action, GroupAction):
+            built.append(parser.OFPActionGroup(action.group_id))
+        elif isinstance(action, SetField):
+            built.append(parser.OFPActionSetField(**{action.field: action.value}))
+        else:
+            raise TypeError(f"not an action description: {action!r}")
+    return built

@@ -1,0 +1,136 @@
+"""ryu_apps.ofmsg builds Ryu OpenFlow 1.3 messages that serialize and say what the descriptions say."""
+
+from __future__ import annotations
+
+import struct
+
+import pytest
+
+pytest.importorskip("ryu")
+
+from ryu.ofproto import ofproto_protocol, ofproto_v1_3, ofproto_v1_3_parser  # noqa: E402
+
+from prism.openflow import (  # noqa: E402
+    COOKIE_ALL_MASK,
+    MIRROR_MAC,
+    OFPG_ANY,
+    OFPP_CONTROLLER,
+    TABLE_FSC,
+    Barrier,
+    Bucket,
+    Command,
+    FlowMod,
+    GroupAction,
+    GroupMod,
+    GroupType,
+    Match,
+    Output,
+    PacketOut,
+    SetField,
+)
+from ryu_apps.ofmsg import match_to_dict, to_ofmsg, to_ofmsgs  # noqa: E402
+
+OFP = ofproto_v1_3
+GROUP_MOD_HEADER = struct.Struct("!HBxI")
+
+
+@pytest.fixture
+def datapath():
+    """A stand-in datapath: only the protocol version, no connection."""
+    return ofproto_protocol.ProtocolDesc(OFP.OFP_VERSION)
+
+
+def _reparse_flow_mod(datapath, message):
+    message.serialize()
+    version, msg_type, msg_len, xid = ofproto_v1_3_parser.ofproto_parser.header(message.buf)
+    return ofproto_v1_3_parser.OFPFlowMod.parser(datapath, version, msg_type, msg_len, xid, message.buf)
+
+
+def test_flow_mod_add_round_trips_through_the_wire_format(datapath):
+    change = FlowMod(
+        Command.ADD, TABLE_FSC,
+        Match.of(eth_type=0x86DD, ip_proto=17, ipv6_src="2001:db8::1", ipv6_dst="2001:db8::2", udp_src=5, udp_dst=53),
+        priority=200, actions=(GroupAction(0x10000),), cookie=0xDEADBEEF12345678, idle_timeout=10,
+        send_flow_removed=True,
+    )  # fmt: skip
+    parsed = _reparse_flow_mod(datapath, to_ofmsg(datapath, change))
+    assert parsed.command == OFP.OFPFC_ADD and parsed.table_id == TABLE_FSC and parsed.priority == 200
+    assert parsed.cookie == 0xDEADBEEF12345678 and parsed.idle_timeout == 10
+    assert parsed.flags == OFP.OFPFF_SEND_FLOW_REM and parsed.buffer_id == OFP.OFP_NO_BUFFER
+    assert match_to_dict(parsed.match) == change.match.as_dict()
+    (instruction,) = parsed.instructions
+    assert instruction.type == OFP.OFPIT_APPLY_ACTIONS
+    assert [a.group_id for a in instruction.actions] == [0x10000]
+
+
+def test_flow_mod_with_actions_and_goto(datapath):
+    change = FlowMod(
+        Command.ADD, 0, Match.of(in_port=3), priority=100, actions=(Output(OFPP_CONTROLLER),), goto_table=2
+    )
+    parsed = _reparse_flow_mod(datapath, to_ofmsg(datapath, change))
+    apply, goto = parsed.instructions
+    assert apply.actions[0].port == OFP.OFPP_CONTROLLER and apply.actions[0].max_len == OFP.OFPCML_NO_BUFFER
+    assert goto.table_id == 2
+    assert parsed.flags == 0
+
+
+def test_delete_everything_means_all_tables_any_port_any_group(datapath):
+    parsed = _reparse_flow_mod(datapath, to_ofmsg(datapath, FlowMod(Command.DELETE, None)))
+    assert parsed.command == OFP.OFPFC_DELETE and parsed.table_id == OFP.OFPTT_ALL
+    assert (parsed.out_port, parsed.out_group) == (OFP.OFPP_ANY, OFP.OFPG_ANY)
+    assert parsed.cookie_mask == 0 and match_to_dict(parsed.match) == {} and parsed.instructions == []
+
+
+def test_delete_by_cookie(datapath):
+    change = FlowMod(Command.DELETE, TABLE_FSC, cookie=42, cookie_mask=COOKIE_ALL_MASK)
+    parsed = _reparse_flow_mod(datapath, to_ofmsg(datapath, change))
+    assert (parsed.cookie, parsed.cookie_mask, parsed.table_id) == (42, COOKIE_ALL_MASK, TABLE_FSC)
+
+
+def test_group_mods_carry_type_id_and_buckets(datapath):
+    ff = GroupMod(
+        Command.ADD, GroupType.FAST_FAILOVER, 0x1010000, (Bucket((Output(5),), 5), Bucket((Output(6),), 6))
+    )
+    all_group = GroupMod(
+        Command.ADD, GroupType.ALL, 0x10000,
+        (Bucket((GroupAction(0x1010000),)), Bucket((SetField("eth_dst", MIRROR_MAC), Output(6)))),
+    )  # fmt: skip
+    for change, group_type in ((ff, OFP.OFPGT_FF), (all_group, OFP.OFPGT_ALL)):
+        message = to_ofmsg(datapath, change)
+        message.serialize()
+        command, parsed_type, group_id = GROUP_MOD_HEADER.unpack_from(message.buf, OFP.OFP_HEADER_SIZE)
+        assert (command, parsed_type, group_id) == (OFP.OFPGC_ADD, group_type, change.group_id)
+        offset = OFP.OFP_GROUP_MOD_SIZE
+        buckets = []
+        while offset < len(message.buf):
+            bucket = ofproto_v1_3_parser.OFPBucket.parser(message.buf, offset)
+            buckets.append(bucket)
+            offset += bucket.len
+        assert [b.watch_port for b in buckets] == [b.watch_port for b in change.buckets]
+    mirror = buckets[1]
+    assert mirror.actions[0].key == "eth_dst" and mirror.actions[0].value == MIRROR_MAC
+    assert mirror.actions[1].port == 6
+
+
+def test_group_delete_any(datapath):
+    message = to_ofmsg(datapath, GroupMod(Command.DELETE, GroupType.ALL, OFPG_ANY))
+    message.serialize()
+    assert GROUP_MOD_HEADER.unpack_from(message.buf, OFP.OFP_HEADER_SIZE) == (OFP.OFPGC_DELETE, OFP.OFPGT_ALL, OFP.OFPG_ANY)
+
+
+def test_packet_out_and_barrier(datapath):
+    frame = bytes(range(60))
+    packet_out, barrier = to_ofmsgs(datapath, [PacketOut(4, (GroupAction(0x10000),), frame), Barrier()])
+    packet_out.serialize()
+    barrier.serialize()
+    assert packet_out.buf.endswith(frame)
+    buffer_id, in_port = struct.unpack_from("!II", packet_out.buf, OFP.OFP_HEADER_SIZE)
+    assert (buffer_id, in_port) == (OFP.OFP_NO_BUFFER, 4)
+    assert barrier.msg_type == OFP.OFPT_BARRIER_REQUEST
+
+
+def test_anything_else_is_refused(datapath):
+    with pytest.raises(TypeError):
+        to_ofmsg(datapath, "flow please")
+    with pytest.raises(TypeError):
+        to_ofmsg(datapath, PacketOut(1, ("drop",), b""))
