@@ -1,0 +1,1 @@
+"""The exception-path cell: connection tracking (pure), raw packet I/O, and the cell process."""

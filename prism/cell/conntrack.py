@@ -1,0 +1,530 @@
+"""Connection tracking as a stateful firewall does it: per-flow TCP state, sequence checks, counters, verdicts.
+
+Pure: time comes in as ``now``; nothing here touches a socket or a clock.
+
+Versioning rule (what the State Mirroring Module replicates): every flow has a
+``version`` that grows by one whenever the flow is created, its facts (and so
+its state) change, it is reopened, or its verdict is changed by policy.
+Sequence numbers, windows and counters change on every packet without a new
+version: mirror copies rebuild those. Between cells, a record replaces a
+flow's state only if its version is higher (``merge``); facts only accumulate,
+so a merge never moves a connection backwards, and applying a record twice
+changes nothing.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+from typing import Callable, Dict, Iterable, Iterator, List, Mapping, Optional
+
+from prism.cell.entry import (
+    FACT_FIN_ORIG,
+    FACT_FIN_ORIG_ACKED,
+    FACT_FIN_REPLY,
+    FACT_FIN_REPLY_ACKED,
+    FACT_HANDSHAKE_DONE,
+    FACT_RST,
+    FACT_SEEN_ORIG,
+    FACT_SEEN_REPLY,
+    FACT_SYN_ORIG,
+    FACT_SYN_REPLY,
+    SEQ_MASK,
+    TCP_STATE_OF_FACTS,
+    ConnEntry,
+    ConnState,
+    Direction,
+    FlowVerdict,
+    seq_diff,
+)
+from prism.cell.records import entry_to_record, merge_entry, record_to_entry
+from prism.flows import PROTO_ICMP, PROTO_ICMPV6, PROTO_TCP, PROTO_UDP, FlowKey, PacketInfo
+from prism.flows import TCP_ACK as _ACK
+from prism.flows import TCP_FIN as _FIN
+from prism.flows import TCP_RST as _RST
+from prism.flows import TCP_SYN as _SYN
+
+#: Window scale assumed in strict mode (PacketInfo carries no TCP options;
+#: 7 is what Linux announces with its default buffer sizes).
+DEFAULT_WINDOW_SCALE = 7
+MAX_WINDOW_SCALE = 14  #: RFC 7323
+#: Smallest slack (bytes) allowed behind the highest sequence/ack seen in
+#: strict mode, as Linux conntrack's MAXACKWINCONST.
+MIN_WINDOW_SLACK = 66000
+DEFAULT_MAX_FLOWS = 1_000_000
+
+
+class Action(enum.Enum):
+    """What the cell does with a packet."""
+
+    FORWARD = "forward"  #: a primary copy that passed: send it back to the switch
+    DROP = "drop"  #: a primary copy that did not pass
+    ABSORB = "absorb"  #: a mirror copy: state updated (if valid), never sent
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """The decision for one packet; ``reason`` says why a packet is dropped."""
+
+    action: Action
+    reason: str = ""
+
+
+FORWARD = Verdict(Action.FORWARD)
+ABSORB = Verdict(Action.ABSORB)
+DROP_NO_STATE = Verdict(Action.DROP, "no_state")  #: mid-connection TCP, unknown connection
+DROP_INVALID_FLAGS = Verdict(Action.DROP, "invalid_flags")  #: SYN+FIN, SYN+RST, no SYN/ACK/RST
+DROP_OUT_OF_WINDOW = Verdict(Action.DROP, "out_of_window")  #: strict mode only
+DROP_DENIED = Verdict(Action.DROP, "denied")  #: the flow's verdict is DENY
+DROP_TABLE_FULL = Verdict(Action.DROP, "table_full")  #: ``max_flows`` reached
+DROP_REASONS = tuple(
+    verdict.reason
+    for verdict in (
+        DROP_NO_STATE, DROP_INVALID_FLAGS, DROP_OUT_OF_WINDOW, DROP_DENIED, DROP_TABLE_FULL
+    )
+)  # fmt: skip
+
+#: States in which a new SYN starts a new connection on the same key.
+_REOPENABLE = frozenset((ConnState.TIME_WAIT, ConnState.CLOSED))
+
+
+@dataclass(frozen=True)
+class Timeouts:
+    """Idle timeouts in seconds, per state (Linux conntrack's spirit, shorter)."""
+
+    syn_sent: float = 30.0
+    syn_recv: float = 30.0
+    established: float = 3600.0
+    fin_wait: float = 60.0
+    close_wait: float = 60.0
+    last_ack: float = 30.0
+    time_wait: float = 60.0
+    closed: float = 10.0
+    udp_new: float = 30.0
+    udp_replied: float = 180.0
+    icmp: float = 30.0
+    other: float = 600.0
+
+    def tcp_table(self) -> Dict[ConnState, float]:
+        """Timeout of each TCP state."""
+        return {
+            ConnState.SYN_SENT: self.syn_sent,
+            ConnState.SYN_RECV: self.syn_recv,
+            ConnState.ESTABLISHED: self.established,
+            ConnState.FIN_WAIT: self.fin_wait,
+            ConnState.CLOSE_WAIT: self.close_wait,
+            ConnState.LAST_ACK: self.last_ack,
+            ConnState.TIME_WAIT: self.time_wait,
+            ConnState.CLOSED: self.closed,
+        }
+
+    def other_table(self, proto: int) -> Dict[ConnState, float]:
+        """Timeout of the NEW and REPLIED states of a non-TCP protocol."""
+        if proto == PROTO_UDP:
+            return {ConnState.NEW: self.udp_new, ConnState.REPLIED: self.udp_replied}
+        if proto in (PROTO_ICMP, PROTO_ICMPV6):
+            return {ConnState.NEW: self.icmp, ConnState.REPLIED: self.icmp}
+        return {ConnState.NEW: self.other, ConnState.REPLIED: self.other}
+
+
+@dataclass(frozen=True)
+class TrackerConfig:
+    """How strictly the tracker judges packets.
+
+    Attributes:
+        strict: Check TCP sequence and acknowledgement numbers against the
+            windows seen (Linux conntrack's rules); loose (default) checks
+            flags and state only, so retransmissions and odd segments pass.
+        window_scale: Window scale assumed for the strict check.
+        max_flows: Table size; new flows beyond it are dropped (``table_full``).
+        timeouts: Idle timeouts per state.
+    """
+
+    strict: bool = False
+    window_scale: int = DEFAULT_WINDOW_SCALE
+    max_flows: int = DEFAULT_MAX_FLOWS
+    timeouts: Timeouts = field(default_factory=Timeouts)
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.window_scale <= MAX_WINDOW_SCALE:
+            raise ValueError(f"window_scale must be 0..{MAX_WINDOW_SCALE}, not {self.window_scale}")
+        if self.max_flows < 1:
+            raise ValueError(f"max_flows must be at least 1, not {self.max_flows}")
+
+
+AdmitPolicy = Callable[[PacketInfo], bool]
+"""Decides at a flow's first packet whether it is accepted (True) or denied."""
+
+
+class ConnTracker:
+    """Per-flow connection state of one cell.
+
+    Args:
+        config: Strictness, table size and timeouts.
+        admit: Policy deciding a new flow's verdict (default: accept all).
+    """
+
+    def __init__(self, config: Optional[TrackerConfig] = None,
+                 admit: Optional[AdmitPolicy] = None) -> None:  # fmt: skip
+        self.config = config or TrackerConfig()
+        self._admit = admit
+        self._strict = self.config.strict
+        self._scale = self.config.window_scale
+        self._max_flows = self.config.max_flows
+        self._flows: Dict[FlowKey, ConnEntry] = {}
+        self._changed: Dict[FlowKey, None] = {}  # insertion-ordered set
+        self._tcp_timeouts = self.config.timeouts.tcp_table()
+        self._other_timeouts: Dict[int, Dict[ConnState, float]] = {}
+        #: Primary copies dropped, by reason.
+        self.dropped: Dict[str, int] = dict.fromkeys(DROP_REASONS, 0)
+        #: Mirror copies that did not update state, by the reason a primary would drop them.
+        self.mirror_rejected: Dict[str, int] = dict.fromkeys(DROP_REASONS, 0)
+        self.flows_created = 0
+        self.flows_expired = 0
+        self.flows_reopened = 0
+        self.records_applied = 0
+        self.records_ignored = 0
+
+    # -- the data path -----------------------------------------------------------------
+    def process(self, info: PacketInfo, is_mirror: bool, now: float) -> Verdict:
+        """Track one packet and decide what happens to it.
+
+        Args:
+            info: The parsed packet.
+            is_mirror: True for a mirror copy (update state only, never forward).
+            now: Current time in seconds.
+
+        Returns:
+            ``FORWARD`` or a DROP verdict for a primary copy; ``ABSORB`` for a
+            mirror copy (which updates state only if a primary copy would pass).
+        """
+        entry = self._flows.get(info.key)
+        if info.proto == PROTO_TCP:
+            return self._track_tcp(entry, info, is_mirror, now)
+        return self._track_other(entry, info, is_mirror, now)
+
+    def _accept(self, entry: ConnEntry, info: PacketInfo, is_mirror: bool, now: float) -> Verdict:
+        entry.last_seen = now
+        if is_mirror:
+            entry.mirror_packets += 1
+            entry.mirror_bytes += info.frame_len
+            return ABSORB
+        entry.primary_packets += 1
+        entry.primary_bytes += info.frame_len
+        return FORWARD
+
+    def _reject(self, entry: Optional[ConnEntry], verdict: Verdict, is_mirror: bool) -> Verdict:
+        if is_mirror:
+            self.mirror_rejected[verdict.reason] += 1
+            return ABSORB
+        self.dropped[verdict.reason] += 1
+        if entry is not None:
+            entry.dropped_packets += 1
+        return verdict
+
+    def _track_tcp(self, entry: Optional[ConnEntry], info: PacketInfo, is_mirror: bool,
+                   now: float) -> Verdict:  # fmt: skip
+        flags = info.tcp_flags
+        if flags & _SYN:
+            if flags & (_FIN | _RST):
+                return self._reject(entry, DROP_INVALID_FLAGS, is_mirror)
+        elif not flags & (_ACK | _RST):
+            return self._reject(entry, DROP_INVALID_FLAGS, is_mirror)
+        if entry is None:
+            if flags & (_SYN | _ACK) != _SYN:  # only a connection's first SYN creates state
+                return self._reject(None, DROP_NO_STATE, is_mirror)
+            entry = self._create(info, now)
+            if entry is None:
+                return self._reject(None, DROP_TABLE_FULL, is_mirror)
+            is_orig = True
+        else:
+            is_orig = info.forward == entry.orig_forward
+            if flags & (_SYN | _ACK) == _SYN and entry.state in _REOPENABLE and (
+                not is_orig or info.tcp_seq != entry.orig.isn
+            ):
+                self._reopen(entry, info, now)
+                is_orig = True
+            elif self._strict and not self._in_window(entry, info, is_orig):
+                return self._reject(entry, DROP_OUT_OF_WINDOW, is_mirror)
+        if entry.verdict is FlowVerdict.DENY:
+            return self._reject(entry, DROP_DENIED, is_mirror)
+        self._update_tcp(entry, info, is_orig)
+        return self._accept(entry, info, is_mirror, now)
+
+    def _track_other(self, entry: Optional[ConnEntry], info: PacketInfo, is_mirror: bool,
+                     now: float) -> Verdict:  # fmt: skip
+        if entry is None:
+            entry = self._create(info, now)
+            if entry is None:
+                return self._reject(None, DROP_TABLE_FULL, is_mirror)
+        elif info.forward != entry.orig_forward and not entry.facts & FACT_SEEN_REPLY:
+            entry.facts |= FACT_SEEN_REPLY
+            entry.state = ConnState.REPLIED
+            self._bump(entry)
+        if entry.verdict is FlowVerdict.DENY:
+            return self._reject(entry, DROP_DENIED, is_mirror)
+        return self._accept(entry, info, is_mirror, now)
+
+    def _bump(self, entry: ConnEntry) -> None:
+        entry.version += 1
+        self._changed[entry.key] = None
+
+    def _create(self, info: PacketInfo, now: float) -> Optional[ConnEntry]:
+        if len(self._flows) >= self._max_flows:
+            return None
+        is_tcp = info.proto == PROTO_TCP
+        entry = ConnEntry(info.key, is_tcp, info.forward, now)
+        if not is_tcp:
+            entry.facts = FACT_SEEN_ORIG
+        if self._admit is not None and not self._admit(info):
+            entry.verdict = FlowVerdict.DENY
+        self._flows[info.key] = entry
+        self.flows_created += 1
+        self._bump(entry)
+        return entry
+
+    def _reopen(self, entry: ConnEntry, info: PacketInfo, now: float) -> None:
+        """A new connection on a closed key: fresh state, same entry, a higher version."""
+        entry.orig_forward = info.forward
+        entry.facts = 0
+        entry.state = ConnState.SYN_SENT
+        entry.orig = Direction()
+        entry.reply = Direction()
+        entry.first_seen = now
+        if self._admit is not None:
+            entry.verdict = FlowVerdict.ACCEPT if self._admit(info) else FlowVerdict.DENY
+        self.flows_reopened += 1
+        self._bump(entry)
+
+    def _update_tcp(self, entry: ConnEntry, info: PacketInfo, is_orig: bool) -> None:
+        """Fold one accepted segment into the entry. Idempotent for a repeated segment."""
+        flags = info.tcp_flags
+        seq = info.tcp_seq
+        facts = entry.facts
+        if is_orig:
+            sender, receiver = entry.orig, entry.reply
+        else:
+            sender, receiver = entry.reply, entry.orig
+        end = seq + info.payload_len
+        if flags & _SYN:
+            end += 1
+            if is_orig:
+                if not facts & FACT_SYN_REPLY:  # a SYN (or its retransmission) before the answer
+                    sender.isn = seq
+                    sender.seq_end = None
+                facts |= FACT_SYN_ORIG
+            else:
+                if not facts & FACT_SYN_REPLY:
+                    sender.isn = seq
+                facts |= FACT_SYN_REPLY
+        if flags & _FIN:
+            end += 1
+        end &= SEQ_MASK
+        if sender.seq_end is None or seq_diff(end, sender.seq_end) > 0:
+            sender.seq_end = end
+        window = info.tcp_window
+        sender.window = window
+        if window > sender.max_window:
+            sender.max_window = window
+        if flags & _ACK:
+            ack = info.tcp_ack
+            if sender.ack_max is None or seq_diff(ack, sender.ack_max) > 0:
+                sender.ack_max = ack
+            allowed = (ack + (window << self._scale)) & SEQ_MASK
+            if receiver.allowed_end is None or seq_diff(allowed, receiver.allowed_end) > 0:
+                receiver.allowed_end = allowed
+            if is_orig:
+                if (facts & FACT_SYN_REPLY and not flags & _SYN and receiver.isn is not None
+                        and seq_diff(ack, receiver.isn) > 0):  # fmt: skip
+                    facts |= FACT_HANDSHAKE_DONE
+                if facts & FACT_FIN_REPLY and seq_diff(ack, receiver.fin_end) >= 0:
+                    facts |= FACT_FIN_REPLY_ACKED
+            elif facts & FACT_FIN_ORIG and seq_diff(ack, receiver.fin_end) >= 0:
+                facts |= FACT_FIN_ORIG_ACKED
+        if flags & _FIN:
+            if sender.fin_end is None:
+                sender.fin_end = end
+            facts |= FACT_FIN_ORIG if is_orig else FACT_FIN_REPLY
+        if flags & _RST:
+            facts |= FACT_RST
+        if facts != entry.facts:
+            entry.facts = facts
+            entry.state = TCP_STATE_OF_FACTS[facts]
+            self._bump(entry)
+
+    def _in_window(self, entry: ConnEntry, info: PacketInfo, is_orig: bool) -> bool:
+        """Strict mode: Linux conntrack's four window checks, with an assumed window scale."""
+        flags = info.tcp_flags
+        if is_orig:
+            sender, receiver = entry.orig, entry.reply
+        else:
+            sender, receiver = entry.reply, entry.orig
+        if flags & _SYN:
+            if flags & _ACK and not is_orig and entry.orig.isn is not None:
+                return info.tcp_ack == (entry.orig.isn + 1) & SEQ_MASK
+            return True
+        seq = info.tcp_seq
+        if sender.seq_end is not None:
+            end = seq + info.payload_len + (1 if flags & _FIN else 0)
+            behind = max(receiver.max_window << self._scale, MIN_WINDOW_SLACK)
+            if seq_diff(end, sender.seq_end - behind) < 0:  # older than any window
+                return False
+            if sender.allowed_end is not None and seq_diff(seq, sender.allowed_end) > 0:
+                return False  # beyond what the receiver allowed
+        if flags & _ACK and receiver.seq_end is not None:
+            ack = info.tcp_ack
+            if seq_diff(ack, receiver.seq_end) > 0:  # acknowledges data never sent
+                return False
+            behind = max(sender.max_window << self._scale, MIN_WINDOW_SLACK)
+            if seq_diff(ack, receiver.seq_end - behind) < 0:
+                return False
+        return True
+
+    # -- table maintenance -----------------------------------------------------------------
+    def expire(self, now: float) -> List[FlowKey]:
+        """Remove flows idle longer than their state's timeout.
+
+        Args:
+            now: Current time in seconds.
+
+        Returns:
+            The keys removed.
+        """
+        expired = []
+        tcp_timeouts = self._tcp_timeouts
+        for key, entry in self._flows.items():
+            if entry.is_tcp:
+                timeout = tcp_timeouts[entry.state]
+            else:
+                timeout = self._other_timeout_table(key.proto)[entry.state]
+            if now - entry.last_seen > timeout:
+                expired.append(key)
+        for key in expired:
+            del self._flows[key]
+            self._changed.pop(key, None)
+        self.flows_expired += len(expired)
+        return expired
+
+    def _other_timeout_table(self, proto: int) -> Dict[ConnState, float]:
+        table = self._other_timeouts.get(proto)
+        if table is None:
+            table = self._other_timeouts[proto] = self.config.timeouts.other_table(proto)
+        return table
+
+    def set_verdict(self, key: FlowKey, verdict: FlowVerdict) -> bool:
+        """Change a flow's verdict (a policy decision mirrors cannot see in packets).
+
+        Args:
+            key: The flow.
+            verdict: Its new verdict.
+
+        Returns:
+            True if the flow exists (its version grows if the verdict changed).
+        """
+        entry = self._flows.get(key)
+        if entry is None:
+            return False
+        if entry.verdict is not verdict:
+            entry.verdict = verdict
+            self._bump(entry)
+        return True
+
+    def take_changes(self) -> List[FlowKey]:
+        """Keys of the flows whose version grew since the last call (oldest first)."""
+        changed = [key for key in self._changed if key in self._flows]
+        self._changed.clear()
+        return changed
+
+    # -- access --------------------------------------------------------------------------
+    def get(self, key: FlowKey) -> Optional[ConnEntry]:
+        """The entry of ``key``, or None."""
+        return self._flows.get(key)
+
+    def __len__(self) -> int:
+        return len(self._flows)
+
+    def __contains__(self, key: object) -> bool:
+        return key in self._flows
+
+    def __iter__(self) -> Iterator[ConnEntry]:
+        return iter(list(self._flows.values()))
+
+    def counters(self) -> Dict[str, int]:
+        """Table-wide counters as a flat dict (``dropped_no_state`` ...)."""
+        counters = {
+            "flows_tracked": len(self._flows),
+            "flows_created": self.flows_created,
+            "flows_expired": self.flows_expired,
+            "flows_reopened": self.flows_reopened,
+            "records_applied": self.records_applied,
+            "records_ignored": self.records_ignored,
+            "dropped": sum(self.dropped.values()),
+            "mirror_rejected": sum(self.mirror_rejected.values()),
+        }
+        for reason in DROP_REASONS:
+            counters[f"dropped_{reason}"] = self.dropped[reason]
+            counters[f"mirror_rejected_{reason}"] = self.mirror_rejected[reason]
+        return counters
+
+    # -- replication -----------------------------------------------------------------------
+    def snapshot(self, keys: Optional[Iterable[FlowKey]] = None) -> List[dict]:
+        """Plain, JSON-able records of flows (see ``prism.cell.records``).
+
+        Args:
+            keys: Only these flows (unknown keys are skipped); default all.
+
+        Returns:
+            One record per flow.
+        """
+        if keys is None:
+            return [entry_to_record(entry) for entry in self._flows.values()]
+        flows = self._flows
+        return [entry_to_record(flows[key]) for key in keys if key in flows]
+
+    def merge(self, records: Iterable[Mapping]) -> int:
+        """Apply records from another cell: a higher version wins, a repeat changes nothing.
+
+        Records are all validated before any is applied. Merged state does not
+        count as a local change (``take_changes``) and leaves this cell's
+        packet counters alone.
+
+        Args:
+            records: Records as made by ``snapshot`` (possibly via JSON).
+
+        Returns:
+            How many records changed the table.
+
+        Raises:
+            StateRecordError: a record is malformed (nothing was applied).
+        """
+        incoming = [record_to_entry(record, index) for index, record in enumerate(records)]
+        applied = 0
+        for entry in incoming:
+            local = self._flows.get(entry.key)
+            if local is None:
+                if len(self._flows) >= self._max_flows:
+                    self.records_ignored += 1
+                    continue
+                self._flows[entry.key] = entry
+            elif entry.version > local.version:
+                merge_entry(local, entry)
+            else:
+                self.records_ignored += 1
+                continue
+            applied += 1
+        self.records_applied += applied
+        return applied
+
+    def restore(self, records: Iterable[Mapping]) -> int:
+        """Replace the whole table by ``records`` (validated first); returns the flows restored."""
+        incoming = [record_to_entry(record, index) for index, record in enumerate(records)]
+        self._flows.clear()
+        self._changed.clear()
+        for entry in incoming:
+            local = self._flows.get(entry.key)
+            if local is None:
+                self._flows[entry.key] = entry
+            elif entry.version > local.version:
+                merge_entry(local, entry)
+        return len(self._flows)
+
