@@ -1,0 +1,65 @@
+"""Packaging for PRISM: the ``prism`` command and its Python packages.
+
+Installed by ``make setup`` as ``pip install -e .[test] -c constraints.txt``
+into ``.venv``; every version is pinned in ``constraints.txt``.
+"""
+
+from setuptools import find_packages, setup
+
+PACKAGE_PATTERNS = [
+    "prism",
+    "prism.*",
+    "models",
+    "models.*",
+    "ryu_apps",
+    "ryu_apps.*",
+    "mininet_topos",
+    "mininet_topos.*",
+]
+
+setup(
+    name="prism",
+    version="0.1.0",
+    description="PRISM: predictive replication of flow state with packet mirroring",
+    packages=find_packages(include=PACKAGE_PATTERNS),
+    # Shipped model artifacts (skops model + JSON manifest) and example configs.
+    package_data={
+        "models": ["*.skops", "*.json"],
+        "prism": ["*.yaml", "*.json"],
+    },
+    include_package_data=True,
+    python_requires="~=3.11",
+    install_requires=[
+        # Ryu 4.34 needs setuptools<68 to build and a one-line patch to start
+        # with eventlet >= 0.30: scripts/setup.sh does both (see README).
+        "ryu==4.34",
+        # 0.33.3 is the first that imports on Python 3.11; 0.41 prints a
+        # deprecation banner on every import (each ryu-manager start).
+        "eventlet>=0.33.3,<0.41",
+        "pyyaml",
+        "numpy",
+        "pandas",
+        "pyarrow",
+        "scikit-learn",
+        "skops",
+        "prometheus-client",
+        "dpkt",
+        "tqdm",
+        "matplotlib",
+        "webob",
+        "routes",
+    ],
+    extras_require={
+        "test": [
+            "pytest",
+            "pytest-timeout",
+            # Executing notebooks headless: nbclient runs them in an ipykernel.
+            "nbclient",
+            "nbformat",
+            "ipykernel",
+        ],
+    },
+    entry_points={
+        "console_scripts": ["prism=prism.cli:main"],
+    },
+)
