@@ -1,0 +1,85 @@
+"""The management protocol between the controller and the cells, and between cells.
+
+PRISM keeps control and replication traffic off the data path: every cell has
+a second interface on a management network (in Mininet, a Linux bridge in the
+root namespace that the controller also sits on). Messages are UDP datagrams:
+one JSON object, zlib-compressed, behind a 4-byte header (magic + version).
+``decode`` never raises on garbage: it returns None and the caller counts it.
+
+Message types (field ``type``); ``cell`` is always the sender's cell id:
+
+- ``heartbeat`` cell -> controller, every HEARTBEAT_INTERVAL_S:
+  ``{cell, seq, flows, primary_pps, mirror_pps, replication: {...counters}}``
+- ``directory`` controller -> every cell, on start and on every change:
+  ``{epoch, cells: {cell_id: [mgmt_ip, mgmt_port]}, live: [cell_id, ...]}``
+- ``profiles`` controller -> the cells a change concerns:
+  ``{epoch, profiles: {profile_id: [primary_cell, [mirror_cells...]]}}``
+  (profile_id is the profile's ALL group id; a profile missing from a later
+  full message is gone). ``full`` true means "this is the whole table".
+- ``assign`` controller -> the cells of a profile: ``{flows: [[flow_id, profile_id, key_text], ...]}``
+  batched per tick; tells a cell which profile a flow of its belongs to.
+- ``seed`` controller -> a profile's (new) primary: ``{profile_id, target}``:
+  send a snapshot of every flow of that profile to ``target``; when the target
+  has acknowledged it, the primary sends ``seeded`` to the controller.
+- ``seeded`` cell -> controller: ``{profile_id, target, flows}``.
+- ``state`` cell -> cell: ``{seq, records: [record, ...]}`` where a record is a
+  ConnTracker snapshot record (a later per-flow version wins, a repeat is
+  harmless); ``ack`` cell -> cell: ``{seq}``. Unacknowledged ``state``
+  messages are retried; a batch that exhausts its retries is counted as lost
+  and its flows are sent again in full.
+- ``drain`` / ``restore`` controller -> cell: informational, the cell logs them.
+"""
+
+from __future__ import annotations
+
+import json
+import struct
+import zlib
+from typing import Any, Dict, Optional
+
+MAGIC = b"PR"
+VERSION = 1
+_HEADER = struct.Struct("!2sBx")
+
+#: Well-known UDP ports on the management network.
+CONTROLLER_MGMT_PORT = 7600
+CELL_MGMT_PORT = 7700
+
+HEARTBEAT_INTERVAL_S = 0.1
+#: Largest datagram we send; state batches are split below this.
+MAX_DATAGRAM = 60_000
+#: A decompressed message larger than this is refused (no zip bombs).
+MAX_MESSAGE_BYTES = 8 * 1024 * 1024
+
+MESSAGE_TYPES = frozenset(
+    {"heartbeat", "directory", "profiles", "assign", "seed", "seeded", "state", "ack",
+     "drain", "restore"}
+)
+
+
+def encode(message: Dict[str, Any]) -> bytes:
+    """One message as a datagram. ``message['type']`` must be a known type."""
+    if message.get("type") not in MESSAGE_TYPES:
+        raise ValueError(f"unknown management message type {message.get('type')!r}")
+    body = zlib.compress(json.dumps(message, separators=(",", ":")).encode(), 1)
+    return _HEADER.pack(MAGIC, VERSION) + body
+
+
+def decode(datagram: bytes) -> Optional[Dict[str, Any]]:
+    """The message in ``datagram``, or None if it is not a valid PRISM message."""
+    if len(datagram) < _HEADER.size:
+        return None
+    magic, version = _HEADER.unpack_from(datagram)
+    if magic != MAGIC or version != VERSION:
+        return None
+    try:
+        inflater = zlib.decompressobj()
+        text = inflater.decompress(datagram[_HEADER.size:], MAX_MESSAGE_BYTES)
+        if inflater.unconsumed_tail:
+            return None
+        message = json.loads(text)
+    except (zlib.error, ValueError, UnicodeDecodeError):
+        return None
+    if not isinstance(message, dict) or message.get("type") not in MESSAGE_TYPES:
+        return None
+    return message
