@@ -1,0 +1,158 @@
+"""The cell's event loop: poll the packet socket and any registered readers, handle frames in batches, tick."""
+
+from __future__ import annotations
+
+import logging
+import os
+import select
+import time
+from typing import Callable, Dict, Optional, Protocol
+
+from prism.cell.cell import Cell
+from prism.cell.io import FATAL_ERRNOS, CellIOError
+
+LOG = logging.getLogger(__name__)
+
+DEFAULT_TICK_S = 0.1  #: tick period: expiry check, and replication/heartbeats later
+RECV_BATCH = 256  #: frames handled per wake-up before other work gets a turn
+_POLL_IN = select.POLLIN | select.POLLPRI
+_POLL_BROKEN = select.POLLNVAL
+
+
+class FramePort(Protocol):
+    """What the loop needs from a packet socket (``PacketSocket`` or a test fake)."""
+
+    def fileno(self) -> int: ...
+
+    def recv_frame(self) -> Optional[bytes]: ...
+
+    def send(self, frame: bytes) -> int: ...
+
+
+class CellLoop:
+    """Runs a ``Cell`` on a ``FramePort`` until ``stop()``.
+
+    One thread; ``poll`` waits for frames, for any reader registered with
+    ``add_reader`` (the state server now; the State Mirroring Module's
+    replication socket later) and for the next tick. Frames are handled in
+    batches with one ``now`` per batch.
+
+    Args:
+        cell: The cell.
+        port: Its packet socket.
+        clock: Wall-clock time source (records travel between cells).
+        tick_interval_s: Period of ``cell.tick``.
+        batch: Frames handled per wake-up at most.
+    """
+
+    def __init__(self, cell: Cell, port: FramePort, clock: Callable[[], float] = time.time,
+                 tick_interval_s: float = DEFAULT_TICK_S, batch: int = RECV_BATCH) -> None:  # fmt: skip
+        self.cell = cell
+        self.port = port
+        self.clock = clock
+        self.tick_interval_s = tick_interval_s
+        self.batch = batch
+        self._readers: Dict[int, Callable[[], None]] = {}
+        self._wake_read, self._wake_write = os.pipe()
+        os.set_blocking(self._wake_read, False)
+        os.set_blocking(self._wake_write, False)
+        self._stopping = False
+        self._poller: Optional[select.poll] = None
+
+    def add_reader(self, fd: int, callback: Callable[[], None]) -> None:
+        """Call ``callback()`` whenever ``fd`` is readable (exceptions are logged, not fatal)."""
+        self._readers[fd] = callback
+        if self._poller is not None:
+            self._poller.register(fd, _POLL_IN)
+
+    def remove_reader(self, fd: int) -> None:
+        """Stop watching ``fd``."""
+        if self._readers.pop(fd, None) is not None and self._poller is not None:
+            self._poller.unregister(fd)
+
+    def stop(self) -> None:
+        """Make ``run`` return soon; safe to call from a signal handler."""
+        self._stopping = True
+        try:
+            os.write(self._wake_write, b"\0")
+        except (BlockingIOError, OSError):
+            pass
+
+    def run(self) -> None:
+        """Handle frames and ticks until ``stop()``.
+
+        Raises:
+            CellIOError: the interface went away for good.
+        """
+        poller = self._poller = select.poll()
+        port_fd = self.port.fileno()
+        poller.register(port_fd, _POLL_IN)
+        poller.register(self._wake_read, select.POLLIN)
+        for fd in self._readers:
+            poller.register(fd, _POLL_IN)
+        cell, clock, tick_s = self.cell, self.clock, self.tick_interval_s
+        next_tick = clock() + tick_s
+        while not self._stopping:
+            timeout_ms = max(0.0, (next_tick - clock()) * 1000.0)
+            events = poller.poll(timeout_ms)
+            now = clock()
+            for fd, mask in events:
+                if fd == port_fd:
+                    if mask & _POLL_BROKEN:
+                        raise CellIOError(f"the packet socket of cell {cell.cell_id} was closed")
+                    self._drain(now)
+                elif fd == self._wake_read:
+                    self._drain_wake_pipe()
+                else:
+                    self._call_reader(fd)
+            if now >= next_tick:
+                cell.tick(now)
+                next_tick = now + tick_s
+
+    def _drain(self, now: float) -> None:
+        """Handle up to ``batch`` queued frames: the hot path."""
+        cell = self.cell
+        handle, recv, send = cell.handle_frame, self.port.recv_frame, self.port.send
+        for _ in range(self.batch):
+            try:
+                frame = recv()
+            except OSError as error:
+                if error.errno in FATAL_ERRNOS:
+                    raise CellIOError(f"cell {cell.cell_id} lost its interface: {error}") from error
+                cell.recv_errors += 1
+                return
+            if frame is None:
+                return
+            try:
+                if handle(frame, now):
+                    try:
+                        send(frame)
+                        cell.forwarded += 1
+                    except OSError:
+                        cell.send_errors += 1
+            except Exception as error:  # noqa: BLE001 - never die on one frame
+                cell.count_error(error)
+
+    def _drain_wake_pipe(self) -> None:
+        try:
+            while os.read(self._wake_read, 512):
+                pass
+        except BlockingIOError:
+            pass
+
+    def _call_reader(self, fd: int) -> None:
+        callback = self._readers.get(fd)
+        if callback is None:
+            return
+        try:
+            callback()
+        except Exception:  # noqa: BLE001 - a reader's failure must not stop the data path
+            LOG.exception("cell %s: reader on fd %d failed", self.cell.cell_id, fd)
+
+    def close(self) -> None:
+        """Release the wake-up pipe."""
+        for fd in (self._wake_read, self._wake_write):
+            try:
+                os.close(fd)
+            except OSError:
+                pass

@@ -1,0 +1,119 @@
+"""``prism cell``: run an exception-path cell on one interface until SIGTERM/SIGINT."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import re
+import signal
+import sys
+import time
+
+from prism.cell.cell import Cell, TickReport
+from prism.cell.conntrack import ConnTracker, TrackerConfig
+from prism.cell.io import CellIOError, PacketSocket
+from prism.cell.loop import DEFAULT_TICK_S, CellLoop
+from prism.cell.state_server import StateServer, default_state_socket
+from prism.flows import mac_to_bytes, mac_to_str
+from prism.openflow import MIRROR_MAC
+
+LOG = logging.getLogger("prism.cell")
+
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
+SUMMARY_INTERVAL_S = 30.0  #: how often a running cell logs its counters
+CELL_ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
+
+
+def _cell_id(text: str) -> str:
+    if not CELL_ID_PATTERN.match(text):
+        raise argparse.ArgumentTypeError(
+            f"cell id {text!r}: use letters, digits, '.', '_' or '-' (it names the state socket)"
+        )
+    return text
+
+
+def _mac(text: str) -> str:
+    try:
+        return mac_to_str(mac_to_bytes(text))
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(f"--mirror-mac: {error}") from error
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Arguments of ``prism cell``."""
+    parser.add_argument("--interface", required=True, help="interface to the switch (e.g. c1-eth0)")
+    parser.add_argument("--cell-id", required=True, type=_cell_id, help="this cell's id")
+    parser.add_argument("--state-socket", metavar="PATH",
+                        help="UNIX socket serving the state table as JSON "
+                             "(default /tmp/prism-cell-<id>.sock)")  # fmt: skip
+    parser.add_argument("--mirror-mac", type=_mac, default=MIRROR_MAC,
+                        help=f"destination MAC of mirror copies (default {MIRROR_MAC})")  # fmt: skip
+    mode = parser.add_mutually_exclusive_group()
+    mode.add_argument("--strict", dest="strict", action="store_true",
+                      help="check TCP sequence/ack numbers against the windows seen")  # fmt: skip
+    mode.add_argument("--loose", dest="strict", action="store_false",
+                      help="check TCP flags and state only (default)")  # fmt: skip
+    parser.set_defaults(strict=False)
+    parser.add_argument("--tick-interval", type=float, default=DEFAULT_TICK_S, metavar="SECONDS",
+                        help=f"period of expiry and other periodic work (default {DEFAULT_TICK_S})")  # fmt: skip
+    parser.add_argument("--log-level", default="INFO", choices=LOG_LEVELS, type=str.upper)
+
+
+def _summary_hook(interval_s: float):
+    next_log = [0.0]
+
+    def log_summary(cell: Cell, report: TickReport) -> None:
+        if report.now < next_log[0]:
+            return
+        next_log[0] = report.now + interval_s
+        c = cell.counters()
+        LOG.info("cell %s: %d flows, primary %d, mirror %d, forwarded %d, dropped %d, ignored %d",
+                 cell.cell_id, c["flows_tracked"], c["primary_packets"], c["mirror_packets"],
+                 c["forwarded"], c["dropped"], c["ignored"])  # fmt: skip
+
+    return log_summary
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run the cell until a signal; returns the exit code."""
+    logging.basicConfig(level=args.log_level, stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")  # fmt: skip
+    if args.tick_interval <= 0:
+        print("prism cell: --tick-interval must be positive", file=sys.stderr)
+        return 2
+    state_path = args.state_socket or default_state_socket(args.cell_id)
+    cell = Cell(args.cell_id, ConnTracker(TrackerConfig(strict=args.strict)), args.mirror_mac)
+    cell.add_tick_hook(_summary_hook(SUMMARY_INTERVAL_S))
+    try:
+        port = PacketSocket(args.interface)
+    except CellIOError as error:
+        print(f"prism cell: {error}", file=sys.stderr)
+        return 1
+    loop = CellLoop(cell, port, tick_interval_s=args.tick_interval)
+    server = None
+    previous = {}
+    try:
+        server = StateServer(
+            state_path, lambda: cell.state_document(time.time(), interface=args.interface)
+        )
+        loop.add_reader(server.fileno(), server.serve_pending)
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            previous[signum] = signal.signal(signum, lambda *_: loop.stop())
+        LOG.info("cell %s on %s (%s, mirror MAC %s, rcvbuf %d), state on %s",
+                 args.cell_id, args.interface, "strict" if args.strict else "loose",
+                 cell.mirror_mac, port.rcvbuf, state_path)  # fmt: skip
+        loop.run()
+    except CellIOError as error:
+        print(f"prism cell: {error}", file=sys.stderr)
+        return 1
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+        if server is not None:
+            server.close()
+        loop.close()
+        port.close()
+    counters = cell.counters()
+    LOG.info("cell %s stopped: %s", args.cell_id,
+             ", ".join(f"{name} {value}" for name, value in counters.items() if value))  # fmt: skip
+    return 0
