@@ -1,0 +1,111 @@
+"""The validated configuration's types, its problems, and the error that lists them."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Dict, List, Optional, Tuple
+
+DEFAULT_IDLE_TIMEOUT_S = 10
+DEFAULT_REPLICATION_FACTOR = 1
+DEFAULT_MAX_REPLICATION_FACTOR = 2
+MAX_PORT_NUMBER = 0xFFFF_FF00  #: OFPP_MAX: ports above are OpenFlow reserved ports
+MAX_DPID = 2**64 - 1
+SEVERITY_ERROR = "error"
+SEVERITY_WARNING = "warning"
+
+@dataclass(frozen=True)
+class ConfigProblem:
+    """One problem found in a configuration file.
+
+    Attributes:
+        source: File name as given.
+        line: 1-based line, 0 if the problem has no position (unreadable file).
+        column: 1-based column.
+        path: Key path such as ``switches[0].cells[1].port`` ('' for the whole file).
+        message: What is wrong, and where the conflicting item is.
+        severity: ``'error'`` or ``'warning'``.
+    """
+
+    source: str
+    line: int
+    column: int
+    path: str
+    message: str
+    severity: str = SEVERITY_ERROR
+
+    def __str__(self) -> str:
+        where = f"{self.source}:{self.line}:{self.column}: " if self.line else f"{self.source}: "
+        kind = "warning: " if self.severity == SEVERITY_WARNING else ""
+        path = f"{self.path}: " if self.path else ""
+        return f"{where}{kind}{path}{self.message}"
+
+
+class ConfigError(Exception):
+    """A configuration with errors; ``problems`` lists every one (warnings too)."""
+
+    def __init__(self, problems: List[ConfigProblem]) -> None:
+        self.problems = tuple(problems)
+        super().__init__("\n".join(str(p) for p in self.problems))
+
+    @property
+    def errors(self) -> Tuple[ConfigProblem, ...]:
+        """The problems that are errors (not warnings)."""
+        return tuple(p for p in self.problems if p.severity == SEVERITY_ERROR)
+
+
+@dataclass(frozen=True)
+class CellConfig:
+    """A cell: its id and the switch port it hangs on."""
+
+    id: str
+    port: int
+
+
+@dataclass(frozen=True)
+class SwitchConfig:
+    """A fast-path switch: its datapath id, cells and edge ports."""
+
+    dp_id: int
+    name: str
+    cells: Tuple[CellConfig, ...]
+    edge_ports: Tuple[int, ...]
+
+    @property
+    def cell_ids(self) -> Tuple[str, ...]:
+        """Ids of the cells, in configuration order."""
+        return tuple(cell.id for cell in self.cells)
+
+    @property
+    def cell_ports(self) -> Dict[str, int]:
+        """cell id -> port."""
+        return {cell.id: cell.port for cell in self.cells}
+
+    def cell_on_port(self, port: int) -> Optional[CellConfig]:
+        """The cell on ``port``, or None."""
+        return next((cell for cell in self.cells if cell.port == port), None)
+
+
+@dataclass(frozen=True)
+class PrismConfig:
+    """A validated configuration.
+
+    Attributes:
+        switches: dp_id -> SwitchConfig.
+        idle_timeout: Seconds of inactivity after which a flow's FSC entries expire.
+        default_replication_factor: Mirrors per flow by default.
+        max_replication_factor: The most mirrors any flow gets.
+        source: Where it was read from.
+        warnings: Problems that did not stop it from loading.
+    """
+
+    switches: Dict[int, SwitchConfig]
+    idle_timeout: int = DEFAULT_IDLE_TIMEOUT_S
+    default_replication_factor: int = DEFAULT_REPLICATION_FACTOR
+    max_replication_factor: int = DEFAULT_MAX_REPLICATION_FACTOR
+    source: str = field(default="<string>", compare=False)
+    warnings: Tuple[ConfigProblem, ...] = field(default=(), compare=False)
+
+    @property
+    def cell_count(self) -> int:
+        """Number of cells over all switches."""
+        return sum(len(switch.cells) for switch in self.switches.values())
