@@ -308,9 +308,9 @@ class FakeSwitch:
         table = self._tables.setdefault(mod.table_id, [])
         if mod.command is Command.MODIFY:
             for entry in table:
-                if (entry.cookie & mod.cookie_mask) == (mod.cookie & mod.cookie_mask) and _at_least_as_specific(
-                    entry.match, match
-                ):
+                if (entry.cookie & mod.cookie_mask) == (
+                    mod.cookie & mod.cookie_mask
+                ) and _at_least_as_specific(entry.match, match):
                     entry.actions, entry.goto_table = mod.actions, mod.goto_table
             return
         entry = FlowEntry(
@@ -383,7 +383,9 @@ class FakeSwitch:
             if mod.group_id == OFPG_ANY:
                 doomed = set(self._groups)
             else:
-                if any(mod.group_id in g.group_ids() for gid, g in self._groups.items() if gid != mod.group_id):
+                if any(
+                    mod.group_id in g.group_ids() for gid, g in self._groups.items() if gid != mod.group_id
+                ):
                     raise FakeSwitchError("OFPGMFC_CHAINED_GROUP", mod, "another group forwards to it")
                 doomed = {mod.group_id} & set(self._groups)
             self._remove_flows(lambda e: bool(doomed & set(e.group_ids())), REMOVED_GROUP_DELETE, result)
@@ -456,7 +458,9 @@ class FakeSwitch:
         """
         if now is not None:
             self.now = now
-        fields = oxm.from_frame(packet) if isinstance(packet, (bytes, bytearray)) else oxm.normalize_packet(packet)
+        fields = (
+            oxm.from_frame(packet) if isinstance(packet, (bytes, bytearray)) else oxm.normalize_packet(packet)
+        )
         fields["in_port"] = in_port
         result = Result()
         self._run_pipeline(fields, 0, result)
@@ -471,12 +475,19 @@ class FakeSwitch:
             entry.byte_count += _length(packet)
             entry.last_used = self.now
             miss = entry.priority == 0 and not entry.match
-            context = _Context(packet["in_port"], table_id, entry.cookie, REASON_NO_MATCH if miss else REASON_ACTION)
+            context = _Context(
+                packet["in_port"], table_id, entry.cookie, REASON_NO_MATCH if miss else REASON_ACTION
+            )
             self._run_actions(entry.actions, packet, context, result, 0)
             table_id = entry.goto_table
 
     def _run_actions(
-        self, actions: Sequence[Action], packet: Dict[str, Any], context: "_Context", result: Result, depth: int
+        self,
+        actions: Sequence[Action],
+        packet: Dict[str, Any],
+        context: "_Context",
+        result: Result,
+        depth: int,
     ) -> None:
         for action in actions:
             if isinstance(action, SetField):
@@ -486,7 +497,9 @@ class FakeSwitch:
             elif isinstance(action, Output):
                 self._output(action, packet, context, result)
 
-    def _run_group(self, group_id: int, packet: Dict[str, Any], context: "_Context", result: Result, depth: int) -> None:
+    def _run_group(
+        self, group_id: int, packet: Dict[str, Any], context: "_Context", result: Result, depth: int
+    ) -> None:
         group = self._groups.get(group_id)
         if group is None or depth > MAX_GROUP_CHAIN:
             return
@@ -496,7 +509,9 @@ class FakeSwitch:
             chosen = list(enumerate(group.buckets))
         else:
             live = (
-                (i, b) for i, b in enumerate(group.buckets) if b.watch_port == OFPP_ANY or self.port_live(b.watch_port)
+                (i, b)
+                for i, b in enumerate(group.buckets)
+                if b.watch_port == OFPP_ANY or self.port_live(b.watch_port)
             )
             chosen = list(itertools.islice(live, 1))
         for index, bucket in chosen:
@@ -510,7 +525,9 @@ class FakeSwitch:
             if action.max_len != OFPCML_NO_BUFFER:
                 data = data[: action.max_len]
             copy = dict(packet)
-            result.packet_ins.append(PacketIn(in_port, context.table_id, context.reason, context.cookie, data, copy))
+            result.packet_ins.append(
+                PacketIn(in_port, context.table_id, context.reason, context.cookie, data, copy)
+            )
             return
         if action.port == OFPP_TABLE:
             self._run_pipeline(dict(packet), 0, result)
@@ -538,7 +555,8 @@ class _Context:
 def _at_least_as_specific(entry_match: Mapping[str, Any], filter_match: Mapping[str, Any]) -> bool:
     """Non-strict match: the entry has every field of the filter with the same value."""
     return all(
-        name in entry_match and entry_match[name] == oxm.normalize(name, value) for name, value in filter_match.items()
+        name in entry_match and entry_match[name] == oxm.normalize(name, value)
+        for name, value in filter_match.items()
     )
 
 

@@ -153,7 +153,9 @@ def _l4(packet: Mapping[str, Any], payload: bytes, pseudo: bytes) -> bytes:
         ) + payload  # fmt: skip
         return _with_checksum(segment, 16, pseudo + struct.pack("!xBH", proto, len(segment)))
     if proto == PROTO_UDP and "udp_src" in packet:
-        segment = _UDP.pack(packet["udp_src"], packet.get("udp_dst", 0), _UDP.size + len(payload), 0) + payload
+        segment = (
+            _UDP.pack(packet["udp_src"], packet.get("udp_dst", 0), _UDP.size + len(payload), 0) + payload
+        )
         return _with_checksum(segment, 6, pseudo + struct.pack("!xBH", proto, len(segment)))
     if proto == PROTO_SCTP and "sctp_src" in packet:
         return _SCTP.pack(packet["sctp_src"], packet.get("sctp_dst", 0), 0, 0) + payload
@@ -247,7 +249,9 @@ def _parse_l4(packet: Packet, proto: int, body: bytes) -> bytes:
         header_len = (offset >> 4) * 4
         if header_len < _TCP.size or header_len > len(body):
             return body
-        packet.update(tcp_src=sport, tcp_dst=dport, tcp_seq=seq, tcp_ack=ack, tcp_flags=flags, tcp_window=window)
+        packet.update(
+            tcp_src=sport, tcp_dst=dport, tcp_seq=seq, tcp_ack=ack, tcp_flags=flags, tcp_window=window
+        )
         return body[header_len:]
     if proto == PROTO_UDP and len(body) >= _UDP.size:
         sport, dport, _, _ = _UDP.unpack_from(body)
@@ -271,7 +275,9 @@ def _parse_l4(packet: Packet, proto: int, body: bytes) -> bytes:
 
 
 # --- Packets for tests -------------------------------------------------------------
-def udp_packet(eth_src: str, eth_dst: str, src: str, dst: str, sport: int, dport: int, payload: bytes = b"") -> Packet:
+def udp_packet(
+    eth_src: str, eth_dst: str, src: str, dst: str, sport: int, dport: int, payload: bytes = b""
+) -> Packet:
     """A UDP packet over IPv4 or IPv6 (chosen by the address text)."""
     packet = _ip(eth_src, eth_dst, src, dst, PROTO_UDP)
     packet.update(udp_src=sport, udp_dst=dport, payload=payload)
@@ -279,7 +285,14 @@ def udp_packet(eth_src: str, eth_dst: str, src: str, dst: str, sport: int, dport
 
 
 def tcp_packet(
-    eth_src: str, eth_dst: str, src: str, dst: str, sport: int, dport: int, flags: int = 0x10, payload: bytes = b""
+    eth_src: str,
+    eth_dst: str,
+    src: str,
+    dst: str,
+    sport: int,
+    dport: int,
+    flags: int = 0x10,
+    payload: bytes = b"",
 ) -> Packet:
     """A TCP segment over IPv4 or IPv6 (``flags`` default ACK)."""
     packet = _ip(eth_src, eth_dst, src, dst, PROTO_TCP)
@@ -302,7 +315,9 @@ def nd_solicit_packet(eth_src: str, src: str, target: str) -> Packet:
     group = ipaddress.IPv6Address(bytes.fromhex("ff0200000000000000000001ff") + low)
     eth_dst = "33:33:" + ":".join(f"{b:02x}" for b in group.packed[-4:])
     packet = _ip(eth_src, eth_dst, src, str(group), PROTO_ICMPV6)
-    packet.update(icmpv6_type=ICMPV6_ND_SOLICIT, icmpv6_code=0, ipv6_nd_target=target, ip_ttl=255, payload=b"")
+    packet.update(
+        icmpv6_type=ICMPV6_ND_SOLICIT, icmpv6_code=0, ipv6_nd_target=target, ip_ttl=255, payload=b""
+    )
     return packet
 
 

@@ -16,7 +16,9 @@ class NoLiveCell(ValueError):
 class Policy(Protocol):
     """What the director asks for every new flow (FixedPolicy now, the predictive policy later)."""
 
-    def profile_for(self, packet_info: PacketInfo, live_cells: Collection[str], now: float) -> MirroringProfile:
+    def profile_for(
+        self, packet_info: PacketInfo, live_cells: Collection[str], now: float
+    ) -> MirroringProfile:
         """The profile of the flow whose first packet is ``packet_info``.
 
         Args:
@@ -47,7 +49,9 @@ class FixedPolicy:
         self.ring = ring
         self.replication_factor = replication_factor
 
-    def profile_for(self, packet_info: PacketInfo, live_cells: Collection[str], now: float) -> MirroringProfile:
+    def profile_for(
+        self, packet_info: PacketInfo, live_cells: Collection[str], now: float
+    ) -> MirroringProfile:
         """See ``Policy.profile_for``; ``now`` is unused."""
         live = live_cells if isinstance(live_cells, (set, frozenset)) else frozenset(live_cells)
         ranked = [cell_id for cell_id in self.ring.order(packet_info.flow_id) if cell_id in live]

@@ -66,10 +66,16 @@ def match_to_dict(match: Any) -> Dict[str, Any]:
 def _flow_mod(datapath: Any, mod: FlowMod) -> Any:
     ofp = datapath.ofproto
     parser = datapath.ofproto_parser
-    commands = {Command.ADD: ofp.OFPFC_ADD, Command.MODIFY: ofp.OFPFC_MODIFY, Command.DELETE: ofp.OFPFC_DELETE}
+    commands = {
+        Command.ADD: ofp.OFPFC_ADD,
+        Command.MODIFY: ofp.OFPFC_MODIFY,
+        Command.DELETE: ofp.OFPFC_DELETE,
+    }
     instructions = []
     if mod.actions:
-        instructions.append(parser.OFPInstructionActions(ofp.OFPIT_APPLY_ACTIONS, _actions(datapath, mod.actions)))
+        instructions.append(
+            parser.OFPInstructionActions(ofp.OFPIT_APPLY_ACTIONS, _actions(datapath, mod.actions))
+        )
     if mod.goto_table is not None:
         instructions.append(parser.OFPInstructionGotoTable(mod.goto_table))
     return parser.OFPFlowMod(
@@ -93,7 +99,11 @@ def _flow_mod(datapath: Any, mod: FlowMod) -> Any:
 def _group_mod(datapath: Any, mod: GroupMod) -> Any:
     ofp = datapath.ofproto
     parser = datapath.ofproto_parser
-    commands = {Command.ADD: ofp.OFPGC_ADD, Command.MODIFY: ofp.OFPGC_MODIFY, Command.DELETE: ofp.OFPGC_DELETE}
+    commands = {
+        Command.ADD: ofp.OFPGC_ADD,
+        Command.MODIFY: ofp.OFPGC_MODIFY,
+        Command.DELETE: ofp.OFPGC_DELETE,
+    }
     types = {GroupType.ALL: ofp.OFPGT_ALL, GroupType.FAST_FAILOVER: ofp.OFPGT_FF}
     return parser.OFPGroupMod(
         datapath,
@@ -107,7 +117,10 @@ def _group_mod(datapath: Any, mod: GroupMod) -> Any:
 def _bucket(datapath: Any, bucket: Bucket) -> Any:
     ofp = datapath.ofproto
     return datapath.ofproto_parser.OFPBucket(
-        weight=0, watch_port=bucket.watch_port, watch_group=ofp.OFPG_ANY, actions=_actions(datapath, bucket.actions)
+        weight=0,
+        watch_port=bucket.watch_port,
+        watch_group=ofp.OFPG_ANY,
+        actions=_actions(datapath, bucket.actions),
     )
 
 

@@ -72,7 +72,9 @@ def test_a_packet_without_a_field_does_not_match_a_value_for_it():
 
 def test_match_values_compare_in_canonical_form():
     switch = FakeSwitch()
-    switch.apply([add(0, 10, [Output(1)], eth_type=0x86DD, ipv6_src="2001:0DB8:0::1", eth_src="02:00:00:00:00:0A")])
+    switch.apply(
+        [add(0, 10, [Output(1)], eth_type=0x86DD, ipv6_src="2001:0DB8:0::1", eth_src="02:00:00:00:00:0A")]
+    )
     packet = oxm.udp_packet(MAC_A, MAC_B, "2001:db8::1", "2001:db8::2", 1, 2)
     assert switch.process(5, packet).ports == [1]
 
@@ -114,7 +116,9 @@ def test_goto_an_earlier_or_the_same_table_is_refused():
 
 def test_output_to_controller_is_a_packet_in_whose_reason_depends_on_the_entry():
     switch = FakeSwitch()
-    switch.apply([add(0, 0, [Output(OFPP_CONTROLLER)], cookie=7), add(0, 10, [Output(OFPP_CONTROLLER)], in_port=9)])
+    switch.apply(
+        [add(0, 0, [Output(OFPP_CONTROLLER)], cookie=7), add(0, 10, [Output(OFPP_CONTROLLER)], in_port=9)]
+    )
     (miss,) = switch.process(5, UDP).packet_ins
     assert (miss.in_port, miss.table_id, miss.reason, miss.cookie) == (5, 0, REASON_NO_MATCH, 7)
     assert oxm.from_frame(miss.data) == oxm.from_frame(oxm.to_frame(UDP))
@@ -147,7 +151,9 @@ def test_delete_is_non_strict_and_filters_by_cookie_mask():
             add(1, 10, [Output(1)], cookie=0x21, eth_type=0x86DD),
         ]
     )
-    result = switch.apply([FlowMod(Command.DELETE, None, Match.of(eth_type=0x0800), cookie=0x10, cookie_mask=0xF0)])
+    result = switch.apply(
+        [FlowMod(Command.DELETE, None, Match.of(eth_type=0x0800), cookie=0x10, cookie_mask=0xF0)]
+    )
     assert [e.cookie for e in switch.flows()] == [0x21]
     assert [(r.cookie, r.reason) for r in result.flow_removed] == [(0x11, REMOVED_DELETE)]
     switch.apply([FlowMod(Command.DELETE, None)])
@@ -158,7 +164,9 @@ def test_group_all_sends_each_bucket_its_own_copy():
     switch = FakeSwitch()
     switch.apply(
         [
-            group(1, GroupType.ALL, Bucket((Output(1),)), Bucket((SetField("eth_dst", MIRROR_MAC), Output(2)))),
+            group(
+                1, GroupType.ALL, Bucket((Output(1),)), Bucket((SetField("eth_dst", MIRROR_MAC), Output(2)))
+            ),
             add(0, 10, [GroupAction(1), Output(3)]),
         ]
     )
@@ -200,7 +208,12 @@ def test_a_bucket_may_apply_another_group():
     switch.apply(
         [
             group(2, GroupType.FAST_FAILOVER, Bucket((Output(1),), 1), Bucket((Output(2),), 2)),
-            group(1, GroupType.ALL, Bucket((GroupAction(2),)), Bucket((SetField("eth_dst", MIRROR_MAC), Output(2)))),
+            group(
+                1,
+                GroupType.ALL,
+                Bucket((GroupAction(2),)),
+                Bucket((SetField("eth_dst", MIRROR_MAC), Output(2))),
+            ),
             add(0, 10, [GroupAction(1)]),
         ]
     )
@@ -211,7 +224,9 @@ def test_a_bucket_may_apply_another_group():
 
 def test_group_loops_are_refused():
     switch = FakeSwitch()
-    switch.apply([group(1, GroupType.ALL, Bucket((Output(1),))), group(2, GroupType.ALL, Bucket((GroupAction(1),)))])
+    switch.apply(
+        [group(1, GroupType.ALL, Bucket((Output(1),))), group(2, GroupType.ALL, Bucket((GroupAction(1),)))]
+    )
     with pytest.raises(FakeSwitchError) as refused:
         switch.apply([group(1, GroupType.ALL, Bucket((GroupAction(2),)), command=Command.MODIFY)])
     assert refused.value.code == "OFPGMFC_LOOP"
@@ -227,7 +242,11 @@ def test_group_loops_are_refused():
         ([group(1, GroupType.ALL, Bucket((GroupAction(9),)))], "OFPBAC_BAD_OUT_GROUP"),
         ([group(1, GroupType.FAST_FAILOVER, Bucket((Output(1),)))], "OFPGMFC_BAD_WATCH"),
         (
-            [group(2, GroupType.ALL), group(1, GroupType.ALL, Bucket((GroupAction(2),))), group(2, GroupType.ALL, command=Command.DELETE)],
+            [
+                group(2, GroupType.ALL),
+                group(1, GroupType.ALL, Bucket((GroupAction(2),))),
+                group(2, GroupType.ALL, command=Command.DELETE),
+            ],
             "OFPGMFC_CHAINED_GROUP",
         ),
         ([add(0, 10, [Output(0xFFFFFFF9)])], "OFPBAC_BAD_OUT_PORT"),
@@ -271,7 +290,13 @@ def test_deleting_a_missing_group_is_harmless():
 
 def test_idle_entries_expire_with_a_flow_removed_report_when_asked():
     switch = FakeSwitch()
-    switch.apply([add(0, 10, [Output(1)], cookie=1, idle=10, notify=True, in_port=5), add(0, 10, [Output(1)], cookie=2, idle=10, in_port=6)], now=100)
+    switch.apply(
+        [
+            add(0, 10, [Output(1)], cookie=1, idle=10, notify=True, in_port=5),
+            add(0, 10, [Output(1)], cookie=2, idle=10, in_port=6),
+        ],
+        now=100,
+    )
     switch.process(5, UDP, now=105)
     switch.process(5, UDP, now=108)
     assert switch.expire(now=117) == []
@@ -293,7 +318,11 @@ def test_packet_out_runs_its_actions_from_the_given_in_port():
 
 
 def test_dump_is_independent_of_install_order_and_counters():
-    changes = [add(0, 10, [Output(1)], in_port=1), add(0, 10, [Output(2)], in_port=2), group(1, GroupType.ALL)]
+    changes = [
+        add(0, 10, [Output(1)], in_port=1),
+        add(0, 10, [Output(2)], in_port=2),
+        group(1, GroupType.ALL),
+    ]
     first, second = FakeSwitch(), FakeSwitch()
     first.apply(changes)
     second.apply(list(reversed(changes)))

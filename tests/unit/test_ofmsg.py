@@ -115,7 +115,11 @@ def test_group_mods_carry_type_id_and_buckets(datapath):
 def test_group_delete_any(datapath):
     message = to_ofmsg(datapath, GroupMod(Command.DELETE, GroupType.ALL, OFPG_ANY))
     message.serialize()
-    assert GROUP_MOD_HEADER.unpack_from(message.buf, OFP.OFP_HEADER_SIZE) == (OFP.OFPGC_DELETE, OFP.OFPGT_ALL, OFP.OFPG_ANY)
+    assert GROUP_MOD_HEADER.unpack_from(message.buf, OFP.OFP_HEADER_SIZE) == (
+        OFP.OFPGC_DELETE,
+        OFP.OFPGT_ALL,
+        OFP.OFPG_ANY,
+    )
 
 
 def test_packet_out_and_barrier(datapath):

@@ -22,7 +22,11 @@ MAC_B = "02:00:00:00:00:0b"
         oxm.tcp_packet(MAC_A, MAC_B, "2001:db8::1", "2001:db8::2", 40000, 80, payload=b"GET /"),
         oxm.arp_packet(MAC_A, "10.0.0.1", "10.0.0.2"),
         oxm.nd_solicit_packet(MAC_A, "fe80::1", "2001:db8::2"),
-        dict(oxm.udp_packet(MAC_A, MAC_B, "10.0.0.1", "10.0.0.2", 1, 2), vlan_vid=oxm.OFPVID_PRESENT | 7, vlan_pcp=3),
+        dict(
+            oxm.udp_packet(MAC_A, MAC_B, "10.0.0.1", "10.0.0.2", 1, 2),
+            vlan_vid=oxm.OFPVID_PRESENT | 7,
+            vlan_pcp=3,
+        ),
     ],
 )
 def test_frames_round_trip_and_keep_the_fields(packet):
@@ -47,7 +51,9 @@ def test_a_short_ip_header_stays_payload():
     assert oxm.to_frame(parsed) == frame
 
 
-@pytest.mark.parametrize("eth_type", [oxm.ETH_TYPE_IPV4, oxm.ETH_TYPE_IPV6, oxm.ETH_TYPE_ARP, oxm.ETH_TYPE_VLAN, 0x1234])
+@pytest.mark.parametrize(
+    "eth_type", [oxm.ETH_TYPE_IPV4, oxm.ETH_TYPE_IPV6, oxm.ETH_TYPE_ARP, oxm.ETH_TYPE_VLAN, 0x1234]
+)
 @pytest.mark.parametrize("size", [0, 1, 4, 20, 28, 40, 48, 60, 200])
 def test_garbage_after_a_known_ethertype_never_raises(eth_type, size):
     for first in (0x45, 0x4F, 0x60, 0x00):

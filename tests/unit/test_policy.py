@@ -14,7 +14,9 @@ CELLS = ("c1", "c2", "c3", "c4", "c5")
 
 
 def _packet(sport: int):
-    return parse_frame(to_frame(udp_packet("02:00:00:00:00:01", "02:00:00:00:00:02", "10.0.0.1", "10.0.0.2", sport, 53)))
+    return parse_frame(
+        to_frame(udp_packet("02:00:00:00:00:01", "02:00:00:00:00:02", "10.0.0.1", "10.0.0.2", sport, 53))
+    )
 
 
 @pytest.mark.parametrize("replication_factor", [0, 1, 2, 4])

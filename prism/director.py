@@ -1,0 +1,484 @@
+"""The Mirroring Director's decision core for one switch: pipeline, FSC entries, profile groups."""
+
+from __future__ import annotations
+
+import heapq
+import logging
+import re
+import struct
+from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import TYPE_CHECKING, Dict, List, Mapping, Optional, Sequence, Tuple
+
+from prism.flows import (
+    ETH_TYPE_IPV4,
+    ETH_TYPE_IPV6,
+    PROTO_ICMPV6,
+    NotAFlow,
+    PacketInfo,
+    direction_match,
+    key_from_match,
+    parse_frame,
+)
+from prism.openflow import (
+    COOKIE_HOST,
+    COOKIE_PIPELINE,
+    FF_GROUP_OFFSET,
+    MAX_PROFILE_GROUPS,
+    MIRROR_MAC,
+    OFPCML_NO_BUFFER,
+    OFPG_ANY,
+    OFPP_CONTROLLER,
+    PRIORITY_HIGH,
+    PRIORITY_LOW,
+    PRIORITY_MID,
+    PRIORITY_MISS,
+    PROFILE_GROUP_BASE,
+    TABLE_CLASSIFY,
+    TABLE_DELIVERY,
+    TABLE_FSC,
+    Action,
+    Barrier,
+    Bucket,
+    Command,
+    FlowMod,
+    GroupAction,
+    GroupMod,
+    GroupType,
+    Match,
+    OfChange,
+    Output,
+    PacketOut,
+    SetField,
+)
+from prism.policy import NoLiveCell, Policy
+from prism.profiles import FlowStateCache, MirroringProfile
+
+if TYPE_CHECKING:  # pragma: no cover
+    from prism.config import SwitchConfig
+
+ETH_TYPE_ARP = 0x0806
+MAX_IDLE_TIMEOUT = 0xFFFF  #: OpenFlow's idle_timeout is 16 bits
+MAX_HOSTS = 65536  #: learnt MACs per switch; beyond it new hosts are flooded to, not learnt
+_ETH = struct.Struct("!6s6s")
+_DIGITS = re.compile(r"\d+")
+
+# Reasons a packet-in was dropped (``counters.drops`` keys); parse failures add "not a flow: <reason>".
+DROP_UNKNOWN_PORT = "unknown in_port"
+DROP_UNKNOWN_TABLE = "unknown table"
+DROP_CELL_PORT_IN_FSC = "cell port in the FSC table"
+DROP_CELL_PORT_IN_CLASSIFY = "cell port in the classify table"
+DROP_SHORT_FRAME = "frame shorter than an Ethernet header"
+DROP_NO_LIVE_CELL = "no live cell"
+DROP_BAD_PROFILE = "policy named an unknown cell"
+DROP_NO_GROUP_ID = "no free group id"
+
+
+@dataclass(frozen=True)
+class ProfileGroup:
+    """The groups of one profile: an ALL group and the FAST_FAILOVER group it applies.
+
+    Attributes:
+        profile: The profile.
+        group_id: Its ALL group (what FSC entries apply).
+        refcount: Flows in the cache that use it.
+    """
+
+    profile: MirroringProfile
+    group_id: int
+    refcount: int
+
+    @property
+    def ff_group_id(self) -> int:
+        """Its FAST_FAILOVER group."""
+        return self.group_id + FF_GROUP_OFFSET
+
+
+@dataclass(frozen=True)
+class DirectorCounters:
+    """Cumulative counters of one director (a snapshot)."""
+
+    switch_connects: int = 0
+    packet_ins: int = 0
+    flows_total: int = 0
+    flows_mirrored: int = 0
+    flows_ended: int = 0
+    flow_races: int = 0
+    directions_reinstalled: int = 0
+    groups_installed: int = 0
+    groups_deleted: int = 0
+    hosts_learnt: int = 0
+    l2_forwarded: int = 0
+    unknown_flow_removed: int = 0
+    drops: Mapping[str, int] = field(default_factory=dict)
+
+    def as_dict(self) -> Dict[str, object]:
+        """Plain dict (drops as a dict) for JSON and logs."""
+        values = {name: getattr(self, name) for name in self.__dataclass_fields__}
+        values["drops"] = dict(self.drops)
+        return values
+
+
+class MirroringDirector:
+    """Decides every OpenFlow change for one fast-path switch.
+
+    Every method takes the current time and returns the changes to send, in
+    order; nothing here talks to a switch.
+
+    Args:
+        switch: The switch's configuration (cells with their ports, edge ports).
+        idle_timeout: Seconds an FSC entry lives without packets.
+        policy: Chooses each new flow's profile.
+        logger: Where new flows are logged at info (default ``prism.director``).
+
+    Raises:
+        ValueError: an idle_timeout OpenFlow cannot carry, or a port that is both a cell and an edge port.
+    """
+
+    def __init__(
+        self,
+        switch: "SwitchConfig",
+        idle_timeout: int,
+        policy: Policy,
+        logger: Optional[logging.Logger] = None,
+    ) -> None:
+        if not 0 < idle_timeout <= MAX_IDLE_TIMEOUT:
+            raise ValueError(f"idle_timeout must be 1..{MAX_IDLE_TIMEOUT} s, not {idle_timeout}")
+        self.switch = switch
+        self.dp_id: int = switch.dp_id
+        self.idle_timeout = int(idle_timeout)
+        self.policy = policy
+        self.logger = logger or logging.getLogger(__name__)
+        self._cell_ports: Dict[str, int] = {cell.id: cell.port for cell in switch.cells}
+        self._cell_of_port: Dict[int, str] = {port: cell_id for cell_id, port in self._cell_ports.items()}
+        self._edge_ports: Tuple[int, ...] = tuple(switch.edge_ports)
+        shared = set(self._cell_of_port) & set(self._edge_ports)
+        if shared:
+            raise ValueError(f"ports {sorted(shared)} of switch {self.dp_id:#x} are both cell and edge ports")
+        self._live_cells: Tuple[str, ...] = tuple(self._cell_ports)
+        self._counts: Dict[str, int] = {}
+        self._drops: Dict[str, int] = {}
+        self._reset()
+
+    def _reset(self) -> None:
+        self._flows = FlowStateCache()
+        self._group_of_profile: Dict[MirroringProfile, int] = {}
+        self._free_group_ids: List[int] = []
+        self._next_group_id = PROFILE_GROUP_BASE
+        self._hosts: Dict[str, int] = {}
+
+    # --- Read-only views ---------------------------------------------------------------
+    @property
+    def flows(self) -> FlowStateCache:
+        """The controller's copy of this switch's FSC (do not modify)."""
+        return self._flows
+
+    @property
+    def profiles(self) -> Mapping[MirroringProfile, ProfileGroup]:
+        """Installed profile groups by profile, with their reference counts."""
+        return MappingProxyType(
+            {
+                p: ProfileGroup(p, gid, self._flows.profile_refcount(p))
+                for p, gid in self._group_of_profile.items()
+            }
+        )
+
+    def profiles_naming(self, cell_id: str) -> List[ProfileGroup]:
+        """Installed profile groups whose profile names ``cell_id`` (what a failover rewrites)."""
+        return [group for profile, group in self.profiles.items() if cell_id in profile.cells]
+
+    @property
+    def hosts(self) -> Mapping[str, int]:
+        """Learnt host MAC -> edge port."""
+        return MappingProxyType(dict(self._hosts))
+
+    @property
+    def live_cells(self) -> Tuple[str, ...]:
+        """Cells new flows may be placed on."""
+        return self._live_cells
+
+    @property
+    def cell_ports(self) -> Mapping[str, int]:
+        """Cell id -> switch port."""
+        return MappingProxyType(dict(self._cell_ports))
+
+    @property
+    def edge_ports(self) -> Tuple[int, ...]:
+        """Ports where hosts attach."""
+        return self._edge_ports
+
+    @property
+    def counters(self) -> DirectorCounters:
+        """A snapshot of the counters."""
+        return DirectorCounters(**self._counts, drops=MappingProxyType(dict(self._drops)))
+
+    def _count(self, name: str, amount: int = 1) -> None:
+        self._counts[name] = self._counts.get(name, 0) + amount
+
+    def _drop(self, reason: str) -> List[OfChange]:
+        self._drops[reason] = self._drops.get(reason, 0) + 1
+        return []
+
+    # --- Switch connection ----------------------------------------------------------------
+    def on_switch_connect(self, now: float) -> List[OfChange]:
+        """Converge the switch to the pipeline from whatever it holds.
+
+        Deletes every flow entry and group, waits for that (barrier), then
+        installs the static pipeline. The director's flows, groups and hosts
+        start afresh; live flows come back through packet-ins.
+        """
+        self._count("switch_connects")
+        self._reset()
+        return [
+            FlowMod(Command.DELETE, None),
+            GroupMod(Command.DELETE, GroupType.ALL, OFPG_ANY),
+            Barrier(),
+            *self.pipeline(),
+        ]
+
+    def pipeline(self) -> List[FlowMod]:
+        """The static entries of tables 0-2 (cookie COOKIE_PIPELINE)."""
+
+        def entry(table_id, priority, actions=(), goto=None, **match) -> FlowMod:
+            return FlowMod(
+                Command.ADD, table_id, Match.of(**match), priority, tuple(actions), goto, COOKIE_PIPELINE
+            )
+
+        to_controller = (Output(OFPP_CONTROLLER, OFPCML_NO_BUFFER),)
+        mods = [entry(TABLE_CLASSIFY, PRIORITY_MISS)]  # anything from an unknown port: drop
+        for port in sorted(self._cell_of_port):
+            mods.append(entry(TABLE_CLASSIFY, PRIORITY_HIGH, goto=TABLE_DELIVERY, in_port=port))
+        for port in self._edge_ports:
+            mods += [
+                entry(TABLE_CLASSIFY, PRIORITY_HIGH, to_controller, in_port=port, eth_type=ETH_TYPE_ARP),
+                entry(
+                    TABLE_CLASSIFY,
+                    PRIORITY_HIGH,
+                    to_controller,
+                    in_port=port,
+                    eth_type=ETH_TYPE_IPV6,
+                    ip_proto=PROTO_ICMPV6,
+                ),
+                entry(TABLE_CLASSIFY, PRIORITY_MID, goto=TABLE_FSC, in_port=port, eth_type=ETH_TYPE_IPV4),
+                entry(TABLE_CLASSIFY, PRIORITY_MID, goto=TABLE_FSC, in_port=port, eth_type=ETH_TYPE_IPV6),
+                entry(TABLE_CLASSIFY, PRIORITY_LOW, goto=TABLE_DELIVERY, in_port=port),
+            ]
+        mods += [
+            entry(TABLE_FSC, PRIORITY_MISS, to_controller),
+            entry(TABLE_DELIVERY, PRIORITY_HIGH, eth_dst=MIRROR_MAC),  # a mirror copy never reaches a host
+            entry(TABLE_DELIVERY, PRIORITY_MISS, to_controller),
+        ]
+        return mods
+
+    # --- Packet-ins -----------------------------------------------------------------------
+    def on_packet_in(self, now: float, in_port: int, table_id: int, data: bytes) -> List[OfChange]:
+        """Decide what to do with a packet the switch sent up; never raises on bad data.
+
+        Args:
+            now: Current time (seconds).
+            in_port: The port the packet came in on.
+            table_id: The table whose entry sent it.
+            data: The whole frame.
+
+        Returns:
+            Changes to send: host entries, a new flow's groups and entries, packet-outs.
+        """
+        self._count("packet_ins")
+        data = bytes(data)
+        if in_port not in self._cell_of_port and in_port not in self._edge_ports:
+            return self._drop(DROP_UNKNOWN_PORT)
+        if len(data) < _ETH.size + 2:
+            return self._drop(DROP_SHORT_FRAME)
+        if table_id == TABLE_FSC:
+            return self._on_fsc_miss(now, in_port, data)
+        if table_id == TABLE_CLASSIFY:
+            if in_port in self._cell_of_port:
+                return self._drop(DROP_CELL_PORT_IN_CLASSIFY)
+            eth_dst, eth_src = _macs(data)
+            return self._learn(eth_src, in_port) + self._forward_l2(in_port, eth_dst, data)
+        if table_id == TABLE_DELIVERY:
+            eth_dst, eth_src = _macs(data)
+            changes = self._learn(eth_src, in_port) if in_port in self._edge_ports else []
+            return changes + self._forward_l2(in_port, eth_dst, data)
+        return self._drop(DROP_UNKNOWN_TABLE)
+
+    def _on_fsc_miss(self, now: float, in_port: int, data: bytes) -> List[OfChange]:
+        if in_port in self._cell_of_port:
+            return self._drop(DROP_CELL_PORT_IN_FSC)
+        info = parse_frame(data)
+        if isinstance(info, NotAFlow):
+            return self._drop("not a flow: " + _DIGITS.sub("N", info.reason))
+        changes = self._learn(info.eth_src, in_port)
+        if _is_multicast(info.eth_dst):
+            return changes + self._forward_l2(in_port, info.eth_dst, data)
+        entry = self._flows.get(info.flow_id)
+        if entry is not None:
+            self._count("flow_races")
+            self._flows.touch(info.flow_id, now)
+            if info.forward not in entry.directions:  # this direction idled out, the other lives on
+                entry.directions.add(info.forward)
+                self._count("directions_reinstalled")
+                changes.append(self._fsc_entry(info, info.forward, entry.group_id))
+            return changes + [PacketOut(in_port, (GroupAction(entry.group_id),), data)]
+        return changes + self._new_flow(now, in_port, info, data)
+
+    def _new_flow(self, now: float, in_port: int, info: PacketInfo, data: bytes) -> List[OfChange]:
+        if not self._live_cells:
+            return self._drop(DROP_NO_LIVE_CELL)
+        try:
+            profile = self.policy.profile_for(info, self._live_cells, now)
+        except NoLiveCell:
+            return self._drop(DROP_NO_LIVE_CELL)
+        if any(cell_id not in self._cell_ports for cell_id in profile.cells):
+            return self._drop(DROP_BAD_PROFILE)
+        changes: List[OfChange] = []
+        group_id = self._group_of_profile.get(profile)
+        if group_id is None:
+            group_id = self._allocate_group_id()
+            if group_id is None:
+                return self._drop(DROP_NO_GROUP_ID)
+            self._group_of_profile[profile] = group_id
+            self._count("groups_installed")
+            changes += self.group_mods(profile, group_id, Command.ADD)
+        self._flows.add(info.key, profile, group_id, now, first_packet=info)
+        self._count("flows_total")
+        if profile.mirror_cells:
+            self._count("flows_mirrored")
+        self.logger.info("dp %#x new flow %s profile %s group %#x", self.dp_id, info.key, profile, group_id)
+        changes += [self._fsc_entry(info, True, group_id), self._fsc_entry(info, False, group_id)]
+        changes.append(PacketOut(in_port, (GroupAction(group_id),), data))
+        return changes
+
+    def _fsc_entry(self, info: PacketInfo, forward: bool, group_id: int) -> FlowMod:
+        return FlowMod(
+            Command.ADD,
+            TABLE_FSC,
+            Match.of(**direction_match(info.key, forward)),
+            PRIORITY_MID,
+            (GroupAction(group_id),),
+            cookie=info.flow_id,
+            idle_timeout=self.idle_timeout,
+            send_flow_removed=True,
+        )
+
+    # --- Profile groups ---------------------------------------------------------------------
+    def group_mods(self, profile: MirroringProfile, group_id: int, command: Command) -> List[GroupMod]:
+        """The FAST_FAILOVER then the ALL group of a profile (ADD or MODIFY, in a safe order).
+
+        FF buckets watch the primary's port, then each mirror's, each sending
+        there. The ALL group applies the FF group, then sends each mirror a
+        copy marked with ``MIRROR_MAC``.
+        """
+        primary_port = self._cell_ports[profile.primary_cell]
+        mirror_ports = [self._cell_ports[cell_id] for cell_id in profile.mirror_cells]
+        ff_group_id = group_id + FF_GROUP_OFFSET
+        ff_buckets = tuple(Bucket((Output(port),), watch_port=port) for port in [primary_port, *mirror_ports])
+        all_buckets = (Bucket((GroupAction(ff_group_id),)),) + tuple(
+            Bucket((SetField("eth_dst", MIRROR_MAC), Output(port))) for port in mirror_ports
+        )
+        return [
+            GroupMod(command, GroupType.FAST_FAILOVER, ff_group_id, ff_buckets),
+            GroupMod(command, GroupType.ALL, group_id, all_buckets),
+        ]
+
+    def _allocate_group_id(self) -> Optional[int]:
+        if self._free_group_ids:
+            return heapq.heappop(self._free_group_ids)
+        if self._next_group_id >= PROFILE_GROUP_BASE + MAX_PROFILE_GROUPS:
+            return None
+        self._next_group_id += 1
+        return self._next_group_id - 1
+
+    def _release_group(self, profile: MirroringProfile) -> List[OfChange]:
+        group_id = self._group_of_profile.pop(profile)
+        heapq.heappush(self._free_group_ids, group_id)
+        self._count("groups_deleted")
+        return [
+            GroupMod(Command.DELETE, GroupType.ALL, group_id),  # the ALL group forwards to the FF group
+            GroupMod(Command.DELETE, GroupType.FAST_FAILOVER, group_id + FF_GROUP_OFFSET),
+        ]
+
+    # --- Flow-removed -------------------------------------------------------------------------
+    def on_flow_removed(
+        self,
+        now: float,
+        cookie: int,
+        match: Mapping[str, object],
+        packets: int,
+        bytes: int,
+        duration_s: float,
+    ) -> List[OfChange]:
+        """Account one FSC entry's end; deletes a profile's groups when its last flow ends.
+
+        Args:
+            now: Current time (seconds).
+            cookie: The entry's cookie (the flow_id).
+            match: The entry's match fields.
+            packets: Packets the entry counted.
+            bytes: Bytes the entry counted.
+            duration_s: How long the entry lived.
+
+        Returns:
+            Group deletions, or nothing.
+        """
+        entry = self._flows.get(cookie)
+        if entry is None:
+            self._count("unknown_flow_removed")
+            return []
+        try:
+            key, forward = key_from_match(dict(match))
+        except ValueError:
+            key, forward = None, None
+        if key != entry.key:
+            self._count("unknown_flow_removed")
+            return []
+        if not self._flows.remove_direction(cookie, forward, packets, bytes, duration_s, now):
+            return []
+        self._count("flows_ended")
+        if self._flows.profile_refcount(entry.profile) == 0 and entry.profile in self._group_of_profile:
+            return self._release_group(entry.profile)
+        return []
+
+    # --- L2: hosts on edge ports ------------------------------------------------------------------
+    def _learn(self, mac: str, port: int) -> List[OfChange]:
+        """A TABLE_DELIVERY entry for a host seen on an edge port (nothing if known there)."""
+        if (
+            port not in self._edge_ports
+            or _is_multicast(mac)
+            or mac == MIRROR_MAC
+            or self._hosts.get(mac) == port
+        ):
+            return []
+        if mac not in self._hosts and len(self._hosts) >= MAX_HOSTS:
+            return []
+        self._hosts[mac] = port
+        self._count("hosts_learnt")
+        return [
+            FlowMod(
+                Command.ADD,
+                TABLE_DELIVERY,
+                Match.of(eth_dst=mac),
+                PRIORITY_MID,
+                (Output(port),),
+                cookie=COOKIE_HOST,
+            )
+        ]
+
+    def _forward_l2(self, in_port: int, eth_dst: str, data: bytes) -> List[OfChange]:
+        """Send a frame to its learnt host, or flood it to every other edge port."""
+        port = None if _is_multicast(eth_dst) else self._hosts.get(eth_dst)
+        ports: Sequence[int] = [port] if port is not None else self._edge_ports
+        actions: Tuple[Action, ...] = tuple(Output(p) for p in ports if p != in_port)
+        if not actions:
+            return []
+        self._count("l2_forwarded")
+        return [PacketOut(in_port, actions, data)]
+
+
+def _macs(data: bytes) -> Tuple[str, str]:
+    dst, src = _ETH.unpack_from(data)
+    return dst.hex(":"), src.hex(":")
+
+
+def _is_multicast(mac: str) -> bool:
+    return not mac or bool(int(mac[:2], 16) & 1)
