@@ -194,11 +194,9 @@ def test_weighted_removal_still_minimal(ids):
             assert ring.primary(f) == primary
 
 
-np = pytest.importorskip("numpy")
-
-
 @pytest.mark.parametrize("weights", [None, [1, 2, 1, 1, 3, 1, 1, 0.5]])
 def test_array_paths_match_scalar(ids, weights):
+    np = pytest.importorskip("numpy")
     ring = HashRing(CELLS, weights)
     sample = ids[:5000] + [0, 2**64 - 1]
     array = np.array(sample, dtype=np.uint64)
@@ -212,6 +210,7 @@ def test_array_paths_match_scalar(ids, weights):
 
 
 def test_array_chunks(monkeypatch):
+    pytest.importorskip("numpy")
     import prism.ring
 
     monkeypatch.setattr(prism.ring, "ARRAY_CHUNK_ELEMENTS", 40)  # 5 rows per chunk
@@ -222,6 +221,7 @@ def test_array_chunks(monkeypatch):
 
 
 def test_array_errors():
+    pytest.importorskip("numpy")
     with pytest.raises(ValueError):
         HashRing().primary_array([1])
     with pytest.raises(ValueError):
