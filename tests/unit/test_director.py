@@ -9,6 +9,7 @@ from typing import Dict, List, Optional
 import pytest
 
 from prism import oxm
+from prism.config import CellConfig, SwitchConfig
 from prism.director import DROP_CELL_PORT_IN_FSC, DROP_UNKNOWN_PORT, MirroringDirector
 from prism.fakeswitch import FakeSwitch, Result
 from prism.flows import parse_frame
@@ -29,24 +30,6 @@ from prism.openflow import (
 from prism.policy import FixedPolicy
 from prism.profiles import MirroringProfile
 from prism.ring import HashRing
-
-try:
-    from prism.config import CellConfig, SwitchConfig
-except ImportError:  # pragma: no cover - until prism.config lands
-    from dataclasses import dataclass
-
-    @dataclass(frozen=True)
-    class CellConfig:  # type: ignore[no-redef]
-        id: str
-        port: int
-
-    @dataclass(frozen=True)
-    class SwitchConfig:  # type: ignore[no-redef]
-        dp_id: int
-        name: str
-        cells: tuple
-        edge_ports: tuple
-
 
 IDLE_TIMEOUT = 10
 CLIENT_PORT, SERVER_PORT, OTHER_PORT = 1, 2, 3
