@@ -194,6 +194,29 @@ def test_flow_id_not_in_equality_or_repr():
     assert "_flow_id" not in repr(a)
 
 
+def test_fast_init_keeps_dataclass_behaviour():
+    import dataclasses
+
+    key = FlowKey(ip_version=4, proto=PROTO_UDP, addr_a=b"\1\1\1\1", port_a=1,
+                  addr_b=b"\2\2\2\2", port_b=2)  # fmt: skip
+    assert key == FlowKey(4, PROTO_UDP, b"\1\1\1\1", 1, b"\2\2\2\2", 2)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        key.port_a = 5
+    with pytest.raises(TypeError):
+        FlowKey(4, PROTO_UDP)
+    info = parsed(packets.build_udp_frame(C4, S4, 1, 2))
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        info.sport = 3
+    assert dataclasses.replace(info, sport=3).sport == 3
+    assert key._flow_id == 0 and key.flow_id == key._flow_id
+    with pytest.raises(TypeError, match="defaults are not supported"):
+
+        @flows._fast_frozen_init
+        @dataclasses.dataclass(frozen=True, slots=True)
+        class WithDefault:
+            a: int = 1
+
+
 def test_str_readable():
     key4, _ = FlowKey.between(PROTO_TCP, S4, 80, C4, 40000)
     assert str(key4) == "tcp 10.0.0.1:40000 <-> 10.0.0.2:80"
