@@ -53,6 +53,7 @@ setup(
         "test": [
             "pytest",
             "pytest-timeout",
+            "hypothesis",
             # Executing notebooks headless: nbclient runs them in an ipykernel.
             "nbclient",
             "nbformat",

@@ -1,0 +1,352 @@
+"""Fixtures for tests on real Open vSwitch, Mininet and ``ryu-manager``.
+
+- ``ovs`` (session): the Open vSwitch daemons answer, or the test FAILS (never
+  skips): ``make test`` starts them through ``scripts/setup.sh``.
+- ``ryu_manager`` (factory): ``ryu_manager("ryu.app.simple_switch_13")`` starts
+  ``ryu-manager`` from the venv as a subprocess on free loopback ports, waits
+  until it listens, and stops it by PID at teardown; its log tail is added to
+  the report of a failed test.
+- ``mininet_net`` (factory): ``with mininet_net(topo, ryu.ofp_port) as net:``
+  builds and starts a Mininet network (userspace OVS bridges, OpenFlow 1.3,
+  remote controller on 127.0.0.1) and always calls ``net.stop()``.
+
+Mininet runs in the pytest process; Ryu never does (eventlet's monkey-patching
+removes ``select.poll``, which Mininet needs), so ``ryu-manager`` is always a
+subprocess.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import select
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from functools import partial
+from pathlib import Path
+from typing import Iterator, List, Mapping, Optional, Sequence
+
+import pytest
+
+#: Address range of test networks. Mininet's default 10.0.0.0/8 contains the
+#: resolver in /etc/resolv.conf (10.255.255.53), so a DNS lookup inside a host
+#: would hang waiting on the test network; outside this range it fails at once.
+TEST_IP_BASE = "172.31.0.0/16"
+
+#: How long to wait for ryu-manager to listen and for switches to connect.
+RYU_START_TIMEOUT_S = 30.0
+SWITCH_CONNECT_TIMEOUT_S = 30.0
+#: Grace period between SIGTERM and SIGKILL when stopping ryu-manager.
+RYU_STOP_GRACE_S = 5.0
+#: Lines of ryu-manager's log shown with a failure.
+LOG_TAIL_LINES = 60
+
+_TCP_LISTEN_STATE = "0A"  # in /proc/net/tcp
+_RYU_KEY = pytest.StashKey[list]()
+
+
+def _sigterm_as_keyboard_interrupt(signum, frame):  # pragma: no cover - signal path
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
+# SIGTERM (e.g. from .ci/run) unwinds like Ctrl-C, so fixtures still stop Mininet and Ryu.
+signal.signal(signal.SIGTERM, _sigterm_as_keyboard_interrupt)
+
+
+# --- Open vSwitch ------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class OvsInfo:
+    """The running Open vSwitch: its version and whether userspace TSO is on."""
+
+    version: str
+    userspace_tso: bool
+
+
+def _run(*argv: str, timeout: float = 10.0) -> subprocess.CompletedProcess:
+    return subprocess.run(argv, capture_output=True, text=True, timeout=timeout, check=False)
+
+
+def ovs_bridges() -> List[str]:
+    """Names of all bridges in the Open vSwitch database (``ovs-vsctl list-br``)."""
+    result = _run("ovs-vsctl", "-t", "10", "list-br")
+    if result.returncode != 0:
+        raise RuntimeError(f"ovs-vsctl list-br failed: {result.stderr.strip()}")
+    return result.stdout.split()
+
+
+@pytest.fixture(scope="session")
+def ovs() -> OvsInfo:
+    """Open vSwitch daemons that answer; FAILS (does not skip) when they do not."""
+    if os.geteuid() != 0:
+        pytest.fail("integration tests need root (Open vSwitch and Mininet): run `make test` as root")
+    for daemon in ("ovsdb-server", "ovs-vswitchd"):
+        try:
+            result = _run("ovs-appctl", "-t", daemon, "version")
+        except FileNotFoundError:
+            pytest.fail("Open vSwitch is not installed: run `make test` (its setup installs it)")
+        if result.returncode != 0:
+            pytest.fail(
+                f"Open vSwitch daemon {daemon} is not running: run `make test`, or start it with "
+                f"`scripts/ovs.sh start` (as root). ovs-appctl said: {result.stderr.strip()}"
+            )
+    version = _run("ovs-vsctl", "--version").stdout.splitlines()[0].split()[-1]
+    tso = _run("ovs-vsctl", "get", "Open_vSwitch", ".", "other_config:userspace-tso-enable")
+    return OvsInfo(version=version, userspace_tso=tso.stdout.strip().strip('"') == "true")
+
+
+# --- ryu-manager -----------------------------------------------------------
+
+
+def free_tcp_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on right now."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def is_listening(port: int) -> bool:
+    """Whether some socket listens on TCP ``port`` (IPv4 or IPv6), without connecting to it.
+
+    Connecting would look like a switch to ryu-manager; /proc/net/tcp does not.
+    """
+    wanted = f":{port:04X}"
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        with contextlib.suppress(FileNotFoundError), open(table, encoding="ascii") as rows:
+            next(rows)  # header
+            for row in rows:
+                fields = row.split()
+                if fields[1].endswith(wanted) and fields[3] == _TCP_LISTEN_STATE:
+                    return True
+    return False
+
+
+@dataclass
+class RyuManager:
+    """One ``ryu-manager`` subprocess started by the ``ryu_manager`` fixture."""
+
+    proc: subprocess.Popen
+    apps: tuple
+    ofp_port: int
+    wsapi_port: int
+    log_path: Path
+    stopped_by_test: bool = field(default=False)
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    @property
+    def controller(self) -> str:
+        """The switch-side controller target, e.g. ``tcp:127.0.0.1:40123``."""
+        return f"tcp:127.0.0.1:{self.ofp_port}"
+
+    def wsapi_url(self, path: str = "") -> str:
+        """URL of the REST API (apps with a ``wsgi`` context, e.g. ofctl_rest)."""
+        return f"http://127.0.0.1:{self.wsapi_port}{path}"
+
+    def alive(self) -> bool:
+        return self.proc.poll() is None
+
+    def log_text(self) -> str:
+        return self.log_path.read_text(encoding="utf-8", errors="replace")
+
+    def log_tail(self, lines: int = LOG_TAIL_LINES) -> str:
+        return "\n".join(self.log_text().splitlines()[-lines:])
+
+    def stop(self) -> Optional[int]:
+        """Terminate (then kill) the process by PID; returns its exit code. Idempotent."""
+        self.stopped_by_test = True
+        return _stop_process(self.proc)
+
+    def kill(self) -> Optional[int]:
+        """SIGKILL it at once (a controller crash, as a test may want); returns its exit code."""
+        self.stopped_by_test = True
+        if self.proc.poll() is None:
+            self.proc.kill()
+        return self.proc.wait()
+
+
+def _stop_process(proc: subprocess.Popen) -> Optional[int]:
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(timeout=RYU_STOP_GRACE_S)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+    return proc.returncode
+
+
+def _ryu_manager_path() -> Path:
+    path = Path(sys.prefix) / "bin" / "ryu-manager"
+    if not path.exists():
+        pytest.fail(f"{path} not found: run the tests with the venv's Python (`make test`)")
+    return path
+
+
+@pytest.fixture
+def ryu_manager(request, tmp_path):
+    """Factory: ``ryu_manager(*apps, env=None, args=(), wait_wsapi=False) -> RyuManager``.
+
+    ``apps`` are module names (``"ryu.app.simple_switch_13"``,
+    ``"ryu_apps.mirroring_director"``) or file paths, as ``ryu-manager`` takes
+    them. ``env`` entries are added to this process's environment; ``args`` go
+    before the apps (e.g. ``("--config-file", path)``). OpenFlow and the REST API
+    listen on free ports of 127.0.0.1. Returns once the OpenFlow port listens
+    (and the REST port too with ``wait_wsapi=True``).
+
+    At teardown every manager is stopped by PID (SIGTERM, then SIGKILL). A
+    manager that exited on its own, without the test calling ``stop()`` or
+    ``kill()``, makes the test error: the controller crashed.
+    """
+    started: List[RyuManager] = []
+    request.node.stash[_RYU_KEY] = started
+
+    def start(
+        *apps: str,
+        env: Optional[Mapping[str, str]] = None,
+        args: Sequence[str] = (),
+        wait_wsapi: bool = False,
+    ) -> RyuManager:
+        if not apps:
+            raise ValueError("ryu_manager() needs at least one app")
+        ofp_port = free_tcp_port()
+        wsapi_port = free_tcp_port()
+        while wsapi_port == ofp_port:
+            wsapi_port = free_tcp_port()
+        log_path = tmp_path / f"ryu-manager-{len(started)}.log"
+        argv = [
+            str(_ryu_manager_path()),
+            "--ofp-listen-host", "127.0.0.1",
+            "--ofp-tcp-listen-port", str(ofp_port),
+            "--wsapi-host", "127.0.0.1",
+            "--wsapi-port", str(wsapi_port),
+            *args,
+            *apps,
+        ]
+        full_env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
+        with open(log_path, "wb") as log:
+            proc = subprocess.Popen(
+                argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=full_env
+            )
+        manager = RyuManager(proc, tuple(apps), ofp_port, wsapi_port, log_path)
+        started.append(manager)
+        ports = [ofp_port] + ([wsapi_port] if wait_wsapi else [])
+        deadline = time.monotonic() + RYU_START_TIMEOUT_S
+        while not all(is_listening(port) for port in ports):
+            if proc.poll() is not None:
+                manager.stopped_by_test = True  # reported here, not again at teardown
+                raise RuntimeError(
+                    f"ryu-manager {' '.join(apps)} exited with code {proc.returncode} before "
+                    f"listening; log tail:\n{manager.log_tail()}"
+                )
+            if time.monotonic() > deadline:
+                raise RuntimeError(
+                    f"ryu-manager {' '.join(apps)} did not listen on {ports} within "
+                    f"{RYU_START_TIMEOUT_S:.0f} s; log tail:\n{manager.log_tail()}"
+                )
+            time.sleep(0.1)
+        return manager
+
+    yield start
+
+    crashed = [m for m in started if not m.stopped_by_test and not m.alive()]
+    for manager in started:
+        _stop_process(manager.proc)
+    if crashed:
+        details = "\n".join(
+            f"ryu-manager {' '.join(m.apps)} (pid {m.pid}) exited with code "
+            f"{m.proc.returncode}; log tail:\n{m.log_tail()}"
+            for m in crashed
+        )
+        pytest.fail(f"ryu-manager died during the test:\n{details}")
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    """Add each ryu-manager's log tail to the report of a failed test phase."""
+    outcome = yield
+    report = outcome.get_result()
+    if report.failed:
+        for manager in item.stash.get(_RYU_KEY, []):
+            with contextlib.suppress(OSError):
+                report.sections.append(
+                    (f"ryu-manager {' '.join(manager.apps)} (pid {manager.pid}) log tail",
+                     manager.log_tail())
+                )
+
+
+# --- Mininet -----------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def mininet_net(
+    topo,
+    controller_port: int,
+    *,
+    ip_base: str = TEST_IP_BASE,
+    wait_connected: bool = True,
+    log_level: str = "warning",
+    **mininet_kwargs,
+) -> Iterator["mininet.net.Mininet"]:  # noqa: F821 - mininet is imported lazily
+    """Build and start a Mininet network controlled by ``127.0.0.1:controller_port``.
+
+    Switches are Open vSwitch bridges with the userspace datapath
+    (``datapath='user'``, the kernel here has no OVS module) speaking
+    OpenFlow 1.3; hosts get addresses from ``ip_base`` (default
+    ``TEST_IP_BASE``) and MACs from their numbers. ``mininet_kwargs`` go to
+    ``Mininet()`` (e.g. ``link=TCLink``). ``net.stop()`` always runs on exit,
+    which deletes the bridges, links and host processes.
+
+    Raises:
+        RuntimeError: eventlet's monkey-patching is active in this process, or
+            a switch did not connect to the controller.
+    """
+    if not hasattr(select, "poll"):
+        raise RuntimeError(
+            "select.poll is missing: eventlet's monkey-patching is active in this process "
+            "(Ryu imported and patched here?). Mininet needs the real select; run Ryu as a "
+            "subprocess (ryu_manager fixture)."
+        )
+    from mininet.log import setLogLevel
+    from mininet.net import Mininet
+    from mininet.node import OVSSwitch, RemoteController
+
+    setLogLevel(log_level)
+    options = {"autoSetMacs": True, **mininet_kwargs}
+    net = Mininet(
+        topo=topo,
+        switch=partial(OVSSwitch, datapath="user", protocols="OpenFlow13"),
+        controller=None,
+        ipBase=ip_base,
+        build=False,
+        waitConnected=False,
+        **options,
+    )
+    try:
+        net.addController("c0", controller=RemoteController, ip="127.0.0.1", port=controller_port)
+        net.build()
+        net.start()
+        if wait_connected and not net.waitConnected(timeout=SWITCH_CONNECT_TIMEOUT_S):
+            raise RuntimeError(
+                f"switches did not connect to the controller on 127.0.0.1:{controller_port} "
+                f"within {SWITCH_CONNECT_TIMEOUT_S:.0f} s"
+            )
+        yield net
+    finally:
+        net.stop()
+
+
+@pytest.fixture(name="mininet_net")
+def mininet_net_fixture(ovs):
+    """The ``mininet_net`` context manager, after checking that Open vSwitch runs.
+
+    Usage: ``with mininet_net(topo, ryu.ofp_port) as net: ...``.
+    """
+    return mininet_net
