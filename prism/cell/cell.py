@@ -60,6 +60,7 @@ class Cell:
                  expire_interval_s: float = EXPIRE_INTERVAL_S) -> None:  # fmt: skip
         self.cell_id = cell_id
         self.tracker = tracker if tracker is not None else ConnTracker()
+        self._process = self.tracker.process  # bound once: the hot path calls it per frame
         self.mirror_mac = mac_to_str(mac_to_bytes(mirror_mac))  # canonical lower-case text
         self.expire_interval_s = expire_interval_s
         self._next_expiry: Optional[float] = None
@@ -98,10 +99,10 @@ class Cell:
             return False
         if info.eth_dst == self.mirror_mac:
             self.mirror_packets += 1
-            self.tracker.process(info, True, now)
+            self._process(info, True, now)
             return False
         self.primary_packets += 1
-        verdict = self.tracker.process(info, False, now)
+        verdict = self._process(info, False, now)
         if verdict is FORWARD:
             return True
         self.dropped += 1

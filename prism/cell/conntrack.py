@@ -29,6 +29,7 @@ from prism.cell.entry import (
     FACT_SEEN_REPLY,
     FACT_SYN_ORIG,
     FACT_SYN_REPLY,
+    SEQ_HALF,
     SEQ_MASK,
     TCP_STATE_OF_FACTS,
     ConnEntry,
@@ -84,6 +85,7 @@ DROP_REASONS = tuple(
     )
 )  # fmt: skip
 
+_DENY = FlowVerdict.DENY
 #: States in which a new SYN starts a new connection on the same key.
 _REOPENABLE = frozenset((ConnState.TIME_WAIT, ConnState.CLOSED))
 
@@ -199,31 +201,9 @@ class ConnTracker:
             mirror copy (which updates state only if a primary copy would pass).
         """
         entry = self._flows.get(info.key)
-        if info.proto == PROTO_TCP:
-            return self._track_tcp(entry, info, is_mirror, now)
-        return self._track_other(entry, info, is_mirror, now)
-
-    def _accept(self, entry: ConnEntry, info: PacketInfo, is_mirror: bool, now: float) -> Verdict:
-        entry.last_seen = now
-        if is_mirror:
-            entry.mirror_packets += 1
-            entry.mirror_bytes += info.frame_len
-            return ABSORB
-        entry.primary_packets += 1
-        entry.primary_bytes += info.frame_len
-        return FORWARD
-
-    def _reject(self, entry: Optional[ConnEntry], verdict: Verdict, is_mirror: bool) -> Verdict:
-        if is_mirror:
-            self.mirror_rejected[verdict.reason] += 1
-            return ABSORB
-        self.dropped[verdict.reason] += 1
-        if entry is not None:
-            entry.dropped_packets += 1
-        return verdict
-
-    def _track_tcp(self, entry: Optional[ConnEntry], info: PacketInfo, is_mirror: bool,
-                   now: float) -> Verdict:  # fmt: skip
+        if info.proto != PROTO_TCP:
+            return self._track_other(entry, info, is_mirror, now)
+        # TCP, the hot path: inlined rather than split into helpers.
         flags = info.tcp_flags
         if flags & _SYN:
             if flags & (_FIN | _RST):
@@ -246,10 +226,36 @@ class ConnTracker:
                 is_orig = True
             elif self._strict and not self._in_window(entry, info, is_orig):
                 return self._reject(entry, DROP_OUT_OF_WINDOW, is_mirror)
-        if entry.verdict is FlowVerdict.DENY:
+        if entry.verdict is _DENY:
             return self._reject(entry, DROP_DENIED, is_mirror)
         self._update_tcp(entry, info, is_orig)
-        return self._accept(entry, info, is_mirror, now)
+        entry.last_seen = now
+        if is_mirror:
+            entry.mirror_packets += 1
+            entry.mirror_bytes += info.frame_len
+            return ABSORB
+        entry.primary_packets += 1
+        entry.primary_bytes += info.frame_len
+        return FORWARD
+
+    def _accept(self, entry: ConnEntry, info: PacketInfo, is_mirror: bool, now: float) -> Verdict:
+        entry.last_seen = now
+        if is_mirror:
+            entry.mirror_packets += 1
+            entry.mirror_bytes += info.frame_len
+            return ABSORB
+        entry.primary_packets += 1
+        entry.primary_bytes += info.frame_len
+        return FORWARD
+
+    def _reject(self, entry: Optional[ConnEntry], verdict: Verdict, is_mirror: bool) -> Verdict:
+        if is_mirror:
+            self.mirror_rejected[verdict.reason] += 1
+            return ABSORB
+        self.dropped[verdict.reason] += 1
+        if entry is not None:
+            entry.dropped_packets += 1
+        return verdict
 
     def _track_other(self, entry: Optional[ConnEntry], info: PacketInfo, is_mirror: bool,
                      now: float) -> Verdict:  # fmt: skip
@@ -261,7 +267,7 @@ class ConnTracker:
             entry.facts |= FACT_SEEN_REPLY
             entry.state = ConnState.REPLIED
             self._bump(entry)
-        if entry.verdict is FlowVerdict.DENY:
+        if entry.verdict is _DENY:
             return self._reject(entry, DROP_DENIED, is_mirror)
         return self._accept(entry, info, is_mirror, now)
 
@@ -320,7 +326,9 @@ class ConnTracker:
         if flags & _FIN:
             end += 1
         end &= SEQ_MASK
-        if sender.seq_end is None or seq_diff(end, sender.seq_end) > 0:
+        # "later than" in sequence space is inlined: 0 < (a - b) mod 2**32 < 2**31
+        highest = sender.seq_end
+        if highest is None or 0 < ((end - highest) & SEQ_MASK) < SEQ_HALF:
             sender.seq_end = end
         window = info.tcp_window
         sender.window = window
@@ -328,13 +336,16 @@ class ConnTracker:
             sender.max_window = window
         if flags & _ACK:
             ack = info.tcp_ack
-            if sender.ack_max is None or seq_diff(ack, sender.ack_max) > 0:
+            highest = sender.ack_max
+            if highest is None or 0 < ((ack - highest) & SEQ_MASK) < SEQ_HALF:
                 sender.ack_max = ack
             allowed = (ack + (window << self._scale)) & SEQ_MASK
-            if receiver.allowed_end is None or seq_diff(allowed, receiver.allowed_end) > 0:
+            highest = receiver.allowed_end
+            if highest is None or 0 < ((allowed - highest) & SEQ_MASK) < SEQ_HALF:
                 receiver.allowed_end = allowed
             if is_orig:
-                if (facts & FACT_SYN_REPLY and not flags & _SYN and receiver.isn is not None
+                if (not facts & FACT_HANDSHAKE_DONE and facts & FACT_SYN_REPLY
+                        and not flags & _SYN and receiver.isn is not None
                         and seq_diff(ack, receiver.isn) > 0):  # fmt: skip
                     facts |= FACT_HANDSHAKE_DONE
                 if facts & FACT_FIN_REPLY and seq_diff(ack, receiver.fin_end) >= 0:
@@ -363,20 +374,22 @@ class ConnTracker:
             if flags & _ACK and not is_orig and entry.orig.isn is not None:
                 return info.tcp_ack == (entry.orig.isn + 1) & SEQ_MASK
             return True
+        # Inlined serial-number tests: a before b  <=>  (a - b) mod 2**32 >= 2**31.
         seq = info.tcp_seq
         if sender.seq_end is not None:
             end = seq + info.payload_len + (1 if flags & _FIN else 0)
             behind = max(receiver.max_window << self._scale, MIN_WINDOW_SLACK)
-            if seq_diff(end, sender.seq_end - behind) < 0:  # older than any window
-                return False
-            if sender.allowed_end is not None and seq_diff(seq, sender.allowed_end) > 0:
+            if ((end - sender.seq_end + behind) & SEQ_MASK) >= SEQ_HALF:
+                return False  # older than any window
+            allowed = sender.allowed_end
+            if allowed is not None and 0 < ((seq - allowed) & SEQ_MASK) < SEQ_HALF:
                 return False  # beyond what the receiver allowed
         if flags & _ACK and receiver.seq_end is not None:
             ack = info.tcp_ack
-            if seq_diff(ack, receiver.seq_end) > 0:  # acknowledges data never sent
-                return False
+            if 0 < ((ack - receiver.seq_end) & SEQ_MASK) < SEQ_HALF:
+                return False  # acknowledges data never sent
             behind = max(sender.max_window << self._scale, MIN_WINDOW_SLACK)
-            if seq_diff(ack, receiver.seq_end - behind) < 0:
+            if ((ack - receiver.seq_end + behind) & SEQ_MASK) >= SEQ_HALF:
                 return False
         return True
 

@@ -166,8 +166,8 @@ def test_loop_counts_send_errors_and_carries_on():
 
 def test_loop_survives_a_frame_whose_handling_raises():
     _, frames = _conversation_frames()
-    cell = Cell("c1")
-    real_process = cell.tracker.process
+    tracker = ConnTracker()
+    real_process = tracker.process
     calls = []
 
     def flaky(info, is_mirror, now):
@@ -176,7 +176,8 @@ def test_loop_survives_a_frame_whose_handling_raises():
             raise RuntimeError("bug")
         return real_process(info, is_mirror, now)
 
-    cell.tracker.process = flaky
+    tracker.process = flaky
+    cell = Cell("c1", tracker)
     port = FakePort(frames[:1] + frames[1:2] * 2 + frames[2:])
     run_until_idle(cell, port)
     assert cell.errors == 1 and cell.errors_by_reason == {"RuntimeError": 1}

@@ -176,6 +176,26 @@ def test_strict_mode_passes_retransmissions_and_drops_out_of_window_segments():
     assert tracker.counters()["dropped_out_of_window"] == 3
 
 
+def test_strict_mode_refuses_segments_and_acks_from_far_behind():
+    tracker = ConnTracker(STRICT)
+    conv = Conversation(client_isn=1 << 31, server_isn=3 << 30)
+    established(tracker, conv)
+    window_bytes = 65535 << 7  # the assumed scale applied to the advertised window
+    stale_data = conv.packet(True, TCP_ACK, b"s", seq=conv.client_next - (1 << 30), advance=False)
+    assert tracker.process(stale_data, False, NOW) is DROP_OUT_OF_WINDOW
+    stale_ack = conv.packet(False, TCP_ACK, ack=conv.client_next - (1 << 30), advance=False)
+    assert tracker.process(stale_ack, False, NOW) is DROP_OUT_OF_WINDOW
+    old_but_in_window = conv.packet(True, TCP_ACK, b"o", seq=conv.client_next - window_bytes + 10,
+                                    advance=False)  # fmt: skip
+    assert tracker.process(old_but_in_window, False, NOW) is FORWARD
+    at_window_edge = conv.packet(True, TCP_ACK, b"e", seq=conv.client_next + window_bytes,
+                                 advance=False)  # fmt: skip
+    assert tracker.process(at_window_edge, False, NOW) is FORWARD
+    past_window_edge = conv.packet(True, TCP_ACK, b"p", seq=conv.client_next + window_bytes + 1,
+                                   advance=False)  # fmt: skip
+    assert tracker.process(past_window_edge, False, NOW) is DROP_OUT_OF_WINDOW
+
+
 def test_loose_mode_accepts_the_rst_that_strict_mode_refuses():
     tracker, conv = ConnTracker(), Conversation()
     entry = established(tracker, conv)
