@@ -178,7 +178,9 @@ class _Checker:
             self.report(node, "default_replication_factor",
                         f"{default_rf} is more than max_replication_factor {max_rf}")  # fmt: skip
         switches: Dict[int, SwitchConfig] = {}
-        switch_nodes = self.sequence(top["switches"], "switches", "switch", "switches") if "switches" in top else None
+        switch_nodes = None
+        if "switches" in top:
+            switch_nodes = self.sequence(top["switches"], "switches", "switch", "switches")
         seen_dpids: Dict[int, Tuple[int, int]] = {}
         seen_names: Dict[str, Tuple[int, int]] = {}
         for index, switch_node in enumerate(switch_nodes or ()):
@@ -267,7 +269,8 @@ class _Checker:
             value = parse_dpid(node.value)
             if value is not None:
                 return value
-        self.report(node, path, f"not a datapath id: {node.value if isinstance(node, ScalarNode) else _kind(node)!r} "
+        shown = repr(node.value) if isinstance(node, ScalarNode) else _kind(node)
+        self.report(node, path, f"not a datapath id: {shown} "
                     "(use e.g. 1, 0x1, 0000000000000001 or 00:00:00:00:00:00:00:01)")  # fmt: skip
         return None
 
@@ -286,8 +289,11 @@ class _Checker:
             if fields is None:
                 complete = False
                 continue
-            cell_id = self.string(fields["id"], f"{item_path}.id", "cell id") if "id" in fields else None
-            port = self.integer(fields["port"], f"{item_path}.port", 1, MAX_PORT_NUMBER) if "port" in fields else None
+            cell_id = port = None
+            if "id" in fields:
+                cell_id = self.string(fields["id"], f"{item_path}.id", "cell id")
+            if "port" in fields:
+                port = self.integer(fields["port"], f"{item_path}.port", 1, MAX_PORT_NUMBER)
             if cell_id is not None and cell_id in ids:
                 other, line = ids[cell_id]
                 self.report(fields["id"], f"{item_path}.id",

@@ -218,6 +218,8 @@ def test_top_level_not_a_mapping_and_switches_not_a_list():
         "prism.yaml:1:11: switches: expected a list of switches, got a string"
     ]
     assert problems("switches: []\n") == ["prism.yaml:1:11: switches: at least one switch is required"]
+    assert problems("switches:\n  - {}\n")[0] == "prism.yaml:2:5: switches[0]: missing required key 'dpid'"
+    assert "not a datapath id: a mapping" in problems(one_switch().replace("dpid: 1", "dpid: {}"))[0]
     assert problems(one_switch(cells="[]")) == [
         "prism.yaml:3:12: switches[0].cells: at least one cell is required"
     ]

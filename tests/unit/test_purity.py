@@ -105,7 +105,8 @@ def test_core_reads_no_clock_and_no_environment():
         tree = ast.parse(path.read_text(encoding="utf-8"), str(path))
         for node in ast.walk(tree):
             if isinstance(node, ast.Call) and _dotted(node.func)[-2:] in FORBIDDEN_CALLS:
-                offenders.append(f"{path.relative_to(REPO)}:{node.lineno}: calls {'.'.join(_dotted(node.func))}()")
+                called = ".".join(_dotted(node.func))
+                offenders.append(f"{path.relative_to(REPO)}:{node.lineno}: calls {called}()")
             elif isinstance(node, ast.Attribute) and _dotted(node)[-2:] in FORBIDDEN_ATTRIBUTES:
                 offenders.append(f"{path.relative_to(REPO)}:{node.lineno}: reads {'.'.join(_dotted(node))}")
             elif isinstance(node, ast.ImportFrom) and node.module in ("time", "os"):
