@@ -1,10 +1,4 @@
-"""Packets per second through the cell's per-frame work (parse + track + verdict), against parse_frame alone.
-
-Run: ``python benchmarks/cell_forwarding.py [--flows N] [--frames N] [--repeats N]``.
-Frames are built beforehand; no socket is involved, so this is the ceiling
-the Python data path can reach on one core, and the ratio says what
-connection tracking costs on top of parsing.
-"""
+"""Frames per second through the cell's per-frame work (parse + track + verdict), against parse_frame alone."""
 
 from __future__ import annotations
 
@@ -26,6 +20,10 @@ DEFAULT_REPEATS = 5
 MIRROR_SHARE = 0.5  #: share of the data frames that arrive as mirror copies (rf=1 on 2 cells)
 PAYLOAD = b"x" * 1400
 SEED = 7
+DESCRIPTION = """Frames per second through the cell's per-frame work, against parse_frame alone.
+Frames are built beforehand and no socket is involved, so this is the ceiling
+the Python data path reaches on one core; the ratio says what connection
+tracking costs on top of parsing."""
 
 
 def _client(index: int) -> str:
@@ -124,7 +122,7 @@ def measure(flows: int, count: int, repeats: int) -> Sequence[tuple]:
 
 def main(argv: Sequence[str] = None) -> int:
     """Print frames per second for each case and its ratio to the baseline."""
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=DESCRIPTION)
     parser.add_argument("--flows", type=int, default=DEFAULT_FLOWS)
     parser.add_argument("--frames", type=int, default=DEFAULT_FRAMES)
     parser.add_argument("--repeats", type=int, default=DEFAULT_REPEATS)

@@ -1,11 +1,4 @@
-"""The cell's packet logic: a frame is a primary copy (track, then forward or drop) or a mirror copy (track only).
-
-No sockets here: ``handle_frame`` takes bytes and the time and says whether
-to send the frame back out; ``prism.cell.loop`` does the I/O. Periodic work
-(expiry now, replication and heartbeats in the State Mirroring Module) hooks
-in through ``add_tick_hook``: each tick reports the flows whose version grew
-and the flows that expired since the previous tick.
-"""
+"""The cell's packet logic: a frame is a primary copy (track, then forward or drop) or a mirror copy (track only)."""
 
 from __future__ import annotations
 
@@ -47,6 +40,13 @@ def _bump(counts: Dict[str, int], reason: str) -> None:
 
 class Cell:
     """One cell: its connection tracker and what it did with every frame.
+
+    No sockets here: ``handle_frame`` takes bytes and the time and says
+    whether to send the frame back out; ``prism.cell.loop`` does the I/O.
+    Periodic work (expiry now; replication and heartbeats in the State
+    Mirroring Module) hooks in through ``add_tick_hook``: each tick reports
+    the flows whose version grew and the flows that expired since the
+    previous tick.
 
     Args:
         cell_id: The cell's id (as in the configuration).

@@ -1,16 +1,4 @@
-"""Connection tracking as a stateful firewall does it: per-flow TCP state, sequence checks, counters, verdicts.
-
-Pure: time comes in as ``now``; nothing here touches a socket or a clock.
-
-Versioning rule (what the State Mirroring Module replicates): every flow has a
-``version`` that grows by one whenever the flow is created, its facts (and so
-its state) change, it is reopened, or its verdict is changed by policy.
-Sequence numbers, windows and counters change on every packet without a new
-version: mirror copies rebuild those. Between cells, a record replaces a
-flow's state only if its version is higher (``merge``); facts only accumulate,
-so a merge never moves a connection backwards, and applying a record twice
-changes nothing.
-"""
+"""Connection tracking as a stateful firewall does it: per-flow TCP state, sequence checks, counters, verdicts."""
 
 from __future__ import annotations
 
@@ -159,7 +147,16 @@ AdmitPolicy = Callable[[PacketInfo], bool]
 
 
 class ConnTracker:
-    """Per-flow connection state of one cell.
+    """Per-flow connection state of one cell. Pure: time comes in as ``now``.
+
+    Versioning rule (what the State Mirroring Module replicates): every flow
+    has a ``version`` that grows by one whenever the flow is created, its
+    facts (and so its state) change, it is reopened, or its verdict is
+    changed by policy. Sequence numbers, windows and counters change on every
+    packet without a new version: mirror copies rebuild those. Between cells,
+    a record replaces a flow's state only if its version is higher
+    (``merge``); facts only accumulate, so a merge never moves a connection
+    backwards, and applying a record twice changes nothing.
 
     Args:
         config: Strictness, table size and timeouts.

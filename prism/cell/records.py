@@ -1,24 +1,4 @@
-"""Per-flow state records: a tracked connection as a plain JSON-able dict, and how two views of it merge.
-
-A record (schema 1) holds the flow's key (fields and text), which side
-initiated it, its state and the facts the state derives from, its verdict and
-version, first/last seen, per-direction sequence state and this cell's
-counters::
-
-    {"schema": 1, "flow_id": 123..., "key": "tcp 10.0.0.1:40000 <-> 10.0.0.2:80",
-     "ip_version": 4, "proto": 6, "addr_a": "10.0.0.1", "port_a": 40000,
-     "addr_b": "10.0.0.2", "port_b": 80, "initiator": "a",
-     "state": "ESTABLISHED", "facts": ["syn_orig", "syn_reply", "handshake_done"],
-     "verdict": "accept", "version": 4, "first_seen": 12.5, "last_seen": 13.0,
-     "orig": {"isn": 1000, "seq_end": 1001, "ack_max": 5001, "window": 502,
-              "max_window": 502, "allowed_end": ..., "fin_end": null},
-     "reply": {...}, "role": "primary", "primary_packets": 3, "primary_bytes": 180,
-     "mirror_packets": 0, "mirror_bytes": 0, "dropped_packets": 0}
-
-``state`` and ``role`` are for readers; a receiver derives the state from the
-facts. Counters describe the cell that wrote the record and are never merged
-into another cell's.
-"""
+"""Per-flow state records: a tracked connection as a plain JSON-able dict, and how two views of it merge."""
 
 from __future__ import annotations
 
@@ -48,7 +28,27 @@ class StateRecordError(ValueError):
 
 
 def entry_to_record(entry: ConnEntry) -> Dict[str, Any]:
-    """The record of one entry (plain types only)."""
+    """The record of one entry (plain types only).
+
+    A record (schema 1) holds the flow's key (fields and text), which side
+    initiated it, its state and the facts the state derives from, its verdict and
+    version, first/last seen, per-direction sequence state and this cell's
+    counters::
+
+        {"schema": 1, "flow_id": 123..., "key": "tcp 10.0.0.1:40000 <-> 10.0.0.2:80",
+         "ip_version": 4, "proto": 6, "addr_a": "10.0.0.1", "port_a": 40000,
+         "addr_b": "10.0.0.2", "port_b": 80, "initiator": "a",
+         "state": "ESTABLISHED", "facts": ["syn_orig", "syn_reply", "handshake_done"],
+         "verdict": "accept", "version": 4, "first_seen": 12.5, "last_seen": 13.0,
+         "orig": {"isn": 1000, "seq_end": 1001, "ack_max": 5001, "window": 502,
+                  "max_window": 502, "allowed_end": ..., "fin_end": null},
+         "reply": {...}, "role": "primary", "primary_packets": 3, "primary_bytes": 180,
+         "mirror_packets": 0, "mirror_bytes": 0, "dropped_packets": 0}
+
+    ``state`` and ``role`` are for readers; a receiver derives the state from the
+    facts. Counters describe the cell that wrote the record and are never merged
+    into another cell's.
+    """
     key = entry.key
     return {
         "schema": RECORD_SCHEMA,

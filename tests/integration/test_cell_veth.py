@@ -1,11 +1,4 @@
-"""``prism cell`` on a real interface: a veth pair into a network namespace of the test's own, no OVS.
-
-The test plays the switch: it sends frames crafted by ``prism.packets`` into
-the root-namespace end of the veth and reads what the cell sends back. To
-show that a frame was *not* sent back without timing anything, each such
-frame is followed by a frame that is: the cell handles frames in order, so
-when the follower comes back, the first one would already have.
-"""
+"""``prism cell`` on a real interface: a veth pair into a network namespace of the test's own, no OVS."""
 
 from __future__ import annotations
 
@@ -131,6 +124,12 @@ class Switch:
 def test_cell_forwards_primary_copies_drops_unknown_mid_connection_and_absorbs_mirror_copies(
     cell_process,
 ):
+    """The test plays the switch from the root-namespace end of the veth.
+
+    To show that a frame was *not* sent back without timing anything, such
+    frames are followed by one that is: the cell handles frames in order, so
+    when the follower comes back, the first one would already have.
+    """
     proc, state_socket, log_path = cell_process
     switch = Switch()
     try:
