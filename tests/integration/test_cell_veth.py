@@ -117,6 +117,20 @@ class Switch:
                 while (got := self.port.recv_frame()) is not None:
                     self.received.append(got)
 
+    def resend_until_back(self, frame: bytes) -> None:
+        """Like ``send_and_expect``, resending while the link comes back up."""
+        deadline = time.monotonic() + FRAME_TIMEOUT_S
+        while frame not in self.received:
+            if time.monotonic() > deadline:
+                pytest.fail("the cell did not forward again after its link came back")
+            try:
+                self.port.send(frame)
+            except OSError:  # the link is not up yet
+                pass
+            if self.port.wait(0.2):
+                while (got := self.port.recv_frame()) is not None:
+                    self.received.append(got)
+
     def close(self) -> None:
         self.port.close()
 
@@ -187,3 +201,25 @@ def test_cell_forwards_primary_copies_drops_unknown_mid_connection_and_absorbs_m
     proc.send_signal(signal.SIGTERM)
     assert proc.wait(STOP_TIMEOUT_S) == 0, log_path.read_text(errors="replace")
     assert not state_socket.exists()
+
+
+def test_cell_survives_its_link_going_down_and_up(cell_process):
+    """A cell whose link flaps (the demo's failover) keeps running and forwarding, state intact."""
+    proc, state_socket, log_path = cell_process
+    switch = Switch()
+    try:
+        syn = _frame(True, TCP_SYN, CLIENT_ISN, 0)
+        syn_ack = _frame(False, TCP_SYN | TCP_ACK, SERVER_ISN, CLIENT_ISN + 1)
+        switch.send_and_expect(syn)
+        switch.send_and_expect(syn_ack)
+        in_netns = ("ip", "netns", "exec", NETNS, "ip", "link", "set", VETH_CELL)
+        _ip(*in_netns, "down")
+        _ip(*in_netns, "up")
+        ack = _frame(True, TCP_ACK, CLIENT_ISN + 1, SERVER_ISN + 1)
+        switch.resend_until_back(ack)
+        state = read_state(state_socket)
+    finally:
+        switch.close()
+    assert proc.poll() is None, log_path.read_text(errors="replace")
+    (flow,) = state["flows"]
+    assert flow["state"] == "ESTABLISHED"
