@@ -18,6 +18,9 @@ SUBCOMMANDS = {
     "cell": ("prism.cell.main", "run an exception-path cell on an interface"),
     "cell-state": ("prism.cell.main_state", "print a running cell's state table"),
     "demo": ("mininet_topos.demo", "run the failover demo in Mininet"),
+    "trace": ("prism.trace", "turn pcap/pcapng captures and Argus binetflow files into flow records"),
+    "train": ("models.train_cli", "train the state prediction model on flow records"),
+    "evaluate": ("models.evaluate_cli", "compare replication policies on flow records with a model"),
 }
 
 
