@@ -99,7 +99,8 @@ def _preflight(options: DemoOptions) -> Optional[str]:
 
 def run_demo(options: DemoOptions) -> Dict:
     """Run the scenario and return the report as a JSON-able dict."""
-    from mininet_topos.harness import PrismNetwork  # Mininet only when the demo runs
+    # Mininet only when the demo runs, not when `prism demo --help` does
+    from mininet_topos.harness import PrismNetwork, stop_process
 
     workdir = options.workdir.resolve()
     workdir.mkdir(parents=True, exist_ok=True)
@@ -149,6 +150,8 @@ def run_demo(options: DemoOptions) -> Dict:
         groups_text = net.ofctl("dump-groups")
         for sender in udp_sent:
             sender.wait(timeout=10)
+        for process in net.background:  # the sink writes its JSON when it is stopped
+            stop_process(process)
     udp = json.loads(sink_json.read_text()) if sink_json.exists() else {"datagrams": 0, "flows": {}}
     gaps = interruption_from_capture(capture, fail_time, TCP_CLIENT_PORT)
     survived = bool(iperf_result["ok"] and iperf_result["bytes_after_failure"] > 0) if fail_time else \
@@ -159,7 +162,8 @@ def run_demo(options: DemoOptions) -> Dict:
                     "fail_primary": options.fail_primary, "duration_s": options.duration_s},
         "flows_total": status.get("flows_total"),
         "flows_mirrored": status.get("flows_mirrored"),
-        "groups": status.get("groups_installed", groups_text.count("group_id=")),
+        # one ALL group (and its FAST_FAILOVER group) per profile
+        "groups": groups_text.count("type=all"),
         "switch_groups": _group_summary(groups_text),
         "controller": status,
         "per_cell": per_cell,

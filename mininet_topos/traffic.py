@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import json
 import selectors
+import signal
 import socket
 import sys
 import time
@@ -42,8 +43,19 @@ def udp_send(dst: str, port: int, count: int, rate: float, sport: int = 0) -> in
     return sent
 
 
+class _Stopped(Exception):
+    """SIGTERM arrived: stop counting and report what was received."""
+
+
+def _raise_stopped(signum, frame):  # noqa: ARG001 - signal handler signature
+    raise _Stopped()
+
+
 def udp_sink(port: int, span: int, duration: float) -> dict:
-    """Count datagrams arriving on ports ``port .. port+span-1`` for ``duration`` seconds."""
+    """Count datagrams arriving on ports ``port .. port+span-1`` for ``duration`` seconds.
+
+    SIGTERM ends the count early; what was received so far is still returned.
+    """
     selector = selectors.DefaultSelector()
     sockets: List[socket.socket] = []
     for offset in range(span):
@@ -54,6 +66,7 @@ def udp_sink(port: int, span: int, duration: float) -> dict:
         sockets.append(sock)
     received = {}
     deadline = time.monotonic() + duration
+    previous = signal.signal(signal.SIGTERM, _raise_stopped)
     try:
         while time.monotonic() < deadline:
             for key, _ in selector.select(timeout=0.2):
@@ -64,7 +77,10 @@ def udp_sink(port: int, span: int, duration: float) -> dict:
                         break
                     flow = f"{src}:{sport}->{key.data}"
                     received[flow] = received.get(flow, 0) + 1
+    except _Stopped:
+        pass
     finally:
+        signal.signal(signal.SIGTERM, previous)
         for sock in sockets:
             sock.close()
     return {"flows": received, "datagrams": sum(received.values())}
