@@ -40,6 +40,8 @@ TEST_IP_BASE = "172.31.0.0/16"
 #: How long to wait for ryu-manager to listen and for switches to connect.
 RYU_START_TIMEOUT_S = 30.0
 SWITCH_CONNECT_TIMEOUT_S = 30.0
+#: How long an interrupted host command may take to give its prompt back at teardown.
+HOST_DRAIN_TIMEOUT_S = 5.0
 #: Grace period between SIGTERM and SIGKILL when stopping ryu-manager.
 RYU_STOP_GRACE_S = 5.0
 #: Lines of ryu-manager's log shown with a failure.
@@ -329,9 +331,11 @@ def mininet_net(
         waitConnected=False,
         **options,
     )
+    namespaces: List[int] = []
     try:
         net.addController("c0", controller=RemoteController, ip="127.0.0.1", port=controller_port)
         net.build()
+        namespaces = [net_namespace(host.pid) for host in net.hosts]
         net.start()
         if wait_connected and not net.waitConnected(timeout=SWITCH_CONNECT_TIMEOUT_S):
             raise RuntimeError(
@@ -340,7 +344,56 @@ def mininet_net(
             )
         yield net
     finally:
+        _stop_net(net, namespaces)
+
+
+def net_namespace(pid: int) -> int:
+    """Inode of the network namespace of process ``pid``."""
+    return os.stat(f"/proc/{pid}/ns/net").st_ino
+
+
+def processes_in_namespace(inode: int) -> List[int]:
+    """PIDs of every process whose network namespace has this inode."""
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                if os.stat(entry / "ns" / "net").st_ino == inode:
+                    pids.append(int(entry.name))
+            except OSError:
+                continue  # exited meanwhile
+    return pids
+
+
+def _stop_net(net, namespaces: Sequence[int]) -> None:
+    """``net.stop()``, made safe for a test that was interrupted, then a check-and-sweep.
+
+    A host interrupted mid-``cmd()`` (Ctrl-C, pytest-timeout) still waits for
+    its output, and ``net.stop()`` would fail on its first command to it, leaving
+    the bridge behind. Daemons started in a host (``iperf3 -D``) survive
+    ``net.stop()`` and keep its namespace alive. So: interrupt and drain busy
+    hosts, stop, then end what is left in the hosts' namespaces (by PID) and
+    delete any bridge or switch port of this net that is still there.
+    """
+    for host in net.hosts:
+        if host.shell is not None and host.waiting:
+            host.sendInt()
+            deadline = time.monotonic() + HOST_DRAIN_TIMEOUT_S
+            while host.waiting and time.monotonic() < deadline:
+                host.monitor(timeoutms=100)
+            host.waiting = False
+    try:
         net.stop()
+    finally:
+        for inode in namespaces:
+            for pid in processes_in_namespace(inode):
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
+        for switch in net.switches:
+            _run("ovs-vsctl", "--if-exists", "del-br", switch.name)
+            for intf in switch.intfNames():
+                if intf != "lo" and Path(f"/sys/class/net/{intf}").exists():
+                    _run("ip", "link", "del", intf)
 
 
 @pytest.fixture(name="mininet_net")

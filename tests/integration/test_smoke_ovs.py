@@ -9,7 +9,7 @@ from pathlib import Path
 
 from mininet.topo import Topo
 
-from .conftest import is_listening, ovs_bridges
+from .conftest import is_listening, net_namespace, ovs_bridges, processes_in_namespace
 
 SWITCH = "smoke1"  # a name no other test uses, so leftovers are ours
 SIMPLE_SWITCH = "ryu.app.simple_switch_13"
@@ -24,22 +24,6 @@ class TwoHosts(Topo):
         switch = self.addSwitch(SWITCH)
         for name in ("h1", "h2"):
             self.addLink(self.addHost(name), switch)
-
-
-def _net_namespace(pid: int) -> int:
-    return os.stat(f"/proc/{pid}/ns/net").st_ino
-
-
-def _processes_in_namespace(inode: int) -> list:
-    pids = []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                if os.stat(entry / "ns" / "net").st_ino == inode:
-                    pids.append(int(entry.name))
-            except OSError:
-                continue  # gone meanwhile, or a kernel thread
-    return pids
 
 
 def _reaped(popen) -> bool:
@@ -64,7 +48,7 @@ def test_simple_switch_pingall_tcp_and_clean_teardown(ryu_manager, mininet_net):
         assert datapath == "netdev"
         hosts = [net.get("h1"), net.get("h2")]
         shells = [host.shell for host in hosts]
-        namespaces = [_net_namespace(host.pid) for host in hosts]
+        namespaces = [net_namespace(host.pid) for host in hosts]
         assert all(host.IP().startswith("172.31.") for host in hosts)
 
         assert net.pingAll() == 0
@@ -80,7 +64,7 @@ def test_simple_switch_pingall_tcp_and_clean_teardown(ryu_manager, mininet_net):
     assert not Path(f"/sys/class/net/{SWITCH}-eth1").exists()
     assert all(_reaped(shell) for shell in shells)
     for inode in namespaces:
-        assert _processes_in_namespace(inode) == []
+        assert processes_in_namespace(inode) == []
 
     assert ryu.alive(), ryu.log_tail()
     ryu.stop()
