@@ -1,0 +1,233 @@
+"""Model artifacts: a skops file plus a JSON manifest, written atomically and checked on load.
+
+A model directory holds ``model.skops`` (a dict of fitted estimators by name,
+see ``models.estimator``) and ``manifest.json``. Loading never unpickles:
+skops rebuilds only the types listed in ``TRUSTED_TYPES``, and a model whose
+manifest does not match this code (schema version, feature names and order),
+whose file is missing or differs from the digest in its manifest, or that
+holds any other type, is refused with a ``ModelError`` saying what to do.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import platform
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Dict, List, Mapping
+
+from prism.atomic import atomic_write_bytes
+from prism.records import SCHEMA_VERSION
+
+from models.features import FEATURE_NAMES
+
+MODEL_FILE = "model.skops"
+MANIFEST_FILE = "manifest.json"
+MANIFEST_FORMAT = "prism-spe-model"
+MANIFEST_VERSION = 1
+
+#: Types (beyond skops' defaults: builtins, numpy arrays and dtypes) a model file may hold.
+TRUSTED_TYPES = (
+    "sklearn.ensemble._hist_gradient_boosting.gradient_boosting.HistGradientBoostingClassifier",
+    "sklearn.ensemble._hist_gradient_boosting.gradient_boosting.HistGradientBoostingRegressor",
+    "sklearn.ensemble._hist_gradient_boosting.predictor.TreePredictor",
+    "sklearn.ensemble._hist_gradient_boosting.binning._BinMapper",
+    "sklearn._loss.loss.HalfBinomialLoss",
+    "sklearn._loss.loss.HalfSquaredError",
+    "sklearn._loss.link.LogitLink",
+    "sklearn._loss.link.IdentityLink",
+    "sklearn._loss.link.Interval",
+    "models.estimator.ServicePortRate",
+    "models.estimator.ServicePortMean",
+)
+#: Estimators a model file must hold, by name -> class name.
+REQUIRED_MODELS = {
+    "alive": "HistGradientBoostingClassifier",
+    "duration": "HistGradientBoostingRegressor",
+    "packets": "HistGradientBoostingRegressor",
+    "bytes": "HistGradientBoostingRegressor",
+    "baseline_alive": "ServicePortRate",
+    "baseline_duration": "ServicePortMean",
+    "baseline_packets": "ServicePortMean",
+    "baseline_bytes": "ServicePortMean",
+}
+LIBRARIES = ("numpy", "scipy", "sklearn", "skops", "pandas", "pyarrow")
+
+
+class ModelError(Exception):
+    """A model directory that cannot be used; the message says why and what to do."""
+
+
+@dataclass(frozen=True)
+class LoadedModel:
+    """A checked model: its estimators by name and its manifest."""
+
+    estimators: Dict[str, object]
+    manifest: dict
+    directory: Path
+
+
+def library_versions() -> Dict[str, str]:
+    """Versions of Python and the libraries a model file depends on."""
+    import importlib
+
+    versions = {"python": platform.python_version()}
+    for name in LIBRARIES:
+        versions[name] = getattr(importlib.import_module(name), "__version__", "unknown")
+    return versions
+
+
+def file_digest(path: Path) -> str:
+    """``sha256:<hex>`` of a file's bytes."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return "sha256:" + digest.hexdigest()
+
+
+def save_model(directory, estimators: Mapping[str, object], manifest: Mapping) -> Path:
+    """Write ``model.skops`` and ``manifest.json`` into ``directory`` (each atomically).
+
+    The model file is written first and the manifest, which names the model
+    file's digest, last: a crash in between leaves a directory that ``load_model``
+    refuses (digest mismatch), never a silently different model.
+
+    Args:
+        directory: the model directory (created if needed).
+        estimators: fitted estimators by name (see ``REQUIRED_MODELS``).
+        manifest: training facts (horizon, data digest, metrics ...); the
+            format, schema version, feature names, library versions and model
+            digest are added here.
+
+    Returns:
+        The manifest path.
+    """
+    import skops.io as sio
+
+    directory = Path(directory)
+    missing = sorted(set(REQUIRED_MODELS) - set(estimators))
+    if missing:
+        raise ModelError(f"cannot save: estimators missing: {', '.join(missing)}")
+    data = sio.dumps(dict(estimators), compression=zipfile.ZIP_DEFLATED, compresslevel=9)
+    model_path = atomic_write_bytes(directory / MODEL_FILE, data)
+    full = {
+        "format": MANIFEST_FORMAT,
+        "manifest_version": MANIFEST_VERSION,
+        "schema_version": SCHEMA_VERSION,
+        "feature_names": list(FEATURE_NAMES),
+        "model_file": MODEL_FILE,
+        "model_digest": file_digest(model_path),
+        "libraries": library_versions(),
+        **{k: v for k, v in manifest.items() if k not in ("format", "model_digest")},
+    }
+    text = json.dumps(full, indent=2, sort_keys=False, allow_nan=False) + "\n"
+    return atomic_write_bytes(directory / MANIFEST_FILE, text.encode())
+
+
+def read_manifest(directory) -> dict:
+    """Read and check a model directory's manifest (not the model file).
+
+    Raises:
+        ModelError: missing or unreadable manifest, or one that does not match this code.
+    """
+    directory = Path(directory)
+    path = directory / MANIFEST_FILE
+    try:
+        manifest = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise ModelError(f"{directory}: no {MANIFEST_FILE}; not a PRISM model directory "
+                         f"(create one with `prism train FLOWS -o {directory}`)") from None  # fmt: skip
+    except (OSError, ValueError) as exc:
+        raise ModelError(f"{path}: unreadable manifest ({exc})") from None
+    problems = manifest_problems(manifest)
+    if problems:
+        raise ModelError(f"{path}: " + "; ".join(problems) + "; retrain with `prism train`")
+    return manifest
+
+
+def manifest_problems(manifest) -> List[str]:
+    """What makes a manifest unusable by this code (empty list: none)."""
+    if not isinstance(manifest, dict) or manifest.get("format") != MANIFEST_FORMAT:
+        return [f"not a {MANIFEST_FORMAT} manifest"]
+    problems = []
+    if manifest.get("manifest_version") != MANIFEST_VERSION:
+        problems.append(f"manifest version {manifest.get('manifest_version')}, expected {MANIFEST_VERSION}")
+    if manifest.get("schema_version") != SCHEMA_VERSION:
+        problems.append(
+            f"trained on flow-record schema v{manifest.get('schema_version')}, this PRISM uses v{SCHEMA_VERSION}"
+        )
+    names = manifest.get("feature_names")
+    if names != list(FEATURE_NAMES):
+        if not isinstance(names, list):
+            problems.append("no feature_names list")
+        else:
+            extra = [n for n in names if n not in FEATURE_NAMES]
+            absent = [n for n in FEATURE_NAMES if n not in names]
+            detail = f"unknown {extra}, " if extra else ""
+            detail += f"missing {absent}" if absent else "same names in another order"
+            problems.append(f"features differ from this code's ({detail})")
+    for key in ("model_file", "model_digest", "horizon_s"):
+        if key not in manifest:
+            problems.append(f"no {key!r}")
+    return problems
+
+
+def load_model(directory) -> LoadedModel:
+    """Load and check a model directory.
+
+    Args:
+        directory: holds ``manifest.json`` and the model file it names.
+
+    Returns:
+        The estimators and manifest.
+
+    Raises:
+        ModelError: anything that makes the model unusable, with the reason.
+    """
+    import skops.io as sio
+
+    directory = Path(directory)
+    manifest = read_manifest(directory)
+    model_name = str(manifest["model_file"])
+    if Path(model_name).name != model_name:
+        raise ModelError(f"{directory}: manifest names a model file outside the directory: {model_name!r}")
+    model_path = directory / model_name
+    if not model_path.is_file():
+        raise ModelError(f"{directory}: model file {model_name} is missing")
+    digest = file_digest(model_path)
+    if digest != manifest["model_digest"]:
+        raise ModelError(
+            f"{model_path}: digest {digest} differs from the manifest's {manifest['model_digest']}; "
+            "the file was changed or only partly written. Restore it or retrain."
+        )
+    try:
+        untrusted = sio.get_untrusted_types(file=model_path)
+    except Exception as exc:  # skops raises assorted errors for a damaged file
+        raise ModelError(f"{model_path}: not a readable skops file ({exc})") from None
+    unexpected = sorted(set(untrusted) - set(TRUSTED_TYPES))
+    if unexpected:
+        raise ModelError(f"{model_path}: holds types this PRISM does not trust: {', '.join(unexpected)}")
+    try:
+        estimators = sio.load(model_path, trusted=list(TRUSTED_TYPES))
+    except Exception as exc:
+        raise ModelError(f"{model_path}: cannot be loaded ({type(exc).__name__}: {exc})") from None
+    _check_estimators(estimators, model_path)
+    return LoadedModel(estimators=estimators, manifest=manifest, directory=directory)
+
+
+def _check_estimators(estimators, model_path: Path) -> None:
+    if not isinstance(estimators, dict):
+        raise ModelError(f"{model_path}: holds a {type(estimators).__name__}, expected a dict of estimators")
+    for name, class_name in REQUIRED_MODELS.items():
+        estimator = estimators.get(name)
+        if type(estimator).__name__ != class_name:
+            found = "nothing" if estimator is None else type(estimator).__name__
+            raise ModelError(f"{model_path}: {name!r} should be a {class_name}, found {found}")
+        if getattr(estimator, "n_features_in_", None) != len(FEATURE_NAMES):
+            raise ModelError(
+                f"{model_path}: {name!r} takes {getattr(estimator, 'n_features_in_', '?')} features, "
+                f"this code computes {len(FEATURE_NAMES)}"
+            )
