@@ -1,8 +1,7 @@
-"""The Mirroring Director's decision core for one switch: pipeline, FSC entries, profile groups."""
+"""The Mirroring Director's decision core for one switch: pipeline, FSC entries, profile groups, failover."""
 
 from __future__ import annotations
 
-import heapq
 import logging
 import re
 import struct
@@ -10,6 +9,7 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Dict, List, Mapping, Optional, Sequence, Tuple
 
+from prism.actions import Decision, MgmtMessage
 from prism.flows import (
     ETH_TYPE_IPV4,
     ETH_TYPE_IPV6,
@@ -20,11 +20,11 @@ from prism.flows import (
     key_from_match,
     parse_frame,
 )
+from prism.failover import Failover, FailoverStats, UnknownCell
+from prism.groups import GroupTable, ProfileGroup
 from prism.openflow import (
     COOKIE_HOST,
     COOKIE_PIPELINE,
-    FF_GROUP_OFFSET,
-    MAX_PROFILE_GROUPS,
     MIRROR_MAC,
     OFPCML_NO_BUFFER,
     OFPG_ANY,
@@ -33,13 +33,11 @@ from prism.openflow import (
     PRIORITY_LOW,
     PRIORITY_MID,
     PRIORITY_MISS,
-    PROFILE_GROUP_BASE,
     TABLE_CLASSIFY,
     TABLE_DELIVERY,
     TABLE_FSC,
     Action,
     Barrier,
-    Bucket,
     Command,
     FlowMod,
     GroupAction,
@@ -49,10 +47,10 @@ from prism.openflow import (
     OfChange,
     Output,
     PacketOut,
-    SetField,
 )
 from prism.policy import NoLiveCell, Policy
 from prism.profiles import FlowStateCache, MirroringProfile
+from prism.ring import HashRing
 
 if TYPE_CHECKING:  # pragma: no cover
     from prism.config import SwitchConfig
@@ -71,27 +69,10 @@ DROP_CELL_PORT_IN_CLASSIFY = "cell port in the classify table"
 DROP_SHORT_FRAME = "frame shorter than an Ethernet header"
 DROP_NO_LIVE_CELL = "no live cell"
 DROP_BAD_PROFILE = "policy named an unknown cell"
+DROP_UNUSABLE_CELL = "policy named a dead or drained cell"
 DROP_NO_GROUP_ID = "no free group id"
 
-
-@dataclass(frozen=True)
-class ProfileGroup:
-    """The groups of one profile: an ALL group and the FAST_FAILOVER group it applies.
-
-    Attributes:
-        profile: The profile.
-        group_id: Its ALL group (what FSC entries apply).
-        refcount: Flows in the cache that use it.
-    """
-
-    profile: MirroringProfile
-    group_id: int
-    refcount: int
-
-    @property
-    def ff_group_id(self) -> int:
-        """Its FAST_FAILOVER group."""
-        return self.group_id + FF_GROUP_OFFSET
+__all__ = ["DirectorCounters", "MirroringDirector", "ProfileGroup", "UnknownCell"]
 
 
 @dataclass(frozen=True)
@@ -110,6 +91,18 @@ class DirectorCounters:
     hosts_learnt: int = 0
     l2_forwarded: int = 0
     unknown_flow_removed: int = 0
+    failovers: int = 0
+    recoveries: int = 0
+    drains: int = 0
+    restores: int = 0
+    groups_rewritten: int = 0
+    state_lost_flows: int = 0
+    seeds_sent: int = 0
+    seeds_confirmed: int = 0
+    seeds_retried: int = 0
+    stale_seeded: int = 0
+    assigns_sent: int = 0
+    assigns_dropped: int = 0
     drops: Mapping[str, int] = field(default_factory=dict)
 
     def as_dict(self) -> Dict[str, object]:
@@ -123,13 +116,18 @@ class MirroringDirector:
     """Decides every OpenFlow change for one fast-path switch.
 
     Every method takes the current time and returns the changes to send, in
-    order; nothing here talks to a switch.
+    order; nothing here talks to a switch. The failover methods
+    (``on_cell_down``, ``on_cell_up``, ``drain_cell``, ``restore_cell``,
+    ``on_seeded``, ``tick``) also return management messages for cells
+    (``prism.actions.MgmtMessage``), after the OpenFlow changes.
 
     Args:
         switch: The switch's configuration (cells with their ports, edge ports).
         idle_timeout: Seconds an FSC entry lives without packets.
         policy: Chooses each new flow's profile.
         logger: Where new flows are logged at info (default ``prism.director``).
+        ring: The shared ring over the switch's cells, for failover choices
+            (default: equal weights over every configured cell).
 
     Raises:
         ValueError: an idle_timeout OpenFlow cannot carry, or a port that is both a cell and an edge port.
@@ -141,6 +139,7 @@ class MirroringDirector:
         idle_timeout: int,
         policy: Policy,
         logger: Optional[logging.Logger] = None,
+        ring: Optional[HashRing] = None,
     ) -> None:
         if not 0 < idle_timeout <= MAX_IDLE_TIMEOUT:
             raise ValueError(f"idle_timeout must be 1..{MAX_IDLE_TIMEOUT} s, not {idle_timeout}")
@@ -155,17 +154,18 @@ class MirroringDirector:
         shared = set(self._cell_of_port) & set(self._edge_ports)
         if shared:
             raise ValueError(f"ports {sorted(shared)} of switch {self.dp_id:#x} are both cell and edge ports")
-        self._live_cells: Tuple[str, ...] = tuple(self._cell_ports)
+        self.ring = ring if ring is not None else HashRing(switch.cell_ids)
+        self._failover = Failover(switch.cell_ids, self.ring)
+        self._live_cells: Tuple[str, ...] = self._failover.live_cells
         self._counts: Dict[str, int] = {}
         self._drops: Dict[str, int] = {}
         self._reset()
 
     def _reset(self) -> None:
         self._flows = FlowStateCache()
-        self._group_of_profile: Dict[MirroringProfile, int] = {}
-        self._free_group_ids: List[int] = []
-        self._next_group_id = PROFILE_GROUP_BASE
+        self._groups = GroupTable(self._cell_ports)
         self._hosts: Dict[str, int] = {}
+        self._failover.reset()
 
     # --- Read-only views ---------------------------------------------------------------
     @property
@@ -175,17 +175,23 @@ class MirroringDirector:
 
     @property
     def profiles(self) -> Mapping[MirroringProfile, ProfileGroup]:
-        """Installed profile groups by profile, with their reference counts."""
+        """By profile, the group new flows of that profile join, with its reference count.
+
+        After a failover two groups may hold equal profiles; :attr:`groups` lists both.
+        """
+        table = self._groups
         return MappingProxyType(
-            {
-                p: ProfileGroup(p, gid, self._flows.profile_refcount(p))
-                for p, gid in self._group_of_profile.items()
-            }
+            {g.profile: g.snapshot() for g in table if table.group_for(g.profile) == g.group_id}
         )
+
+    @property
+    def groups(self) -> Mapping[int, ProfileGroup]:
+        """Every installed profile group by (ALL) group id."""
+        return MappingProxyType({g.group_id: g.snapshot() for g in self._groups})
 
     def profiles_naming(self, cell_id: str) -> List[ProfileGroup]:
         """Installed profile groups whose profile names ``cell_id`` (what a failover rewrites)."""
-        return [group for profile, group in self.profiles.items() if cell_id in profile.cells]
+        return [g.snapshot() for g in self._groups.naming(cell_id)]
 
     @property
     def hosts(self) -> Mapping[str, int]:
@@ -194,8 +200,28 @@ class MirroringDirector:
 
     @property
     def live_cells(self) -> Tuple[str, ...]:
-        """Cells new flows may be placed on."""
+        """Cells new flows may be placed on: neither dead nor drained."""
         return self._live_cells
+
+    @property
+    def down_cells(self) -> frozenset:
+        """Cells the director was told are dead."""
+        return self._failover.down
+
+    @property
+    def draining_cells(self) -> frozenset:
+        """Cells drained (or being drained) by an administrator."""
+        return self._failover.draining
+
+    @property
+    def last_failover(self) -> Optional[FailoverStats]:
+        """What the latest ``on_cell_down`` cost (None before the first)."""
+        return self._failover.last_failover
+
+    @property
+    def last_repair(self) -> Optional[FailoverStats]:
+        """The latest step that rewrote groups (failover, recovery, drain, restore or seeding)."""
+        return self._failover.last_repair
 
     @property
     def cell_ports(self) -> Mapping[str, int]:
@@ -210,7 +236,9 @@ class MirroringDirector:
     @property
     def counters(self) -> DirectorCounters:
         """A snapshot of the counters."""
-        return DirectorCounters(**self._counts, drops=MappingProxyType(dict(self._drops)))
+        return DirectorCounters(
+            **self._counts, **self._failover.counts, drops=MappingProxyType(dict(self._drops))
+        )
 
     def _count(self, name: str, amount: int = 1) -> None:
         self._counts[name] = self._counts.get(name, 0) + amount
@@ -331,16 +359,22 @@ class MirroringDirector:
             return self._drop(DROP_NO_LIVE_CELL)
         if any(cell_id not in self._cell_ports for cell_id in profile.cells):
             return self._drop(DROP_BAD_PROFILE)
+        if any(cell_id not in self._live_cells for cell_id in profile.cells):
+            return self._drop(DROP_UNUSABLE_CELL)
         changes: List[OfChange] = []
-        group_id = self._group_of_profile.get(profile)
-        if group_id is None:
-            group_id = self._allocate_group_id()
-            if group_id is None:
+        group_id = self._groups.group_for(profile)
+        created = group_id is None
+        if created:
+            new_group = self._groups.create(profile)
+            if new_group is None:
                 return self._drop(DROP_NO_GROUP_ID)
-            self._group_of_profile[profile] = group_id
+            group_id = new_group.group_id
             self._count("groups_installed")
             changes += self.group_mods(profile, group_id, Command.ADD)
+        group = self._groups.get(group_id)
+        group.refcount += 1
         self._flows.add(info.key, profile, group_id, now, first_packet=info)
+        self._failover.flow_added(info.flow_id, str(info.key), group, created)
         self._count("flows_total")
         if profile.mirror_cells:
             self._count("flows_mirrored")
@@ -369,34 +403,7 @@ class MirroringDirector:
         there. The ALL group applies the FF group, then sends each mirror a
         copy marked with ``MIRROR_MAC``.
         """
-        primary_port = self._cell_ports[profile.primary_cell]
-        mirror_ports = [self._cell_ports[cell_id] for cell_id in profile.mirror_cells]
-        ff_group_id = group_id + FF_GROUP_OFFSET
-        ff_buckets = tuple(Bucket((Output(port),), watch_port=port) for port in [primary_port, *mirror_ports])
-        all_buckets = (Bucket((GroupAction(ff_group_id),)),) + tuple(
-            Bucket((SetField("eth_dst", MIRROR_MAC), Output(port))) for port in mirror_ports
-        )
-        return [
-            GroupMod(command, GroupType.FAST_FAILOVER, ff_group_id, ff_buckets),
-            GroupMod(command, GroupType.ALL, group_id, all_buckets),
-        ]
-
-    def _allocate_group_id(self) -> Optional[int]:
-        if self._free_group_ids:
-            return heapq.heappop(self._free_group_ids)
-        if self._next_group_id >= PROFILE_GROUP_BASE + MAX_PROFILE_GROUPS:
-            return None
-        self._next_group_id += 1
-        return self._next_group_id - 1
-
-    def _release_group(self, profile: MirroringProfile) -> List[OfChange]:
-        group_id = self._group_of_profile.pop(profile)
-        heapq.heappush(self._free_group_ids, group_id)
-        self._count("groups_deleted")
-        return [
-            GroupMod(Command.DELETE, GroupType.ALL, group_id),  # the ALL group forwards to the FF group
-            GroupMod(Command.DELETE, GroupType.FAST_FAILOVER, group_id + FF_GROUP_OFFSET),
-        ]
+        return self._groups.group_mods(profile, group_id, command)
 
     # --- Flow-removed -------------------------------------------------------------------------
     def on_flow_removed(
@@ -435,9 +442,88 @@ class MirroringDirector:
         if not self._flows.remove_direction(cookie, forward, packets, bytes, duration_s, now):
             return []
         self._count("flows_ended")
-        if self._flows.profile_refcount(entry.profile) == 0 and entry.profile in self._group_of_profile:
-            return self._release_group(entry.profile)
-        return []
+        group = self._groups.get(entry.group_id)
+        if group is None:
+            return []
+        group.refcount -= 1
+        if group.refcount > 0:
+            return []
+        self._count("groups_deleted")
+        return list(self._groups.release(entry.group_id))
+
+    # --- Failover, drain, seeding (prism.failover decides) --------------------------------------
+    def on_cell_down(self, cell_id: str, kind: str, now: float) -> List[Decision]:
+        """A cell died (``kind``: ``"link"`` or ``"process"``): rewrite every group naming it.
+
+        Returns:
+            Two GroupMod MODIFY per rewritten group (flows keep their entries),
+            then ``profiles`` messages and ``seed`` requests. ``last_failover``
+            holds the counts. Repeating it for a cell already down does nothing.
+
+        Raises:
+            UnknownCell: the switch has no such cell.
+        """
+        decisions = self._failover.cell_down(cell_id, kind, now, self._groups, self._flows)
+        self._live_cells = self._failover.live_cells
+        stats = self._failover.last_failover
+        if decisions and stats is not None:
+            self.logger.warning(
+                "dp %#x cell %s down (%s): %d profiles, %d groups rewritten with %d OpenFlow messages "
+                "for %d flows; %d flows lost their state",
+                self.dp_id, cell_id, kind, stats.profiles_affected, stats.groups_rewritten, stats.ofmsgs,
+                stats.flows_affected, stats.state_lost_flows,
+            )  # fmt: skip
+        return decisions
+
+    def on_cell_up(self, cell_id: str, now: float) -> List[Decision]:
+        """A dead cell is healthy again: it rejoins empty and fills under-replicated groups.
+
+        Raises:
+            UnknownCell: the switch has no such cell.
+        """
+        decisions = self._failover.cell_up(cell_id, now, self._groups, self._flows)
+        self._live_cells = self._failover.live_cells
+        return decisions
+
+    def drain_cell(self, cell_id: str, now: float) -> List[Decision]:
+        """Stop giving a cell new flows and move its flows with their state.
+
+        Each group naming it first gets a replacement mirror, seeded by its
+        primary; only when ``seeded`` arrives (``on_seeded``) is the group
+        rewritten without the drained cell. ``drain_status`` tells how far it is.
+
+        Raises:
+            UnknownCell: the switch has no such cell.
+        """
+        decisions = self._failover.drain(cell_id, now, self._groups, self._flows)
+        self._live_cells = self._failover.live_cells
+        return decisions
+
+    def restore_cell(self, cell_id: str, now: float) -> List[Decision]:
+        """Put a drained cell back on the ring (new flows, refills).
+
+        Raises:
+            UnknownCell: the switch has no such cell.
+        """
+        decisions = self._failover.restore(cell_id, now, self._groups, self._flows)
+        self._live_cells = self._failover.live_cells
+        return decisions
+
+    def drain_status(self, cell_id: str) -> Dict[str, object]:
+        """``{draining, groups_remaining, flows_remaining, done}`` (UnknownCell if unknown)."""
+        return self._failover.drain_status(cell_id, self._groups)
+
+    def on_seeded(self, source_cell: str, profile_id: int, target: str, now: float) -> List[Decision]:
+        """``source_cell`` (a group's primary) has seeded ``target`` with group ``profile_id``'s flows.
+
+        The mirror then counts as a replica; a drain waiting for it proceeds.
+        Reports that do not match a pending seed are counted (``stale_seeded``).
+        """
+        return self._failover.seeded(source_cell, profile_id, target, now, self._groups, self._flows)
+
+    def tick(self, now: float) -> List[MgmtMessage]:
+        """Periodic work: new groups' ``profiles`` and flows' ``assign`` batches, seed retries, full tables."""
+        return self._failover.tick(now, self._groups)
 
     # --- L2: hosts on edge ports ------------------------------------------------------------------
     def _learn(self, mac: str, port: int) -> List[OfChange]:

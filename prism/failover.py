@@ -1,0 +1,457 @@
+"""Failover and drain: repairing profile groups when cells die, drain, return; seeding new mirrors.
+
+Cost model (DESIGN.md section 2): a repair loops over the *groups* whose
+profile names a cell, never over flows. Each rewritten group costs two
+OpenFlow messages (GroupMod MODIFY of its FAST_FAILOVER and its ALL group,
+same ids), whatever the number of flows pointing at it; the flows' FSC
+entries are not touched. The controller's own copy of the FSC is relabelled
+in memory.
+
+How a group is repaired (:func:`plan_repair`):
+
+1. A dead primary is replaced by the first live mirror that holds the state
+   (seeded), else by a mirror still being seeded, else by the ring's choice
+   among live cells: then the flows' state is lost (counted).
+2. Dead mirrors are dropped; missing mirrors (down to the group's target
+   replication factor) are chosen with the shared ring, keyed on the profile
+   so that the profiles of one dead cell spread evenly over the others. A new
+   mirror is installed at once (it gets the mirror copies from then on) but is
+   only counted as a replica once the primary reports ``seeded`` for it.
+3. A draining cell is replaced first and removed after: a draining mirror
+   leaves once its replacement is seeded; a draining primary gets one extra
+   mirror, and once that is seeded the first seeded mirror takes over.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections import defaultdict
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Collection, Dict, Iterable, List, Mapping, Optional, Sequence, Set, Tuple
+
+from prism.actions import (
+    Decision,
+    MgmtMessage,
+    admin_message,
+    assign_messages,
+    profiles_message,
+    seed_message,
+)
+from prism.groups import GroupState, GroupTable, PendingSeed
+from prism.openflow import Command, OfChange
+from prism.profiles import MirroringProfile
+from prism.ring import HashRing
+
+if TYPE_CHECKING:  # pragma: no cover
+    from prism.profiles import FlowStateCache
+
+PROFILE_KEY_PERSON = b"prism-profile"
+#: A seed not answered by ``seeded`` within this time is asked for again.
+SEED_RETRY_S = 1.0
+#: Every cell gets its whole profile table this often (a lost ``profiles`` datagram heals).
+PROFILE_REFRESH_S = 5.0
+#: Flow assignments queued per cell between two ticks; beyond it they are dropped and counted.
+MAX_QUEUED_ASSIGNS = 200_000
+
+ADMIN = "admin"  #: the ``kind`` of drain and restore steps
+
+
+class UnknownCell(KeyError):
+    """A cell id that the switch's configuration does not have."""
+
+    def __str__(self) -> str:
+        return str(self.args[0]) if self.args else "unknown cell"
+
+
+@dataclass(frozen=True)
+class Repair:
+    """What one group becomes.
+
+    Attributes:
+        profile: Its new profile (may equal the old one).
+        pending: Mirrors of the new profile still waiting for their snapshot.
+        added: Mirrors chosen by this repair.
+        state_lost: The new primary does not hold the flows' state.
+    """
+
+    profile: MirroringProfile
+    pending: Tuple[str, ...]
+    added: Tuple[str, ...]
+    state_lost: bool
+
+
+@dataclass(frozen=True)
+class FailoverStats:
+    """What one failover (or drain/restore/seeding step) cost.
+
+    ``ofmsgs`` counts OpenFlow messages: two per rewritten group, whatever
+    ``flows_affected`` is.
+    """
+
+    action: str
+    cell_id: str
+    kind: str
+    at: float
+    profiles_affected: int = 0
+    groups_rewritten: int = 0
+    flows_affected: int = 0
+    ofmsgs: int = 0
+    mgmt_messages: int = 0
+    state_lost_flows: int = 0
+    mirrors_added: int = 0
+    seeds_sent: int = 0
+    under_replicated_groups: int = 0
+    unplaced_groups: int = 0
+
+    def as_dict(self) -> Dict[str, object]:
+        """Plain dict for JSON."""
+        return {name: getattr(self, name) for name in self.__dataclass_fields__}
+
+
+def profile_key(profile: MirroringProfile) -> int:
+    """A stable 64-bit key of a profile for the ring (hashlib over its cells, in order)."""
+    text = "\x1f".join(profile.cells).encode("utf-8")
+    return int.from_bytes(hashlib.blake2b(text, digest_size=8, person=PROFILE_KEY_PERSON).digest(), "big")
+
+
+def needs_repair(group: GroupState, down: Collection[str], draining: Collection[str]) -> bool:
+    """True if the group names a dead or draining cell, or has fewer mirrors than its target."""
+    cells = group.profile.cells
+    return (
+        any(c in down or c in draining for c in cells)
+        or group.profile.replication_factor < group.target_rf
+    )
+
+
+def plan_repair(
+    profile: MirroringProfile,
+    target_rf: int,
+    pending: Collection[str],
+    down: Collection[str],
+    draining: Collection[str],
+    ring: HashRing,
+) -> Optional[Repair]:
+    """The repaired profile of one group (see the module docstring).
+
+    Args:
+        profile: Its current profile.
+        target_rf: Mirrors it should have.
+        pending: Its mirrors not yet seeded.
+        down: Dead cells.
+        draining: Cells being drained.
+        ring: The shared consistent-hash ring over the switch's cells.
+
+    Returns:
+        The repair, or None if no live cell can take the profile's flows.
+    """
+    key = profile_key(profile)
+    waiting = set(pending)
+    primary = profile.primary_cell
+    mirrors = [m for m in profile.mirror_cells if m not in down]
+    state_lost = False
+    if primary in down:
+        seeded = [m for m in mirrors if m not in waiting]
+        successors = (
+            [m for m in seeded if m not in draining]
+            + [m for m in seeded if m in draining]
+            + [m for m in mirrors if m in waiting]
+        )
+        if successors:
+            primary = successors[0]
+            state_lost = primary in waiting
+        else:
+            choice = ring.order(key, 1, exclude=set(down) | set(draining)) or ring.order(key, 1, exclude=down)
+            if not choice:
+                return None
+            primary, state_lost = choice[0], True
+        mirrors = [m for m in mirrors if m != primary]
+    if state_lost:
+        waiting = set()  # the new primary starts empty: every mirror is as complete as it is
+    waiting &= set(mirrors)
+    good = [m for m in mirrors if m not in draining]
+    wanted = target_rf + (1 if primary in draining else 0)
+    added: List[str] = []
+    if len(good) < wanted:
+        exclude = set(down) | set(draining) | {primary, *mirrors}
+        added = ring.order(key, wanted - len(good), exclude=exclude)
+        mirrors += added
+        if not state_lost:
+            waiting |= set(added)
+    if not waiting:
+        if primary in draining:
+            successors = [m for m in mirrors if m not in draining]
+            if successors:
+                primary = successors[0]
+                mirrors.remove(primary)
+        mirrors = [m for m in mirrors if m not in draining]
+    mirrors.sort(key=lambda m: 2 if m in waiting else 1 if m in draining else 0)
+    return Repair(
+        MirroringProfile.of(primary, *mirrors),
+        tuple(m for m in mirrors if m in waiting),
+        tuple(added),
+        state_lost,
+    )
+
+
+class Failover:
+    """Cell status (dead, draining) and every repair of one switch's profile groups.
+
+    Holds no groups or flows of its own: each method is handed the director's
+    ``GroupTable`` and ``FlowStateCache`` and returns the decisions to send.
+
+    Args:
+        cell_ids: The switch's cells, in configuration order.
+        ring: The shared ring over those cells.
+    """
+
+    def __init__(self, cell_ids: Sequence[str], ring: HashRing) -> None:
+        self.cell_ids: Tuple[str, ...] = tuple(cell_ids)
+        self.ring = ring
+        self._down: Set[str] = set()
+        self._draining: Set[str] = set()
+        self._counts: Dict[str, int] = defaultdict(int)
+        self._epoch = 0
+        self._announce: Set[int] = set()
+        self._assigns: Dict[str, List[Tuple[int, int, str]]] = defaultdict(list)
+        self._next_refresh: Optional[float] = None
+        self.last_failover: Optional[FailoverStats] = None
+        self.last_repair: Optional[FailoverStats] = None
+
+    # --- status -----------------------------------------------------------------------
+    def check(self, cell_id: str) -> None:
+        """Raise UnknownCell unless the switch has ``cell_id``."""
+        if cell_id not in self.cell_ids:
+            raise UnknownCell(f"no cell {cell_id!r} on this switch (cells: {', '.join(self.cell_ids)})")
+
+    @property
+    def live_cells(self) -> Tuple[str, ...]:
+        """Cells new flows may use: neither dead nor draining."""
+        return tuple(c for c in self.cell_ids if c not in self._down and c not in self._draining)
+
+    @property
+    def down(self) -> frozenset:
+        """Dead cells."""
+        return frozenset(self._down)
+
+    @property
+    def draining(self) -> frozenset:
+        """Cells drained (or being drained) by an administrator."""
+        return frozenset(self._draining)
+
+    @property
+    def counts(self) -> Mapping[str, int]:
+        """Cumulative counters."""
+        return dict(self._counts)
+
+    def reset(self) -> None:
+        """The switch reconnected and lost its groups: forget queued messages, refresh every cell soon."""
+        self._announce.clear()
+        self._assigns.clear()
+        self._next_refresh = None
+
+    # --- events ------------------------------------------------------------------------
+    def cell_down(
+        self, cell_id: str, kind: str, now: float, table: GroupTable, flows: "FlowStateCache"
+    ) -> List[Decision]:
+        """A cell died: rewrite every group naming it (idempotent)."""
+        self.check(cell_id)
+        if cell_id in self._down:
+            return []
+        self._down.add(cell_id)
+        self._counts["failovers"] += 1
+        decisions, stats = self._repair(table.naming(cell_id), now, table, flows, "cell_down", cell_id, kind)
+        self.last_failover = stats
+        return decisions
+
+    def cell_up(self, cell_id: str, now: float, table: GroupTable, flows: "FlowStateCache") -> List[Decision]:
+        """A dead cell is healthy again: it rejoins empty and refills under-replicated groups."""
+        self.check(cell_id)
+        if cell_id not in self._down:
+            return []
+        self._down.discard(cell_id)
+        self._counts["recoveries"] += 1
+        decisions, _ = self._repair(self._needing_repair(table), now, table, flows, "cell_up", cell_id, "")
+        if cell_id not in self._down:
+            decisions.append(self.profile_table(cell_id, table))
+        return decisions
+
+    def drain(self, cell_id: str, now: float, table: GroupTable, flows: "FlowStateCache") -> List[Decision]:
+        """Stop new flows to a cell and start moving its flows, state first."""
+        self.check(cell_id)
+        first = cell_id not in self._draining
+        self._draining.add(cell_id)
+        if first:
+            self._counts["drains"] += 1
+        decisions: List[Decision] = []
+        if first and cell_id not in self._down:
+            decisions.append(MgmtMessage(cell_id, admin_message("drain", cell_id)))
+        more, _ = self._repair(table.naming(cell_id), now, table, flows, "drain", cell_id, ADMIN)
+        return decisions + more
+
+    def restore(self, cell_id: str, now: float, table: GroupTable, flows: "FlowStateCache") -> List[Decision]:
+        """Put a drained cell back in service (it refills under-replicated groups and gets new flows)."""
+        self.check(cell_id)
+        if cell_id not in self._draining:
+            return []
+        self._draining.discard(cell_id)
+        self._counts["restores"] += 1
+        decisions: List[Decision] = []
+        if cell_id not in self._down:
+            decisions.append(MgmtMessage(cell_id, admin_message("restore", cell_id)))
+        more, _ = self._repair(self._needing_repair(table), now, table, flows, "restore", cell_id, ADMIN)
+        return decisions + more
+
+    def seeded(
+        self, source: str, profile_id: int, target: str, now: float, table: GroupTable, flows: "FlowStateCache"
+    ) -> List[Decision]:
+        """``source`` reports ``target`` seeded with group ``profile_id``'s flows; stale reports are counted."""
+        group = table.get(profile_id)
+        wait = group.pending.get(target) if group is not None else None
+        if group is None or wait is None or wait.source != source or group.profile.primary_cell != source:
+            self._counts["stale_seeded"] += 1
+            return []
+        del group.pending[target]
+        self._counts["seeds_confirmed"] += 1
+        if not needs_repair(group, self._down, self._draining):
+            return []
+        decisions, _ = self._repair([group], now, table, flows, "seeded", target, "")
+        return decisions
+
+    def drain_status(self, cell_id: str, table: GroupTable) -> Dict[str, object]:
+        """How far a drain has come: groups and flows still naming the cell."""
+        self.check(cell_id)
+        groups = table.naming(cell_id)
+        return {
+            "draining": cell_id in self._draining,
+            "groups_remaining": len(groups),
+            "flows_remaining": sum(g.refcount for g in groups),
+            "done": cell_id in self._draining and not groups,
+        }
+
+    # --- flows and the periodic tick ----------------------------------------------------------
+    def flow_added(self, flow_id: int, key_text: str, group: GroupState, group_created: bool) -> None:
+        """Queue a new flow's ``assign`` (and its new group's announcement) for the next tick."""
+        if group_created:
+            self._announce.add(group.group_id)
+        for cell_id in group.profile.cells:
+            queue = self._assigns[cell_id]
+            if len(queue) >= MAX_QUEUED_ASSIGNS:
+                self._counts["assigns_dropped"] += 1
+                continue
+            queue.append((flow_id, group.group_id, key_text))
+
+    def tick(self, now: float, table: GroupTable) -> List[MgmtMessage]:
+        """Messages due now: new groups' profiles, batched assigns, seed retries, periodic full tables."""
+        messages: List[MgmtMessage] = []
+        announced = {gid: table.get(gid) for gid in sorted(self._announce)}
+        self._announce.clear()
+        messages += self._profile_updates({gid: g.profile for gid, g in announced.items() if g is not None})
+        for cell_id, flows in sorted(self._assigns.items()):
+            if cell_id not in self._down:
+                messages += [MgmtMessage(cell_id, m) for m in assign_messages(flows)]
+                self._counts["assigns_sent"] += len(flows)
+        self._assigns.clear()
+        for group in table:
+            for target, wait in sorted(group.pending.items()):
+                if now - wait.sent_at >= SEED_RETRY_S:
+                    group.pending[target] = PendingSeed(wait.source, now, wait.attempts + 1)
+                    messages.append(MgmtMessage(wait.source, seed_message(group.group_id, target)))
+                    self._counts["seeds_retried"] += 1
+        if self._next_refresh is None or now >= self._next_refresh:
+            self._next_refresh = now + PROFILE_REFRESH_S
+            messages += [self.profile_table(c, table) for c in self.cell_ids if c not in self._down]
+        return messages
+
+    def profile_table(self, cell_id: str, table: GroupTable) -> MgmtMessage:
+        """The whole profile table of one cell (``full``: profiles missing from it are gone)."""
+        profiles = {g.group_id: g.profile for g in table.naming(cell_id)}
+        return MgmtMessage(cell_id, profiles_message(self._epoch, profiles, full=True))
+
+    # --- the repair loop --------------------------------------------------------------------
+    def _needing_repair(self, table: GroupTable) -> List[GroupState]:
+        return [g for g in table if needs_repair(g, self._down, self._draining)]
+
+    def _repair(
+        self,
+        groups: Iterable[GroupState],
+        now: float,
+        table: GroupTable,
+        flows: "FlowStateCache",
+        action: str,
+        cell_id: str,
+        kind: str,
+    ) -> Tuple[List[Decision], FailoverStats]:
+        """Repair ``groups``: GroupMods first, then profile updates, then seed requests."""
+        changes: List[OfChange] = []
+        updates: Dict[int, MirroringProfile] = {}
+        previous: Dict[int, MirroringProfile] = {}
+        seeds: List[MgmtMessage] = []
+        tally: Dict[str, int] = defaultdict(int)
+        for group in list(groups):
+            repair = plan_repair(group.profile, group.target_rf, group.pending, self._down, self._draining, self.ring)
+            if repair is None:
+                tally["unplaced_groups"] += 1
+                continue
+            old = group.profile
+            new = repair.profile
+            if new != old:
+                changes += table.group_mods(new, group.group_id, Command.MODIFY)
+                table.rewrite(group.group_id, new)
+                _relabel(flows, group.group_id, old, new)
+                updates[group.group_id] = new
+                previous[group.group_id] = old
+                tally["groups_rewritten"] += 1
+                tally["flows_affected"] += group.refcount
+                tally["mirrors_added"] += len(repair.added)
+            if repair.state_lost:
+                tally["state_lost_flows"] += group.refcount
+            kept = {
+                m: wait for m, wait in group.pending.items()
+                if m in repair.pending and wait.source == new.primary_cell
+            }  # fmt: skip
+            for target in repair.pending:
+                if target not in kept:
+                    kept[target] = PendingSeed(new.primary_cell, now)
+                    seeds.append(MgmtMessage(new.primary_cell, seed_message(group.group_id, target)))
+            group.pending = kept
+            if new.replication_factor - len(kept) < group.target_rf:
+                tally["under_replicated_groups"] += 1
+        messages = self._profile_updates(updates, previous) + seeds
+        for name in ("groups_rewritten", "state_lost_flows"):
+            self._counts[name] += tally[name]
+        self._counts["seeds_sent"] += len(seeds)
+        stats = FailoverStats(
+            action, cell_id, kind, now,
+            profiles_affected=len(set(previous.values())), ofmsgs=len(changes), mgmt_messages=len(messages),
+            seeds_sent=len(seeds), **tally,
+        )  # fmt: skip
+        if updates:
+            self.last_repair = stats
+        return [*changes, *messages], stats
+
+    def _profile_updates(
+        self, updates: Mapping[int, MirroringProfile], previous: Optional[Mapping[int, MirroringProfile]] = None
+    ) -> List[MgmtMessage]:
+        """One ``profiles`` message per live cell a group update concerns (members before and after)."""
+        if not updates:
+            return []
+        previous = previous or {}
+        self._epoch += 1
+        per_cell: Dict[str, Dict[int, MirroringProfile]] = defaultdict(dict)
+        for group_id, profile in updates.items():
+            old = previous.get(group_id)
+            for cell_id in {*profile.cells, *(old.cells if old else ())}:
+                per_cell[cell_id][group_id] = profile
+        return [
+            MgmtMessage(cell_id, profiles_message(self._epoch, profiles, full=False))
+            for cell_id, profiles in sorted(per_cell.items())
+            if cell_id not in self._down
+        ]
+
+
+def _relabel(flows: "FlowStateCache", group_id: int, old: MirroringProfile, new: MirroringProfile) -> int:
+    """Relabel, in the controller's FSC, the flows of one group (not those of an equal-profile twin)."""
+    moved = [e.flow_id for e in flows.flows_using_profile(old) if e.group_id == group_id]
+    for flow_id in moved:
+        flows.set_profile(flow_id, new, group_id)
+    return len(moved)
