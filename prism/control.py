@@ -1,0 +1,297 @@
+"""The controller's core across switches: cell health, failover, management messages, status views.
+
+``ControlPlane`` ties the failure detector (``prism.health``) to the directors
+of every switch (``prism.director``): heartbeats, ``seeded`` reports and port
+status come in, :class:`SwitchChange` and ``MgmtMessage`` go out, in the order
+they must be sent. It also answers the REST API's questions with plain dicts.
+Nothing here touches a socket or a clock: the Ryu shell does.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from dataclasses import dataclass
+from typing import Any, Dict, Iterable, List, Mapping, Optional, Tuple, Union
+
+from prism.actions import Decision, MgmtMessage, directory_message
+from prism.director import MirroringDirector
+from prism.failover import UnknownCell
+from prism.health import FailureDetector, HealthChange, HealthSettings
+from prism.openflow import OfChange
+
+#: Every cell gets the directory this often, and at once after a health change.
+DIRECTORY_REFRESH_S = 5.0
+#: Look-ahead of the failure probability shown by default (a flow's typical lifetime).
+DEFAULT_RISK_HORIZON_S = 60.0
+#: Most flows a flow listing returns.
+MAX_FLOWS_LISTED = 10_000
+#: Heartbeat fields kept as the cell's last report (shown by the REST API).
+REPORT_FIELDS = ("seq", "flows", "primary_pps", "mirror_pps", "replication")
+
+Address = Tuple[str, int]
+
+
+@dataclass(frozen=True)
+class SwitchChange:
+    """An OpenFlow change for one switch."""
+
+    dp_id: int
+    change: OfChange
+
+
+Outgoing = Union[SwitchChange, MgmtMessage]
+
+
+class ControlPlane:
+    """Health, failover and management traffic for every switch of one controller.
+
+    Args:
+        directors: dp_id -> the switch's director.
+        now: Current time (start of the cells' observation).
+        settings: The failure detector's timing.
+        addresses: Cell id -> its management ``(host, port)`` (cells without one get no messages).
+    """
+
+    def __init__(
+        self,
+        directors: Mapping[int, MirroringDirector],
+        now: float,
+        settings: Optional[HealthSettings] = None,
+        addresses: Optional[Mapping[str, Address]] = None,
+    ) -> None:
+        self.directors = dict(directors)
+        self.addresses: Dict[str, Address] = dict(addresses or {})
+        self._switches_of: Dict[str, List[int]] = defaultdict(list)
+        for dp_id, director in self.directors.items():
+            for cell_id in director.cell_ports:
+                self._switches_of[cell_id].append(dp_id)
+        self.detector = FailureDetector(list(self._switches_of), now, settings)
+        self._reports: Dict[str, Dict[str, Any]] = {}
+        self._directory_epoch = 0
+        self._next_directory: Optional[float] = None
+        self.counts: Dict[str, int] = defaultdict(int)
+        self.health_log: List[HealthChange] = []
+
+    # --- inputs --------------------------------------------------------------------------
+    def on_mgmt_message(self, message: Mapping[str, Any], sender: Address, now: float) -> List[Outgoing]:
+        """A decoded management datagram from ``sender``; unknown or malformed ones are counted."""
+        cell_id = message.get("cell")
+        if not isinstance(cell_id, str) or cell_id not in self._switches_of:
+            self.counts["mgmt_unknown_sender"] += 1
+            return []
+        expected = self.addresses.get(cell_id)
+        if expected is not None and expected[0] != sender[0]:
+            self.counts["mgmt_wrong_address"] += 1
+            return []
+        kind = message.get("type")
+        if kind == "heartbeat":
+            self.counts["heartbeats"] += 1
+            seq = message.get("seq")
+            self._reports[cell_id] = {k: message[k] for k in REPORT_FIELDS if k in message}
+            seq = seq if isinstance(seq, int) and not isinstance(seq, bool) else None
+            return self._apply(self.detector.on_heartbeat(cell_id, now, seq), now)
+        if kind == "seeded":
+            profile_id, target = message.get("profile_id"), message.get("target")
+            if not isinstance(profile_id, int) or not isinstance(target, str):
+                self.counts["mgmt_malformed"] += 1
+                return []
+            self.counts["seeded"] += 1
+            out: List[Outgoing] = []
+            for dp_id in self._switches_of[cell_id]:
+                out += _wrap(dp_id, self.directors[dp_id].on_seeded(cell_id, profile_id, target, now))
+            return out
+        self.counts["mgmt_ignored"] += 1
+        return []
+
+    def on_port_status(self, dp_id: int, port: int, link_up: bool, now: float) -> List[Outgoing]:
+        """A switch reported a port's link state; only cell ports matter."""
+        director = self.directors.get(dp_id)
+        cell = director.switch.cell_on_port(port) if director is not None else None
+        if cell is None:
+            return []
+        return self._apply(self.detector.on_link(cell.id, link_up, now), now)
+
+    def tick(self, now: float) -> List[Outgoing]:
+        """Periodic work: heartbeat timeouts and recoveries, then each director's messages, the directory."""
+        out = self._apply(self.detector.tick(now), now)
+        for dp_id, director in self.directors.items():
+            out += _wrap(dp_id, director.tick(now))
+        if self._next_directory is None or now >= self._next_directory:
+            out += self.directory(now)
+        return out
+
+    def drain(self, cell_id: str, now: float) -> List[Outgoing]:
+        """Drain a cell on every switch it is on (UnknownCell if none)."""
+        return self._admin(cell_id, now, MirroringDirector.drain_cell)
+
+    def restore(self, cell_id: str, now: float) -> List[Outgoing]:
+        """Restore a drained cell on every switch it is on (UnknownCell if none)."""
+        return self._admin(cell_id, now, MirroringDirector.restore_cell)
+
+    def directory(self, now: float) -> List[MgmtMessage]:
+        """The directory for every cell with a management address."""
+        self._directory_epoch += 1
+        self._next_directory = now + DIRECTORY_REFRESH_S
+        body = directory_message(self._directory_epoch, self.addresses, self.detector.usable_cells)
+        return [MgmtMessage(cell_id, body) for cell_id in sorted(self.addresses)]
+
+    # --- internals ------------------------------------------------------------------------------
+    def _admin(self, cell_id: str, now: float, action) -> List[Outgoing]:
+        if cell_id not in self._switches_of:
+            raise UnknownCell(f"no cell {cell_id!r} (cells: {', '.join(sorted(self._switches_of))})")
+        out: List[Outgoing] = []
+        for dp_id in self._switches_of[cell_id]:
+            out += _wrap(dp_id, action(self.directors[dp_id], cell_id, now))
+        return out
+
+    def _apply(self, changes: Iterable[HealthChange], now: float) -> List[Outgoing]:
+        out: List[Outgoing] = []
+        changed = False
+        for change in changes:
+            changed = True
+            self.health_log = (self.health_log + [change])[-100:]
+            for dp_id in self._switches_of[change.cell_id]:
+                director = self.directors[dp_id]
+                if change.alive:
+                    decisions = director.on_cell_up(change.cell_id, now)
+                else:
+                    decisions = director.on_cell_down(change.cell_id, change.kind.value, now)
+                out += _wrap(dp_id, decisions)
+        if changed:
+            out += self.directory(now)
+        return out
+
+    # --- views for the REST API -------------------------------------------------------------------
+    def cell_ids(self) -> List[str]:
+        """Every configured cell id, sorted."""
+        return sorted(self._switches_of)
+
+    def status(self, now: float) -> Dict[str, Any]:
+        """Counters over all switches, per switch, and the latest failover."""
+        switches = {}
+        totals: Dict[str, int] = defaultdict(int)
+        latest = None
+        for dp_id, director in sorted(self.directors.items()):
+            counters = director.counters.as_dict()
+            counters["drops"] = sum(counters["drops"].values())
+            counters["flows_active"] = len(director.flows)
+            counters["groups_active"] = len(director.groups)
+            for name, value in counters.items():
+                totals[name] += value
+            failover = director.last_failover
+            switches[f"{dp_id:016x}"] = {
+                **counters,
+                "drop_reasons": dict(director.counters.drops),
+                "last_failover": failover.as_dict() if failover else None,
+                "last_repair": director.last_repair.as_dict() if director.last_repair else None,
+            }
+            if failover and (latest is None or failover.at >= latest.at):
+                latest = failover
+        usable = self.detector.usable_cells
+        return {
+            **totals,
+            "cells_total": len(self._switches_of),
+            "cells_alive": len(usable),
+            "last_failover": latest.as_dict() if latest else None,
+            "mgmt": dict(self.counts),
+            "switches": switches,
+        }
+
+    def cells(self, now: float, horizon_s: float = DEFAULT_RISK_HORIZON_S) -> List[Dict[str, Any]]:
+        """Every cell's health, history, risk and load."""
+        return [self.cell(cell_id, now, horizon_s) for cell_id in self.cell_ids()]
+
+    def cell(self, cell_id: str, now: float, horizon_s: float = DEFAULT_RISK_HORIZON_S) -> Dict[str, Any]:
+        """One cell's view (UnknownCell if not configured)."""
+        if cell_id not in self._switches_of:
+            raise UnknownCell(f"no cell {cell_id!r} (cells: {', '.join(sorted(self._switches_of))})")
+        health = self.detector.health(cell_id)
+        primary = mirror = 0
+        switches = []
+        draining = False
+        for dp_id in self._switches_of[cell_id]:
+            director = self.directors[dp_id]
+            for group in director.groups.values():
+                if group.profile.primary_cell == cell_id:
+                    primary += group.refcount
+                elif cell_id in group.profile.mirror_cells:
+                    mirror += group.refcount
+            draining |= cell_id in director.draining_cells
+            switches.append(
+                {"dp_id": f"{dp_id:016x}", "port": director.cell_ports[cell_id], **director.drain_status(cell_id)}
+            )
+        address = self.addresses.get(cell_id)
+        last = health.last_heartbeat
+        return {
+            "id": cell_id,
+            "state": health.state.value,
+            "usable": health.usable and not draining,
+            "draining": draining,
+            "link_up": health.link_up,
+            "heartbeat_seen": health.heartbeat_seen,
+            "last_heartbeat_age_s": None if last is None else max(0.0, now - last),
+            "heartbeats": health.heartbeats,
+            "holddown_s": health.holddown_s,
+            "failures": health.failures,
+            "failure_history": [record.as_dict(now) for record in health.history],
+            "failure_rate_per_hour": self.detector.failure_rate(cell_id, now) * 3600.0,
+            "failure_probability": self.detector.failure_probability(cell_id, horizon_s, now),
+            "risk_horizon_s": horizon_s,
+            "flows_primary": primary,
+            "flows_mirror": mirror,
+            "mgmt_address": f"{address[0]}:{address[1]}" if address else None,
+            "last_report": self._reports.get(cell_id),
+            "switches": switches,
+        }
+
+    def profiles(self) -> List[Dict[str, Any]]:
+        """Every installed profile group on every switch."""
+        rows = []
+        for dp_id, director in sorted(self.directors.items()):
+            for group in director.groups.values():
+                rows.append({
+                    "dp_id": f"{dp_id:016x}",
+                    "profile_id": group.group_id,
+                    "group_id": group.group_id,
+                    "ff_group_id": group.ff_group_id,
+                    "primary_cell": group.profile.primary_cell,
+                    "mirror_cells": list(group.profile.mirror_cells),
+                    "replication_factor": group.profile.replication_factor,
+                    "target_replication_factor": group.target_replication_factor,
+                    "replicas_confirmed": len(group.confirmed_mirrors),
+                    "pending_mirrors": list(group.pending_mirrors),
+                    "refcount": group.refcount,
+                })  # fmt: skip
+        return rows
+
+    def flows(self, cell_id: Optional[str] = None, limit: int = MAX_FLOWS_LISTED) -> Dict[str, Any]:
+        """Flows in the controller's FSC copies, optionally only those naming ``cell_id``."""
+        if cell_id is not None and cell_id not in self._switches_of:
+            raise UnknownCell(f"no cell {cell_id!r} (cells: {', '.join(sorted(self._switches_of))})")
+        rows: List[Dict[str, Any]] = []
+        total = 0
+        for dp_id, director in sorted(self.directors.items()):
+            entries = director.flows if cell_id is None else director.flows.flows_on_cell(cell_id)
+            for entry in entries:
+                total += 1
+                if len(rows) >= limit:
+                    continue
+                profile = entry.profile
+                row = {
+                    "dp_id": f"{dp_id:016x}",
+                    "flow_id": f"{entry.flow_id:016x}",
+                    "key": str(entry.key),
+                    "group_id": entry.group_id,
+                    "primary_cell": profile.primary_cell,
+                    "mirror_cells": list(profile.mirror_cells),
+                    "created_at": entry.created_at,
+                    "last_seen": entry.last_seen,
+                }
+                if cell_id is not None:
+                    row["role"] = "primary" if profile.primary_cell == cell_id else "mirror"
+                rows.append(row)
+        return {"flows": rows, "total": total, "truncated": total > len(rows)}
+
+
+def _wrap(dp_id: int, decisions: Iterable[Decision]) -> List[Outgoing]:
+    return [d if isinstance(d, MgmtMessage) else SwitchChange(dp_id, d) for d in decisions]
