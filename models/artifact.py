@@ -42,6 +42,16 @@ TRUSTED_TYPES = (
     "models.estimator.ServicePortRate",
     "models.estimator.ServicePortMean",
 )
+#: Every type a model file may name (read from its ``schema.json`` before loading):
+#: skops trusts any scikit-learn estimator by default, PRISM only these.
+ALLOWED_TYPES = frozenset(TRUSTED_TYPES) | {
+    "builtins.dict", "builtins.list", "builtins.tuple", "builtins.str", "builtins.int",
+    "builtins.float", "builtins.bool", "numpy.ndarray", "numpy.dtype", "numpy.float64",
+    "numpy.int64", "numpy.uint64", "numpy.bool_", "numpy.random._generator.Generator",
+    "sklearn._loss._loss.CyHalfBinomialLoss", "sklearn._loss._loss.CyHalfSquaredError",
+    "sklearn.preprocessing._label.LabelEncoder",
+}  # fmt: skip
+SCHEMA_MEMBER = "schema.json"
 #: Estimators a model file must hold, by name -> class name.
 REQUIRED_MODELS = {
     "alive": "HistGradientBoostingClassifier",
@@ -204,10 +214,11 @@ def load_model(directory) -> LoadedModel:
             "the file was changed or only partly written. Restore it or retrain."
         )
     try:
+        named = types_in_file(model_path)
         untrusted = sio.get_untrusted_types(file=model_path)
-    except Exception as exc:  # skops raises assorted errors for a damaged file
+    except Exception as exc:  # zipfile/json/skops raise assorted errors for a damaged file
         raise ModelError(f"{model_path}: not a readable skops file ({exc})") from None
-    unexpected = sorted(set(untrusted) - set(TRUSTED_TYPES))
+    unexpected = sorted((named - ALLOWED_TYPES) | (set(untrusted) - set(TRUSTED_TYPES)))
     if unexpected:
         raise ModelError(f"{model_path}: holds types this PRISM does not trust: {', '.join(unexpected)}")
     try:
@@ -216,6 +227,23 @@ def load_model(directory) -> LoadedModel:
         raise ModelError(f"{model_path}: cannot be loaded ({type(exc).__name__}: {exc})") from None
     _check_estimators(estimators, model_path)
     return LoadedModel(estimators=estimators, manifest=manifest, directory=directory)
+
+
+def types_in_file(model_path: Path) -> set:
+    """Every ``module.class`` a skops file's schema names, read without loading anything."""
+    with zipfile.ZipFile(model_path) as archive:
+        schema = json.loads(archive.read(SCHEMA_MEMBER))
+    found = set()
+    stack = [schema]
+    while stack:
+        node = stack.pop()
+        if isinstance(node, dict):
+            if isinstance(node.get("__module__"), str) and isinstance(node.get("__class__"), str):
+                found.add(f"{node['__module__']}.{node['__class__']}")
+            stack.extend(node.values())
+        elif isinstance(node, list):
+            stack.extend(node)
+    return found
 
 
 def _check_estimators(estimators, model_path: Path) -> None:
