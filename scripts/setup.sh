@@ -32,7 +32,7 @@ install_apt_packages() {
     log "installing Debian packages: ${missing[*]}"
     export DEBIAN_FRONTEND=noninteractive
     apt-get -o DPkg::Lock::Timeout=300 update -q
-    apt-get -o DPkg::Lock::Timeout=300 install -y -q "${missing[@]}"
+    apt-get -o DPkg::Lock::Timeout=300 -o Dpkg::Use-Pty=0 install -y -q "${missing[@]}"
 }
 
 # What the venv depends on; a change in any of these reinstalls it.
