@@ -43,6 +43,8 @@ CONTROLLER_START_TIMEOUT_S = 30.0
 SWITCH_CONNECT_TIMEOUT_S = 30.0
 PROCESS_STOP_TIMEOUT_S = 5.0
 OFCTL = ["ovs-ofctl", "-O", "OpenFlow13"]
+#: Host interface offloads turned off (ethtool -K names), one at a time.
+OFFLOADS_OFF = ("tx", "rx", "tso", "gso", "gro")
 
 
 def free_tcp_port() -> int:
@@ -211,9 +213,18 @@ class PrismNetwork:
     # -- hosts and cells -------------------------------------------------------
     @staticmethod
     def _configure_host(host) -> None:
-        """Checksummed, MTU-sized frames (cells forward raw frames) and no IPv6 chatter."""
+        """Checksummed, MTU-sized frames (cells forward raw frames) and no IPv6 chatter.
+
+        With transmit checksum offload on, a veth hands frames over with a partial
+        checksum that only the kernel knows to complete; a cell that forwards the
+        raw frame would pass on a bad checksum and the server would drop it.
+        """
         for intf in host.intfList():
-            host.cmd(f"ethtool -K {intf} tx off rx off tso off gso off gro off >/dev/null 2>&1")
+            for feature in OFFLOADS_OFF:
+                host.cmd(f"ethtool -K {intf} {feature} off >/dev/null 2>&1")
+            settings = host.cmd(f"ethtool -k {intf}")
+            if "tx-checksumming: off" not in settings:
+                raise RuntimeError(f"could not turn checksum offload off on {intf}:\n{settings}")
         host.cmd("sysctl -qw net.ipv6.conf.all.disable_ipv6=1 net.ipv6.conf.default.disable_ipv6=1")
 
     def _wait_for_pipeline(self) -> None:
