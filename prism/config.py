@@ -5,11 +5,15 @@ Schema (unknown keys are errors)::
     idle_timeout: 10                  # s, int > 0: FSC entries expire after this idle time
     default_replication_factor: 1     # int >= 0: mirrors per flow unless the policy says otherwise
     max_replication_factor: 2         # int >= default: the most mirrors any flow gets
+    management:                       # optional: see prism/config_mgmt.py
+      listen: "172.30.0.254:7600"     # the controller's UDP address on the management network
+      heartbeat_interval: 0.1         # s; dead_after (default 3.5 intervals), alive_after (1 s)
+    rest: {token_env: PRISM_REST_TOKEN}   # optional: or token_file
     switches:                         # at least one
       - dpid: 1                       # int, "0x1", "0000000000000001" or "00:00:00:00:00:00:00:01"
         name: s1                      # optional, default "s<dpid>"
         cells:                        # at least one; ids and ports unique within the switch
-          - {id: cell1, port: 1}
+          - {id: cell1, port: 1, mgmt: "172.30.0.10:7700"}   # mgmt optional
         edge_ports: [4, 5]            # where clients and servers are; never a cell's port
 
 Every problem is reported at once with ``file:line:column: key.path: message``.
@@ -29,6 +33,7 @@ from typing import Union
 
 import yaml
 
+from prism.config_mgmt import format_address
 from prism.config_schema import check_document, parse_dpid
 from prism.config_types import (
     DEFAULT_IDLE_TIMEOUT_S,
@@ -39,7 +44,9 @@ from prism.config_types import (
     CellConfig,
     ConfigError,
     ConfigProblem,
+    ManagementConfig,
     PrismConfig,
+    RestConfig,
     SwitchConfig,
 )
 
@@ -52,7 +59,9 @@ __all__ = [
     "CellConfig",
     "ConfigError",
     "ConfigProblem",
+    "ManagementConfig",
     "PrismConfig",
+    "RestConfig",
     "SwitchConfig",
     "load_config",
     "parse_config",
@@ -116,14 +125,34 @@ def render_config(config: PrismConfig) -> str:
         "idle_timeout": config.idle_timeout,
         "default_replication_factor": config.default_replication_factor,
         "max_replication_factor": config.max_replication_factor,
+        "management": _render_management(config.management),
+        "rest": {k: v for k, v in dataclasses.asdict(config.rest).items() if v is not None},
         "switches": [
             {
                 "dpid": switch.dp_id,
                 "name": switch.name,
-                "cells": [{"id": cell.id, "port": cell.port} for cell in switch.cells],
+                "cells": [_render_cell(cell) for cell in switch.cells],
                 "edge_ports": list(switch.edge_ports),
             }
             for switch in config.switches.values()
         ],
     }
+    if not document["rest"]:
+        del document["rest"]
     return yaml.safe_dump(document, sort_keys=False)
+
+
+def _render_management(management: ManagementConfig) -> dict:
+    rendered = dataclasses.asdict(management)
+    if management.listen is None:
+        del rendered["listen"]
+    else:
+        rendered["listen"] = format_address(management.listen)
+    return rendered
+
+
+def _render_cell(cell: CellConfig) -> dict:
+    rendered = {"id": cell.id, "port": cell.port}
+    if cell.mgmt is not None:
+        rendered["mgmt"] = format_address(cell.mgmt)
+    return rendered

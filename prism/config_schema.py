@@ -22,10 +22,14 @@ from prism.config_types import (
     PrismConfig,
     SwitchConfig,
 )
+from prism.config_mgmt import check_address, check_cell_addresses, check_management, check_rest
 
-TOP_KEYS = ("idle_timeout", "default_replication_factor", "max_replication_factor", "switches")
+TOP_KEYS = (
+    "idle_timeout", "default_replication_factor", "max_replication_factor", "management", "rest", "switches",
+)  # fmt: skip
 SWITCH_KEYS = ("dpid", "name", "cells", "edge_ports")
-CELL_KEYS = ("id", "port")
+CELL_KEYS = ("id", "port", "mgmt")
+CELL_REQUIRED_KEYS = ("id", "port")
 
 _TAG_INT = "tag:yaml.org,2002:int"
 _TAG_STR = "tag:yaml.org,2002:str"
@@ -91,6 +95,7 @@ class _Checker:
     def __init__(self, source: str) -> None:
         self.source = source
         self.problems: List[ConfigProblem] = []
+        self.mgmt_cells: List[Tuple[CellConfig, Node, str]] = []  # cells with a 'mgmt' address
 
     def report(self, node: Node, path: str, message: str, severity: str = SEVERITY_ERROR) -> None:
         line, column = _where(node)
@@ -189,10 +194,13 @@ class _Checker:
                 continue
             switches[switch.dp_id] = switch
             self._check_factors(top, switch, switch_node, index, default_rf, max_rf)
+        management = check_management(self, top.get("management"))
+        check_cell_addresses(self, self.mgmt_cells, management, top.get("management") or root)
         return PrismConfig(
             switches, idle_timeout,
             DEFAULT_REPLICATION_FACTOR if default_rf is None else default_rf,
-            DEFAULT_MAX_REPLICATION_FACTOR if max_rf is None else max_rf, self.source,
+            DEFAULT_MAX_REPLICATION_FACTOR if max_rf is None else max_rf,
+            management=management, rest=check_rest(self, top.get("rest")), source=self.source,
         )  # fmt: skip
 
     def _factor(self, top: Dict[str, Node], key: str, default: int) -> Optional[int]:
@@ -285,7 +293,7 @@ class _Checker:
         complete = True
         for index, item in enumerate(items):
             item_path = f"{path}[{index}]"
-            fields = self.mapping(item, item_path, CELL_KEYS, CELL_KEYS)
+            fields = self.mapping(item, item_path, CELL_KEYS, CELL_REQUIRED_KEYS)
             if fields is None:
                 complete = False
                 continue
@@ -308,10 +316,18 @@ class _Checker:
                 port = None
             elif port is not None:
                 ports[port] = (cell_id or "?", _where(fields["port"])[0])
+            mgmt = None
+            if "mgmt" in fields:
+                mgmt = check_address(self, fields["mgmt"], f"{item_path}.mgmt", "cell management address")
+                if mgmt is None:
+                    complete = False
             if cell_id is None or port is None:
                 complete = False
                 continue
-            cells.append((CellConfig(cell_id, port), fields["port"]))
+            cell = CellConfig(cell_id, port, mgmt)
+            cells.append((cell, fields["port"]))
+            if mgmt is not None:
+                self.mgmt_cells.append((cell, fields["mgmt"], f"{item_path}.mgmt"))
         return cells, complete
 
     def _edge_ports(

@@ -12,6 +12,9 @@ MAX_PORT_NUMBER = 0xFFFF_FF00  #: OFPP_MAX: ports above are OpenFlow reserved po
 MAX_DPID = 2**64 - 1
 SEVERITY_ERROR = "error"
 SEVERITY_WARNING = "warning"
+DEFAULT_HEARTBEAT_INTERVAL_S = 0.1
+DEFAULT_DEAD_AFTER_INTERVALS = 3.5  #: dead_after defaults to this many heartbeat intervals
+DEFAULT_ALIVE_AFTER_S = 1.0
 
 @dataclass(frozen=True)
 class ConfigProblem:
@@ -55,10 +58,36 @@ class ConfigError(Exception):
 
 @dataclass(frozen=True)
 class CellConfig:
-    """A cell: its id and the switch port it hangs on."""
+    """A cell: its id, the switch port it hangs on, its management ``(ip, udp_port)`` if any."""
 
     id: str
     port: int
+    mgmt: Optional[Tuple[str, int]] = None
+
+
+@dataclass(frozen=True)
+class ManagementConfig:
+    """The management network as the controller sees it (``management:`` section).
+
+    Attributes:
+        listen: The controller's UDP ``(ip, port)`` for heartbeats and reports (None: no channel).
+        heartbeat_interval: Seconds between two heartbeats of a cell.
+        dead_after: Seconds without a heartbeat after which a cell is dead.
+        alive_after: Seconds of unbroken heartbeats before a dead cell is used again.
+    """
+
+    listen: Optional[Tuple[str, int]] = None
+    heartbeat_interval: float = DEFAULT_HEARTBEAT_INTERVAL_S
+    dead_after: float = DEFAULT_HEARTBEAT_INTERVAL_S * DEFAULT_DEAD_AFTER_INTERVALS
+    alive_after: float = DEFAULT_ALIVE_AFTER_S
+
+
+@dataclass(frozen=True)
+class RestConfig:
+    """Where the REST API's token comes from (``rest:`` section); neither: ``PRISM_REST_TOKEN``."""
+
+    token_env: Optional[str] = None
+    token_file: Optional[str] = None
 
 
 @dataclass(frozen=True)
@@ -94,6 +123,8 @@ class PrismConfig:
         idle_timeout: Seconds of inactivity after which a flow's FSC entries expire.
         default_replication_factor: Mirrors per flow by default.
         max_replication_factor: The most mirrors any flow gets.
+        management: The management network (heartbeats, failure detection).
+        rest: The REST API's token source.
         source: Where it was read from.
         warnings: Problems that did not stop it from loading.
     """
@@ -102,6 +133,8 @@ class PrismConfig:
     idle_timeout: int = DEFAULT_IDLE_TIMEOUT_S
     default_replication_factor: int = DEFAULT_REPLICATION_FACTOR
     max_replication_factor: int = DEFAULT_MAX_REPLICATION_FACTOR
+    management: ManagementConfig = field(default_factory=ManagementConfig)
+    rest: RestConfig = field(default_factory=RestConfig)
     source: str = field(default="<string>", compare=False)
     warnings: Tuple[ConfigProblem, ...] = field(default=(), compare=False)
 
