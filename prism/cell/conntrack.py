@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import enum
+import random
 from dataclasses import dataclass, field
-from typing import Callable, Dict, Iterable, Iterator, List, Mapping, Optional
+from typing import Callable, Dict, Iterable, Iterator, List, Mapping, Optional, Tuple
 
 from prism.cell.entry import (
     FACT_FIN_ORIG,
@@ -20,13 +21,21 @@ from prism.cell.entry import (
     SEQ_HALF,
     SEQ_MASK,
     TCP_STATE_OF_FACTS,
+    TOKEN_BITS,
     ConnEntry,
     ConnState,
     Direction,
     FlowVerdict,
     seq_diff,
 )
-from prism.cell.records import entry_to_record, merge_entry, record_to_entry
+from prism.cell.records import (
+    entry_to_record,
+    is_removal,
+    merge_entry,
+    record_to_entry,
+    record_to_removal,
+    removal_record,
+)
 from prism.flows import PROTO_ICMP, PROTO_ICMPV6, PROTO_TCP, PROTO_UDP, FlowKey, PacketInfo
 from prism.flows import TCP_ACK as _ACK
 from prism.flows import TCP_FIN as _FIN
@@ -41,6 +50,9 @@ MAX_WINDOW_SCALE = 14  #: RFC 7323
 #: strict mode, as Linux conntrack's MAXACKWINCONST.
 MIN_WINDOW_SLACK = 66000
 DEFAULT_MAX_FLOWS = 1_000_000
+#: How long a removed flow's tombstone is kept: longer than a replication
+#: batch can be retried, so that no late record of the old flow resurrects it.
+DEFAULT_TOMBSTONE_TTL_S = 120.0
 
 
 class Action(enum.Enum):
@@ -128,12 +140,14 @@ class TrackerConfig:
         window_scale: Window scale assumed for the strict check.
         max_flows: Table size; new flows beyond it are dropped (``table_full``).
         timeouts: Idle timeouts per state.
+        tombstone_ttl_s: How long a removed flow's last version is remembered.
     """
 
     strict: bool = False
     window_scale: int = DEFAULT_WINDOW_SCALE
     max_flows: int = DEFAULT_MAX_FLOWS
     timeouts: Timeouts = field(default_factory=Timeouts)
+    tombstone_ttl_s: float = DEFAULT_TOMBSTONE_TTL_S
 
     def __post_init__(self) -> None:
         if not 0 <= self.window_scale <= MAX_WINDOW_SCALE:
@@ -145,33 +159,78 @@ class TrackerConfig:
 AdmitPolicy = Callable[[PacketInfo], bool]
 """Decides at a flow's first packet whether it is accepted (True) or denied."""
 
+TokenSource = Callable[[], int]
+"""Draws a flow's token: a random integer below 2**TOKEN_BITS (a 0 is taken as 1)."""
+
+
+class SystemTokens:
+    """The default ``TokenSource``: TOKEN_BITS random bits from the operating system."""
+
+    __slots__ = ("_draw",)
+
+    def __init__(self) -> None:
+        self._draw = random.SystemRandom().getrandbits
+
+    def __call__(self) -> int:
+        return self._draw(TOKEN_BITS)
+
+
+class _Tombstone:
+    """A removed flow's last version, kept until ``until``; ``removed_here``: its primary removed it here."""
+
+    __slots__ = ("version", "until", "removed_here")
+
+    def __init__(self, version: int, until: float, removed_here: bool) -> None:
+        self.version = version
+        self.until = until
+        self.removed_here = removed_here
+
 
 class ConnTracker:
     """Per-flow connection state of one cell. Pure: time comes in as ``now``.
 
-    Versioning rule (what the State Mirroring Module replicates): every flow
-    has a ``version`` that grows by one whenever the flow is created, its
-    facts (and so its state) change, it is reopened, or its verdict is
-    changed by policy. Sequence numbers, windows and counters change on every
-    packet without a new version: mirror copies rebuild those. Between cells,
-    a record replaces a flow's state only if its version is higher
-    (``merge``); facts only accumulate, so a merge never moves a connection
-    backwards, and applying a record twice changes nothing.
+    Versioning rule (what the State Mirroring Module replicates): a flow's
+    ``version`` is its *primary's* count of changes. It grows by one when a
+    primary copy finds the flow without a token (the primary then draws one:
+    a new flow, a reopened key, or a flow taken over before any primary
+    versioned it) or with facts (and so a state) other than at its last
+    version, and when policy changes the verdict (``set_verdict``). Mirror
+    copies update facts, sequence numbers and counters but never the version:
+    only the primary's records move a replica's version, so two cells never
+    number the same flow's changes independently. A cell that receives the
+    primary copies of a flow acts as its primary (after a fast failover too);
+    the first primary copy of a flow another primary versioned (a takeover)
+    adds two, keeping the token and first_seen it merged.
+    Sequence numbers, windows and counters change on every packet without a
+    new version: mirror copies rebuild those. Between cells, a record replaces
+    a flow's state only if its version is higher (``merge``); facts only
+    accumulate, so a merge never moves a connection backwards, and applying a
+    record twice changes nothing.
+
+    Removal: an expired flow leaves a tombstone for ``tombstone_ttl_s``, one
+    version above the flow's last if this cell versioned it (its primary:
+    ``removal_version`` gives it for the removal record), else at its last.
+    Records at or below a tombstone are ignored, and a new flow on the key
+    starts above it.
 
     Args:
-        config: Strictness, table size and timeouts.
+        config: Strictness, table size, timeouts.
         admit: Policy deciding a new flow's verdict (default: accept all).
+        tokens: Draws flow tokens (default ``SystemTokens()``; tests pass a seeded one).
     """
 
     def __init__(self, config: Optional[TrackerConfig] = None,
-                 admit: Optional[AdmitPolicy] = None) -> None:  # fmt: skip
+                 admit: Optional[AdmitPolicy] = None,
+                 tokens: Optional[TokenSource] = None) -> None:  # fmt: skip
         self.config = config or TrackerConfig()
         self._admit = admit
+        self._tokens = tokens if tokens is not None else SystemTokens()
         self._strict = self.config.strict
         self._scale = self.config.window_scale
         self._max_flows = self.config.max_flows
         self._flows: Dict[FlowKey, ConnEntry] = {}
         self._changed: Dict[FlowKey, None] = {}  # insertion-ordered set
+        self._tombstones: Dict[FlowKey, _Tombstone] = {}
         self._tcp_timeouts = self.config.timeouts.tcp_table()
         self._other_timeouts: Dict[int, Dict[ConnState, float]] = {}
         #: Primary copies dropped, by reason.
@@ -181,6 +240,7 @@ class ConnTracker:
         self.flows_created = 0
         self.flows_expired = 0
         self.flows_reopened = 0
+        self.flows_taken_over = 0  #: flows versioned elsewhere that got their first primary copy here
         self.records_applied = 0
         self.records_ignored = 0
 
@@ -231,6 +291,8 @@ class ConnTracker:
             entry.mirror_packets += 1
             entry.mirror_bytes += info.frame_len
             return ABSORB
+        if entry.facts != entry.versioned_facts or not entry.token or not entry.primary_packets:
+            self._version(entry)
         entry.primary_packets += 1
         entry.primary_bytes += info.frame_len
         return FORWARD
@@ -241,6 +303,8 @@ class ConnTracker:
             entry.mirror_packets += 1
             entry.mirror_bytes += info.frame_len
             return ABSORB
+        if entry.facts != entry.versioned_facts or not entry.token or not entry.primary_packets:
+            self._version(entry)
         entry.primary_packets += 1
         entry.primary_bytes += info.frame_len
         return FORWARD
@@ -251,8 +315,26 @@ class ConnTracker:
             return ABSORB
         self.dropped[verdict.reason] += 1
         if entry is not None:
+            if (entry.facts != entry.versioned_facts or not entry.token
+                    or not (entry.primary_packets or entry.dropped_packets)):  # fmt: skip
+                self._version(entry)  # a denied flow's verdict and token are replicated too
             entry.dropped_packets += 1
         return verdict
+
+    def _version(self, entry: ConnEntry) -> None:
+        """A primary copy found the flow changed since its last version, undecided, or new here.
+
+        The first primary copy of a flow that another primary versioned (a
+        takeover) skips one version: the previous primary, if it still runs,
+        may send a removal one above the last version it knew, and that must
+        not win over the live flow.
+        """
+        if not entry.token:
+            entry.token = self._tokens() or 1
+        elif entry.version and not (entry.primary_packets or entry.dropped_packets):
+            entry.version += 1
+            self.flows_taken_over += 1
+        self._bump(entry)
 
     def _track_other(self, entry: Optional[ConnEntry], info: PacketInfo, is_mirror: bool,
                      now: float) -> Verdict:  # fmt: skip
@@ -263,16 +345,17 @@ class ConnTracker:
         elif info.forward != entry.orig_forward and not entry.facts & FACT_SEEN_REPLY:
             entry.facts |= FACT_SEEN_REPLY
             entry.state = ConnState.REPLIED
-            self._bump(entry)
         if entry.verdict is _DENY:
             return self._reject(entry, DROP_DENIED, is_mirror)
         return self._accept(entry, info, is_mirror, now)
 
     def _bump(self, entry: ConnEntry) -> None:
         entry.version += 1
+        entry.versioned_facts = entry.facts
         self._changed[entry.key] = None
 
     def _create(self, info: PacketInfo, now: float) -> Optional[ConnEntry]:
+        """A new entry (version 0, or its key's tombstone's: the primary path versions it)."""
         if len(self._flows) >= self._max_flows:
             return None
         is_tcp = info.proto == PROTO_TCP
@@ -281,23 +364,26 @@ class ConnTracker:
             entry.facts = FACT_SEEN_ORIG
         if self._admit is not None and not self._admit(info):
             entry.verdict = FlowVerdict.DENY
+        if self._tombstones:
+            tombstone = self._tombstones.pop(info.key, None)
+            if tombstone is not None:
+                entry.version = tombstone.version
         self._flows[info.key] = entry
         self.flows_created += 1
-        self._bump(entry)
         return entry
 
     def _reopen(self, entry: ConnEntry, info: PacketInfo, now: float) -> None:
-        """A new connection on a closed key: fresh state, same entry, a higher version."""
+        """A new connection on a closed key: fresh state and no token (a primary copy versions it)."""
         entry.orig_forward = info.forward
         entry.facts = 0
         entry.state = ConnState.SYN_SENT
         entry.orig = Direction()
         entry.reply = Direction()
         entry.first_seen = now
+        entry.token = 0
         if self._admit is not None:
             entry.verdict = FlowVerdict.ACCEPT if self._admit(info) else FlowVerdict.DENY
         self.flows_reopened += 1
-        self._bump(entry)
 
     def _update_tcp(self, entry: ConnEntry, info: PacketInfo, is_orig: bool) -> None:
         """Fold one accepted segment into the entry. Idempotent for a repeated segment."""
@@ -358,7 +444,6 @@ class ConnTracker:
         if facts != entry.facts:
             entry.facts = facts
             entry.state = TCP_STATE_OF_FACTS[facts]
-            self._bump(entry)
 
     def _in_window(self, entry: ConnEntry, info: PacketInfo, is_orig: bool) -> bool:
         """Strict mode: Linux conntrack's four window checks, with an assumed window scale."""
@@ -392,7 +477,7 @@ class ConnTracker:
 
     # -- table maintenance -----------------------------------------------------------------
     def expire(self, now: float) -> List[FlowKey]:
-        """Remove flows idle longer than their state's timeout.
+        """Remove flows idle longer than their state's timeout, leaving tombstones; drop old tombstones.
 
         Args:
             now: Current time in seconds.
@@ -409,11 +494,31 @@ class ConnTracker:
                 timeout = self._other_timeout_table(key.proto)[entry.state]
             if now - entry.last_seen > timeout:
                 expired.append(key)
+        if self._tombstones:
+            stale = [key for key, tombstone in self._tombstones.items() if tombstone.until <= now]
+            for key in stale:
+                del self._tombstones[key]
+        until = now + self.config.tombstone_ttl_s
         for key in expired:
-            del self._flows[key]
+            entry = self._flows.pop(key)
             self._changed.pop(key, None)
+            versioned_here = bool(entry.primary_packets or entry.dropped_packets) and entry.version > 0
+            version = entry.version + 1 if versioned_here else entry.version
+            self._tombstones[key] = _Tombstone(version, until, versioned_here)
         self.flows_expired += len(expired)
         return expired
+
+    def removal_version(self, key: FlowKey) -> Optional[int]:
+        """The version of ``key``'s removal record if this cell, as its primary, removed it; else None."""
+        tombstone = self._tombstones.get(key)
+        if tombstone is None or not tombstone.removed_here or key in self._flows:
+            return None
+        return tombstone.version
+
+    def removal(self, key: FlowKey) -> Optional[dict]:
+        """``key``'s removal record if this cell, as its primary, removed it (``removal_version``)."""
+        version = self.removal_version(key)
+        return None if version is None else removal_record(key, version)
 
     def _other_timeout_table(self, proto: int) -> Dict[ConnState, float]:
         table = self._other_timeouts.get(proto)
@@ -463,9 +568,11 @@ class ConnTracker:
         """Table-wide counters as a flat dict (``dropped_no_state`` ...)."""
         counters = {
             "flows_tracked": len(self._flows),
+            "tombstones": len(self._tombstones),
             "flows_created": self.flows_created,
             "flows_expired": self.flows_expired,
             "flows_reopened": self.flows_reopened,
+            "flows_taken_over": self.flows_taken_over,
             "records_applied": self.records_applied,
             "records_ignored": self.records_ignored,
             "dropped": sum(self.dropped.values()),
@@ -491,15 +598,18 @@ class ConnTracker:
         flows = self._flows
         return [entry_to_record(flows[key]) for key in keys if key in flows]
 
-    def merge(self, records: Iterable[Mapping]) -> int:
+    def merge(self, records: Iterable[Mapping], now: float = 0.0) -> int:
         """Apply records from another cell: a higher version wins, a repeat changes nothing.
 
         Records are all validated before any is applied. Merged state does not
         count as a local change (``take_changes``) and leaves this cell's
-        packet counters alone.
+        packet counters alone. A removal record (``removal_record``) with a
+        higher version removes the flow and leaves a tombstone; a record at
+        or below a tombstone is ignored.
 
         Args:
-            records: Records as made by ``snapshot`` (possibly via JSON).
+            records: Records as made by ``snapshot`` or ``removal`` (possibly via JSON).
+            now: Current time in seconds (for the tombstones' lifetime).
 
         Returns:
             How many records changed the table.
@@ -507,20 +617,38 @@ class ConnTracker:
         Raises:
             StateRecordError: a record is malformed (nothing was applied).
         """
-        incoming = [record_to_entry(record, index) for index, record in enumerate(records)]
-        applied = 0
-        for entry in incoming:
-            local = self._flows.get(entry.key)
-            if local is None:
-                if len(self._flows) >= self._max_flows:
-                    self.records_ignored += 1
-                    continue
-                self._flows[entry.key] = entry
-            elif entry.version > local.version:
-                merge_entry(local, entry)
+        incoming: List[Tuple[FlowKey, int, Optional[ConnEntry]]] = []
+        for index, record in enumerate(records):
+            if is_removal(record):
+                key, version = record_to_removal(record, index)
+                incoming.append((key, version, None))
             else:
+                entry = record_to_entry(record, index)
+                incoming.append((entry.key, entry.version, entry))
+        applied = 0
+        tombstones = self._tombstones
+        for key, version, entry in incoming:
+            local = self._flows.get(key)
+            tombstone = tombstones.get(key) if tombstones else None
+            if local is not None and version <= local.version or (
+                tombstone is not None and version <= tombstone.version
+            ):
                 self.records_ignored += 1
                 continue
+            if entry is None:  # a removal
+                if local is not None:
+                    del self._flows[key]
+                    self._changed.pop(key, None)
+                tombstones[key] = _Tombstone(version, now + self.config.tombstone_ttl_s, False)
+            elif local is not None:
+                merge_entry(local, entry)
+            elif len(self._flows) >= self._max_flows:
+                self.records_ignored += 1
+                continue
+            else:
+                if tombstone is not None:
+                    del tombstones[key]
+                self._flows[key] = entry
             applied += 1
         self.records_applied += applied
         return applied
@@ -530,6 +658,7 @@ class ConnTracker:
         incoming = [record_to_entry(record, index) for index, record in enumerate(records)]
         self._flows.clear()
         self._changed.clear()
+        self._tombstones.clear()
         for entry in incoming:
             local = self._flows.get(entry.key)
             if local is None:

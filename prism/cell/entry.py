@@ -10,6 +10,9 @@ from prism.flows import FlowKey
 SEQ_MODULUS = 1 << 32
 SEQ_MASK = SEQ_MODULUS - 1
 SEQ_HALF = 1 << 31
+#: A flow's token is a random number of this many bits, never 0 (0: not decided yet).
+TOKEN_BITS = 32
+TOKEN_MAX = (1 << TOKEN_BITS) - 1
 
 
 class ConnState(enum.Enum):
@@ -165,8 +168,14 @@ class ConnEntry:
         facts: Bitmask of ``FACT_*``.
         state: ``ConnState`` derived from ``facts``.
         verdict: The flow's ``FlowVerdict``.
-        version: Grows on every change a mirror cannot rebuild from packets
-            alone (see ``ConnTracker``); replicas keep the highest.
+        token: What the flow's primary decided at random for it (as a NAT
+            picks a port, or a firewall a session id); 0 until a primary
+            decides. Packets do not carry it: mirrors learn it only through
+            replication, and a cell taking over keeps it.
+        version: The primary's count of the flow's changes (see
+            ``ConnTracker``); replicas keep the highest.
+        versioned_facts: ``facts`` when ``version`` last grew: a primary
+            copy finding ``facts`` different gives a new version.
         first_seen: ``now`` of the first packet.
         last_seen: ``now`` of the latest accepted packet.
         orig: The initiator's ``Direction``.
@@ -179,9 +188,9 @@ class ConnEntry:
     """
 
     __slots__ = (
-        "key", "is_tcp", "orig_forward", "facts", "state", "verdict", "version",
-        "first_seen", "last_seen", "orig", "reply", "primary_packets", "primary_bytes",
-        "mirror_packets", "mirror_bytes", "dropped_packets",
+        "key", "is_tcp", "orig_forward", "facts", "state", "verdict", "token", "version",
+        "versioned_facts", "first_seen", "last_seen", "orig", "reply", "primary_packets",
+        "primary_bytes", "mirror_packets", "mirror_bytes", "dropped_packets",
     )  # fmt: skip
 
     def __init__(self, key: FlowKey, is_tcp: bool, orig_forward: bool, now: float) -> None:
@@ -191,7 +200,9 @@ class ConnEntry:
         self.facts = 0
         self.state = ConnState.SYN_SENT if is_tcp else ConnState.NEW
         self.verdict = FlowVerdict.ACCEPT
+        self.token = 0
         self.version = 0
+        self.versioned_facts = 0
         self.first_seen = now
         self.last_seen = now
         self.orig = Direction()

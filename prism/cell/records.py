@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-from typing import Any, Dict, Mapping, Optional
+from typing import Any, Dict, Mapping, Optional, Tuple
 
 from prism.cell.entry import (
     FACT_BITS,
     SEQ_MASK,
+    TOKEN_MAX,
     ConnEntry,
     Direction,
     FlowVerdict,
@@ -16,7 +17,7 @@ from prism.cell.entry import (
 )
 from prism.flows import PROTO_TCP, FlowKey, ip_to_str
 
-RECORD_SCHEMA = 1
+RECORD_SCHEMA = 2  #: 2: ``token``; version 0 allowed; removal records
 _SEQ_FIELDS = ("isn", "seq_end", "ack_max", "allowed_end", "fin_end")
 _WINDOW_FIELDS = ("window", "max_window")
 _MAX_WINDOW = 0xFFFF
@@ -30,16 +31,17 @@ class StateRecordError(ValueError):
 def entry_to_record(entry: ConnEntry) -> Dict[str, Any]:
     """The record of one entry (plain types only).
 
-    A record (schema 1) holds the flow's key (fields and text), which side
-    initiated it, its state and the facts the state derives from, its verdict and
-    version, first/last seen, per-direction sequence state and this cell's
-    counters::
+    A record (schema 2) holds the flow's key (fields and text), which side
+    initiated it, its state and the facts the state derives from, its verdict,
+    token and version, first/last seen, per-direction sequence state and this
+    cell's counters::
 
-        {"schema": 1, "flow_id": 123..., "key": "tcp 10.0.0.1:40000 <-> 10.0.0.2:80",
+        {"schema": 2, "flow_id": 123..., "key": "tcp 10.0.0.1:40000 <-> 10.0.0.2:80",
          "ip_version": 4, "proto": 6, "addr_a": "10.0.0.1", "port_a": 40000,
          "addr_b": "10.0.0.2", "port_b": 80, "initiator": "a",
          "state": "ESTABLISHED", "facts": ["syn_orig", "syn_reply", "handshake_done"],
-         "verdict": "accept", "version": 4, "first_seen": 12.5, "last_seen": 13.0,
+         "verdict": "accept", "token": 3735928559, "version": 4,
+         "first_seen": 12.5, "last_seen": 13.0,
          "orig": {"isn": 1000, "seq_end": 1001, "ack_max": 5001, "window": 502,
                   "max_window": 502, "allowed_end": ..., "fin_end": null},
          "reply": {...}, "role": "primary", "primary_packets": 3, "primary_bytes": 180,
@@ -47,23 +49,16 @@ def entry_to_record(entry: ConnEntry) -> Dict[str, Any]:
 
     ``state`` and ``role`` are for readers; a receiver derives the state from the
     facts. Counters describe the cell that wrote the record and are never merged
-    into another cell's.
+    into another cell's. Version 0 is a flow no primary has versioned yet (a
+    mirror copy created it).
     """
-    key = entry.key
-    return {
-        "schema": RECORD_SCHEMA,
-        "flow_id": key.flow_id,
-        "key": str(key),
-        "ip_version": key.ip_version,
-        "proto": key.proto,
-        "addr_a": ip_to_str(key.addr_a),
-        "port_a": key.port_a,
-        "addr_b": ip_to_str(key.addr_b),
-        "port_b": key.port_b,
+    record = _key_fields(entry.key)
+    record.update({
         "initiator": "a" if entry.orig_forward else "b",
         "state": entry.state.value,
         "facts": list(facts_to_names(entry.facts)),
         "verdict": entry.verdict.value,
+        "token": entry.token,
         "version": entry.version,
         "first_seen": entry.first_seen,
         "last_seen": entry.last_seen,
@@ -75,23 +70,67 @@ def entry_to_record(entry: ConnEntry) -> Dict[str, Any]:
         "mirror_packets": entry.mirror_packets,
         "mirror_bytes": entry.mirror_bytes,
         "dropped_packets": entry.dropped_packets,
+    })  # fmt: skip
+    return record
+
+
+def _key_fields(key: FlowKey) -> Dict[str, Any]:
+    return {
+        "schema": RECORD_SCHEMA,
+        "flow_id": key.flow_id,
+        "key": str(key),
+        "ip_version": key.ip_version,
+        "proto": key.proto,
+        "addr_a": ip_to_str(key.addr_a),
+        "port_a": key.port_a,
+        "addr_b": ip_to_str(key.addr_b),
+        "port_b": key.port_b,
     }
 
 
-def record_to_entry(record: Mapping, index: int = 0) -> ConnEntry:
-    """Validate a record and build a fresh entry from it (counters zero).
+def removal_record(key: FlowKey, version: int) -> Dict[str, Any]:
+    """The record saying that the flow ``key`` is gone as of ``version`` (a tombstone).
+
+    Its primary sends it when the flow expires, one version above the flow's
+    last: a replica drops its entry and ignores older records of the key, and
+    the next connection on the same key starts above it, so the old entry can
+    never shadow the new one::
+
+        {"schema": 2, "flow_id": ..., "key": ..., "ip_version": 4, "proto": 6,
+         "addr_a": ..., "port_a": ..., "addr_b": ..., "port_b": ...,
+         "removed": true, "version": 5}
+    """
+    record = _key_fields(key)
+    record["removed"] = True
+    record["version"] = version
+    return record
+
+
+def is_removal(record: Mapping) -> bool:
+    """True for a removal record (``removal_record``)."""
+    return isinstance(record, Mapping) and record.get("removed") is True
+
+
+def record_to_removal(record: Mapping, index: int = 0) -> Tuple[FlowKey, int]:
+    """Validate a removal record.
 
     Args:
-        record: A record as made by ``entry_to_record`` (possibly via JSON).
+        record: As made by ``removal_record`` (possibly via JSON).
         index: Its position in a batch, for error messages.
 
     Returns:
-        The entry.
+        The flow's key and the removal's version.
 
     Raises:
         StateRecordError: a field is missing, of the wrong type or inconsistent.
     """
-    where = f"state record {index}"
+    where = f"removal record {index}"
+    key, _ = _record_key(record, where)
+    return key, _int(record, "version", where, 1, None)
+
+
+def _record_key(record: Mapping, where: str) -> Tuple[FlowKey, bool]:
+    """The key of a record and whether its a-side is the key's a-side."""
     if not isinstance(record, Mapping):
         raise StateRecordError(f"{where}: expected an object, got {type(record).__name__}")
     if record.get("schema") != RECORD_SCHEMA:
@@ -111,6 +150,24 @@ def record_to_entry(record: Mapping, index: int = 0) -> ConnEntry:
     flow_id = record.get("flow_id")
     if flow_id is not None and flow_id != key.flow_id:
         raise StateRecordError(f"{where}: flow_id {flow_id} is not the key's ({key.flow_id})")
+    return key, a_is_a
+
+
+def record_to_entry(record: Mapping, index: int = 0) -> ConnEntry:
+    """Validate a record and build a fresh entry from it (counters zero).
+
+    Args:
+        record: A record as made by ``entry_to_record`` (possibly via JSON).
+        index: Its position in a batch, for error messages.
+
+    Returns:
+        The entry.
+
+    Raises:
+        StateRecordError: a field is missing, of the wrong type or inconsistent.
+    """
+    where = f"state record {index}"
+    key, a_is_a = _record_key(record, where)
     initiator = record.get("initiator")
     if initiator not in ("a", "b"):
         raise StateRecordError(f"{where}: initiator must be 'a' or 'b', not {initiator!r}")
@@ -126,11 +183,13 @@ def record_to_entry(record: Mapping, index: int = 0) -> ConnEntry:
     if verdict is None:
         raise StateRecordError(f"{where}: verdict must be one of {sorted(_VERDICTS)}")
     first_seen = _float(record, "first_seen", where)
-    entry = ConnEntry(key, proto == PROTO_TCP, (initiator == "a") == a_is_a, first_seen)
+    entry = ConnEntry(key, key.proto == PROTO_TCP, (initiator == "a") == a_is_a, first_seen)
     entry.facts = facts
+    entry.versioned_facts = facts
     entry.state = state_of(entry.is_tcp, facts)
     entry.verdict = verdict
-    entry.version = _int(record, "version", where, 1, None)
+    entry.token = _int(record, "token", where, 0, TOKEN_MAX)
+    entry.version = _int(record, "version", where, 0, None)
     entry.last_seen = _float(record, "last_seen", where)
     entry.orig = _direction(record, "orig", where)
     entry.reply = _direction(record, "reply", where)
@@ -140,10 +199,12 @@ def record_to_entry(record: Mapping, index: int = 0) -> ConnEntry:
 def merge_entry(local: ConnEntry, incoming: ConnEntry) -> None:
     """Fold a newer view of a connection (higher version) into the local entry.
 
-    A different incarnation (other initiator or initial sequence number)
-    replaces the local state. Otherwise facts are OR-ed (they only
-    accumulate), sequence numbers take the later value, and the verdict and
-    version come from ``incoming``. Local counters are kept.
+    A higher version comes from the flow's primary, so what the primary
+    decides comes from ``incoming``: verdict, token (unless it has none),
+    first_seen and version. A different incarnation (other initiator or
+    initial sequence number) replaces the local state. Otherwise facts are
+    OR-ed (they only accumulate) and sequence numbers take the later value.
+    Local counters are kept.
     """
     same_incarnation = local.orig_forward == incoming.orig_forward and (
         local.orig.isn is None or incoming.orig.isn is None or local.orig.isn == incoming.orig.isn
@@ -152,16 +213,19 @@ def merge_entry(local: ConnEntry, incoming: ConnEntry) -> None:
         local.facts |= incoming.facts
         _merge_direction(local.orig, incoming.orig)
         _merge_direction(local.reply, incoming.reply)
-        local.first_seen = min(local.first_seen, incoming.first_seen)
     else:
         local.orig_forward = incoming.orig_forward
         local.facts = incoming.facts
         local.orig = incoming.orig
         local.reply = incoming.reply
-        local.first_seen = incoming.first_seen
+        local.token = 0
+    local.first_seen = incoming.first_seen
     local.state = state_of(local.is_tcp, local.facts)
     local.verdict = incoming.verdict
+    if incoming.token:
+        local.token = incoming.token
     local.version = incoming.version
+    local.versioned_facts = incoming.facts
     local.last_seen = max(local.last_seen, incoming.last_seen)
 
 
