@@ -1,8 +1,10 @@
-"""The Mirroring Director as a Ryu app: hands OpenFlow events to prism.director, sends what it decides.
+"""The Mirroring Director as a Ryu app: hands OpenFlow and management events to the core, sends what it decides.
 
 Launch from the repository root, with the project's virtualenv active::
 
     PRISM_CONFIG=examples/prism.yaml ryu-manager ryu_apps/mirroring_director.py
+
+(add ``ryu_apps/rest_api.py`` for the REST API and metrics).
 
 ``PRISM_CONFIG`` names the PRISM YAML configuration (``prism check-config FILE``
 validates it); a missing or bad file stops ryu-manager at start with every
@@ -10,9 +12,16 @@ problem listed. Switches connect to ryu-manager's OpenFlow port (6653 by
 default) and must speak OpenFlow 1.3; a switch whose dpid is not in the file
 is logged and ignored.
 
-All decisions live in ``prism.director.MirroringDirector`` (one per switch);
-this shell only turns events into its calls, its answers into messages
-(``ryu_apps.ofmsg``), and survives its own exceptions.
+All decisions live in ``prism.director.MirroringDirector`` (one per switch)
+and ``prism.control.ControlPlane`` (cell health and failover across them);
+this shell only turns events into their calls, their answers into OpenFlow
+messages (``ryu_apps.ofmsg``) and management datagrams
+(``ryu_apps.mgmt_channel``), and survives its own exceptions.
+
+Two green threads are started in ``start()``: one receives management
+datagrams (heartbeats, ``seeded``) on ``management.listen``, one ticks every
+``TICK_S`` (failure detection, batched messages to cells). Port status
+messages for cell ports are the link-failure input.
 """
 
 from __future__ import annotations
@@ -20,35 +29,72 @@ from __future__ import annotations
 import os
 import time
 from collections import Counter
-from typing import Callable, Dict, Iterable, List
+from typing import Callable, Dict, Iterable, List, Optional
 
 from ryu.base import app_manager
 from ryu.controller import ofp_event
-from ryu.controller.handler import CONFIG_DISPATCHER, HANDSHAKE_DISPATCHER, MAIN_DISPATCHER, set_ev_cls
+from ryu.controller.handler import (
+    CONFIG_DISPATCHER,
+    DEAD_DISPATCHER,
+    HANDSHAKE_DISPATCHER,
+    MAIN_DISPATCHER,
+    set_ev_cls,
+)
+from ryu.lib import hub
 from ryu.ofproto import ofproto_v1_3
 
+from prism.actions import MgmtMessage
 from prism.config import ConfigError, PrismConfig, load_config
+from prism.control import ControlPlane, Outgoing, SwitchChange
 from prism.director import MirroringDirector
+from prism.health import HealthSettings
 from prism.openflow import OfChange
 from prism.policy import FixedPolicy
 from prism.ring import HashRing
-from ryu_apps.ofmsg import match_to_dict, to_ofmsgs
+from ryu_apps.mgmt_channel import MgmtChannel
+from ryu_apps.ofmsg import match_to_dict, to_ofmsg, to_ofmsgs
 
 #: Environment variable naming the PRISM configuration file.
 CONFIG_ENV = "PRISM_CONFIG"
 NANOSECONDS = 1e9
+#: Seconds between two ticks of the control plane (failure detection, batched cell messages).
+TICK_S = 0.05
+#: Seconds between two attempts to bind the management address (it may appear after start).
+BIND_RETRY_S = 1.0
 
 
 def load_directors(config: PrismConfig, logger) -> Dict[int, MirroringDirector]:
-    """One director per configured switch, placing flows with a FixedPolicy over its cells."""
-    return {
-        dp_id: MirroringDirector(
+    """One director per configured switch, placing flows with a FixedPolicy over its cells' ring."""
+    directors = {}
+    for dp_id, switch in config.switches.items():
+        ring = HashRing(switch.cell_ids)
+        directors[dp_id] = MirroringDirector(
             switch,
             config.idle_timeout,
-            FixedPolicy(HashRing(switch.cell_ids), config.default_replication_factor),
+            FixedPolicy(ring, config.default_replication_factor),
             logger=logger,
+            ring=ring,
         )
-        for dp_id, switch in config.switches.items()
+    return directors
+
+
+def health_settings(config: PrismConfig) -> HealthSettings:
+    """The failure detector's timing from the ``management`` section."""
+    management = config.management
+    return HealthSettings(
+        heartbeat_interval=management.heartbeat_interval,
+        dead_after=management.dead_after,
+        alive_after=management.alive_after,
+    )
+
+
+def cell_addresses(config: PrismConfig) -> Dict[str, tuple]:
+    """Cell id -> management ``(host, port)`` for the cells that have one."""
+    return {
+        cell.id: cell.mgmt
+        for switch in config.switches.values()
+        for cell in switch.cells
+        if cell.mgmt is not None
     }
 
 
@@ -58,9 +104,13 @@ class MirroringDirectorApp(app_manager.RyuApp):
     Attributes:
         config: The loaded PRISM configuration.
         directors: dp_id -> MirroringDirector.
+        control: Cell health and failover over every director.
+        datapaths: Connected configured switches by dp_id.
+        channel: The management channel once bound (None before).
         handler_errors: Exceptions caught per handler (the controller carries on).
         switch_errors: OpenFlow error messages received, by ``(type, code)``.
         ignored_switches: Events from switches not in the configuration, by dp_id.
+        unsent: Changes and messages that had nowhere to go, by reason.
     """
 
     OFP_VERSIONS = [ofproto_v1_3.OFP_VERSION]
@@ -77,9 +127,15 @@ class MirroringDirectorApp(app_manager.RyuApp):
         for warning in self.config.warnings:
             self.logger.warning("%s", warning)
         self.directors = load_directors(self.config, self.logger)
+        self.control = ControlPlane(
+            self.directors, time.time(), health_settings(self.config), cell_addresses(self.config)
+        )
+        self.datapaths: Dict[int, object] = {}
+        self.channel: Optional[MgmtChannel] = None
         self.handler_errors: Counter = Counter()
         self.switch_errors: Counter = Counter()
         self.ignored_switches: Counter = Counter()
+        self.unsent: Counter = Counter()
         self.logger.info(
             "PRISM Mirroring Director: %d switch(es) from %s, idle_timeout %d s, replication factor %d",
             len(self.directors),
@@ -88,11 +144,100 @@ class MirroringDirectorApp(app_manager.RyuApp):
             self.config.default_replication_factor,
         )
 
+    # --- Green threads ---------------------------------------------------------------------
+    def start(self):
+        """Start the event loop, then the management receiver and the tick."""
+        thread = super().start()
+        self.threads.append(hub.spawn(self._receive_loop))
+        self.threads.append(hub.spawn(self._tick_loop))
+        return thread
+
+    def stop(self):
+        """Stop the green threads (they notice within a receive timeout), then close the channel."""
+        super().stop()
+        if self.channel is not None:
+            self.channel.close()
+
+    def _receive_loop(self) -> None:
+        """Bind the management address (retrying until it exists), then feed datagrams to the core."""
+        listen = self.config.management.listen
+        if listen is None:
+            self.logger.warning("no management.listen in %s: no heartbeats, process failures go undetected",
+                                CONFIG_ENV)
+            return
+        warned = False
+        while self.is_active and self.channel is None:
+            try:
+                self.channel = MgmtChannel(listen, cell_addresses(self.config))
+                self.logger.info("management channel on %s:%d", *self.channel.address)
+            except OSError as error:
+                if not warned:
+                    self.logger.warning("cannot bind management address %s:%d yet (%s); retrying",
+                                        listen[0], listen[1], error)
+                    warned = True
+                hub.sleep(BIND_RETRY_S)
+        while self.is_active:
+            try:
+                received = self.channel.receive()
+            except OSError:
+                self.handler_errors["mgmt_receive"] += 1
+                self.logger.exception("management receive failed")
+                hub.sleep(BIND_RETRY_S)
+                continue
+            if received is not None:
+                message, sender = received
+                self.handle_mgmt_message(message, sender)
+
+    def _tick_loop(self) -> None:
+        while self.is_active:
+            self.tick(time.time())
+            hub.sleep(TICK_S)
+
+    def handle_mgmt_message(self, message: dict, sender: tuple) -> None:
+        """One decoded management message (heartbeat, seeded ...) from ``sender``."""
+        self._control("mgmt", lambda c: c.on_mgmt_message(message, sender, time.time()))
+
+    def tick(self, now: float) -> None:
+        """One tick of the control plane."""
+        self._control("tick", lambda c: c.tick(now))
+
+    # --- Admin actions (the REST API) -------------------------------------------------------------
+    def drain_cell(self, cell_id: str) -> None:
+        """Drain a cell now and send what that takes (UnknownCell if it is not configured)."""
+        self.send_outgoing(self.control.drain(cell_id, time.time()))
+
+    def restore_cell(self, cell_id: str) -> None:
+        """Restore a drained cell now (UnknownCell if it is not configured)."""
+        self.send_outgoing(self.control.restore(cell_id, time.time()))
+
     # --- Sending -------------------------------------------------------------------------
     def send(self, datapath, changes: Iterable[OfChange]) -> None:
         """Send every change description to ``datapath``, in order."""
         for message in to_ofmsgs(datapath, changes):
             datapath.send_msg(message)
+
+    def send_outgoing(self, outgoing: Iterable[Outgoing]) -> None:
+        """Send the control plane's answer: switch changes to their datapath, messages to their cell."""
+        for item in outgoing:
+            if isinstance(item, SwitchChange):
+                datapath = self.datapaths.get(item.dp_id)
+                if datapath is None:  # it converges from scratch when it connects
+                    self.unsent["switch_not_connected"] += 1
+                    continue
+                datapath.send_msg(to_ofmsg(datapath, item.change))
+            elif isinstance(item, MgmtMessage):
+                if self.channel is None:
+                    self.unsent["mgmt_channel_not_bound"] += 1
+                    continue
+                self.channel.send(item)
+
+    def _control(self, handler: str, produce: Callable[[ControlPlane], List[Outgoing]]) -> None:
+        """Ask the control plane, send its answer; log and count any exception."""
+        try:
+            self.send_outgoing(produce(self.control))
+        except Exception:  # one bad event must never take the controller down
+            self.handler_errors[handler] += 1
+            self.logger.exception("%s failed", handler)
 
     def _dispatch(
         self, handler: str, datapath, decide: Callable[[MirroringDirector], List[OfChange]]
@@ -117,7 +262,45 @@ class MirroringDirectorApp(app_manager.RyuApp):
         datapath = ev.msg.datapath
         if datapath.id in self.directors:
             self.logger.info("switch %s connected: installing the pipeline", _dpid(datapath.id))
+            self.datapaths[datapath.id] = datapath
         self._dispatch("switch_features", datapath, lambda d: d.on_switch_connect(time.time()))
+        if datapath.id in self.directors:
+            try:  # the cell ports' link state, for cells whose link went down while we were away
+                datapath.send_msg(datapath.ofproto_parser.OFPPortDescStatsRequest(datapath, 0))
+            except Exception:
+                self.handler_errors["port_desc_request"] += 1
+                self.logger.exception("port description request to %s failed", _dpid(datapath.id))
+
+    @set_ev_cls(ofp_event.EventOFPStateChange, DEAD_DISPATCHER)
+    def state_change_handler(self, ev) -> None:
+        """A switch disconnected: stop sending to it."""
+        datapath = ev.datapath
+        if datapath is not None and self.datapaths.get(datapath.id) is datapath:
+            del self.datapaths[datapath.id]
+            self.logger.warning("switch %s disconnected", _dpid(datapath.id))
+
+    @set_ev_cls(ofp_event.EventOFPPortStatus, MAIN_DISPATCHER)
+    def port_status_handler(self, ev) -> None:
+        """A port changed: a cell port's link going down or up is a health input."""
+        msg = ev.msg
+        datapath = msg.datapath
+        up = msg.reason != datapath.ofproto.OFPPR_DELETE and _port_is_up(datapath.ofproto, msg.desc)
+        self._control("port_status", lambda c: c.on_port_status(datapath.id, msg.desc.port_no, up, time.time()))
+
+    @set_ev_cls(ofp_event.EventOFPPortDescStatsReply, MAIN_DISPATCHER)
+    def port_desc_handler(self, ev) -> None:
+        """The ports at connection time: cell ports found down are failed over."""
+        datapath = ev.msg.datapath
+        ofp = datapath.ofproto
+
+        def produce(control: ControlPlane) -> List[Outgoing]:
+            now = time.time()
+            out: List[Outgoing] = []
+            for port in ev.msg.body:
+                out += control.on_port_status(datapath.id, port.port_no, _port_is_up(ofp, port), now)
+            return out
+
+        self._control("port_desc", produce)
 
     @set_ev_cls(ofp_event.EventOFPPacketIn, MAIN_DISPATCHER)
     def packet_in_handler(self, ev) -> None:
@@ -158,6 +341,11 @@ class MirroringDirectorApp(app_manager.RyuApp):
             msg.code,
             bytes(msg.data or b"")[:64].hex(),
         )
+
+
+def _port_is_up(ofp, desc) -> bool:
+    """Link up and not administratively down (an OFPPort)."""
+    return not (desc.state & ofp.OFPPS_LINK_DOWN) and not (desc.config & ofp.OFPPC_PORT_DOWN)
 
 
 def _dpid(dp_id) -> str:

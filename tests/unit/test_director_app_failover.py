@@ -1,0 +1,169 @@
+"""The Ryu shell's failover wiring: port status, port descriptions, heartbeats, ticks, the UDP channel."""
+
+from __future__ import annotations
+
+import socket
+import textwrap
+from types import SimpleNamespace
+
+import pytest
+
+pytest.importorskip("ryu")
+
+from ryu.ofproto import ofproto_protocol, ofproto_v1_3, ofproto_v1_3_parser  # noqa: E402
+
+from prism import mgmt, oxm  # noqa: E402
+from prism.actions import MgmtMessage  # noqa: E402
+from prism.openflow import TABLE_FSC  # noqa: E402
+from ryu_apps.mgmt_channel import MgmtChannel  # noqa: E402
+
+app_module = pytest.importorskip("ryu_apps.mirroring_director")
+
+OFP = ofproto_v1_3
+PARSER = ofproto_v1_3_parser
+
+
+class FakeDatapath(ofproto_protocol.ProtocolDesc):
+    """A datapath that records what is sent to it."""
+
+    def __init__(self, dp_id: int) -> None:
+        super().__init__(OFP.OFP_VERSION)
+        self.id = dp_id
+        self.sent = []
+
+    def send_msg(self, message) -> None:
+        message.serialize()
+        self.sent.append(message)
+
+
+@pytest.fixture
+def cell_socket():
+    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sock.bind(("127.0.0.1", 0))
+    sock.settimeout(2.0)
+    yield sock
+    sock.close()
+
+
+@pytest.fixture
+def app(tmp_path, monkeypatch, cell_socket):
+    cell_port = cell_socket.getsockname()[1]
+    config = textwrap.dedent(f"""\
+        default_replication_factor: 1
+        management: {{listen: "127.0.0.1:7600", heartbeat_interval: 0.1, dead_after: 0.35}}
+        switches:
+          - dpid: 0x1
+            cells:
+              - {{id: cell1, port: 1, mgmt: "127.0.0.1:{cell_port}"}}
+              - {{id: cell2, port: 2, mgmt: "127.0.0.1:{cell_port + 1 if cell_port < 65535 else 1}"}}
+              - {{id: cell3, port: 3}}
+            edge_ports: [4, 5]
+        """)
+    path = tmp_path / "prism.yaml"
+    path.write_text(config)
+    monkeypatch.setenv(app_module.CONFIG_ENV, str(path))
+    instance = app_module.MirroringDirectorApp()
+    instance.channel = MgmtChannel(("127.0.0.1", 0), app_module.cell_addresses(instance.config))
+    yield instance
+    if instance.channel is not None:
+        instance.channel.close()
+
+
+def connect_with_flows(app, count=12):
+    datapath = FakeDatapath(1)
+    app.switch_features_handler(SimpleNamespace(msg=SimpleNamespace(datapath=datapath)))
+    for i in range(count):
+        frame = oxm.to_frame(oxm.udp_packet("02:00:00:00:00:04", "02:00:00:00:00:05", "10.0.0.4", "10.0.0.5",
+                                            40000 + i, 53))  # fmt: skip
+        msg = SimpleNamespace(datapath=datapath, match=PARSER.OFPMatch(in_port=4), table_id=TABLE_FSC, data=frame)
+        app.packet_in_handler(SimpleNamespace(msg=msg))
+    datapath.sent.clear()
+    return datapath
+
+
+def port_desc(port_no, link_down=False, admin_down=False):
+    return PARSER.OFPPort(
+        port_no=port_no, hw_addr="02:00:00:00:00:01", name=f"s1-eth{port_no}".encode(),
+        config=OFP.OFPPC_PORT_DOWN if admin_down else 0, state=OFP.OFPPS_LINK_DOWN if link_down else 0,
+        curr=0, advertised=0, supported=0, peer=0, curr_speed=0, max_speed=0,
+    )  # fmt: skip
+
+
+def group_mods(datapath):
+    return [m for m in datapath.sent if isinstance(m, PARSER.OFPGroupMod)]
+
+
+def test_a_cell_link_going_down_rewrites_its_groups_and_seeds_through_the_channel(app, cell_socket):
+    datapath = connect_with_flows(app)
+    groups = app.directors[1].profiles_naming("cell2")
+    assert groups
+    msg = SimpleNamespace(datapath=datapath, reason=OFP.OFPPR_MODIFY, desc=port_desc(2, link_down=True))
+    app.port_status_handler(SimpleNamespace(msg=msg))
+    mods = group_mods(datapath)
+    assert len(mods) == 2 * len(groups) and all(m.command == OFP.OFPGC_MODIFY for m in mods)
+    assert "cell2" in app.directors[1].down_cells
+    received = []
+    cell_socket.settimeout(0.5)
+    try:
+        while True:
+            received.append(mgmt.decode(cell_socket.recv(65535)))
+    except socket.timeout:
+        pass
+    kinds = {m["type"] for m in received}
+    assert "profiles" in kinds and "directory" in kinds  # cell1's address; cell3 has none: counted
+    assert app.channel.counts["no_address"] > 0
+
+
+def test_a_port_found_down_at_connection_and_a_deleted_port_fail_the_cell(app):
+    datapath = connect_with_flows(app)
+    reply = SimpleNamespace(msg=SimpleNamespace(datapath=datapath, body=[port_desc(1), port_desc(3, admin_down=True)]))
+    app.port_desc_handler(reply)
+    assert app.directors[1].down_cells == {"cell3"}
+    deleted = SimpleNamespace(datapath=datapath, reason=OFP.OFPPR_DELETE, desc=port_desc(1))
+    app.port_status_handler(SimpleNamespace(msg=deleted))
+    assert app.directors[1].down_cells == {"cell1", "cell3"}
+
+
+def test_heartbeats_then_silence_fail_the_cell_over_on_a_tick(app):
+    datapath = connect_with_flows(app)
+    groups = app.directors[1].profiles_naming("cell1")
+    for seq in range(5):
+        app.control.on_mgmt_message({"type": "heartbeat", "cell": "cell1", "seq": seq}, ("127.0.0.1", 1), 100.0)
+    app.tick(100.2)
+    assert group_mods(datapath) == []
+    app.tick(100.5)
+    assert len(group_mods(datapath)) == 2 * len(groups)
+    assert app.directors[1].last_failover.kind == "process"
+
+
+def test_a_heartbeat_datagram_travels_the_channel(app):
+    sender = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    try:
+        sender.sendto(mgmt.encode({"type": "heartbeat", "cell": "cell1", "seq": 1}), app.channel.address)
+        sender.sendto(b"garbage", app.channel.address)
+        message, source = app.channel.receive()
+        app.handle_mgmt_message(message, source)
+        assert app.channel.receive() is None and app.channel.counts["undecodable"] == 1
+    finally:
+        sender.close()
+    assert app.control.detector.health("cell1").heartbeat_seen
+
+
+def test_control_plane_failures_are_caught_and_counted(app, monkeypatch):
+    def explode(*args):
+        raise RuntimeError("boom")
+
+    monkeypatch.setattr(app.control, "tick", explode)
+    app.tick(1.0)
+    assert app.handler_errors["tick"] == 1
+    app.handle_mgmt_message({"type": "heartbeat"}, ("127.0.0.1", 1))  # no cell: counted, not raised
+    assert app.control.counts["mgmt_unknown_sender"] == 1
+
+
+def test_changes_for_a_disconnected_switch_and_messages_before_binding_are_counted(app):
+    app.channel.close()
+    app.channel = None
+    app.send_outgoing([MgmtMessage("cell1", {"type": "drain", "target": "cell1"})])
+    app.drain_cell("cell1")
+    assert app.unsent["mgmt_channel_not_bound"] >= 1
+    assert app.unsent["switch_not_connected"] == 0  # no flows yet: nothing for the switch
