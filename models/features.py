@@ -22,12 +22,13 @@ import heapq
 import math
 from collections import OrderedDict
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import pandas as pd
 
-from prism.flows import PROTO_TCP, PROTO_UDP, TCP_ACK, TCP_SYN, PacketInfo, ip_to_str
+from prism.flows import PROTO_TCP, PROTO_UDP, TCP_ACK, TCP_SYN, PacketInfo, ip_to_bytes
 
 NAN = float("nan")
 
@@ -97,8 +98,9 @@ class FirstPacket:
         ts: arrival time of the flow's first packet (seconds).
         ip_version: 4 or 6.
         proto: IP protocol number.
-        src_addr: source address text of the first packet.
-        dst_addr: destination address text.
+        src: packed source address of the first packet (the history's key:
+            the controller has it packed, so it pays no text conversion).
+        dst: packed destination address.
         sport: source port (0 if none).
         dport: destination port (0 if none).
         ip_len: IP length of the first packet, None if unknown.
@@ -108,8 +110,8 @@ class FirstPacket:
     ts: float
     ip_version: int
     proto: int
-    src_addr: str
-    dst_addr: str
+    src: bytes
+    dst: bytes
     sport: int
     dport: int
     ip_len: Optional[int]
@@ -119,7 +121,7 @@ class FirstPacket:
     def from_packet(cls, info: PacketInfo, now: float) -> "FirstPacket":
         """From the parsed first packet of a flow (the controller's path)."""
         return cls(
-            now, info.ip_version, info.proto, ip_to_str(info.src), ip_to_str(info.dst),
+            now, info.ip_version, info.proto, info.src, info.dst,
             info.sport, info.dport, info.ip_len,
             info.tcp_flags if info.proto == PROTO_TCP else 0,
         )  # fmt: skip
@@ -130,9 +132,15 @@ class FirstPacket:
         get = row.__getitem__ if isinstance(row, dict) else lambda name: getattr(row, name)
         return cls(
             float(get("ts_start")), int(get("ip_version")), int(get("proto")),
-            str(get("src_addr")), str(get("dst_addr")), int(get("sport")), int(get("dport")),
+            _packed(str(get("src_addr"))), _packed(str(get("dst_addr"))),
+            int(get("sport")), int(get("dport")),
             _optional_int(get("first_ip_len")), _optional_int(get("first_tcp_flags")),
         )  # fmt: skip
+
+
+@lru_cache(maxsize=65536)
+def _packed(address: str) -> bytes:
+    return ip_to_bytes(address)
 
 
 def _optional_int(value) -> Optional[int]:
@@ -206,10 +214,10 @@ class FlowHistory:
         return sum(len(scope) for scope in self._scopes)
 
     @staticmethod
-    def keys_of(first: FirstPacket) -> Tuple[tuple, str, str]:
+    def keys_of(first: FirstPacket) -> Tuple[tuple, bytes, bytes]:
         """The first packet's key in each scope (service, source, destination)."""
         port, _service = service_of(first.proto, first.sport, first.dport)
-        return (first.proto, port), first.src_addr, first.dst_addr
+        return (first.proto, port), first.src, first.dst
 
     def stats(self, first: FirstPacket, now: float) -> List[float]:
         """History features of a flow (``HISTORY_STATS`` per scope, scopes in order)."""

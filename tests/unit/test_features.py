@@ -23,7 +23,7 @@ from models.features import (
     service_of,
 )
 from prism.flowmeter import FlowMeter
-from prism.flows import TCP_SYN, parse_frame
+from prism.flows import TCP_SYN, ip_to_bytes, parse_frame
 from prism.packets import build_tcp_frame
 from prism.records import records_to_frame
 
@@ -47,7 +47,7 @@ def test_service_of(proto, sport, dport, expected):
 
 
 def first(ts=0.0, src="10.0.0.1", dst="10.0.0.2", sport=40000, dport=443, proto=6):
-    return FirstPacket(ts, 4, proto, src, dst, sport, dport, 60, TCP_SYN)
+    return FirstPacket(ts, 4, proto, ip_to_bytes(src), ip_to_bytes(dst), sport, dport, 60, TCP_SYN)
 
 
 def test_features_of_a_new_flow_with_no_history():
@@ -59,7 +59,7 @@ def test_features_of_a_new_flow_with_no_history():
 
 
 def test_unknown_first_packet_fields_are_nan():
-    unknown = FirstPacket(0.0, 4, 6, "10.0.0.1", "10.0.0.2", 1, 443, None, None)
+    unknown = FirstPacket(0.0, 4, 6, ip_to_bytes("10.0.0.1"), ip_to_bytes("10.0.0.2"), 1, 443, None, None)
     x = flow_features(unknown, FlowHistory(2.0), 0.0)
     assert math.isnan(x[COL["first_ip_len"]]) and math.isnan(x[COL["tcp_syn_only"]])
 

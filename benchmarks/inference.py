@@ -1,0 +1,135 @@
+"""SPE inference cost per new flow, next to the director's own cost per packet-in.
+
+Prints microseconds per flow for: the director handling a new flow's packet-in
+(FixedPolicy, no prediction), the SPE's features alone, one prediction on the
+policy's hot path (predicted duration), a full prediction (alive, duration,
+packets, bytes), a batch of 1000 flows, scikit-learn's own predict on one row,
+and a dict lookup as the floor. Rounds are interleaved and the median is
+reported, so that a busy machine slows every measurement alike. The ratio the
+issue asks for: SPE cost (features + prediction) / director cost <= 0.2.
+
+    .venv/bin/python benchmarks/inference.py [--model models/default] [--flows 2000]
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+from threadpoolctl import threadpool_limits
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from models.features import FirstPacket, FlowHistory, flow_features, replay_features  # noqa: E402
+from models.predictor import Predictor  # noqa: E402
+from prism.config import CellConfig, SwitchConfig  # noqa: E402
+from prism.director import MirroringDirector  # noqa: E402
+from prism.flows import TCP_SYN, parse_frame  # noqa: E402
+from prism.openflow import TABLE_FSC  # noqa: E402
+from prism.packets import build_tcp_frame  # noqa: E402
+from prism.policy import FixedPolicy  # noqa: E402
+from prism.records import read_records  # noqa: E402
+from prism.ring import HashRing  # noqa: E402
+
+ROUNDS = 7
+EDGE_PORT = 1
+CELLS = {"c1": 11, "c2": 12, "c3": 13}
+BATCH = 1000
+
+
+def per_call_us(function, items) -> float:
+    start = time.perf_counter()
+    for item in items:
+        function(item)
+    return (time.perf_counter() - start) / len(items) * 1e6
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", default=str(ROOT / "models" / "default"))
+    parser.add_argument("--flows", type=int, default=2000, help="new flows per round")
+    args = parser.parse_args()
+    predictor = Predictor.load(args.model)
+    horizon = predictor.horizon_s
+
+    # Real feature rows (with history) from the shipped flows, for the prediction timings.
+    frame = read_records(ROOT / "data" / "flows" / "ndpi_flows.parquet")
+    X = replay_features(frame, horizon, float(predictor.manifest["report_delay_s"]))
+    rows = X[: args.flows].tolist()
+    batch = X[:BATCH]
+
+    frames = [build_tcp_frame(f"10.0.{i // 250}.{i % 250 + 1}", "10.9.0.1", 20000 + i, 443, flags=TCP_SYN)
+              for i in range(args.flows)]  # fmt: skip
+    infos = [parse_frame(f) for f in frames]
+    lookup = {i: float(i) for i in range(args.flows)}
+
+    def director_round() -> float:
+        config = SwitchConfig(dp_id=1, name="s1", edge_ports=(EDGE_PORT, 2),
+                              cells=tuple(CellConfig(id=c, port=p) for c, p in CELLS.items()))  # fmt: skip
+        director = MirroringDirector(config, 10, FixedPolicy(HashRing(list(CELLS)), 1))
+        director.on_switch_connect(0.0)
+        return per_call_us(lambda f: director.on_packet_in(1.0, EDGE_PORT, TABLE_FSC, f), frames)
+
+    def spe_round() -> float:
+        history = FlowHistory(horizon)
+
+        def one(info):
+            first = FirstPacket.from_packet(info, 1.0)
+            x = flow_features(first, history, 1.0)
+            history.record_start(first, 1.0)
+            return predictor.predict_duration(x)
+
+        return per_call_us(one, infos)
+
+    def features_round() -> float:
+        history = FlowHistory(horizon)
+
+        def one(info):
+            first = FirstPacket.from_packet(info, 1.0)
+            history.record_start(first, 1.0)
+            return flow_features(first, history, 1.0)
+
+        return per_call_us(one, infos)
+
+    hgb = predictor.estimators["duration"]
+    one_row = np.asarray(rows[:1])
+    measures = {
+        "director on_packet_in, new flow (no SPE)": director_round,
+        "SPE features (FirstPacket + history + flow_features)": features_round,
+        "SPE predict_duration (policy hot path)": lambda: per_call_us(predictor.predict_duration, rows),
+        "SPE predict_one (alive, duration, packets, bytes)": lambda: per_call_us(predictor.predict_one, rows),
+        "SPE features + predict_duration, per new flow": spe_round,
+        f"SPE predict_batch, {BATCH} flows, per flow": lambda: per_call_us(predictor.predict_batch, [batch]) / BATCH,
+        "sklearn HGB predict, one row (1 OpenMP thread)": lambda: per_call_us(
+            lambda _: hgb.predict(one_row), range(50)),  # fmt: skip
+        "dict lookup (floor)": lambda: per_call_us(lookup.get, range(args.flows)),
+    }
+    samples = {name: [] for name in measures}
+    with threadpool_limits(limits=1, user_api="openmp"):
+        for _ in range(ROUNDS):
+            for name, measure in measures.items():
+                samples[name].append(measure())
+    medians = {name: statistics.median(values) for name, values in samples.items()}
+    print(f"model {args.model}: {predictor._duration.n_trees} trees for the duration score, "
+          f"{sum(e.n_trees for e in (predictor._alive, predictor._duration, predictor._packets, predictor._bytes))} "
+          f"in all; {args.flows} flows x {ROUNDS} interleaved rounds, median")  # fmt: skip
+    width = max(map(len, medians))
+    for name, value in medians.items():
+        print(f"  {name:<{width}}  {value:9.2f} us")
+    director = medians["director on_packet_in, new flow (no SPE)"]
+    spe = medians["SPE features + predict_duration, per new flow"]
+    sklearn_one = medians["sklearn HGB predict, one row (1 OpenMP thread)"]
+    hot = medians["SPE predict_duration (policy hot path)"]
+    print(f"SPE per new flow / director per packet-in: {spe / director:.2f} (target <= 0.20)")
+    print(f"compact predictor vs sklearn on one row: {sklearn_one / hot:.0f}x faster")
+    print(f"predict_duration vs dict lookup: {hot / medians['dict lookup (floor)']:.0f}x")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
