@@ -6,7 +6,7 @@ import logging
 import os
 import select
 import time
-from typing import Callable, Dict, Optional, Protocol
+from typing import Callable, Dict, List, Optional, Protocol
 
 from prism.cell.cell import Cell
 from prism.cell.io import FATAL_ERRNOS, CellIOError
@@ -29,13 +29,26 @@ class FramePort(Protocol):
     def send(self, frame: bytes) -> int: ...
 
 
+class _Timer:
+    """A periodic callback: ``callback(now)`` every ``interval_s``, on a fixed phase."""
+
+    __slots__ = ("interval_s", "callback", "due")
+
+    def __init__(self, interval_s: float, callback: Callable[[float], None], due: float) -> None:
+        self.interval_s = interval_s
+        self.callback = callback
+        self.due = due
+
+
 class CellLoop:
     """Runs a ``Cell`` on a ``FramePort`` until ``stop()``.
 
     One thread; ``poll`` waits for frames, for any reader registered with
-    ``add_reader`` (the state server now; the State Mirroring Module's
-    replication socket later) and for the next tick. Frames are handled in
-    batches with one ``now`` per batch.
+    ``add_reader`` (the state server, the State Mirroring Module's management
+    socket), for the next tick and for the next timer (``add_timer``: the
+    SMM's heartbeats). Frames are handled in batches of at most ``batch`` with
+    one ``now`` per batch, so a busy packet socket delays a tick or a timer by
+    one batch at most.
 
     Args:
         cell: The cell.
@@ -53,6 +66,7 @@ class CellLoop:
         self.tick_interval_s = tick_interval_s
         self.batch = batch
         self._readers: Dict[int, Callable[[], None]] = {}
+        self._timers: List[_Timer] = []
         self._wake_read, self._wake_write = os.pipe()
         os.set_blocking(self._wake_read, False)
         os.set_blocking(self._wake_write, False)
@@ -64,6 +78,18 @@ class CellLoop:
         self._readers[fd] = callback
         if self._poller is not None:
             self._poller.register(fd, _POLL_IN)
+
+    def add_timer(self, interval_s: float, callback: Callable[[float], None]) -> None:
+        """Call ``callback(now)`` every ``interval_s`` (exceptions are logged, not fatal).
+
+        Timers keep their phase (the next call is due one interval after the
+        previous due time, not after the call), so that a periodic message
+        such as a heartbeat stays regular; a timer late by more than one
+        interval skips the missed calls instead of bursting.
+        """
+        if interval_s <= 0:
+            raise ValueError(f"timer interval must be positive, not {interval_s}")
+        self._timers.append(_Timer(interval_s, callback, 0.0))
 
     def remove_reader(self, fd: int) -> None:
         """Stop watching ``fd``."""
@@ -90,10 +116,13 @@ class CellLoop:
         poller.register(self._wake_read, select.POLLIN)
         for fd in self._readers:
             poller.register(fd, _POLL_IN)
-        cell, clock, tick_s = self.cell, self.clock, self.tick_interval_s
+        cell, clock, tick_s, timers = self.cell, self.clock, self.tick_interval_s, self._timers
         next_tick = clock() + tick_s
+        for timer in timers:
+            timer.due = next_tick
         while not self._stopping:
-            timeout_ms = max(0.0, (next_tick - clock()) * 1000.0)
+            wake_at = min([next_tick, *(timer.due for timer in timers)])
+            timeout_ms = max(0.0, (wake_at - clock()) * 1000.0)
             events = poller.poll(timeout_ms)
             now = clock()
             for fd, mask in events:
@@ -108,6 +137,9 @@ class CellLoop:
             if now >= next_tick:
                 cell.tick(now)
                 next_tick = now + tick_s
+            for timer in timers:
+                if now >= timer.due:
+                    self._call_timer(timer, now)
 
     def _drain(self, now: float) -> None:
         """Handle up to ``batch`` queued frames: the hot path."""
@@ -148,6 +180,15 @@ class CellLoop:
             callback()
         except Exception:  # noqa: BLE001 - a reader's failure must not stop the data path
             LOG.exception("cell %s: reader on fd %d failed", self.cell.cell_id, fd)
+
+    def _call_timer(self, timer: _Timer, now: float) -> None:
+        timer.due += timer.interval_s
+        if timer.due <= now:  # late by more than an interval: skip, do not burst
+            timer.due = now + timer.interval_s
+        try:
+            timer.callback(now)
+        except Exception:  # noqa: BLE001 - a timer's failure must not stop the data path
+            LOG.exception("cell %s: timer %r failed", self.cell.cell_id, timer.callback)
 
     def close(self) -> None:
         """Release the wake-up pipe."""

@@ -13,8 +13,11 @@ from prism.cell.cell import Cell, TickReport
 from prism.cell.conntrack import ConnTracker, TrackerConfig
 from prism.cell.io import CellIOError, PacketSocket
 from prism.cell.loop import DEFAULT_TICK_S, CellLoop
+from prism.cell.smm import SmmSettings, StateMirroringModule
+from prism.cell.smm_io import UdpTransport, attach, parse_address
 from prism.cell.state_server import StateServer, default_state_socket
 from prism.flows import mac_to_bytes, mac_to_str
+from prism.mgmt import CELL_MGMT_PORT, CONTROLLER_MGMT_PORT, HEARTBEAT_INTERVAL_S
 from prism.openflow import MIRROR_MAC
 
 LOG = logging.getLogger("prism.cell")
@@ -39,6 +42,16 @@ def _mac(text: str) -> str:
         raise argparse.ArgumentTypeError(f"--mirror-mac: {error}") from error
 
 
+def _address(default_port: int):
+    def parse(text: str):
+        try:
+            return parse_address(text, default_port)
+        except ValueError as error:
+            raise argparse.ArgumentTypeError(str(error)) from error
+
+    return parse
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Arguments of ``prism cell``."""
     parser.add_argument("--interface", required=True, help="interface to the switch (e.g. c1-eth0)")
@@ -55,7 +68,21 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                       help="check TCP flags and state only (default)")  # fmt: skip
     parser.set_defaults(strict=False)
     parser.add_argument("--tick-interval", type=float, default=DEFAULT_TICK_S, metavar="SECONDS",
-                        help=f"period of expiry and other periodic work (default {DEFAULT_TICK_S})")  # fmt: skip
+                        help=f"period of expiry and replication batches (default {DEFAULT_TICK_S})")  # fmt: skip
+    smm = parser.add_argument_group(
+        "state mirroring (management network; without these the cell runs standalone)")
+    smm.add_argument("--mgmt-listen", type=_address(CELL_MGMT_PORT),
+                     metavar="IP[:PORT]",
+                     help=f"this cell's management address: replication and control "
+                          f"(default port {CELL_MGMT_PORT})")  # fmt: skip
+    smm.add_argument("--controller", type=_address(CONTROLLER_MGMT_PORT),
+                     metavar="IP[:PORT]",
+                     help=f"the controller's management address: heartbeats go there, control "
+                          f"messages only come from there (default port {CONTROLLER_MGMT_PORT}); "
+                          f"needs --mgmt-listen")  # fmt: skip
+    smm.add_argument("--heartbeat-interval", type=float, default=HEARTBEAT_INTERVAL_S,
+                     metavar="SECONDS",
+                     help=f"period of heartbeats to the controller (default {HEARTBEAT_INTERVAL_S})")  # fmt: skip
     parser.add_argument("--log-level", default="INFO", choices=LOG_LEVELS, type=str.upper)
 
 
@@ -78,8 +105,14 @@ def run(args: argparse.Namespace) -> int:
     """Run the cell until a signal; returns the exit code."""
     logging.basicConfig(level=args.log_level, stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")  # fmt: skip
-    if args.tick_interval <= 0:
-        print("prism cell: --tick-interval must be positive", file=sys.stderr)
+    for option, value in (("--tick-interval", args.tick_interval),
+                          ("--heartbeat-interval", args.heartbeat_interval)):  # fmt: skip
+        if value <= 0:
+            print(f"prism cell: {option} must be positive", file=sys.stderr)
+            return 2
+    if args.controller is not None and args.mgmt_listen is None:
+        print("prism cell: --controller needs --mgmt-listen (the address the controller and the "
+              "other cells reach this cell at)", file=sys.stderr)  # fmt: skip
         return 2
     state_path = args.state_socket or default_state_socket(args.cell_id)
     cell = Cell(args.cell_id, ConnTracker(TrackerConfig(strict=args.strict)), args.mirror_mac)
@@ -90,18 +123,26 @@ def run(args: argparse.Namespace) -> int:
         print(f"prism cell: {error}", file=sys.stderr)
         return 1
     loop = CellLoop(cell, port, tick_interval_s=args.tick_interval)
-    server = None
+    server = transport = smm = None
     previous = {}
     try:
-        server = StateServer(
-            state_path, lambda: cell.state_document(time.time(), interface=args.interface)
-        )
+        if args.mgmt_listen is not None:
+            transport = UdpTransport(args.mgmt_listen)
+            smm = StateMirroringModule(cell, transport, args.controller,
+                                       SmmSettings(heartbeat_interval_s=args.heartbeat_interval))  # fmt: skip
+            attach(loop, smm, transport)
+        server = StateServer(state_path, lambda: cell_state_document(cell, smm, args.interface))
         loop.add_reader(server.fileno(), server.serve_pending)
         for signum in (signal.SIGTERM, signal.SIGINT):
             previous[signum] = signal.signal(signum, lambda *_: loop.stop())
         LOG.info("cell %s on %s (%s, mirror MAC %s, rcvbuf %d), state on %s",
                  args.cell_id, args.interface, "strict" if args.strict else "loose",
                  cell.mirror_mac, port.rcvbuf, state_path)  # fmt: skip
+        if transport is not None:
+            LOG.info("cell %s: management on %s:%d, controller %s, heartbeats every %g s",
+                     args.cell_id, *transport.address,
+                     "%s:%d" % args.controller if args.controller else "none (no heartbeats)",
+                     args.heartbeat_interval)  # fmt: skip
         loop.run()
     except CellIOError as error:
         print(f"prism cell: {error}", file=sys.stderr)
@@ -111,9 +152,21 @@ def run(args: argparse.Namespace) -> int:
             signal.signal(signum, handler)
         if server is not None:
             server.close()
+        if transport is not None:
+            transport.close()
         loop.close()
         port.close()
     counters = cell.counters()
+    if smm is not None:
+        counters.update(smm.replication_counters())
     LOG.info("cell %s stopped: %s", args.cell_id,
              ", ".join(f"{name} {value}" for name, value in counters.items() if value))  # fmt: skip
     return 0
+
+
+def cell_state_document(cell: Cell, smm, interface: str) -> dict:
+    """The state document: the cell's, plus ``replication`` (the SMM's) when it runs one."""
+    extra = {"interface": interface}
+    if smm is not None:
+        extra["replication"] = smm.describe()
+    return cell.state_document(time.time(), **extra)

@@ -45,6 +45,16 @@ def format_state(document: dict) -> str:
         f"  ignored {counters.get('ignored', 0)}"
         f"  errors {counters.get('errors', 0) + counters.get('send_errors', 0) + counters.get('recv_errors', 0)}",
     ]
+    replication = document.get("replication")
+    if replication:
+        r = replication.get("counters", {})
+        lines.append(
+            f"  replication: sent {r.get('records_sent', 0)} records in {r.get('batches_sent', 0)} "
+            f"batches ({r.get('replication_bytes_sent', 0)} bytes), acks {r.get('acks', 0)}, "
+            f"retries {r.get('retries', 0)}, lost {r.get('lost_batches', 0)}, "
+            f"applied {r.get('records_applied', 0)}, seeds {r.get('seeds_completed', 0)}, "
+            f"held {r.get('held_flows', 0)}"
+        )
     for title, name in (("dropped", "dropped_by_reason"), ("ignored", "ignored_by_reason"),
                         ("errors", "errors_by_reason")):  # fmt: skip
         detail = _reasons(document.get(name, {}))

@@ -1,0 +1,519 @@
+"""The State Mirroring Module: a cell's replication to its flows' mirror cells, seeding, and its heartbeats."""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+import random
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Protocol, Sequence, Set, Tuple
+
+from prism import mgmt
+from prism.cell.cell import Cell, TickReport
+from prism.cell.records import StateRecordError, entry_to_record
+from prism.cell.smm_channel import (
+    ChannelSettings,
+    FlushResult,
+    PeerChannel,
+    ReplicationCounters,
+    Tag,
+)
+from prism.flows import FlowKey
+from prism.profiles import MirroringProfile
+
+LOG = logging.getLogger(__name__)
+
+Address = Tuple[str, int]
+
+#: Record fields written for readers (derivable, or the writing cell's own
+#: counters): left out of replication, ``record_to_entry`` does not read them.
+READER_ONLY_FIELDS = (
+    "key", "state", "role", "primary_packets", "primary_bytes", "mirror_packets",
+    "mirror_bytes", "dropped_packets",
+)  # fmt: skip
+DEFAULT_MAX_RECORDS_PER_TICK = 4000  #: bounds the replication work between two ticks
+DEFAULT_MAX_HELD_FLOWS = 100_000
+DEFAULT_HOLD_TIMEOUT_S = 30.0
+DEFAULT_ASSIGNMENT_GRACE_S = 300.0
+PRUNE_INTERVAL_S = 10.0
+UNASSIGNED_REPORTED = 32  #: flow ids of held flows listed in a heartbeat
+SEED_MEMORY_S = 10.0  #: a repeated seed this soon after completing is answered with ``seeded`` again
+CONTROL_TYPES = frozenset(("directory", "profiles", "assign", "seed", "drain", "restore"))
+
+
+class Transport(Protocol):
+    """What the SMM needs to send: one datagram to one address (``UdpTransport`` or a test fake)."""
+
+    def sendto(self, datagram: bytes, address: Address) -> bool: ...
+
+
+@dataclass(frozen=True)
+class SmmSettings:
+    """The SMM's knobs.
+
+    Attributes:
+        heartbeat_interval_s: Period of heartbeats to the controller.
+        channel: Batching and retry settings of every peer channel.
+        max_records_per_tick: Records batched per tick (and per ack burst) at most.
+        max_held_flows: Flows whose changes wait for their ``assign`` at most;
+            the oldest is dropped beyond (counted in ``held_dropped``).
+        hold_timeout_s: A flow waiting longer than this for its ``assign`` is dropped (counted).
+        assignment_grace_s: An assignment is kept this long after its flow left the table.
+    """
+
+    heartbeat_interval_s: float = mgmt.HEARTBEAT_INTERVAL_S
+    channel: ChannelSettings = field(default_factory=ChannelSettings)
+    max_records_per_tick: int = DEFAULT_MAX_RECORDS_PER_TICK
+    max_held_flows: int = DEFAULT_MAX_HELD_FLOWS
+    hold_timeout_s: float = DEFAULT_HOLD_TIMEOUT_S
+    assignment_grace_s: float = DEFAULT_ASSIGNMENT_GRACE_S
+
+    def __post_init__(self) -> None:
+        if self.heartbeat_interval_s <= 0:
+            raise ValueError(f"heartbeat_interval_s must be positive, not {self.heartbeat_interval_s}")
+        if self.max_records_per_tick < 1 or self.max_held_flows < 1:
+            raise ValueError("max_records_per_tick and max_held_flows must be at least 1")
+
+
+class SeedOp:
+    """One ``seed`` request in progress: the flows of a profile not yet acknowledged by the target."""
+
+    __slots__ = ("op_id", "profile_id", "target", "pending", "flows", "started")
+
+    def __init__(self, op_id: int, profile_id: int, target: str, keys: Iterable[FlowKey],
+                 now: float) -> None:  # fmt: skip
+        self.op_id = op_id
+        self.profile_id = profile_id
+        self.target = target
+        self.pending: Set[FlowKey] = set(keys)
+        self.flows = len(self.pending)
+        self.started = now
+
+
+def wire_record(record: Dict[str, Any]) -> Dict[str, Any]:
+    """A record as replicated: without the fields only readers use."""
+    for name in READER_ONLY_FIELDS:
+        record.pop(name, None)
+    return record
+
+
+class StateMirroringModule:
+    """Replicates a cell's flow state to the flows' mirror cells; seeds new mirrors; beats.
+
+    Pure apart from ``transport.sendto``: time comes in as ``now``. Wire it to
+    a cell with ``cell.add_tick_hook(smm.tick_hook)``, feed it every datagram
+    of the management socket (``on_datagram``) and call ``heartbeat`` on a
+    timer (``prism.cell.smm_io.attach`` does all three).
+
+    What is replicated, and when: at every tick, each flow whose version grew
+    (``TickReport.changed``: this cell received its primary copies and its
+    facts, token or verdict changed) is queued for every other live cell of
+    the flow's profile; a flow that expired here as its primary is queued as
+    a removal record. A flow whose ``assign`` has not arrived waits (at most
+    ``max_held_flows``, ``hold_timeout_s``). Records are built at flush time
+    (latest state), batched per peer under ``max_datagram``, compressed,
+    sequence-numbered, acknowledged and retried (``PeerChannel``). A ``seed``
+    queues every flow of the profile for the target, tagged; ``seeded`` goes
+    to the controller once the target acknowledged them all.
+
+    Args:
+        cell: The cell (its tracker, its packet counters).
+        transport: Sends datagrams.
+        controller: The controller's management address (None: no heartbeats,
+            control messages accepted from anyone).
+        settings: Knobs.
+        rng: Randomness (first sequence numbers).
+    """
+
+    def __init__(self, cell: Cell, transport: Transport, controller: Optional[Address] = None,
+                 settings: Optional[SmmSettings] = None,
+                 rng: Optional[random.Random] = None) -> None:  # fmt: skip
+        self.cell = cell
+        self.cell_id = cell.cell_id
+        self.tracker = cell.tracker
+        self.transport = transport
+        self.controller = controller
+        self.settings = settings or SmmSettings()
+        self._rng = rng or random.Random()
+        self.counters = ReplicationCounters()
+        self.addresses: Dict[str, Address] = {}
+        self.live: Set[str] = set()
+        self.profiles: Dict[int, MirroringProfile] = {}
+        self._assignments: Dict[int, List] = {}  # flow_id -> [profile_id, last confirmed]
+        self._profile_flows: Dict[int, Set[int]] = {}
+        self._held: "OrderedDict[int, Tuple[FlowKey, float]]" = OrderedDict()
+        self.channels: Dict[str, PeerChannel] = {}
+        self._flush_turn = 0
+        self._seeds: Dict[Tuple[int, str], SeedOp] = {}
+        self._seeds_by_id: Dict[int, SeedOp] = {}
+        self._seeds_done: Dict[Tuple[int, str], Tuple[float, int]] = {}
+        self._next_op = 1
+        self._epochs: Dict[str, int] = {}
+        self._next_prune = 0.0
+        self.heartbeat_seq = 0
+        self._last_beat: Optional[Tuple[float, int, int]] = None
+        self._handlers: Dict[str, Callable[[Mapping, Address, float], None]] = {
+            "state": self._on_state, "ack": self._on_ack, "directory": self._on_directory,
+            "profiles": self._on_profiles, "assign": self._on_assign, "seed": self._on_seed,
+            "drain": self._on_admin, "restore": self._on_admin,
+        }  # fmt: skip
+
+    # -- the cell's tick -------------------------------------------------------------------
+    def tick_hook(self, cell: Cell, report: TickReport) -> None:
+        """``Cell.add_tick_hook`` adapter."""
+        self.on_tick(report.now, report.changed, report.expired)
+
+    def on_tick(self, now: float, changed: Sequence[FlowKey] = (),
+                expired: Sequence[FlowKey] = ()) -> None:  # fmt: skip
+        """Queue this tick's changes and removals, retry, then send (bounded).
+
+        Args:
+            now: Current time in seconds.
+            changed: Flows whose version grew since the last tick.
+            expired: Flows removed from the table since the last tick.
+        """
+        for key in changed:
+            self._route(key, now)
+        for key in expired:
+            if self.tracker.removal_version(key) is not None and self._is_primary(key.flow_id):
+                self._route(key, now)
+        self._drop_stale_held(now)
+        for peer_id, channel in self.channels.items():
+            address = self._address_of(peer_id)
+            if address is not None and channel.in_flight:
+                channel.retry(now, self._sender(address))
+        self._flush(now, self.settings.max_records_per_tick)
+        if now >= self._next_prune:
+            self._prune_assignments(now)
+            self._next_prune = now + PRUNE_INTERVAL_S
+
+    def _route(self, key: FlowKey, now: float, tag: Tag = None) -> None:
+        """Queue ``key`` for the other live cells of its profile, or hold it until assigned."""
+        flow_id = key.flow_id
+        assignment = self._assignments.get(flow_id)
+        profile = self.profiles.get(assignment[0]) if assignment is not None else None
+        if profile is None:
+            self._hold(flow_id, key, now)
+            return
+        for cell_id in (profile.primary_cell, *profile.mirror_cells):
+            if cell_id != self.cell_id and cell_id in self.live:
+                self._channel(cell_id).queue(key, tag)
+
+    def _is_primary(self, flow_id: int) -> bool:
+        """This cell is the flow's primary by its profile and live by the directory."""
+        assignment = self._assignments.get(flow_id)
+        profile = self.profiles.get(assignment[0]) if assignment is not None else None
+        return profile is not None and profile.primary_cell == self.cell_id and self.cell_id in self.live
+
+    def _hold(self, flow_id: int, key: FlowKey, now: float) -> None:
+        if flow_id in self._held:
+            return
+        self._held[flow_id] = (key, now)
+        if len(self._held) > self.settings.max_held_flows:
+            self._held.popitem(last=False)
+            self.counters.held_dropped += 1
+
+    def _drop_stale_held(self, now: float) -> None:
+        limit = now - self.settings.hold_timeout_s
+        while self._held:
+            flow_id, (_, since) = next(iter(self._held.items()))
+            if since > limit:
+                return
+            del self._held[flow_id]
+            self.counters.held_dropped += 1
+
+    def _release_held(self, now: float) -> None:
+        """Route held flows whose assignment and profile are now known."""
+        ready = [
+            key for flow_id, (key, _) in self._held.items()
+            if flow_id in self._assignments and self._assignments[flow_id][0] in self.profiles
+        ]  # fmt: skip
+        for key in ready:
+            del self._held[key.flow_id]
+            self._route(key, now)
+
+    def _channel(self, peer_id: str) -> PeerChannel:
+        channel = self.channels.get(peer_id)
+        if channel is None:
+            first_seq = self._rng.randrange(1, 1 << 30)
+            channel = PeerChannel(self.cell_id, peer_id, self.settings.channel, self.counters, first_seq)
+            self.channels[peer_id] = channel
+        return channel
+
+    def _address_of(self, peer_id: str) -> Optional[Address]:
+        return self.addresses.get(peer_id) if peer_id in self.live else None
+
+    def _sender(self, address: Address) -> Callable[[bytes], bool]:
+        sendto = self.transport.sendto
+        return lambda datagram: sendto(datagram, address)
+
+    def _flush(self, now: float, budget: int) -> None:
+        """Send queued records, peers taking turns at going first (none starves under load)."""
+        peers = list(self.channels.items())
+        if not peers:
+            return
+        self._flush_turn = (self._flush_turn + 1) % len(peers)
+        for peer_id, channel in peers[self._flush_turn:] + peers[:self._flush_turn]:
+            if budget <= 0:
+                return
+            address = self._address_of(peer_id)
+            if address is None or not channel.queued:
+                continue
+            result = channel.flush(now, self._records_of, self._sender(address), budget)
+            budget -= result.records + len(result.skipped)
+            self._settle_skipped(result, now)
+
+    def _records_of(self, keys: Sequence[FlowKey]) -> List[Tuple[FlowKey, Optional[dict]]]:
+        """Each key's current record: its entry, else its removal, else None."""
+        tracker, built = self.tracker, []
+        for key in keys:
+            entry = tracker.get(key)
+            if entry is not None:
+                built.append((key, wire_record(entry_to_record(entry))))
+            else:
+                removal = tracker.removal(key)
+                built.append((key, None if removal is None else wire_record(removal)))
+        return built
+
+    # -- datagrams -------------------------------------------------------------------------
+    def on_datagram(self, datagram: bytes, source: Address, now: float) -> None:
+        """Handle one datagram from the management socket (never raises on bad input)."""
+        message = mgmt.decode(datagram)
+        if message is None:
+            self.counters.bad_datagrams += 1
+            return
+        kind = message["type"]
+        if kind in CONTROL_TYPES and self.controller is not None and source[0] != self.controller[0]:
+            self.counters.foreign_messages += 1
+            return
+        handler = self._handlers.get(kind)
+        if handler is None:  # heartbeat, seeded: not for a cell
+            self.counters.bad_messages += 1
+            return
+        try:
+            handler(message, source, now)
+        except (KeyError, TypeError, ValueError, AttributeError) as error:
+            self.counters.bad_messages += 1
+            LOG.debug("cell %s: bad %s message from %s: %s", self.cell_id, kind, source, error)
+
+    def _on_state(self, message: Mapping, source: Address, now: float) -> None:
+        seq = message["seq"]
+        records = message["records"]
+        if not isinstance(seq, int) or not isinstance(records, list):
+            raise ValueError("state needs an integer seq and a list of records")
+        self.counters.batches_received += 1
+        self.counters.records_received += len(records)
+        try:
+            applied = self.tracker.merge(records, now)
+        except StateRecordError as error:  # resending will not help: acknowledge, count, log
+            self.counters.rejected_batches += 1
+            LOG.warning("cell %s: refused a state batch from %s: %s",
+                        self.cell_id, message.get("cell"), error)  # fmt: skip
+            applied = 0
+        else:
+            self.counters.records_ignored += len(records) - applied
+        self.counters.records_applied += applied
+        self._send(mgmt.encode({"type": "ack", "cell": self.cell_id, "seq": seq}), source)
+        self.counters.acks_sent += 1
+
+    def _on_ack(self, message: Mapping, source: Address, now: float) -> None:
+        channel = self.channels.get(message["cell"])
+        seq = message["seq"]
+        if channel is None or not isinstance(seq, int):
+            self.counters.unknown_acks += 1
+            return
+        batch = channel.on_ack(seq)
+        if batch is None:
+            return
+        for key, tag in zip(batch.keys, batch.tags):
+            if tag is not None:
+                self._seed_progress(tag, key, now)
+        if channel.queued:  # acks clock the next batches out, within the tick's budget
+            address = self._address_of(channel.peer_id)
+            if address is not None:
+                result = channel.flush(now, self._records_of, self._sender(address), batch.records * 2)
+                self._settle_skipped(result, now)
+
+    def _settle_skipped(self, result: FlushResult, now: float) -> None:
+        for key, tag in result.skipped:
+            if tag is not None:
+                self._seed_progress(tag, key, now)
+
+    # -- control messages from the controller ---------------------------------------------
+    def _fresh(self, kind: str, message: Mapping, full: bool) -> bool:
+        """Apply a control message of this epoch? A full table always applies (the controller may have restarted)."""
+        epoch = message.get("epoch", 0)
+        if not isinstance(epoch, int):
+            raise ValueError("epoch must be an integer")
+        last = self._epochs.get(kind)
+        if last is not None and epoch < last:
+            self.counters.stale_control += 1
+            if not full:
+                return False
+        self._epochs[kind] = epoch
+        return True
+
+    def _on_directory(self, message: Mapping, source: Address, now: float) -> None:
+        cells, live = message["cells"], message["live"]
+        addresses = {}
+        for cell_id, (host, port) in cells.items():
+            ipaddress.ip_address(host)  # an address literal: sendto must never resolve a name
+            addresses[str(cell_id)] = (str(host), int(port))
+        if not self._fresh("directory", message, True):
+            return
+        self.addresses = addresses
+        self.live = {str(cell_id) for cell_id in live}
+        for peer_id in [peer for peer in self.channels if peer not in self.live]:
+            for key, tag in self.channels.pop(peer_id).abandon():
+                self._seed_progress(tag, key, now, abandoned=True)
+        self._release_held(now)
+        self._flush(now, self.settings.max_records_per_tick)
+
+    def _on_profiles(self, message: Mapping, source: Address, now: float) -> None:
+        full = message.get("full") is True
+        table = {}
+        for profile_id, (primary_cell, mirror_cells) in message["profiles"].items():
+            mirrors = tuple(str(cell_id) for cell_id in mirror_cells)
+            table[int(profile_id)] = MirroringProfile(str(primary_cell), mirrors, len(mirrors))
+        if not self._fresh("profiles", message, full):
+            return
+        if full:
+            self.profiles = table
+        else:
+            self.profiles.update(table)
+        self._release_held(now)
+
+    def _on_assign(self, message: Mapping, source: Address, now: float) -> None:
+        for flow_id, profile_id, _key_text in message["flows"]:
+            flow_id, profile_id = int(flow_id), int(profile_id)
+            previous = self._assignments.get(flow_id)
+            if previous is not None and previous[0] != profile_id:
+                self._profile_flows.get(previous[0], set()).discard(flow_id)
+            self._assignments[flow_id] = [profile_id, now]
+            self._profile_flows.setdefault(profile_id, set()).add(flow_id)
+        self._release_held(now)
+
+    def _on_admin(self, message: Mapping, source: Address, now: float) -> None:
+        LOG.info("cell %s: the controller announces %s of %s", self.cell_id, message["type"],
+                 message.get("target"))  # fmt: skip
+
+    def _prune_assignments(self, now: float) -> None:
+        """Forget assignments of flows gone from the table for longer than the grace period."""
+        present = {entry.key.flow_id for entry in self.tracker}
+        limit = now - self.settings.assignment_grace_s
+        for flow_id, assignment in list(self._assignments.items()):
+            if flow_id in present or flow_id in self._held:
+                assignment[1] = now
+            elif assignment[1] < limit:
+                del self._assignments[flow_id]
+                flows = self._profile_flows.get(assignment[0])
+                if flows is not None:
+                    flows.discard(flow_id)
+                    if not flows:
+                        del self._profile_flows[assignment[0]]
+
+    # -- seeding ---------------------------------------------------------------------------
+    def _on_seed(self, message: Mapping, source: Address, now: float) -> None:
+        profile_id, target = int(message["profile_id"]), str(message["target"])
+        if target == self.cell_id:
+            raise ValueError("a cell cannot seed itself")
+        op_key = (profile_id, target)
+        if op_key in self._seeds:
+            return  # in progress: the controller asked again before our answer
+        done = self._seeds_done.get(op_key)
+        if done is not None and now - done[0] < SEED_MEMORY_S:
+            self._send_seeded(profile_id, target, done[1])  # our answer was lost
+            return
+        flow_ids = self._profile_flows.get(profile_id, set())
+        keys = [entry.key for entry in self.tracker if entry.key.flow_id in flow_ids]
+        op = SeedOp(self._next_op, profile_id, target, keys, now)
+        self._next_op += 1
+        self.counters.snapshots_sent += 1
+        if not keys:
+            self._complete_seed(op, now)
+            return
+        self._seeds[op_key] = op
+        self._seeds_by_id[op.op_id] = op
+        channel = self._channel(target)
+        for key in keys:
+            channel.queue(key, op.op_id)
+        self._flush(now, self.settings.max_records_per_tick)
+
+    def _seed_progress(self, op_id: int, key: FlowKey, now: float, abandoned: bool = False) -> None:
+        op = self._seeds_by_id.get(op_id)
+        if op is None:
+            return
+        if abandoned:
+            del self._seeds_by_id[op_id]
+            del self._seeds[(op.profile_id, op.target)]
+            self.counters.seeds_abandoned += 1
+            return
+        op.pending.discard(key)
+        if not op.pending:
+            del self._seeds_by_id[op_id]
+            del self._seeds[(op.profile_id, op.target)]
+            self._complete_seed(op, now)
+
+    def _complete_seed(self, op: SeedOp, now: float) -> None:
+        self.counters.seeds_completed += 1
+        self._seeds_done[(op.profile_id, op.target)] = (now, op.flows)
+        for op_key in [k for k, (at, _) in self._seeds_done.items() if now - at >= SEED_MEMORY_S]:
+            del self._seeds_done[op_key]
+        self._send_seeded(op.profile_id, op.target, op.flows)
+
+    def _send_seeded(self, profile_id: int, target: str, flows: int) -> None:
+        if self.controller is not None:
+            self._send(mgmt.encode({"type": "seeded", "cell": self.cell_id, "profile_id": profile_id,
+                                    "target": target, "flows": flows}), self.controller)  # fmt: skip
+
+    # -- heartbeats ------------------------------------------------------------------------
+    def heartbeat(self, now: float) -> None:
+        """Send one heartbeat to the controller (call every ``heartbeat_interval_s``)."""
+        if self.controller is None:
+            return
+        cell = self.cell
+        primary, mirror = cell.primary_packets, cell.mirror_packets
+        primary_pps = mirror_pps = 0.0
+        if self._last_beat is not None:
+            elapsed = now - self._last_beat[0]
+            if elapsed > 0:
+                primary_pps = (primary - self._last_beat[1]) / elapsed
+                mirror_pps = (mirror - self._last_beat[2]) / elapsed
+        self._last_beat = (now, primary, mirror)
+        self.heartbeat_seq += 1
+        message = {
+            "type": "heartbeat", "cell": self.cell_id, "seq": self.heartbeat_seq,
+            "flows": len(self.tracker), "primary_pps": round(primary_pps, 1),
+            "mirror_pps": round(mirror_pps, 1), "replication": self.replication_counters(),
+            "unassigned": [flow_id for flow_id, _ in zip(self._held, range(UNASSIGNED_REPORTED))],
+        }  # fmt: skip
+        self._send(mgmt.encode(message), self.controller)
+
+    def _send(self, datagram: bytes, address: Address) -> None:
+        if not self.transport.sendto(datagram, address):
+            self.counters.send_errors += 1
+
+    # -- reporting -------------------------------------------------------------------------
+    def replication_counters(self) -> Dict[str, int]:
+        """Counters plus the current held/queued/in-flight totals."""
+        counters = self.counters.as_dict()
+        counters["held_flows"] = len(self._held)
+        counters["queued_records"] = sum(len(c.queued) for c in self.channels.values())
+        counters["in_flight_batches"] = sum(len(c.in_flight) for c in self.channels.values())
+        counters["seeds_in_progress"] = len(self._seeds)
+        return counters
+
+    def describe(self) -> Dict[str, Any]:
+        """The SMM's part of the cell's state document."""
+        return {
+            "controller": list(self.controller) if self.controller else None,
+            "counters": self.replication_counters(),
+            "live": sorted(self.live),
+            "profiles": len(self.profiles),
+            "assignments": len(self._assignments),
+            "peers": {peer_id: channel.describe() for peer_id, channel in sorted(self.channels.items())},
+            "seeds": [{"profile_id": op.profile_id, "target": op.target, "flows": op.flows,
+                       "pending": len(op.pending)} for op in self._seeds.values()],  # fmt: skip
+            "heartbeat_seq": self.heartbeat_seq,
+        }
