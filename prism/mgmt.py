@@ -9,25 +9,44 @@ one JSON object, zlib-compressed, behind a 4-byte header (magic + version).
 Message types (field ``type``); ``cell`` is always the sender's cell id:
 
 - ``heartbeat`` cell -> controller, every HEARTBEAT_INTERVAL_S:
-  ``{cell, seq, flows, primary_pps, mirror_pps, replication: {...counters}}``
+  ``{cell, seq, flows, primary_pps, mirror_pps, replication: {...counters}, unassigned}``;
+  ``seq`` starts at 1 with every process; ``unassigned`` lists (at most 32)
+  flow ids whose changes the cell holds because their ``assign`` has not
+  arrived (``assign`` is not acknowledged: answer with their ``assign``).
 - ``directory`` controller -> every cell, on start and on every change:
   ``{epoch, cells: {cell_id: [mgmt_ip, mgmt_port]}, live: [cell_id, ...]}``
 - ``profiles`` controller -> the cells a change concerns:
   ``{epoch, profiles: {profile_id: [primary_cell, [mirror_cells...]]}}``
   (profile_id is the profile's ALL group id; a profile missing from a later
   full message is gone). ``full`` true means "this is the whole table".
+  A cell ignores a partial ``profiles`` with an epoch below the last it
+  applied (a reordered datagram); a full table and a ``directory`` always
+  apply (the controller may have restarted with lower epochs).
 - ``assign`` controller -> the cells of a profile: ``{flows: [[flow_id, profile_id, key_text], ...]}``
   batched per tick; tells a cell which profile a flow of its belongs to.
 - ``seed`` controller -> a profile's (new) primary: ``{profile_id, target}``:
   send a snapshot of every flow of that profile to ``target``; when the target
-  has acknowledged it, the primary sends ``seeded`` to the controller.
-- ``seeded`` cell -> controller: ``{profile_id, target, flows}``.
+  has acknowledged it, the primary sends ``seeded`` to the controller. A
+  repeated ``seed`` is ignored while that seed runs, answered with ``seeded``
+  again within 10 s of its end, and starts a new snapshot after that. A seed
+  whose target leaves the directory's live cells is abandoned (counted).
+- ``seeded`` cell -> controller: ``{cell, profile_id, target, flows}``.
 - ``state`` cell -> cell: ``{seq, records: [record, ...]}`` where a record is a
-  ConnTracker snapshot record (a later per-flow version wins, a repeat is
-  harmless); ``ack`` cell -> cell: ``{seq}``. Unacknowledged ``state``
-  messages are retried; a batch that exhausts its retries is counted as lost
-  and its flows are sent again in full.
+  ConnTracker snapshot record (``prism.cell.records``, schema 2) without its
+  reader-only fields (key text, state name, role, the writer's counters), or
+  a removal record ``{..key fields.., removed: true, version}`` sent by a
+  flow's primary when the flow expires. A later per-flow version wins, a
+  repeat is harmless. ``ack`` cell -> cell: ``{seq}``, to the datagram's
+  source address. ``seq`` is per sending cell and peer, from a random start
+  per process. Unacknowledged ``state`` messages are retried with backoff; a
+  batch that exhausts its retries is counted as lost and its flows are sent
+  again in full. State datagrams are kept under 1400 bytes (one frame: a lost
+  IP fragment would lose the whole datagram).
 - ``drain`` / ``restore`` controller -> cell: informational, the cell logs them.
+
+A cell with a configured controller accepts ``directory``, ``profiles``,
+``assign``, ``seed``, ``drain`` and ``restore`` only from the controller's IP
+address (any source port).
 """
 
 from __future__ import annotations
