@@ -27,7 +27,13 @@ from mininet.node import OVSSwitch, RemoteController
 
 from mininet_topos.prism_topo import (
     IP_BASE,
+    MGMT_BRIDGE,
+    MGMT_CELL_PORT,
+    MGMT_CONTROLLER_IP,
+    MGMT_CONTROLLER_PORT,
+    MGMT_PREFIX_LEN,
     SWITCH_NAME,
+    cell_mgmt_ip,
     PrismTopo,
     cell_names,
     client_names,
@@ -150,11 +156,13 @@ class PrismNetwork:
     def __init__(self, workdir: Path, clients: int = 2, servers: int = 1, cells: int = 3,
                  replication_factor: int = 1, idle_timeout: int = 10, start_cells: bool = True,
                  cell_args: Sequence[str] = (), extra_env: Optional[Dict[str, str]] = None,
-                 config_overrides: Optional[dict] = None):
+                 config_overrides: Optional[dict] = None, management: bool = True):
         self.workdir = Path(workdir)
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.clients, self.servers, self.cells = clients, servers, cells
-        self.config = prism_config(clients, servers, cells, idle_timeout, replication_factor)
+        self.management = management
+        self.config = prism_config(clients, servers, cells, idle_timeout, replication_factor,
+                                   management=management)
         self.config.update(config_overrides or {})
         self.config_path = self.workdir / "prism.yaml"
         self.start_cells = start_cells
@@ -179,6 +187,8 @@ class PrismNetwork:
     def start(self) -> None:
         """Write the config, start the controller, the network and the cells."""
         self.config_path.write_text(yaml.safe_dump(self.config, sort_keys=False))
+        if self.management:
+            self._create_mgmt_bridge()
         self.controller.start()
         topo = PrismTopo(clients=self.clients, servers=self.servers, cells=self.cells)
         switch = partial(OVSSwitch, datapath="user", protocols="OpenFlow13")
@@ -189,6 +199,9 @@ class PrismNetwork:
         self.net.start()
         for host in self.net.hosts:
             self._configure_host(host)
+        if self.management:
+            for index, name in enumerate(cell_names(self.cells)):
+                self._attach_to_mgmt(self.host(name), index)
         if not self.net.waitConnected(timeout=SWITCH_CONNECT_TIMEOUT_S):
             raise RuntimeError(f"switch did not connect:\n{self.controller.log_tail()}")
         self._wait_for_pipeline()
@@ -209,6 +222,8 @@ class PrismNetwork:
                 self.net.stop()
             self.net = None
         self.controller.stop()
+        if self.management:
+            self._delete_mgmt_bridge()
 
     # -- hosts and cells -------------------------------------------------------
     @staticmethod
@@ -226,6 +241,39 @@ class PrismNetwork:
             if "tx-checksumming: off" not in settings:
                 raise RuntimeError(f"could not turn checksum offload off on {intf}:\n{settings}")
         host.cmd("sysctl -qw net.ipv6.conf.all.disable_ipv6=1 net.ipv6.conf.default.disable_ipv6=1")
+
+    # -- the management network -------------------------------------------------
+    @staticmethod
+    def _ip(*args: str, check: bool = True) -> None:
+        subprocess.run(["ip", *args], check=check, capture_output=True, timeout=10)
+
+    def _create_mgmt_bridge(self) -> None:
+        """A Linux bridge in the root namespace, holding the controller's management address."""
+        self._delete_mgmt_bridge()  # a run that was killed may have left ours behind
+        self._ip("link", "add", MGMT_BRIDGE, "type", "bridge")
+        self._ip("addr", "add", f"{MGMT_CONTROLLER_IP}/{MGMT_PREFIX_LEN}", "dev", MGMT_BRIDGE)
+        self._ip("link", "set", MGMT_BRIDGE, "up")
+
+    def _attach_to_mgmt(self, host, index: int) -> None:
+        """Give a cell host its second interface, ``<cell>-eth1``, on the management bridge."""
+        outside, inside = f"mg-{host.name}", f"{host.name}-eth1"
+        self._ip("link", "add", outside, "type", "veth", "peer", "name", inside)
+        self._ip("link", "set", inside, "netns", str(host.pid))
+        self._ip("link", "set", outside, "master", MGMT_BRIDGE, "up")
+        host.cmd(f"ip addr add {cell_mgmt_ip(index)}/{MGMT_PREFIX_LEN} dev {inside}")
+        host.cmd(f"ip link set {inside} up")
+
+    def _delete_mgmt_bridge(self) -> None:
+        for index, name in enumerate(cell_names(self.cells)):
+            self._ip("link", "del", f"mg-{name}", check=False)
+        self._ip("link", "del", MGMT_BRIDGE, check=False)
+
+    def _cell_mgmt_args(self, cell_id: str) -> List[str]:
+        if not self.management:
+            return []
+        index = cell_names(self.cells).index(cell_id)
+        return ["--mgmt-listen", f"{cell_mgmt_ip(index)}:{MGMT_CELL_PORT}",
+                "--controller", f"{MGMT_CONTROLLER_IP}:{MGMT_CONTROLLER_PORT}"]
 
     def _wait_for_pipeline(self) -> None:
         deadline = time.monotonic() + SWITCH_CONNECT_TIMEOUT_S
@@ -250,7 +298,7 @@ class PrismNetwork:
         process = host.popen(
             [sys.executable, "-m", "prism.cli", "cell", "--interface", f"{cell_id}-eth0",
              "--cell-id", cell_id, "--state-socket", str(self.state_socket(cell_id)),
-             *self.cell_args],
+             *self._cell_mgmt_args(cell_id), *self.cell_args],
             stdout=log, stderr=subprocess.STDOUT, cwd=str(REPO_ROOT),
             env=dict(os.environ, PYTHONPATH=str(REPO_ROOT)),
         )

@@ -24,6 +24,16 @@ SWITCH_NAME = "s1"
 #: Hosts get addresses from here. It must not contain the resolver address of
 #: /etc/resolv.conf (10.255.255.53 on these machines), or lookups hang.
 IP_BASE = "172.31.0.0/16"
+#: The management network (cells' second interface, a Linux bridge in the root
+#: namespace where the controller listens): heartbeats and state replication
+#: never travel on the data path.
+MGMT_BRIDGE = "prism-mgmt"
+MGMT_PREFIX = "172.30.0."
+MGMT_PREFIX_LEN = 24
+MGMT_CONTROLLER_IP = MGMT_PREFIX + "254"
+MGMT_CONTROLLER_PORT = 7600
+MGMT_CELL_PORT = 7700
+MGMT_CELL_HOST_BASE = 10
 #: Switch port numbers: edge hosts count up from 1, cells from CELL_PORT_BASE.
 EDGE_PORT_BASE = 1
 CELL_PORT_BASE = 101
@@ -59,16 +69,26 @@ def cell_names(count: int) -> List[str]:
     return [f"cell{i}" for i in range(1, count + 1)]
 
 
+def cell_mgmt_ip(index: int) -> str:
+    """Management address of the cell with 0-based ``index``."""
+    return f"{MGMT_PREFIX}{MGMT_CELL_HOST_BASE + index}"
+
+
 def prism_config(
     clients: int,
     servers: int,
     cells: int,
     idle_timeout: int = 10,
     replication_factor: int = 1,
+    management: bool = True,
 ) -> Dict:
-    """The PRISM configuration (as a YAML-ready dict) for ``PrismTopo``."""
+    """The PRISM configuration (as a YAML-ready dict) for ``PrismTopo``.
+
+    With ``management`` the cells have management addresses and the controller
+    listens for their heartbeats (see ``PrismNetwork``, which builds that network).
+    """
     edge_ports = list(range(EDGE_PORT_BASE, EDGE_PORT_BASE + clients + servers))
-    return {
+    config = {
         "idle_timeout": idle_timeout,
         "default_replication_factor": replication_factor,
         "max_replication_factor": max(replication_factor, min(2, cells - 1)),
@@ -84,6 +104,11 @@ def prism_config(
             }
         ],
     }
+    if management:
+        config["management"] = {"listen": f"{MGMT_CONTROLLER_IP}:{MGMT_CONTROLLER_PORT}"}
+        for index, cell in enumerate(config["switches"][0]["cells"]):
+            cell["mgmt"] = f"{cell_mgmt_ip(index)}:{MGMT_CELL_PORT}"
+    return config
 
 
 topos = {"prism": PrismTopo}
