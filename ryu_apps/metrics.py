@@ -1,0 +1,119 @@
+"""Prometheus metrics of PRISM: a custom collector over the same figures the REST API shows."""
+
+from __future__ import annotations
+
+import time
+from typing import Iterator
+
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+
+#: Per-switch counters exported as ``prism_<name>_total``: (director counter, help).
+SWITCH_COUNTERS = (
+    ("flows_total", "flows", "New flows installed in the FSC."),
+    ("flows_mirrored", "flows_mirrored", "New flows with at least one mirror cell."),
+    ("flows_ended", "flows_ended", "Flows whose FSC entries all expired."),
+    ("packet_ins", "packet_ins", "Packet-ins handled."),
+    ("groups_installed", "groups_installed", "Profile groups created."),
+    ("groups_deleted", "groups_deleted", "Profile groups deleted after their last flow ended."),
+    ("failovers", "failovers", "Cells failed over (link or process)."),
+    ("recoveries", "recoveries", "Dead cells back in service."),
+    ("drains", "drains", "Cells drained by an administrator."),
+    ("groups_rewritten", "groups_rewritten", "Profile groups rewritten in place (2 OpenFlow messages each)."),
+    ("state_lost_flows", "state_lost_flows", "Flows moved to a cell that did not hold their state."),
+    ("seeds_sent", "seeds_sent", "Seed requests sent to primaries for new mirrors."),
+    ("seeds_confirmed", "seeds_confirmed", "New mirrors confirmed seeded."),
+    ("seeds_retried", "seeds_retried", "Seed requests sent again after no answer."),
+)
+SWITCH_GAUGES = (
+    ("flows_active", "flows_active", "Flows in the controller's FSC copy."),
+    ("groups_active", "groups_active", "Profile groups installed."),
+)
+LAST_FAILOVER_FIELDS = ("profiles_affected", "groups_rewritten", "flows_affected", "ofmsgs", "state_lost_flows")
+
+
+class PrismCollector:
+    """Collects from a MirroringDirectorApp at scrape time.
+
+    Args:
+        app: The running ``MirroringDirectorApp`` (its ``control`` and ``handler_errors``).
+        now: Scrape time (default: the clock).
+    """
+
+    def __init__(self, app, now: float = None) -> None:
+        self.app = app
+        self.now = time.time() if now is None else now
+
+    def collect(self) -> Iterator[Metric]:
+        """Every PRISM metric family."""
+        control = self.app.control
+        status = control.status(self.now)
+        yield from self._switch_metrics(status["switches"])
+        yield from self._cell_metrics(control.cells(self.now))
+        mgmt = CounterMetricFamily("prism_mgmt_messages", "Management messages handled, by kind.", labels=["kind"])
+        for kind, value in sorted(status["mgmt"].items()):
+            mgmt.add_metric([kind], value)
+        yield mgmt
+        errors = CounterMetricFamily("prism_handler_errors", "Exceptions caught per handler.", labels=["handler"])
+        for handler, value in sorted(self.app.handler_errors.items()):
+            errors.add_metric([handler], value)
+        yield errors
+
+    @staticmethod
+    def _switch_metrics(switches) -> Iterator[Metric]:
+        for key, name, doc in SWITCH_COUNTERS:
+            family = CounterMetricFamily(f"prism_{name}", doc, labels=["dp_id"])
+            for dp_id, figures in sorted(switches.items()):
+                family.add_metric([dp_id], figures.get(key, 0))
+            yield family
+        for key, name, doc in SWITCH_GAUGES:
+            family = GaugeMetricFamily(f"prism_{name}", doc, labels=["dp_id"])
+            for dp_id, figures in sorted(switches.items()):
+                family.add_metric([dp_id], figures.get(key, 0))
+            yield family
+        drops = CounterMetricFamily("prism_drops", "Packet-ins dropped, by reason.", labels=["dp_id", "reason"])
+        for dp_id, figures in sorted(switches.items()):
+            for reason, value in sorted(figures["drop_reasons"].items()):
+                drops.add_metric([dp_id, reason], value)
+        yield drops
+        for field in LAST_FAILOVER_FIELDS:
+            family = GaugeMetricFamily(
+                f"prism_last_failover_{field}", f"The latest failover's {field.replace('_', ' ')}.", labels=["dp_id"]
+            )
+            for dp_id, figures in sorted(switches.items()):
+                if figures["last_failover"]:
+                    family.add_metric([dp_id], figures["last_failover"][field])
+            yield family
+
+    @staticmethod
+    def _cell_metrics(cells) -> Iterator[Metric]:
+        alive = GaugeMetricFamily("prism_cell_alive", "1 if the cell is healthy (link up, heartbeats fresh).",
+                                  labels=["cell"])  # fmt: skip
+        link = GaugeMetricFamily("prism_cell_link_up", "1 if the cell's switch port is up.", labels=["cell"])
+        draining = GaugeMetricFamily("prism_cell_draining", "1 if the cell is drained.", labels=["cell"])
+        failures = CounterMetricFamily("prism_cell_failures", "Failures of the cell.", labels=["cell"])
+        risk = GaugeMetricFamily("prism_cell_failure_probability",
+                                 "Probability of a failure within the horizon (Gamma-Poisson posterior).",
+                                 labels=["cell", "horizon_s"])  # fmt: skip
+        flows = GaugeMetricFamily("prism_cell_flows", "Flows naming the cell, by role.", labels=["cell", "role"])
+        age = GaugeMetricFamily("prism_cell_heartbeat_age_seconds", "Seconds since the cell's last heartbeat.",
+                                labels=["cell"])  # fmt: skip
+        for cell in cells:
+            cell_id = cell["id"]
+            alive.add_metric([cell_id], 1 if cell["state"] == "alive" else 0)
+            link.add_metric([cell_id], 1 if cell["link_up"] else 0)
+            draining.add_metric([cell_id], 1 if cell["draining"] else 0)
+            failures.add_metric([cell_id], cell["failures"])
+            risk.add_metric([cell_id, f"{cell['risk_horizon_s']:g}"], cell["failure_probability"])
+            flows.add_metric([cell_id, "primary"], cell["flows_primary"])
+            flows.add_metric([cell_id, "mirror"], cell["flows_mirror"])
+            if cell["last_heartbeat_age_s"] is not None:
+                age.add_metric([cell_id], cell["last_heartbeat_age_s"])
+        yield from (alive, link, draining, failures, risk, flows, age)
+
+
+def render_metrics(app, now: float = None) -> bytes:
+    """The Prometheus text exposition of ``app``'s figures."""
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(PrismCollector(app, now))
+    return generate_latest(registry)
