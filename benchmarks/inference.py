@@ -80,9 +80,7 @@ def main() -> int:
 
         def one(info):
             first = FirstPacket.from_packet(info, 1.0)
-            x = flow_features(first, history, 1.0)
-            history.record_start(first, 1.0)
-            return predictor.predict_duration(x)
+            return predictor.predict_duration(flow_features(first, history, 1.0, record_start=True))
 
         return per_call_us(one, infos)
 
@@ -91,8 +89,7 @@ def main() -> int:
 
         def one(info):
             first = FirstPacket.from_packet(info, 1.0)
-            history.record_start(first, 1.0)
-            return flow_features(first, history, 1.0)
+            return flow_features(first, history, 1.0, record_start=True)
 
         return per_call_us(one, infos)
 

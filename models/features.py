@@ -6,8 +6,7 @@ flows of the same service, source and destination did (``FlowHistory``).
 The controller calls, at a new flow's first packet::
 
     first = FirstPacket.from_packet(info, now)
-    x = flow_features(first, history, now)     # then predict
-    history.record_start(first, now)
+    x = flow_features(first, history, now, record_start=True)   # then predict
 
 and, at the flow's flow-removed report, ``history.record_end(first, duration_s,
 packets, now)``. Training replays flow records through exactly these calls
@@ -219,23 +218,36 @@ class FlowHistory:
         port, _service = service_of(first.proto, first.sport, first.dport)
         return (first.proto, port), first.src, first.dst
 
-    def stats(self, first: FirstPacket, now: float) -> List[float]:
-        """History features of a flow (``HISTORY_STATS`` per scope, scopes in order)."""
+    def stats(self, first: FirstPacket, now: float, record_start: bool = False) -> List[float]:
+        """History features of a flow (``HISTORY_STATS`` per scope, scopes in order).
+
+        Args:
+            first: the flow's first packet.
+            now: the current time.
+            record_start: also count this flow as started now (after reading the
+                stats), in the same pass over the keys: ``record_start(first, now)``.
+        """
         out: List[float] = []
-        for scope, key in zip(self._scopes, self.keys_of(first)):
+        port, _service = service_of(first.proto, first.sport, first.dport)
+        keys = ((first.proto, port), first.src, first.dst)
+        for scope, key in zip(self._scopes, keys):
             entry = scope.get(key)
             if entry is None:
                 out += (0.0, NAN, NAN, NAN)
-            else:
-                out += (self._decayed(entry, now), entry[2], entry[3], entry[4])
+                if record_start:
+                    self._entry(scope, key, now)[1] = 1.0
+                continue
+            recent = self._decayed(entry, now)
+            out += (recent, entry[2], entry[3], entry[4])
+            if record_start:
+                scope.move_to_end(key)
+                entry[0] = now
+                entry[1] = recent + 1.0
         return out
 
     def record_start(self, first: FirstPacket, now: float) -> None:
         """A new flow started now (counts toward its keys' recent flows)."""
-        for scope, key in zip(self._scopes, self.keys_of(first)):
-            entry = self._entry(scope, key, now)
-            entry[1] = self._decayed(entry, now) + 1.0
-            entry[0] = now
+        self.stats(first, now, record_start=True)
 
     def record_end(self, first: FirstPacket, duration_s: float, packets: int, now: float) -> None:
         """A flow ended and its outcome is known (e.g. a flow-removed report)."""
@@ -266,13 +278,17 @@ class FlowHistory:
         return entry[1] * 0.5 ** (elapsed / self.half_life_s)
 
 
-def flow_features(first: FirstPacket, history: FlowHistory, now: float) -> List[float]:
+def flow_features(
+    first: FirstPacket, history: FlowHistory, now: float, record_start: bool = False
+) -> List[float]:
     """THE feature function: a flow's model input, in ``FEATURE_NAMES`` order.
 
     Args:
         first: the flow's first packet.
-        history: what recent flows did (read only here).
+        history: what recent flows did.
         now: the current time (the first packet's arrival).
+        record_start: then count the flow as started in ``history`` (what the
+            controller and the training replay both do at a new flow).
 
     Returns:
         A list of floats; NaN marks an unknown value (the model handles it).
@@ -294,7 +310,7 @@ def flow_features(first: FirstPacket, history: FlowHistory, now: float) -> List[
         flag_value,
         syn_only,
     ]
-    features += history.stats(first, now)
+    features += history.stats(first, now, record_start)
     return features
 
 
@@ -334,8 +350,7 @@ def replay_features(
             while pending and pending[0][0] <= now:
                 end_time, _seq, ended, duration, packets = heapq.heappop(pending)
                 history.record_end(ended, duration, packets, end_time)
-            out[pos] = flow_features(first, history, now)
-            history.record_start(first, now)
+            out[pos] = flow_features(first, history, now, record_start=True)
             report_at = now + float(row.duration_s) + report_delay_s
             heapq.heappush(pending, (report_at, seq, first, float(row.duration_s), int(row.packets)))
     return out

@@ -132,3 +132,16 @@ def test_replay_keeps_groups_apart_and_rows_aligned():
     assert X[2, COL["dst_recent_flows"]] == 0.0  # group "other" has no history of "g"
     assert X[1, COL["dst_alive_share"]] == 0.0
     assert X.shape == (3, len(FEATURE_NAMES)) and not np.isnan(X[:, COL["service_port"]]).any()
+
+
+def test_recording_the_start_in_the_same_call_changes_nothing_but_speed():
+    one, two = FlowHistory(2.0, half_life_s=5.0), FlowHistory(2.0, half_life_s=5.0)
+    flows = [first(ts=t, src=f"10.0.0.{t % 3}", sport=1000 + t) for t in range(12)]
+    for flow in flows:
+        separate = flow_features(flow, one, flow.ts)
+        one.record_start(flow, flow.ts)
+        together = flow_features(flow, two, flow.ts, record_start=True)
+        assert separate == together
+        if flow.ts % 4 == 0:
+            for history in (one, two):
+                history.record_end(flow, 3.0, 7, flow.ts + 0.5)
