@@ -13,7 +13,7 @@ from collections import defaultdict
 from dataclasses import dataclass
 from typing import Any, Dict, Iterable, List, Mapping, Optional, Tuple, Union
 
-from prism.actions import Decision, MgmtMessage, directory_message
+from prism.actions import Decision, MgmtMessage, assign_messages, directory_message
 from prism.director import MirroringDirector
 from prism.failover import UnknownCell
 from prism.health import FailureDetector, HealthChange, HealthSettings
@@ -26,7 +26,9 @@ DEFAULT_RISK_HORIZON_S = 60.0
 #: Most flows a flow listing returns.
 MAX_FLOWS_LISTED = 10_000
 #: Heartbeat fields kept as the cell's last report (shown by the REST API).
-REPORT_FIELDS = ("seq", "flows", "primary_pps", "mirror_pps", "replication")
+REPORT_FIELDS = ("seq", "flows", "primary_pps", "mirror_pps", "replication", "unassigned")
+#: Most unassigned flow ids of one heartbeat answered (the cells send at most 32).
+MAX_UNASSIGNED_ANSWERED = 64
 
 Address = Tuple[str, int]
 
@@ -89,7 +91,8 @@ class ControlPlane:
             seq = message.get("seq")
             self._reports[cell_id] = {k: message[k] for k in REPORT_FIELDS if k in message}
             seq = seq if isinstance(seq, int) and not isinstance(seq, bool) else None
-            return self._apply(self.detector.on_heartbeat(cell_id, now, seq), now)
+            out = self._apply(self.detector.on_heartbeat(cell_id, now, seq), now)
+            return out + self._reassign(cell_id, message.get("unassigned"))
         if kind == "seeded":
             profile_id, target = message.get("profile_id"), message.get("target")
             if not isinstance(profile_id, int) or not isinstance(target, str):
@@ -136,6 +139,17 @@ class ControlPlane:
         return [MgmtMessage(cell_id, body) for cell_id in sorted(self.addresses)]
 
     # --- internals ------------------------------------------------------------------------------
+    def _reassign(self, cell_id: str, unassigned: Any) -> List[Outgoing]:
+        """``assign`` again the flows a cell reports it holds without one (``assign`` is not acknowledged)."""
+        if not isinstance(unassigned, list) or not unassigned:
+            return []
+        flow_ids = [f for f in unassigned[:MAX_UNASSIGNED_ANSWERED] if isinstance(f, int) and not isinstance(f, bool)]
+        found = []
+        for dp_id in self._switches_of[cell_id]:
+            found += self.directors[dp_id].assignments(cell_id, flow_ids)
+        self.counts["reassigned"] += len(found)
+        return [MgmtMessage(cell_id, body) for body in assign_messages(found)]
+
     def _admin(self, cell_id: str, now: float, action) -> List[Outgoing]:
         if cell_id not in self._switches_of:
             raise UnknownCell(f"no cell {cell_id!r} (cells: {', '.join(sorted(self._switches_of))})")

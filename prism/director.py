@@ -521,6 +521,19 @@ class MirroringDirector:
         """
         return self._failover.seeded(source_cell, profile_id, target, now, self._groups, self._flows)
 
+    def assignments(self, cell_id: str, flow_ids: Sequence[int]) -> List[Tuple[int, int, str]]:
+        """``(flow_id, profile_id, key_text)`` of the flows among ``flow_ids`` whose profile names ``cell_id``.
+
+        What a cell that reports flows without an assignment is sent again
+        (unknown or ended flows are left out: the cell drops them in time).
+        """
+        found = []
+        for flow_id in flow_ids:
+            entry = self._flows.get(flow_id)
+            if entry is not None and cell_id in entry.profile.cells:
+                found.append((flow_id, entry.group_id, str(entry.key)))
+        return found
+
     def tick(self, now: float) -> List[MgmtMessage]:
         """Periodic work: new groups' ``profiles`` and flows' ``assign`` batches, seed retries, full tables."""
         return self._failover.tick(now, self._groups)

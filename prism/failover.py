@@ -16,7 +16,9 @@ How a group is repaired (:func:`plan_repair`):
    replication factor) are chosen with the shared ring, keyed on the profile
    so that the profiles of one dead cell spread evenly over the others. A new
    mirror is installed at once (it gets the mirror copies from then on) but is
-   only counted as a replica once the primary reports ``seeded`` for it.
+   only counted as a replica once the primary reports ``seeded`` for it. A
+   cell that joins a group gets ``assign`` for the group's flows (about 400
+   flows per datagram) so that it can seed others in turn.
 3. A draining cell is replaced first and removed after: a draining mirror
    leaves once its replacement is seeded; a draining primary gets one extra
    mirror, and once that is seeded the first seeded mirror takes over.
@@ -386,6 +388,7 @@ class Failover:
         updates: Dict[int, MirroringProfile] = {}
         previous: Dict[int, MirroringProfile] = {}
         seeds: List[MgmtMessage] = []
+        assigns: List[MgmtMessage] = []
         tally: Dict[str, int] = defaultdict(int)
         for group in list(groups):
             repair = plan_repair(group.profile, group.target_rf, group.pending, self._down, self._draining, self.ring)
@@ -403,6 +406,7 @@ class Failover:
                 tally["groups_rewritten"] += 1
                 tally["flows_affected"] += group.refcount
                 tally["mirrors_added"] += len(repair.added)
+                assigns += _assigns_for_newcomers(flows, group.group_id, old, new, self._down)
             if repair.state_lost:
                 tally["state_lost_flows"] += group.refcount
             kept = {
@@ -416,7 +420,7 @@ class Failover:
             group.pending = kept
             if new.replication_factor - len(kept) < group.target_rf:
                 tally["under_replicated_groups"] += 1
-        messages = self._profile_updates(updates, previous) + seeds
+        messages = self._profile_updates(updates, previous) + assigns + seeds
         for name in ("groups_rewritten", "state_lost_flows"):
             self._counts[name] += tally[name]
         self._counts["seeds_sent"] += len(seeds)
@@ -447,6 +451,17 @@ class Failover:
             for cell_id, profiles in sorted(per_cell.items())
             if cell_id not in self._down
         ]
+
+
+def _assigns_for_newcomers(
+    flows: "FlowStateCache", group_id: int, old: MirroringProfile, new: MirroringProfile, down: Collection[str]
+) -> List[MgmtMessage]:
+    """``assign`` messages with a group's flows for the cells the rewrite added to it."""
+    newcomers = [c for c in new.cells if c not in old.cells and c not in down]
+    if not newcomers:
+        return []
+    triples = [(e.flow_id, group_id, str(e.key)) for e in flows.flows_using_profile(new) if e.group_id == group_id]
+    return [MgmtMessage(c, body) for c in newcomers for body in assign_messages(triples)]
 
 
 def _relabel(flows: "FlowStateCache", group_id: int, old: MirroringProfile, new: MirroringProfile) -> int:

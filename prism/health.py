@@ -14,8 +14,9 @@ Rules (every method takes ``now``; nothing here reads a clock):
   only noticed through its link.
 - **Dead.** A link going down makes the cell DEAD at once (kind ``link``).
   No heartbeat for more than ``dead_after`` seconds makes it DEAD (kind
-  ``process``). So does a heartbeat whose ``seq`` went back to the start: the
-  process restarted and lost its state, however fast it came back.
+  ``process``). So does a heartbeat whose ``seq`` went back to the start (1)
+  or more than two behind: the process restarted and lost its state, however
+  fast it came back.
 - **Back, with hysteresis.** A DEAD cell comes back only when its link is up
   and it has beaten without a gap for ``alive_after + holddown`` seconds.
   ``holddown`` is zero for an occasional failure and doubles with every further
@@ -56,6 +57,8 @@ FLAP_WINDOW_S = 60.0
 PRIOR_FAILURES = 0.1
 PRIOR_EXPOSURE_S = 3600.0
 MAX_HISTORY = 100  #: failure records kept per cell (counts are kept for all)
+#: A process's first heartbeat carries this seq (prism.mgmt); a seq back at it means a restart.
+FIRST_HEARTBEAT_SEQ = 1
 #: A heartbeat seq this far behind the last one is a restarted process, not a reordered datagram.
 REORDER_TOLERANCE_SEQS = 2
 
@@ -243,7 +246,7 @@ class FailureDetector:
             return []
         changes: List[HealthChange] = []
         if seq is not None and cell.last_seq is not None and seq < cell.last_seq:
-            if seq == 0 or cell.last_seq - seq > REORDER_TOLERANCE_SEQS:
+            if seq <= FIRST_HEARTBEAT_SEQ or cell.last_seq - seq > REORDER_TOLERANCE_SEQS:
                 reason = f"process restarted (heartbeat seq {cell.last_seq} -> {seq})"
                 if cell.alive:
                     changes.append(self._fail(cell, FailureKind.PROCESS, now, now, reason))

@@ -6,30 +6,39 @@ root namespace that the controller also sits on). Messages are UDP datagrams:
 one JSON object, zlib-compressed, behind a 4-byte header (magic + version).
 ``decode`` never raises on garbage: it returns None and the caller counts it.
 
-Message types (field ``type``); ``cell`` is always the sender's cell id:
+Message types (field ``type``); ``cell`` is always the sender's cell id
+(messages from the controller carry none):
 
 - ``heartbeat`` cell -> controller, every HEARTBEAT_INTERVAL_S:
   ``{cell, seq, flows, primary_pps, mirror_pps, replication: {...counters}, unassigned}``;
   ``seq`` starts at 1 with every process; ``unassigned`` lists (at most 32)
   flow ids whose changes the cell holds because their ``assign`` has not
   arrived (``assign`` is not acknowledged: answer with their ``assign``).
-- ``directory`` controller -> every cell, on start and on every change:
+  The controller takes a ``seq`` back at 1, or more than 2 below the last,
+  for a restarted process (a failure even without a missed heartbeat), and
+  accepts a cell's messages only from the cell's configured management IP.
+- ``directory`` controller -> every cell, on start, on every change and every 5 s:
   ``{epoch, cells: {cell_id: [mgmt_ip, mgmt_port]}, live: [cell_id, ...]}``
 - ``profiles`` controller -> the cells a change concerns:
   ``{epoch, profiles: {profile_id: [primary_cell, [mirror_cells...]]}}``
-  (profile_id is the profile's ALL group id; a profile missing from a later
-  full message is gone). ``full`` true means "this is the whole table".
+  (profile_id is the profile's ALL group id, a decimal string as a JSON key;
+  a profile missing from a later full message is gone). ``full`` true means
+  "this is the whole table"; every cell gets its whole table every 5 s.
   A cell ignores a partial ``profiles`` with an epoch below the last it
   applied (a reordered datagram); a full table and a ``directory`` always
   apply (the controller may have restarted with lower epochs).
 - ``assign`` controller -> the cells of a profile: ``{flows: [[flow_id, profile_id, key_text], ...]}``
   batched per tick; tells a cell which profile a flow of its belongs to.
+  Also sent, with every flow of the profile, to a cell that a failover or
+  drain adds to a profile (so that it can seed others later), and again for
+  the flow ids a heartbeat lists as ``unassigned``.
 - ``seed`` controller -> a profile's (new) primary: ``{profile_id, target}``:
   send a snapshot of every flow of that profile to ``target``; when the target
-  has acknowledged it, the primary sends ``seeded`` to the controller. A
-  repeated ``seed`` is ignored while that seed runs, answered with ``seeded``
-  again within 10 s of its end, and starts a new snapshot after that. A seed
-  whose target leaves the directory's live cells is abandoned (counted).
+  has acknowledged it, the primary sends ``seeded`` to the controller (which
+  repeats an unanswered ``seed`` every second). A repeated ``seed`` is
+  ignored while that seed runs, answered with ``seeded`` again within 10 s of
+  its end, and starts a new snapshot after that. A seed whose target leaves
+  the directory's live cells is abandoned (counted).
 - ``seeded`` cell -> controller: ``{cell, profile_id, target, flows}``.
 - ``state`` cell -> cell: ``{seq, records: [record, ...]}`` where a record is a
   ConnTracker snapshot record (``prism.cell.records``, schema 2) without its
@@ -42,7 +51,7 @@ Message types (field ``type``); ``cell`` is always the sender's cell id:
   batch that exhausts its retries is counted as lost and its flows are sent
   again in full. State datagrams are kept under 1400 bytes (one frame: a lost
   IP fragment would lose the whole datagram).
-- ``drain`` / ``restore`` controller -> cell: informational, the cell logs them.
+- ``drain`` / ``restore`` controller -> cell: ``{target}``, informational, the cell logs them.
 
 A cell with a configured controller accepts ``directory``, ``profiles``,
 ``assign``, ``seed``, ``drain`` and ``restore`` only from the controller's IP

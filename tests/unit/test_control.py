@@ -185,3 +185,32 @@ def test_views_report_flows_per_cell_profiles_and_risk():
     assert listed["total"] == sum(1 for f in listed["flows"] if "c1" in [f["primary_cell"], *f["mirror_cells"]])
     assert control.flows(limit=5)["truncated"] is True
     json.dumps([status, cells, profiles, listed])
+
+
+def test_flows_a_cell_holds_without_an_assignment_are_assigned_again():
+    controller = Controller(replication_factor=1)
+    packets = controller.start_flows(10)
+    from test_failover import flow_id
+
+    ids = [flow_id(p) for p in packets]
+    mine = [f for f in ids if "c1" in controller.director.flows.get(f).profile.cells]
+    controller.messages.clear()
+    heartbeat = {"type": "heartbeat", "cell": "c1", "seq": 1, "unassigned": mine + [12345, "x"]}
+    controller.take(controller.control.on_mgmt_message(heartbeat, (ADDRESSES["c1"][0], 7700), 0.1))
+    [assign] = [m for m in controller.messages if m.type == "assign"]
+    assert assign.cell_id == "c1" and sorted(f for f, _, _ in assign.message["flows"]) == sorted(mine)
+    assert controller.control.counts["reassigned"] == len(mine)
+
+
+def test_a_cell_that_joins_a_group_is_assigned_its_flows():
+    controller = Controller(replication_factor=1)
+    controller.start_flows(30)
+    groups = controller.director.profiles_naming("c2")
+    controller.messages.clear()
+    controller.take(controller.control.on_port_status(1, FOUR_CELLS["c2"], False, 0.0))
+    assigns = [m for m in controller.messages if m.type == "assign"]
+    for group in groups:
+        new = controller.director.groups[group.group_id].profile
+        [joined] = [c for c in new.cells if c not in group.profile.cells]
+        flows = [f for m in assigns if m.cell_id == joined for f in m.message["flows"] if f[1] == group.group_id]
+        assert len(flows) == group.refcount

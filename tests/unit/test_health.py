@@ -98,13 +98,15 @@ def test_a_dead_cell_with_fresh_heartbeats_stays_out_while_its_link_is_down():
 def test_a_restarted_process_is_a_failure_even_if_it_never_missed_a_heartbeat():
     detector = FailureDetector(["c1"], now=0.0, settings=SETTINGS)
     beat(detector, "c1", 0.0, 1.0)  # seq 0..9
-    [change] = detector.on_heartbeat("c1", 1.0, 0)
+    [change] = detector.on_heartbeat("c1", 1.0, 1)  # a new process starts at 1
     assert (change.alive, change.kind) == (False, FailureKind.PROCESS)
     assert "restarted" in change.reason
     # a reordered datagram (seq one behind) is not a restart
     detector2 = FailureDetector(["c1"], now=0.0, settings=SETTINGS)
     detector2.on_heartbeat("c1", 0.0, 5)
     assert detector2.on_heartbeat("c1", 0.01, 4) == [] and detector2.is_usable("c1")
+    [restart] = detector2.on_heartbeat("c1", 0.02, 2)  # three behind: a restart
+    assert not restart.alive
 
 
 def test_a_flapping_cell_gets_an_increasing_hold_down():
