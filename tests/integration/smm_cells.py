@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ctypes
 import os
 import select
 import socket
@@ -9,6 +10,7 @@ import sys
 import threading
 import time
 from collections import deque
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Dict, List, Sequence, Tuple
 
@@ -32,9 +34,11 @@ LOOPBACK = "127.0.0.1"
 PROFILE = 11
 DEADLINE_S = 60.0  #: a bound for a hung test, not a performance assertion
 TICK_S = 0.05
+CLONE_NEWNET = 0x40000000
+_libc = ctypes.CDLL(None, use_errno=True)
 
 __all__ = ["Conversation", "FakeController", "RunningCell", "DEADLINE_S", "PROFILE", "feed_flows",
-           "records_of", "start_cells", "wait_for"]  # fmt: skip
+           "in_netns", "records_of", "start_cells", "wait_for"]  # fmt: skip
 
 
 class QueuePort:
@@ -179,3 +183,16 @@ def wait_for(condition, controller: FakeController, what: str) -> None:
         if time.monotonic() > deadline:
             pytest.fail(f"timed out waiting for {what}")
         controller.collect(0.05)
+
+
+@contextmanager
+def in_netns(name: str):
+    """Run the block with this thread in network namespace ``name`` (sockets made there stay there)."""
+    with open("/proc/thread-self/ns/net") as own, open(f"/run/netns/{name}") as target:
+        if _libc.setns(target.fileno(), CLONE_NEWNET) != 0:
+            raise OSError(ctypes.get_errno(), f"setns into {name} failed")
+        try:
+            yield
+        finally:
+            if _libc.setns(own.fileno(), CLONE_NEWNET) != 0:
+                raise OSError(ctypes.get_errno(), "setns back to the test's namespace failed")

@@ -11,11 +11,9 @@ cells' loops run in threads of the test process. Needs root and ``nft``
 
 from __future__ import annotations
 
-import ctypes
 import os
 import shutil
 import subprocess
-from contextlib import contextmanager
 
 import pytest
 
@@ -24,6 +22,7 @@ from tests.integration.smm_cells import (
     FakeController,
     RunningCell,
     feed_flows,
+    in_netns,
     records_of,
     start_cells,
     wait_for,
@@ -36,7 +35,6 @@ ADDRESS_A, ADDRESS_B = "172.31.251.1", "172.31.251.2"
 MGMT_PORT_B = 7701
 LOSS_PERCENT = 30
 FLOWS = 300
-CLONE_NEWNET = 0x40000000
 
 NFT_RULES = f"""
 table inet psmmtest {{
@@ -51,27 +49,11 @@ table inet psmmtest {{
 }}
 """
 
-_libc = ctypes.CDLL(None, use_errno=True)
-
-
 def _run(*argv: str, check: bool = True, stdin: str = None) -> subprocess.CompletedProcess:
     result = subprocess.run(argv, capture_output=True, text=True, timeout=30, check=False, input=stdin)
     if check and result.returncode != 0:
         raise RuntimeError(f"{' '.join(argv)} failed: {result.stderr.strip()}")
     return result
-
-
-@contextmanager
-def in_netns(name: str):
-    """Run the block with this thread in network namespace ``name`` (sockets made there stay there)."""
-    with open("/proc/thread-self/ns/net") as own, open(f"/run/netns/{name}") as target:
-        if _libc.setns(target.fileno(), CLONE_NEWNET) != 0:
-            raise OSError(ctypes.get_errno(), f"setns into {name} failed")
-        try:
-            yield
-        finally:
-            if _libc.setns(own.fileno(), CLONE_NEWNET) != 0:
-                raise OSError(ctypes.get_errno(), "setns back to the test's namespace failed")
 
 
 def _dropped_packets() -> int:
