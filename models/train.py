@@ -37,7 +37,7 @@ from models.estimator import (
     make_models,
 )
 from models.evaluation import DEFAULT_BUDGETS, PolicyResult, policy_table, ranked_policy
-from models.features import FEATURE_NAMES, replay_features
+from models.features import replay_features
 
 #: The takeover horizon H in seconds. A cell failure that is not a link-down
 #: (a dead process) is found by missed heartbeats; at 3 missed heartbeats of

@@ -6,12 +6,12 @@ import argparse
 import json
 import sys
 
+from prism.flowmeter import DEFAULT_IDLE_TIMEOUT_S
 from prism.records import RecordsError, read_records
 
 from models.artifact import ModelError, save_model
 from models.evaluation import DEFAULT_BUDGETS, format_table
 from models.train import DEFAULT_HORIZON_S, DEFAULT_TEST_SHARE, TrainConfig, train
-from prism.flowmeter import DEFAULT_IDLE_TIMEOUT_S
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

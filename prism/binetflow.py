@@ -13,7 +13,7 @@ import io
 from collections import Counter
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from typing import Dict, Iterable, List, Optional, TextIO
+from typing import Dict, List, Optional, TextIO
 
 from prism.flowmeter import DEFAULT_IDLE_TIMEOUT_S
 from prism.flows import PROTO_TCP, FlowKey, ip_to_bytes, ip_to_str

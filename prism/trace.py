@@ -16,19 +16,13 @@ import sys
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import BinaryIO, Callable, Iterable, List, Optional, TextIO
+from typing import BinaryIO, Callable, Iterable, List, Optional
 
 from prism.binetflow import BinetflowError, looks_like_binetflow, read_binetflow
-from prism.capture import (
-    IP_PAYLOAD,
-    LINKTYPE_ETHERNET,
-    SUPPORTED_LINKTYPES,
-    CaptureError,
-    read_packets,
-    sniff_format,
-)
+from prism.capture import LINKTYPE_ETHERNET, CaptureError, read_packets, sniff_format
 from prism.flowmeter import DEFAULT_IDLE_TIMEOUT_S, FlowMeter
 from prism.flows import NotAFlow, PacketInfo, parse_frame, parse_ip
+from prism.linktypes import IP_PAYLOAD, SUPPORTED_LINKTYPES
 from prism.records import END_CAPTURE, FlowRecord, RecordsError, write_records
 
 #: File name endings picked up when a directory is given.
