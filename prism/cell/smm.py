@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import ipaddress
 import logging
 import random
 from collections import OrderedDict
@@ -17,14 +16,11 @@ from prism.cell.smm_channel import (
     FlushResult,
     PeerChannel,
     ReplicationCounters,
-    Tag,
 )
+from prism.cell.smm_view import Address, ControlView
 from prism.flows import FlowKey
-from prism.profiles import MirroringProfile
 
 LOG = logging.getLogger(__name__)
-
-Address = Tuple[str, int]
 
 #: Record fields written for readers (derivable, or the writing cell's own
 #: counters): left out of replication, ``record_to_entry`` does not read them.
@@ -137,11 +133,7 @@ class StateMirroringModule:
         self.settings = settings or SmmSettings()
         self._rng = rng or random.Random()
         self.counters = ReplicationCounters()
-        self.addresses: Dict[str, Address] = {}
-        self.live: Set[str] = set()
-        self.profiles: Dict[int, MirroringProfile] = {}
-        self._assignments: Dict[int, List] = {}  # flow_id -> [profile_id, last confirmed]
-        self._profile_flows: Dict[int, Set[int]] = {}
+        self.view = ControlView(self.cell_id, self.settings.assignment_grace_s)
         self._held: "OrderedDict[int, Tuple[FlowKey, float]]" = OrderedDict()
         self.channels: Dict[str, PeerChannel] = {}
         self._flush_turn = 0
@@ -149,7 +141,6 @@ class StateMirroringModule:
         self._seeds_by_id: Dict[int, SeedOp] = {}
         self._seeds_done: Dict[Tuple[int, str], Tuple[float, int]] = {}
         self._next_op = 1
-        self._epochs: Dict[str, int] = {}
         self._next_prune = 0.0
         self.heartbeat_seq = 0
         self._last_beat: Optional[Tuple[float, int, int]] = None
@@ -176,35 +167,28 @@ class StateMirroringModule:
         for key in changed:
             self._route(key, now)
         for key in expired:
-            if self.tracker.removal_version(key) is not None and self._is_primary(key.flow_id):
+            if self.tracker.removal_version(key) is not None and self.view.is_primary(key.flow_id):
                 self._route(key, now)
         self._drop_stale_held(now)
         for peer_id, channel in self.channels.items():
-            address = self._address_of(peer_id)
+            address = self.view.address_of(peer_id)
             if address is not None and channel.in_flight:
                 channel.retry(now, self._sender(address))
         self._flush(now, self.settings.max_records_per_tick)
         if now >= self._next_prune:
-            self._prune_assignments(now)
+            present = {entry.key.flow_id for entry in self.tracker}
+            present.update(self._held)
+            self.view.prune(present, now)
             self._next_prune = now + PRUNE_INTERVAL_S
 
-    def _route(self, key: FlowKey, now: float, tag: Tag = None) -> None:
+    def _route(self, key: FlowKey, now: float) -> None:
         """Queue ``key`` for the other live cells of its profile, or hold it until assigned."""
-        flow_id = key.flow_id
-        assignment = self._assignments.get(flow_id)
-        profile = self.profiles.get(assignment[0]) if assignment is not None else None
-        if profile is None:
-            self._hold(flow_id, key, now)
+        peers = self.view.peers_of(key.flow_id)
+        if peers is None:
+            self._hold(key.flow_id, key, now)
             return
-        for cell_id in (profile.primary_cell, *profile.mirror_cells):
-            if cell_id != self.cell_id and cell_id in self.live:
-                self._channel(cell_id).queue(key, tag)
-
-    def _is_primary(self, flow_id: int) -> bool:
-        """This cell is the flow's primary by its profile and live by the directory."""
-        assignment = self._assignments.get(flow_id)
-        profile = self.profiles.get(assignment[0]) if assignment is not None else None
-        return profile is not None and profile.primary_cell == self.cell_id and self.cell_id in self.live
+        for cell_id in peers:
+            self._channel(cell_id).queue(key)
 
     def _hold(self, flow_id: int, key: FlowKey, now: float) -> None:
         if flow_id in self._held:
@@ -225,10 +209,7 @@ class StateMirroringModule:
 
     def _release_held(self, now: float) -> None:
         """Route held flows whose assignment and profile are now known."""
-        ready = [
-            key for flow_id, (key, _) in self._held.items()
-            if flow_id in self._assignments and self._assignments[flow_id][0] in self.profiles
-        ]  # fmt: skip
+        ready = [key for flow_id, (key, _) in self._held.items() if self.view.profile_of(flow_id)]
         for key in ready:
             del self._held[key.flow_id]
             self._route(key, now)
@@ -240,9 +221,6 @@ class StateMirroringModule:
             channel = PeerChannel(self.cell_id, peer_id, self.settings.channel, self.counters, first_seq)
             self.channels[peer_id] = channel
         return channel
-
-    def _address_of(self, peer_id: str) -> Optional[Address]:
-        return self.addresses.get(peer_id) if peer_id in self.live else None
 
     def _sender(self, address: Address) -> Callable[[bytes], bool]:
         sendto = self.transport.sendto
@@ -257,7 +235,7 @@ class StateMirroringModule:
         for peer_id, channel in peers[self._flush_turn:] + peers[:self._flush_turn]:
             if budget <= 0:
                 return
-            address = self._address_of(peer_id)
+            address = self.view.address_of(peer_id)
             if address is None or not channel.queued:
                 continue
             result = channel.flush(now, self._records_of, self._sender(address), budget)
@@ -330,7 +308,7 @@ class StateMirroringModule:
             if tag is not None:
                 self._seed_progress(tag, key, now)
         if channel.queued:  # acks clock the next batches out, within the tick's budget
-            address = self._address_of(channel.peer_id)
+            address = self.view.address_of(channel.peer_id)
             if address is not None:
                 result = channel.flush(now, self._records_of, self._sender(address), batch.records * 2)
                 self._settle_skipped(result, now)
@@ -341,77 +319,30 @@ class StateMirroringModule:
                 self._seed_progress(tag, key, now)
 
     # -- control messages from the controller ---------------------------------------------
-    def _fresh(self, kind: str, message: Mapping, full: bool) -> bool:
-        """Apply a control message of this epoch? A full table always applies (the controller may have restarted)."""
-        epoch = message.get("epoch", 0)
-        if not isinstance(epoch, int):
-            raise ValueError("epoch must be an integer")
-        last = self._epochs.get(kind)
-        if last is not None and epoch < last:
-            self.counters.stale_control += 1
-            if not full:
-                return False
-        self._epochs[kind] = epoch
-        return True
-
     def _on_directory(self, message: Mapping, source: Address, now: float) -> None:
-        cells, live = message["cells"], message["live"]
-        addresses = {}
-        for cell_id, (host, port) in cells.items():
-            ipaddress.ip_address(host)  # an address literal: sendto must never resolve a name
-            addresses[str(cell_id)] = (str(host), int(port))
-        if not self._fresh("directory", message, True):
+        if not self._applied(self.view.apply_directory(message)):
             return
-        self.addresses = addresses
-        self.live = {str(cell_id) for cell_id in live}
-        for peer_id in [peer for peer in self.channels if peer not in self.live]:
+        for peer_id in [peer for peer in self.channels if peer not in self.view.live]:
             for key, tag in self.channels.pop(peer_id).abandon():
                 self._seed_progress(tag, key, now, abandoned=True)
         self._release_held(now)
         self._flush(now, self.settings.max_records_per_tick)
 
     def _on_profiles(self, message: Mapping, source: Address, now: float) -> None:
-        full = message.get("full") is True
-        table = {}
-        for profile_id, (primary_cell, mirror_cells) in message["profiles"].items():
-            mirrors = tuple(str(cell_id) for cell_id in mirror_cells)
-            table[int(profile_id)] = MirroringProfile(str(primary_cell), mirrors, len(mirrors))
-        if not self._fresh("profiles", message, full):
-            return
-        if full:
-            self.profiles = table
-        else:
-            self.profiles.update(table)
-        self._release_held(now)
+        if self._applied(self.view.apply_profiles(message)):
+            self._release_held(now)
 
     def _on_assign(self, message: Mapping, source: Address, now: float) -> None:
-        for flow_id, profile_id, _key_text in message["flows"]:
-            flow_id, profile_id = int(flow_id), int(profile_id)
-            previous = self._assignments.get(flow_id)
-            if previous is not None and previous[0] != profile_id:
-                self._profile_flows.get(previous[0], set()).discard(flow_id)
-            self._assignments[flow_id] = [profile_id, now]
-            self._profile_flows.setdefault(profile_id, set()).add(flow_id)
+        self.view.apply_assign(message, now)
         self._release_held(now)
+
+    def _applied(self, applied: bool) -> bool:
+        self.counters.stale_control = self.view.stale_messages
+        return applied
 
     def _on_admin(self, message: Mapping, source: Address, now: float) -> None:
         LOG.info("cell %s: the controller announces %s of %s", self.cell_id, message["type"],
                  message.get("target"))  # fmt: skip
-
-    def _prune_assignments(self, now: float) -> None:
-        """Forget assignments of flows gone from the table for longer than the grace period."""
-        present = {entry.key.flow_id for entry in self.tracker}
-        limit = now - self.settings.assignment_grace_s
-        for flow_id, assignment in list(self._assignments.items()):
-            if flow_id in present or flow_id in self._held:
-                assignment[1] = now
-            elif assignment[1] < limit:
-                del self._assignments[flow_id]
-                flows = self._profile_flows.get(assignment[0])
-                if flows is not None:
-                    flows.discard(flow_id)
-                    if not flows:
-                        del self._profile_flows[assignment[0]]
 
     # -- seeding ---------------------------------------------------------------------------
     def _on_seed(self, message: Mapping, source: Address, now: float) -> None:
@@ -425,7 +356,7 @@ class StateMirroringModule:
         if done is not None and now - done[0] < SEED_MEMORY_S:
             self._send_seeded(profile_id, target, done[1])  # our answer was lost
             return
-        flow_ids = self._profile_flows.get(profile_id, set())
+        flow_ids = self.view.flows_of(profile_id)
         keys = [entry.key for entry in self.tracker if entry.key.flow_id in flow_ids]
         op = SeedOp(self._next_op, profile_id, target, keys, now)
         self._next_op += 1
@@ -509,9 +440,9 @@ class StateMirroringModule:
         return {
             "controller": list(self.controller) if self.controller else None,
             "counters": self.replication_counters(),
-            "live": sorted(self.live),
-            "profiles": len(self.profiles),
-            "assignments": len(self._assignments),
+            "live": sorted(self.view.live),
+            "profiles": len(self.view.profiles),
+            "assignments": self.view.assignments,
             "peers": {peer_id: channel.describe() for peer_id, channel in sorted(self.channels.items())},
             "seeds": [{"profile_id": op.profile_id, "target": op.target, "flows": op.flows,
                        "pending": len(op.pending)} for op in self._seeds.values()],  # fmt: skip

@@ -347,7 +347,7 @@ def test_control_messages_from_others_than_the_controller_are_ignored():
     smm = bed.smms["c2"]
     message = mgmt.encode({"type": "directory", "epoch": 99, "cells": {}, "live": []})
     smm.on_datagram(message, address_of("c3"), bed.now)
-    assert smm.replication_counters()["foreign_messages"] == 1 and smm.live == {"c1", "c2", "c3"}
+    assert smm.replication_counters()["foreign_messages"] == 1 and smm.view.live == {"c1", "c2", "c3"}
 
 
 def test_a_stale_partial_profiles_message_is_ignored_but_a_full_table_always_applies():
@@ -355,9 +355,9 @@ def test_a_stale_partial_profiles_message_is_ignored_but_a_full_table_always_app
     smm = bed.smms["c1"]
     stale = {"type": "profiles", "epoch": 0, "profiles": {str(PROFILE): ["c3", []]}}
     smm.on_datagram(mgmt.encode(stale), CONTROLLER, bed.now)
-    assert smm.profiles[PROFILE].primary_cell == "c1"
+    assert smm.view.profiles[PROFILE].primary_cell == "c1"
     smm.on_datagram(mgmt.encode({**stale, "full": True}), CONTROLLER, bed.now)  # a restarted controller
-    assert smm.profiles == {PROFILE: smm.profiles[PROFILE]} and smm.profiles[PROFILE].primary_cell == "c3"
+    assert list(smm.view.profiles) == [PROFILE] and smm.view.profiles[PROFILE].primary_cell == "c3"
     assert smm.replication_counters()["stale_control"] == 2
 
 

@@ -1,0 +1,139 @@
+"""A cell's view of the controller's tables: the directory, the profiles, and which profile each flow belongs to."""
+
+from __future__ import annotations
+
+import ipaddress
+from typing import Collection, Dict, List, Mapping, Optional, Set, Tuple
+
+from prism.profiles import MirroringProfile
+
+Address = Tuple[str, int]
+
+
+class ControlView:
+    """What the controller told this cell, as of its latest messages.
+
+    Every ``apply_*`` takes the decoded message and raises ``KeyError``,
+    ``TypeError`` or ``ValueError`` on a malformed one, leaving the view as
+    it was. Epochs: a partial ``profiles`` older than the last one applied is
+    ignored (a reordered datagram); a full table and a directory always apply
+    (the controller may have restarted and counts epochs from scratch).
+
+    Args:
+        cell_id: This cell's id.
+        assignment_grace_s: How long an assignment outlives its flow here.
+    """
+
+    def __init__(self, cell_id: str, assignment_grace_s: float) -> None:
+        self.cell_id = cell_id
+        self.assignment_grace_s = assignment_grace_s
+        self.addresses: Dict[str, Address] = {}
+        self.live: Set[str] = set()
+        self.profiles: Dict[int, MirroringProfile] = {}
+        self._assignments: Dict[int, List] = {}  # flow_id -> [profile_id, last confirmed]
+        self._profile_flows: Dict[int, Set[int]] = {}
+        self._epochs: Dict[str, int] = {}
+        self.stale_messages = 0
+
+    # -- messages --------------------------------------------------------------------------
+    def apply_directory(self, message: Mapping) -> bool:
+        """A ``directory``: every cell's management address and the live cells. Returns True if applied."""
+        addresses = {}
+        for cell_id, (host, port) in message["cells"].items():
+            ipaddress.ip_address(host)  # an address literal: sendto must never resolve a name
+            addresses[str(cell_id)] = (str(host), int(port))
+        live = {str(cell_id) for cell_id in message["live"]}
+        if not self._fresh("directory", message, True):
+            return False
+        self.addresses, self.live = addresses, live
+        return True
+
+    def apply_profiles(self, message: Mapping) -> bool:
+        """A ``profiles`` message (whole table if ``full``, else updates). Returns True if applied."""
+        full = message.get("full") is True
+        table = {}
+        for profile_id, (primary_cell, mirror_cells) in message["profiles"].items():
+            mirrors = tuple(str(cell_id) for cell_id in mirror_cells)
+            table[int(profile_id)] = MirroringProfile(str(primary_cell), mirrors, len(mirrors))
+        if not self._fresh("profiles", message, full):
+            return False
+        if full:
+            self.profiles = table
+        else:
+            self.profiles.update(table)
+        return True
+
+    def apply_assign(self, message: Mapping, now: float) -> None:
+        """An ``assign``: flows and the profile each belongs to (a flow may move to another profile)."""
+        flows = [(int(flow_id), int(profile_id)) for flow_id, profile_id, _key_text in message["flows"]]
+        for flow_id, profile_id in flows:
+            previous = self._assignments.get(flow_id)
+            if previous is not None and previous[0] != profile_id:
+                self._discard(previous[0], flow_id)
+            self._assignments[flow_id] = [profile_id, now]
+            self._profile_flows.setdefault(profile_id, set()).add(flow_id)
+
+    def _fresh(self, kind: str, message: Mapping, full: bool) -> bool:
+        epoch = message.get("epoch", 0)
+        if not isinstance(epoch, int):
+            raise ValueError("epoch must be an integer")
+        last = self._epochs.get(kind)
+        if last is not None and epoch < last:
+            self.stale_messages += 1
+            if not full:
+                return False
+        self._epochs[kind] = epoch
+        return True
+
+    # -- questions -------------------------------------------------------------------------
+    def profile_of(self, flow_id: int) -> Optional[MirroringProfile]:
+        """The profile of a flow, or None if its assignment or its profile is not known yet."""
+        assignment = self._assignments.get(flow_id)
+        return None if assignment is None else self.profiles.get(assignment[0])
+
+    def peers_of(self, flow_id: int) -> Optional[List[str]]:
+        """The other live cells of a flow's profile (None: not known yet)."""
+        profile = self.profile_of(flow_id)
+        if profile is None:
+            return None
+        cells = (profile.primary_cell, *profile.mirror_cells)
+        return [cell_id for cell_id in cells if cell_id != self.cell_id and cell_id in self.live]
+
+    def is_primary(self, flow_id: int) -> bool:
+        """This cell is the flow's primary by its profile, and live by the directory."""
+        profile = self.profile_of(flow_id)
+        return profile is not None and profile.primary_cell == self.cell_id and self.cell_id in self.live
+
+    def flows_of(self, profile_id: int) -> Set[int]:
+        """The flow ids assigned to a profile."""
+        return self._profile_flows.get(profile_id, set())
+
+    def address_of(self, cell_id: str) -> Optional[Address]:
+        """A live cell's management address (None: not live, or unknown)."""
+        return self.addresses.get(cell_id) if cell_id in self.live else None
+
+    @property
+    def assignments(self) -> int:
+        """Number of flows with a known profile id."""
+        return len(self._assignments)
+
+    # -- housekeeping ----------------------------------------------------------------------
+    def prune(self, present: Collection[int], now: float) -> int:
+        """Forget assignments of flows absent from ``present`` for longer than the grace period."""
+        limit = now - self.assignment_grace_s
+        forgotten = 0
+        for flow_id, assignment in list(self._assignments.items()):
+            if flow_id in present:
+                assignment[1] = now
+            elif assignment[1] < limit:
+                del self._assignments[flow_id]
+                self._discard(assignment[0], flow_id)
+                forgotten += 1
+        return forgotten
+
+    def _discard(self, profile_id: int, flow_id: int) -> None:
+        flows = self._profile_flows.get(profile_id)
+        if flows is not None:
+            flows.discard(flow_id)
+            if not flows:
+                del self._profile_flows[profile_id]
