@@ -229,6 +229,7 @@ class ConnTracker:
         self._scale = self.config.window_scale
         self._max_flows = self.config.max_flows
         self._flows: Dict[FlowKey, ConnEntry] = {}
+        self._keys_by_id: Dict[int, FlowKey] = {}  # flow_id -> key (not on the per-packet path)
         self._changed: Dict[FlowKey, None] = {}  # insertion-ordered set
         self._tombstones: Dict[FlowKey, _Tombstone] = {}
         self._tcp_timeouts = self.config.timeouts.tcp_table()
@@ -369,6 +370,7 @@ class ConnTracker:
             if tombstone is not None:
                 entry.version = tombstone.version
         self._flows[info.key] = entry
+        self._keys_by_id[info.key.flow_id] = info.key
         self.flows_created += 1
         return entry
 
@@ -501,6 +503,7 @@ class ConnTracker:
         until = now + self.config.tombstone_ttl_s
         for key in expired:
             entry = self._flows.pop(key)
+            self._keys_by_id.pop(key.flow_id, None)
             self._changed.pop(key, None)
             versioned_here = bool(entry.primary_packets or entry.dropped_packets) and entry.version > 0
             version = entry.version + 1 if versioned_here else entry.version
@@ -554,6 +557,10 @@ class ConnTracker:
     def get(self, key: FlowKey) -> Optional[ConnEntry]:
         """The entry of ``key``, or None."""
         return self._flows.get(key)
+
+    def key_of(self, flow_id: int) -> Optional[FlowKey]:
+        """The key of the tracked flow ``flow_id``, or None."""
+        return self._keys_by_id.get(flow_id)
 
     def __len__(self) -> int:
         return len(self._flows)
@@ -638,6 +645,7 @@ class ConnTracker:
             if entry is None:  # a removal
                 if local is not None:
                     del self._flows[key]
+                    self._keys_by_id.pop(key.flow_id, None)
                     self._changed.pop(key, None)
                 tombstones[key] = _Tombstone(version, now + self.config.tombstone_ttl_s, False)
             elif local is not None:
@@ -649,6 +657,7 @@ class ConnTracker:
                 if tombstone is not None:
                     del tombstones[key]
                 self._flows[key] = entry
+                self._keys_by_id[key.flow_id] = key
             applied += 1
         self.records_applied += applied
         return applied
@@ -657,12 +666,14 @@ class ConnTracker:
         """Replace the whole table by ``records`` (validated first); returns the flows restored."""
         incoming = [record_to_entry(record, index) for index, record in enumerate(records)]
         self._flows.clear()
+        self._keys_by_id.clear()
         self._changed.clear()
         self._tombstones.clear()
         for entry in incoming:
             local = self._flows.get(entry.key)
             if local is None:
                 self._flows[entry.key] = entry
+                self._keys_by_id[entry.key.flow_id] = entry.key
             elif entry.version > local.version:
                 merge_entry(local, entry)
         return len(self._flows)

@@ -32,7 +32,6 @@ DEFAULT_MAX_RECORDS_PER_TICK = 4000  #: bounds the replication work between two 
 DEFAULT_MAX_HELD_FLOWS = 100_000
 DEFAULT_HOLD_TIMEOUT_S = 30.0
 DEFAULT_ASSIGNMENT_GRACE_S = 300.0
-PRUNE_INTERVAL_S = 10.0
 UNASSIGNED_REPORTED = 32  #: flow ids of held flows listed in a heartbeat
 SEED_MEMORY_S = 10.0  #: a repeated seed this soon after completing is answered with ``seeded`` again
 CONTROL_TYPES = frozenset(("directory", "profiles", "assign", "seed", "drain", "restore"))
@@ -141,7 +140,6 @@ class StateMirroringModule:
         self._seeds_by_id: Dict[int, SeedOp] = {}
         self._seeds_done: Dict[Tuple[int, str], Tuple[float, int]] = {}
         self._next_op = 1
-        self._next_prune = 0.0
         self.heartbeat_seq = 0
         self._last_beat: Optional[Tuple[float, int, int]] = None
         self._handlers: Dict[str, Callable[[Mapping, Address, float], None]] = {
@@ -169,17 +167,17 @@ class StateMirroringModule:
         for key in expired:
             if self.tracker.removal_version(key) is not None and self.view.is_primary(key.flow_id):
                 self._route(key, now)
+            self.view.flow_gone(key.flow_id, now)
         self._drop_stale_held(now)
         for peer_id, channel in self.channels.items():
             address = self.view.address_of(peer_id)
             if address is not None and channel.in_flight:
                 channel.retry(now, self._sender(address))
         self._flush(now, self.settings.max_records_per_tick)
-        if now >= self._next_prune:
-            present = {entry.key.flow_id for entry in self.tracker}
-            present.update(self._held)
-            self.view.prune(present, now)
-            self._next_prune = now + PRUNE_INTERVAL_S
+        self.view.prune(now, self._present)
+
+    def _present(self, flow_id: int) -> bool:
+        return flow_id in self._held or self.tracker.key_of(flow_id) is not None
 
     def _route(self, key: FlowKey, now: float) -> None:
         """Queue ``key`` for the other live cells of its profile, or hold it until assigned."""
@@ -207,9 +205,14 @@ class StateMirroringModule:
             del self._held[flow_id]
             self.counters.held_dropped += 1
 
-    def _release_held(self, now: float) -> None:
-        """Route held flows whose assignment and profile are now known."""
-        ready = [key for flow_id, (key, _) in self._held.items() if self.view.profile_of(flow_id)]
+    def _release_held(self, now: float, flow_ids: Optional[Iterable[int]] = None) -> None:
+        """Route held flows (all, or those of ``flow_ids``) whose assignment and profile are now known."""
+        held = self._held
+        if flow_ids is None:
+            candidates = [(flow_id, key) for flow_id, (key, _) in held.items()]
+        else:
+            candidates = [(flow_id, held[flow_id][0]) for flow_id in flow_ids if flow_id in held]
+        ready = [key for flow_id, key in candidates if self.view.profile_of(flow_id)]
         for key in ready:
             del self._held[key.flow_id]
             self._route(key, now)
@@ -334,7 +337,8 @@ class StateMirroringModule:
 
     def _on_assign(self, message: Mapping, source: Address, now: float) -> None:
         self.view.apply_assign(message, now)
-        self._release_held(now)
+        if self._held:
+            self._release_held(now, (int(flow[0]) for flow in message["flows"]))
 
     def _applied(self, applied: bool) -> bool:
         self.counters.stale_control = self.view.stale_messages
@@ -356,8 +360,8 @@ class StateMirroringModule:
         if done is not None and now - done[0] < SEED_MEMORY_S:
             self._send_seeded(profile_id, target, done[1])  # our answer was lost
             return
-        flow_ids = self.view.flows_of(profile_id)
-        keys = [entry.key for entry in self.tracker if entry.key.flow_id in flow_ids]
+        key_of = self.tracker.key_of
+        keys = [key for key in map(key_of, self.view.flows_of(profile_id)) if key is not None]
         op = SeedOp(self._next_op, profile_id, target, keys, now)
         self._next_op += 1
         self.counters.snapshots_sent += 1

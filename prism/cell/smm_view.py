@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import ipaddress
-from typing import Collection, Dict, List, Mapping, Optional, Set, Tuple
+from collections import deque
+from typing import Callable, Deque, Dict, List, Mapping, Optional, Set, Tuple
 
 from prism.profiles import MirroringProfile
 
@@ -19,6 +20,11 @@ class ControlView:
     ignored (a reordered datagram); a full table and a directory always apply
     (the controller may have restarted and counts epochs from scratch).
 
+    An assignment is forgotten ``assignment_grace_s`` after it arrived or
+    after its flow left this cell's table, whichever is later, unless the
+    flow is in the table then (``prune``): the work is spread over time, a
+    constant amount per assignment, never a scan of the whole table.
+
     Args:
         cell_id: This cell's id.
         assignment_grace_s: How long an assignment outlives its flow here.
@@ -30,7 +36,8 @@ class ControlView:
         self.addresses: Dict[str, Address] = {}
         self.live: Set[str] = set()
         self.profiles: Dict[int, MirroringProfile] = {}
-        self._assignments: Dict[int, List] = {}  # flow_id -> [profile_id, last confirmed]
+        self._assignments: Dict[int, List] = {}  # flow_id -> [profile_id, assigned at]
+        self._checks: Deque[Tuple[float, int]] = deque()  # (when, flow_id), oldest first
         self._profile_flows: Dict[int, Set[int]] = {}
         self._epochs: Dict[str, int] = {}
         self.stale_messages = 0
@@ -72,6 +79,7 @@ class ControlView:
                 self._discard(previous[0], flow_id)
             self._assignments[flow_id] = [profile_id, now]
             self._profile_flows.setdefault(profile_id, set()).add(flow_id)
+            self._checks.append((now, flow_id))
 
     def _fresh(self, kind: str, message: Mapping, full: bool) -> bool:
         epoch = message.get("epoch", 0)
@@ -118,17 +126,24 @@ class ControlView:
         return len(self._assignments)
 
     # -- housekeeping ----------------------------------------------------------------------
-    def prune(self, present: Collection[int], now: float) -> int:
-        """Forget assignments of flows absent from ``present`` for longer than the grace period."""
+    def flow_gone(self, flow_id: int, now: float) -> None:
+        """A flow left this cell's table: its assignment is checked again after the grace period."""
+        if flow_id in self._assignments:
+            self._checks.append((now, flow_id))
+
+    def prune(self, now: float, present: Callable[[int], bool]) -> int:
+        """Forget the assignments due for a check whose flow is not ``present`` here; returns how many."""
         limit = now - self.assignment_grace_s
         forgotten = 0
-        for flow_id, assignment in list(self._assignments.items()):
-            if flow_id in present:
-                assignment[1] = now
-            elif assignment[1] < limit:
-                del self._assignments[flow_id]
-                self._discard(assignment[0], flow_id)
-                forgotten += 1
+        checks = self._checks
+        while checks and checks[0][0] <= limit:
+            since, flow_id = checks.popleft()
+            assignment = self._assignments.get(flow_id)
+            if assignment is None or assignment[1] > since or present(flow_id):
+                continue  # gone already, assigned again since (checked later), or still here
+            del self._assignments[flow_id]
+            self._discard(assignment[0], flow_id)
+            forgotten += 1
         return forgotten
 
     def _discard(self, profile_id: int, flow_id: int) -> None:
