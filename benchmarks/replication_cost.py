@@ -11,8 +11,8 @@ from typing import Dict, List, Sequence, Tuple
 from prism import mgmt
 from prism.cell.cell import Cell
 from prism.cell.conntrack import ConnTracker, Timeouts, TrackerConfig
-from prism.cell.records import entry_to_record
-from prism.cell.smm import StateMirroringModule, wire_record
+from prism.cell.records import entry_to_record, entry_to_wire_record
+from prism.cell.smm import StateMirroringModule
 from prism.flows import TCP_ACK, TCP_FIN, TCP_PSH, TCP_SYN, mac_to_bytes, parse_frame
 from prism.openflow import MIRROR_MAC
 from prism.packets import build_tcp_frame
@@ -174,7 +174,7 @@ def record_sizes(flows: int) -> dict:
         for frame in conn.handshake():
             tracker.process(parse_frame(frame), False, 1.0)
     full = [entry_to_record(entry) for entry in tracker]
-    slim = [wire_record(dict(record)) for record in full]
+    slim = [entry_to_wire_record(entry) for entry in tracker]
     sizes = {"full_json": _mean_json(full), "slim_json": _mean_json(slim)}
     for per_datagram in (1, 12, 100):
         total = 0

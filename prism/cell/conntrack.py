@@ -35,6 +35,7 @@ from prism.cell.records import (
     record_to_entry,
     record_to_removal,
     removal_record,
+    wire_removal_record,
 )
 from prism.flows import PROTO_ICMP, PROTO_ICMPV6, PROTO_TCP, PROTO_UDP, FlowKey, PacketInfo
 from prism.flows import TCP_ACK as _ACK
@@ -518,10 +519,17 @@ class ConnTracker:
             return None
         return tombstone.version
 
-    def removal(self, key: FlowKey) -> Optional[dict]:
-        """``key``'s removal record if this cell, as its primary, removed it (``removal_version``)."""
+    def removal(self, key: FlowKey, wire: bool = False) -> Optional[dict]:
+        """``key``'s removal record if this cell, as its primary, removed it (``removal_version``).
+
+        Args:
+            key: The flow.
+            wire: The replicated form (``wire_removal_record``: no key text).
+        """
         version = self.removal_version(key)
-        return None if version is None else removal_record(key, version)
+        if version is None:
+            return None
+        return wire_removal_record(key, version) if wire else removal_record(key, version)
 
     def _other_timeout_table(self, proto: int) -> Dict[ConnState, float]:
         table = self._other_timeouts.get(proto)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import socket
 from typing import Any, Dict, Mapping, Optional, Tuple
 
 from prism.cell.entry import (
@@ -22,6 +23,12 @@ _SEQ_FIELDS = ("isn", "seq_end", "ack_max", "allowed_end", "fin_end")
 _WINDOW_FIELDS = ("window", "max_window")
 _MAX_WINDOW = 0xFFFF
 _VERDICTS = {verdict.value: verdict for verdict in FlowVerdict}
+#: Fields of ``entry_to_record`` for readers only (derivable, or the writing
+#: cell's own counters): ``entry_to_wire_record`` leaves them out.
+READER_ONLY_FIELDS = (
+    "key", "state", "role", "primary_packets", "primary_bytes", "mirror_packets",
+    "mirror_bytes", "dropped_packets",
+)  # fmt: skip
 
 
 class StateRecordError(ValueError):
@@ -74,6 +81,28 @@ def entry_to_record(entry: ConnEntry) -> Dict[str, Any]:
     return record
 
 
+def entry_to_wire_record(entry: ConnEntry) -> Dict[str, Any]:
+    """The record of one entry as replicated: only the fields ``record_to_entry`` reads.
+
+    Like ``entry_to_record`` without the key text, the state name, the role
+    and the writing cell's counters (a third less JSON, and no text to
+    format); addresses are written by ``inet_ntop``.
+    """
+    record = _wire_key_fields(entry.key)
+    record.update({
+        "initiator": "a" if entry.orig_forward else "b",
+        "facts": list(facts_to_names(entry.facts)),
+        "verdict": entry.verdict.value,
+        "token": entry.token,
+        "version": entry.version,
+        "first_seen": entry.first_seen,
+        "last_seen": entry.last_seen,
+        "orig": entry.orig.as_dict(),
+        "reply": entry.reply.as_dict(),
+    })  # fmt: skip
+    return record
+
+
 def _key_fields(key: FlowKey) -> Dict[str, Any]:
     return {
         "schema": RECORD_SCHEMA,
@@ -86,6 +115,28 @@ def _key_fields(key: FlowKey) -> Dict[str, Any]:
         "addr_b": ip_to_str(key.addr_b),
         "port_b": key.port_b,
     }
+
+
+def _wire_key_fields(key: FlowKey) -> Dict[str, Any]:
+    family = socket.AF_INET if key.ip_version == 4 else socket.AF_INET6
+    return {
+        "schema": RECORD_SCHEMA,
+        "flow_id": key.flow_id,
+        "ip_version": key.ip_version,
+        "proto": key.proto,
+        "addr_a": socket.inet_ntop(family, key.addr_a),
+        "port_a": key.port_a,
+        "addr_b": socket.inet_ntop(family, key.addr_b),
+        "port_b": key.port_b,
+    }
+
+
+def wire_removal_record(key: FlowKey, version: int) -> Dict[str, Any]:
+    """``removal_record`` as replicated (no key text)."""
+    record = _wire_key_fields(key)
+    record["removed"] = True
+    record["version"] = version
+    return record
 
 
 def removal_record(key: FlowKey, version: int) -> Dict[str, Any]:

@@ -7,10 +7,12 @@ import pytest
 from cell_helpers import Conversation
 from prism import mgmt
 from prism.cell.conntrack import Timeouts
-from prism.cell.smm import READER_ONLY_FIELDS, SmmSettings
+from prism.cell.records import READER_ONLY_FIELDS, entry_to_record, entry_to_wire_record
+from prism.cell.smm import SmmSettings
 from prism.cell.smm_channel import ChannelSettings
 from prism.flows import TCP_ACK, TCP_FIN, TCP_PSH
 from prism.cell.records import removal_record
+from prism.flows import ip_to_bytes
 from smm_helpers import CONTROLLER, FakeNetwork, SmmBed, address_of, flow_state, mirror_copy
 
 PROFILE = 7
@@ -378,3 +380,16 @@ def test_reader_only_fields_are_not_replicated():
     assert captured and not set(READER_ONLY_FIELDS) & set(captured[0])
     record = bed.records("c2")[captured[0]["flow_id"]]
     assert record["role"] == "mirror" and record["primary_packets"] == 0
+
+
+def test_a_wire_record_is_the_record_without_its_reader_only_fields():
+    bed = standard_bed()
+    open_flows(bed, 1)
+    open_flows(bed, 1, first_port=50000)
+    for entry in bed.cells["c1"].tracker:
+        full, wire = entry_to_record(entry), entry_to_wire_record(entry)
+        for name in READER_ONLY_FIELDS:
+            full.pop(name)
+        for name in ("addr_a", "addr_b"):  # same address, text written by inet_ntop
+            assert ip_to_bytes(wire.pop(name)) == ip_to_bytes(full.pop(name))
+        assert wire == full
