@@ -16,7 +16,7 @@ source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
 
 APT_PACKAGES=(
     openvswitch-switch openvswitch-common mininet
-    iputils-ping tcpdump iperf3 ethtool iproute2 net-tools procps iptables
+    iputils-ping tcpdump iperf3 ethtool iproute2 net-tools procps nftables
     python3 python3-venv
 )
 MININET_SRC=/usr/lib/python3/dist-packages/mininet
