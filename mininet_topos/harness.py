@@ -44,7 +44,9 @@ from mininet_topos.prism_topo import (
 LOG = logging.getLogger("prism.harness")
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
-DIRECTOR_APP = REPO_ROOT / "ryu_apps" / "mirroring_director.py"
+#: The Ryu apps a PRISM controller runs: the director and its REST API / metrics.
+CONTROLLER_APPS = (REPO_ROOT / "ryu_apps" / "mirroring_director.py",
+                   REPO_ROOT / "ryu_apps" / "rest_api.py")
 CONTROLLER_START_TIMEOUT_S = 30.0
 SWITCH_CONNECT_TIMEOUT_S = 30.0
 PROCESS_STOP_TIMEOUT_S = 5.0
@@ -81,7 +83,7 @@ def stop_process(process: Optional[subprocess.Popen], timeout: float = PROCESS_S
 class ControllerProcess:
     """``ryu-manager`` with PRISM's apps as a subprocess on loopback."""
 
-    def __init__(self, workdir: Path, config_path: Path, apps: Sequence[Path] = (DIRECTOR_APP,),
+    def __init__(self, workdir: Path, config_path: Path, apps: Sequence[Path] = CONTROLLER_APPS,
                  extra_env: Optional[Dict[str, str]] = None):
         self.workdir = workdir
         self.config_path = config_path

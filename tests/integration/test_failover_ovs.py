@@ -177,7 +177,9 @@ def test_tcp_transfer_survives_primary_failure_with_its_state(ovs, tmp_path, kin
         # The controller saw the failure and restored the replication factor:
         # every profile has its mirror back, and the new mirror holds the state.
         cells = {c["id"]: c for c in rest(net, "/prism/v1/cells")["cells"]}
-        assert cells[outcome["primary"]]["alive"] is False, cells
+        failed = cells[outcome["primary"]]
+        assert not failed["usable"] and failed["failures"] >= 1, failed
+        assert failed["failure_history"][-1]["kind"] == kind, failed
         profiles = poll(lambda: _restored(net), timeout=10)
         assert profiles, rest(net, "/prism/v1/profiles")
         for profile in profiles:
@@ -192,7 +194,7 @@ def test_tcp_transfer_survives_primary_failure_with_its_state(ovs, tmp_path, kin
 
 def _restored(net: PrismNetwork):
     profiles = rest(net, "/prism/v1/profiles")["profiles"]
-    if profiles and all(p["replicas_confirmed"] >= p["replication_factor"] for p in profiles):
+    if profiles and all(p["replicas_confirmed"] >= p["target_replication_factor"] for p in profiles):
         return profiles
     return None
 
