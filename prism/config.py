@@ -9,6 +9,8 @@ Schema (unknown keys are errors)::
       listen: "172.30.0.254:7600"     # the controller's UDP address on the management network
       heartbeat_interval: 0.1         # s; dead_after (default 3.5 intervals), alive_after (1 s)
     rest: {token_env: PRISM_REST_TOKEN}   # optional: or token_file
+    telemetry: {dir: telemetry}       # optional: see prism/config_telemetry.py
+    prediction: {model: ../models/default, budget: 0.25}   # optional: the predictive policy
     switches:                         # at least one
       - dpid: 1                       # int, "0x1", "0000000000000001" or "00:00:00:00:00:00:00:01"
         name: s1                      # optional, default "s<dpid>"
@@ -35,6 +37,7 @@ import yaml
 
 from prism.config_mgmt import format_address
 from prism.config_schema import check_document, parse_dpid
+from prism.config_telemetry import PredictionConfig, TelemetryConfig, render_prediction, render_telemetry
 from prism.config_types import (
     DEFAULT_IDLE_TIMEOUT_S,
     DEFAULT_MAX_REPLICATION_FACTOR,
@@ -60,9 +63,11 @@ __all__ = [
     "ConfigError",
     "ConfigProblem",
     "ManagementConfig",
+    "PredictionConfig",
     "PrismConfig",
     "RestConfig",
     "SwitchConfig",
+    "TelemetryConfig",
     "load_config",
     "parse_config",
     "parse_dpid",
@@ -139,6 +144,10 @@ def render_config(config: PrismConfig) -> str:
     }
     if not document["rest"]:
         del document["rest"]
+    if config.telemetry is not None:
+        document["telemetry"] = render_telemetry(config.telemetry)
+    if config.prediction is not None:
+        document["prediction"] = render_prediction(config.prediction)
     return yaml.safe_dump(document, sort_keys=False)
 
 

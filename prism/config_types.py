@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Dict, List, Optional, Tuple
+from typing import TYPE_CHECKING, Dict, List, Optional, Tuple
+
+if TYPE_CHECKING:  # pragma: no cover - defined beside their checks
+    from prism.config_telemetry import PredictionConfig, TelemetryConfig
 
 DEFAULT_IDLE_TIMEOUT_S = 10
 DEFAULT_REPLICATION_FACTOR = 1
@@ -125,6 +128,8 @@ class PrismConfig:
         max_replication_factor: The most mirrors any flow gets.
         management: The management network (heartbeats, failure detection).
         rest: The REST API's token source.
+        telemetry: Where the stats collector writes (None: no telemetry).
+        prediction: The predictive policy's model and budget (None: fixed replication factor).
         source: Where it was read from.
         warnings: Problems that did not stop it from loading.
     """
@@ -135,6 +140,8 @@ class PrismConfig:
     max_replication_factor: int = DEFAULT_MAX_REPLICATION_FACTOR
     management: ManagementConfig = field(default_factory=ManagementConfig)
     rest: RestConfig = field(default_factory=RestConfig)
+    telemetry: Optional[TelemetryConfig] = None
+    prediction: Optional[PredictionConfig] = None
     source: str = field(default="<string>", compare=False)
     warnings: Tuple[ConfigProblem, ...] = field(default=(), compare=False)
 

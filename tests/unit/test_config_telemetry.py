@@ -1,0 +1,90 @@
+"""The configuration's telemetry and prediction sections: values, defaults, paths, problems with positions."""
+
+from __future__ import annotations
+
+import pytest
+
+from prism.config import ConfigError, PredictionConfig, TelemetryConfig, load_config, parse_config, render_config
+from prism.config_telemetry import DEFAULT_MIRROR_BUDGET, resolve_path
+
+BASE = """\
+switches:
+  - dpid: 1
+    cells:
+      - {id: c1, port: 1}
+      - {id: c2, port: 2}
+    edge_ports: [3]
+max_replication_factor: 1
+"""
+
+
+def problems(text: str):
+    with pytest.raises(ConfigError) as info:
+        parse_config(text, "conf/prism.yaml")
+    return [str(p) for p in info.value.problems]
+
+
+def test_both_sections_are_read_with_paths_relative_to_the_file_and_round_trip(tmp_path):
+    path = tmp_path / "conf" / "prism.yaml"
+    path.parent.mkdir()
+    path.write_text(BASE + "telemetry:\n  dir: out/telemetry\n  rotate_records: 500\n  rotate_s: 60\n"
+                    "  poll_interval: 2.5\nprediction: {model: ../models/default, budget: 0.3, horizon_s: 2}\n")
+    config = load_config(path)
+    assert config.telemetry == TelemetryConfig(str(tmp_path / "conf" / "out" / "telemetry"), 500, 60.0, 2.5)
+    assert config.prediction == PredictionConfig(str(tmp_path / "models" / "default"), 0.3, 2.0)
+    assert parse_config(render_config(config)) == config
+
+
+def test_defaults_and_absent_sections():
+    config = parse_config(BASE + "telemetry: {dir: /tmp/t}\nprediction: {model: /m}\n")
+    assert config.telemetry == TelemetryConfig("/tmp/t")
+    assert config.prediction == PredictionConfig("/m", DEFAULT_MIRROR_BUDGET, None)
+    assert parse_config(render_config(config)) == config
+    plain = parse_config(BASE)
+    assert plain.telemetry is None and plain.prediction is None
+    assert "telemetry" not in render_config(plain) and "prediction" not in render_config(plain)
+
+
+@pytest.mark.parametrize(
+    "section, expected",
+    [
+        ("telemetry: {rotate_records: 5}\n", "conf/prism.yaml:8:12: telemetry: missing required key 'dir'"),
+        ("telemetry: {dir: t, rotate_records: 0}\n",
+         "conf/prism.yaml:8:37: telemetry.rotate_records: must be an integer >= 1, got 0"),
+        ("telemetry: {dir: t, poll_interval: -1}\n",
+         "conf/prism.yaml:8:36: telemetry.poll_interval: a number of seconds must be > 0, got -1"),
+        ("telemetry: {dir: t, rotate_s: soon}\n",
+         "conf/prism.yaml:8:31: telemetry.rotate_s: expected a number of seconds, got 'soon'"),
+        ("telemetry: {dir: t, rotat_s: 5}\n",
+         "conf/prism.yaml:8:21: telemetry.rotat_s: unknown key 'rotat_s' (did you mean 'rotate_s'?)"),
+        ("prediction: {model: m, budget: 1.5}\n",
+         "conf/prism.yaml:8:32: prediction.budget: a share of packets (e.g. 0.25) must be > 0 and <= 1, got 1.5"),
+        ("prediction: {model: m, budget: 0}\n",
+         "conf/prism.yaml:8:32: prediction.budget: a share of packets (e.g. 0.25) must be > 0 and <= 1, got 0"),
+        ("prediction: {model: 3}\n", "conf/prism.yaml:8:21: prediction.model: prediction.model must be a string, "
+                                     "got an integer (quote it: '3')"),
+        ("prediction: {budget: 0.2}\n", "conf/prism.yaml:8:13: prediction: missing required key 'model'"),
+    ],
+)
+def test_problems_name_file_line_and_key(section, expected):
+    assert expected in problems(BASE + section)
+
+
+def test_every_problem_of_both_sections_is_listed_at_once():
+    found = problems(BASE + "telemetry: {dir: '', poll_interval: 0}\nprediction: {model: m, horizon_s: 0}\n")
+    assert len(found) == 3, found
+
+
+def test_prediction_without_room_for_a_mirror_is_a_warning():
+    config = parse_config(BASE.replace("max_replication_factor: 1", "max_replication_factor: 0\ndefault_replication_factor: 0")
+                          + "prediction: {model: /m}\n", "p.yaml")  # fmt: skip
+    assert config.prediction is not None
+    assert any("can never mirror" in str(w) for w in config.warnings)
+
+
+def test_resolve_path():
+    assert resolve_path("/abs/m", "conf/prism.yaml") == "/abs/m"
+    assert resolve_path("m", "conf/prism.yaml") == "conf/m"
+    assert resolve_path("../m", "/etc/prism/prism.yaml") == "/etc/m"
+    assert resolve_path("m", "prism.yaml") == "m"
+    assert resolve_path("m", "<string>") == "m"
