@@ -1,1 +1,1 @@
-"""The exception-path cell: connection tracking (pure), raw packet I/O, and the cell process."""
+"""The exception-path cell: connection tracking (pure), raw packet I/O, the cell process and its State Mirroring Module."""
