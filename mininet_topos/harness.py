@@ -8,6 +8,7 @@ removed in ``stop()``, which ``with PrismNetwork(...)`` always calls.
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import json
 import logging
 import os
@@ -51,6 +52,10 @@ CONTROLLER_START_TIMEOUT_S = 30.0
 SWITCH_CONNECT_TIMEOUT_S = 30.0
 PROCESS_STOP_TIMEOUT_S = 5.0
 OFCTL = ["ovs-ofctl", "-O", "OpenFlow13"]
+#: Held for a network's whole life: its names (s1, prism-mgmt, c1, ...) are
+#: machine-wide, so a second PRISM network waits for the first to stop.
+NETWORK_LOCK = Path("/run/lock/prism-network.lock")
+NETWORK_LOCK_TIMEOUT_S = 900.0
 #: Host interface offloads turned off (ethtool -K names), one at a time.
 OFFLOADS_OFF = ("tx", "rx", "tso", "gso", "gro")
 
@@ -173,6 +178,7 @@ class PrismNetwork:
         self.net: Optional[Mininet] = None
         self.cell_processes: Dict[str, subprocess.Popen] = {}
         self.background: List[subprocess.Popen] = []
+        self._lock = None
 
     # -- lifecycle -----------------------------------------------------------
     def __enter__(self) -> "PrismNetwork":
@@ -186,8 +192,27 @@ class PrismNetwork:
     def __exit__(self, *exc) -> None:
         self.stop()
 
+    def _acquire_lock(self) -> None:
+        NETWORK_LOCK.parent.mkdir(parents=True, exist_ok=True)
+        self._lock = open(NETWORK_LOCK, "a")  # noqa: SIM115 - held until stop()
+        deadline = time.monotonic() + NETWORK_LOCK_TIMEOUT_S
+        while True:
+            try:
+                fcntl.flock(self._lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                return
+            except BlockingIOError:
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"another PRISM network holds {NETWORK_LOCK}") from None
+                time.sleep(0.5)
+
+    def _release_lock(self) -> None:
+        if self._lock is not None:
+            self._lock.close()  # closing the file releases the lock
+            self._lock = None
+
     def start(self) -> None:
         """Write the config, start the controller, the network and the cells."""
+        self._acquire_lock()
         self.config_path.write_text(yaml.safe_dump(self.config, sort_keys=False))
         if self.management:
             self._create_mgmt_bridge()
@@ -226,6 +251,7 @@ class PrismNetwork:
         self.controller.stop()
         if self.management:
             self._delete_mgmt_bridge()
+        self._release_lock()
 
     # -- hosts and cells -------------------------------------------------------
     @staticmethod
