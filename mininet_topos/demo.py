@@ -54,8 +54,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="length of the TCP transfer in seconds (default 8)")
     parser.add_argument("--fail-at", type=float, default=3.0, dest="fail_at_s",
                         help="seconds into the transfer when the primary fails (default 3)")
-    parser.add_argument("--fail-primary", choices=["link", "none"], default="link",
-                        help="how the TCP flow's primary cell fails (default: link down)")
+    parser.add_argument("--fail-primary", choices=["link", "process", "none"], default="link",
+                        help="how the TCP flow's primary cell fails: its link goes down, or its "
+                             "process is killed with the link up (default: link)")
     parser.add_argument("--udp-flows", type=int, default=3, dest="udp_flows_per_client",
                         help="UDP flows per client (default 3)")
     parser.add_argument("--workdir", type=Path, default=Path("out/demo"),
@@ -132,12 +133,17 @@ def run_demo(options: DemoOptions) -> Dict:
             stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
         net.background.append(iperf)
         time.sleep(options.fail_at_s)
-        failed_cell, fail_time = None, None
-        tcp_profile = _find_tcp_primary(net)
-        if options.fail_primary == "link" and tcp_profile:
-            failed_cell = tcp_profile
+        failed_cell, fail_time, last_states = None, None, {}
+        tcp_primary = _find_tcp_primary(net)
+        if options.fail_primary != "none" and tcp_primary:
+            failed_cell = tcp_primary
+            last_states[failed_cell] = _cell_summary(net, failed_cell)  # unreachable once killed
+            entry_before = _tcp_entry(net, failed_cell)
             fail_time = time.time()
-            net.set_cell_link(failed_cell, up=False)
+            if options.fail_primary == "link":
+                net.set_cell_link(failed_cell, up=False)
+            else:
+                net.stop_cell(failed_cell, kill=True)
         try:
             output, _ = iperf.communicate(timeout=options.duration_s + 15)
         except subprocess.TimeoutExpired:
@@ -146,7 +152,12 @@ def run_demo(options: DemoOptions) -> Dict:
         time.sleep(1.0)  # let counters and the capture settle
         iperf_result = _parse_iperf(output, options.fail_at_s)
         per_cell = {name: _cell_summary(net, name) for name in net.cell_names}
+        for name, summary in last_states.items():
+            if "error" in per_cell[name]:
+                per_cell[name] = {**summary, "killed": True}
         status = _controller_status(net)
+        cells_view = _controller_cells(net)
+        carried_over = _entry_carried_over(net, failed_cell, entry_before) if failed_cell else None
         groups_text = net.ofctl("dump-groups")
         for sender in udp_sent:
             sender.wait(timeout=10)
@@ -156,6 +167,8 @@ def run_demo(options: DemoOptions) -> Dict:
     gaps = interruption_from_capture(capture, fail_time, TCP_CLIENT_PORT)
     survived = bool(iperf_result["ok"] and iperf_result["bytes_after_failure"] > 0) if fail_time else \
         bool(iperf_result["ok"])
+    failover = status.get("last_failover") or {}
+    detection = _detection_ms(cells_view, failed_cell) if options.fail_primary == "process" else None
     return {
         "options": {"cells": options.cells, "clients": options.clients,
                     "replication_factor": options.replication_factor,
@@ -171,6 +184,12 @@ def run_demo(options: DemoOptions) -> Dict:
         "tcp_survived": survived,
         "tcp": iperf_result,
         "interruption_ms": gaps["interruption_ms"],
+        "detection_ms": detection,
+        "state_lost_flows": failover.get("state_lost_flows"),
+        "groups_rewritten": failover.get("groups_rewritten"),
+        "openflow_messages_failover": failover.get("ofmsgs"),
+        "conntrack_entry_carried_over": carried_over,
+        "replication_bytes": sum(cell.get("replication_bytes_sent", 0) for cell in per_cell.values()),
         "baseline_max_gap_ms": gaps["baseline_max_gap_ms"],
         "udp_datagrams_received": udp.get("datagrams", 0),
         "udp_flows_received": len(udp.get("flows", {})),
@@ -207,13 +226,54 @@ def _find_tcp_primary(net) -> Optional[str]:
     return None
 
 
+def _tcp_entry(net, cell: str) -> Optional[Dict]:
+    """The transfer's connection-tracking entry in a cell's table."""
+    try:
+        flows = _flows_of(net.cell_state(cell))
+    except OSError:
+        return None
+    for flow in flows:
+        if f":{TCP_CLIENT_PORT} " in flow.get("key", "") and flow.get("state") != "removed":
+            return flow
+    return None
+
+
+def _entry_carried_over(net, failed_cell: str, before: Optional[Dict]) -> Optional[bool]:
+    """Whether the cell now forwarding the transfer holds the old primary's entry (same token)."""
+    if not before:
+        return None
+    for name in net.cell_names:
+        if name == failed_cell:
+            continue
+        entry = _tcp_entry(net, name)
+        if entry and entry.get("primary_packets", 0) > 0:
+            return entry.get("token") == before.get("token") and bool(before.get("token"))
+    return False
+
+
+def _controller_cells(net) -> Dict:
+    try:
+        return {cell["id"]: cell for cell in net.controller.rest("/prism/v1/cells")["cells"]}
+    except Exception:  # noqa: BLE001 - the report says what is missing
+        return {}
+
+
+def _detection_ms(cells: Dict, failed_cell: Optional[str]) -> Optional[float]:
+    history = cells.get(failed_cell, {}).get("failure_history") or []
+    if not history:
+        return None
+    return round(history[-1]["detection_s"] * 1000, 1)
+
+
 def _cell_summary(net, name: str) -> Dict:
     try:
         state = net.cell_state(name)
     except OSError as error:
         return {"error": str(error)}
     counters = state.get("counters", {})
+    replication = state.get("replication", {}).get("counters", {})
     return {
+        "replication_bytes_sent": replication.get("replication_bytes_sent", 0),
         "primary_packets": counters.get("primary_packets", 0),
         "mirror_packets": counters.get("mirror_packets", 0),
         "forwarded": counters.get("forwarded", 0),
@@ -306,6 +366,8 @@ def format_report(report: Dict) -> str:
             lines.append(f"{name:<8} unreachable: {cell['error']}")
             continue
         mark = "  <- failed" if name == report["failed_cell"] else ""
+        if cell.get("killed"):
+            mark += " (killed; counts from before)"
         lines.append(f"{name:<8}{cell['primary_packets']:>14}{cell['mirror_packets']:>13}"
                      f"{cell['forwarded']:>11}{cell['flows_tracked']:>7}{mark}")
     lines.append("")
@@ -316,9 +378,17 @@ def format_report(report: Dict) -> str:
                  + (f", error: {tcp['error']}" if tcp.get("error") else ""))
     if report["failed_cell"]:
         verdict = "SURVIVED" if report["tcp_survived"] else "BROKE"
-        lines.append(f"failover: {report['failed_cell']} link down mid-transfer -> TCP {verdict}; "
+        how = "link down" if options["fail_primary"] == "link" else "process killed"
+        lines.append(f"failover: {report['failed_cell']} {how} mid-transfer -> TCP {verdict}; "
                      f"traffic stopped for {report['interruption_ms']} ms "
                      f"(normal max gap {report['baseline_max_gap_ms']} ms)")
+        if report["detection_ms"] is not None:
+            lines.append(f"  detected dead after {report['detection_ms']} ms of missed heartbeats")
+        lines.append(f"  groups rewritten: {report['groups_rewritten']} "
+                     f"({report['openflow_messages_failover']} OpenFlow messages); "
+                     f"flows whose state was lost: {report['state_lost_flows']}; "
+                     f"conntrack entry carried over: {report['conntrack_entry_carried_over']}")
+        lines.append(f"  replication traffic between cells: {report['replication_bytes']} bytes")
     else:
         lines.append("failover: no failure injected")
     lines.append(f"logs and captures: {report['workdir']}")
