@@ -379,9 +379,10 @@ def format_report(report: Dict) -> str:
     if report["failed_cell"]:
         verdict = "SURVIVED" if report["tcp_survived"] else "BROKE"
         how = "link down" if options["fail_primary"] == "link" else "process killed"
+        stopped = "never resumed" if report["interruption_ms"] is None else \
+            f"stopped for {report['interruption_ms']} ms"
         lines.append(f"failover: {report['failed_cell']} {how} mid-transfer -> TCP {verdict}; "
-                     f"traffic stopped for {report['interruption_ms']} ms "
-                     f"(normal max gap {report['baseline_max_gap_ms']} ms)")
+                     f"traffic {stopped} (normal max gap {report['baseline_max_gap_ms']} ms)")
         if report["detection_ms"] is not None:
             lines.append(f"  detected dead after {report['detection_ms']} ms of missed heartbeats")
         lines.append(f"  groups rewritten: {report['groups_rewritten']} "
