@@ -208,3 +208,42 @@ def test_without_replication_the_same_failure_breaks_the_connection(ovs, tmp_pat
         assert broken, outcome
         status = rest(net, "/prism/v1/status")
         assert status["last_failover"]["state_lost_flows"] >= 1, status
+
+
+def test_draining_the_primary_moves_the_transfer_with_its_state(ovs, tmp_path):
+    with make_network(tmp_path, replication_factor=1) as net:
+        transfer = Transfer(net, "drain")
+        time.sleep(FAIL_AT_S)
+        primary = find_primary(net)
+        before = data_flow(net.cell_state(primary))
+        counts = primary_counts(net, skip=primary)
+        answer = rest(net, f"/prism/v1/cells/{primary}/drain", method="POST", body={"reason": "test"})
+        assert answer, answer
+        successor = poll(lambda: forwarding_cell(net, primary, counts), timeout=8)
+        result = transfer.finish()
+        assert result["error"] is None and result["late_bytes"] > 0 and result["resets"] == 0, result
+        assert successor, net.controller.log_tail()
+        after = data_flow(net.cell_state(successor))
+        assert after["token"] == before["token"], (before, after)
+        # The drained cell forwards nothing more and no profile names it.
+        drained = data_flow(net.cell_state(primary))["primary_packets"]
+        time.sleep(1.0)
+        assert data_flow(net.cell_state(primary))["primary_packets"] == drained
+        cell = rest(net, f"/prism/v1/cells/{primary}")
+        assert cell["draining"] and cell["flows_primary"] == 0 and cell["flows_mirror"] == 0, cell
+        # Restoring it puts it back in service for new flows.
+        rest(net, f"/prism/v1/cells/{primary}/restore", method="POST", body={})
+        assert poll(lambda: not rest(net, f"/prism/v1/cells/{primary}")["draining"]), \
+            rest(net, f"/prism/v1/cells/{primary}")
+
+
+def test_rest_refuses_changes_without_the_token(ovs, tmp_path):
+    with make_network(tmp_path, replication_factor=1) as net:
+        import urllib.error
+        with pytest.raises(urllib.error.HTTPError) as refused:
+            net.controller.rest("/prism/v1/cells/cell1/drain", method="POST", body={})
+        assert refused.value.code in (401, 403)
+        with pytest.raises(urllib.error.HTTPError) as unknown:
+            rest(net, "/prism/v1/cells/nosuchcell")
+        assert unknown.value.code == 404
+        assert "error" in json.loads(unknown.value.read().decode())
