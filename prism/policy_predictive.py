@@ -1,0 +1,353 @@
+"""The predictive replication policy: mirror the flows predicted to outlive a takeover, within a budget.
+
+For every new flow (``PredictivePolicy.profile_for``, the packet-in path):
+
+1. **Placement.** The primary is the first live cell of the flow's ring order,
+   as with ``FixedPolicy``, so both policies place a flow on the same cell.
+2. **Prediction.** ``models.features.flow_features`` (first packet + the
+   bounded history of recent flows) and the model's predicted duration.
+3. **Risk.** The score is the predicted duration times how much likelier the
+   primary is to fail within ``horizon_s`` than the median live cell
+   (``failure_probability`` from ``prism.health``, between 1 and
+   ``MAX_RISK_BOOST``): a flow on a flapping cell needs its state elsewhere
+   sooner, so more of them are mirrored.
+4. **Budget.** ``prism.budget.BudgetTracker`` says whether the score is
+   mirrored; its threshold is re-fitted on ended flows so that the mirror
+   copies per packet track the configured budget.
+5. **Mirrors.** Candidates are the next live cells on the ring, healthy and
+   not overloaded first: a cell ``AVOID_RISK_RATIO`` times riskier than the
+   median, or holding more than ``LOAD_FACTOR`` times the mean mirror load
+   (plus ``LOAD_SLACK`` flows), goes to the back. One mirror, then more while
+   the primary and every mirror could all fail within the horizon with a
+   probability above ``risk_target`` (independent failures), up to
+   ``max_replication_factor``.
+
+At a flow's end (``flow_ended``, called by the director with the joined
+flow-removed counters) the outcome feeds the feature history
+(``FlowHistory.record_end``) and the budget's window. The model, the history
+and the budget are shared by every switch (``PredictionEngine``); placement is
+per switch.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from dataclasses import dataclass
+from typing import Collection, Dict, List, Mapping, Optional, Protocol, Sequence, Tuple, Union
+
+from models.features import FirstPacket, FlowHistory, flow_features
+from prism.budget import BudgetSettings, BudgetTracker
+from prism.flows import FlowKey, PacketInfo
+from prism.policy import NoLiveCell
+from prism.profiles import MirroringProfile
+from prism.ring import HashRing
+from prism.telemetry import flow_outcome
+
+MAX_RISK_BOOST = 100.0
+AVOID_RISK_RATIO = 10.0
+LOAD_FACTOR = 1.5
+LOAD_SLACK = 8
+DEFAULT_RISK_TARGET = 1e-6
+#: A takeover successor is predicted to access a flow's state if every cell before it may
+#: fail within the flow's remaining predicted lifetime with at least this probability.
+ACCESS_PROBABILITY = 1e-3
+HEALTH_REFRESH_S = 1.0
+MAX_IN_FLIGHT = 1 << 18
+
+
+class Predictor(Protocol):
+    """What the policy needs of ``models.predictor.Predictor``."""
+
+    horizon_s: float
+
+    def predict_duration(self, features: Sequence[float]) -> float: ...  # pragma: no cover
+
+    def threshold_for(self, budget: float) -> Optional[float]: ...  # pragma: no cover
+
+
+class Health(Protocol):
+    """What the policy needs of ``prism.health.FailureDetector``."""
+
+    def failure_probability(self, cell_id: str, horizon_s: float, now: float) -> float: ...  # pragma: no cover
+
+
+def initial_threshold(predictor: Predictor, budget: float) -> Optional[float]:
+    """The training data's threshold for ``budget``; below every calibrated budget, the highest one."""
+    threshold = predictor.threshold_for(budget)
+    if threshold is None:
+        calibrated = getattr(predictor, "manifest", {}).get("thresholds", {})
+        threshold = max((float(value) for value in calibrated.values()), default=None)
+    return threshold
+
+
+class PredictionEngine:
+    """The model, the feature history and the budget, shared by the policies of every switch.
+
+    Args:
+        predictor: The loaded model.
+        budget: Budget settings (mirror copies per packet, window).
+        history: The feature history (default: empty, over the model's horizon).
+    """
+
+    def __init__(self, predictor: Predictor, budget: BudgetSettings, history: Optional[FlowHistory] = None):
+        self.predictor = predictor
+        self.history = history if history is not None else FlowHistory(predictor.horizon_s)
+        self.tracker = BudgetTracker(budget, initial_threshold(predictor, budget.budget))
+        self.generation = 0
+        self.flows_scored = 0
+        self.flows_mirrored = 0
+        self.outcomes_unknown = 0
+
+    def score(self, packet_info: PacketInfo, now: float, record: bool = True) -> Tuple[FirstPacket, float]:
+        """The flow's first packet as the features see it, and its predicted duration (s).
+
+        Args:
+            packet_info: The first packet.
+            now: Its arrival.
+            record: Count the flow as started in the history (a new flow, not a question).
+        """
+        first = FirstPacket.from_packet(packet_info, now)
+        return first, self.score_first(first, now, record)
+
+    def score_first(self, first: FirstPacket, now: float, record: bool = True) -> float:
+        """The predicted duration (s) of a flow given as its ``FirstPacket`` (replays of flow records)."""
+        features = flow_features(first, self.history, now, record_start=record)
+        return self.predictor.predict_duration(features)
+
+    def flow_ended(self, first: FirstPacket, duration_s: float, packets: Optional[int],
+                   score: Optional[float], replication_factor: int, generation: int, now: float) -> None:  # fmt: skip
+        """Feed an ended flow's outcome to the history and (same model only) the budget."""
+        if packets is None:
+            self.outcomes_unknown += 1
+            return
+        self.history.record_end(first, duration_s, packets, now)
+        if score is not None and generation == self.generation:
+            self.tracker.observe(score, packets, replication_factor)
+
+    def replace_predictor(self, predictor: Predictor) -> None:
+        """Serve a new model: the budget starts again from its training threshold (scores differ).
+
+        The history is kept when the new model has the same horizon.
+        """
+        if predictor.horizon_s != self.predictor.horizon_s:
+            self.history = FlowHistory(predictor.horizon_s)
+        self.predictor = predictor
+        self.generation += 1
+        self.tracker.reset(initial_threshold(predictor, self.tracker.settings.budget))
+
+    def status(self) -> Dict[str, object]:
+        """Plain values for the REST API."""
+        return {
+            "generation": self.generation,
+            "flows_scored": self.flows_scored,
+            "flows_mirrored": self.flows_mirrored,
+            "outcomes_unknown": self.outcomes_unknown,
+            "history_keys": len(self.history),
+            **self.tracker.status(),
+        }
+
+
+@dataclass(slots=True)
+class _Flight:
+    """A flow the policy decided and has not seen end."""
+
+    first: FirstPacket
+    predicted_s: float
+    score: float
+    cells: Tuple[str, ...]
+    generation: int
+    decided_at: float
+
+    @property
+    def replication_factor(self) -> int:
+        return len(self.cells) - 1
+
+
+class PredictivePolicy:
+    """The ``Policy`` of one switch that mirrors what the model predicts long (see the module docstring).
+
+    Args:
+        ring: The switch's ring over all its cells.
+        engine: The shared model, history and budget.
+        max_replication_factor: The most mirrors a flow gets.
+        idle_timeout: The FSC entries' idle timeout (what flow-removed durations include).
+        horizon_s: Look-ahead of the cells' failure probability (default: the model's horizon).
+        health: The failure detector (None: every cell equally healthy).
+        risk_target: Mirrors are added while all replicas could fail together with more than this.
+    """
+
+    def __init__(self, ring: HashRing, engine: PredictionEngine, max_replication_factor: int,
+                 idle_timeout: float, horizon_s: Optional[float] = None, health: Optional[Health] = None,
+                 risk_target: float = DEFAULT_RISK_TARGET) -> None:  # fmt: skip
+        if max_replication_factor < 0:
+            raise ValueError(f"max_replication_factor must be >= 0, not {max_replication_factor}")
+        self.ring = ring
+        self.engine = engine
+        self.max_replication_factor = max_replication_factor
+        self.idle_timeout = idle_timeout
+        self.horizon_s = horizon_s if horizon_s is not None else engine.predictor.horizon_s
+        self.health = health
+        self.risk_target = risk_target
+        self._in_flight: "OrderedDict[int, _Flight]" = OrderedDict()
+        self._mirror_load: Dict[str, int] = {}
+        self._risk: Dict[str, float] = {}
+        self._risk_at: Optional[float] = None
+        self.evicted = 0
+
+    # --- the packet-in path -------------------------------------------------------------
+    def profile_for(self, packet_info: PacketInfo, live_cells: Collection[str], now: float) -> MirroringProfile:
+        """See ``prism.policy.Policy.profile_for``.
+
+        Raises:
+            NoLiveCell: no live cell on this switch's ring.
+        """
+        live = live_cells if isinstance(live_cells, (set, frozenset)) else frozenset(live_cells)
+        ranked = [cell_id for cell_id in self.ring.order(packet_info.flow_id) if cell_id in live]
+        if not ranked:
+            raise NoLiveCell(f"no live cell for flow {packet_info.key} (live: {sorted(live)})")
+        engine = self.engine
+        first, predicted = engine.score(packet_info, now)
+        risk = self._risks(now)
+        score = max(predicted, 0.0) * self._boost(ranked[0], ranked, risk)
+        mirrors: Tuple[str, ...] = ()
+        if self.max_replication_factor and len(ranked) > 1 and engine.tracker.mirrors(score, packet_info.flow_id):
+            mirrors = self._choose_mirrors(ranked, risk)
+        engine.flows_scored += 1
+        engine.flows_mirrored += bool(mirrors)
+        self._remember(packet_info.flow_id, _Flight(first, predicted, score, (ranked[0], *mirrors),
+                                                    engine.generation, now))  # fmt: skip
+        return MirroringProfile(ranked[0], mirrors, len(mirrors))
+
+    def _risks(self, now: float) -> Mapping[str, float]:
+        """Every cell's failure probability within the horizon, refreshed once a HEALTH_REFRESH_S."""
+        if self.health is None:
+            return self._risk
+        if self._risk_at is None or now - self._risk_at >= HEALTH_REFRESH_S or now < self._risk_at:
+            self._risk = {cell_id: self.health.failure_probability(cell_id, self.horizon_s, now)
+                          for cell_id in self.ring.cells}  # fmt: skip
+            self._risk_at = now
+        return self._risk
+
+    @staticmethod
+    def _reference(ranked: Sequence[str], risk: Mapping[str, float]) -> float:
+        values = sorted(risk.get(cell_id, 0.0) for cell_id in ranked)
+        return values[len(values) // 2] if values else 0.0
+
+    def _boost(self, primary: str, ranked: Sequence[str], risk: Mapping[str, float]) -> float:
+        if not risk:
+            return 1.0
+        reference = self._reference(ranked, risk)
+        if reference <= 0.0:
+            return MAX_RISK_BOOST if risk.get(primary, 0.0) > 0.0 else 1.0
+        return min(MAX_RISK_BOOST, max(1.0, risk.get(primary, 0.0) / reference))
+
+    def _choose_mirrors(self, ranked: Sequence[str], risk: Mapping[str, float]) -> Tuple[str, ...]:
+        candidates = list(ranked[1:])
+        reference = self._reference(ranked, risk)
+        loads = self._mirror_load
+        mean_load = sum(loads.get(c, 0) for c in candidates) / len(candidates)
+        load_limit = LOAD_FACTOR * mean_load + LOAD_SLACK
+
+        def rank(cell_id: str) -> int:
+            risky = reference > 0 and risk.get(cell_id, 0.0) >= AVOID_RISK_RATIO * reference
+            return 2 if risky else (1 if loads.get(cell_id, 0) > load_limit else 0)
+
+        candidates.sort(key=rank)  # stable: ring order within each rank
+        limit = min(self.max_replication_factor, len(candidates))
+        chosen = [candidates[0]]
+        all_fail = risk.get(ranked[0], 0.0) * risk.get(candidates[0], 0.0)
+        while len(chosen) < limit and all_fail > self.risk_target:
+            chosen.append(candidates[len(chosen)])
+            all_fail *= risk.get(chosen[-1], 0.0)
+        return tuple(chosen)
+
+    def _remember(self, flow_id: int, flight: _Flight) -> None:
+        old = self._in_flight.pop(flow_id, None)
+        if old is not None:
+            self._unload(old)
+        self._in_flight[flow_id] = flight
+        for cell_id in flight.cells[1:]:
+            self._mirror_load[cell_id] = self._mirror_load.get(cell_id, 0) + 1
+        if len(self._in_flight) > MAX_IN_FLIGHT:
+            _flow_id, oldest = self._in_flight.popitem(last=False)
+            self._unload(oldest)
+            self.evicted += 1
+
+    def _unload(self, flight: _Flight) -> None:
+        for cell_id in flight.cells[1:]:
+            self._mirror_load[cell_id] -= 1
+
+    # --- flow ends ----------------------------------------------------------------------
+    def flow_ended(self, entry, now: float) -> None:
+        """A flow's last FSC entry was removed (``MirroringDirector`` flow-end listener).
+
+        Args:
+            entry: Its ``prism.profiles.FlowEntry`` with the summed flow-removed counters.
+            now: Current time.
+        """
+        flight = self._in_flight.pop(entry.flow_id, None)
+        outcome = flow_outcome(entry, self.idle_timeout)
+        if flight is not None:
+            self._unload(flight)
+            self.engine.flow_ended(flight.first, outcome.duration_s, outcome.packets, flight.score,
+                                   flight.replication_factor, flight.generation, now)  # fmt: skip
+        elif entry.first_packet is not None:  # decided before a restart or evicted: history only
+            first = FirstPacket.from_packet(entry.first_packet, entry.created_at)
+            self.engine.flow_ended(first, outcome.duration_s, outcome.packets, None, 0, -1, now)
+
+    # --- questions ----------------------------------------------------------------------
+    def predict_state_access(self, flow: Union[int, FlowKey, PacketInfo], now: Optional[float] = None) -> List[str]:
+        """The cells predicted to access a flow's state over its predicted lifetime.
+
+        The primary and the mirrors (they hold and update the state all along),
+        then further takeover successors on the ring, each while every cell
+        before it could fail within the flow's remaining predicted lifetime
+        with a probability of at least ``ACCESS_PROBABILITY``.
+
+        Args:
+            flow: A flow_id or key of a flow this policy placed, or the first
+                packet of any flow (predicted afresh, the history left as it is).
+            now: Current time (default: when the flow was placed).
+
+        Raises:
+            KeyError: a flow_id or key this policy has not placed (or has seen end).
+        """
+        flow_id = flow if isinstance(flow, int) else flow.flow_id
+        flight = self._in_flight.get(flow_id)
+        if flight is None:
+            if not isinstance(flow, PacketInfo):
+                raise KeyError(f"flow {flow_id:#x} is not a flow this policy placed and has not seen end")
+            at = 0.0 if now is None else now
+            _first, predicted = self.engine.score(flow, at, record=False)
+            cells, decided_at = tuple(self.ring.order(flow_id)[:1]), at
+        else:
+            predicted, cells, decided_at = flight.predicted_s, flight.cells, flight.decided_at
+        now = decided_at if now is None else now
+        remaining = max(0.0, decided_at + max(predicted, 0.0) - now)
+        access = list(cells)
+        if self.health is None or remaining <= 0.0:
+            return access
+        all_failed = 1.0
+        for cell_id in access:
+            all_failed *= self.health.failure_probability(cell_id, remaining, now)
+        for cell_id in self.ring.order(flow_id):
+            if cell_id in access:
+                continue
+            if all_failed < ACCESS_PROBABILITY:
+                break
+            access.append(cell_id)
+            all_failed *= self.health.failure_probability(cell_id, remaining, now)
+        return access
+
+    @property
+    def in_flight(self) -> int:
+        """Flows placed and not yet ended."""
+        return len(self._in_flight)
+
+    def mirror_load(self) -> Dict[str, int]:
+        """Cell -> flows in flight it mirrors."""
+        return {cell_id: count for cell_id, count in self._mirror_load.items() if count}
+
+    def __repr__(self) -> str:
+        return (f"PredictivePolicy({self.ring!r}, budget={self.engine.tracker.settings.budget}, "
+                f"max_replication_factor={self.max_replication_factor})")  # fmt: skip
