@@ -114,8 +114,10 @@ class PredictionEngine:
         features = flow_features(first, self.history, now, record_start=record)
         return self.predictor.predict_duration(features)
 
-    def flow_ended(self, first: FirstPacket, duration_s: float, packets: Optional[int],
-                   score: Optional[float], replication_factor: int, generation: int, now: float) -> None:  # fmt: skip
+    def flow_ended(
+        self, first: FirstPacket, duration_s: float, packets: Optional[int], score: Optional[float],
+        replication_factor: int, generation: int, now: float,
+    ) -> None:  # fmt: skip
         """Feed an ended flow's outcome to the history and (same model only) the budget."""
         if packets is None:
             self.outcomes_unknown += 1
@@ -296,7 +298,9 @@ class PredictivePolicy:
             self.engine.flow_ended(first, outcome.duration_s, outcome.packets, None, 0, -1, now)
 
     # --- questions ----------------------------------------------------------------------
-    def predict_state_access(self, flow: Union[int, FlowKey, PacketInfo], now: Optional[float] = None) -> List[str]:
+    def predict_state_access(
+        self, flow: Union[int, FlowKey, PacketInfo], now: Optional[float] = None
+    ) -> List[str]:
         """The cells predicted to access a flow's state over its predicted lifetime.
 
         The primary and the mirrors (they hold and update the state all along),

@@ -42,8 +42,10 @@ PART_SUFFIX = ".parquet"
 MAX_PARTS_KEPT = 10
 _PART_NAME = re.compile(r"(?P<table>[a-z_]+)-(?P<start>\d{8}T\d{6}Z)-(?P<seq>\d{6})\.parquet")
 #: pandas dtypes of the statistics tables' nullable Arrow types when read back.
-_READ_TYPES = {pa.uint64(): pd.UInt64Dtype(), pa.int64(): pd.Int64Dtype(), pa.int32(): pd.Int32Dtype(),
-               pa.int16(): pd.Int16Dtype(), pa.float64(): pd.Float64Dtype(), pa.string(): pd.StringDtype()}  # fmt: skip
+_READ_TYPES = {
+    pa.uint64(): pd.UInt64Dtype(), pa.int64(): pd.Int64Dtype(), pa.int32(): pd.Int32Dtype(),
+    pa.int16(): pd.Int16Dtype(), pa.float64(): pd.Float64Dtype(), pa.string(): pd.StringDtype(),
+}  # fmt: skip
 
 
 class TelemetryError(Exception):

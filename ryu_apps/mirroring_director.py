@@ -4,13 +4,20 @@ Launch from the repository root, with the project's virtualenv active::
 
     PRISM_CONFIG=examples/prism.yaml ryu-manager ryu_apps/mirroring_director.py
 
-(add ``ryu_apps/rest_api.py`` for the REST API and metrics).
+(add ``ryu_apps/rest_api.py`` for the REST API and metrics, ``ryu_apps/stats_collector.py``
+for telemetry).
 
 ``PRISM_CONFIG`` names the PRISM YAML configuration (``prism check-config FILE``
 validates it); a missing or bad file stops ryu-manager at start with every
 problem listed. Switches connect to ryu-manager's OpenFlow port (6653 by
 default) and must speak OpenFlow 1.3; a switch whose dpid is not in the file
 is logged and ignored.
+
+With a ``prediction`` section in the configuration, every new flow's profile
+comes from the predictive policy (``prism.policy_predictive``, the model
+served by ``ryu_apps.prediction.ModelService``; ``reload_model`` swaps it
+live); without one, from ``FixedPolicy``. A model that does not load stops
+ryu-manager at start with the reason.
 
 All decisions live in ``prism.director.MirroringDirector`` (one per switch)
 and ``prism.control.ControlPlane`` (cell health and failover across them);
@@ -29,7 +36,7 @@ from __future__ import annotations
 import os
 import time
 from collections import Counter
-from typing import Callable, Dict, Iterable, List, Optional
+from typing import Any, Callable, Dict, Iterable, List, Optional
 
 from ryu.base import app_manager
 from ryu.controller import ofp_event
@@ -63,19 +70,33 @@ TICK_S = 0.05
 BIND_RETRY_S = 1.0
 
 
-def load_directors(config: PrismConfig, logger) -> Dict[int, MirroringDirector]:
-    """One director per configured switch, placing flows with a FixedPolicy over its cells' ring."""
+def load_directors(config: PrismConfig, logger, models=None) -> Dict[int, MirroringDirector]:
+    """One director per configured switch, placing flows over its cells' ring.
+
+    With ``models`` (a ``ryu_apps.prediction.ModelService``) the predictive policy, else a FixedPolicy.
+    """
     directors = {}
     for dp_id, switch in config.switches.items():
         ring = HashRing(switch.cell_ids)
-        directors[dp_id] = MirroringDirector(
-            switch,
-            config.idle_timeout,
-            FixedPolicy(ring, config.default_replication_factor),
-            logger=logger,
-            ring=ring,
-        )
+        if models is not None:
+            policy = models.policy_for(switch, ring)
+        else:
+            policy = FixedPolicy(ring, config.default_replication_factor)
+        directors[dp_id] = MirroringDirector(switch, config.idle_timeout, policy, logger=logger, ring=ring)
     return directors
+
+
+def load_models(config: PrismConfig):
+    """The model service when the configuration names a model, else None (SystemExit if it cannot load)."""
+    if config.prediction is None:
+        return None
+    from ryu_apps.prediction import ModelError, ModelService  # scikit-learn only when a model is used
+
+    try:
+        return ModelService(config)
+    except ModelError as error:
+        raise SystemExit(f"PRISM: the model {config.prediction.model} (prediction.model) cannot be used:\n"
+                         f"{error}") from None
 
 
 def health_settings(config: PrismConfig) -> HealthSettings:
@@ -126,10 +147,13 @@ class MirroringDirectorApp(app_manager.RyuApp):
             raise SystemExit(f"PRISM: {path} is not a valid configuration:\n{error}") from None
         for warning in self.config.warnings:
             self.logger.warning("%s", warning)
-        self.directors = load_directors(self.config, self.logger)
+        self.models = load_models(self.config)
+        self.directors = load_directors(self.config, self.logger, self.models)
         self.control = ControlPlane(
             self.directors, time.time(), health_settings(self.config), cell_addresses(self.config)
         )
+        if self.models is not None:
+            self.models.attach_health(self.control.detector)
         self.datapaths: Dict[int, object] = {}
         self.channel: Optional[MgmtChannel] = None
         self.handler_errors: Counter = Counter()
@@ -143,6 +167,9 @@ class MirroringDirectorApp(app_manager.RyuApp):
             self.config.idle_timeout,
             self.config.default_replication_factor,
         )
+        if self.models is not None:
+            self.logger.info("predictive policy: model %s, budget %g mirror copies per packet",
+                             self.models.directory, self.config.prediction.budget)
 
     # --- Green threads ---------------------------------------------------------------------
     def start(self):
@@ -209,6 +236,20 @@ class MirroringDirectorApp(app_manager.RyuApp):
     def restore_cell(self, cell_id: str) -> None:
         """Restore a drained cell now (UnknownCell if it is not configured)."""
         self.send_outgoing(self.control.restore(cell_id, time.time()))
+
+    def reload_model(self) -> Dict[str, Any]:
+        """Load the configured model directory again and serve it (``ModelService.reload``).
+
+        Raises:
+            LookupError: no ``prediction`` section, so no model to reload.
+            ModelError: the model is unusable; the one in service stays.
+        """
+        if self.models is None:
+            raise LookupError("no model is configured: add a prediction section (prediction.model) "
+                              f"to {self.config.source} and restart the controller")
+        answer = self.models.reload()
+        self.logger.warning("model reloaded from %s (%s)", self.models.directory, answer["model"]["model_digest"])
+        return answer
 
     # --- Sending -------------------------------------------------------------------------
     def send(self, datapath, changes: Iterable[OfChange]) -> None:

@@ -16,6 +16,12 @@ it 127.0.0.1 unless the option is given. Endpoints (JSON unless said):
 - ``GET /prism/v1/flows[?cell=ID][&limit=N]``: flows (all, or those naming a cell).
 - ``POST /prism/v1/cells/{id}/drain`` and ``/restore``: need
   ``Authorization: Bearer <token>``; optional JSON body ``{"reason": "..."}``.
+- ``GET /prism/v1/model``: the model in service and its budget line (404 without
+  a ``prediction`` section).
+- ``POST /prism/v1/model/reload``: load ``prediction.model`` again and serve it
+  (token and body as for drain): 200 with the new and previous model; 422 with
+  the reason when the model is unusable, the previous one staying in service;
+  409 without a ``prediction`` section.
 - ``GET /metrics``: Prometheus text format.
 
 Changes need a token: from the environment variable the configuration's
@@ -62,6 +68,8 @@ ENDPOINTS = (
     (re.compile(r"/prism/v1/(status|cells|profiles|flows)"), ("GET",)),
     (re.compile(r"/prism/v1/cells/[^/]+"), ("GET",)),
     (re.compile(r"/prism/v1/cells/[^/]+/(drain|restore)"), ("POST",)),
+    (re.compile(r"/prism/v1/model"), ("GET",)),
+    (re.compile(r"/prism/v1/model/reload"), ("POST",)),
 )
 
 # Loopback unless --wsapi-host says otherwise (ryu.app.wsgi registered the option).
@@ -199,6 +207,28 @@ class PrismRestApi(app_manager.RyuApp):
 
         return self.answer(f"POST {action} {cell_id}", produce)
 
+    def reload_model(self, req) -> Response:
+        """``POST /prism/v1/model/reload``, after the token and the body are checked."""
+
+        def produce(app) -> Tuple[int, Any]:
+            check_authorization(req.headers.get("Authorization"), configured_token(app.config))
+            body = parse_body(req.body)
+            self.logger.warning("REST model reload%s", f" ({body['reason']})" if body.get("reason") else "")
+            if app.models is None:
+                return 409, {"error": "no model is configured: add a prediction section (prediction.model) "
+                                      "to the PRISM configuration and restart the controller"}  # fmt: skip
+            from models.artifact import ModelError  # loaded already: the director serves a model
+
+            try:
+                return 200, app.reload_model()
+            except ModelError as error:
+                self.logger.warning("REST model reload refused: %s", error)
+                return 422, {"error": f"the model in {app.models.directory} was not loaded: {error}; "
+                                      "the previous model stays in service",
+                             "model": app.models.status()}  # fmt: skip
+
+        return self.answer("POST model reload", produce)
+
 
 class PrismRestController(ControllerBase):
     """The endpoints (see the module docstring)."""
@@ -247,6 +277,20 @@ class PrismRestController(ControllerBase):
     def post_restore(self, req, cell_id, **_kwargs):
         return self.api.change(req, cell_id, "restore")
 
+    @route("prism", "/prism/v1/model", methods=["GET"])
+    def get_model(self, req, **_kwargs):
+        def produce(app):
+            if app.models is None:
+                raise HttpError(404, "no model is configured (no prediction section): every flow gets "
+                                     "default_replication_factor")  # fmt: skip
+            return 200, app.models.status()
+
+        return self.api.answer("GET model", produce)
+
+    @route("prism", "/prism/v1/model/reload", methods=["POST"])
+    def post_model_reload(self, req, **_kwargs):
+        return self.api.reload_model(req)
+
     @route("prism", "/metrics", methods=["GET"])
     def get_metrics(self, req, **_kwargs):
         try:
@@ -285,4 +329,5 @@ class PrismRestFallback(ControllerBase):
             return json_response(405, {"error": f"{req.method} is not allowed on {path} (use {', '.join(allowed)})"},
                                  {"Allow": ", ".join(allowed)})  # fmt: skip
         return json_response(404, {"error": f"no endpoint {path}; see GET /prism/v1/status, /prism/v1/cells, "
-                                            "/prism/v1/profiles, /prism/v1/flows, /metrics"})  # fmt: skip
+                                            "/prism/v1/profiles, /prism/v1/flows, /prism/v1/model, "
+                                            "/metrics"})  # fmt: skip

@@ -1,0 +1,79 @@
+"""The director's Ryu shell with a model configured: predictive policies, health, live reloads."""
+
+from __future__ import annotations
+
+import shutil
+import textwrap
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("ryu")
+
+from models.artifact import ModelError  # noqa: E402
+from prism.policy import FixedPolicy  # noqa: E402
+from prism.policy_predictive import PredictivePolicy  # noqa: E402
+
+app_module = pytest.importorskip("ryu_apps.mirroring_director")
+
+REPO = Path(__file__).resolve().parents[2]
+CONFIG = textwrap.dedent("""\
+    idle_timeout: 7
+    default_replication_factor: 1
+    switches:
+      - dpid: 0x1
+        cells:
+          - {id: cell1, port: 1}
+          - {id: cell2, port: 2}
+          - {id: cell3, port: 3}
+        edge_ports: [4, 5]
+    """)
+
+
+def make_app(tmp_path, monkeypatch, prediction: str = ""):
+    path = tmp_path / "prism.yaml"
+    path.write_text(CONFIG + prediction)
+    monkeypatch.setenv(app_module.CONFIG_ENV, str(path))
+    return app_module.MirroringDirectorApp()
+
+
+@pytest.fixture
+def model_copy(tmp_path):
+    copy = tmp_path / "model"
+    shutil.copytree(REPO / "models" / "default", copy)
+    return copy
+
+
+def test_a_configured_model_gives_every_switch_the_predictive_policy_with_health(tmp_path, monkeypatch,
+                                                                                model_copy):
+    app = make_app(tmp_path, monkeypatch, f"prediction: {{model: {model_copy}, budget: 0.3}}\n")
+    policy = app.directors[1].policy
+    assert isinstance(policy, PredictivePolicy)
+    assert policy.health is app.control.detector and policy.max_replication_factor == 2
+    assert policy.engine.tracker.settings.budget == 0.3
+
+
+def test_without_a_model_the_fixed_policy_and_no_reload(tmp_path, monkeypatch):
+    app = make_app(tmp_path, monkeypatch)
+    assert isinstance(app.directors[1].policy, FixedPolicy) and app.models is None
+    with pytest.raises(LookupError, match="prediction"):
+        app.reload_model()
+
+
+def test_a_model_that_does_not_load_stops_the_controller_with_the_reason(tmp_path, monkeypatch):
+    with pytest.raises(SystemExit) as stopped:
+        make_app(tmp_path, monkeypatch, f"prediction: {{model: {tmp_path / 'nowhere'}}}\n")
+    assert "prediction.model" in str(stopped.value) and "nowhere" in str(stopped.value)
+
+
+def test_reload_swaps_the_model_and_a_broken_file_keeps_the_old_one(tmp_path, monkeypatch, model_copy):
+    app = make_app(tmp_path, monkeypatch, f"prediction: {{model: {model_copy}}}\n")
+    app.models._run = lambda function, *args: function(*args)
+    engine = app.directors[1].policy.engine
+    answer = app.reload_model()
+    assert answer["model"]["reloads"] == 1 and engine.generation == 1
+    in_service = engine.predictor
+    (model_copy / "manifest.json").write_text("{not json")
+    with pytest.raises(ModelError):
+        app.reload_model()
+    assert engine.predictor is in_service and app.models.status()["failed_reloads"] == 1
