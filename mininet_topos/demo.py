@@ -42,6 +42,7 @@ class DemoOptions:
     udp_flows_per_client: int = 3
     workdir: Path = Path("out/demo")
     json_path: Optional[Path] = None
+    prediction: bool = True
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -62,6 +63,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--workdir", type=Path, default=Path("out/demo"),
                         help="where logs, captures and the report go (default out/demo)")
     parser.add_argument("--json", type=Path, dest="json_path", help="also write the report as JSON")
+    parser.add_argument("--no-prediction", action="store_false", dest="prediction",
+                        help="every flow gets --rf mirrors (default: the shipped model predicts which "
+                             "flows are long enough to need mirrors)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -108,8 +112,11 @@ def run_demo(options: DemoOptions) -> Dict:
     for stale in workdir.glob("*"):
         if stale.is_file() or stale.is_socket():
             stale.unlink()
+    from mininet_topos.prism_topo import prediction_config
+
+    overrides = {"prediction": prediction_config()} if options.prediction else {}
     with PrismNetwork(workdir, clients=options.clients, servers=1, cells=options.cells,
-                      replication_factor=options.replication_factor) as net:
+                      replication_factor=options.replication_factor, config_overrides=overrides) as net:
         server = net.host(net.server_names[0])
         server_ip = server.IP()
         capture = workdir / "server.pcap"
@@ -172,7 +179,8 @@ def run_demo(options: DemoOptions) -> Dict:
     return {
         "options": {"cells": options.cells, "clients": options.clients,
                     "replication_factor": options.replication_factor,
-                    "fail_primary": options.fail_primary, "duration_s": options.duration_s},
+                    "fail_primary": options.fail_primary, "duration_s": options.duration_s,
+                    "prediction": options.prediction},
         "flows_total": status.get("flows_total"),
         "flows_mirrored": status.get("flows_mirrored"),
         # one ALL group (and its FAST_FAILOVER group) per profile
@@ -352,8 +360,9 @@ def format_report(report: Dict) -> str:
     """The one-screen text report."""
     lines = ["", "PRISM demo report", "=" * 17]
     options = report["options"]
-    lines.append(f"network: {options['clients']} clients, 1 server, {options['cells']} cells, "
-                 f"replication factor {options['replication_factor']}")
+    policy = ("predictive (shipped model)" if options.get("prediction")
+              else f"replication factor {options['replication_factor']}")
+    lines.append(f"network: {options['clients']} clients, 1 server, {options['cells']} cells, policy {policy}")
     lines.append(f"flows seen by the director: {report['flows_total']} "
                  f"({report['flows_mirrored']} mirrored)")
     lines.append(f"profile groups installed: {report['groups']}")

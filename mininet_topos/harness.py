@@ -48,6 +48,8 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 #: The Ryu apps a PRISM controller runs: the director and its REST API / metrics.
 CONTROLLER_APPS = (REPO_ROOT / "ryu_apps" / "mirroring_director.py",
                    REPO_ROOT / "ryu_apps" / "rest_api.py")
+#: The stats collector (telemetry), for ``PrismNetwork(extra_apps=...)``.
+STATS_COLLECTOR_APP = REPO_ROOT / "ryu_apps" / "stats_collector.py"
 CONTROLLER_START_TIMEOUT_S = 30.0
 SWITCH_CONNECT_TIMEOUT_S = 30.0
 PROCESS_STOP_TIMEOUT_S = 5.0
@@ -158,12 +160,14 @@ class PrismNetwork:
         idle_timeout: FSC idle timeout (s).
         start_cells: run ``prism cell`` in every cell host.
         cell_args: extra arguments for every ``prism cell``.
+        extra_apps: Ryu apps the controller runs beside ``CONTROLLER_APPS`` (e.g. STATS_COLLECTOR_APP).
     """
 
     def __init__(self, workdir: Path, clients: int = 2, servers: int = 1, cells: int = 3,
                  replication_factor: int = 1, idle_timeout: int = 10, start_cells: bool = True,
                  cell_args: Sequence[str] = (), extra_env: Optional[Dict[str, str]] = None,
-                 config_overrides: Optional[dict] = None, management: bool = True):
+                 config_overrides: Optional[dict] = None, management: bool = True,
+                 extra_apps: Sequence[Path] = ()):
         self.workdir = Path(workdir)
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.clients, self.servers, self.cells = clients, servers, cells
@@ -174,7 +178,8 @@ class PrismNetwork:
         self.config_path = self.workdir / "prism.yaml"
         self.start_cells = start_cells
         self.cell_args = list(cell_args)
-        self.controller = ControllerProcess(self.workdir, self.config_path, extra_env=extra_env)
+        self.controller = ControllerProcess(self.workdir, self.config_path, (*CONTROLLER_APPS, *extra_apps),
+                                            extra_env=extra_env)
         self.net: Optional[Mininet] = None
         self.cell_processes: Dict[str, subprocess.Popen] = {}
         self.background: List[subprocess.Popen] = []

@@ -14,6 +14,7 @@ Nothing happens at import time.
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Dict, List
 
 from mininet.topo import Topo
@@ -37,6 +38,10 @@ MGMT_CELL_HOST_BASE = 10
 #: Switch port numbers: edge hosts count up from 1, cells from CELL_PORT_BASE.
 EDGE_PORT_BASE = 1
 CELL_PORT_BASE = 101
+#: The shipped SPE model, used by ``prism_config(prediction=True)`` (the demo).
+DEFAULT_MODEL_DIR = Path(__file__).resolve().parent.parent / "models" / "default"
+#: The demo's mirroring budget: mirror copies per packet the predictive policy may spend.
+DEMO_MIRROR_BUDGET = 0.5
 
 
 class PrismTopo(Topo):
@@ -81,11 +86,13 @@ def prism_config(
     idle_timeout: int = 10,
     replication_factor: int = 1,
     management: bool = True,
+    prediction: bool = False,
 ) -> Dict:
     """The PRISM configuration (as a YAML-ready dict) for ``PrismTopo``.
 
     With ``management`` the cells have management addresses and the controller
     listens for their heartbeats (see ``PrismNetwork``, which builds that network).
+    With ``prediction`` the controller serves the shipped model (``prediction_config``).
     """
     edge_ports = list(range(EDGE_PORT_BASE, EDGE_PORT_BASE + clients + servers))
     config = {
@@ -108,7 +115,14 @@ def prism_config(
         config["management"] = {"listen": f"{MGMT_CONTROLLER_IP}:{MGMT_CONTROLLER_PORT}"}
         for index, cell in enumerate(config["switches"][0]["cells"]):
             cell["mgmt"] = f"{cell_mgmt_ip(index)}:{MGMT_CELL_PORT}"
+    if prediction:
+        config["prediction"] = prediction_config()
     return config
+
+
+def prediction_config(model_dir: Path = DEFAULT_MODEL_DIR, budget: float = DEMO_MIRROR_BUDGET) -> Dict:
+    """The ``prediction`` section: the predictive policy with ``model_dir`` and ``budget``."""
+    return {"model": str(model_dir), "budget": budget}
 
 
 topos = {"prism": PrismTopo}
