@@ -89,9 +89,14 @@ class ControlPlane:
         if kind == "heartbeat":
             self.counts["heartbeats"] += 1
             seq = message.get("seq")
+            first_heard = cell_id not in self._reports
             self._reports[cell_id] = {k: message[k] for k in REPORT_FIELDS if k in message}
             seq = seq if isinstance(seq, int) and not isinstance(seq, bool) else None
             out = self._apply(self.detector.on_heartbeat(cell_id, now, seq), now)
+            if first_heard and cell_id in self.addresses and not _has_directory_for(out, cell_id):
+                # It started after the last directory (or the controller's start-up one went
+                # nowhere): until it has one it knows no live peer and replicates nothing.
+                out.append(self._directory_to(cell_id))
             return out + self._reassign(cell_id, message.get("unassigned"))
         if kind == "seeded":
             profile_id, target = message.get("profile_id"), message.get("target")
@@ -135,8 +140,12 @@ class ControlPlane:
         """The directory for every cell with a management address."""
         self._directory_epoch += 1
         self._next_directory = now + DIRECTORY_REFRESH_S
+        return [self._directory_to(cell_id) for cell_id in sorted(self.addresses)]
+
+    def _directory_to(self, cell_id: str) -> MgmtMessage:
+        """The current directory (latest epoch) for one cell."""
         body = directory_message(self._directory_epoch, self.addresses, self.detector.usable_cells)
-        return [MgmtMessage(cell_id, body) for cell_id in sorted(self.addresses)]
+        return MgmtMessage(cell_id, body)
 
     # --- internals ------------------------------------------------------------------------------
     def _reassign(self, cell_id: str, unassigned: Any) -> List[Outgoing]:
@@ -305,6 +314,10 @@ class ControlPlane:
                     row["role"] = "primary" if profile.primary_cell == cell_id else "mirror"
                 rows.append(row)
         return {"flows": rows, "total": total, "truncated": total > len(rows)}
+
+
+def _has_directory_for(outgoing: Iterable[Outgoing], cell_id: str) -> bool:
+    return any(isinstance(m, MgmtMessage) and m.type == "directory" and m.cell_id == cell_id for m in outgoing)
 
 
 def _wrap(dp_id: int, decisions: Iterable[Decision]) -> List[Outgoing]:

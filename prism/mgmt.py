@@ -12,13 +12,18 @@ Message types (field ``type``); ``cell`` is always the sender's cell id
 - ``heartbeat`` cell -> controller, every HEARTBEAT_INTERVAL_S:
   ``{cell, seq, flows, primary_pps, mirror_pps, replication: {...counters}, unassigned}``;
   ``seq`` starts at 1 with every process; ``unassigned`` lists (at most 32)
-  flow ids whose changes the cell holds because their ``assign`` has not
-  arrived (``assign`` is not acknowledged: answer with their ``assign``).
+  flow ids whose changes the cell holds because their ``assign`` (or their
+  profile, or the cell's first ``directory``) has not arrived (``assign`` is
+  not acknowledged: answer with their ``assign``).
   The controller takes a ``seq`` back at 1, or more than 2 below the last,
   for a restarted process (a failure even without a missed heartbeat), and
   accepts a cell's messages only from the cell's configured management IP.
-- ``directory`` controller -> every cell, on start, on every change and every 5 s:
-  ``{epoch, cells: {cell_id: [mgmt_ip, mgmt_port]}, live: [cell_id, ...]}``
+- ``directory`` controller -> every cell, on start, on every change and every 5 s,
+  and to a cell at the first heartbeat the controller gets from it (a cell
+  started after the last one must not wait for the next):
+  ``{epoch, cells: {cell_id: [mgmt_ip, mgmt_port]}, live: [cell_id, ...]}``.
+  Until its first directory a cell knows no live peer: it holds its flows'
+  changes (an empty ``live`` then means "not told", not "nobody is live").
 - ``profiles`` controller -> the cells a change concerns:
   ``{epoch, profiles: {profile_id: [primary_cell, [mirror_cells...]]}}``
   (profile_id is the profile's ALL group id, a decimal string as a JSON key;

@@ -202,6 +202,20 @@ def test_flows_a_cell_holds_without_an_assignment_are_assigned_again():
     assert controller.control.counts["reassigned"] == len(mine)
 
 
+def test_a_cell_heard_for_the_first_time_gets_the_directory_at_once():
+    controller = Controller()
+    controller.take(controller.control.tick(0.05))  # the start-up directory: no cell listened yet
+    controller.messages.clear()
+    controller.now = 1.0
+    controller.heartbeat("c2", seq=1)  # started after it, the next refresh is 4 s away
+    [directory] = [m for m in controller.messages if m.type == "directory"]
+    assert directory.cell_id == "c2" and directory.message["live"] == sorted(FOUR_CELLS)
+    controller.messages.clear()
+    controller.heartbeat("c2", seq=2)
+    controller.heartbeat("c3", seq=40)  # a controller restarted under a running cell
+    assert [(m.type, m.cell_id) for m in controller.messages] == [("directory", "c3")]
+
+
 def test_a_cell_that_joins_a_group_is_assigned_its_flows():
     controller = Controller(replication_factor=1)
     controller.start_flows(30)
