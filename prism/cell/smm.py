@@ -96,9 +96,10 @@ class StateMirroringModule:
     (``TickReport.changed``: this cell received its primary copies and its
     facts, token or verdict changed) is queued for every other live cell of
     the flow's profile; a flow that expired here as its primary is queued as
-    a removal record. A flow whose ``assign`` has not arrived waits (at most
-    ``max_held_flows``, ``hold_timeout_s``). Records are built at flush time
-    (latest state), batched per peer under ``max_datagram``, compressed,
+    a removal record. A flow whose ``assign`` or profile has not arrived, or
+    any flow before the first ``directory`` (who is live is not known yet),
+    waits (at most ``max_held_flows``, ``hold_timeout_s``). Records are built
+    at flush time (latest state), batched per peer under ``max_datagram``, compressed,
     sequence-numbered, acknowledged and retried (``PeerChannel``). A ``seed``
     queues every flow of the profile for the target, tagged; ``seeded`` goes
     to the controller once the target acknowledged them all.

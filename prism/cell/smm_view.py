@@ -99,10 +99,20 @@ class ControlView:
         assignment = self._assignments.get(flow_id)
         return None if assignment is None else self.profiles.get(assignment[0])
 
+    @property
+    def has_directory(self) -> bool:
+        """A directory has been applied: ``live`` says who is live (before it, nobody is known to be)."""
+        return "directory" in self._epochs
+
     def peers_of(self, flow_id: int) -> Optional[List[str]]:
-        """The other live cells of a flow's profile (None: not known yet)."""
+        """The other live cells of a flow's profile.
+
+        None while that is not known: no assignment or profile for the flow
+        yet, or no directory yet (an empty ``live`` then means "not told", not
+        "no peer is live": changes routed to nobody would never be sent).
+        """
         profile = self.profile_of(flow_id)
-        if profile is None:
+        if profile is None or not self.has_directory:
             return None
         cells = (profile.primary_cell, *profile.mirror_cells)
         return [cell_id for cell_id in cells if cell_id != self.cell_id and cell_id in self.live]

@@ -141,6 +141,23 @@ def test_changes_wait_for_their_assign_then_go_out():
     assert bed.smms["c1"].replication_counters()["held_flows"] == 0
 
 
+def test_changes_before_the_first_directory_wait_for_it_then_go_out():
+    """Profiles and assign known but no directory yet: who is live is unknown, not "nobody"."""
+    bed = SmmBed(3)
+    bed.profiles({PROFILE: ("c1", ["c2"])})
+    conversations = open_flows(bed, 3)
+    bed.run(1.0)  # the handshakes' versions are all made: no later change would carry them
+    counters = bed.smms["c1"].replication_counters()
+    assert counters["records_sent"] == 0 and counters["held_flows"] == 3
+    bed.directory(live=list(bed.smms))
+    bed.run_until_quiet()
+    primary, mirror = bed.records("c1"), bed.records("c2")
+    for conv in conversations:
+        flow_id = conv.syn().key.flow_id
+        assert mirror[flow_id]["token"] == primary[flow_id]["token"] != 0
+    assert bed.smms["c1"].replication_counters()["held_flows"] == 0
+
+
 def test_held_flows_are_bounded_in_number_and_time():
     bed = standard_bed(settings=SmmSettings(max_held_flows=2, hold_timeout_s=3.0))
     for index in range(3):
