@@ -11,7 +11,7 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, Mapping, Optional, Sequence
+from typing import Iterator, Mapping, Optional, Sequence, Tuple
 
 START_TIMEOUT_S = 30.0
 STOP_GRACE_S = 5.0
@@ -69,6 +69,21 @@ class RyuProcess:
         except OSError:
             return ""
         return "\n".join(text.splitlines()[-lines:])
+
+    def schedstat_ns(self) -> Tuple[int, int]:
+        """``(cpu, waiting)``: ns the process ran on a CPU, and waited for one, summed over its threads.
+
+        From ``/proc/<pid>/task/*/schedstat`` (ns resolution, unlike the clock
+        ticks of ``/proc/<pid>/stat``). CPU time is the controller's own work,
+        whatever else the machine runs; waiting time shows how busy it was.
+        """
+        cpu = waiting = 0
+        for task in Path(f"/proc/{self.pid}/task").iterdir():
+            with contextlib.suppress(OSError, ValueError):  # a thread may end between listing and reading
+                fields = (task / "schedstat").read_text(encoding="ascii").split()
+                cpu += int(fields[0])
+                waiting += int(fields[1])
+        return cpu, waiting
 
     def stop(self) -> Optional[int]:
         """SIGTERM, then SIGKILL after a grace period; returns the exit code. Idempotent."""
