@@ -7,7 +7,7 @@ tests, and os-ken's parser would work the same way.
 
 from __future__ import annotations
 
-from typing import Any, Dict, Iterable, List, Mapping
+from typing import Any, Dict, Iterable, List, Mapping, Tuple
 
 from prism.openflow import (
     Action,
@@ -125,7 +125,32 @@ def _bucket(datapath: Any, bucket: Bucket) -> Any:
 
 
 def _match(datapath: Any, fields: Mapping[str, Any]) -> Any:
-    return datapath.ofproto_parser.OFPMatch(**fields)
+    """An ``OFPMatch`` built as Ryu's own parser builds one: fields in OXM order, values as given.
+
+    ``OFPMatch(**fields)`` converts every value three times (normalize, encode,
+    decode) before serializing encodes it again; for an FSC entry's five-tuple
+    with text addresses that was 40 % of the controller's cost per new flow.
+    The bytes sent are the same; values are not normalized (a MAC stays in the
+    case given). Masked values (tuples) take the keyword path, which applies the mask.
+    """
+    parser = datapath.ofproto_parser
+    if any(isinstance(value, (tuple, list)) for value in fields.values()):
+        return parser.OFPMatch(**fields)
+    ofp = datapath.ofproto
+    return parser.OFPMatch(_ordered_fields=sorted(fields.items(), key=lambda item: _oxm_order(ofp, item[0])))
+
+
+_OXM_ORDER: Dict[Tuple[str, str], Any] = {}
+
+
+def _oxm_order(ofp: Any, name: str) -> Any:
+    """Sort key of an OXM field (its number, as OFPMatch sorts), cached; KeyError for an unknown name."""
+    key = (ofp.__name__, name)
+    order = _OXM_ORDER.get(key)
+    if order is None:
+        number = ofp.oxm_from_user_header(name)
+        order = _OXM_ORDER[key] = number[0] if isinstance(number, tuple) else number
+    return order
 
 
 def _actions(datapath: Any, actions: Iterable[Action]) -> List[Any]:

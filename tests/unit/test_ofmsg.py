@@ -138,3 +138,31 @@ def test_anything_else_is_refused(datapath):
         to_ofmsg(datapath, "flow please")
     with pytest.raises(TypeError):
         to_ofmsg(datapath, PacketOut(1, ("drop",), b""))
+
+
+@pytest.mark.parametrize(
+    "fields",
+    [
+        {"eth_type": 0x800, "ip_proto": 6, "ipv4_src": "172.31.0.1", "ipv4_dst": "172.31.255.1",
+         "tcp_src": 20000, "tcp_dst": 443},
+        {"udp_dst": 53, "ipv6_dst": "2001:db8::2", "eth_type": 0x86DD, "ip_proto": 17, "ipv6_src": "2001:db8::1",
+         "udp_src": 5},
+        {"eth_dst": MIRROR_MAC},
+        {"in_port": 4, "eth_type": 0x86DD, "ip_proto": 58},
+        {"eth_type": 0x800, "ipv4_src": ("10.0.0.0", "255.0.0.0")},  # masked: the keyword path
+        {},
+    ],
+)  # fmt: skip
+def test_match_is_built_in_oxm_order_with_the_same_bytes_as_keywords(datapath, fields):
+    change = FlowMod(Command.ADD, TABLE_FSC, Match.of(**fields))
+    built, reference = bytearray(), bytearray()
+    to_ofmsg(datapath, change).match.serialize(built, 0)
+    ofproto_v1_3_parser.OFPMatch(**fields).serialize(reference, 0)
+    assert built == reference
+    assert match_to_dict(_reparse_flow_mod(datapath, to_ofmsg(datapath, change)).match) == \
+        match_to_dict(ofproto_v1_3_parser.OFPMatch(**fields))  # fmt: skip
+
+
+def test_match_with_an_unknown_field_is_refused(datapath):
+    with pytest.raises(KeyError, match="unknown OXM field"):
+        to_ofmsg(datapath, FlowMod(Command.ADD, 0, Match.of(no_such_field=1)))
