@@ -8,6 +8,11 @@ and a dict lookup as the floor. Rounds are interleaved and the median is
 reported, so that a busy machine slows every measurement alike. The ratio the
 issue asks for: SPE cost (features + prediction) / director cost <= 0.2.
 
+The predictive policy's whole cost per new flow is measured too: its
+``profile_for`` alone (features, prediction, health lookups, budget line,
+mirror choice, bookkeeping), and the director handling a new flow's
+packet-in with the predictive policy instead of the fixed one.
+
     .venv/bin/python benchmarks/inference.py [--model models/default] [--flows 2000]
 """
 
@@ -32,7 +37,10 @@ from prism.director import MirroringDirector  # noqa: E402
 from prism.flows import TCP_SYN, parse_frame  # noqa: E402
 from prism.openflow import TABLE_FSC  # noqa: E402
 from prism.packets import build_tcp_frame  # noqa: E402
+from prism.budget import BudgetSettings  # noqa: E402
+from prism.health import FailureDetector  # noqa: E402
 from prism.policy import FixedPolicy  # noqa: E402
+from prism.policy_predictive import PredictionEngine, PredictivePolicy  # noqa: E402
 from prism.records import read_records  # noqa: E402
 from prism.ring import HashRing  # noqa: E402
 
@@ -68,12 +76,23 @@ def main() -> int:
     infos = [parse_frame(f) for f in frames]
     lookup = {i: float(i) for i in range(args.flows)}
 
-    def director_round() -> float:
-        config = SwitchConfig(dp_id=1, name="s1", edge_ports=(EDGE_PORT, 2),
-                              cells=tuple(CellConfig(id=c, port=p) for c, p in CELLS.items()))  # fmt: skip
-        director = MirroringDirector(config, 10, FixedPolicy(HashRing(list(CELLS)), 1))
+    config = SwitchConfig(dp_id=1, name="s1", edge_ports=(EDGE_PORT, 2),
+                          cells=tuple(CellConfig(id=c, port=p) for c, p in CELLS.items()))  # fmt: skip
+
+    def predictive_policy() -> PredictivePolicy:
+        engine = PredictionEngine(predictor, BudgetSettings(0.25))
+        health = FailureDetector(list(CELLS), 0.0)
+        return PredictivePolicy(HashRing(list(CELLS)), engine, 2, 10, health=health)
+
+    def director_round(policy=None) -> float:
+        director = MirroringDirector(config, 10, policy or FixedPolicy(HashRing(list(CELLS)), 1))
         director.on_switch_connect(0.0)
         return per_call_us(lambda f: director.on_packet_in(1.0, EDGE_PORT, TABLE_FSC, f), frames)
+
+    def policy_round() -> float:
+        policy = predictive_policy()
+        live = tuple(CELLS)
+        return per_call_us(lambda info: policy.profile_for(info, live, 1.0), infos)
 
     def spe_round() -> float:
         history = FlowHistory(horizon)
@@ -97,6 +116,8 @@ def main() -> int:
     one_row = np.asarray(rows[:1])
     measures = {
         "director on_packet_in, new flow (no SPE)": director_round,
+        "director on_packet_in, new flow, predictive policy": lambda: director_round(predictive_policy()),
+        "predictive policy profile_for (whole policy, per new flow)": policy_round,
         "SPE features (FirstPacket + history + flow_features)": features_round,
         "SPE predict_duration (policy hot path)": lambda: per_call_us(predictor.predict_duration, rows),
         "SPE predict_one (alive, duration, packets, bytes)": lambda: per_call_us(predictor.predict_one, rows),
@@ -123,6 +144,10 @@ def main() -> int:
     sklearn_one = medians["sklearn HGB predict, one row (1 OpenMP thread)"]
     hot = medians["SPE predict_duration (policy hot path)"]
     print(f"SPE per new flow / director per packet-in: {spe / director:.2f} (target <= 0.20)")
+    policy = medians["predictive policy profile_for (whole policy, per new flow)"]
+    predictive = medians["director on_packet_in, new flow, predictive policy"]
+    print(f"predictive policy per new flow / director per packet-in: {policy / director:.2f}; "
+          f"director with the predictive policy / with the fixed one: {predictive / director:.2f}")
     print(f"compact predictor vs sklearn on one row: {sklearn_one / hot:.0f}x faster")
     print(f"predict_duration vs dict lookup: {hot / medians['dict lookup (floor)']:.0f}x")
     return 0

@@ -95,9 +95,13 @@ class BudgetTracker:
         self._threshold = float("inf") if initial_threshold is None else float(initial_threshold)
         self._bin: Optional[int] = None  # the fitted line (None: use _threshold)
         self.share_at_threshold = 1.0
+        # Scores from _above are mirrored, below _below not, in between with share_at_threshold.
+        self._above = self._below = self._threshold
+        self._new_starts: List[float] = []
         self.fits = 0
         self._starts.clear()
         self._start_counts.clear()
+        self._new_starts.clear()
         self._ends.clear()
         self._end_packets.clear()
         self._copies = self._packets = self._mirrored_packets = 0
@@ -115,25 +119,33 @@ class BudgetTracker:
 
     # --- decisions ----------------------------------------------------------------------
     def mirrors(self, score: float, flow_id: int) -> bool:
-        """A new flow with this score starts: is it mirrored? (Counts it in the start window.)"""
-        index = score_bin(score)
-        self._count_start(index)
-        if self._bin is None:
-            return score >= self._threshold
-        if index != self._bin:
-            return index > self._bin
+        """A new flow with this score starts: is it mirrored? (Counts it in the start window.)
+
+        The packet-in path: no logarithm here, the line is kept as the score range of its bin.
+        """
+        self._new_starts.append(score)
+        self._since_fit += 1
+        if self._since_fit >= self.settings.refit_every and len(self._ends) >= self.settings.min_flows:
+            self.fit()
+        if score >= self._above:
+            return True
+        if score < self._below:
+            return False
         return flow_id / FLOW_ID_SPACE < self.share_at_threshold
 
-    def _count_start(self, index: int) -> None:
-        starts, counts = self._starts, self._start_counts
-        starts.append(index)
-        counts[index] = counts.get(index, 0) + 1
-        if len(starts) > self.settings.start_window:
-            old = starts.popleft()
-            counts[old] -= 1
-            if not counts[old]:
-                del counts[old]
-        self._tick()
+    def _count_starts(self) -> None:
+        """Move the scores of flows started since the last fit into the start window, by bin."""
+        starts, counts, limit = self._starts, self._start_counts, self.settings.start_window
+        for score in self._new_starts:
+            index = score_bin(score)
+            starts.append(index)
+            counts[index] = counts.get(index, 0) + 1
+            if len(starts) > limit:
+                old = starts.popleft()
+                counts[old] -= 1
+                if not counts[old]:
+                    del counts[old]
+        self._new_starts.clear()
 
     # --- outcomes -----------------------------------------------------------------------
     def observe(self, score: float, packets: int, replication_factor: int) -> None:
@@ -174,6 +186,7 @@ class BudgetTracker:
     def fit(self) -> None:
         """Re-fit the line (bin and share) on both windows."""
         self._since_fit = 0
+        self._count_starts()
         if not self._end_packets or not self._start_counts:
             return
         copies_per_mirrored_packet = self._copies / self._mirrored_packets if self._mirrored_packets else 1.0
@@ -191,6 +204,9 @@ class BudgetTracker:
                 line, share = index, (allowed - spent) / block
             break
         self._bin, self.share_at_threshold = line, share
+        self._below, self._above = bin_floor(line), bin_floor(line + 1)
+        if share >= 1.0:
+            self._above = self._below
         self.fits += 1
 
     def realised_share(self) -> Optional[float]:

@@ -7,7 +7,7 @@ For every new flow (``PredictivePolicy.profile_for``, the packet-in path):
 2. **Prediction.** ``models.features.flow_features`` (first packet + the
    bounded history of recent flows) and the model's predicted duration.
 3. **Risk.** The score is the predicted duration times how much likelier the
-   primary is to fail within ``horizon_s`` than the median live cell
+   primary is to fail within ``horizon_s`` than the median cell of the switch
    (``failure_probability`` from ``prism.health``, between 1 and
    ``MAX_RISK_BOOST``): a flow on a flapping cell needs its state elsewhere
    sooner, so more of them are mirrored.
@@ -193,6 +193,7 @@ class PredictivePolicy:
         self._in_flight: "OrderedDict[int, _Flight]" = OrderedDict()
         self._mirror_load: Dict[str, int] = {}
         self._risk: Dict[str, float] = {}
+        self._reference = 0.0  #: the median cell's failure probability
         self._risk_at: Optional[float] = None
         self.evicted = 0
 
@@ -210,7 +211,7 @@ class PredictivePolicy:
         engine = self.engine
         first, predicted = engine.score(packet_info, now)
         risk = self._risks(now)
-        score = max(predicted, 0.0) * self._boost(ranked[0], ranked, risk)
+        score = max(predicted, 0.0) * self._boost(ranked[0], risk)
         mirrors: Tuple[str, ...] = ()
         if self.max_replication_factor and len(ranked) > 1 and engine.tracker.mirrors(score, packet_info.flow_id):
             mirrors = self._choose_mirrors(ranked, risk)
@@ -227,25 +228,23 @@ class PredictivePolicy:
         if self._risk_at is None or now - self._risk_at >= HEALTH_REFRESH_S or now < self._risk_at:
             self._risk = {cell_id: self.health.failure_probability(cell_id, self.horizon_s, now)
                           for cell_id in self.ring.cells}  # fmt: skip
+            values = sorted(self._risk.values())
+            self._reference = values[len(values) // 2] if values else 0.0
             self._risk_at = now
         return self._risk
 
-    @staticmethod
-    def _reference(ranked: Sequence[str], risk: Mapping[str, float]) -> float:
-        values = sorted(risk.get(cell_id, 0.0) for cell_id in ranked)
-        return values[len(values) // 2] if values else 0.0
-
-    def _boost(self, primary: str, ranked: Sequence[str], risk: Mapping[str, float]) -> float:
+    def _boost(self, primary: str, risk: Mapping[str, float]) -> float:
+        """How much riskier the primary is than the median cell (1 .. MAX_RISK_BOOST)."""
         if not risk:
             return 1.0
-        reference = self._reference(ranked, risk)
+        mine, reference = risk.get(primary, 0.0), self._reference
         if reference <= 0.0:
-            return MAX_RISK_BOOST if risk.get(primary, 0.0) > 0.0 else 1.0
-        return min(MAX_RISK_BOOST, max(1.0, risk.get(primary, 0.0) / reference))
+            return MAX_RISK_BOOST if mine > 0.0 else 1.0
+        return min(MAX_RISK_BOOST, max(1.0, mine / reference))
 
     def _choose_mirrors(self, ranked: Sequence[str], risk: Mapping[str, float]) -> Tuple[str, ...]:
         candidates = list(ranked[1:])
-        reference = self._reference(ranked, risk)
+        reference = self._reference
         loads = self._mirror_load
         mean_load = sum(loads.get(c, 0) for c in candidates) / len(candidates)
         load_limit = LOAD_FACTOR * mean_load + LOAD_SLACK
