@@ -23,9 +23,10 @@ Each packet-in is the first frame of a new flow (TCP SYNs and UDP datagrams
 from one edge port to a host on another). A new flow's answer is PRISM's two
 Flow State Cache entries and its packet-out through the profile group, and
 simple_switch_13's L2 entry and packet-out; the harness counts the flow mods
-per packet-in and prints them. PRISM runs with a FixedPolicy (the only policy
-its Ryu app has: no prediction model is wired in yet) and its management
-channel sends the cells' ``assign`` batches to UDP sinks of this process.
+per packet-in and prints them. PRISM runs as configured for production: with
+the shipped model (``--model``, ``none`` for a FixedPolicy), so every new
+flow's features and prediction are in its cost, and with its management
+channel sending the cells' ``assign`` batches to UDP sinks of this process.
 Every ryu-manager started is stopped by its PID, on errors and Ctrl-C too.
 
     .venv/bin/python benchmarks/controller_packet_in.py [--flows 1000] [--repeat 6] [--window 32] [--json FILE]
@@ -47,7 +48,7 @@ import time
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Dict, List, Sequence, Tuple
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -58,6 +59,8 @@ from benchmarks.harness.workload import CELL_PORTS, DP_ID, EDGE_PORTS, new_flows
 from prism.config import parse_config  # noqa: E402
 from prism.openflow import COOKIE_PIPELINE, TABLE_FSC  # noqa: E402
 
+DEFAULT_MODEL = ROOT / "models" / "default"
+DEFAULT_BUDGET = 0.25  #: as the configuration's default (prism/config_telemetry.py)
 TARGET_RATIO = 2.0  #: the issue's target: PRISM within 2x of simple_switch_13's cost per new flow
 TIMEOUT_S = 10.0
 NS_PER_US = 1_000
@@ -81,18 +84,26 @@ SIMPLE_SWITCH = Controller("simple_switch_13", ("ryu.app.simple_switch_13",), 0,
 CONTROLLERS = (PRISM, SIMPLE_SWITCH)  #: the order of every block
 
 
-def prism_config_text(listen_port: int, sink_ports: Dict[str, int], replication_factor: int) -> str:
-    """The PRISM configuration the benchmark's switch matches (cells' management on UDP sinks)."""
+def prism_config_text(
+    listen_port: int, sink_ports: Dict[str, int], replication_factor: int, model: Optional[Path], budget: float
+) -> str:
+    """The PRISM configuration the benchmark's switch matches (cells' management on UDP sinks).
+
+    With ``model``, a prediction section: every new flow's profile comes from the predictive policy.
+    """
     cells = "\n".join(
         f'      - {{id: {cell_id}, port: {port}, mgmt: "127.0.0.1:{sink_ports[cell_id]}"}}'
         for cell_id, port in CELL_PORTS.items()
     )
-    return (
+    text = (
         f"idle_timeout: 60\ndefault_replication_factor: {replication_factor}\n"
         f'management:\n  listen: "127.0.0.1:{listen_port}"\n'
         f"switches:\n  - dpid: {DP_ID:#x}\n    name: bench\n    cells:\n{cells}\n"
         f"    edge_ports: [{', '.join(map(str, EDGE_PORTS))}]\n"
     )
+    if model is not None:
+        text += f'prediction:\n  model: "{model.resolve()}"\n  budget: {budget}\n'
+    return text
 
 
 def udp_sinks() -> Dict[str, socket.socket]:
@@ -247,7 +258,13 @@ def main() -> int:
     parser.add_argument("--window", type=int, default=32, help="packet-ins in flight, pipelined (default 32)")
     parser.add_argument("--warm-up", type=int, default=200, help="flows before measuring (default 200)")
     parser.add_argument("--echoes", type=int, default=100, help="ECHO round trips per block (default 100)")
-    parser.add_argument("--replication-factor", type=int, default=1, help="PRISM mirrors per flow (default 1)")
+    parser.add_argument("--model", default=str(DEFAULT_MODEL),
+                        help="model directory for PRISM's predictive policy, or 'none' for a FixedPolicy "
+                             "(default models/default)")  # fmt: skip
+    parser.add_argument("--budget", type=float, default=DEFAULT_BUDGET,
+                        help=f"the predictive policy's mirror budget (default {DEFAULT_BUDGET})")  # fmt: skip
+    parser.add_argument("--replication-factor", type=int, default=1,
+                        help="PRISM's mirrors per flow without a model (default 1)")  # fmt: skip
     parser.add_argument("--json", type=Path, help="write every figure to this file")
     parser.add_argument("--log-dir", type=Path, help="keep ryu-manager logs here (default: a temporary folder)")
     args = parser.parse_args()
@@ -255,6 +272,12 @@ def main() -> int:
         parser.error("--flows must be >= 2, --repeat and --window >= 1")
     signal.signal(signal.SIGTERM, _sigterm)
 
+    model = None if args.model == "none" else Path(args.model)
+    if model is not None and not (model / "manifest.json").exists():
+        parser.error(f"--model {model}: no model there (manifest.json missing); give a model directory or 'none'")
+    policy = f"predictive policy, model {args.model}, budget {args.budget:g}" if model else \
+        f"FixedPolicy, replication factor {args.replication_factor}"  # fmt: skip
+    print(f"PRISM: {policy}", flush=True)
     warm_up = warm_up_flows(args.warm_up)
     sinks = udp_sinks()
     runs: Dict[str, List[dict]] = {c.name: [] for c in CONTROLLERS}
@@ -270,8 +293,9 @@ def main() -> int:
                 probe.bind(("127.0.0.1", 0))
                 listen_port = probe.getsockname()[1]
             config_text = prism_config_text(
-                listen_port, {c: s.getsockname()[1] for c, s in sinks.items()}, args.replication_factor
-            )
+                listen_port, {c: s.getsockname()[1] for c, s in sinks.items()}, args.replication_factor,
+                model, args.budget,
+            )  # fmt: skip
             parse_config(config_text, "benchmark config")  # a mistake here is ours: fail before starting
             config_path = log_dir / "prism-bench.yaml"
             config_path.write_text(config_text, encoding="utf-8")
@@ -319,6 +343,7 @@ def main() -> int:
             problems.append(f"{name}: {summary['problems']} controller error(s) or stray packet-out(s)")
     ratios = paired_ratios(runs[PRISM.name], runs[SIMPLE_SWITCH.name])
     report(args, summaries, ratios, mgmt_datagrams, problems)
+    print(f"  PRISM ran with the {policy}")
     print(f"({time.monotonic() - started:.0f} s; logs {'in ' + str(args.log_dir) if args.log_dir else 'removed'})")
     if args.json:
         for blocks in runs.values():
@@ -329,6 +354,7 @@ def main() -> int:
         document = {
             "benchmark": "controller_packet_in",
             "args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
+            "prism_policy": policy,
             "machine": {"python": platform.python_version(), "cpus": os.cpu_count(),
                         "load_average": os.getloadavg()},  # fmt: skip
             "summary": summaries,

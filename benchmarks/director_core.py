@@ -2,9 +2,11 @@
 
 No sockets and no event loop: the same PACKET_IN bytes the controller
 benchmark sends are decoded with Ryu's parser, handed to
-``MirroringDirector.on_packet_in`` (FixedPolicy, three cells, replication
-factor 1, hosts learnt and profile groups created by a warm-up), turned into
-Ryu messages by ``ryu_apps.ofmsg`` and serialized, as the Ryu app does.
+``MirroringDirector.on_packet_in`` (three cells, hosts learnt and profile
+groups created by a warm-up), turned into Ryu messages by ``ryu_apps.ofmsg``
+and serialized, as the Ryu app does. The director runs with a FixedPolicy
+(replication factor 1) and, when the model loads, with the predictive policy
+the app uses when the configuration names a model (``--model``; budget 0.25).
 Each stage is also timed alone on prebuilt inputs; ``parse_frame`` is the
 baseline. simple_switch_13's own handler runs on the same decoded messages
 with a stand-in datapath that serializes what it is sent. Log lines (one per
@@ -12,7 +14,7 @@ new flow in both apps) are formatted and written to /dev/null, as
 ``ryu-manager`` would write them to its log. Rounds are interleaved and the
 median is reported, so a busy machine slows every stage alike.
 
-    .venv/bin/python benchmarks/director_core.py [--flows 3000] [--rounds 7] [--model models/default]
+    .venv/bin/python benchmarks/director_core.py [--flows 3000] [--rounds 7] [--model models/default | none]
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ import statistics
 import sys
 import time
 from pathlib import Path
-from typing import Callable, Dict, List, Sequence
+from typing import Callable, Dict, List, Optional, Sequence
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -35,7 +37,7 @@ from ryu.ofproto import ofproto_parser, ofproto_protocol, ofproto_v1_3  # noqa: 
 
 from benchmarks.harness import openflow_wire as wire  # noqa: E402
 from benchmarks.harness.workload import CELL_PORTS, DP_ID, EDGE_PORTS, new_flows, warm_up_flows  # noqa: E402
-from prism.config import CellConfig, SwitchConfig  # noqa: E402
+from prism.config import PrismConfig, parse_config  # noqa: E402
 from prism.director import MirroringDirector  # noqa: E402
 from prism.flows import direction_match, parse_frame  # noqa: E402
 from prism.openflow import COOKIE_PIPELINE, TABLE_FSC, Match  # noqa: E402
@@ -46,7 +48,10 @@ from ryu_apps.ofmsg import to_ofmsgs  # noqa: E402
 WARM_UP_FLOWS = 200
 REPLICATION_FACTOR = 1
 IDLE_TIMEOUT_S = 60
+MIRROR_BUDGET = 0.25
 US = 1e6
+FIXED = "FixedPolicy"
+PREDICTIVE = "PredictivePolicy"
 
 
 class BenchDatapath(ofproto_protocol.ProtocolDesc):
@@ -71,11 +76,38 @@ def decode(datapath, message: bytes):
     return ofproto_parser.msg(datapath, version, msg_type, length, xid, bytearray(message))
 
 
-def new_director() -> MirroringDirector:
-    switch = SwitchConfig(dp_id=DP_ID, name="bench", edge_ports=EDGE_PORTS,
-                          cells=tuple(CellConfig(id=c, port=p) for c, p in CELL_PORTS.items()))  # fmt: skip
+def bench_config(model: Optional[Path]) -> PrismConfig:
+    """The controller benchmark's switch, with a prediction section when ``model`` is given."""
+    cells = "\n".join(f"      - {{id: {cell}, port: {port}}}" for cell, port in CELL_PORTS.items())
+    text = (f"idle_timeout: {IDLE_TIMEOUT_S}\ndefault_replication_factor: {REPLICATION_FACTOR}\n"
+            f"switches:\n  - dpid: {DP_ID}\n    cells:\n{cells}\n    edge_ports: {list(EDGE_PORTS)}\n")  # fmt: skip
+    if model is not None:
+        text += f'prediction:\n  model: "{model.resolve()}"\n  budget: {MIRROR_BUDGET}\n'
+    return parse_config(text, "director_core")
+
+
+def policy_factory(model: Optional[Path]) -> Dict[str, Callable[[HashRing], object]]:
+    """Policy name -> a function making that policy over a ring; the predictive one only if the model loads."""
+    factories: Dict[str, Callable[[HashRing], object]] = {FIXED: lambda ring: FixedPolicy(ring, REPLICATION_FACTOR)}
+    if model is None:
+        return factories
+    try:
+        from ryu_apps.prediction import ModelService
+
+        config = bench_config(model)
+        service = ModelService(config, run=lambda function, *args: function(*args))
+    except Exception as error:  # a missing model or package only drops the predictive stages
+        print(f"(no predictive policy: {type(error).__name__}: {error})")
+        return factories
+    switch = config.switches[DP_ID]
+    factories[PREDICTIVE] = lambda ring: service.policy_for(switch, ring)
+    return factories
+
+
+def new_director(make_policy: Callable[[HashRing], object]) -> MirroringDirector:
+    switch = bench_config(None).switches[DP_ID]
     ring = HashRing(list(CELL_PORTS))
-    director = MirroringDirector(switch, IDLE_TIMEOUT_S, FixedPolicy(ring, REPLICATION_FACTOR), ring=ring)
+    director = MirroringDirector(switch, IDLE_TIMEOUT_S, make_policy(ring), ring=ring)
     director.on_switch_connect(0.0)
     return director
 
@@ -91,10 +123,11 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--flows", type=int, default=3000, help="new flows per round (default 3000)")
     parser.add_argument("--rounds", type=int, default=7, help="interleaved rounds (default 7)")
-    parser.add_argument("--model", type=Path, default=ROOT / "models" / "default",
-                        help="SPE model for the prediction stage (skipped if it does not load)")  # fmt: skip
+    parser.add_argument("--model", default=str(ROOT / "models" / "default"),
+                        help="model directory for the predictive policy, or 'none' (default models/default)")  # fmt: skip
     args = parser.parse_args()
     logging.basicConfig(stream=open(os.devnull, "w"), level=logging.INFO, format="%(message)s")
+    policies = policy_factory(None if args.model == "none" else Path(args.model))
 
     datapath = BenchDatapath()
     flows = new_flows(args.flows)
@@ -106,8 +139,11 @@ def main() -> int:
     infos = [parse_frame(frame) for frame in frames]
     decoded = [decode(datapath, message) for message in switch_packet_ins]
 
-    def warm_director() -> MirroringDirector:
-        director = new_director()
+    def warm_director(policy: str, quiet: bool = False) -> MirroringDirector:
+        director = new_director(policies[policy])
+        if quiet:
+            director.logger = logging.getLogger("prism.bench.quiet")
+            director.logger.setLevel(logging.WARNING)
         for flow in warm_up:
             director.on_packet_in(0.5, flow.in_port, TABLE_FSC, flow.frame)
         return director
@@ -119,50 +155,55 @@ def main() -> int:
             app._packet_in_handler(ofp_event.EventOFPPacketIn(message))
         return app
 
-    director = warm_director()
+    director = warm_director(FIXED)
     decisions = [director.on_packet_in(1.0, in_port, TABLE_FSC, frame) for frame in frames]
     ryu_messages = [to_ofmsgs(datapath, changes) for changes in decisions]
+    for messages in ryu_messages:
+        for message in messages:
+            message.set_xid(1)
     live = director.live_cells
-    policy = director.policy
 
-    def on_packet_in_round() -> float:
-        director = warm_director()
-        return per_flow_us(lambda frame: director.on_packet_in(1.0, in_port, TABLE_FSC, frame), frames)
+    def profile_round(policy: str) -> Callable[[], float]:
+        def measure() -> float:
+            chooser = warm_director(policy).policy
+            return per_flow_us(lambda info: chooser.profile_for(info, live, 1.0), infos)
 
-    def on_packet_in_quiet_round() -> float:
-        director = warm_director()
-        director.logger = logging.getLogger("prism.bench.quiet")
-        director.logger.setLevel(logging.WARNING)
-        return per_flow_us(lambda frame: director.on_packet_in(1.0, in_port, TABLE_FSC, frame), frames)
+        return measure
+
+    def on_packet_in_round(policy: str, quiet: bool = False) -> Callable[[], float]:
+        def measure() -> float:
+            director = warm_director(policy, quiet)
+            return per_flow_us(lambda frame: director.on_packet_in(1.0, in_port, TABLE_FSC, frame), frames)
+
+        return measure
 
     def fsc_entries(info) -> None:
         Match.of(**direction_match(info.key, True))
         Match.of(**direction_match(info.key, False))
 
-    for messages in ryu_messages:
-        for message in messages:
-            message.set_xid(1)
-
     def serialize(messages) -> None:
         for message in messages:
             message.serialize()
 
-    def prism_total_round() -> float:
-        director = warm_director()
+    def prism_app_round(policy: str) -> Callable[[], float]:
+        def measure() -> float:
+            director = warm_director(policy)
 
-        def one(message: bytes) -> None:  # MirroringDirectorApp.packet_in_handler, then send()
-            msg = decode(datapath, message)
-            changes = director.on_packet_in(time.time(), msg.match["in_port"], msg.table_id, msg.data)
-            for ofmsg in to_ofmsgs(datapath, changes):
-                datapath.send_msg(ofmsg)
+            def one(message: bytes) -> None:  # MirroringDirectorApp.packet_in_handler, then send()
+                msg = decode(datapath, message)
+                changes = director.on_packet_in(time.time(), msg.match["in_port"], msg.table_id, msg.data)
+                for ofmsg in to_ofmsgs(datapath, changes):
+                    datapath.send_msg(ofmsg)
 
-        return per_flow_us(one, prism_packet_ins)
+            return per_flow_us(one, prism_packet_ins)
+
+        return measure
 
     def simple_switch_handler_round() -> float:
         app = warm_simple_switch()
         return per_flow_us(lambda msg: app._packet_in_handler(ofp_event.EventOFPPacketIn(msg)), decoded)
 
-    def simple_switch_total_round() -> float:
+    def simple_switch_app_round() -> float:
         app = warm_simple_switch()
         return per_flow_us(
             lambda message: app._packet_in_handler(ofp_event.EventOFPPacketIn(decode(datapath, message))),
@@ -172,19 +213,20 @@ def main() -> int:
     stages: Dict[str, Callable[[], float]] = {
         "Ryu: decode the PACKET_IN (both apps)": lambda: per_flow_us(lambda m: decode(datapath, m), prism_packet_ins),
         "parse_frame (baseline)": lambda: per_flow_us(parse_frame, frames),
-        "policy.profile_for (ring order)": lambda: per_flow_us(lambda i: policy.profile_for(i, live, 1.0), infos),
-        "FSC entry descriptions (2 x direction_match + Match)": lambda: per_flow_us(fsc_entries, infos),
-        "on_packet_in, whole decision": on_packet_in_round,
-        "on_packet_in, log line off": on_packet_in_quiet_round,
-        "ofmsg.to_ofmsgs (Ryu message objects)": lambda: per_flow_us(lambda c: to_ofmsgs(datapath, c), decisions),
-        "Ryu: serialize PRISM's messages": lambda: per_flow_us(serialize, ryu_messages),
-        "PRISM app path: decode + decide + build + serialize": prism_total_round,
-        "simple_switch_13 handler (parse, build, serialize)": simple_switch_handler_round,
-        "simple_switch_13 app path: decode + handler": simple_switch_total_round,
     }
-    spe = spe_stage(args.model, infos)
-    if spe is not None:
-        stages["SPE features + predict_duration (not in the app yet)"] = spe
+    for policy in policies:
+        stages[f"profile_for, {policy}"] = profile_round(policy)
+    stages["FSC entry descriptions (2 x direction_match + Match)"] = lambda: per_flow_us(fsc_entries, infos)
+    for policy in policies:
+        stages[f"on_packet_in, {policy}"] = on_packet_in_round(policy)
+    stages[f"on_packet_in, {FIXED}, log line off"] = on_packet_in_round(FIXED, quiet=True)
+    stages["ofmsg.to_ofmsgs (Ryu message objects)"] = lambda: per_flow_us(lambda c: to_ofmsgs(datapath, c), decisions)
+    stages["Ryu: serialize PRISM's messages"] = lambda: per_flow_us(serialize, ryu_messages)
+    for policy in policies:
+        stages[f"PRISM app path, {policy}"] = prism_app_round(policy)
+    stages["simple_switch_13 handler (parse, build, serialize)"] = simple_switch_handler_round
+    stages["simple_switch_13 app path: decode + handler"] = simple_switch_app_round
+
     samples: Dict[str, List[float]] = {name: [] for name in stages}
     for _ in range(args.rounds):
         for name, measure in stages.items():
@@ -193,46 +235,22 @@ def main() -> int:
 
     messages_per_flow = sum(len(m) for m in ryu_messages) / len(ryu_messages)
     print(f"{args.flows} new flows x {args.rounds} interleaved rounds, median us per new flow "
-          f"(PRISM answers each with {messages_per_flow:.1f} messages)")  # fmt: skip
+          f"(with {FIXED} PRISM answers each with {messages_per_flow:.1f} messages)")  # fmt: skip
     width = max(map(len, medians))
     base = medians["parse_frame (baseline)"]
     for name, value in medians.items():
         print(f"  {name:<{width}}  {value:8.2f} us  {value / base:6.1f}x parse_frame")
-    decision = medians["on_packet_in, whole decision"]
-    rest = decision - base - medians["policy.profile_for (ring order)"] - medians[
+    decision = medians[f"on_packet_in, {FIXED}"]
+    rest = decision - base - medians[f"profile_for, {FIXED}"] - medians[
         "FSC entry descriptions (2 x direction_match + Match)"]  # fmt: skip
-    print(f"  on_packet_in less parse, policy and FSC descriptions (FSC and group bookkeeping, assign queue, "
-          f"log line): {rest:.2f} us; the log line alone: {decision - medians['on_packet_in, log line off']:.2f} us")
-    prism = medians["PRISM app path: decode + decide + build + serialize"]
+    print(f"  on_packet_in ({FIXED}) less parse, policy and FSC descriptions (flow and group bookkeeping, "
+          f"assign queue, log line): {rest:.2f} us; the log line alone: "
+          f"{decision - medians[f'on_packet_in, {FIXED}, log line off']:.2f} us")  # fmt: skip
     simple = medians["simple_switch_13 app path: decode + handler"]
-    print(f"PRISM / simple_switch_13 per new flow, in-process: {prism / simple:.2f}")
-    if spe is not None:
-        with_spe = prism + medians["SPE features + predict_duration (not in the app yet)"]
-        print(f"  with the SPE's prediction added: {with_spe / simple:.2f}")
+    for policy in policies:
+        print(f"PRISM ({policy}) / simple_switch_13 per new flow, in-process: "
+              f"{medians[f'PRISM app path, {policy}'] / simple:.2f}")  # fmt: skip
     return 0
-
-
-def spe_stage(model: Path, infos) -> Callable[[], float] | None:
-    """Per-new-flow SPE cost (features + predicted duration), or None if the model does not load."""
-    try:
-        from models.features import FirstPacket, FlowHistory, flow_features
-        from models.predictor import Predictor
-
-        predictor = Predictor.load(model)
-    except Exception as error:  # a missing model or package only drops this stage
-        print(f"(no SPE stage: {type(error).__name__}: {error})")
-        return None
-
-    def round_() -> float:
-        history = FlowHistory(predictor.horizon_s)
-
-        def one(info) -> float:
-            first = FirstPacket.from_packet(info, 1.0)
-            return predictor.predict_duration(flow_features(first, history, 1.0, record_start=True))
-
-        return per_flow_us(one, infos)
-
-    return round_
 
 
 if __name__ == "__main__":
