@@ -1,0 +1,146 @@
+"""One simulated run: flow records, cells and failures in, every policy's report out, and its tables."""
+
+from __future__ import annotations
+
+from typing import Callable, Dict, Iterable, List, Optional, Sequence
+
+import numpy as np
+import pandas as pd
+
+from prism.ring import HashRing
+from prism.sim_policies import (
+    ALL_POLICIES,
+    DEFAULT_BUDGET,
+    FIXED_FACTORS,
+    MODEL_POLICIES,
+    NONE,
+    ORACLE,
+    RANDOM_BUDGET,
+    PolicyError,
+    fixed_factors,
+    model_factors,
+    oracle_factors,
+    random_factors,
+)
+from prism.sim_schedule import FailureSchedule
+from prism.sim_flows import Flows, live_ranks
+from prism.simulate import PolicyReport, SimSettings, simulate_policy
+
+#: ``stage(name, total)`` returns a function that is called with units done (e.g. a tqdm bar's update).
+Stage = Callable[[str, int], Callable[[int], None]]
+CELL_ID_FORMAT = "c{:02d}"
+
+
+def cell_ids(n_cells: int) -> List[str]:
+    """``c00``, ``c01``, ... (ids sort like their numbers up to 100 cells)."""
+    if n_cells < 1:
+        raise ValueError(f"at least one cell is needed, not {n_cells}")
+    return [CELL_ID_FORMAT.format(i) for i in range(n_cells)]
+
+
+def _no_progress(_name: str, _total: int) -> Callable[[int], None]:
+    return lambda _done: None
+
+
+def run_policies(
+    frame: pd.DataFrame,
+    cells: Sequence[str],
+    schedule: FailureSchedule,
+    policies: Iterable[str] = ALL_POLICIES,
+    predictor=None,
+    budget: float = DEFAULT_BUDGET,
+    seed: int = 0,
+    settings: SimSettings = SimSettings(),
+    stage: Optional[Stage] = None,
+) -> List[PolicyReport]:
+    """Simulate each policy on the same flows, cells and failures.
+
+    Args:
+        frame: flow records sorted by ``ts_start``.
+        cells: cell ids.
+        schedule: the failures (absolute times, like ``ts_start``).
+        policies: names from ``prism.sim_policies.ALL_POLICIES``.
+        predictor: a ``models.predictor.Predictor`` (needed by the model policies).
+        budget: share of packets the budgeted policies may mirror.
+        seed: seed of the random policy.
+        settings: simulator knobs.
+        stage: progress reporting (see ``Stage``).
+
+    Returns:
+        One report per policy, in ``ALL_POLICIES`` order.
+
+    Raises:
+        PolicyError: an unknown policy, or a model policy without a predictor.
+        SimulationError: flows the simulator cannot run.
+    """
+    stage = stage or _no_progress
+    names = [name for name in ALL_POLICIES if name in set(policies)]
+    unknown = sorted(set(policies) - set(ALL_POLICIES))
+    if unknown:
+        raise PolicyError(f"unknown policy {', '.join(unknown)}; choose from {', '.join(ALL_POLICIES)}")
+    if predictor is None and any(name in MODEL_POLICIES for name in names):
+        raise PolicyError("the predictive policies need a model (--model DIR)")
+    flows = Flows.from_frame(frame)
+    ring = HashRing(cells)
+    factors: Dict[str, np.ndarray] = {name: fixed_factors(len(flows), rf)
+                                      for name, rf in FIXED_FACTORS.items() if name in names}  # fmt: skip
+    if RANDOM_BUDGET in names:
+        factors[RANDOM_BUDGET] = random_factors(flows.packets, budget, seed)
+    if any(name in MODEL_POLICIES for name in names):
+        factors.update(model_factors(names, frame, predictor, budget, stage("predict", len(flows))))
+    depth = 1 + max([int(f.max()) for f in factors.values()] + [1])
+    ranks = live_ranks(ring, flows, schedule, depth, stage("placement", len(flows)))
+    events = len(schedule.events()) + len(schedule.failures) + settings.samples
+    reports: Dict[str, PolicyReport] = {}
+    if ORACLE in names and NONE not in factors:
+        factors[NONE] = fixed_factors(len(flows), 0)
+    order = sorted(factors, key=lambda name: name != NONE)  # the oracle needs "none" first
+    at_risk = None
+    for name in order + ([ORACLE] if ORACLE in names else []):
+        if name == ORACLE:
+            factors[ORACLE] = oracle_factors(at_risk)
+        report, risk = simulate_policy(name, factors[name], flows, ranks, ring, schedule, settings,
+                                       stage(name, events))  # fmt: skip
+        if name == NONE:
+            at_risk = risk
+        reports[name] = report
+    return [reports[name] for name in names]
+
+
+def format_table(reports: Iterable[PolicyReport]) -> str:
+    """The policy table (Markdown): protection against cost."""
+    lines = [
+        "| policy | flows mirrored | mirror copies / packet | replication bytes / traffic "
+        "| at-risk flows protected | at-risk packets protected | flows lost |",
+        "|---|---:|---:|---:|---:|---:|---:|",
+    ]
+    for r in reports:
+        lines.append(
+            f"| {r.policy} | {r.flows_mirrored:.1%} | {r.packets_mirrored:.3f} | {r.replication_bytes:.4f} "
+            f"| {_pct(r.flows_protected)} | {_pct(r.packets_protected)} | {r.lost_flows:,} |"
+        )
+    return "\n".join(lines)
+
+
+def format_balance(reports: Iterable[PolicyReport]) -> str:
+    """Per-cell state balance and group-table size (Markdown)."""
+    lines = [
+        "| policy | primaries max/mean | replicas max/mean | held max/mean | flows held / cell "
+        "| peak alive flows | peak groups | profiles used | groups rewritten / failure | flows in them |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for r in reports:
+        lines.append(
+            f"| {r.policy} | {r.primaries_max_mean:.2f} | {_ratio(r.replicas_max_mean)} | {r.held_max_mean:.2f} "
+            f"| {r.flows_held_per_cell:,.0f} | {r.peak_alive_flows:,} | {r.peak_groups:,} | {r.profiles_used:,} "
+            f"| {r.groups_rewritten_per_failure:,.1f} | {r.flows_affected_per_failure:,.1f} |"
+        )
+    return "\n".join(lines)
+
+
+def _pct(value: float) -> str:
+    return "n/a" if value != value else f"{value:.1%}"
+
+
+def _ratio(value: float) -> str:
+    return "-" if value != value else f"{value:.2f}"
