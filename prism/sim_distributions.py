@@ -18,6 +18,7 @@ measured mean within every bin is within 0.03% of the uniform mean).
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Tuple
@@ -74,6 +75,22 @@ class LengthHistogram:
         """Share of flows whose length (or size) is below ``value`` (a bin edge)."""
         return float(self.flows[self.bin_hi <= value].sum() / self.total_flows)
 
+    def cdf_at(self, value) -> np.ndarray:
+        """Share of flows below ``value`` (array-like), linear within a bin."""
+        before = np.r_[0.0, self.cdf()[:-1]]
+        edges = np.column_stack([self.bin_lo, self.bin_hi]).ravel().astype(np.float64)
+        shares = np.column_stack([before, self.cdf()]).ravel()
+        return np.interp(np.asarray(value, dtype=np.float64), edges, shares)
+
+    def quantile(self, share: np.ndarray) -> np.ndarray:
+        """Inverse of ``cdf_at``: the value (int64) below which ``share`` of the flows are."""
+        cdf = self.cdf()
+        bins = np.minimum(np.searchsorted(cdf, share, side="right"), len(cdf) - 1)
+        before = np.where(bins > 0, cdf[np.maximum(bins - 1, 0)], 0.0)
+        within = np.clip((share - before) / np.maximum(cdf[bins] - before, 1e-300), 0.0, 1.0)
+        width = self.bin_hi[bins] - self.bin_lo[bins]
+        return self.bin_lo[bins] + np.minimum(np.floor(within * width), width - 1).astype(np.int64)
+
     def sample(self, rng: np.random.Generator, n: int) -> Tuple[np.ndarray, np.ndarray]:
         """Draw ``n`` lengths: a bin by inverse CDF, then uniformly within it.
 
@@ -118,7 +135,9 @@ def read_histogram(path: Path) -> LengthHistogram:
     try:
         with open(path, encoding="utf-8") as handle:
             header = handle.readline().strip().split(",")
-            table = np.loadtxt(handle, delimiter=",", dtype=np.float64, ndmin=2)
+            with warnings.catch_warnings():  # an empty file is reported below, not warned about
+                warnings.simplefilter("ignore", UserWarning)
+                table = np.loadtxt(handle, delimiter=",", dtype=np.float64, ndmin=2)
     except FileNotFoundError:
         raise DistributionError(f"{path}: no such histogram file (copy it from the flow-models "
                                 f"agh_2015061019_IPv4_anon data, see data/README.md)") from None  # fmt: skip

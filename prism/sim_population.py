@@ -8,9 +8,13 @@ What is measured and what is synthetic, per column of the flow-record schema:
 - ``bytes``: measured per-length mean, synthetic spread. ``packets`` times the
   measured mean packet size of the flow's length bin (``octets_sum /
   packets_sum``, Ethernet frames as the NetFlow exporter counted them) times a
-  log-normal factor of mean 1 (``PACKET_SIZE_SIGMA``), each packet clipped to
-  64..1522 bytes. Byte totals per length bin match the measurement in
-  expectation; the size histogram is matched only approximately (tested).
+  log-normal factor of mean 1, clipped to 64..1522 bytes per packet. The
+  factor's sigma is ``max(PACKET_SIZE_SIGMA_MIN, PACKET_SIZE_SIGMA_ONE /
+  sqrt(packets))``: one packet's size spreads widely (ACKs, queries, full
+  frames), a long flow's mean packet size little. Byte totals per length bin
+  match the measurement in expectation (less the clipping); the measured size
+  histogram is matched within 5 points of share at every power-of-two size
+  (tested), not exactly: the data has no joint length-size distribution.
 - ``ts_start``: measured. The per-second flow counts of the hour, replayed
   from 19:00:00 at the real rate (``ARRIVALS_REAL``: the first N flows of the
   hour, about 1,800 per second) or spread over the whole hour with its shape
@@ -51,7 +55,8 @@ ARRIVALS_HOUR = "hour"
 ARRIVAL_MODES = (ARRIVALS_REAL, ARRIVALS_HOUR)
 
 # --- synthetic parts (see the module docstring) --------------------------------------
-PACKET_SIZE_SIGMA = 0.3
+PACKET_SIZE_SIGMA_ONE = 1.0
+PACKET_SIZE_SIGMA_MIN = 0.25
 MIN_FRAME_BYTES = 64
 MAX_FRAME_BYTES = 1522
 RATE_PPS = 2.0  #: median packets/s of a (hypothetical) one-packet flow
@@ -120,7 +125,8 @@ def generate_population(
         proto[rows] = PROTO_OF_CLASS[name]
         packets[rows], bins = histogram.sample(rng, len(rows))
         packet_size[rows] = histogram.mean_packet_size[bins]
-    spread = np.exp(PACKET_SIZE_SIGMA * rng.standard_normal(n_flows) - PACKET_SIZE_SIGMA**2 / 2)
+    sigma = np.maximum(PACKET_SIZE_SIGMA_MIN, PACKET_SIZE_SIGMA_ONE / np.sqrt(packets))
+    spread = np.exp(sigma * rng.standard_normal(n_flows) - sigma**2 / 2)
     packet_size = np.clip(packet_size * spread, MIN_FRAME_BYTES, MAX_FRAME_BYTES)
     nbytes = np.rint(packets * packet_size).astype(np.int64)
     duration = durations(packets, rng)
