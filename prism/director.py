@@ -125,7 +125,8 @@ class MirroringDirector:
         switch: The switch's configuration (cells with their ports, edge ports).
         idle_timeout: Seconds an FSC entry lives without packets.
         policy: Chooses each new flow's profile.
-        logger: Where new flows are logged at info (default ``prism.director``).
+        logger: Where new flows are logged, at debug (a line per new flow at info cost as much as
+            the decision itself; default ``prism.director``).
         ring: The shared ring over the switch's cells, for failover choices
             (default: equal weights over every configured cell).
 
@@ -378,7 +379,7 @@ class MirroringDirector:
         self._count("flows_total")
         if profile.mirror_cells:
             self._count("flows_mirrored")
-        self.logger.info("dp %#x new flow %s profile %s group %#x", self.dp_id, info.key, profile, group_id)
+        self.logger.debug("dp %#x new flow %s profile %s group %#x", self.dp_id, info.key, profile, group_id)
         changes += [self._fsc_entry(info, True, group_id), self._fsc_entry(info, False, group_id)]
         changes.append(PacketOut(in_port, (GroupAction(group_id),), data))
         return changes
