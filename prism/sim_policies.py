@@ -1,18 +1,24 @@
-"""The simulator's policies as a replication factor per flow, the predictive one through the shipped SPE.
+"""The simulator's policies as a replication factor per flow, the predictive ones through the controller's code.
 
 - ``none``, ``fixed rf1``, ``fixed rf2``: every flow gets 0, 1 or 2 mirrors
   (``prism.policy.FixedPolicy``).
-- ``predictive``: the controller's rule with the model's own operating point:
-  one mirror when the SPE's predicted duration reaches the threshold the model
-  manifest calibrated for the mirroring budget (``Predictor.threshold_for``),
-  as ``models.evaluation.threshold_policy`` does. Features come from
-  ``models.features.replay_features`` (``flow_features`` over a
-  ``FlowHistory``, flow outcomes learnt one idle timeout after a flow ends,
-  exactly as the controller learns them), predictions from
-  ``Predictor.predict_batch`` in chunks.
-- ``predictive @ budget``: the same predictions ranked, the best ones mirrored
-  until the budget (share of packets) is spent on this population: the
-  predictive policy at equal budget with ``random @ budget``.
+- ``predictive``: what the controller's ``prism.policy_predictive`` does with
+  no failure history (every cell equally healthy: no risk boost, one mirror):
+  each flow's score is the SPE's predicted duration, and the
+  ``PredictionEngine``'s ``BudgetTracker`` decides, flow by flow in start
+  order, whether it is mirrored; it starts from the model's training
+  threshold and re-fits its line on the flows that ended (each reported one
+  idle timeout after its last packet), so that mirror copies per packet
+  track the budget. Scores come from ``models.features.replay_features``
+  (``flow_features`` over a ``FlowHistory``, outcomes learnt when a
+  controller learns them) and ``Predictor.predict_batch`` in chunks: the
+  values the controller's single-flow path computes. Not simulated: the
+  policy's move of a mirror off a cell holding 1.5x the mean mirror load.
+- ``predictive, training threshold``: the model manifest's threshold for the
+  budget kept fixed (``models.evaluation.threshold_policy``).
+- ``predictive, ranked``: the best-scored flows until the budget is spent,
+  knowing every score in advance: a bound, not a policy a controller can run.
+- ``random @ budget``: random flows until the budget is spent.
 - ``oracle``: knows the future: one mirror for exactly the flows that a
   failure hits (those at risk under ``none``), none for the others.
 """
@@ -27,12 +33,14 @@ import pandas as pd
 NONE = "none"
 FIXED_RF1 = "fixed rf1"
 FIXED_RF2 = "fixed rf2"
-PREDICTIVE = "predictive"
-PREDICTIVE_BUDGET = "predictive @ budget"
 RANDOM_BUDGET = "random @ budget"
+PREDICTIVE = "predictive"
+PREDICTIVE_THRESHOLD = "predictive, training threshold"
+PREDICTIVE_RANKED = "predictive, ranked"
 ORACLE = "oracle"
-ALL_POLICIES = (NONE, FIXED_RF1, FIXED_RF2, PREDICTIVE, PREDICTIVE_BUDGET, RANDOM_BUDGET, ORACLE)
-MODEL_POLICIES = (PREDICTIVE, PREDICTIVE_BUDGET)
+ALL_POLICIES = (NONE, FIXED_RF1, FIXED_RF2, RANDOM_BUDGET, PREDICTIVE, PREDICTIVE_THRESHOLD,
+                PREDICTIVE_RANKED, ORACLE)  # fmt: skip
+MODEL_POLICIES = (PREDICTIVE, PREDICTIVE_THRESHOLD, PREDICTIVE_RANKED)
 FIXED_FACTORS = {NONE: 0, FIXED_RF1: 1, FIXED_RF2: 2}
 DEFAULT_BUDGET = 0.25
 PREDICT_CHUNK = 50_000  #: rows per batched predictor call (bounds its temporary arrays)
@@ -108,26 +116,60 @@ def oracle_factors(at_risk_without_mirrors: np.ndarray) -> np.ndarray:
     return np.asarray(at_risk_without_mirrors, dtype=bool).astype(np.int8)
 
 
+def online_factors(frame: pd.DataFrame, scores: np.ndarray, predictor, budget: float) -> np.ndarray:
+    """The controller's budget decisions, flow by flow (see the module docstring).
+
+    Args:
+        frame: flow records sorted by start.
+        scores: each flow's score (predicted duration, >= 0).
+        predictor: the loaded model (its training threshold and report delay).
+        budget: mirror copies per packet to spend.
+    """
+    from prism.budget import BudgetSettings
+    from prism.policy_predictive import PredictionEngine
+
+    if not budget > 0:
+        raise PolicyError(f"the predictive policy needs a budget above 0, not {budget}")
+    tracker = PredictionEngine(predictor, BudgetSettings(budget)).tracker
+    delay = float(predictor.manifest.get("report_delay_s", 0.0))
+    start = frame["ts_start"].to_numpy(dtype=np.float64)
+    reported = start + frame["duration_s"].to_numpy(dtype=np.float64) + delay
+    report_order = np.argsort(reported, kind="stable").tolist()
+    reported, packets = reported.tolist(), frame["packets"].to_numpy().tolist()
+    score_of, flow_ids = scores.tolist(), frame["flow_id"].to_numpy(dtype=np.uint64).tolist()
+    out = np.zeros(len(frame), dtype=np.int8)
+    done = 0
+    for flow, (now, score, flow_id) in enumerate(zip(start.tolist(), score_of, flow_ids)):
+        while done < len(report_order) and reported[report_order[done]] <= now:
+            ended = report_order[done]
+            tracker.observe(score_of[ended], packets[ended], int(out[ended]))
+            done += 1
+        out[flow] = tracker.mirrors(score, flow_id)
+    return out
+
+
 def model_factors(
     names, frame: pd.DataFrame, predictor, budget: float, progress: Optional[Callable[[int], None]] = None
 ) -> Dict[str, np.ndarray]:
-    """Replication factors of the model policies in ``names`` (both from one prediction pass).
+    """Replication factors of the model policies in ``names`` (all from one prediction pass).
 
     Raises:
-        PolicyError: the model has no threshold for a budget this small.
+        PolicyError: no budget, or no threshold in the model for the training-threshold policy.
     """
+    from prism.policy_predictive import initial_threshold
+
     wanted = [name for name in names if name in MODEL_POLICIES]
     if not wanted:
         return {}
-    durations = predicted_durations(frame, predictor, progress)
+    scores = np.maximum(predicted_durations(frame, predictor, progress), 0.0)
     out: Dict[str, np.ndarray] = {}
     if PREDICTIVE in wanted:
-        threshold = predictor.threshold_for(budget)
+        out[PREDICTIVE] = online_factors(frame, scores, predictor, budget)
+    if PREDICTIVE_THRESHOLD in wanted:
+        threshold = initial_threshold(predictor, budget)
         if threshold is None:
-            calibrated = ", ".join(sorted(predictor.manifest.get("thresholds", {}))) or "none"
-            raise PolicyError(f"the model has no threshold for a budget of {budget:g} or less "
-                              f"(calibrated budgets: {calibrated}); pass a larger --budget")  # fmt: skip
-        out[PREDICTIVE] = threshold_factors(durations, threshold)
-    if PREDICTIVE_BUDGET in wanted:
-        out[PREDICTIVE_BUDGET] = budget_factors(durations, frame["packets"].to_numpy(), budget)
+            raise PolicyError(f"the model {predictor.directory} has no calibrated threshold")
+        out[PREDICTIVE_THRESHOLD] = threshold_factors(scores, threshold)
+    if PREDICTIVE_RANKED in wanted:
+        out[PREDICTIVE_RANKED] = budget_factors(scores, frame["packets"].to_numpy(), budget)
     return out

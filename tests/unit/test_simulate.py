@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import heapq
 import json
+from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
@@ -14,8 +16,20 @@ from prism.policy import FixedPolicy
 from prism.ring import HashRing
 from prism.sim_distributions import load_distributions
 from prism.sim_flows import BYTES_PER_STATE_RECORD, Flows, SimulationError, live_ranks
-from prism.sim_policies import FIXED_RF1, FIXED_RF2, NONE, ORACLE, RANDOM_BUDGET, budget_factors
-from prism.sim_population import generate_population
+from prism.sim_policies import (
+    FIXED_RF1,
+    FIXED_RF2,
+    MODEL_POLICIES,
+    NONE,
+    ORACLE,
+    PREDICTIVE,
+    PREDICTIVE_RANKED,
+    PREDICTIVE_THRESHOLD,
+    RANDOM_BUDGET,
+    budget_factors,
+    model_factors,
+)
+from prism.sim_population import ARRIVALS_HOUR, generate_population
 from prism.sim_run import cell_ids, run_policies
 from prism.sim_schedule import FailureSchedule, given_failures, random_failures
 from prism.simulate import SimSettings, simulate_policy
@@ -200,3 +214,51 @@ def test_bad_input_is_refused_with_the_reason():
         Flows.from_frame(frame_of([]))
     with pytest.raises(SimulationError, match="sorted"):
         Flows.from_frame(frame_of([(1, 5.0, 1.0, 1, 64), (2, 1.0, 1.0, 1, 64)]))
+
+
+@pytest.fixture(scope="module")
+def predictor():
+    from models.predictor import Predictor
+
+    return Predictor.load(Path(__file__).resolve().parents[2] / "models" / "default")
+
+
+@pytest.fixture(scope="module")
+def spread():
+    """Flows over the whole hour: many end (and reach the budget's window) while others start."""
+    return generate_population(6000, load_distributions(), seed=4, arrivals=ARRIVALS_HOUR)
+
+
+def test_predictive_decisions_are_the_controllers(predictor, spread):
+    """Batched scores + the budget loop decide exactly what the controller's engine decides flow by flow."""
+    from models.features import FirstPacket
+    from prism.budget import BudgetSettings
+    from prism.policy_predictive import PredictionEngine
+
+    frame = spread
+    budget = 0.25
+    got = model_factors([PREDICTIVE], frame, predictor, budget)[PREDICTIVE]
+    engine = PredictionEngine(predictor, BudgetSettings(budget))
+    delay = float(predictor.manifest["report_delay_s"])
+    pending, expected = [], []
+    for seq, row in enumerate(frame.itertuples(index=False)):
+        now = float(row.ts_start)
+        while pending and pending[0][0] <= now:
+            at, _seq, first, duration, packets, score, factor = heapq.heappop(pending)
+            engine.flow_ended(first, duration, packets, score, factor, engine.generation, at)
+        first = FirstPacket.from_record(row)
+        score = max(engine.score_first(first, now), 0.0)
+        factor = int(engine.tracker.mirrors(score, int(row.flow_id)))
+        expected.append(factor)
+        heapq.heappush(pending, (now + row.duration_s + delay, seq, first, row.duration_s, row.packets, score, factor))
+    assert engine.tracker.fitted  # the line was re-fitted on ended flows, not only the training threshold
+    assert got.tolist() == expected
+
+
+def test_model_policies_spend_about_the_budget(predictor, spread):
+    cells = cell_ids(8)
+    reports = {r.policy: r for r in run_policies(spread, cells, FailureSchedule(), MODEL_POLICIES,
+                                                 predictor=predictor, budget=0.25)}  # fmt: skip
+    assert reports[PREDICTIVE_RANKED].packets_mirrored == pytest.approx(0.25, abs=0.01)
+    assert 0.05 < reports[PREDICTIVE].packets_mirrored < 0.4
+    assert reports[PREDICTIVE_THRESHOLD].flows_mirrored > 0
