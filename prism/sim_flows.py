@@ -7,19 +7,17 @@ from typing import Callable, Optional
 
 import numpy as np
 
-from prism.cell.smm_channel import INITIAL_BYTES_PER_RECORD
-from prism.flows import PROTO_TCP
 from prism.ring import HashRing
 from prism.sim_schedule import UP, FailureSchedule
 
-#: Compressed bytes of one state record, as the SMM measures them (110-150 for a slim TCP record).
-BYTES_PER_STATE_RECORD = INITIAL_BYTES_PER_RECORD
-#: State changes a flow's primary replicates at most: a TCP connection's versions
-#: (SYN, SYN-ACK, handshake done, FIN, its ACK, the other FIN, its ACK), other
-#: flows' (first packet, first reply). Each packet can carry at most one change.
-STATE_RECORDS_TCP = 7
-STATE_RECORDS_OTHER = 2
-REMOVAL_RECORDS = 1
+#: The SMM's replication bytes per flow per mirror over the flow's whole life, as
+#: ``benchmarks/replication_cost.py`` measures them with real SMMs (versioned changes
+#: only: handshake with its token, teardown, removal; state datagrams and their acks,
+#: compressed, batched): 173 B per long TCP flow, whatever its length and rate.
+#: Used for every flow (a UDP flow has fewer changes: an upper bound for those).
+REPLICATION_BYTES_PER_FLOW = 173.0
+#: Wire bytes of one flow's record in a seed snapshot (the same run: 55 B per record, batched).
+SEED_BYTES_PER_FLOW = 55.0
 PLACEMENT_CHUNK = 65_536  #: flows ranked per ``order_array`` call (bounds its temporaries)
 
 Progress = Optional[Callable[[int], None]]
@@ -79,10 +77,6 @@ class Flows:
         """End times."""
         return self.start + self.duration
 
-    def state_records(self) -> np.ndarray:
-        """State records the SMM sends per mirror of each flow (changes plus its removal)."""
-        most = np.where(self.proto == PROTO_TCP, STATE_RECORDS_TCP, STATE_RECORDS_OTHER)
-        return np.minimum(self.packets, most) + REMOVAL_RECORDS
 
 
 def live_ranks(

@@ -22,10 +22,9 @@ once and ends there (its connection broke). Packets at risk are those the
 flow still had to send: its packets spread evenly over its duration.
 
 Costs: mirror copies per packet and per byte (a flow's mirrors when it
-started), and the SMM's replication traffic: ``Flows.state_records`` per
-flow (its state changes, plus the removal record) per mirror, and one record
-per flow for each new mirror seeded, at ``BYTES_PER_STATE_RECORD`` each
-(``prism.sim_flows``).
+started), and the SMM's replication traffic as measured with real SMMs
+(``prism.sim_flows.REPLICATION_BYTES_PER_FLOW`` per flow and mirror, plus
+``SEED_BYTES_PER_FLOW`` per flow for each new mirror seeded).
 
 The controller here learns of a failure at once (a link-down; a dead process
 is found about ``models.train.DEFAULT_HORIZON_S`` later) and flows stay in
@@ -46,7 +45,7 @@ from prism.groups import GroupTable, PendingSeed
 from prism.openflow import PROFILE_GROUP_BASE
 from prism.profiles import MirroringProfile
 from prism.ring import HashRing
-from prism.sim_flows import BYTES_PER_STATE_RECORD, Flows, Progress, SimulationError
+from prism.sim_flows import REPLICATION_BYTES_PER_FLOW, SEED_BYTES_PER_FLOW, Flows, Progress, SimulationError
 from prism.sim_schedule import DOWN, SAMPLE, FailureSchedule
 
 DEFAULT_SEED_TIME_S = 0.5
@@ -61,12 +60,14 @@ class SimSettings:
     Attributes:
         seed_time_s: time from a repair to its new mirrors holding the state.
         samples: evenly spaced sampling instants (failure instants are added).
-        bytes_per_record: bytes of one replicated state record.
+        replication_bytes_per_flow: SMM bytes per flow and mirror over its life.
+        seed_bytes_per_flow: SMM bytes per flow in a new mirror's seed.
     """
 
     seed_time_s: float = DEFAULT_SEED_TIME_S
     samples: int = DEFAULT_SAMPLES
-    bytes_per_record: float = BYTES_PER_STATE_RECORD
+    replication_bytes_per_flow: float = REPLICATION_BYTES_PER_FLOW
+    seed_bytes_per_flow: float = SEED_BYTES_PER_FLOW
 
 
 @dataclass(frozen=True)
@@ -164,7 +165,7 @@ class _Run:
         self.profiles_seen: set = set()
         self.longest = float(flows.duration.max()) if len(flows) else 0.0
         self.totals = dict(risk_flows=0, risk_packets=0.0, safe_flows=0, safe_packets=0.0, lost=0,
-                           seed_records=0.0, rewritten=0, affected=0, failures=0, unplaced=0)  # fmt: skip
+                           seeded_flows=0, rewritten=0, affected=0, failures=0, unplaced=0)  # fmt: skip
         self.balance: List[Tuple[float, float, float, float]] = []
         self.cell_held = np.zeros((2, len(self.cells)))
         self.peak_flows = self.peak_groups = 0
@@ -298,7 +299,7 @@ class _Run:
         source = repair.profile.primary_cell
         state.pending = {m: state.pending.get(m, PendingSeed(source, t)) for m in repair.pending}
         if repair.added and not repair.state_lost:
-            self.totals["seed_records"] += flows_in_group * len(repair.added)
+            self.totals["seeded_flows"] += flows_in_group * len(repair.added)
             heapq.heappush(self.seeds, (t + self.settings.seed_time_s, slot, tuple(repair.added)))
         return repair.state_lost
 
@@ -323,7 +324,9 @@ class _Run:
         flows, totals = self.flows, self.totals
         packets, nbytes = float(flows.packets.sum()), float(max(flows.nbytes.sum(), 1))
         mirrors = self.mirrors.astype(float)
-        records = float((mirrors * flows.state_records()).sum()) + totals["seed_records"]
+        settings = self.settings
+        replication = (float(mirrors.sum()) * settings.replication_bytes_per_flow
+                       + totals["seeded_flows"] * settings.seed_bytes_per_flow)  # fmt: skip
         balance = np.array(self.balance) if self.balance else np.full((1, 4), np.nan)
         failures = max(totals["failures"], 1)
         return PolicyReport(
@@ -333,7 +336,7 @@ class _Run:
             flows_mirrored=float((mirrors >= 1).mean()),
             packets_mirrored=float((mirrors * flows.packets).sum() / packets),
             bytes_mirrored=float((mirrors * flows.nbytes).sum() / nbytes),
-            replication_bytes=records * self.settings.bytes_per_record / nbytes,
+            replication_bytes=replication / nbytes,
             at_risk_flows=totals["risk_flows"],
             at_risk_packets=totals["risk_packets"],
             flows_protected=_share(totals["safe_flows"], totals["risk_flows"]),

@@ -15,7 +15,7 @@ from prism.flows import PROTO_TCP
 from prism.policy import FixedPolicy
 from prism.ring import HashRing
 from prism.sim_distributions import load_distributions
-from prism.sim_flows import BYTES_PER_STATE_RECORD, Flows, SimulationError, live_ranks
+from prism.sim_flows import REPLICATION_BYTES_PER_FLOW, SEED_BYTES_PER_FLOW, Flows, SimulationError, live_ranks
 from prism.sim_policies import (
     FIXED_RF1,
     FIXED_RF2,
@@ -77,9 +77,9 @@ def test_hand_worked_failure_with_one_mirror_promotes_it_and_reseeds(two_flows):
     # Both groups name c00: A's (c00, c01) becomes (c01, c02), B's (c01, c00) becomes (c01, c02).
     assert rf1.groups_rewritten_per_failure == 2 and rf1.flows_affected_per_failure == 2
     assert rf1.ofmsgs_per_failure == 4
-    # State records: 2 flows x 1 mirror x (7 TCP changes + removal), plus one seed record per flow.
-    records = 2 * 8 + 2
-    assert rf1.replication_bytes == pytest.approx(records * BYTES_PER_STATE_RECORD / 20_000)
+    # The SMM's bytes: 2 flows x 1 mirror over their lives, plus each flow seeded to its new mirror once.
+    expected = 2 * REPLICATION_BYTES_PER_FLOW + 2 * SEED_BYTES_PER_FLOW
+    assert rf1.replication_bytes == pytest.approx(expected / 20_000)
     assert rf1.packets_mirrored == 1.0 and rf1.flows_mirrored == 1.0
 
 
