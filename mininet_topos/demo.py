@@ -83,6 +83,13 @@ def run(args: argparse.Namespace) -> int:
         tmp.write_text(json.dumps(report, indent=2, sort_keys=True))
         os.replace(tmp, options.json_path)
         print(f"JSON report: {options.json_path}")
+    figure = (options.json_path.with_suffix(".png") if options.json_path
+              else options.workdir / "demo.png")
+    try:
+        write_figure(report, figure)
+        print(f"figure: {figure}")
+    except Exception as error:  # noqa: BLE001 - the figure is a bonus, the report stands
+        print(f"prism demo: no figure ({error})", file=sys.stderr)
     survived = report["tcp_survived"]
     expected = options.replication_factor > 0 or options.fail_primary == "none"
     return 0 if survived or not expected else 1
@@ -179,6 +186,7 @@ def run_demo(options: DemoOptions) -> Dict:
     return {
         "options": {"cells": options.cells, "clients": options.clients,
                     "replication_factor": options.replication_factor,
+                    "fail_at_s": options.fail_at_s,
                     "fail_primary": options.fail_primary, "duration_s": options.duration_s,
                     "prediction": options.prediction},
         "flows_total": status.get("flows_total"),
@@ -318,6 +326,7 @@ def _parse_iperf(output: bytes, fail_at_s: float) -> Dict:
                                    if i.get("start", 0) >= fail_at_s + 1.0),
         "retransmits": end.get("sum_sent", {}).get("retransmits"),
         "throughput_bps": [round(i.get("bits_per_second", 0)) for i in intervals],
+        "interval_start_s": [round(i.get("start", 0), 3) for i in intervals],
     }
 
 
@@ -403,3 +412,50 @@ def format_report(report: Dict) -> str:
         lines.append("failover: no failure injected")
     lines.append(f"logs and captures: {report['workdir']}")
     return "\n".join(lines)
+
+
+def write_figure(report: Dict, path: Path) -> None:
+    """A PNG: the transfer's throughput over time with the failure marked, and what
+    each replication policy mirrors against what it protects (the shipped model's
+    held-out evaluation, with this run's controller figures beside it).
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from mininet_topos.prism_topo import DEFAULT_MODEL_DIR
+
+    figure, (left, right) = plt.subplots(1, 2, figsize=(12, 4.5))
+    tcp = report["tcp"]
+    starts = tcp.get("interval_start_s") or list(range(len(tcp["throughput_bps"])))
+    left.plot(starts, [bps / 1e6 for bps in tcp["throughput_bps"]], color="tab:blue")
+    if report["failed_cell"]:
+        left.axvline(report["options"]["fail_at_s"], color="tab:red", linestyle="--",
+                     label=f"{report['failed_cell']} fails ({report['options']['fail_primary']})")
+        left.legend(loc="lower right")
+    verdict = "survived" if report["tcp_survived"] else "broke"
+    left.set(title=f"TCP transfer through the cells ({verdict})", xlabel="time (s)",
+             ylabel="throughput (Mbit/s)")
+    left.set_ylim(bottom=0)
+    manifest_path = Path(DEFAULT_MODEL_DIR) / "manifest.json"
+    policies = json.loads(manifest_path.read_text()).get("policies_heldout", []) \
+        if manifest_path.exists() else []
+    for row in policies:
+        budget = row.get("budget")
+        label = row["policy"] + (f" @{budget:.0%}" if budget else "")
+        right.scatter(row["packets_mirrored"], row["packets_protected"], s=30)
+        right.annotate(label, (row["packets_mirrored"], row["packets_protected"]), fontsize=7,
+                       xytext=(3, 3), textcoords="offset points")
+    right.set(title="held-out real flows: mirroring cost vs protection",
+              xlabel="mirror copies per packet", ylabel="at-risk packets whose state survives")
+    total, mirrored = report.get("flows_total"), report.get("flows_mirrored")
+    if total:
+        right.text(0.98, 0.02, f"this run: {mirrored}/{total} flows mirrored",
+                   transform=right.transAxes, ha="right", fontsize=8)
+    figure.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp.png")
+    figure.savefig(tmp, dpi=100)
+    plt.close(figure)
+    os.replace(tmp, path)
