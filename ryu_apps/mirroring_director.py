@@ -54,12 +54,15 @@ from prism.actions import MgmtMessage
 from prism.config import ConfigError, PrismConfig, load_config
 from prism.control import ControlPlane, Outgoing, SwitchChange
 from prism.director import MirroringDirector
+from prism.flow_end import flow_removed, tell_policy
 from prism.health import HealthSettings
 from prism.openflow import OfChange
 from prism.policy import FixedPolicy
 from prism.ring import HashRing
+from prism.telemetry import flow_record
 from ryu_apps.mgmt_channel import MgmtChannel
 from ryu_apps.ofmsg import match_to_dict, to_ofmsg, to_ofmsgs
+from ryu_apps.telemetry_events import EventFlowEnded
 
 #: Environment variable naming the PRISM configuration file.
 CONFIG_ENV = "PRISM_CONFIG"
@@ -135,6 +138,8 @@ class MirroringDirectorApp(app_manager.RyuApp):
     """
 
     OFP_VERSIONS = [ofproto_v1_3.OFP_VERSION]
+    #: Raised when a flow ends, with its telemetry record (the stats collector observes it).
+    _EVENTS = [EventFlowEnded]
 
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)
@@ -355,20 +360,33 @@ class MirroringDirectorApp(app_manager.RyuApp):
 
     @set_ev_cls(ofp_event.EventOFPFlowRemoved, MAIN_DISPATCHER)
     def flow_removed_handler(self, ev) -> None:
-        """An FSC entry ended: its final counters."""
+        """An FSC entry ended: its final counters. The flow's last entry ends the flow (``flow_ended``)."""
         msg = ev.msg
-        self._dispatch(
-            "flow_removed",
-            msg.datapath,
-            lambda d: d.on_flow_removed(
-                time.time(),
-                msg.cookie,
-                match_to_dict(msg.match),
-                msg.packet_count,
-                msg.byte_count,
+        now = time.time()
+        ended = []
+
+        def decide(director: MirroringDirector) -> List[OfChange]:
+            changes, entry = flow_removed(
+                director, now, msg.cookie, match_to_dict(msg.match), msg.packet_count, msg.byte_count,
                 msg.duration_sec + msg.duration_nsec / NANOSECONDS,
-            ),
-        )
+            )  # fmt: skip
+            if entry is not None:
+                ended.append((director, entry))
+            return changes
+
+        self._dispatch("flow_removed", msg.datapath, decide)  # the group deletions are sent first
+        for director, entry in ended:
+            self.flow_ended(director, entry, now)
+
+    def flow_ended(self, director: MirroringDirector, entry, now: float) -> None:
+        """A flow ended: its policy learns the outcome; ``EventFlowEnded`` carries its telemetry record."""
+        try:
+            tell_policy(director, entry, now)
+            record = flow_record(entry, director.dp_id, director.idle_timeout)
+            self.send_event_to_observers(EventFlowEnded(director.dp_id, entry.flow_id, record, now))
+        except Exception:  # one bad event must never take the controller down
+            self.handler_errors["flow_ended"] += 1
+            self.logger.exception("flow end of %s on switch %s failed", entry.key, _dpid(director.dp_id))
 
     @set_ev_cls(ofp_event.EventOFPErrorMsg, [HANDSHAKE_DISPATCHER, CONFIG_DISPATCHER, MAIN_DISPATCHER])
     def error_handler(self, ev) -> None:

@@ -77,3 +77,50 @@ def test_reload_swaps_the_model_and_a_broken_file_keeps_the_old_one(tmp_path, mo
     with pytest.raises(ModelError):
         app.reload_model()
     assert engine.predictor is in_service and app.models.status()["failed_reloads"] == 1
+
+
+def test_a_flows_last_flow_removed_teaches_the_policy_and_raises_the_telemetry_event(tmp_path, monkeypatch,
+                                                                                    model_copy):
+    from types import SimpleNamespace
+
+    from ryu.ofproto import ofproto_protocol, ofproto_v1_3, ofproto_v1_3_parser
+
+    from prism.flows import direction_match, parse_frame
+    from prism.openflow import TABLE_FSC
+    from prism.packets import build_udp_frame
+    from ryu_apps.telemetry_events import EventFlowEnded
+
+    class Datapath(ofproto_protocol.ProtocolDesc):
+        def __init__(self) -> None:
+            super().__init__(ofproto_v1_3.OFP_VERSION)
+            self.id, self.sent = 1, []
+
+        def send_msg(self, message) -> None:
+            message.serialize()
+            self.sent.append(message)
+
+    app = make_app(tmp_path, monkeypatch, f"prediction: {{model: {model_copy}}}\n")
+    events = []
+    monkeypatch.setattr(app, "send_event_to_observers", lambda event, *args: events.append(event))
+    datapath = Datapath()
+    frame = build_udp_frame("10.0.0.4", "10.0.0.5", 40000, 53, b"query")
+    info = parse_frame(frame)
+    parser = ofproto_v1_3_parser
+    app.packet_in_handler(SimpleNamespace(msg=SimpleNamespace(
+        datapath=datapath, match=parser.OFPMatch(in_port=4), table_id=TABLE_FSC, data=frame)))  # fmt: skip
+    engine = app.directors[1].policy.engine
+    assert engine.flows_scored == 1 and app.directors[1].policy.in_flight == 1
+    for forward, packets in ((True, 1), (False, 1)):
+        match = parser.OFPMatch(**direction_match(info.key, forward))
+        app.flow_removed_handler(SimpleNamespace(msg=SimpleNamespace(
+            datapath=datapath, cookie=info.flow_id, match=match, packet_count=packets, byte_count=70,
+            duration_sec=7, duration_nsec=300_000_000)))  # fmt: skip
+        assert len(events) == (0 if forward else 1), "the flow ends with its last direction"
+    (event,) = events
+    assert isinstance(event, EventFlowEnded) and event.dp_id == 1 and event.flow_id == info.flow_id
+    record = event.record
+    assert (record.packets, record.bytes, record.dport) == (3, 140 + len(frame), 53)
+    assert abs(record.duration_s - 0.3) < 1e-6, "lifetime 7.3 s minus the 7 s idle timeout"
+    assert app.directors[1].policy.in_flight == 0
+    assert engine.tracker.status()["ended_flows_in_window"] == 1
+    assert app.handler_errors == {}
