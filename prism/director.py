@@ -375,7 +375,7 @@ class MirroringDirector:
         group = self._groups.get(group_id)
         group.refcount += 1
         self._flows.add(info.key, profile, group_id, now, first_packet=info)
-        self._failover.flow_added(info.flow_id, str(info.key), group, created)
+        self._failover.flow_added(info.flow_id, info.key, group, created)
         self._count("flows_total")
         if profile.mirror_cells:
             self._count("flows_mirrored")

@@ -18,7 +18,8 @@ How a group is repaired (:func:`plan_repair`):
    mirror is installed at once (it gets the mirror copies from then on) but is
    only counted as a replica once the primary reports ``seeded`` for it. A
    cell that joins a group gets ``assign`` for the group's flows (about 400
-   flows per datagram) so that it can seed others in turn.
+   flows per datagram) so that it can seed others in turn; those go out with
+   the next tick, off the failover's path.
 3. A draining cell is replaced first and removed after: a draining mirror
    leaves once its replacement is seeded; a draining primary gets one extra
    mirror, and once that is seeded the first seeded mirror takes over.
@@ -54,6 +55,9 @@ SEED_RETRY_S = 1.0
 PROFILE_REFRESH_S = 5.0
 #: Flow assignments queued per cell between two ticks; beyond it they are dropped and counted.
 MAX_QUEUED_ASSIGNS = 200_000
+#: Flow assignments sent per tick, all cells together (the rest waits for the next ticks), so
+#: that a failover's bulk assignments never hold the controller for long.
+ASSIGNS_PER_TICK = 2_000
 
 ADMIN = "admin"  #: the ``kind`` of drain and restore steps
 
@@ -214,7 +218,7 @@ class Failover:
         self._counts: Dict[str, int] = defaultdict(int)
         self._epoch = 0
         self._announce: Set[int] = set()
-        self._assigns: Dict[str, List[Tuple[int, int, str]]] = defaultdict(list)
+        self._assigns: Dict[str, List[Tuple[int, int, object]]] = defaultdict(list)  # key made text at the tick
         self._next_refresh: Optional[float] = None
         self.last_failover: Optional[FailoverStats] = None
         self.last_repair: Optional[FailoverStats] = None
@@ -331,16 +335,26 @@ class Failover:
         }
 
     # --- flows and the periodic tick ----------------------------------------------------------
-    def flow_added(self, flow_id: int, key_text: str, group: GroupState, group_created: bool) -> None:
-        """Queue a new flow's ``assign`` (and its new group's announcement) for the next tick."""
+    def flow_added(self, flow_id: int, key: object, group: GroupState, group_created: bool) -> None:
+        """Queue a new flow's ``assign`` (and its new group's announcement) for the next tick.
+
+        Args:
+            flow_id: The flow.
+            key: Its key (``str(key)`` is the text the cells get).
+            group: The group it joined.
+            group_created: The group is new (its profile is announced too).
+        """
         if group_created:
             self._announce.add(group.group_id)
-        for cell_id in group.profile.cells:
+        self._queue_assigns(group.profile.cells, [(flow_id, group.group_id, key)])
+
+    def _queue_assigns(self, cell_ids: Iterable[str], flows: List[Tuple[int, int, object]]) -> None:
+        for cell_id in cell_ids:
             queue = self._assigns[cell_id]
-            if len(queue) >= MAX_QUEUED_ASSIGNS:
-                self._counts["assigns_dropped"] += 1
-                continue
-            queue.append((flow_id, group.group_id, key_text))
+            room = MAX_QUEUED_ASSIGNS - len(queue)
+            if room < len(flows):
+                self._counts["assigns_dropped"] += len(flows) - max(room, 0)
+            queue.extend(flows[: max(room, 0)])
 
     def tick(self, now: float, table: GroupTable) -> List[MgmtMessage]:
         """Messages due now: new groups' profiles, batched assigns, seed retries, periodic full tables."""
@@ -348,11 +362,23 @@ class Failover:
         announced = {gid: table.get(gid) for gid in sorted(self._announce)}
         self._announce.clear()
         messages += self._profile_updates({gid: g.profile for gid, g in announced.items() if g is not None})
-        for cell_id, flows in sorted(self._assigns.items()):
-            if cell_id not in self._down:
-                messages += [MgmtMessage(cell_id, m) for m in assign_messages(flows)]
-                self._counts["assigns_sent"] += len(flows)
-        self._assigns.clear()
+        budget = ASSIGNS_PER_TICK
+        for cell_id in sorted(self._assigns):
+            queue = self._assigns[cell_id]
+            if cell_id in self._down:
+                del self._assigns[cell_id]
+                continue
+            if budget <= 0:
+                break
+            flows, rest = queue[:budget], queue[budget:]
+            budget -= len(flows)
+            triples = [(flow_id, group_id, str(key)) for flow_id, group_id, key in flows]
+            messages += [MgmtMessage(cell_id, m) for m in assign_messages(triples)]
+            self._counts["assigns_sent"] += len(flows)
+            if rest:
+                self._assigns[cell_id] = rest
+            else:
+                del self._assigns[cell_id]
         for group in table:
             for target, wait in sorted(group.pending.items()):
                 if now - wait.sent_at >= SEED_RETRY_S:
@@ -388,7 +414,6 @@ class Failover:
         updates: Dict[int, MirroringProfile] = {}
         previous: Dict[int, MirroringProfile] = {}
         seeds: List[MgmtMessage] = []
-        assigns: List[MgmtMessage] = []
         tally: Dict[str, int] = defaultdict(int)
         for group in list(groups):
             repair = plan_repair(group.profile, group.target_rf, group.pending, self._down, self._draining, self.ring)
@@ -400,13 +425,15 @@ class Failover:
             if new != old:
                 changes += table.group_mods(new, group.group_id, Command.MODIFY)
                 table.rewrite(group.group_id, new)
-                _relabel(flows, group.group_id, old, new)
+                members = flows.relabel_group(old, new, group.group_id)
                 updates[group.group_id] = new
                 previous[group.group_id] = old
                 tally["groups_rewritten"] += 1
                 tally["flows_affected"] += group.refcount
                 tally["mirrors_added"] += len(repair.added)
-                assigns += _assigns_for_newcomers(flows, group.group_id, old, new, self._down)
+                newcomers = [c for c in new.cells if c not in old.cells and c not in self._down]
+                if newcomers:
+                    self._queue_assigns(newcomers, [(e.key.flow_id, group.group_id, e.key) for e in members])
             if repair.state_lost:
                 tally["state_lost_flows"] += group.refcount
             kept = {
@@ -420,7 +447,7 @@ class Failover:
             group.pending = kept
             if new.replication_factor - len(kept) < group.target_rf:
                 tally["under_replicated_groups"] += 1
-        messages = self._profile_updates(updates, previous) + assigns + seeds
+        messages = self._profile_updates(updates, previous) + seeds
         for name in ("groups_rewritten", "state_lost_flows"):
             self._counts[name] += tally[name]
         self._counts["seeds_sent"] += len(seeds)
@@ -452,21 +479,3 @@ class Failover:
             if cell_id not in self._down
         ]
 
-
-def _assigns_for_newcomers(
-    flows: "FlowStateCache", group_id: int, old: MirroringProfile, new: MirroringProfile, down: Collection[str]
-) -> List[MgmtMessage]:
-    """``assign`` messages with a group's flows for the cells the rewrite added to it."""
-    newcomers = [c for c in new.cells if c not in old.cells and c not in down]
-    if not newcomers:
-        return []
-    triples = [(e.flow_id, group_id, str(e.key)) for e in flows.flows_using_profile(new) if e.group_id == group_id]
-    return [MgmtMessage(c, body) for c in newcomers for body in assign_messages(triples)]
-
-
-def _relabel(flows: "FlowStateCache", group_id: int, old: MirroringProfile, new: MirroringProfile) -> int:
-    """Relabel, in the controller's FSC, the flows of one group (not those of an equal-profile twin)."""
-    moved = [e.flow_id for e in flows.flows_using_profile(old) if e.group_id == group_id]
-    for flow_id in moved:
-        flows.set_profile(flow_id, new, group_id)
-    return len(moved)

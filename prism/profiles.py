@@ -272,6 +272,44 @@ class FlowStateCache:
             self._index(entry)
         return len(flow_ids)
 
+    def relabel_group(
+        self, old: MirroringProfile, new: MirroringProfile, group_id: int
+    ) -> List[FlowEntry]:
+        """Relabel as ``new`` the flows of ``old`` whose entries point at ``group_id``.
+
+        A failover rewrites one group in place; another group may hold an equal
+        profile and keeps its label. Moves the flow ids between the indexes in
+        bulk (no per-flow re-indexing), so that a failover's cost in the
+        controller stays small next to the switch's.
+
+        Returns:
+            The entries relabelled.
+        """
+        flow_ids = self._by_profile.get(old)
+        if not flow_ids or old == new:
+            return []
+        moving = [entry for f in flow_ids if (entry := self._entries[f]).group_id == group_id]
+        if not moving:
+            return []
+        moved_ids = {entry.key.flow_id for entry in moving}
+        flow_ids -= moved_ids
+        if not flow_ids:
+            del self._by_profile[old]
+            for cell_id in old.cells:
+                profiles = self._profiles_by_cell[cell_id]
+                profiles.discard(old)
+                if not profiles:
+                    del self._profiles_by_cell[cell_id]
+        target = self._by_profile.get(new)
+        if target is None:
+            target = self._by_profile[new] = set()
+            for cell_id in new.cells:
+                self._profiles_by_cell.setdefault(cell_id, set()).add(new)
+        target |= moved_ids
+        for entry in moving:
+            entry.profile = new
+        return moving
+
     # --- queries --------------------------------------------------------------------
     def flows_using_profile(self, profile: MirroringProfile) -> List[FlowEntry]:
         """Entries of the flows that use ``profile``."""

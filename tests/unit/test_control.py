@@ -222,6 +222,8 @@ def test_a_cell_that_joins_a_group_is_assigned_its_flows():
     groups = controller.director.profiles_naming("c2")
     controller.messages.clear()
     controller.take(controller.control.on_port_status(1, FOUR_CELLS["c2"], False, 0.0))
+    assert [m for m in controller.messages if m.type == "assign"] == []  # off the failover's path
+    controller.take(controller.control.tick(0.05))
     assigns = [m for m in controller.messages if m.type == "assign"]
     for group in groups:
         new = controller.director.groups[group.group_id].profile

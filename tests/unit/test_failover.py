@@ -456,3 +456,20 @@ def test_a_switch_reconnect_keeps_dead_and_drained_cells_out():
     network.apply(network.director.on_switch_connect(1.0))
     assert network.director.live_cells == ("c3", "c4") and network.director.groups == {}
     assert not any(isinstance(c, FlowMod) and c.command is Command.MODIFY for c in network.switch.flows())
+
+
+def test_assignments_are_spread_over_ticks_when_there_are_many(monkeypatch):
+    from prism import failover
+
+    monkeypatch.setattr(failover, "ASSIGNS_PER_TICK", 30)
+    network = Network(replication_factor=1)
+    for packet in [udp(40000 + i) for i in range(50)]:
+        network.send(CLIENT_PORT, packet)
+    sent, ticks = 0, 0
+    while True:
+        flows = sum(len(m.message["flows"]) for m in network.director.tick(0.05 * ticks) if m.type == "assign")
+        assert flows <= 30
+        if not flows:
+            break
+        sent, ticks = sent + flows, ticks + 1
+    assert sent == 100 and ticks == 4 and network.director.counters.assigns_sent == 100

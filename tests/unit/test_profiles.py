@@ -185,3 +185,27 @@ def test_udp_and_tcp_same_ports_are_distinct_flows():
     cache.add(key(1), P12, 1, 0.0)
     cache.add(FlowKey.between(PROTO_UDP, "10.0.0.1", 1, "10.0.0.2", 80)[0], P12, 1, 0.0)
     assert len(cache) == 2 and cache.profile_refcount(P12) == 2
+
+
+def test_relabel_group_moves_only_that_groups_flows_and_keeps_the_indexes_right():
+    from prism.flows import FlowKey
+
+    def key(port):
+        return FlowKey(4, 17, bytes([10, 0, 0, 1]), port, bytes([10, 0, 0, 2]), 53)
+
+    old, new = MirroringProfile.of("c1", "c2"), MirroringProfile.of("c2", "c3")
+    cache = FlowStateCache()
+    for port in (1000, 1001):
+        cache.add(key(port), old, 7, 0.0)
+    cache.add(key(1002), old, 8, 0.0)  # a twin group with an equal profile
+    moved = cache.relabel_group(old, new, 7)
+    assert sorted(e.key.port_a for e in moved) == [1000, 1001]
+    assert cache.profile_refcount(old) == 1 and cache.profile_refcount(new) == 2
+    assert set(cache.profiles_on_cell("c3")) == {new} and set(cache.profiles_on_cell("c1")) == {old}
+    assert cache.relabel_group(old, new, 7) == []
+    cache.relabel_group(old, new, 8)
+    assert cache.profiles_on_cell("c1") == [] and cache.profile_refcount(new) == 3
+    assert {e.key.port_a for e in cache.flows_on_cell("c3")} == {1000, 1001, 1002}
+    for port in (1000, 1001, 1002):
+        cache.remove(key(port).flow_id)
+    assert cache.profiles() == [] and cache.profiles_on_cell("c2") == []
