@@ -38,6 +38,24 @@ def cell_ids(n_cells: int) -> List[str]:
     return [CELL_ID_FORMAT.format(i) for i in range(n_cells)]
 
 
+def replay_frame(frame: pd.DataFrame, exclude_groups: Iterable[str] = (), pooled: bool = True) -> pd.DataFrame:
+    """Flow records ready to replay: some captures left out, optionally each moved to start at 0, sorted by start.
+
+    Args:
+        frame: flow records.
+        exclude_groups: groups (capture files) to leave out, e.g. the model's training captures.
+        pooled: move every group to start at time 0 (captures taken years apart
+            replay as if they had run together, as ``models.evaluation`` pools them).
+    """
+    excluded = set(exclude_groups)
+    if excluded:
+        frame = frame[~frame["group"].isin(excluded)]
+    if pooled and len(frame):
+        first = frame.groupby("group", observed=True)["ts_start"].transform("min")
+        frame = frame.assign(ts_start=frame["ts_start"] - first)
+    return frame.sort_values("ts_start", kind="stable").reset_index(drop=True)
+
+
 def _no_progress(_name: str, _total: int) -> Callable[[int], None]:
     return lambda _done: None
 

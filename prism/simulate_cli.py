@@ -19,7 +19,7 @@ from prism.records import RecordsError, read_records
 from prism.sim_distributions import DEFAULT_AGH_DIR, DistributionError, load_distributions
 from prism.sim_policies import ALL_POLICIES, DEFAULT_BUDGET, MODEL_POLICIES, PolicyError
 from prism.sim_population import ARRIVAL_MODES, ARRIVALS_REAL, PopulationError, generate_population
-from prism.sim_run import cell_ids, format_balance, format_table, run_policies
+from prism.sim_run import cell_ids, format_balance, format_table, replay_frame, run_policies
 from prism.sim_schedule import ScheduleError, given_failures, parse_fail_at, random_failures
 from prism.sim_flows import SimulationError
 from prism.simulate import DEFAULT_SAMPLES, DEFAULT_SEED_TIME_S, SimSettings
@@ -137,16 +137,13 @@ def _flows(args, predictor, timings) -> tuple:
     if args.records:
         frame = read_records(args.records)
         source = ", ".join(args.records)
+        trained: set = set()
         if predictor is not None and not args.include_training_groups:
             trained = set(predictor.manifest.get("training_data", {}).get("train_groups", []))
-            frame = frame[~frame["group"].isin(trained)]
             source += " (captures the model was not trained on)"
+        frame = replay_frame(frame, trained, pooled=args.timeline == TIMELINE_POOLED)
         if frame.empty:
             raise RecordsError("no flows to replay (see --include-training-groups)")
-        if args.timeline == TIMELINE_POOLED:
-            first = frame.groupby("group", observed=True)["ts_start"].transform("min")
-            frame = frame.assign(ts_start=frame["ts_start"] - first)
-        frame = frame.sort_values("ts_start", kind="stable").reset_index(drop=True)
     else:
         dists = load_distributions(args.distributions)
         with _bar(args.no_progress, "population", args.flows) as bar:
