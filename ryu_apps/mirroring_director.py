@@ -211,7 +211,7 @@ class MirroringDirectorApp(app_manager.RyuApp):
         while self.is_active:
             try:
                 received = self.channel.receive()
-            except OSError:
+            except Exception:  # the loop must outlive anything a datagram or the socket does
                 self.handler_errors["mgmt_receive"] += 1
                 self.logger.exception("management receive failed")
                 hub.sleep(BIND_RETRY_S)
