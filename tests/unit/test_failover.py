@@ -11,7 +11,8 @@ from prism import oxm
 from prism.actions import MgmtMessage, split_decisions
 from prism.config import CellConfig, SwitchConfig
 from prism.director import DROP_UNUSABLE_CELL, MirroringDirector, UnknownCell
-from prism.failover import SEED_RETRY_S, plan_repair, profile_key
+from prism.failover import SEED_RETRY_S
+from prism.repair import plan_repair, profile_key
 from prism.fakeswitch import FakeSwitch, Result
 from prism.flows import parse_frame
 from prism.openflow import MIRROR_MAC, Command, FlowMod, GroupMod, GroupType
