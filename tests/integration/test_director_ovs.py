@@ -185,12 +185,13 @@ def test_one_group_per_profile_with_expected_buckets_and_rising_counters(network
         profiles.add(tuple(watched))
     assert len(profiles) == len(all_groups), "two groups for one profile"
 
-    def counters_rose():
+    def every_group_counted_packets():
         after = group_packet_counts(net)
-        return sum(after.get(g, 0) - before.get(g, 0) for g in all_groups) >= 12 * 20
+        return all(after.get(g, 0) > before.get(g, 0) for g in all_groups)
 
     # Counters lag by up to a second: poll while the flows still run (3 s).
-    assert poll(counters_rose, timeout=2.5, interval=0.2), (before, group_packet_counts(net))
+    assert poll(every_group_counted_packets, timeout=2.5, interval=0.2), \
+        (before, group_packet_counts(net))
     for sender in senders:
         sender.wait(timeout=15)
 

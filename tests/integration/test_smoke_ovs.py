@@ -56,6 +56,9 @@ def test_simple_switch_pingall_tcp_and_clean_teardown(ryu_manager, mininet_net):
         # TCP through the userspace datapath (fails without userspace TSO).
         server, client = hosts[1], hosts[0]
         server.cmd(f"iperf3 -s -1 -D -B {server.IP()}")
+        deadline = time.monotonic() + 10  # -D returns before the server listens
+        while ":5201" not in server.cmd("ss -ltn") and time.monotonic() < deadline:
+            time.sleep(0.1)
         report = client.cmd(f"iperf3 -c {server.IP()} -t {IPERF_SECONDS} -J")
         assert json.loads(report)["end"]["sum_received"]["bytes"] > 0, report
 
