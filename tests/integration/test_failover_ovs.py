@@ -247,3 +247,27 @@ def test_rest_refuses_changes_without_the_token(ovs, tmp_path):
             rest(net, "/prism/v1/cells/nosuchcell")
         assert unknown.value.code == 404
         assert "error" in json.loads(unknown.value.read().decode())
+
+
+def test_rf2_survives_a_second_failure_before_the_first_is_repaired(ovs, tmp_path):
+    """Primary killed, then the mirror that took over is killed 0.2 s later: the
+    third cell, an original mirror, still holds the connection's state."""
+    with make_network(tmp_path, replication_factor=2) as net:
+        transfer = Transfer(net, "double")
+        time.sleep(FAIL_AT_S)
+        first = find_primary(net)
+        before = data_flow(net.cell_state(first))
+        counts = primary_counts(net, skip=first)
+        net.stop_cell(first, kill=True)
+        second = poll(lambda: forwarding_cell(net, first, counts), timeout=8)
+        assert second, net.controller.log_tail()
+        time.sleep(0.2)
+        counts = primary_counts(net, skip=first)
+        net.stop_cell(second, kill=True)
+        counts.pop(second, None)
+        third = poll(lambda: forwarding_cell(net, second, counts), timeout=8)
+        result = transfer.finish()
+        assert third and third not in (first, second), (first, second, third)
+        assert result["error"] is None and result["late_bytes"] > 0 and result["resets"] == 0, result
+        after = data_flow(net.cell_state(third))
+        assert after["token"] == before["token"], (before, after)
