@@ -88,6 +88,14 @@ def data_flow(state: Dict) -> Optional[Dict]:
     return None
 
 
+def state_of(net: PrismNetwork, cell: str) -> Dict:
+    """A cell's state document, or {} for a cell that is no longer running."""
+    try:
+        return net.cell_state(cell)
+    except OSError:
+        return {}
+
+
 def find_primary(net: PrismNetwork) -> str:
     deadline = time.monotonic() + 5
     while time.monotonic() < deadline:
@@ -104,7 +112,7 @@ def forwarding_cell(net: PrismNetwork, exclude: str, since: Dict[str, int]) -> O
     for cell in net.cell_names:
         if cell == exclude:
             continue
-        flow = data_flow(net.cell_state(cell))
+        flow = data_flow(state_of(net, cell))
         if flow and flow.get("primary_packets", 0) > since.get(cell, 0):
             return cell
     return None
@@ -114,7 +122,7 @@ def primary_counts(net: PrismNetwork, skip: str = "") -> Dict[str, int]:
     counts = {}
     for cell in net.cell_names:
         if cell != skip:
-            flow = data_flow(net.cell_state(cell))
+            flow = data_flow(state_of(net, cell))
             counts[cell] = flow.get("primary_packets", 0) if flow else 0
     return counts
 
