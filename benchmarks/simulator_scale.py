@@ -24,7 +24,7 @@ from typing import Dict, List, Sequence
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_SIZES = (10_000, 100_000, 1_000_000)
 DEFAULT_CELLS = 64
-STAGES = ("flows", "stage predict", "stage placement")
+STAGES = ("flows", "stage features", "stage predict", "stage placement")
 
 
 def run_size(flows: int, cells: int, seed: int, extra: Sequence[str]) -> Dict[str, object]:
@@ -69,7 +69,7 @@ def main(argv: Sequence[str] = None) -> int:
             f"| {report['wall_s'] / previous['wall_s']:.1f} | {timings['simulate'] / previous['timings_s']['simulate']:.1f} |"
         )
         print(f"| {report['flows']:,} | {len(report['failures'])} | {report['wall_s']:.1f} | {timings['simulate']:.1f} "
-              f"| {timings['flows']:.1f} | {timings.get('stage predict', 0.0):.1f} | {timings.get('stage placement', 0.0):.1f} "
+              f"| {timings['flows']:.1f} | {timings.get('stage features', 0.0) + timings.get('stage predict', 0.0):.1f} | {timings.get('stage placement', 0.0):.1f} "
               f"| {policies:.1f} | {report['peak_rss_mb']:,.0f} | {report['peak_rss_mb'] - report['startup_rss_mb']:,.0f} "
               f"{ratio}")  # fmt: skip
         previous = report

@@ -45,6 +45,9 @@ FIXED_FACTORS = {NONE: 0, FIXED_RF1: 1, FIXED_RF2: 2}
 DEFAULT_BUDGET = 0.25
 PREDICT_CHUNK = 50_000  #: rows per batched predictor call (bounds its temporary arrays)
 
+#: ``stage(name, total)`` returns a function called with units done (``prism.sim_run.Stage``).
+Stage = Callable[[str, int], Callable[[int], None]]
+
 
 class PolicyError(ValueError):
     """A policy that cannot be computed as asked; the message says what to change."""
@@ -55,19 +58,24 @@ def fixed_factors(n_flows: int, replication_factor: int) -> np.ndarray:
     return np.full(n_flows, replication_factor, dtype=np.int8)
 
 
-def predicted_durations(frame: pd.DataFrame, predictor, progress: Optional[Callable[[int], None]] = None) -> np.ndarray:
+def predicted_durations(frame: pd.DataFrame, predictor, stage: Optional[Stage] = None) -> np.ndarray:
     """The SPE's expected duration (s) of every flow, with the features a controller would have seen.
 
     Args:
         frame: flow records sorted by start (``prism.records`` columns).
         predictor: a loaded ``models.predictor.Predictor``.
-        progress: called with the rows predicted, chunk by chunk.
+        stage: progress reporting, ``stage(name, total)`` -> update function
+            (``prism.sim_run.Stage``): a "features" stage, then a "predict" one.
     """
     from models.estimator import DURATION
     from models.features import replay_features
 
     report_delay_s = float(predictor.manifest.get("report_delay_s", 0.0))
+    done = stage("features", len(frame)) if stage is not None else None
     features = replay_features(frame, predictor.horizon_s, report_delay_s)
+    if done is not None:
+        done(len(frame))
+    progress = stage("predict", len(frame)) if stage is not None else None
     out = np.empty(len(frame), dtype=np.float64)
     for start in range(0, len(frame), PREDICT_CHUNK):
         stop = start + PREDICT_CHUNK
@@ -149,7 +157,7 @@ def online_factors(frame: pd.DataFrame, scores: np.ndarray, predictor, budget: f
 
 
 def model_factors(
-    names, frame: pd.DataFrame, predictor, budget: float, progress: Optional[Callable[[int], None]] = None
+    names, frame: pd.DataFrame, predictor, budget: float, stage: Optional[Stage] = None
 ) -> Dict[str, np.ndarray]:
     """Replication factors of the model policies in ``names`` (all from one prediction pass).
 
@@ -161,7 +169,7 @@ def model_factors(
     wanted = [name for name in names if name in MODEL_POLICIES]
     if not wanted:
         return {}
-    scores = np.maximum(predicted_durations(frame, predictor, progress), 0.0)
+    scores = np.maximum(predicted_durations(frame, predictor, stage), 0.0)
     out: Dict[str, np.ndarray] = {}
     if PREDICTIVE in wanted:
         out[PREDICTIVE] = online_factors(frame, scores, predictor, budget)

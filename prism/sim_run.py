@@ -17,6 +17,7 @@ from prism.sim_policies import (
     ORACLE,
     RANDOM_BUDGET,
     PolicyError,
+    Stage,
     fixed_factors,
     model_factors,
     oracle_factors,
@@ -26,8 +27,6 @@ from prism.sim_schedule import FailureSchedule
 from prism.sim_flows import Flows, live_ranks
 from prism.simulate import PolicyReport, SimSettings, simulate_policy
 
-#: ``stage(name, total)`` returns a function that is called with units done (e.g. a tqdm bar's update).
-Stage = Callable[[str, int], Callable[[int], None]]
 CELL_ID_FORMAT = "c{:02d}"
 
 
@@ -105,7 +104,7 @@ def run_policies(
     if RANDOM_BUDGET in names:
         factors[RANDOM_BUDGET] = random_factors(flows.packets, budget, seed)
     if any(name in MODEL_POLICIES for name in names):
-        factors.update(model_factors(names, frame, predictor, budget, stage("predict", len(flows))))
+        factors.update(model_factors(names, frame, predictor, budget, stage))
     depth = 1 + max([int(f.max()) for f in factors.values()] + [1])
     ranks = live_ranks(ring, flows, schedule, depth, stage("placement", len(flows)))
     events = len(schedule.events()) + len(schedule.failures) + settings.samples

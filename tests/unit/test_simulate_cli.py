@@ -30,7 +30,7 @@ def test_generated_run_prints_both_tables_and_writes_json(tmp_path, capsys):
     assert report["flows"] == 5000 and report["cells"] == 8
     assert report["peak_rss_mb"] > 0 and report["failures"]
     assert report["model_digest"].startswith("sha256:")
-    assert "stage predict" in report["timings_s"]
+    assert "stage features" in report["timings_s"] and "stage predict" in report["timings_s"]
 
 
 def test_given_failures_replace_random_ones(tmp_path, capsys):
