@@ -31,7 +31,13 @@ GAP_WINDOW_S = 3.0
 
 @dataclass
 class DemoOptions:
-    """What ``prism demo`` was asked to do."""
+    """What ``prism demo`` was asked to do.
+
+    ``prediction``: the shipped model decides which flows get mirrors (at most
+    ``replication_factor``). ``prism demo`` turns it on (``--no-prediction``
+    turns it off); it is off here so that callers who set a replication
+    factor get every flow mirrored, as the failover tests expect.
+    """
 
     cells: int = 3
     clients: int = 2
@@ -42,7 +48,7 @@ class DemoOptions:
     udp_flows_per_client: int = 3
     workdir: Path = Path("out/demo")
     json_path: Optional[Path] = None
-    prediction: bool = True
+    prediction: bool = False
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -50,7 +56,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--cells", type=int, default=3, help="cell hosts (default 3)")
     parser.add_argument("--clients", type=int, default=2, help="client hosts (default 2)")
     parser.add_argument("--rf", type=int, default=1, dest="replication_factor",
-                        help="replication factor: mirror cells per flow (default 1)")
+                        help="replication factor: mirror cells per flow, or with prediction the most "
+                             "a flow gets (default 1)")
     parser.add_argument("--duration", type=float, default=8.0, dest="duration_s",
                         help="length of the TCP transfer in seconds (default 8)")
     parser.add_argument("--fail-at", type=float, default=3.0, dest="fail_at_s",
@@ -121,7 +128,9 @@ def run_demo(options: DemoOptions) -> Dict:
             stale.unlink()
     from mininet_topos.prism_topo import prediction_config
 
-    overrides = {"prediction": prediction_config()} if options.prediction else {}
+    overrides = {}
+    if options.prediction:  # --rf is then the most mirrors a flow gets (--rf 0: none, the control)
+        overrides = {"prediction": prediction_config(), "max_replication_factor": options.replication_factor}
     with PrismNetwork(workdir, clients=options.clients, servers=1, cells=options.cells,
                       replication_factor=options.replication_factor, config_overrides=overrides) as net:
         server = net.host(net.server_names[0])
