@@ -172,13 +172,16 @@ class PrismNetwork:
         start_cells: run ``prism cell`` in every cell host.
         cell_args: extra arguments for every ``prism cell``.
         extra_apps: Ryu apps the controller runs beside ``CONTROLLER_APPS`` (e.g. STATS_COLLECTOR_APP).
+        apps: Ryu apps to run instead of ``CONTROLLER_APPS`` (paths or module names, e.g.
+            ``("ryu.app.simple_switch_13",)`` with ``start_cells=False, management=False``
+            for a baseline on the same topology); it must install a table-0 entry.
     """
 
     def __init__(self, workdir: Path, clients: int = 2, servers: int = 1, cells: int = 3,
                  replication_factor: int = 1, idle_timeout: int = 10, start_cells: bool = True,
                  cell_args: Sequence[str] = (), extra_env: Optional[Dict[str, str]] = None,
                  config_overrides: Optional[dict] = None, management: bool = True,
-                 extra_apps: Sequence[Path] = ()):
+                 extra_apps: Sequence[Path] = (), apps: Optional[Sequence[Path]] = None):
         self.workdir = Path(workdir)
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.clients, self.servers, self.cells = clients, servers, cells
@@ -189,7 +192,8 @@ class PrismNetwork:
         self.config_path = self.workdir / "prism.yaml"
         self.start_cells = start_cells
         self.cell_args = list(cell_args)
-        self.controller = ControllerProcess(self.workdir, self.config_path, (*CONTROLLER_APPS, *extra_apps),
+        base_apps = CONTROLLER_APPS if apps is None else tuple(apps)
+        self.controller = ControllerProcess(self.workdir, self.config_path, (*base_apps, *extra_apps),
                                             extra_env=extra_env)
         self.net: Optional[Mininet] = None
         self.cell_processes: Dict[str, subprocess.Popen] = {}
