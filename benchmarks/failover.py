@@ -45,7 +45,7 @@ CONTROL = "rf=0 control (process)"
 #: What each run keeps from the demo's report.
 KEPT = ("failed_cell", "tcp_survived", "interruption_ms", "detection_ms", "baseline_max_gap_ms",
         "state_lost_flows", "groups_rewritten", "openflow_messages_failover",
-        "conntrack_entry_carried_over", "flows_total", "flows_mirrored")  # fmt: skip
+        "conntrack_entry_carried_over", "flows_total", "flows_mirrored", "iperf3_completed")  # fmt: skip
 
 
 def run_one(kind: str, replication_factor: int, args: argparse.Namespace, workdir: Path) -> dict:
