@@ -18,6 +18,12 @@ have been? The answer is a bin and a share: flows of higher bins are mirrored,
 flows of that bin with probability ``share``, decided by the flow_id (a
 uniform hash), so a flow's decision is stable and needs no random source.
 
+Flows the policy mirrors regardless of the line (``observe(...,
+outside_line=True)``: the predictive policy's cheap long-lived flows) count
+like any other in both windows, and the copies they cost are taken off the
+budget before the line is placed, so mirror copies per packet still track the
+budget (unless those flows alone spend more: then nothing else is mirrored).
+
 Until ``min_flows`` flows have ended, the threshold calibrated on training data
 (the model's manifest) is used as it is.
 """
@@ -35,6 +41,9 @@ DEFAULT_START_WINDOW = 2048
 DEFAULT_END_WINDOW = 4096
 DEFAULT_MIN_FLOWS = 64
 DEFAULT_REFIT_EVERY = 16
+#: A flow predicted to outlive the horizon with at most this many packets (both directions)
+#: is mirrored regardless of the line: it costs next to nothing (``prism.policy_predictive``).
+DEFAULT_CHEAP_FLOW_PACKETS = 64
 
 
 def score_bin(score: float) -> int:
@@ -85,7 +94,7 @@ class BudgetTracker:
         self.settings = settings
         self._starts: Deque[int] = deque()
         self._start_counts: Dict[int, int] = {}
-        self._ends: Deque[Tuple[int, int, int]] = deque()
+        self._ends: Deque[Tuple[int, int, int, bool]] = deque()
         self._end_packets: Dict[int, List[int]] = {}  # bin -> [flows, packets]
         self.reset(initial_threshold)
 
@@ -104,7 +113,7 @@ class BudgetTracker:
         self._new_starts.clear()
         self._ends.clear()
         self._end_packets.clear()
-        self._copies = self._packets = self._mirrored_packets = 0
+        self._copies = self._packets = self._mirrored_packets = self._outside_copies = 0
         self._since_fit = 0
 
     @property
@@ -148,16 +157,24 @@ class BudgetTracker:
         self._new_starts.clear()
 
     # --- outcomes -----------------------------------------------------------------------
-    def observe(self, score: float, packets: int, replication_factor: int) -> None:
-        """A flow ended: its first-packet score, its packets and the mirrors it had."""
+    def observe(self, score: float, packets: int, replication_factor: int, outside_line: bool = False) -> None:
+        """A flow ended: its first-packet score, its packets and the mirrors it had.
+
+        Args:
+            score: Its score when it started.
+            packets: Its packets (both directions).
+            replication_factor: The mirrors it had.
+            outside_line: It was mirrored regardless of the line (its copies are taken off the budget).
+        """
         index, packets = score_bin(score), max(int(packets), 1)
-        self._add_end(index, packets, int(replication_factor), +1)
-        self._ends.append((index, packets, int(replication_factor)))
+        end = (index, packets, int(replication_factor), bool(outside_line))
+        self._add_end(*end, +1)
+        self._ends.append(end)
         if len(self._ends) > self.settings.end_window:
             self._add_end(*self._ends.popleft(), -1)
         self._tick()
 
-    def _add_end(self, index: int, packets: int, replication_factor: int, sign: int) -> None:
+    def _add_end(self, index: int, packets: int, replication_factor: int, outside_line: bool, sign: int) -> None:
         entry = self._end_packets.setdefault(index, [0, 0])
         entry[0] += sign
         entry[1] += sign * packets
@@ -167,6 +184,8 @@ class BudgetTracker:
         self._copies += sign * packets * replication_factor
         if replication_factor:
             self._mirrored_packets += sign * packets
+        if outside_line:
+            self._outside_copies += sign * packets * replication_factor
 
     def _tick(self) -> None:
         self._since_fit += 1
@@ -191,7 +210,8 @@ class BudgetTracker:
             return
         copies_per_mirrored_packet = self._copies / self._mirrored_packets if self._mirrored_packets else 1.0
         expected = {index: count * self.packets_per_flow(index) for index, count in self._start_counts.items()}
-        allowed = self.settings.budget * sum(expected.values()) / max(copies_per_mirrored_packet, 1.0)
+        line_budget = max(self.settings.budget - self.outside_line_share(), 0.0)
+        allowed = line_budget * sum(expected.values()) / max(copies_per_mirrored_packet, 1.0)
         spent = 0.0
         line, share = max(expected) + 1, 1.0
         for index in sorted(expected, reverse=True):
@@ -209,6 +229,10 @@ class BudgetTracker:
             self._above = self._below
         self.fits += 1
 
+    def outside_line_share(self) -> float:
+        """Mirror copies per packet spent on flows mirrored regardless of the line (ended flows' window)."""
+        return self._outside_copies / self._packets if self._packets else 0.0
+
     def realised_share(self) -> Optional[float]:
         """Mirror copies per packet over the ended flows' window (None before any flow ended)."""
         return self._copies / self._packets if self._packets else None
@@ -223,5 +247,6 @@ class BudgetTracker:
             "fits": self.fits,
             "ended_flows_in_window": len(self._ends),
             "realised_share": self.realised_share(),
+            "outside_line_share": self.outside_line_share(),
             "initial_threshold_s": self.initial_threshold,
         }

@@ -120,3 +120,23 @@ def test_settings_are_checked():
         BudgetSettings(0.2, end_window=10, min_flows=20)
     with pytest.raises(ValueError):
         BudgetSettings(0.2, refit_every=0)
+
+
+def test_copies_spent_outside_the_line_are_taken_off_the_budget():
+    # four kinds, 10 packets each; a tenth of the packets was mirrored regardless of the line
+    population = [(score, 10) for score in (0.5, 2.0, 6.0, 30.0) for _ in range(50)]
+    budget = tracker(budget=0.35, initial=100.0)
+    ids = flow_ids(len(population))
+    for score, flow_id in zip((s for s, _p in population), ids):
+        budget.mirrors(score, flow_id)
+    for index, (score, packets) in enumerate(population):
+        cheap = score == 0.5 and index % 5 < 2  # 20 of the 200 flows, below any line
+        budget.observe(score, packets, int(cheap), outside_line=cheap)
+    budget.fit()
+    assert budget.outside_line_share() == pytest.approx(0.1)
+    assert budget.status()["outside_line_share"] == pytest.approx(0.1)
+    # 0.35 - 0.1 leaves a quarter: the top kind only, as with a budget of 0.25 and nothing outside
+    assert budget.threshold == bin_floor(score_bin(30.0)) and budget.share_at_threshold == pytest.approx(1.0)
+    plain = tracker(budget=0.35, initial=100.0)
+    run(plain, population)
+    assert plain.threshold < budget.threshold, "without copies outside the line, more is mirrored by the line"
