@@ -214,6 +214,10 @@ class Predictor:
         """Only the expected duration (s) for one flow: the policy's ranking score, its hot path."""
         return math.expm1(self._duration.predict(features))
 
+    def predict_packets(self, features: Sequence[float]) -> float:
+        """Only the expected packets (both directions) for one flow (the policy's cheap-flow rule)."""
+        return math.expm1(self._packets.predict(features))
+
     def predict_batch(self, rows) -> Dict[str, np.ndarray]:
         """Predict many flows at once (numpy over all trees; no OpenMP threads).
 

@@ -12,6 +12,8 @@ Schema::
       budget: 0.25                    # 0 < share <= 1: mirror copies per packet the policy may spend
       horizon_s: 2                    # s, > 0: look-ahead of the cells' failure probability
                                       # (default: the model's takeover horizon)
+      cheap_flow_packets: 64          # int >= 0: a flow predicted to outlive horizon_s with at most
+                                      # this many packets is mirrored below the budget line (0: never)
 
 Paths are kept as written when absolute and joined to the configuration
 file's directory otherwise, so that a configuration means the same thing
@@ -28,10 +30,11 @@ from typing import Optional
 
 from yaml.nodes import Node, ScalarNode
 
+from prism.budget import DEFAULT_CHEAP_FLOW_PACKETS
 from prism.config_types import SEVERITY_WARNING
 
 TELEMETRY_KEYS = ("dir", "rotate_records", "rotate_s", "poll_interval")
-PREDICTION_KEYS = ("model", "budget", "horizon_s")
+PREDICTION_KEYS = ("model", "budget", "horizon_s", "cheap_flow_packets")
 DEFAULT_ROTATE_RECORDS = 10_000
 DEFAULT_ROTATE_S = 300.0
 DEFAULT_POLL_INTERVAL_S = 10.0
@@ -66,11 +69,14 @@ class PredictionConfig:
         model: The model directory (``model.skops`` + ``manifest.json``).
         budget: Mirror copies per packet the policy may spend (0.25: a quarter of the packets once).
         horizon_s: Look-ahead of the cells' failure probability; None: the model's horizon.
+        cheap_flow_packets: A flow predicted to outlive the horizon with at most this many packets
+            is mirrored whatever the budget line (it costs next to nothing); 0: never.
     """
 
     model: str
     budget: float = DEFAULT_MIRROR_BUDGET
     horizon_s: Optional[float] = None
+    cheap_flow_packets: int = DEFAULT_CHEAP_FLOW_PACKETS
 
 
 def resolve_path(path: str, source: str) -> str:
@@ -150,12 +156,15 @@ def check_prediction(
     if "horizon_s" in fields:
         horizon_s = _number(checker, fields["horizon_s"], "prediction.horizon_s", "a number of seconds")
         horizon_ok = horizon_s is not None
+    cheap_flow_packets: Optional[int] = DEFAULT_CHEAP_FLOW_PACKETS
+    if "cheap_flow_packets" in fields:
+        cheap_flow_packets = checker.integer(fields["cheap_flow_packets"], "prediction.cheap_flow_packets", 0)
     if max_replication_factor == 0:
         checker.report(node, "prediction", "max_replication_factor is 0: the predictive policy can never "
                        "mirror a flow (raise max_replication_factor)", SEVERITY_WARNING)  # fmt: skip
-    if model is None or budget is None or not horizon_ok:
+    if model is None or budget is None or not horizon_ok or cheap_flow_packets is None:
         return None
-    return PredictionConfig(resolve_path(model, checker.source), budget, horizon_s)
+    return PredictionConfig(resolve_path(model, checker.source), budget, horizon_s, cheap_flow_packets)
 
 
 def render_telemetry(telemetry: TelemetryConfig) -> dict:
@@ -170,7 +179,8 @@ def render_telemetry(telemetry: TelemetryConfig) -> dict:
 
 def render_prediction(prediction: PredictionConfig) -> dict:
     """The section as :func:`check_prediction` reads it back."""
-    rendered = {"model": prediction.model, "budget": prediction.budget}
+    rendered = {"model": prediction.model, "budget": prediction.budget,
+                "cheap_flow_packets": prediction.cheap_flow_packets}  # fmt: skip
     if prediction.horizon_s is not None:
         rendered["horizon_s"] = prediction.horizon_s
     return rendered

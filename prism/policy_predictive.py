@@ -14,6 +14,13 @@ For every new flow (``PredictivePolicy.profile_for``, the packet-in path):
 4. **Budget.** ``prism.budget.BudgetTracker`` says whether the score is
    mirrored; its threshold is re-fitted on ended flows so that the mirror
    copies per packet track the configured budget.
+4b. **Cheap long-lived flows.** A flow below the line that is predicted to
+   outlive ``horizon_s`` and to carry at most ``cheap_flow_packets`` packets
+   (control channels, SSH, keep-alives: long idle stateful connections) is
+   mirrored anyway: the budget is a share of packets, so it costs next to
+   nothing. Its packets are predicted only then (not on every packet-in);
+   its copies count in the budget's window and are taken off the budget
+   before the line is fitted.
 5. **Mirrors.** Candidates are the next live cells on the ring, healthy and
    not overloaded first: a cell ``AVOID_RISK_RATIO`` times riskier than the
    median, or holding more than ``LOAD_FACTOR`` times the mean mirror load
@@ -36,7 +43,7 @@ from dataclasses import dataclass
 from typing import Collection, Dict, List, Mapping, Optional, Protocol, Sequence, Tuple, Union
 
 from models.features import FirstPacket, FlowHistory, flow_features
-from prism.budget import BudgetSettings, BudgetTracker
+from prism.budget import DEFAULT_CHEAP_FLOW_PACKETS, BudgetSettings, BudgetTracker
 from prism.flows import FlowKey, PacketInfo
 from prism.policy import NoLiveCell
 from prism.profiles import MirroringProfile
@@ -61,6 +68,8 @@ class Predictor(Protocol):
     horizon_s: float
 
     def predict_duration(self, features: Sequence[float]) -> float: ...  # pragma: no cover
+
+    def predict_packets(self, features: Sequence[float]) -> float: ...  # pragma: no cover
 
     def threshold_for(self, budget: float) -> Optional[float]: ...  # pragma: no cover
 
@@ -96,6 +105,8 @@ class PredictionEngine:
         self.generation = 0
         self.flows_scored = 0
         self.flows_mirrored = 0
+        self.flows_mirrored_cheap = 0  #: of flows_mirrored: below the line, as cheap long-lived flows
+        self.packets_predicted = 0  #: flows whose packets were predicted (the cheap-flow rule's extra cost)
         self.outcomes_unknown = 0
 
     def score(self, packet_info: PacketInfo, now: float, record: bool = True) -> Tuple[FirstPacket, float]:
@@ -111,20 +122,35 @@ class PredictionEngine:
 
     def score_first(self, first: FirstPacket, now: float, record: bool = True) -> float:
         """The predicted duration (s) of a flow given as its ``FirstPacket`` (replays of flow records)."""
+        return self.predict(first, now, record)[1]
+
+    def predict(self, first: FirstPacket, now: float, record: bool = True) -> Tuple[List[float], float]:
+        """A flow's feature row (for further predictions) and its predicted duration (s)."""
         features = flow_features(first, self.history, now, record_start=record)
-        return self.predictor.predict_duration(features)
+        return features, self.predictor.predict_duration(features)
+
+    def predicted_packets(self, features: Sequence[float]) -> Optional[float]:
+        """A flow's expected packets (both directions); None if the predictor cannot say."""
+        predict_packets = getattr(self.predictor, "predict_packets", None)
+        if predict_packets is None:
+            return None
+        self.packets_predicted += 1
+        return predict_packets(features)
 
     def flow_ended(
         self, first: FirstPacket, duration_s: float, packets: Optional[int], score: Optional[float],
-        replication_factor: int, generation: int, now: float,
+        replication_factor: int, generation: int, now: float, outside_line: bool = False,
     ) -> None:  # fmt: skip
-        """Feed an ended flow's outcome to the history and (same model only) the budget."""
+        """Feed an ended flow's outcome to the history and (same model only) the budget.
+
+        ``outside_line``: the flow was mirrored regardless of the budget line (a cheap long-lived flow).
+        """
         if packets is None:
             self.outcomes_unknown += 1
             return
         self.history.record_end(first, duration_s, packets, now)
         if score is not None and generation == self.generation:
-            self.tracker.observe(score, packets, replication_factor)
+            self.tracker.observe(score, packets, replication_factor, outside_line)
 
     def replace_predictor(self, predictor: Predictor) -> None:
         """Serve a new model: the budget starts again from its training threshold (scores differ).
@@ -143,6 +169,8 @@ class PredictionEngine:
             "generation": self.generation,
             "flows_scored": self.flows_scored,
             "flows_mirrored": self.flows_mirrored,
+            "flows_mirrored_cheap": self.flows_mirrored_cheap,
+            "packets_predicted": self.packets_predicted,
             "outcomes_unknown": self.outcomes_unknown,
             "history_keys": len(self.history),
             **self.tracker.status(),
@@ -159,6 +187,7 @@ class _Flight:
     cells: Tuple[str, ...]
     generation: int
     decided_at: float
+    cheap: bool = False  #: mirrored below the line as a cheap long-lived flow
 
     @property
     def replication_factor(self) -> int:
@@ -176,13 +205,18 @@ class PredictivePolicy:
         horizon_s: Look-ahead of the cells' failure probability (default: the model's horizon).
         health: The failure detector (None: every cell equally healthy).
         risk_target: Mirrors are added while all replicas could fail together with more than this.
+        cheap_flow_packets: A flow below the line predicted to outlive ``horizon_s`` with at most
+            this many packets is mirrored anyway (0: never).
     """
 
     def __init__(self, ring: HashRing, engine: PredictionEngine, max_replication_factor: int,
                  idle_timeout: float, horizon_s: Optional[float] = None, health: Optional[Health] = None,
-                 risk_target: float = DEFAULT_RISK_TARGET) -> None:  # fmt: skip
+                 risk_target: float = DEFAULT_RISK_TARGET,
+                 cheap_flow_packets: int = DEFAULT_CHEAP_FLOW_PACKETS) -> None:  # fmt: skip
         if max_replication_factor < 0:
             raise ValueError(f"max_replication_factor must be >= 0, not {max_replication_factor}")
+        if cheap_flow_packets < 0:
+            raise ValueError(f"cheap_flow_packets must be >= 0, not {cheap_flow_packets}")
         self.ring = ring
         self.engine = engine
         self.max_replication_factor = max_replication_factor
@@ -190,6 +224,7 @@ class PredictivePolicy:
         self.horizon_s = horizon_s if horizon_s is not None else engine.predictor.horizon_s
         self.health = health
         self.risk_target = risk_target
+        self.cheap_flow_packets = cheap_flow_packets
         self._in_flight: "OrderedDict[int, _Flight]" = OrderedDict()
         self._mirror_load: Dict[str, int] = {}
         self._risk: Dict[str, float] = {}
@@ -209,17 +244,30 @@ class PredictivePolicy:
         if not ranked:
             raise NoLiveCell(f"no live cell for flow {packet_info.key} (live: {sorted(live)})")
         engine = self.engine
-        first, predicted = engine.score(packet_info, now)
+        first = FirstPacket.from_packet(packet_info, now)
+        features, predicted = engine.predict(first, now)
         risk = self._risks(now)
         score = max(predicted, 0.0) * self._boost(ranked[0], risk)
         mirrors: Tuple[str, ...] = ()
-        if self.max_replication_factor and len(ranked) > 1 and engine.tracker.mirrors(score, packet_info.flow_id):
-            mirrors = self._choose_mirrors(ranked, risk)
+        cheap = False
+        if self.max_replication_factor and len(ranked) > 1:
+            if engine.tracker.mirrors(score, packet_info.flow_id):
+                mirrors = self._choose_mirrors(ranked, risk)
+            elif predicted > self.horizon_s and self._cheap(features):
+                mirrors, cheap = self._choose_mirrors(ranked, risk), True
         engine.flows_scored += 1
         engine.flows_mirrored += bool(mirrors)
+        engine.flows_mirrored_cheap += cheap
         self._remember(packet_info.flow_id, _Flight(first, predicted, score, (ranked[0], *mirrors),
-                                                    engine.generation, now))  # fmt: skip
+                                                    engine.generation, now, cheap))  # fmt: skip
         return MirroringProfile(ranked[0], mirrors, len(mirrors))
+
+    def _cheap(self, features: Sequence[float]) -> bool:
+        """Predicted to carry at most ``cheap_flow_packets`` packets (the one extra prediction, below the line)."""
+        if not self.cheap_flow_packets:
+            return False
+        packets = self.engine.predicted_packets(features)
+        return packets is not None and packets <= self.cheap_flow_packets
 
     def _risks(self, now: float) -> Mapping[str, float]:
         """Every cell's failure probability within the horizon, refreshed once a HEALTH_REFRESH_S."""
@@ -291,7 +339,7 @@ class PredictivePolicy:
         if flight is not None:
             self._unload(flight)
             self.engine.flow_ended(flight.first, outcome.duration_s, outcome.packets, flight.score,
-                                   flight.replication_factor, flight.generation, now)  # fmt: skip
+                                   flight.replication_factor, flight.generation, now, flight.cheap)  # fmt: skip
         elif entry.first_packet is not None:  # decided before a restart or evicted: history only
             first = FirstPacket.from_packet(entry.first_packet, entry.created_at)
             self.engine.flow_ended(first, outcome.duration_s, outcome.packets, None, 0, -1, now)

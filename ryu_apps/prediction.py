@@ -69,7 +69,8 @@ class ModelService:
     def policy_for(self, switch: SwitchConfig, ring: HashRing) -> PredictivePolicy:
         """The predictive policy of one switch (its ring; the shared model, history and budget)."""
         max_rf = min(self.max_replication_factor, max(len(switch.cells) - 1, 0))
-        policy = PredictivePolicy(ring, self.engine, max_rf, self.idle_timeout, self.settings.horizon_s)
+        policy = PredictivePolicy(ring, self.engine, max_rf, self.idle_timeout, self.settings.horizon_s,
+                                  cheap_flow_packets=self.settings.cheap_flow_packets)  # fmt: skip
         self.policies.append(policy)
         return policy
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from prism.config import ConfigError, PredictionConfig, TelemetryConfig, load_config, parse_config, render_config
-from prism.config_telemetry import DEFAULT_MIRROR_BUDGET, resolve_path
+from prism.config_telemetry import DEFAULT_CHEAP_FLOW_PACKETS, DEFAULT_MIRROR_BUDGET, resolve_path
 
 BASE = """\
 switches:
@@ -64,10 +64,22 @@ def test_defaults_and_absent_sections():
         ("prediction: {model: 3}\n", "conf/prism.yaml:8:21: prediction.model: prediction.model must be a string, "
                                      "got an integer (quote it: '3')"),
         ("prediction: {budget: 0.2}\n", "conf/prism.yaml:8:13: prediction: missing required key 'model'"),
+        ("prediction: {model: m, cheap_flow_packets: -1}\n",
+         "conf/prism.yaml:8:44: prediction.cheap_flow_packets: must be an integer >= 0, got -1"),
+        ("prediction: {model: m, cheap_flow_packets: 2.5}\n",
+         "conf/prism.yaml:8:44: prediction.cheap_flow_packets: expected an integer, got a float"),
     ],
 )
 def test_problems_name_file_line_and_key(section, expected):
     assert expected in problems(BASE + section)
+
+
+def test_cheap_flow_packets_defaults_reads_and_round_trips():
+    assert parse_config(BASE + "prediction: {model: /m}\n").prediction.cheap_flow_packets == DEFAULT_CHEAP_FLOW_PACKETS
+    for packets in (0, 16):
+        config = parse_config(BASE + f"prediction: {{model: /m, cheap_flow_packets: {packets}}}\n")
+        assert config.prediction == PredictionConfig("/m", DEFAULT_MIRROR_BUDGET, None, packets)
+        assert parse_config(render_config(config)) == config
 
 
 def test_every_problem_of_both_sections_is_listed_at_once():

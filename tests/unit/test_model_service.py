@@ -24,7 +24,7 @@ switches:
   - dpid: 2
     cells: [{{id: d1, port: 1}}, {{id: d2, port: 2}}]
     edge_ports: [4]
-prediction: {{model: {model}, budget: 0.3}}
+prediction: {{model: {model}, budget: 0.3, cheap_flow_packets: 7}}
 """
 
 
@@ -64,6 +64,7 @@ def test_every_switch_gets_a_policy_on_the_shared_engine_with_its_own_ceiling():
     assert policies[0].engine is policies[1].engine is models.engine
     assert [p.max_replication_factor for p in policies] == [2, 1], "capped to each switch's cells - 1"
     assert policies[0].idle_timeout == 5 and models.engine.tracker.settings.budget == 0.3
+    assert [p.cheap_flow_packets for p in policies] == [7, 7]
     health = object()
     models.attach_health(health)
     assert all(p.health is health for p in policies)

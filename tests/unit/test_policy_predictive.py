@@ -29,21 +29,32 @@ SERVICE_PORT = FEATURE_NAMES.index("service_port")
 TRAINING_THRESHOLD_S = 10.0
 #: Predicted duration (s) by service port: DNS short, web medium, a bulk transfer long.
 DURATIONS = {53: 0.05, 443: 5.0, 5201: 30.0}
+#: Predicted packets by service port: none of these is a cheap long-lived flow.
+PACKETS = {53: 2.0, 443: 200.0, 5201: 5000.0}
+#: A control channel: outlives the horizon (2 s) below the line (10 s) with few packets.
+CONTROL_PORT, CONTROL_S, CONTROL_PACKETS = 5202, 3.0, 12.0
 
 
 class FakePredictor:
-    """Predicts a flow's duration from its service port; the training threshold is 10 s."""
+    """Predicts a flow's duration and packets from its service port; the training threshold is 10 s."""
 
     horizon_s = 2.0
     manifest = {"thresholds": {"0.25": TRAINING_THRESHOLD_S}}
 
-    def __init__(self, durations: Optional[Dict[int, float]] = None) -> None:
+    def __init__(self, durations: Optional[Dict[int, float]] = None,
+                 packets: Optional[Dict[int, float]] = None) -> None:  # fmt: skip
         self.durations = DURATIONS if durations is None else durations
+        self.packets = PACKETS if packets is None else packets
         self.calls = 0
+        self.packet_calls = 0
 
     def predict_duration(self, features) -> float:
         self.calls += 1
         return self.durations.get(int(features[SERVICE_PORT]), 1.0)
+
+    def predict_packets(self, features) -> float:
+        self.packet_calls += 1
+        return self.packets.get(int(features[SERVICE_PORT]), 1000.0)
 
     def threshold_for(self, budget: float) -> Optional[float]:
         return TRAINING_THRESHOLD_S if budget >= 0.25 else None
@@ -64,13 +75,15 @@ class Network:
     """A director with the predictive policy driving a fake switch; flow-removed fed back."""
 
     def __init__(self, budget: float = 0.3, health: Optional[FakeHealth] = None, max_rf: int = 2,
-                 predictor: Optional[FakePredictor] = None, **budget_settings) -> None:  # fmt: skip
+                 predictor: Optional[FakePredictor] = None, cheap_flow_packets: int = 64,
+                 **budget_settings) -> None:  # fmt: skip
         self.config = SwitchConfig(1, "s1", tuple(CellConfig(c, p) for c, p in CELL_PORTS.items()),
                                    (CLIENT_PORT, SERVER_PORT))  # fmt: skip
         self.ring = HashRing(list(CELL_PORTS))
         self.predictor = predictor or FakePredictor()
         self.engine = PredictionEngine(self.predictor, BudgetSettings(budget, **budget_settings))
-        self.policy = PredictivePolicy(self.ring, self.engine, max_rf, IDLE_TIMEOUT, health=health)
+        self.policy = PredictivePolicy(self.ring, self.engine, max_rf, IDLE_TIMEOUT, health=health,
+                                       cheap_flow_packets=cheap_flow_packets)  # fmt: skip
         self.director = MirroringDirector(self.config, IDLE_TIMEOUT, self.policy, ring=self.ring)
         self.switch = FakeSwitch()
         self.now = 0.0
@@ -163,6 +176,61 @@ def test_no_mirror_ever_when_max_replication_factor_is_zero_or_one_cell_is_live(
         Network().policy.profile_for(info, (), 0.0)
 
 
+# --- cheap long-lived flows ---------------------------------------------------------------------
+def control_predictor(packets: Optional[Dict[int, float]] = None) -> FakePredictor:
+    """DURATIONS and PACKETS plus the control channel and ports 5203 (heavy) and 5204 (at the limit)."""
+    return FakePredictor({**DURATIONS, CONTROL_PORT: CONTROL_S, 5203: CONTROL_S, 5204: CONTROL_S},
+                         {**PACKETS, CONTROL_PORT: CONTROL_PACKETS, 5203: 65.0, 5204: 64.0, **(packets or {})})
+
+
+def test_a_cheap_long_lived_flow_below_the_line_gets_a_mirror():
+    network = Network(predictor=control_predictor())
+    assert CONTROL_S < network.engine.tracker.threshold, "below the budget line"
+    result = network.send(CLIENT_PORT, request(CONTROL_PORT))
+    assert sorted(cells_reached(network, result).values()) == ["mirror", "primary"]
+    assert network.profile_of(request(CONTROL_PORT)).replication_factor == 1
+    network.send(CLIENT_PORT, request(5204, sport=41000))
+    assert network.profile_of(request(5204, sport=41000)).replication_factor == 1, "at most 64 packets"
+    assert network.engine.flows_mirrored == network.engine.flows_mirrored_cheap == 2
+    assert network.engine.status()["flows_mirrored_cheap"] == 2
+
+
+def test_a_long_heavy_flow_below_the_line_and_a_short_flow_get_no_mirror():
+    network = Network(predictor=control_predictor())
+    network.send(CLIENT_PORT, request(5203))
+    assert network.profile_of(request(5203)).replication_factor == 0, "65 packets: not cheap"
+    network.send(CLIENT_PORT, request(443))
+    assert network.profile_of(request(443)).replication_factor == 0, "a web flow of 200 packets"
+    short = Network(predictor=control_predictor({53: 1.0}))
+    short.send(CLIENT_PORT, request(53))
+    assert short.profile_of(request(53)).replication_factor == 0, "1 packet, but ends within the horizon"
+    at_horizon = Network(predictor=FakePredictor({CONTROL_PORT: 2.0}, {CONTROL_PORT: 1.0}))
+    at_horizon.send(CLIENT_PORT, request(CONTROL_PORT))
+    assert at_horizon.profile_of(request(CONTROL_PORT)).replication_factor == 0, "must outlive the horizon"
+    assert network.engine.flows_mirrored_cheap == short.engine.flows_mirrored_cheap == 0
+
+
+def test_packets_are_predicted_only_below_the_line_for_flows_that_outlive_the_horizon():
+    predictor = control_predictor()
+    network = Network(predictor=predictor)
+    network.send(CLIENT_PORT, request(53))
+    network.send(CLIENT_PORT, request(5201, sport=45000))
+    assert predictor.packet_calls == 0, "a short flow and a flow above the line: no packet prediction"
+    network.send(CLIENT_PORT, request(CONTROL_PORT))
+    network.send(CLIENT_PORT, request(443))
+    assert predictor.packet_calls == 2
+
+
+def test_the_rule_is_off_at_zero_packets():
+    predictor = control_predictor()
+    network = Network(predictor=predictor, cheap_flow_packets=0)
+    network.send(CLIENT_PORT, request(CONTROL_PORT))
+    assert network.profile_of(request(CONTROL_PORT)).replication_factor == 0
+    assert predictor.packet_calls == 0
+    with pytest.raises(ValueError):
+        PredictivePolicy(network.ring, network.engine, 1, IDLE_TIMEOUT, cheap_flow_packets=-1)
+
+
 # --- health and load ---------------------------------------------------------------------------
 def first_mirror_candidate(network: Network, info) -> str:
     return network.ring.order(info.flow_id)[1]
@@ -209,14 +277,18 @@ def test_an_overloaded_cell_is_passed_over_as_mirror():
 
 # --- the budget over a population ------------------------------------------------------------------
 KINDS = ((53, 2, 0.0, 0.6), (443, 20, 3.0, 0.3), (5201, 100, 25.0, 0.1))  # port, packets, seconds, share
+#: Long-lived, few packets: a keep-alive connection (SSH), predicted cheap.
+KEEPALIVE = (22, 6, 20.0, 0.05)
 
 
-def run_population(network: Network, flows: int, seed: int = 0) -> List[tuple]:
-    """Start ``flows`` flows (2 per second) of KINDS; returns per flow (start, packets, mirror copies)."""
+def run_population(network: Network, flows: int, seed: int = 0, kinds=KINDS) -> List[tuple]:
+    """Start ``flows`` flows (2 per second) of ``kinds``; per flow (start, packets, mirror copies, port)."""
     rng = random.Random(seed)
     events = []
+    ports: Dict[int, int] = {}
     for index in range(flows):
-        port, packets, seconds, _share = rng.choices(KINDS, weights=[k[3] for k in KINDS])[0]
+        port, packets, seconds, _share = rng.choices(kinds, weights=[k[3] for k in kinds])[0]
+        ports[index] = port
         start = index * 0.5
         for n in range(packets):
             events.append((start + seconds * n / max(packets - 1, 1), index, n, port))
@@ -240,21 +312,34 @@ def run_population(network: Network, flows: int, seed: int = 0) -> List[tuple]:
         sizes[index] = sizes.get(index, 0) + 1
         starts.setdefault(index, at)
     network.advance_to(clock + 60)
-    return [(starts[i], sizes[i], copies[i]) for i in sorted(starts)]
+    return [(starts[i], sizes[i], copies[i], ports[i]) for i in sorted(starts)]
 
 
 def test_mirror_copies_per_packet_track_the_budget_over_a_population():
     network = Network(budget=0.3, min_flows=32, refit_every=8)
     flows = run_population(network, 700)
     late = flows[len(flows) // 2:]
-    realised = sum(c for _s, _p, c in late) / sum(p for _s, p, _c in late)
+    realised = sum(c for _s, _p, c, _port in late) / sum(p for _s, p, _c, _port in late)
     assert realised == pytest.approx(0.3, rel=0.25)
     # the training threshold (10 s) alone would have mirrored every bulk transfer: ~58% of the packets
     first = flows[:60]
-    assert sum(c for _s, _p, c in first) / sum(p for _s, p, _c in first) > 0.45
+    assert sum(c for _s, _p, c, _port in first) / sum(p for _s, p, _c, _port in first) > 0.45
     assert network.engine.tracker.fitted
     assert network.policy.in_flight == 0, "every flow ended and was forgotten"
     assert network.director.counters.flows_ended == len(flows)
+
+
+def test_cheap_long_lived_flows_are_all_mirrored_and_the_budget_still_holds():
+    predictor = FakePredictor({**DURATIONS, 22: 3.0}, {**PACKETS, 22: 6.0})
+    network = Network(budget=0.3, predictor=predictor, min_flows=32, refit_every=8)
+    flows = run_population(network, 700, kinds=KINDS + (KEEPALIVE,))
+    keepalives = [(p, c) for _s, p, c, port in flows if port == 22]
+    assert len(keepalives) > 20 and all(c == p for p, c in keepalives), "every packet mirrored once"
+    late = flows[len(flows) // 2:]
+    realised = sum(c for _s, _p, c, _port in late) / sum(p for _s, p, _c, _port in late)
+    assert realised == pytest.approx(0.3, rel=0.25)
+    assert 0 < network.engine.tracker.outside_line_share() < 0.05
+    assert network.engine.flows_mirrored_cheap == len(keepalives)
 
 
 def test_ended_flows_feed_the_feature_history_and_the_budget_window():
