@@ -10,8 +10,11 @@ issue asks for: SPE cost (features + prediction) / director cost <= 0.2.
 
 The predictive policy's whole cost per new flow is measured too: its
 ``profile_for`` alone (features, prediction, health lookups, budget line,
-mirror choice, bookkeeping), and the director handling a new flow's
-packet-in with the predictive policy instead of the fixed one.
+mirror choice, bookkeeping), with and without the cheap-flow rule (a packet
+prediction for the flows below the line predicted to outlive the horizon:
+the share of the benchmark's flows that took it is printed), and the
+director handling a new flow's packet-in with the predictive policy instead
+of the fixed one.
 
     .venv/bin/python benchmarks/inference.py [--model models/default] [--flows 2000]
 """
@@ -37,7 +40,7 @@ from prism.director import MirroringDirector  # noqa: E402
 from prism.flows import TCP_SYN, parse_frame  # noqa: E402
 from prism.openflow import TABLE_FSC  # noqa: E402
 from prism.packets import build_tcp_frame  # noqa: E402
-from prism.budget import BudgetSettings  # noqa: E402
+from prism.budget import DEFAULT_CHEAP_FLOW_PACKETS, BudgetSettings  # noqa: E402
 from prism.health import FailureDetector  # noqa: E402
 from prism.policy import FixedPolicy  # noqa: E402
 from prism.policy_predictive import PredictionEngine, PredictivePolicy  # noqa: E402
@@ -79,20 +82,26 @@ def main() -> int:
     config = SwitchConfig(dp_id=1, name="s1", edge_ports=(EDGE_PORT, 2),
                           cells=tuple(CellConfig(id=c, port=p) for c, p in CELLS.items()))  # fmt: skip
 
-    def predictive_policy() -> PredictivePolicy:
+    rule_share = []
+
+    def predictive_policy(cheap_flow_packets: int = DEFAULT_CHEAP_FLOW_PACKETS) -> PredictivePolicy:
         engine = PredictionEngine(predictor, BudgetSettings(0.25))
         health = FailureDetector(list(CELLS), 0.0)
-        return PredictivePolicy(HashRing(list(CELLS)), engine, 2, 10, health=health)
+        return PredictivePolicy(HashRing(list(CELLS)), engine, 2, 10, health=health,
+                                cheap_flow_packets=cheap_flow_packets)  # fmt: skip
 
     def director_round(policy=None) -> float:
         director = MirroringDirector(config, 10, policy or FixedPolicy(HashRing(list(CELLS)), 1))
         director.on_switch_connect(0.0)
         return per_call_us(lambda f: director.on_packet_in(1.0, EDGE_PORT, TABLE_FSC, f), frames)
 
-    def policy_round() -> float:
-        policy = predictive_policy()
+    def policy_round(cheap_flow_packets: int = DEFAULT_CHEAP_FLOW_PACKETS) -> float:
+        policy = predictive_policy(cheap_flow_packets)
         live = tuple(CELLS)
-        return per_call_us(lambda info: policy.profile_for(info, live, 1.0), infos)
+        cost = per_call_us(lambda info: policy.profile_for(info, live, 1.0), infos)
+        if cheap_flow_packets:
+            rule_share.append((policy.engine.packets_predicted, policy.engine.flows_mirrored_cheap))
+        return cost
 
     def spe_round() -> float:
         history = FlowHistory(horizon)
@@ -118,8 +127,10 @@ def main() -> int:
         "director on_packet_in, new flow (no SPE)": director_round,
         "director on_packet_in, new flow, predictive policy": lambda: director_round(predictive_policy()),
         "predictive policy profile_for (whole policy, per new flow)": policy_round,
+        "predictive policy profile_for, cheap-flow rule off": lambda: policy_round(0),
         "SPE features (FirstPacket + history + flow_features)": features_round,
         "SPE predict_duration (policy hot path)": lambda: per_call_us(predictor.predict_duration, rows),
+        "SPE predict_packets (cheap-flow rule, some flows only)": lambda: per_call_us(predictor.predict_packets, rows),
         "SPE predict_one (alive, duration, packets, bytes)": lambda: per_call_us(predictor.predict_one, rows),
         "SPE features + predict_duration, per new flow": spe_round,
         f"SPE predict_batch, {BATCH} flows, per flow": lambda: per_call_us(predictor.predict_batch, [batch]) / BATCH,
@@ -148,6 +159,11 @@ def main() -> int:
     predictive = medians["director on_packet_in, new flow, predictive policy"]
     print(f"predictive policy per new flow / director per packet-in: {policy / director:.2f}; "
           f"director with the predictive policy / with the fixed one: {predictive / director:.2f}")
+    off = medians["predictive policy profile_for, cheap-flow rule off"]
+    predicted, cheap = rule_share[-1]
+    print(f"cheap-flow rule: profile_for {policy - off:+.2f} us per new flow ({policy / off - 1:+.1%}); "
+          f"packets predicted for {predicted / args.flows:.1%} of the flows, "
+          f"{cheap / args.flows:.1%} mirrored as cheap")
     print(f"compact predictor vs sklearn on one row: {sklearn_one / hot:.0f}x faster")
     print(f"predict_duration vs dict lookup: {hot / medians['dict lookup (floor)']:.0f}x")
     return 0
