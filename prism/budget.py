@@ -44,6 +44,9 @@ DEFAULT_REFIT_EVERY = 16
 #: A flow predicted to outlive the horizon with at most this many packets (both directions)
 #: is mirrored regardless of the line: it costs next to nothing (``prism.policy_predictive``).
 DEFAULT_CHEAP_FLOW_PACKETS = 64
+#: At most this share of the mirroring budget goes to cheap long-lived flows
+#: mirrored below the line; the rest stays with the line's ranking.
+CHEAP_FLOWS_BUDGET_SHARE = 0.5
 
 
 def score_bin(score: float) -> int:

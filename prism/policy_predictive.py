@@ -43,7 +43,7 @@ from dataclasses import dataclass
 from typing import Collection, Dict, List, Mapping, Optional, Protocol, Sequence, Tuple, Union
 
 from models.features import FirstPacket, FlowHistory, flow_features
-from prism.budget import DEFAULT_CHEAP_FLOW_PACKETS, BudgetSettings, BudgetTracker
+from prism.budget import CHEAP_FLOWS_BUDGET_SHARE, DEFAULT_CHEAP_FLOW_PACKETS, BudgetSettings, BudgetTracker
 from prism.flows import FlowKey, PacketInfo
 from prism.policy import NoLiveCell
 from prism.profiles import MirroringProfile
@@ -253,7 +253,7 @@ class PredictivePolicy:
         if self.max_replication_factor and len(ranked) > 1:
             if engine.tracker.mirrors(score, packet_info.flow_id):
                 mirrors = self._choose_mirrors(ranked, risk)
-            elif predicted > self.horizon_s and self._cheap(features):
+            elif predicted > self.horizon_s and self._cheap_allowed() and self._cheap(features):
                 mirrors, cheap = self._choose_mirrors(ranked, risk), True
         engine.flows_scored += 1
         engine.flows_mirrored += bool(mirrors)
@@ -261,6 +261,15 @@ class PredictivePolicy:
         self._remember(packet_info.flow_id, _Flight(first, predicted, score, (ranked[0], *mirrors),
                                                     engine.generation, now, cheap))  # fmt: skip
         return MirroringProfile(ranked[0], mirrors, len(mirrors))
+
+    def _cheap_allowed(self) -> bool:
+        """The cheap-flow rule may spend at most CHEAP_FLOWS_BUDGET_SHARE of the budget.
+
+        Where most flows are tiny, the flows it picks can carry a large share of
+        the packets; past this cap they wait for the line like any other flow.
+        """
+        tracker = self.engine.tracker
+        return tracker.outside_line_share() < CHEAP_FLOWS_BUDGET_SHARE * tracker.settings.budget
 
     def _cheap(self, features: Sequence[float]) -> bool:
         """Predicted to carry at most ``cheap_flow_packets`` packets (the one extra prediction, below the line)."""

@@ -342,6 +342,17 @@ def test_cheap_long_lived_flows_are_all_mirrored_and_the_budget_still_holds():
     assert network.engine.flows_mirrored_cheap == len(keepalives)
 
 
+def test_cheap_flows_that_turn_out_heavy_spend_at_most_half_the_budget():
+    """Predicted cheap, the keep-alives really carry 60 packets each: the rule stops at its cap."""
+    heavy_keepalive = (22, 60, 20.0, 0.3)
+    predictor = FakePredictor({**DURATIONS, 22: 3.0}, {**PACKETS, 22: 6.0})
+    network = Network(budget=0.3, predictor=predictor, min_flows=32, refit_every=8)
+    flows = run_population(network, 700, kinds=KINDS + (heavy_keepalive,))
+    keepalives = [(p, c) for _s, p, c, port in flows if port == 22]
+    assert 0 < network.engine.flows_mirrored_cheap < len(keepalives)
+    assert network.engine.tracker.outside_line_share() <= 0.3 * 0.5 * 1.25
+
+
 def test_ended_flows_feed_the_feature_history_and_the_budget_window():
     network = Network(budget=0.3, min_flows=4, refit_every=1)
     for sport in range(30000, 30005):
