@@ -87,6 +87,7 @@ def summarize(runs: List[dict]) -> dict:
         "state_lost_flows": sum(r["state_lost_flows"] or 0 for r in valid),
         "groups_rewritten_median": _median([r["groups_rewritten"] for r in valid if r["groups_rewritten"] is not None]),
         "conntrack_carried_over": sum(1 for r in valid if r["conntrack_entry_carried_over"]),
+        "iperf3_completed": sum(1 for r in valid if r["iperf3_completed"]),
     }
 
 
@@ -113,6 +114,9 @@ def report(args: argparse.Namespace, summaries: Dict[str, dict]) -> None:
         valid = s["runs"] - s["runs_without_failure"]
         print(f"  {name:<24}{s['survived']:>5}/{valid:<3}  {interruption:>17}  {detection:>13}  {gap:>17}  "
               f"{ratio:>9}  {s['state_lost_flows']:>10}  {s['conntrack_carried_over']:>10}/{valid:<3}")
+        if s["iperf3_completed"] != s["survived"]:
+            print(f"    (iperf3 itself completed in {s['iperf3_completed']}/{valid}: its control connection is "
+                  f"another flow)")
         if s["runs_without_failure"]:
             print(f"    ({s['runs_without_failure']} run(s) found no primary for the transfer and failed nothing)")
     print("  interruption: longest gap between the transfer's data packets at the server within 3 s of the\n"
