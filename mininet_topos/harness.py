@@ -262,7 +262,13 @@ class PrismNetwork:
                 self.start_cell(name)
 
     def stop(self) -> None:
-        """End everything this network started, whatever state it is in."""
+        """End everything this network started, whatever state it is in.
+
+        Without the lock nothing was started, and the names (bridge, links)
+        belong to whoever holds it: then there is nothing to stop.
+        """
+        if self._lock is None:
+            return
         for process in self.background:
             with contextlib.suppress(Exception):
                 stop_process(process)

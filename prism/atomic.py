@@ -32,8 +32,8 @@ def atomic_write(path: PathLike, write: Callable[[BinaryIO], None], mode: int = 
     target.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
     try:
-        os.fchmod(fd, mode)  # mkstemp makes 0600; the target gets ordinary permissions
-        with os.fdopen(fd, "wb") as handle:
+        with os.fdopen(fd, "wb") as handle:  # owns fd from here, closed whatever happens
+            os.fchmod(handle.fileno(), mode)  # mkstemp makes 0600; the target gets ordinary permissions
             write(handle)
             handle.flush()
             os.fsync(handle.fileno())

@@ -27,7 +27,7 @@ from prism.openflow import (
     COOKIE_PIPELINE,
     MIRROR_MAC,
     OFPCML_NO_BUFFER,
-    OFPG_ANY,
+    OFPG_ALL,
     OFPP_CONTROLLER,
     PRIORITY_HIGH,
     PRIORITY_LOW,
@@ -260,7 +260,7 @@ class MirroringDirector:
         self._reset()
         return [
             FlowMod(Command.DELETE, None),
-            GroupMod(Command.DELETE, GroupType.ALL, OFPG_ANY),
+            GroupMod(Command.DELETE, GroupType.ALL, OFPG_ALL),
             Barrier(),
             *self.pipeline(),
         ]

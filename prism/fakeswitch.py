@@ -23,7 +23,8 @@ messages were sent:
   with cookie/cookie_mask, across all tables when ``table_id`` is None;
 - GroupMod ADD of an existing id fails with OFPGMFC_GROUP_EXISTS, MODIFY of a
   missing one with OFPGMFC_UNKNOWN_GROUP; deleting a group another group
-  forwards to fails with OFPGMFC_CHAINED_GROUP; DELETE ``OFPG_ANY`` removes all;
+  forwards to fails with OFPGMFC_CHAINED_GROUP; DELETE ``OFPG_ALL`` removes all
+  (``OFPG_ANY``, like any id that is not a group, removes nothing, as in OVS);
   deleting a group removes the flow entries that forward to it (section 6.5);
 - an action naming a missing group fails with OFPBAC_BAD_OUT_GROUP;
 - ``expire(now)`` removes idle/hard-timed-out entries and reports flow-removed
@@ -42,7 +43,7 @@ from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
 from prism import oxm
 from prism.openflow import (
     OFPCML_NO_BUFFER,
-    OFPG_ANY,
+    OFPG_ALL,
     OFPP_ANY,
     OFPP_CONTROLLER,
     OFPP_IN_PORT,
@@ -380,7 +381,7 @@ class FakeSwitch:
 
     def _group_mod(self, mod: GroupMod, result: Result) -> None:
         if mod.command is Command.DELETE:
-            if mod.group_id == OFPG_ANY:
+            if mod.group_id == OFPG_ALL:
                 doomed = set(self._groups)
             else:
                 if any(

@@ -111,8 +111,9 @@ def decode(datagram: bytes) -> Optional[Dict[str, Any]]:
         if inflater.unconsumed_tail:
             return None
         message = json.loads(text)
-    except (zlib.error, ValueError, UnicodeDecodeError):
+    except (zlib.error, ValueError, UnicodeDecodeError, RecursionError):
         return None
-    if not isinstance(message, dict) or message.get("type") not in MESSAGE_TYPES:
+    if not isinstance(message, dict) or not isinstance(message.get("type"), str) \
+            or message["type"] not in MESSAGE_TYPES:
         return None
     return message

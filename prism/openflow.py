@@ -46,7 +46,8 @@ MAX_PROFILE_GROUPS = FF_GROUP_OFFSET - PROFILE_GROUP_BASE
 OFPP_IN_PORT = 0xFFFFFFF8
 OFPP_CONTROLLER = 0xFFFFFFFD
 OFPP_ANY = 0xFFFFFFFF
-OFPG_ANY = 0xFFFFFFFF
+OFPG_ALL = 0xFFFFFFFC  #: every group, in a group DELETE
+OFPG_ANY = 0xFFFFFFFF  #: wildcard for flow stats and flow deletes only
 OFPCML_NO_BUFFER = 0xFFFF
 
 #: Destination MAC set on mirror copies so that a cell only updates state.
@@ -147,7 +148,7 @@ class Bucket:
 
 @dataclass(frozen=True)
 class GroupMod:
-    """An OFPT_GROUP_MOD. DELETE with ``OFPG_ANY`` removes every group."""
+    """An OFPT_GROUP_MOD. DELETE with ``OFPG_ALL`` removes every group (``OFPG_ANY`` none)."""
 
     command: Command
     group_type: GroupType

@@ -211,10 +211,11 @@ class MirroringDirectorApp(app_manager.RyuApp):
         while self.is_active:
             try:
                 received = self.channel.receive()
-            except Exception:  # the loop must outlive anything a datagram or the socket does
+            except Exception as error:  # the loop must outlive anything a datagram or the socket does
                 self.handler_errors["mgmt_receive"] += 1
                 self.logger.exception("management receive failed")
-                hub.sleep(BIND_RETRY_S)
+                if isinstance(error, OSError):  # a socket in trouble, not one bad datagram
+                    hub.sleep(BIND_RETRY_S)
                 continue
             if received is not None:
                 message, sender = received

@@ -120,6 +120,7 @@ def test_icmp_and_tcp_reach_the_server_through_the_primary_while_mirrors_get_mar
         ping = client.cmd(f"ping -c 5 -i 0.2 -W 2 {server.IP()}")
         iperf_server = server.popen(["iperf3", "-s", "-1", "-p", "5301"],
                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        net.background.append(iperf_server)  # stopped with the network if the test fails
         time.sleep(0.5)
         transfer = client.cmd(f"iperf3 -c {server.IP()} -p 5301 -t 1 -b 5M")
         stop_process(iperf_server)

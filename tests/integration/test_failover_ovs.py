@@ -48,6 +48,8 @@ class Transfer:
             ["iperf3", "-c", self.server_ip, "-p", str(IPERF_PORT), "--cport", str(CLIENT_PORT),
              "-t", str(TRANSFER_S), "-b", RATE, "-i", "0.5", "-J", "--connect-timeout", "3000"],
             stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+        # if the test fails before finish(), the network stops them with itself
+        net.background.extend([*self.processes, self.client])
 
     def finish(self) -> Dict:
         try:

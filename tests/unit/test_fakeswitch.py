@@ -16,6 +16,7 @@ from prism.fakeswitch import (
 )
 from prism.openflow import (
     MIRROR_MAC,
+    OFPG_ALL,
     OFPG_ANY,
     OFPP_CONTROLLER,
     OFPP_IN_PORT,
@@ -281,6 +282,8 @@ def test_deleting_a_group_removes_the_flows_that_use_it():
     assert [(r.cookie, r.reason) for r in result.flow_removed] == [(1, REMOVED_GROUP_DELETE)]
     assert sorted(e.cookie for e in switch.flows()) == [0, 2]
     switch.apply([group(OFPG_ANY, GroupType.ALL, command=Command.DELETE)])
+    assert switch.groups != {}, "OFPG_ANY is no group: OVS deletes nothing"
+    switch.apply([group(OFPG_ALL, GroupType.ALL, command=Command.DELETE)])
     assert switch.groups == {} and [e.cookie for e in switch.flows()] == [0]
 
 

@@ -76,7 +76,7 @@ def test_a_connecting_switch_is_converged_to_the_pipeline(app):
     app.switch_features_handler(_event(datapath=datapath))
     kinds = [type(m).__name__ for m in datapath.sent]
     assert kinds[:3] == ["OFPFlowMod", "OFPGroupMod", "OFPBarrierRequest"]
-    assert datapath.sent[0].command == OFP.OFPFC_DELETE and datapath.sent[1].group_id == OFP.OFPG_ANY
+    assert datapath.sent[0].command == OFP.OFPFC_DELETE and datapath.sent[1].group_id == OFP.OFPG_ALL
     assert len(datapath.sent) == 3 + len(app.directors[1].pipeline()) + 1
     assert type(datapath.sent[-1]).__name__ == "OFPPortDescStatsRequest"  # the cell ports' link state
     assert app.directors[1].idle_timeout == 7

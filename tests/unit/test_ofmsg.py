@@ -13,6 +13,7 @@ from ryu.ofproto import ofproto_protocol, ofproto_v1_3, ofproto_v1_3_parser  # n
 from prism.openflow import (  # noqa: E402
     COOKIE_ALL_MASK,
     MIRROR_MAC,
+    OFPG_ALL,
     OFPG_ANY,
     OFPP_CONTROLLER,
     TABLE_FSC,
@@ -112,13 +113,13 @@ def test_group_mods_carry_type_id_and_buckets(datapath):
     assert mirror.actions[1].port == 6
 
 
-def test_group_delete_any(datapath):
-    message = to_ofmsg(datapath, GroupMod(Command.DELETE, GroupType.ALL, OFPG_ANY))
+def test_group_delete_all(datapath):
+    message = to_ofmsg(datapath, GroupMod(Command.DELETE, GroupType.ALL, OFPG_ALL))
     message.serialize()
     assert GROUP_MOD_HEADER.unpack_from(message.buf, OFP.OFP_HEADER_SIZE) == (
         OFP.OFPGC_DELETE,
         OFP.OFPGT_ALL,
-        OFP.OFPG_ANY,
+        OFP.OFPG_ALL,
     )
 
 
