@@ -261,10 +261,11 @@ def test_controller_restart_converges_to_the_same_tables_without_stale_groups(ov
 
         def reconverged():
             flows = net.ofctl("dump-flows", "table=1")
-            return "table=1" in net.ofctl("dump-flows", "table=0") and "udp" not in flows \
+            return "table=0" in net.ofctl("dump-flows", "table=0") and "udp" not in flows \
                 and not parse_groups(net.ofctl("dump-groups"))
 
-        assert poll(reconverged, timeout=30), (net.ofctl("dump-groups"), net.controller.log_tail())
+        assert poll(reconverged, timeout=30), (net.ofctl("dump-groups"), net.ofctl("dump-flows"),
+                                               net.controller.log_tail())
         ping = client.cmd(f"ping -c 3 -i 0.2 -W 2 {server.IP()}")
         assert " 0% packet loss" in ping, f"{ping}\n{net.controller.log_tail()}"
         groups = parse_groups(net.ofctl("dump-groups"))
