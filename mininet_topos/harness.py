@@ -57,7 +57,7 @@ OFCTL = ["ovs-ofctl", "-O", "OpenFlow13"]
 #: Held for a network's whole life: its names (s1, prism-mgmt, c1, ...) are
 #: machine-wide, so a second PRISM network waits for the first to stop.
 NETWORK_LOCK = Path("/run/lock/prism-network.lock")
-NETWORK_LOCK_TIMEOUT_S = 900.0
+NETWORK_LOCK_TIMEOUT_S = 300.0  # below pytest-timeout (600 s): fail with a message, not hang
 #: Host interface offloads turned off (ethtool -K names), one at a time.
 OFFLOADS_OFF = ("tx", "rx", "tso", "gso", "gro")
 
