@@ -11,12 +11,13 @@ holds any other type, is refused with a ``ModelError`` saying what to do.
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import platform
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict, List, Mapping
+from typing import BinaryIO, Dict, List, Mapping, Union
 
 from prism.atomic import atomic_write_bytes
 from prism.records import SCHEMA_VERSION
@@ -207,31 +208,37 @@ def load_model(directory) -> LoadedModel:
     model_path = directory / model_name
     if not model_path.is_file():
         raise ModelError(f"{directory}: model file {model_name} is missing")
-    digest = file_digest(model_path)
+    # One read: the digest, the type checks and the load all see these same
+    # bytes, so a file replaced during a reload cannot pass as another.
+    try:
+        data = model_path.read_bytes()
+    except OSError as exc:
+        raise ModelError(f"{model_path}: cannot be read ({exc})") from None
+    digest = "sha256:" + hashlib.sha256(data).hexdigest()
     if digest != manifest["model_digest"]:
         raise ModelError(
             f"{model_path}: digest {digest} differs from the manifest's {manifest['model_digest']}; "
             "the file was changed or only partly written. Restore it or retrain."
         )
     try:
-        named = types_in_file(model_path)
-        untrusted = sio.get_untrusted_types(file=model_path)
+        named = types_in_file(io.BytesIO(data))
+        untrusted = sio.get_untrusted_types(data=data)
     except Exception as exc:  # zipfile/json/skops raise assorted errors for a damaged file
         raise ModelError(f"{model_path}: not a readable skops file ({exc})") from None
     unexpected = sorted((named - ALLOWED_TYPES) | (set(untrusted) - set(TRUSTED_TYPES)))
     if unexpected:
         raise ModelError(f"{model_path}: holds types this PRISM does not trust: {', '.join(unexpected)}")
     try:
-        estimators = sio.load(model_path, trusted=list(TRUSTED_TYPES))
+        estimators = sio.loads(data, trusted=list(TRUSTED_TYPES))
     except Exception as exc:
         raise ModelError(f"{model_path}: cannot be loaded ({type(exc).__name__}: {exc})") from None
     _check_estimators(estimators, model_path)
     return LoadedModel(estimators=estimators, manifest=manifest, directory=directory)
 
 
-def types_in_file(model_path: Path) -> set:
+def types_in_file(model_file: Union[Path, BinaryIO]) -> set:
     """Every ``module.class`` a skops file's schema names, read without loading anything."""
-    with zipfile.ZipFile(model_path) as archive:
+    with zipfile.ZipFile(model_file) as archive:
         schema = json.loads(archive.read(SCHEMA_MEMBER))
     found = set()
     stack = [schema]
