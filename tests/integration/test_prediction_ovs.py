@@ -204,7 +204,9 @@ def test_telemetry_holds_every_ended_flow_with_its_final_counters(run):
 def test_statistics_tables_are_written_without_bogus_counters(run):
     ports = read_stats(run["telemetry"], "port_stats")
     assert len(ports) > 0 and (ports["dp_id"] == 1).all()
-    assert ports["rx_packets"].notna().all()
+    # OVS answers all ones (unsupported) for a port's counters now and then, e.g.
+    # for a port being removed at teardown: those rows hold NA, the rest numbers.
+    assert ports["rx_packets"].notna().mean() > 0.9, ports["rx_packets"].isna().sum()
     assert (ports["rx_packets"].dropna() < 2**63).all(), "no all-ones counter survives as a number"
     groups = read_stats(run["telemetry"], "group_stats")
     assert len(groups) > 0 and groups["packets"].notna().any()
