@@ -288,16 +288,7 @@ class ConnTracker:
         if entry.verdict is _DENY:
             return self._reject(entry, DROP_DENIED, is_mirror)
         self._update_tcp(entry, info, is_orig)
-        entry.last_seen = now
-        if is_mirror:
-            entry.mirror_packets += 1
-            entry.mirror_bytes += info.frame_len
-            return ABSORB
-        if entry.facts != entry.versioned_facts or not entry.token or not entry.primary_packets:
-            self._version(entry)
-        entry.primary_packets += 1
-        entry.primary_bytes += info.frame_len
-        return FORWARD
+        return self._accept(entry, info, is_mirror, now)
 
     def _accept(self, entry: ConnEntry, info: PacketInfo, is_mirror: bool, now: float) -> Verdict:
         entry.last_seen = now
