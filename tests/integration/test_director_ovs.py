@@ -160,6 +160,9 @@ def group_packet_counts(net: PrismNetwork) -> Dict[int, int]:
 def test_one_group_per_profile_with_expected_buckets_and_rising_counters(network):
     net = network
     client, server = net.host("c2"), net.host("sv1")
+    # Start from no groups: earlier tests' flows idle out (their groups would
+    # count no new packets below).
+    assert poll(lambda: not parse_groups(net.ofctl("dump-groups")), timeout=IDLE_TIMEOUT_S * 4 + 5)
     # Many UDP flows: more flows than profiles, so groups must be shared.
     senders = [client.popen([sys.executable, "-m", "mininet_topos.traffic", "udp-send",
                              "--dst", server.IP(), "--port", str(9100 + i), "--count", "90",
