@@ -440,3 +440,16 @@ def make_policies(rings: Sequence[HashRing], max_replication_factors: Sequence[i
     """One policy per switch, sharing one copy budget."""
     budget = CopyBudget(settings.budget, settings.milestones_s, settings.budget_window)
     return [AgingPolicy(ring, rf, settings, scorer, budget=budget) for ring, rf in zip(rings, max_replication_factors)]
+
+
+def settings_from_config(prediction, horizon_s: Optional[float] = None) -> AgingSettings:
+    """``AgingSettings`` of a configuration's ``prediction`` section (``prism.config.PredictionConfig``).
+
+    Args:
+        prediction: The section.
+        horizon_s: The look-ahead when the section names none (the model's horizon, if any).
+    """
+    horizon = prediction.horizon_s or horizon_s or DEFAULT_HORIZON_S
+    return AgingSettings(milestones_s=prediction.milestones_s, mode=prediction.mode, budget=prediction.budget,
+                         promote_probability=prediction.promote_probability,
+                         demote_probability=prediction.demote_probability, horizon_s=horizon)  # fmt: skip

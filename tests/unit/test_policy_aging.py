@@ -166,3 +166,13 @@ def test_settings_are_checked():
 def test_make_policies_share_one_budget():
     first, second = make_policies([HashRing(CELLS), HashRing(CELLS)], [1, 1], AgingSettings())
     assert first.budget is second.budget and "age rule" in repr(first)
+
+
+def test_settings_from_a_configuration_section():
+    from prism.config import parse_config
+    from prism.policy_aging import settings_from_config
+
+    text = ("switches:\n  - dpid: 1\n    cells: [{id: c1, port: 1}, {id: c2, port: 2}]\n    edge_ports: [3]\n"
+            "prediction: {milestones_s: [0.5, 4], mode: full, budget: 0.05, promote_probability: 0.7}\n")
+    settings = settings_from_config(parse_config(text).prediction, horizon_s=3.0)
+    assert settings == AgingSettings((0.5, 4.0), MODE_FULL, 0.05, 0.7, 0.0, 3.0)
