@@ -132,7 +132,7 @@ def test_state_mode_keys_report_bad_values_with_their_lines():
         "prism.yaml:3:29: management.takeover_tolerance_bytes: expected an integer, got a string",
     ]
     assert problems(document(top="management: {takeover_tolerance_bytes: -1}\n")) == [
-        "prism.yaml:1:41: management.takeover_tolerance_bytes: must be an integer >= 0, got -1"]
+        "prism.yaml:1:40: management.takeover_tolerance_bytes: must be an integer >= 0, got -1"]
     odd = parse_config(document(top="management: {state_interval_s: 0.01, takeover_tolerance_bytes: 1000}\n"),
                        "prism.yaml")  # fmt: skip
     assert [problem.path for problem in odd.warnings] == [
