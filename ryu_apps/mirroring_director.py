@@ -84,7 +84,7 @@ def load_directors(config: PrismConfig, logger, models=None) -> Dict[int, Mirror
         if models is not None:
             policy = models.policy_for(switch, ring)
         else:
-            policy = FixedPolicy(ring, config.default_replication_factor)
+            policy = FixedPolicy(ring, config.default_replication_factor, config.mirroring_mode)
         directors[dp_id] = MirroringDirector(switch, config.idle_timeout, policy, logger=logger, ring=ring)
     return directors
 
@@ -154,9 +154,12 @@ class MirroringDirectorApp(app_manager.RyuApp):
             self.logger.warning("%s", warning)
         self.models = load_models(self.config)
         self.directors = load_directors(self.config, self.logger, self.models)
+        management = self.config.management
         self.control = ControlPlane(
-            self.directors, time.time(), health_settings(self.config), cell_addresses(self.config)
-        )
+            self.directors, time.time(), health_settings(self.config), cell_addresses(self.config),
+            state_interval_s=getattr(management, "state_interval_s", None),
+            takeover_tolerance_bytes=getattr(management, "takeover_tolerance_bytes", None),
+        )  # fmt: skip
         if self.models is not None:
             self.models.attach_health(self.control.detector)
         self.datapaths: Dict[int, object] = {}
