@@ -8,6 +8,9 @@ A flow's first packet says little about it; its own history says much more
    no model call. The flow is remembered (its first packet and birth time).
 2. **Milestones** (``redecide``, when the flow's primary cell reports it
    crossed an age in ``milestones_s``, with its packets and bytes so far):
+   - a flow that sent nothing since the previous milestone (or since its
+     first packet) is **quiet**: it is not promoted (the cells report every
+     flow they still track, including flows that have ended);
    - an unmirrored flow is **promoted** (mirrors chosen as below, in
      ``mode``, ``state`` by default: only its SYN/FIN/RST are copied, the
      primary's State Mirroring Module replicates the rest) if it is old enough
@@ -249,7 +252,8 @@ class AgingPolicy:
         self._reference = 0.0
         self._risk_at: Optional[float] = None
         self.counts: Dict[str, int] = dict.fromkeys(
-            ("born", "redecided", "scored", "promoted", "demoted", "to_state", "kept", "forgotten", "adopted"), 0)
+            ("born", "redecided", "scored", "promoted", "demoted", "to_state", "kept", "quiet", "forgotten",
+             "adopted"), 0)
 
     @property
     def milestones_s(self) -> Tuple[float, ...]:
@@ -297,11 +301,12 @@ class AgingPolicy:
             self._unload(flow)
             flow.mirrors = current.mirror_cells
             self._load(flow)
-        probability = self._alive_probability(flow, age_s, packets, bytes)
+        quiet = packets <= max(flow.last_packets, 1)
+        probability = None if quiet else self._alive_probability(flow, age_s, packets, bytes)
         flow.last_age, flow.last_packets = age_s, packets
         if not current.mirror_cells:
-            if not self.max_replication_factor or age_s < self.budget.min_promotion_age_s:
-                counts["kept"] += 1
+            if quiet or not self.max_replication_factor or age_s < self.budget.min_promotion_age_s:
+                counts["quiet" if quiet else "kept"] += 1
                 return None
             if probability is not None and probability < self.settings.promote_probability:
                 counts["kept"] += 1
@@ -315,7 +320,7 @@ class AgingPolicy:
             self._load(flow)
             counts["promoted"] += 1
             return MirroringProfile(current.primary_cell, mirrors, len(mirrors)), flow.mode
-        if probability is not None and probability < self.settings.demote_probability:
+        if probability is not None and probability < self.settings.demote_probability:  # (never when quiet)
             self._unload(flow)
             flow.mirrors = ()
             counts["demoted"] += 1

@@ -100,9 +100,21 @@ def test_the_second_milestone_sees_the_rate_since_the_first():
     info = _udp(3000)
     birth = policy.profile_for(info, CELLS, 0.0)
     policy.redecide(info.flow_id, birth, 0.25, 10, 1000, CELLS, 0.25)
-    policy.redecide(info.flow_id, birth, 1.0, 10, 1000, CELLS, 1.0)
-    assert scorer.rows[1] == aging_row(1.0, 10, 1000, 0.25, 10, 2, port_class(3000, 53))
-    assert AGING_FEATURE_NAMES.index("log_recent_rate") == 4 and scorer.rows[1][4] == 0.0
+    policy.redecide(info.flow_id, birth, 1.0, 13, 1300, CELLS, 1.0)
+    assert scorer.rows[1] == aging_row(1.0, 13, 1300, 0.25, 10, 2, port_class(3000, 53))
+    assert AGING_FEATURE_NAMES.index("log_recent_rate") == 4 and scorer.rows[1][4] == pytest.approx(1.6094379)
+
+
+def test_a_quiet_flow_is_not_promoted_nor_scored():
+    scorer = FixedScorer(1.0)
+    policy = AgingPolicy(HashRing(CELLS), 1, scorer=scorer)
+    info = _udp(3100)
+    birth = policy.profile_for(info, CELLS, 0.0)
+    assert policy.redecide(info.flow_id, birth, 0.25, 1, 80, CELLS, 0.25) is None  # the first packet only
+    promoted = policy.redecide(info.flow_id, birth, 1.0, 4, 320, CELLS, 1.0)
+    assert promoted is not None and len(scorer.rows) == 1
+    assert policy.redecide(info.flow_id, promoted[0], 4.0, 4, 320, CELLS, 4.0) is None  # quiet: kept as it is
+    assert policy.counts["quiet"] == 1 and policy.mirror_load() == {promoted[0].mirror_cells[0]: 1}
 
 
 def test_demotion_drops_the_mirrors_of_a_flow_the_model_gives_up_on():
@@ -126,7 +138,7 @@ def test_an_overspent_budget_delays_promotion_and_moves_full_flows_to_state():
     keep_profile, _ = policy.redecide(keep.flow_id, keep_birth, 0.25, 2, 200, CELLS, 0.25)
     for info in infos:  # full flows whose every later packet is copied: share about 0.9
         birth = policy.profile_for(info, CELLS, 0.0)
-        policy.redecide(info.flow_id, birth, 0.25, 1, 100, CELLS, 0.25)
+        policy.redecide(info.flow_id, birth, 0.25, 2, 100, CELLS, 0.25)
         policy.flow_ended(_entry(info.flow_id, 10), 11.0)
     assert policy.budget.min_promotion_age_s == 1.0 and policy.budget.gate_raises == 1
     late = _udp(7000)
@@ -136,7 +148,7 @@ def test_an_overspent_budget_delays_promotion_and_moves_full_flows_to_state():
     # the window restarted with the new gate: refill it overspent, then a full flow goes to state
     for info in infos:
         birth = policy.profile_for(info, CELLS, 20.0)
-        profile, _ = policy.redecide(info.flow_id, birth, 1.0, 1, 100, CELLS, 21.0)
+        profile, _ = policy.redecide(info.flow_id, birth, 1.0, 2, 100, CELLS, 21.0)
     policy.budget._copies, policy.budget._packets = 9.0, 10  # a window that spends 0.9
     assert policy.redecide(keep.flow_id, keep_profile, 1.0, 9, 900, CELLS, 1.0) == (keep_profile, MODE_STATE)
 
