@@ -90,12 +90,18 @@ def load_directors(config: PrismConfig, logger, models=None) -> Dict[int, Mirror
 
 
 def load_models(config: PrismConfig):
-    """The model service when the configuration names a model, else None (SystemExit if it cannot load)."""
+    """The policy service of the ``prediction`` section, else None (SystemExit if its model cannot load).
+
+    ``prediction.policy: aging`` (the default): ``AgingService`` (a model is optional);
+    ``first_packet``: ``ModelService``.
+    """
     if config.prediction is None:
         return None
-    from ryu_apps.prediction import ModelError, ModelService  # scikit-learn only when a model is used
+    from ryu_apps.prediction import AgingService, ModelError, ModelService  # scikit-learn only when a model is used
 
     try:
+        if getattr(config.prediction, "policy", "first_packet") == "aging":
+            return AgingService(config)
         return ModelService(config)
     except ModelError as error:
         raise SystemExit(f"PRISM: the model {config.prediction.model} (prediction.model) cannot be used:\n"
@@ -176,8 +182,8 @@ class MirroringDirectorApp(app_manager.RyuApp):
             self.config.default_replication_factor,
         )
         if self.models is not None:
-            self.logger.info("predictive policy: model %s, budget %g mirror copies per packet",
-                             self.models.directory, self.config.prediction.budget)
+            self.logger.info("%s policy: model %s, budget %g mirror copies per packet",
+                             self.config.prediction.policy, self.models.directory, self.config.prediction.budget)
 
     # --- Green threads ---------------------------------------------------------------------
     def start(self):
