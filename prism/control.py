@@ -344,6 +344,8 @@ class ControlPlane:
                     "group_id": entry.group_id,
                     "primary_cell": profile.primary_cell,
                     "mirror_cells": list(profile.mirror_cells),
+                    "mode": entry.mode,
+                    "seeding": director.flow_seed_targets(entry.flow_id),
                     "created_at": entry.created_at,
                     "last_seen": entry.last_seen,
                 }
