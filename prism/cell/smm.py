@@ -122,8 +122,20 @@ class StateMirroringModule:
     waits (at most ``max_held_flows``, ``hold_timeout_s``). Records are built
     at flush time (latest state), batched per peer under ``max_datagram``, compressed,
     sequence-numbered, acknowledged and retried (``PeerChannel``). A ``seed``
-    queues every flow of the profile for the target, tagged; ``seeded`` goes
-    to the controller once the target acknowledged them all.
+    queues every flow of the profile (or the flows it lists) for the target,
+    tagged; ``seeded`` goes to the controller once the target acknowledged
+    them all.
+
+    State mode (``assign`` with mode ``state``): the mirrors see only the
+    flow's SYN/FIN/RST copies, so every ``state_interval_s`` (the directory's)
+    each such flow that this cell forwarded packets of since its last record
+    gets a new version (``ConnTracker.note_progress``) and its record is
+    queued like a change: sequence positions and windows, counters,
+    last_seen, token, verdict. A flow that moved more than half the
+    directory's ``takeover_tolerance_bytes`` goes at the next tick. Milestones:
+    each flow this cell forwards is reported to the controller (``milestone``)
+    once per age in the directory's ``milestones_s`` it crosses here. See
+    ``prism.mgmt`` for both messages and for what a takeover may lose.
 
     Args:
         cell: The cell (its tracker, its packet counters).
@@ -601,6 +613,11 @@ class StateMirroringModule:
             "seeds": [{"profile_id": op.profile_id, "target": op.target, "flows": op.flows,
                        "pending": len(op.pending)} for op in self._seeds.values()],  # fmt: skip
             "heartbeat_seq": self.heartbeat_seq,
+            "state_flows": len(self._state_flows),
+            "milestones_s": list(self.view.milestones_s),
+            "milestones_scheduled": len(self._milestone_next),
+            "state_interval_s": self.view.state_interval_s,
+            "takeover_tolerance_bytes": self.view.takeover_tolerance_bytes,
         }
 
 

@@ -4,7 +4,8 @@ import random
 
 from cell_helpers import Conversation
 from prism import mgmt
-from prism.flows import TCP_ACK, TCP_FIN, TCP_PSH, TCP_RST
+from prism.flows import TCP_ACK, TCP_FIN, TCP_PSH, TCP_RST, parse_frame
+from prism.packets import build_udp_frame
 from smm_helpers import FakeNetwork, SmmBed, flow_state, mirror_copy
 
 PROFILE = 7
@@ -243,3 +244,33 @@ def test_malformed_state_mode_fields_are_counted_and_change_nothing():
     bed.control({"type": "seed", "profile_id": PROFILE, "target": "c3", "flows": ["x"]}, ["c1"])
     assert smm.replication_counters()["bad_messages"] == 6
     assert smm.view.state_interval_s == INTERVAL and smm.view.milestones_s == ()
+
+
+def test_an_rst_copy_closes_the_mirror_s_entry_and_its_record_changes_nothing_more():
+    bed = state_bed()
+    conv = open_state_flow(bed)
+    transfer(bed, conv, 3)
+    bed.run(INTERVAL + 0.1)
+    rst = conv.frame(False, TCP_RST | TCP_ACK)
+    bed.send_state_mode(rst, "c1", ["c2"])
+    assert bed.cells["c2"].tracker.get(conv.syn().key).state.value == "CLOSED"
+    bed.run_until_quiet()
+    flow_id = conv.syn().key.flow_id
+    assert flow_state(bed.records("c2")[flow_id]) == flow_state(bed.records("c1")[flow_id])
+    bed.cells["c2"].handle_frame(mirror_copy(rst), bed.now)  # the copy once more
+    assert flow_state(bed.records("c2")[flow_id]) == flow_state(bed.records("c1")[flow_id])
+
+
+def test_a_state_mode_udp_flow_is_kept_alive_and_counted_at_its_mirror_by_progress_records():
+    bed = state_bed()
+    frames = [build_udp_frame("10.0.0.1", "10.0.0.2", 5000, 53, b"q" * 50)] * 3
+    key = parse_frame(frames[0]).key
+    bed.control({"type": "assign", "flows": [[key.flow_id, PROFILE, "", mgmt.MODE_STATE]]})
+    bed.send(frames[0], "c1", ["c2"])  # the first packet is copied
+    for frame in frames[1:]:
+        bed.send(frame, "c1")
+    bed.run(INTERVAL + 0.1)
+    bed.run_until_quiet()
+    mirror, primary = bed.cells["c2"].tracker.get(key), bed.cells["c1"].tracker.get(key)
+    assert mirror.mirror_packets == 1 and mirror.packets == primary.packets == 3
+    assert mirror.last_seen == primary.last_seen
