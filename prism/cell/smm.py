@@ -11,6 +11,7 @@ from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Proto
 
 from prism import mgmt
 from prism.cell.cell import Cell, TickReport
+from prism.cell.entry import ConnEntry
 from prism.cell.records import StateRecordError, entry_to_wire_record
 from prism.cell.smm_channel import (
     ChannelSettings,
@@ -95,13 +96,14 @@ class SeedOp:
 
 
 class ProgressMark:
-    """What a ``state`` flow's last record carried, and when its next progress record is due."""
+    """A ``state`` flow's entry here (None: not seen yet), its counters at its last record, and when the next is due."""
 
-    __slots__ = ("packets", "bytes", "due")
+    __slots__ = ("entry", "packets", "bytes", "due")
 
-    def __init__(self, packets: int, frame_bytes: int, due: float) -> None:
-        self.packets = packets
-        self.bytes = frame_bytes
+    def __init__(self, entry: Optional[ConnEntry], due: float) -> None:
+        self.entry = entry
+        self.packets = entry.primary_packets if entry is not None else 0
+        self.bytes = entry.primary_bytes if entry is not None else 0
         self.due = due
 
 
@@ -164,8 +166,8 @@ class StateMirroringModule:
         self._seeds: Dict[SeedKey, SeedOp] = {}
         self._seeds_by_id: Dict[int, SeedOp] = {}
         self._seeds_done: Dict[SeedKey, Tuple[float, int]] = {}
-        #: ``state`` flows by id (assigned so): their progress marks (None until first seen).
-        self._state_flows: Dict[int, Optional[ProgressMark]] = {}
+        #: ``state`` flows by id (assigned so): their progress marks.
+        self._state_flows: Dict[int, ProgressMark] = {}
         #: Milestone schedule: (due time, flow id), and per scheduled flow the
         #: next milestone's index and the first_seen it was computed from.
         self._milestone_heap: List[Tuple[float, int]] = []
@@ -219,10 +221,7 @@ class StateMirroringModule:
     # -- state mode: progress records -----------------------------------------------------
     def _mark_sent(self, key: FlowKey, now: float) -> None:
         """A record of a ``state`` flow is on its way: its next progress record is due an interval later."""
-        entry = self.tracker.get(key)
-        if entry is not None:
-            self._state_flows[key.flow_id] = ProgressMark(
-                entry.primary_packets, entry.primary_bytes, now + self.view.state_interval_s)
+        self._state_flows[key.flow_id] = ProgressMark(self.tracker.get(key), now + self.view.state_interval_s)
 
     def _send_progress(self, now: float) -> None:
         """Version and queue the ``state`` flows this cell forwarded packets of since their last record.
@@ -231,30 +230,35 @@ class StateMirroringModule:
         record, or at once when its frames grew by more than half the takeover
         tolerance (so that its mirrors never fall out of a taker-over's reach).
         A flow none of whose packets was forwarded here since (at a mirror, or
-        an idle flow) sends nothing.
+        an idle flow) sends nothing. The scan touches one attribute of an unchanged flow per tick; the
+        flow's entry is looked up again once an interval (it may have expired,
+        or a new connection may have taken its key).
         """
         tracker, view = self.tracker, self.view
         interval, early = view.state_interval_s, view.takeover_tolerance_bytes // 2
         gone = []
         for flow_id, mark in self._state_flows.items():
-            key = tracker.key_of(flow_id)
-            if key is None:
-                if view.mode_of(flow_id) is None:  # assignment forgotten: the flow is long gone
-                    gone.append(flow_id)
-                continue
-            entry = tracker.get(key)
-            if mark is None:  # first seen here since it was assigned: nothing to send yet
-                self._state_flows[flow_id] = ProgressMark(entry.primary_packets, entry.primary_bytes,
-                                                          now + interval)  # fmt: skip
-                continue
-            if entry.primary_packets == mark.packets:
-                continue
-            if now < mark.due and entry.primary_bytes - mark.bytes <= early:
-                continue
+            entry = mark.entry
+            if now < mark.due:
+                if (entry is None or entry.primary_packets == mark.packets
+                        or entry.primary_bytes - mark.bytes <= early):  # fmt: skip
+                    continue
+            else:
+                key = tracker.key_of(flow_id)
+                current = tracker.get(key) if key is not None else None
+                if current is None and view.mode_of(flow_id) is None:
+                    gone.append(flow_id)  # assignment forgotten: the flow is long gone
+                    continue
+                if current is not entry:  # seen, expired or replaced since: bind the current entry
+                    self._state_flows[flow_id] = ProgressMark(current, now + interval)
+                    continue
+                if entry is None or entry.primary_packets == mark.packets:
+                    mark.due = now + interval
+                    continue
             mark.packets, mark.bytes, mark.due = entry.primary_packets, entry.primary_bytes, now + interval
-            tracker.note_progress(key)
+            tracker.note_progress(entry.key)
             self.counters.progress_records += 1
-            self._route(key, now)
+            self._route(entry.key, now)
         for flow_id in gone:
             del self._state_flows[flow_id]
 
@@ -482,7 +486,9 @@ class StateMirroringModule:
         for flow_id, mode in self.view.apply_assign(message, now):
             if mode == mgmt.MODE_STATE:
                 if flow_id not in state_flows:
-                    state_flows[flow_id] = None
+                    key = self.tracker.key_of(flow_id)
+                    entry = self.tracker.get(key) if key is not None else None
+                    state_flows[flow_id] = ProgressMark(entry, now + self.view.state_interval_s)
             else:
                 state_flows.pop(flow_id, None)
         if self._held:

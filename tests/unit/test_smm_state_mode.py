@@ -4,6 +4,7 @@ import random
 
 from cell_helpers import Conversation
 from prism import mgmt
+from prism.cell.smm import SmmSettings
 from prism.flows import TCP_ACK, TCP_FIN, TCP_PSH, TCP_RST, parse_frame
 from prism.packets import build_udp_frame
 from smm_helpers import FakeNetwork, SmmBed, flow_state, mirror_copy
@@ -274,3 +275,13 @@ def test_a_state_mode_udp_flow_is_kept_alive_and_counted_at_its_mirror_by_progre
     mirror, primary = bed.cells["c2"].tracker.get(key), bed.cells["c1"].tracker.get(key)
     assert mirror.mirror_packets == 1 and mirror.packets == primary.packets == 3
     assert mirror.last_seen == primary.last_seen
+
+
+def test_a_state_flow_whose_assignment_is_forgotten_leaves_the_progress_scan():
+    bed = SmmBed(2, settings=SmmSettings(assignment_grace_s=1.0))
+    bed.directory(live=["c1", "c2"], state_interval_s=INTERVAL)
+    bed.profiles({PROFILE: ("c1", ["c2"])})
+    bed.assign([Conversation(client_port=40000 + index) for index in range(3)], PROFILE, mgmt.MODE_STATE)
+    assert bed.smms["c1"].describe()["state_flows"] == 3
+    bed.run(3.0)  # never seen here: forgotten after the grace period
+    assert bed.smms["c1"].describe()["state_flows"] == 0
