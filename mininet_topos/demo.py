@@ -37,10 +37,13 @@ THROUGHPUT_BIN_S = 0.1
 class DemoOptions:
     """What ``prism demo`` was asked to do.
 
-    ``prediction``: the shipped model decides which flows get mirrors (at most
-    ``replication_factor``). ``prism demo`` turns it on (``--no-prediction``
-    turns it off); it is off here so that callers who set a replication
-    factor get every flow mirrored, as the failover tests expect.
+    ``prediction``: the shipped configuration's policy (``examples/prism.yaml``,
+    or ``policy_config``) decides which flows get mirrors (at most
+    ``replication_factor``) and in which mode; without a ``prediction``
+    section there, the shipped model's first-packet policy. ``prism demo``
+    turns it on (``--no-prediction`` turns it off); it is off here so that
+    callers who set a replication factor get every flow mirrored, as the
+    failover tests expect.
     """
 
     cells: int = 3
@@ -53,6 +56,7 @@ class DemoOptions:
     workdir: Path = Path("out/demo")
     json_path: Optional[Path] = None
     prediction: bool = False
+    policy_config: Optional[Path] = None
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -74,6 +78,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--workdir", type=Path, default=Path("out/demo"),
                         help="where logs, captures and the report go (default out/demo)")
     parser.add_argument("--json", type=Path, dest="json_path", help="also write the report as JSON")
+    parser.add_argument("--policy-config", type=Path, dest="policy_config",
+                        help="the configuration whose replication policy (prediction, mirroring_mode, "
+                             "management.state_interval_s) the demo runs (default: the shipped "
+                             "examples/prism.yaml)")
     parser.add_argument("--no-prediction", action="store_false", dest="prediction",
                         help="every flow gets --rf mirrors (default: the shipped model predicts which "
                              "flows are long enough to need mirrors)")
@@ -130,13 +138,20 @@ def run_demo(options: DemoOptions) -> Dict:
     for stale in workdir.glob("*"):
         if stale.is_file() or stale.is_socket():
             stale.unlink()
-    from mininet_topos.prism_topo import prediction_config
+    from mininet_topos.prism_topo import prediction_config, shipped_policy_config
 
-    overrides = {}
-    if options.prediction:  # --rf is then the most mirrors a flow gets (--rf 0: none, the control)
-        overrides = {"prediction": prediction_config(), "max_replication_factor": options.replication_factor}
-    with PrismNetwork(workdir, clients=options.clients, servers=1, cells=options.cells,
-                      replication_factor=options.replication_factor, config_overrides=overrides) as net:
+    overrides: Dict = {}
+    management: Dict = {}
+    if options.prediction:  # the shipped configuration's policy; --rf is the most mirrors a flow gets
+        overrides = shipped_policy_config(options.policy_config) if options.policy_config \
+            else shipped_policy_config()
+        management = overrides.pop("management", {})
+        overrides.setdefault("prediction", prediction_config())
+        overrides["max_replication_factor"] = options.replication_factor
+    network = PrismNetwork(workdir, clients=options.clients, servers=1, cells=options.cells,
+                           replication_factor=options.replication_factor, config_overrides=overrides)
+    network.config["management"].update(management)  # written when the network starts
+    with network as net:
         server = net.host(net.server_names[0])
         server_ip = server.IP()
         capture = workdir / "server.pcap"
@@ -211,6 +226,8 @@ def run_demo(options: DemoOptions) -> Dict:
                     "prediction": options.prediction},
         "flows_total": status.get("flows_total"),
         "flows_mirrored": status.get("flows_mirrored"),
+        "flows_promoted": status.get("promotions"),
+        "flows_seeded": status.get("flows_seeded"),
         # one ALL group (and its FAST_FAILOVER group) per profile
         "groups": groups_text.count("type=all"),
         "switch_groups": _group_summary(groups_text),
@@ -223,16 +240,33 @@ def run_demo(options: DemoOptions) -> Dict:
         "iperf3_completed": bool(iperf_result["ok"]),
         "interruption_ms": gaps["interruption_ms"],
         "detection_ms": detection,
-        "state_lost_flows": failover.get("state_lost_flows"),
+        # every failover's flows whose state was lost (the last failover's alone: in "controller")
+        "state_lost_flows": status.get("state_lost_flows"),
         "groups_rewritten": failover.get("groups_rewritten"),
         "openflow_messages_failover": failover.get("ofmsgs"),
         "conntrack_entry_carried_over": carried_over,
         "replication_bytes": sum(cell.get("replication_bytes_sent", 0) for cell in per_cell.values()),
+        # summed over cells: mirror copies absorbed against packets forwarded as primary
+        "mirror_packets": sum(cell.get("mirror_packets", 0) for cell in per_cell.values()),
+        "primary_packets": sum(cell.get("primary_packets", 0) for cell in per_cell.values()),
+        "policy": _policy_name(net.config),
         "baseline_max_gap_ms": gaps["baseline_max_gap_ms"],
         "udp_datagrams_received": udp.get("datagrams", 0),
         "udp_flows_received": len(udp.get("flows", {})),
         "workdir": str(workdir),
     }
+
+
+def _policy_name(config: Dict) -> str:
+    """The replication policy the controller ran, as the report names it."""
+    prediction = config.get("prediction")
+    if prediction:
+        policy = prediction.get("policy", "aging")
+        model = "model" if prediction.get("model") else "age rule"
+        mode = prediction.get("mode", "state") if policy == "aging" else "full"
+        return f"{policy} ({model}, {mode} mode, at most {config.get('max_replication_factor')} mirrors)"
+    return (f"fixed (replication factor {config.get('default_replication_factor')}, "
+            f"{config.get('mirroring_mode', 'full')} mode)")
 
 
 def _start_udp_flows(net, server_ip: str, options: DemoOptions) -> List[subprocess.Popen]:
@@ -431,11 +465,12 @@ def format_report(report: Dict) -> str:
     """The one-screen text report."""
     lines = ["", "PRISM demo report", "=" * 17]
     options = report["options"]
-    policy = ("predictive (shipped model)" if options.get("prediction")
-              else f"replication factor {options['replication_factor']}")
+    policy = report.get("policy") or ("predictive (shipped model)" if options.get("prediction")
+                                      else f"replication factor {options['replication_factor']}")
     lines.append(f"network: {options['clients']} clients, 1 server, {options['cells']} cells, policy {policy}")
     lines.append(f"flows seen by the director: {report['flows_total']} "
-                 f"({report['flows_mirrored']} mirrored)")
+                 f"({report['flows_mirrored']} mirrored at birth, {report.get('flows_promoted') or 0} "
+                 f"promoted as they aged, {report.get('flows_seeded') or 0} of those seeded)")
     lines.append(f"profile groups installed: {report['groups']}")
     for group in report["switch_groups"][:6]:
         lines.append(f"  {group[:110]}")
@@ -450,6 +485,10 @@ def format_report(report: Dict) -> str:
             mark += " (killed; counts from before)"
         lines.append(f"{name:<8}{cell['primary_packets']:>14}{cell['mirror_packets']:>13}"
                      f"{cell['forwarded']:>11}{cell['flows_tracked']:>7}{mark}")
+    if report.get("primary_packets"):
+        share = report["mirror_packets"] / report["primary_packets"]
+        lines.append(f"{'all':<8}{report['primary_packets']:>14}{report['mirror_packets']:>13}"
+                     f"   mirror copies per primary packet: {share:.4f}")
     lines.append("")
     lines.append(f"UDP: {report['udp_datagrams_received']} datagrams in "
                  f"{report['udp_flows_received']} flows reached the server")

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import BinaryIO, Dict, List, Mapping, Union
 
 from prism.atomic import atomic_write_bytes
-from prism.records import SCHEMA_VERSION
+from prism.records import READABLE_SCHEMA_VERSIONS, SCHEMA_VERSION
 
 from models.features import FEATURE_NAMES
 
@@ -166,7 +166,7 @@ def manifest_problems(manifest) -> List[str]:
     problems = []
     if manifest.get("manifest_version") != MANIFEST_VERSION:
         problems.append(f"manifest version {manifest.get('manifest_version')}, expected {MANIFEST_VERSION}")
-    if manifest.get("schema_version") != SCHEMA_VERSION:
+    if manifest.get("schema_version") not in READABLE_SCHEMA_VERSIONS:  # v1 columns are all in v2
         problems.append(
             f"trained on flow-record schema v{manifest.get('schema_version')}, this PRISM uses v{SCHEMA_VERSION}"
         )

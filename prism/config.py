@@ -5,6 +5,7 @@ Schema (unknown keys are errors)::
     idle_timeout: 10                  # s, int > 0: FSC entries expire after this idle time
     default_replication_factor: 1     # int >= 0: mirrors per flow unless the policy says otherwise
     max_replication_factor: 2         # int >= default: the most mirrors any flow gets
+    mirroring_mode: full              # full | state: what the switch copies to mirrors (fixed policy)
     management:                       # optional: see prism/config_mgmt.py
       listen: "172.30.0.254:7600"     # the controller's UDP address on the management network
       heartbeat_interval: 0.1         # s; dead_after (default 3.5 intervals), alive_after (1 s)
@@ -130,6 +131,7 @@ def render_config(config: PrismConfig) -> str:
         "idle_timeout": config.idle_timeout,
         "default_replication_factor": config.default_replication_factor,
         "max_replication_factor": config.max_replication_factor,
+        "mirroring_mode": config.mirroring_mode,
         "management": _render_management(config.management),
         "rest": {k: v for k, v in dataclasses.asdict(config.rest).items() if v is not None},
         "switches": [

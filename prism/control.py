@@ -29,6 +29,8 @@ MAX_FLOWS_LISTED = 10_000
 REPORT_FIELDS = ("seq", "flows", "primary_pps", "mirror_pps", "replication", "unassigned")
 #: Most unassigned flow ids of one heartbeat answered (the cells send at most 32).
 MAX_UNASSIGNED_ANSWERED = 64
+#: Most flows of one ``milestone`` message looked at (the cells send at most 500).
+MAX_MILESTONES_ANSWERED = 2_000
 
 Address = Tuple[str, int]
 
@@ -52,6 +54,13 @@ class ControlPlane:
         now: Current time (start of the cells' observation).
         settings: The failure detector's timing.
         addresses: Cell id -> its management ``(host, port)`` (cells without one get no messages).
+        state_interval_s: How often primaries send progress records of ``state`` flows (in the
+            directory; None: the cells' default).
+        takeover_tolerance_bytes: How far beyond the replicated window a cell taking a ``state``
+            flow over accepts its packets (in the directory; None: the cells' default).
+
+    The directory also carries ``milestones_s``: every age at which some
+    switch's policy re-decides a live flow (the primaries report them).
     """
 
     def __init__(
@@ -60,9 +69,13 @@ class ControlPlane:
         now: float,
         settings: Optional[HealthSettings] = None,
         addresses: Optional[Mapping[str, Address]] = None,
+        state_interval_s: Optional[float] = None,
+        takeover_tolerance_bytes: Optional[int] = None,
     ) -> None:
         self.directors = dict(directors)
         self.addresses: Dict[str, Address] = dict(addresses or {})
+        self.state_interval_s = state_interval_s
+        self.takeover_tolerance_bytes = takeover_tolerance_bytes
         self._switches_of: Dict[str, List[int]] = defaultdict(list)
         for dp_id, director in self.directors.items():
             for cell_id in director.cell_ports:
@@ -103,10 +116,22 @@ class ControlPlane:
             if not isinstance(profile_id, int) or not isinstance(target, str):
                 self.counts["mgmt_malformed"] += 1
                 return []
+            flows = message.get("flows")
+            flows = flows if isinstance(flows, list) else None  # a list: a per-flow seed's, echoed
             self.counts["seeded"] += 1
             out: List[Outgoing] = []
             for dp_id in self._switches_of[cell_id]:
-                out += _wrap(dp_id, self.directors[dp_id].on_seeded(cell_id, profile_id, target, now))
+                out += _wrap(dp_id, self.directors[dp_id].on_seeded(cell_id, profile_id, target, now, flows))
+            return out
+        if kind == "milestone":
+            reports = _milestone_reports(message.get("flows"))
+            if reports is None:
+                self.counts["mgmt_malformed"] += 1
+                return []
+            self.counts["milestone_messages"] += 1
+            out = []
+            for dp_id in self._switches_of[cell_id]:
+                out += _wrap(dp_id, self.directors[dp_id].on_milestone(cell_id, reports, now))
             return out
         self.counts["mgmt_ignored"] += 1
         return []
@@ -145,7 +170,17 @@ class ControlPlane:
     def _directory_to(self, cell_id: str) -> MgmtMessage:
         """The current directory (latest epoch) for one cell."""
         body = directory_message(self._directory_epoch, self.addresses, self.detector.usable_cells)
+        body["milestones_s"] = list(self.milestones_s)
+        if self.state_interval_s is not None:
+            body["state_interval_s"] = self.state_interval_s
+        if self.takeover_tolerance_bytes is not None:
+            body["takeover_tolerance_bytes"] = self.takeover_tolerance_bytes
         return MgmtMessage(cell_id, body)
+
+    @property
+    def milestones_s(self) -> Tuple[float, ...]:
+        """Every age (s, ascending) at which some switch's policy re-decides a live flow."""
+        return tuple(sorted({age for director in self.directors.values() for age in director.milestones_s}))
 
     # --- internals ------------------------------------------------------------------------------
     def _reassign(self, cell_id: str, unassigned: Any) -> List[Outgoing]:
@@ -197,6 +232,7 @@ class ControlPlane:
         for dp_id, director in sorted(self.directors.items()):
             counters = director.counters.as_dict()
             counters["drops"] = sum(counters["drops"].values())
+            counters["redecisions_refused"] = sum(counters["redecisions_refused"].values())
             counters["flows_active"] = len(director.flows)
             counters["groups_active"] = len(director.groups)
             for name, value in counters.items():
@@ -205,6 +241,7 @@ class ControlPlane:
             switches[f"{dp_id:016x}"] = {
                 **counters,
                 "drop_reasons": dict(director.counters.drops),
+                "redecisions_refused_reasons": dict(director.counters.redecisions_refused),
                 "last_failover": failover.as_dict() if failover else None,
                 "last_repair": director.last_repair.as_dict() if director.last_repair else None,
             }
@@ -307,6 +344,8 @@ class ControlPlane:
                     "group_id": entry.group_id,
                     "primary_cell": profile.primary_cell,
                     "mirror_cells": list(profile.mirror_cells),
+                    "mode": entry.mode,
+                    "seeding": director.flow_seed_targets(entry.flow_id),
                     "created_at": entry.created_at,
                     "last_seen": entry.last_seen,
                 }
@@ -322,3 +361,23 @@ def _has_directory_for(outgoing: Iterable[Outgoing], cell_id: str) -> bool:
 
 def _wrap(dp_id: int, decisions: Iterable[Decision]) -> List[Outgoing]:
     return [d if isinstance(d, MgmtMessage) else SwitchChange(dp_id, d) for d in decisions]
+
+
+def _milestone_reports(flows: Any) -> Optional[List[Tuple[int, float, int, int]]]:
+    """``[[flow_id, age_s, packets, bytes], ...]`` checked; None if it is not a list at all.
+
+    Malformed rows are skipped; at most MAX_MILESTONES_ANSWERED are kept.
+    """
+    if not isinstance(flows, list):
+        return None
+    reports = []
+    for row in flows[:MAX_MILESTONES_ANSWERED]:
+        if not isinstance(row, list) or len(row) != 4:
+            continue
+        flow_id, age_s, packets, byte_count = row
+        if not all(isinstance(v, int) and not isinstance(v, bool) for v in (flow_id, packets, byte_count)):
+            continue
+        if isinstance(age_s, bool) or not isinstance(age_s, (int, float)) or age_s != age_s or age_s < 0:
+            continue
+        reports.append((flow_id, float(age_s), packets, byte_count))
+    return reports

@@ -84,18 +84,24 @@ def load_directors(config: PrismConfig, logger, models=None) -> Dict[int, Mirror
         if models is not None:
             policy = models.policy_for(switch, ring)
         else:
-            policy = FixedPolicy(ring, config.default_replication_factor)
+            policy = FixedPolicy(ring, config.default_replication_factor, config.mirroring_mode)
         directors[dp_id] = MirroringDirector(switch, config.idle_timeout, policy, logger=logger, ring=ring)
     return directors
 
 
 def load_models(config: PrismConfig):
-    """The model service when the configuration names a model, else None (SystemExit if it cannot load)."""
+    """The policy service of the ``prediction`` section, else None (SystemExit if its model cannot load).
+
+    ``prediction.policy: aging`` (the default): ``AgingService`` (a model is optional);
+    ``first_packet``: ``ModelService``.
+    """
     if config.prediction is None:
         return None
-    from ryu_apps.prediction import ModelError, ModelService  # scikit-learn only when a model is used
+    from ryu_apps.prediction import AgingService, ModelError, ModelService  # scikit-learn only when a model is used
 
     try:
+        if getattr(config.prediction, "policy", "first_packet") == "aging":
+            return AgingService(config)
         return ModelService(config)
     except ModelError as error:
         raise SystemExit(f"PRISM: the model {config.prediction.model} (prediction.model) cannot be used:\n"
@@ -154,9 +160,12 @@ class MirroringDirectorApp(app_manager.RyuApp):
             self.logger.warning("%s", warning)
         self.models = load_models(self.config)
         self.directors = load_directors(self.config, self.logger, self.models)
+        management = self.config.management
         self.control = ControlPlane(
-            self.directors, time.time(), health_settings(self.config), cell_addresses(self.config)
-        )
+            self.directors, time.time(), health_settings(self.config), cell_addresses(self.config),
+            state_interval_s=getattr(management, "state_interval_s", None),
+            takeover_tolerance_bytes=getattr(management, "takeover_tolerance_bytes", None),
+        )  # fmt: skip
         if self.models is not None:
             self.models.attach_health(self.control.detector)
         self.datapaths: Dict[int, object] = {}
@@ -173,8 +182,8 @@ class MirroringDirectorApp(app_manager.RyuApp):
             self.config.default_replication_factor,
         )
         if self.models is not None:
-            self.logger.info("predictive policy: model %s, budget %g mirror copies per packet",
-                             self.models.directory, self.config.prediction.budget)
+            self.logger.info("%s policy: model %s, budget %g mirror copies per packet",
+                             self.config.prediction.policy, self.models.directory, self.config.prediction.budget)
 
     # --- Green threads ---------------------------------------------------------------------
     def start(self):

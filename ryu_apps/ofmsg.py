@@ -69,6 +69,7 @@ def _flow_mod(datapath: Any, mod: FlowMod) -> Any:
     commands = {
         Command.ADD: ofp.OFPFC_ADD,
         Command.MODIFY: ofp.OFPFC_MODIFY,
+        Command.MODIFY_STRICT: ofp.OFPFC_MODIFY_STRICT,
         Command.DELETE: ofp.OFPFC_DELETE,
     }
     instructions = []
@@ -76,6 +77,8 @@ def _flow_mod(datapath: Any, mod: FlowMod) -> Any:
         instructions.append(
             parser.OFPInstructionActions(ofp.OFPIT_APPLY_ACTIONS, _actions(datapath, mod.actions))
         )
+    if mod.write_metadata is not None:
+        instructions.append(parser.OFPInstructionWriteMetadata(*mod.write_metadata))
     if mod.goto_table is not None:
         instructions.append(parser.OFPInstructionGotoTable(mod.goto_table))
     return parser.OFPFlowMod(

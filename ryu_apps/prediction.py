@@ -116,3 +116,104 @@ class ModelService:
             "last_error": self.last_error,
             "policy": self.engine.status(),
         }
+
+
+class AgingService:
+    """Every switch's aging policy (``prism.policy_aging``), sharing one copy budget and, if configured, a model.
+
+    Without ``prediction.model`` the policies use the age rule (no model, no scikit-learn).
+    With one, the model is loaded like the first-packet policy's and must answer
+    ``alive_probability(row)`` (``prism.policy_aging.AliveScorer``); ``reload()``
+    swaps it on every policy at once.
+
+    Args:
+        config: The configuration (its ``prediction`` section, ``policy: aging``).
+        load: Loads a model directory (default ``Predictor.load``; raises ModelError).
+        run: Runs a reload's load (default: in a native thread).
+
+    Raises:
+        ModelError: the configured model cannot be used.
+    """
+
+    def __init__(self, config: PrismConfig, load: Callable[[str], Any] = load_model,
+                 run: Callable[..., Any] = in_native_thread) -> None:  # fmt: skip
+        from prism.policy_aging import CopyBudget, settings_from_config
+
+        if config.prediction is None:
+            raise ValueError("the configuration has no prediction section")
+        self.settings = config.prediction
+        self.max_replication_factor = config.max_replication_factor
+        self.directory = self.settings.model
+        self._load, self._run = load, run
+        self.scorer = self._checked(load(self.directory)) if self.directory else None
+        horizon = getattr(self.scorer, "horizon_s", None)
+        self.aging = settings_from_config(self.settings, horizon)
+        self.budget = CopyBudget(self.aging.budget, self.aging.milestones_s, self.aging.budget_window)
+        self.policies: List[Any] = []
+        self.loaded_at = time.time()
+        self.reloads = 0
+        self.failed_reloads = 0
+        self.last_error: Optional[str] = None
+
+    @staticmethod
+    def _checked(scorer: Any) -> Any:
+        if not callable(getattr(scorer, "alive_probability", None)):
+            raise ModelError("the model cannot score live flows (no alive_probability): the aging policy needs "
+                             "a model trained on flows' ages and counters (prism train), or none (the age rule)")
+        return scorer
+
+    def policy_for(self, switch: SwitchConfig, ring: HashRing):
+        """The aging policy of one switch (its ring; the shared budget and model)."""
+        from prism.policy_aging import AgingPolicy
+
+        max_rf = min(self.max_replication_factor, max(len(switch.cells) - 1, 0))
+        policy = AgingPolicy(ring, max_rf, self.aging, self.scorer, budget=self.budget)
+        self.policies.append(policy)
+        return policy
+
+    def attach_health(self, health: Health) -> None:
+        """Give every policy the failure detector."""
+        for policy in self.policies:
+            policy.health = health
+
+    def reload(self) -> Dict[str, Any]:
+        """Load the model directory again and give it to every policy (ModelError: the old one stays)."""
+        if not self.directory:
+            raise LookupError("the aging policy runs without a model (the age rule): nothing to reload")
+        previous = self.status()
+        try:
+            scorer = self._checked(self._run(self._load, self.directory))
+        except ModelError as error:
+            self.failed_reloads += 1
+            self.last_error = str(error)
+            raise
+        self.scorer = scorer
+        for policy in self.policies:
+            policy.scorer = scorer
+        self.loaded_at = time.time()
+        self.reloads += 1
+        self.last_error = None
+        return {"model": self.status(), "previous": previous}
+
+    def status(self) -> Dict[str, Any]:
+        """What is in service, for the REST API."""
+        manifest = getattr(self.scorer, "manifest", {}) or {}
+        totals: Dict[str, Any] = {}
+        for policy in self.policies:
+            for name, value in policy.status().items():
+                if isinstance(value, int) and not isinstance(value, bool) and name in policy.counts:
+                    totals[name] = totals.get(name, 0) + value
+        return {
+            "policy": "aging",
+            "directory": self.directory,
+            "model_digest": manifest.get("model_digest"),
+            "milestones_s": list(self.aging.milestones_s),
+            "mode": self.aging.mode,
+            "horizon_s": self.aging.horizon_s,
+            "loaded_at": self.loaded_at,
+            "reloads": self.reloads,
+            "failed_reloads": self.failed_reloads,
+            "last_error": self.last_error,
+            "counts": totals,
+            "budget": self.budget.status(),
+        }

@@ -214,7 +214,7 @@ class PrismRestApi(app_manager.RyuApp):
             check_authorization(req.headers.get("Authorization"), configured_token(app.config))
             body = parse_body(req.body)
             self.logger.warning("REST model reload%s", f" ({body['reason']})" if body.get("reason") else "")
-            if app.models is None:
+            if app.models is None or not app.models.directory:
                 return 409, {"error": "no model is configured: add a prediction section (prediction.model) "
                                       "to the PRISM configuration and restart the controller"}  # fmt: skip
             from models.artifact import ModelError  # loaded already: the director serves a model

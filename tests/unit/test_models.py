@@ -20,7 +20,7 @@ from models.features import FEATURE_NAMES
 from models.predictor import CompactEnsemble, Predictor
 from models.train import TrainConfig, split_by_group, train
 from prism import cli
-from prism.records import FlowRecord, records_to_frame, write_records
+from prism.records import SCHEMA_VERSION, FlowRecord, records_to_frame, write_records
 
 COL = {name: i for i, name in enumerate(FEATURE_NAMES)}
 
@@ -106,7 +106,7 @@ def test_manifest_records_what_the_issue_asks(trained):
     frame, result, directory = trained
     manifest = json.loads((directory / MANIFEST_FILE).read_text())
     assert manifest["feature_names"] == list(FEATURE_NAMES)
-    assert manifest["schema_version"] == 1 and manifest["horizon_s"] == 2.0
+    assert manifest["schema_version"] == SCHEMA_VERSION and manifest["horizon_s"] == 2.0
     assert manifest["training_data"]["digest"].startswith("sha256:")
     assert {"sklearn", "skops", "numpy"} <= set(manifest["libraries"])
     assert "alive_roc_auc" in manifest["metrics_heldout"]["hgb"]

@@ -167,3 +167,28 @@ def test_match_is_built_in_oxm_order_with_the_same_bytes_as_keywords(datapath, f
 def test_match_with_an_unknown_field_is_refused(datapath):
     with pytest.raises(KeyError, match="unknown OXM field"):
         to_ofmsg(datapath, FlowMod(Command.ADD, 0, Match.of(no_such_field=1)))
+
+
+def test_state_mode_entries_write_metadata_and_match_tcp_flags_as_the_onf_extension(datapath):
+    from prism.openflow import METADATA_PROFILE_MASK, TABLE_PROFILE
+
+    fsc = FlowMod(
+        Command.MODIFY_STRICT, TABLE_FSC, Match.of(eth_type=0x0800, ip_proto=6, tcp_src=1, tcp_dst=2),
+        priority=200, goto_table=TABLE_PROFILE, cookie=7, write_metadata=(0x10001, METADATA_PROFILE_MASK),
+    )  # fmt: skip
+    parsed = _reparse_flow_mod(datapath, to_ofmsg(datapath, fsc))
+    assert parsed.command == OFP.OFPFC_MODIFY_STRICT
+    write, goto = parsed.instructions
+    assert (write.metadata, write.metadata_mask) == (0x10001, METADATA_PROFILE_MASK)
+    assert goto.table_id == TABLE_PROFILE
+    flags = FlowMod(
+        Command.ADD, TABLE_PROFILE,
+        Match.of(metadata=(0x10001, METADATA_PROFILE_MASK), eth_type=0x86DD, ip_proto=6, tcp_flags=(0x02, 0x02)),
+        priority=300, actions=(GroupAction(0x10001),),
+    )  # fmt: skip
+    message = to_ofmsg(datapath, flags)
+    message.serialize()
+    assert struct.pack("!I", 0x4F4E4600) in bytes(message.buf), "tcp_flags goes out as the ONF experimenter OXM"
+    parsed = _reparse_flow_mod(datapath, message)
+    fields = match_to_dict(parsed.match)
+    assert fields["tcp_flags"] == (0x02, 0x02) and fields["metadata"] == (0x10001, METADATA_PROFILE_MASK)
