@@ -54,6 +54,9 @@ setup(
             "pytest",
             "pytest-timeout",
             "hypothesis",
+            # The architecture's import contracts (.importlinter), run by
+            # tests/unit/test_layers.py; acyclic_siblings contracts need 2.x.
+            "import-linter>=2.17,<3",
             # Executing notebooks headless: nbclient runs them in an ipykernel.
             "nbclient",
             "nbformat",
