@@ -40,8 +40,11 @@ MGMT_CELL_HOST_BASE = 10
 #: Switch port numbers: edge hosts count up from 1, cells from CELL_PORT_BASE.
 EDGE_PORT_BASE = 1
 CELL_PORT_BASE = 101
+#: This file. ``mn --custom FILE`` executes it with no ``__file__``; the README runs
+#: that command from the repository, where this relative path holds.
+_THIS_FILE = Path(globals().get("__file__", "mininet_topos/prism_topo.py"))
 #: The shipped SPE model, used by ``prism_config(prediction=True)`` (the demo).
-DEFAULT_MODEL_DIR = Path(__file__).resolve().parent.parent / "models" / "default"
+DEFAULT_MODEL_DIR = _THIS_FILE.resolve().parent.parent / "models" / "default"
 #: The demo's mirroring budget: mirror copies per packet the predictive policy may spend.
 DEMO_MIRROR_BUDGET = 0.5
 #: The shipped configuration: ``prism demo`` runs its replication policy.

@@ -27,9 +27,9 @@ from mininet_topos.harness import STATS_COLLECTOR_APP, PrismNetwork
 from mininet_topos.prism_topo import prediction_config
 from prism.openflow import MIRROR_MAC
 from prism.telemetry_files import read_flows, read_stats
+from tests.support import poll
 
 IDLE_TIMEOUT_S = 2
-POLL_TIMEOUT_S = 20.0
 DNS_PORT = 53
 IPERF_PORT = 5201
 WARM_UP_DATA_PORT, DATA_PORT = 45001, 45002
@@ -60,16 +60,6 @@ for _ in range(count):
             pass
 print(answered)
 """.replace("QUERY", repr(QUERY))
-
-
-def poll(predicate, timeout: float = POLL_TIMEOUT_S, interval: float = 0.3):
-    """Call ``predicate`` until it returns something truthy; returns that (or the last value)."""
-    deadline = time.monotonic() + timeout
-    value = predicate()
-    while not value and time.monotonic() < deadline:
-        time.sleep(interval)
-        value = predicate()
-    return value
 
 
 def dns_exchanges(net: PrismNetwork, client: str, count: int) -> int:

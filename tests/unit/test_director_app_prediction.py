@@ -83,26 +83,18 @@ def test_a_flows_last_flow_removed_teaches_the_policy_and_raises_the_telemetry_e
                                                                                     model_copy):
     from types import SimpleNamespace
 
-    from ryu.ofproto import ofproto_protocol, ofproto_v1_3, ofproto_v1_3_parser
+    from ryu.ofproto import ofproto_v1_3_parser
 
     from prism.flows import direction_match, parse_frame
     from prism.openflow import TABLE_FSC
     from prism.packets import build_udp_frame
     from ryu_apps.telemetry_events import EventFlowEnded
-
-    class Datapath(ofproto_protocol.ProtocolDesc):
-        def __init__(self) -> None:
-            super().__init__(ofproto_v1_3.OFP_VERSION)
-            self.id, self.sent = 1, []
-
-        def send_msg(self, message) -> None:
-            message.serialize()
-            self.sent.append(message)
+    from tests.support import FakeDatapath
 
     app = make_app(tmp_path, monkeypatch, f"prediction: {{policy: first_packet, model: {model_copy}}}\n")
     events = []
     monkeypatch.setattr(app, "send_event_to_observers", lambda event, *args: events.append(event))
-    datapath = Datapath()
+    datapath = FakeDatapath(1)
     frame = build_udp_frame("10.0.0.4", "10.0.0.5", 40000, 53, b"query")
     info = parse_frame(frame)
     parser = ofproto_v1_3_parser

@@ -288,7 +288,12 @@ def test_deleting_a_group_removes_the_flows_that_use_it():
 
 
 def test_deleting_a_missing_group_is_harmless():
-    FakeSwitch().apply([group(5, GroupType.ALL, command=Command.DELETE)])
+    switch = FakeSwitch(strict=False)
+    switch.apply([group(1, GroupType.ALL, Bucket((Output(1),))), add(0, 10, [GroupAction(1)], notify=True)])
+    before = switch.dump()
+    result = switch.apply([group(5, GroupType.ALL, command=Command.DELETE)])
+    assert switch.errors == [], "OpenFlow 1.3: deleting a group that does not exist is no error"
+    assert result.flow_removed == [] and switch.dump() == before
 
 
 def test_idle_entries_expire_with_a_flow_removed_report_when_asked():

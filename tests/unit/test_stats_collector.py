@@ -13,7 +13,9 @@ import pytest
 pytest.importorskip("ryu")
 
 from ryu.controller.handler import DEAD_DISPATCHER, MAIN_DISPATCHER  # noqa: E402
-from ryu.ofproto import ofproto_protocol, ofproto_v1_3, ofproto_v1_3_parser  # noqa: E402
+from ryu.ofproto import ofproto_v1_3, ofproto_v1_3_parser  # noqa: E402
+
+from tests.support import FakeDatapath  # noqa: E402
 
 from prism.flows import parse_frame  # noqa: E402
 from prism.packets import build_udp_frame  # noqa: E402
@@ -36,19 +38,6 @@ CONFIG = textwrap.dedent("""\
         edge_ports: [4, 5]
     telemetry: {dir: telemetry, rotate_records: 100, rotate_s: 30, poll_interval: 5}
     """)
-
-
-class FakeDatapath(ofproto_protocol.ProtocolDesc):
-    """A datapath that records what is sent to it."""
-
-    def __init__(self, dp_id: int) -> None:
-        super().__init__(OFP.OFP_VERSION)
-        self.id = dp_id
-        self.sent = []
-
-    def send_msg(self, message) -> None:
-        message.serialize()
-        self.sent.append(message)
 
 
 @pytest.fixture
