@@ -9,7 +9,7 @@ outcome reaches the history and the budget's window when the switch would have
 reported it (duration + idle timeout later), as ``PredictivePolicy.flow_ended``
 does. Printed per budget: mirror copies per packet realised over the whole
 replay and over its second half, flows mirrored and at-risk packets protected
-(``models.evaluation``'s weights), for
+(``prism.evaluation``'s weights), for
 
 - the online threshold (what the controller does),
 - the training data's threshold kept fixed (the manifest's operating point),
@@ -32,7 +32,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from models.evaluation import ranked_policy  # noqa: E402
+from prism.evaluation import ranked_policy  # noqa: E402
 from models.features import FirstPacket  # noqa: E402
 from models.predictor import Predictor  # noqa: E402
 from prism.budget import BudgetSettings  # noqa: E402

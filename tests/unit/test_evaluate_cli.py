@@ -1,0 +1,79 @@
+"""``prism evaluate``: the controller row from a configuration's policy, beside every other row, as text and JSON."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from prism.cli import main
+from prism.records import read_records, write_records
+
+from models.controller_row import SHIPPED_CONFIG, controller_replay, describe
+
+ROOT = Path(__file__).resolve().parents[2]
+NDPI = ROOT / "data" / "flows" / "ndpi_flows.parquet"
+AGING_CONFIG = """
+prediction:
+  policy: aging
+  budget: 0.1
+switches:
+  - dpid: 1
+    cells:
+      - {id: cell1, port: 1}
+      - {id: cell2, port: 2}
+      - {id: cell3, port: 3}
+    edge_ports: [4, 5]
+"""
+
+
+@pytest.fixture(scope="module")
+def flows(tmp_path_factory):
+    path = tmp_path_factory.mktemp("flows") / "flows.parquet"
+    write_records(read_records(NDPI).head(600), path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def aging_config(tmp_path_factory):
+    path = tmp_path_factory.mktemp("config") / "prism.yaml"
+    path.write_text(AGING_CONFIG)
+    return path
+
+
+def test_json_has_the_controller_row_and_every_other(flows, aging_config, tmp_path, capsys):
+    out = tmp_path / "eval.json"
+    code = main(["evaluate", str(flows), "--config", str(aging_config), "--model", str(tmp_path / "absent"),
+                 "--json", str(out)])  # fmt: skip
+    assert code == 1 and "no manifest.json" in capsys.readouterr().err  # a named model must load
+    assert main(["evaluate", str(flows), "--config", str(aging_config), "--include-training-groups",
+                 "--json", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "| controller | state |" in printed and "controller vs fixed rf1" in printed
+    report = json.loads(out.read_text())
+    rows = {row["policy"]: row for row in report["policies"]}
+    assert {"controller", "none", "fixed rf1", "fixed rf2", "fixed rf1 state", "random", "oracle"} <= set(rows)
+    controller = rows["controller"]
+    assert controller["mode"] == "state" and controller["flows_promoted"] > 0
+    assert rows["random"]["packets_mirrored"] == pytest.approx(controller["packets_mirrored"])
+    assert report["targets"]["copies_vs_rf1"] == pytest.approx(controller["packets_mirrored"])
+    assert report["redecisions"] > 0 and "aging policy" in report["controller"]
+
+
+def test_the_controller_row_is_the_configured_policy_replayed(flows, aging_config):
+    frame = read_records(flows)
+    timeline = controller_replay(aging_config)(frame)
+    assert timeline.mode.max() == 1 and (timeline.age_s > 0).any()  # promotions at milestones, state mode
+    again = controller_replay(aging_config)(frame)  # a fresh policy each replay: the same decisions
+    assert (again.replication_factor == timeline.replication_factor).all()
+    fixed = controller_replay(SHIPPED_CONFIG)(frame) if "fixed policy" in describe(SHIPPED_CONFIG) else None
+    if fixed is not None:
+        assert len(fixed.flow) == len(frame) and (fixed.age_s == 0).all()
+
+
+def test_bad_configuration_is_refused(flows, tmp_path, capsys):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("switches: []\nprediction: {policy: aging, budget: 7}\n")
+    assert main(["evaluate", str(flows), "--config", str(bad)]) == 1
+    assert "prism evaluate:" in capsys.readouterr().err
