@@ -25,6 +25,7 @@ from threadpoolctl import threadpool_limits
 from prism.flowmeter import DEFAULT_IDLE_TIMEOUT_S
 from prism.records import END_CAPTURE, records_digest
 
+from models.artifact import probe_rows_json
 from models.estimator import (
     ALIVE,
     BASELINE_ALIVE,
@@ -131,6 +132,7 @@ class TrainResult:
                 "test_groups": sorted(frame.loc[test, "group"].unique().tolist()),
             },
             "metrics_heldout": self.metrics,
+            "probe_rows": probe_rows_json(self.data.X[test]),
             "thresholds": {f"{b:g}": t for b, t in self.thresholds.items()},
             "policies_heldout": [row.as_dict() for row in self.policies],
         }
