@@ -61,7 +61,7 @@ from benchmarks.harness.workload import CELL_PORTS, DP_ID, EDGE_PORTS, new_flows
 from prism.config import parse_config  # noqa: E402
 from prism.openflow import COOKIE_PIPELINE, TABLE_FSC  # noqa: E402
 
-DEFAULT_MODEL = ROOT / "models" / "default"
+DEFAULT_MODEL = ROOT / "models" / "first_packet"  #: --policy first_packet's model
 SHIPPED_CONFIG = ROOT / "examples" / "prism.yaml"
 DEFAULT_BUDGET = 0.25  #: as the configuration's default (prism/config_telemetry.py)
 TARGET_RATIO = 2.0  #: the issue's target: PRISM within 2x of simple_switch_13's cost per new flow
@@ -278,7 +278,7 @@ def main() -> int:
                              "first-packet predictive policy with --model, or a FixedPolicy")  # fmt: skip
     parser.add_argument("--model", default=str(DEFAULT_MODEL),
                         help="model directory for PRISM's predictive policy, or 'none' for a FixedPolicy "
-                             "(default models/default)")  # fmt: skip
+                             "(default models/first_packet)")  # fmt: skip
     parser.add_argument("--budget", type=float, default=DEFAULT_BUDGET,
                         help=f"the predictive policy's mirror budget (default {DEFAULT_BUDGET})")  # fmt: skip
     parser.add_argument("--replication-factor", type=int, default=1,
@@ -292,8 +292,8 @@ def main() -> int:
 
     model = None if args.model == "none" or args.policy == "fixed" else Path(args.model)
     prediction = shipped_prediction() if args.policy == "shipped" else None
-    if prediction is not None:
-        model = None
+    if args.policy == "shipped":
+        model = None  # the shipped configuration's policy, or its fixed replication factor
     elif model is not None and not (model / "manifest.json").exists():
         parser.error(f"--model {model}: no model there (manifest.json missing); give a model directory or 'none'")
     policy = f"predictive policy, model {args.model}, budget {args.budget:g}" if model else \

@@ -40,8 +40,9 @@ MGMT_CELL_HOST_BASE = 10
 #: Switch port numbers: edge hosts count up from 1, cells from CELL_PORT_BASE.
 EDGE_PORT_BASE = 1
 CELL_PORT_BASE = 101
-#: The shipped SPE model, used by ``prism_config(prediction=True)`` (the demo).
-DEFAULT_MODEL_DIR = Path(__file__).resolve().parent.parent / "models" / "default"
+#: The shipped first-packet SPE model, used by ``prism_config(prediction=True)`` and
+#: ``prediction_config`` (``prediction.policy: first_packet``; models/default is the aging model).
+DEFAULT_MODEL_DIR = Path(__file__).resolve().parent.parent / "models" / "first_packet"
 #: The demo's mirroring budget: mirror copies per packet the predictive policy may spend.
 DEMO_MIRROR_BUDGET = 0.5
 #: The shipped configuration: ``prism demo`` runs its replication policy.
