@@ -35,11 +35,14 @@ ages of the packets still to come) / sum(the same over every age)``.
   mirrored, once per mirror; ``state`` copies the state packets that arrive
   while mirrored, plus the first packet of a flow mirrored at birth;
 - replication bytes per traffic byte: the State Mirroring Module's records,
-  as ``benchmarks/replication_cost.py`` measures them with real SMMs:
-  ``REPLICATION_BYTES_PER_FLOW`` per flow and mirror (its versioned changes),
-  ``SEED_BYTES_PER_FLOW`` per mirror seeded after birth, and in ``state``
-  mode one progress record (``PROGRESS_RECORD_BYTES``) per mirror and
-  ``state_interval_s`` in which the flow sent packets.
+  as ``benchmarks/replication_cost.py`` measures them with real SMMs: a
+  mirror present at birth gets the flow's three change records (handshake
+  with its token, teardown, removal: ``REPLICATION_BYTES_PER_FLOW``); a
+  mirror added later gets a seed (``SEED_BYTES_PER_FLOW``) and the last two;
+  in ``state`` mode every mirror also gets one progress record
+  (``PROGRESS_RECORD_BYTES``) per ``state_interval_s`` in which the flow
+  sent packets. A promotion after the flow's last packet (the director still
+  holds the flow until its idle timeout) pays its seed and records too.
 
 Policies that decide once, at birth, are built here: fixed, random (in
 expectation: every flow mirrored with the same probability, spending the
@@ -67,25 +70,30 @@ MODE_CODES = {name: code for code, name in MODE_NAMES.items()}
 
 #: Shares of packets mirrored at which ranked policies are compared by default.
 DEFAULT_BUDGETS = (0.1, 0.25, 0.5)
-#: Seconds from a promotion until the new mirror holds the flow's state: one
-#: management round trip (the controller's ``seed`` naming the flow, the primary
-#: SMM's snapshot of it, ``seeded`` back), answered as it arrives, not at a tick.
-#: 50 ms bounds that round trip on the demo's management network (veth pairs in
-#: Mininet: well under a millisecond) with the cell loop's batching; override
-#: with ``EvalSettings.seed_delay_s``.
-SEED_DELAY_S = 0.05
-#: The SMM's bytes per flow and mirror for its versioned changes over the flow's
-#: life (handshake with its token, teardown, removal; state datagrams and acks,
-#: compressed, batched), measured by ``benchmarks/replication_cost.py``: 173 B
-#: per long TCP flow whatever its length and rate. Used for every flow (a UDP
-#: flow has fewer changes: an upper bound for those).
-REPLICATION_BYTES_PER_FLOW = 173.0
+#: Seconds from the milestone at which a flow is promoted until its new mirror
+#: holds its state, the longest the path can take: the primary cell reports the
+#: milestone at its next tick (``prism.cell.loop.DEFAULT_TICK_S``, 0.1 s), the
+#: controller sends the per-flow ``seed`` at its next control tick
+#: (``ryu_apps.mirroring_director.TICK_S``, 0.05 s), and the primary SMM's
+#: snapshot crosses the management network as it is asked (well under a
+#: millisecond on the demo's veth pairs). 0.075 s on average; the bound is used
+#: so that protection is never overstated (``prism evaluate --seed-delay``).
+SEED_DELAY_S = 0.15
+#: The SMM's bytes per flow and mirror for its three change records over the
+#: flow's life (handshake with its token, teardown, removal; state datagrams and
+#: acks, compressed, batched): 191 B, ``benchmarks/replication_cost.py --flows 500
+#: --duration 30`` (full mode). Used for every flow (a UDP flow has fewer changes:
+#: an upper bound for those).
+REPLICATION_BYTES_PER_FLOW = 191.0
+CHANGE_RECORDS_PER_FLOW = 3
+#: Change records a mirror added after birth still gets (teardown, removal).
+CHANGE_RECORDS_AFTER_PROMOTION = 2
 #: Wire bytes of one flow's record in a seed snapshot (the same benchmark: 55 B per record, batched).
 SEED_BYTES_PER_FLOW = 55.0
 #: Wire bytes of one ``state``-mode progress record, state datagram and ack
-#: (compressed, batched), measured by ``benchmarks/replication_cost.py --mode state
-#: --flows 200 --duration 10``: 100.2 B per record.
-PROGRESS_RECORD_BYTES = 100.2
+#: (compressed, batched): 100.3 B, ``benchmarks/replication_cost.py --mode state
+#: --flows 500 --duration 30`` (a busy cell; 178.7 B with 10 flows per tick).
+PROGRESS_RECORD_BYTES = 100.3
 #: Seconds between two progress records of a moving flow (``prism.mgmt.DEFAULT_STATE_INTERVAL_S``).
 STATE_INTERVAL_S = 1.0
 #: IP bytes of a copied state packet whose size the records do not give (a SYN
@@ -346,18 +354,19 @@ def judge(curves: FlowCurves, decisions: Decisions, settings: EvalSettings = Eva
     state_copies = s_end - s_start + np.where(first & ~curves.first_is_state[flow], 1.0, 0.0)
     copies = rf * np.where(full, p_end - p_start, state_copies)
     copy_bytes = rf * np.where(full, b_end - b_start, state_copies * STATE_PACKET_BYTES)
-    # SMM bytes: versioned changes per mirror (the most mirrors the flow had), seeds of mirrors
-    # added after birth, progress records per mirror and interval with packets in state mode.
-    previous = np.r_[0.0, rf[:-1]]
-    previous = np.where(first, 0.0, previous)
-    added = np.where(first, 0.0, np.maximum(rf - previous, 0.0))
+    # SMM bytes: change records of mirrors present at birth, seed and later change records of
+    # mirrors added since, progress records per mirror and interval with packets in state mode.
+    previous = np.where(first, 0.0, np.r_[0.0, rf[:-1]])
+    added = np.maximum(rf - previous, 0.0)
+    record = settings.replication_bytes_per_flow / CHANGE_RECORDS_PER_FLOW
+    per_added = np.where(first, settings.replication_bytes_per_flow,
+                         settings.seed_bytes_per_flow + CHANGE_RECORDS_AFTER_PROMOTION * record)  # fmt: skip
     moved = p_end - p_start
     intervals = np.floor((end - start) / settings.state_interval_s) + 1.0
     progress = np.where(~full & (moved > 0), np.minimum(moved, intervals), 0.0) * rf
+    smm = _per_flow(flow, added * per_added + progress * settings.progress_record_bytes, n)
     most = np.zeros(n)
     np.maximum.at(most, flow, rf)
-    smm = (most * settings.replication_bytes_per_flow
-           + _per_flow(flow, added * settings.seed_bytes_per_flow + progress * settings.progress_record_bytes, n))  # fmt: skip
     mirrored_at_birth = np.zeros(n, dtype=bool)
     mirrored_at_birth[flow[first]] = rf[first] >= 1
     time_1, packets_1 = _protection(curves, decisions, start, end, first, 1, settings.seed_delay_s)
@@ -485,6 +494,24 @@ def within_budget(scores, cost, allowance: float) -> Tuple[np.ndarray, Optional[
     taken = np.flatnonzero(block_share > 0)
     threshold = float(sorted_scores[starts[taken[-1]]]) if len(taken) else None
     return share, threshold
+
+
+def fill_budget(scores, cost, allowance: float) -> np.ndarray:
+    """One realisation of ``within_budget`` (0/1 per flow): best-scored first (ties in flow order); a
+    flow whose cost does not fit in what is left is skipped and the next ones are tried, so that one
+    elephant does not leave the budget unspent."""
+    cost = np.asarray(cost, dtype=float)
+    order = np.argsort(-np.asarray(scores, dtype=float), kind="stable")
+    left = float(allowance)
+    out = np.zeros(len(order), dtype=np.int8)
+    smallest = float(cost.min()) if len(cost) else 0.0
+    for flow, size in zip(order.tolist(), cost[order].tolist()):
+        if left < smallest:
+            break
+        if size <= left:
+            out[flow] = 1
+            left -= size
+    return out
 
 
 def ranked(curves: FlowCurves, scores, budget: float, name: str, mode: str = "full",

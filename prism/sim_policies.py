@@ -7,8 +7,8 @@
 - ``none``, ``fixed rf1``, ``fixed rf2``: every flow gets 0, 1 or 2 mirrors
   in ``full`` mode (``prism.policy.FixedPolicy``); ``fixed rf1 state``: one
   mirror in ``state`` mode.
-- ``random @ budget``: each flow mirrored at birth with the probability that
-  spends the budget (``prism.evaluation.random_choice``), drawn with the seed.
+- ``random @ budget``: random flows mirrored at birth until the budget is
+  spent (``prism.evaluation.fill_budget`` over scores drawn with the seed).
 - ``predictive``: what the controller's first-packet policy
   (``prism.policy_predictive``, configuration ``prediction.policy:
   first_packet``) does with no failure history (every cell equally healthy:
@@ -24,9 +24,9 @@
 - ``predictive, training threshold``: the model manifest's threshold for the
   budget kept fixed.
 - ``predictive, ranked``: the best-scored flows until the budget is spent,
-  knowing every score in advance (``prism.evaluation.within_budget``; a tied
-  block crossing the budget is drawn at random in part): a bound, not a
-  policy a controller can run.
+  knowing every score in advance (``prism.evaluation.fill_budget``: a flow
+  that does not fit is skipped for smaller ones): a bound, not a policy a
+  controller can run.
 - ``oracle``: knows the future: one mirror from birth for exactly the flows
   that a failure hits (those at risk under ``none``), none for the others.
 
@@ -41,7 +41,7 @@ from typing import Callable, Dict, Optional
 import numpy as np
 import pandas as pd
 
-from prism.evaluation import Decisions, EvalSettings, FlowCurves, birth_copies, within_budget
+from prism.evaluation import Decisions, EvalSettings, FlowCurves, birth_copies, fill_budget
 
 CONTROLLER = "controller"
 NONE = "none"
@@ -98,27 +98,20 @@ def predicted_durations(frame: pd.DataFrame, predictor, stage: Optional[Stage] =
     return out
 
 
-def drawn(weight: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    """One mirror (1) or none (0) per flow, mirrored with probability ``weight`` (0..1)."""
-    weight = np.asarray(weight, dtype=float)
-    return (rng.random(len(weight)) < weight).astype(np.int8)
-
-
-def budget_decisions(curves: FlowCurves, scores, budget: float, rng: np.random.Generator,
-                     mode: str = "full", settings: EvalSettings = EvalSettings()) -> Decisions:  # fmt: skip
+def budget_decisions(curves: FlowCurves, scores, budget: float, mode: str = "full",
+                     settings: EvalSettings = EvalSettings()) -> Decisions:  # fmt: skip
     """One mirror at birth for the best-scored flows until ``budget`` copies per packet are spent."""
     if not 0.0 <= budget:
         raise PolicyError(f"the budget is mirror copies per packet, >= 0, not {budget}")
-    weight, _threshold = within_budget(scores, birth_copies(curves, mode, settings), budget * curves.packets.sum())
-    return Decisions.at_birth(drawn(weight, rng), mode)
+    chosen = fill_budget(scores, birth_copies(curves, mode, settings), budget * curves.packets.sum())
+    return Decisions.at_birth(chosen, mode)
 
 
 def random_decisions(curves: FlowCurves, budget: float, seed: int, mode: str = "full",
                      settings: EvalSettings = EvalSettings()) -> Decisions:  # fmt: skip
-    """One mirror at birth for random flows, each with the probability that spends ``budget``."""
-    cost = birth_copies(curves, mode, settings)
-    probability = min(1.0, budget * curves.packets.sum() / max(float(cost.sum()), 1e-12))
-    return Decisions.at_birth(drawn(np.full(len(curves), probability), np.random.default_rng(seed)), mode)
+    """One mirror at birth for random flows until ``budget`` copies per packet are spent."""
+    scores = np.random.default_rng(seed).random(len(curves))
+    return budget_decisions(curves, scores, budget, mode, settings)
 
 
 def oracle_decisions(at_risk_without_mirrors: np.ndarray, mode: str = "full") -> Decisions:
@@ -159,8 +152,7 @@ def online_factors(frame: pd.DataFrame, scores: np.ndarray, predictor, budget: f
 
 
 def model_decisions(
-    names, frame: pd.DataFrame, curves: FlowCurves, predictor, budget: float, seed: int = 0,
-    stage: Optional[Stage] = None,
+    names, frame: pd.DataFrame, curves: FlowCurves, predictor, budget: float, stage: Optional[Stage] = None,
 ) -> Dict[str, Decisions]:  # fmt: skip
     """Decisions of the model policies in ``names`` (all from one prediction pass; full mode, at birth).
 
@@ -182,5 +174,5 @@ def model_decisions(
             raise PolicyError(f"the model {predictor.directory} has no calibrated threshold")
         out[PREDICTIVE_THRESHOLD] = Decisions.at_birth((scores >= threshold).astype(np.int8))
     if PREDICTIVE_RANKED in wanted:
-        out[PREDICTIVE_RANKED] = budget_decisions(curves, scores, budget, np.random.default_rng([seed, 2]))
+        out[PREDICTIVE_RANKED] = budget_decisions(curves, scores, budget)
     return out

@@ -119,7 +119,7 @@ def run_policies(
     if RANDOM_BUDGET in names:
         decided[RANDOM_BUDGET] = random_decisions(curves, budget, seed, budget_mode, settings.costs)
     if any(name in MODEL_POLICIES for name in names):
-        decided.update(model_decisions(names, frame, curves, predictor, budget, seed, stage))
+        decided.update(model_decisions(names, frame, curves, predictor, budget, stage))
     most = max([int(d.replication_factor.max(initial=0)) for d in decided.values()] + [1])
     redecides = any(len(d.flow) > len(flows) for d in decided.values())
     depth = min(len(cells), 1 + most + (1 if redecides else 0))

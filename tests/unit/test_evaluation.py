@@ -147,14 +147,18 @@ def test_state_mode_copies_only_state_packets_and_the_first_packet_at_birth():
 def test_state_mode_pays_progress_records_and_promotions_pay_seeds():
     record = tcp_flow(10.0, 100, lambda m: int(10 * m) + 1)
     curves = FlowCurves.from_frame(records_to_frame([record]))
-    settings = EvalSettings(state_interval_s=1.0, replication_bytes_per_flow=100.0, seed_bytes_per_flow=10.0,
+    settings = EvalSettings(state_interval_s=1.0, replication_bytes_per_flow=300.0, seed_bytes_per_flow=10.0,
                             progress_record_bytes=1.0)  # fmt: skip
     full_birth = judge(curves, Decisions.fixed(1, 1, "full"), settings).smm_bytes[0]
     state_birth = judge(curves, Decisions.fixed(1, 1, "state"), settings).smm_bytes[0]
     state_later = judge(curves, promoted(4.0), settings).smm_bytes[0]
-    assert full_birth == 100.0
-    assert state_birth == 100.0 + 11  # a record per second with packets over 10 s
-    assert state_later == 100.0 + 10.0 + 7  # the seed, records over the last 6 s
+    two_later = judge(curves, promoted(4.0, rf=2), settings).smm_bytes[0]
+    assert full_birth == 300.0  # three change records
+    assert state_birth == 300.0 + 11  # and a progress record per second with packets over 10 s
+    assert state_later == 10.0 + 200.0 + 7  # the seed, teardown and removal, records over the last 6 s
+    assert two_later == 2 * state_later
+    after_the_end = judge(curves, promoted(30.0), settings).smm_bytes[0]
+    assert after_the_end == 10.0 + 200.0  # promoted once quiet: no records, but the seed is paid
 
 
 def test_demotion_ends_protection_and_a_double_failure_needs_two_seeded_mirrors():
