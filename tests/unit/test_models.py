@@ -220,12 +220,12 @@ def test_train_and_evaluate_commands(tmp_path, capsys):
     report = tmp_path / "eval.json"
     assert cli.main(["evaluate", str(flows), "--model", str(model_dir), "--json", str(report)]) == 0
     out = capsys.readouterr().out
-    assert "| fixed rf2 |" in out and "| oracle | 25% |" in out
+    assert "| fixed rf2 |" in out and "| oracle | full | 0.25 |" in out and "| predictive (HGB) |" in out
     data = json.loads(report.read_text())
     trained_on = json.loads((model_dir / MANIFEST_FILE).read_text())["training_data"]["train_flows"]
     assert data["excluded_training_flows"] == trained_on and data["flows"] == 8 * 80 - trained_on
     policies = {row["policy"] for row in data["policies"]}
-    assert {"none", "fixed rf1", "fixed rf2", "random", "predictive (HGB)", "oracle"} <= policies
+    assert {"controller", "none", "fixed rf1", "fixed rf2", "random", "oracle"} <= policies
 
 
 def test_commands_fail_cleanly_on_bad_input(tmp_path, capsys):
