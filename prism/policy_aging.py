@@ -77,7 +77,7 @@ DEFAULT_PROMOTE_PROBABILITY = 0.5
 DEFAULT_DEMOTE_PROBABILITY = 0.0  #: never demote unless configured
 DEFAULT_BUDGET = 0.1  #: mirror copies per packet
 DEFAULT_BUDGET_WINDOW = 4096  #: ended flows in the budget's window
-MIN_BUDGET_FLOWS = 64  #: ended flows before the budget gate acts
+MIN_BUDGET_FLOWS = 1024  #: ended flows the budget gate judges at least (a few dozen bursty flows are noise)
 RELAX_SHARE = 0.5  #: the gate steps down when the window spends less than this share of the budget
 #: A TCP flow promoted after its handshake can still send this many state packets (a FIN per
 #: direction, or a RST): the budget's estimate of its copies per mirror.
