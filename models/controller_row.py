@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import dataclasses
 from pathlib import Path
-from typing import Any, Callable, Union
+from typing import Any, Callable, Optional, Union
 
 import pandas as pd
 
@@ -86,10 +86,12 @@ def controller_replay(config: Union[str, Path, PrismConfig, None] = None,
     return replay
 
 
-def describe(config: Union[str, Path, PrismConfig, None] = None) -> str:
-    """One line naming the controller row's configuration and policy."""
+def describe(config: Union[str, Path, PrismConfig, None] = None, model: Optional[str] = None) -> str:
+    """One line naming the controller row's configuration and policy (``model``: names a replaced model)."""
     config = load(config)
     prediction = config.prediction
+    if prediction is not None and model is not None:
+        prediction = dataclasses.replace(prediction, model=model)
     if prediction is None:
         return (f"{config.source}: fixed policy, replication factor {config.default_replication_factor}, "
                 f"{config.mirroring_mode} mode")  # fmt: skip
