@@ -281,6 +281,7 @@ class AgingPolicy:
                                                                    settings.budget_window)  # fmt: skip
         self._birth_mode = MODE_STATE if settings.mode == MODE_AUTO else settings.mode
         self._flows: Dict[int, _Flow] = {}
+        self._alone: Dict[str, MirroringProfile] = {}
         self._mirror_load: Dict[str, int] = {}
         self._risk: Dict[str, float] = {}
         self._reference = 0.0
@@ -312,7 +313,10 @@ class AgingPolicy:
         if len(flows) > MAX_LIVE_FLOWS:
             self._forget(next(iter(flows)))
         self.counts["born"] += 1
-        return MirroringProfile(cell_id)
+        profile = self._alone.get(cell_id)
+        if profile is None:  # profiles are immutable: one per primary serves every new flow
+            profile = self._alone[cell_id] = MirroringProfile(cell_id)
+        return profile
 
     def mode_for(self, flow_id: int) -> str:
         """See ``prism.policy.Policy.mode_for`` (a flow it does not know: the configured mode)."""
