@@ -10,8 +10,12 @@ ordered pair (train, test):
    port-mean baseline of ``models.train`` (its ``Dataset`` labels and weights, on every
    training flow) that gives the ``baseline (port mean)`` row;
 2. the configuration's policy (the shipped ``examples/prism.yaml`` by default)
-   is built with that aging model in place of its configured one and replayed
-   over the test source (``models.controller_row``): the ``controller`` row;
+   is replayed over the test source (``models.controller_row``): the
+   ``controller`` row, with the aging model of the training source in place
+   of its configured one. A configuration that names no model (the age rule:
+   nothing learnt, nothing to transfer) keeps its controller row as it is, and
+   the same policy with the training source's model is the row
+   ``controller + aging model``;
 3. every row of ``prism.evaluation.compare`` is judged on the test source.
 
 Nothing of the test source is seen before it is judged.
@@ -31,6 +35,8 @@ import pandas as pd
 from prism.evaluation import EvalSettings
 from prism.records import read_records
 
+#: The row of the configured policy with the training source's model, when the configuration names none.
+WITH_MODEL = "controller + aging model"
 #: Human names of the shipped sources.
 SOURCE_NAMES = {"pcap": "nDPI captures", "binetflow": "Stratosphere (Argus)", "telemetry": "telemetry"}
 
@@ -127,12 +133,17 @@ def cross_source(frame: pd.DataFrame, config, settings: EvalSettings = EvalSetti
                 if test_source == train_source:
                     continue
                 test = by_source[test_source]
-                timeline = controller_replay(config, aging)(test)
+                names_model = config.prediction is not None and bool(config.prediction.model)
+                with_model = controller_replay(config, aging)(test)
+                timeline = with_model if names_model else controller_replay(config)(test)
+                extra = {} if names_model else {WITH_MODEL: with_model}
                 comparison = compare(test, controller=timeline,
                                      baseline_scores=baseline_scores(test, baseline, train_config),
-                                     settings=settings)  # fmt: skip
+                                     settings=settings, extra_timelines=extra)  # fmt: skip
+                trained = f"aging model trained on {train_source}"
                 report = {
-                    "controller": describe(config, f"aging model trained on {train_source}"),
+                    "controller": describe(config, trained) if names_model else describe(config),
+                    "with_model": trained,
                     "flows": int(len(test)), "groups": int(test["group"].nunique()),
                     "redecisions": int(getattr(timeline, "redecisions", 0)),
                     "at_risk": at_risk_summary(test), "budget": comparison.budget,
@@ -152,7 +163,8 @@ def summary_table(results: Sequence[CrossResult]) -> str:
     ]
     for result in results:
         rows = {row["policy"]: row for row in result.report["policies"]}
-        for name in ("controller", "fixed rf1", "fixed rf1 state", "random", "baseline (port mean)", "oracle"):
+        for name in ("controller", WITH_MODEL, "fixed rf1", "fixed rf1 state", "random", "baseline (port mean)",
+                     "oracle"):  # fmt: skip
             row = rows.get(name)
             if row is None:
                 continue

@@ -39,7 +39,8 @@ from prism.records import RecordsError, read_records
 from models.artifact import ModelError
 from models.controller_row import CONFIGURED, SHIPPED_CONFIG, controller_replay, describe, load
 
-DEFAULT_MODEL = Path(__file__).resolve().parent / "default"
+#: The first-packet SPE whose port-mean baseline is a row (models/default is the aging model).
+DEFAULT_MODEL = Path(__file__).resolve().parent / "first_packet"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -49,8 +50,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="configuration whose policy gives the controller row (default: the shipped "
                              "examples/prism.yaml)")  # fmt: skip
     parser.add_argument("--model", metavar="DIR",
-                        help="model directory of the port-mean baseline and the first-packet rows, whose "
-                             "training captures are left out (default: models/default)")  # fmt: skip
+                        help="first-packet model directory of the port-mean baseline row (and the first-packet "
+                             "table), whose training captures are left out (default: models/first_packet)")  # fmt: skip
     parser.add_argument("--json", metavar="FILE", help="also write the results as JSON")
     parser.add_argument("--budgets", type=float, nargs="+", metavar="SHARE",
                         help="also compare first-packet policies at these mirror copies per packet "

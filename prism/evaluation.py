@@ -38,7 +38,8 @@ ages of the packets still to come) / sum(the same over every age)``.
   as ``benchmarks/replication_cost.py`` measures them with real SMMs: a
   mirror present at birth gets the flow's three change records (handshake
   with its token, teardown, removal: ``REPLICATION_BYTES_PER_FLOW``); a
-  mirror added later gets a seed (``SEED_BYTES_PER_FLOW``) and the last two;
+  mirror added later gets a seed (``SEED_BYTES_PER_FLOW``), the removal, and
+  the teardown if state packets (a FIN, a RST) still come after it was added;
   in ``state`` mode every mirror also gets one progress record
   (``PROGRESS_RECORD_BYTES``) per ``state_interval_s`` in which the flow
   sent packets. A promotion after the flow's last packet (the director still
@@ -86,8 +87,9 @@ SEED_DELAY_S = 0.15
 #: an upper bound for those).
 REPLICATION_BYTES_PER_FLOW = 191.0
 CHANGE_RECORDS_PER_FLOW = 3
-#: Change records a mirror added after birth still gets (teardown, removal).
-CHANGE_RECORDS_AFTER_PROMOTION = 2
+#: Change records a mirror added after birth gets at least (the removal); the teardown too
+#: if the flow's closing state packets come after it was added.
+CHANGE_RECORDS_AFTER_PROMOTION = 1
 #: Wire bytes of one flow's record in a seed snapshot (the same benchmark: 55 B per record, batched).
 SEED_BYTES_PER_FLOW = 55.0
 #: Wire bytes of one ``state``-mode progress record, state datagram and ack
@@ -359,8 +361,10 @@ def judge(curves: FlowCurves, decisions: Decisions, settings: EvalSettings = Eva
     previous = np.where(first, 0.0, np.r_[0.0, rf[:-1]])
     added = np.maximum(rf - previous, 0.0)
     record = settings.replication_bytes_per_flow / CHANGE_RECORDS_PER_FLOW
+    closing_after = (curves.state[flow] - s_start) > 0  # a teardown still to replicate
+    later_records = CHANGE_RECORDS_AFTER_PROMOTION + closing_after
     per_added = np.where(first, settings.replication_bytes_per_flow,
-                         settings.seed_bytes_per_flow + CHANGE_RECORDS_AFTER_PROMOTION * record)  # fmt: skip
+                         settings.seed_bytes_per_flow + later_records * record)  # fmt: skip
     moved = p_end - p_start
     intervals = np.floor((end - start) / settings.state_interval_s) + 1.0
     progress = np.where(~full & (moved > 0), np.minimum(moved, intervals), 0.0) * rf
@@ -641,6 +645,7 @@ def compare(
     budget_mode: str = "state",
     settings: EvalSettings = EvalSettings(),
     extra_scores: Mapping[str, np.ndarray] = {},
+    extra_timelines: Mapping[str, object] = {},
 ) -> Comparison:
     """The comparison rows: controller, none, fixed rf1, fixed rf2, fixed rf1 state, random,
     port-mean baseline, oracle (and any ``extra_scores`` ranked the same way).
@@ -657,6 +662,7 @@ def compare(
         budget_mode: mode of the budgeted rows.
         settings: costs and delays.
         extra_scores: more ranked rows, name -> score per flow.
+        extra_timelines: more rows from decision timelines (after the controller's), name -> timeline.
     """
     curves = FlowCurves.from_frame(frame)
     n = len(curves)
@@ -666,6 +672,7 @@ def compare(
         rows.append(result(curves, Decisions.of(controller, n), CONTROLLER, settings))
     if budget is None:
         budget = rows[0].packets_mirrored if rows else DEFAULT_BUDGETS[0]
+    rows += [result(curves, Decisions.of(timeline, n), name, settings) for name, timeline in extra_timelines.items()]
     rows += [
         result(curves, Decisions.fixed(n, 0), NONE, settings),
         result(curves, Decisions.fixed(n, 1), FIXED_RF1, settings),

@@ -24,7 +24,8 @@ from prism.sim_schedule import ScheduleError, given_failures, parse_fail_at, ran
 from prism.sim_flows import SimulationError
 from prism.simulate import DEFAULT_SAMPLES, DEFAULT_SEED_TIME_S, SimSettings
 
-DEFAULT_MODEL = Path(__file__).resolve().parents[1] / "models" / "default"
+#: The first-packet SPE of the predictive policies (models/default is the aging model).
+DEFAULT_MODEL = Path(__file__).resolve().parents[1] / "models" / "first_packet"
 DEFAULT_CONFIG = Path(__file__).resolve().parents[1] / "examples" / "prism.yaml"
 DEFAULT_FLOWS = 100_000
 DEFAULT_CELLS = 64
@@ -61,7 +62,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--policies", nargs="+", default=list(ALL_POLICIES), metavar="NAME",
                         help="policies to compare: " + ", ".join(repr(p) for p in ALL_POLICIES))  # fmt: skip
     parser.add_argument("--model", default=str(DEFAULT_MODEL), metavar="DIR",
-                        help="SPE model directory of the first-packet policies")  # fmt: skip
+                        help="first-packet SPE model directory of the predictive policies (default models/first_packet)")  # fmt: skip
     parser.add_argument("--config", default=str(DEFAULT_CONFIG), metavar="FILE",
                         help="configuration whose policy gives the controller row, replayed flow by flow "
                              "(default: the shipped examples/prism.yaml)")  # fmt: skip

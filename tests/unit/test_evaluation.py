@@ -158,7 +158,7 @@ def test_state_mode_pays_progress_records_and_promotions_pay_seeds():
     assert state_later == 10.0 + 200.0 + 7  # the seed, teardown and removal, records over the last 6 s
     assert two_later == 2 * state_later
     after_the_end = judge(curves, promoted(30.0), settings).smm_bytes[0]
-    assert after_the_end == 10.0 + 200.0  # promoted once quiet: no records, but the seed is paid
+    assert after_the_end == 10.0 + 100.0  # promoted once quiet: the seed and the removal are paid
 
 
 def test_demotion_ends_protection_and_a_double_failure_needs_two_seeded_mirrors():
