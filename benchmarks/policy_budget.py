@@ -16,7 +16,7 @@ replay and over its second half, flows mirrored and at-risk packets protected
 - the evaluation's ranked policy, which spends exactly the budget knowing
   every score in advance (a bound, not something a controller can run).
 
-    .venv/bin/python benchmarks/policy_budget.py [--model models/default] [--budgets 0.1 0.25 0.5]
+    .venv/bin/python benchmarks/policy_budget.py [--model models/first_packet] [--budgets 0.1 0.25 0.5]
 """
 
 from __future__ import annotations
@@ -90,7 +90,7 @@ def replay(frame, predictor, budget: float, idle_s: float, adapt: bool) -> Dict[
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", default=str(ROOT / "models" / "default"))
+    parser.add_argument("--model", default=str(ROOT / "models" / "first_packet"))
     parser.add_argument("--flows", nargs="+", default=sorted(str(p) for p in (ROOT / "data" / "flows").glob("*.parquet")))
     parser.add_argument("--budgets", type=float, nargs="+", default=[0.1, 0.25, 0.5])
     parser.add_argument("--idle", type=float, default=10.0, help="idle timeout: report delay after a flow's last packet")
