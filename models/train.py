@@ -173,6 +173,18 @@ def split_by_group(frame: pd.DataFrame, test_share: float, seed: int) -> np.ndar
     return test
 
 
+def fittable(X: np.ndarray) -> np.ndarray:
+    """``X`` with every all-missing column set to 0 (HistGradientBoosting cannot bin a column
+    without values; a constant one is never split on, so NaN rows predict the same later).
+    Argus records, for one, carry no first-packet size or flags."""
+    empty = np.isnan(X).all(axis=0)
+    if not empty.any():
+        return X
+    X = X.copy()
+    X[:, empty] = 0.0
+    return X
+
+
 def fit_models(data: Dataset, rows: np.ndarray, seed: int) -> Dict[str, object]:
     """Fit every model on the given rows, each on the rows whose label is known."""
     models = make_models(seed)
@@ -181,7 +193,7 @@ def fit_models(data: Dataset, rows: np.ndarray, seed: int) -> Dict[str, object]:
         known = rows & ~np.isnan(y)
         labels = y[known].astype(int) if name in (ALIVE, BASELINE_ALIVE) else y[known]
         weight = data.weight(name)
-        model.fit(data.X[known], labels, sample_weight=None if weight is None else weight[known])
+        model.fit(fittable(data.X[known]), labels, sample_weight=None if weight is None else weight[known])
     return models
 
 
@@ -243,7 +255,7 @@ def calibrate_thresholds(data: Dataset, train_rows: np.ndarray, config: TrainCon
         rows[index[fit_idx]] = True
         known = rows & ~np.isnan(y)
         model = make_models(config.seed)[DURATION]
-        model.fit(data.X[known], y[known], sample_weight=weight[known])
+        model.fit(fittable(data.X[known]), y[known], sample_weight=weight[known])
         scores[score_idx] = np.expm1(model.predict(data.X[index[score_idx]]))
     frame = data.frame.iloc[index]
     duration, packets = frame["duration_s"].to_numpy(), frame["packets"].to_numpy()

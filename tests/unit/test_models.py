@@ -324,3 +324,14 @@ def test_train_command_writes_an_aging_model_by_default(tmp_path, capsys):
     predictor = Predictor.load(model_dir)
     assert predictor.manifest["drop_features"] == ["port_class"] and predictor.manifest["quiet_rows"]
     assert cli.main(["train", str(flows), "-o", str(model_dir), "--milestones", "3"]) == 2
+
+
+def test_first_packet_models_fit_on_records_without_first_packet_sizes():
+    """Argus records alone (no first-packet size or flags: all-missing columns) still train."""
+    frame = synthetic_records(groups=4, flows=40)
+    frame["source"] = "binetflow"
+    frame["first_ip_len"] = pd.array([None] * len(frame), dtype="Int32")
+    frame["first_tcp_flags"] = pd.array([None] * len(frame), dtype="Int16")
+    result = train(frame, TrainConfig(horizon_s=2.0, report_delay_s=5.0, test_share=0.25, seed=0))
+    assert np.isnan(result.data.X[:, COL["first_ip_len"]]).all()
+    assert np.isfinite(result.estimators["duration"].predict(result.data.X[:5])).all()
