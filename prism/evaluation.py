@@ -686,6 +686,9 @@ def compare(
         rows.append(ranked(curves, values, budget, name, budget_mode, settings))
     rows.append(oracle(curves, budget, ORACLE, budget_mode, settings))
     estimated = int(curves.estimated.sum())
+    if estimated < n:
+        notes.append("packets, bytes and state packets between two age milestones (and between the last "
+                     "milestone and a flow's end) are interpolated linearly from the records' counts")  # fmt: skip
     if estimated:
         notes.append(f"{estimated} of {n} flows have no milestone counts: their packets are taken as "
                      f"spread evenly over their duration, their state packets at birth and end")  # fmt: skip
