@@ -458,7 +458,8 @@ class AgingPolicy:
         if flow is None:
             return
         self._unload(flow)
-        self.budget.observe(entry.packets, estimated_copies(flow, entry.packets), flow.mode == MODE_FULL)
+        packets = entry.packets + 1  # the switch's entries never counted the first packet (a packet-out)
+        self.budget.observe(packets, estimated_copies(flow, packets), flow.mode == MODE_FULL)
 
     # --- questions -----------------------------------------------------------------------
     @property

@@ -147,13 +147,13 @@ def test_an_overspent_budget_delays_promotion_and_moves_full_flows_to_state():
     keep = _udp(6000)
     keep_birth = policy.profile_for(keep, CELLS, 0.0)
     keep_profile, _ = policy.redecide(keep.flow_id, keep_birth, 0.25, 2, 200, CELLS, 0.25)
-    # full flows whose every later packet is copied (share 0.8): the gate stays, they go to state
+    # full flows whose every later packet is copied: the gate stays, they go to state
     fulls = [_udp(5000 + i) for i in range(MIN_BUDGET_FLOWS)]
     for info in fulls:
         birth = policy.profile_for(info, CELLS, 0.0)
         policy.redecide(info.flow_id, birth, 0.25, 2, 100, CELLS, 0.25)
         policy.flow_ended(_entry(info.flow_id, 10), 11.0)
-    assert policy.budget.share() == pytest.approx(0.8) and policy.budget.gate == 0
+    assert policy.budget.share() == pytest.approx(9 / 11) and policy.budget.gate == 0  # the switch counts 10 of 11
     assert policy.redecide(keep.flow_id, keep_profile, 1.0, 9, 900, CELLS, 1.0) == (keep_profile, MODE_STATE)
     # state flows whose FIN/RST copies alone overspend (2 copies of 3 packets): promotion waits
     state_policy = AgingPolicy(HashRing(CELLS), 1, AgingSettings(milestones_s=(0.25, 1.0, 4.0), budget=0.1))
