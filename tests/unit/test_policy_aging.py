@@ -218,3 +218,15 @@ def test_settings_from_a_configuration_section():
             " promote_quiet: no}\n")
     settings = settings_from_config(parse_config(text).prediction, horizon_s=3.0)
     assert settings == AgingSettings((0.5, 4.0), "auto", 0.05, 0.7, 0.0, 3.0, promote_quiet=False)
+
+
+def test_the_policy_core_imports_no_data_or_model_library():
+    """Issue 11's layering: the aging policy and its features import neither numpy/pandas/pyarrow nor models."""
+    import subprocess
+    import sys
+
+    code = ("import sys, prism.policy_aging, prism.aging_features, prism.policy\n"
+            "print(sorted({m.split('.')[0] for m in sys.modules} & {'numpy', 'pandas', 'pyarrow', 'models', "
+            "'sklearn'}))")  # fmt: skip
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"
