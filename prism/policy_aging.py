@@ -9,10 +9,12 @@ A flow's first packet says little about it; its own history says much more
 2. **Milestones** (``redecide``, when the flow's primary cell reports it
    crossed an age in ``milestones_s``, with its packets and bytes so far):
    - a flow that sent nothing since the previous milestone (or since its
-     first packet) is **quiet**: the cells report every flow they still
-     track, including flows that have ended, so a quiet flow is promoted only
-     by a model trained on quiet flows too (``scores_quiet_flows``) that
-     gives it a chance;
+     first packet) is **quiet**: it may have ended (the cells report every
+     flow they still track) or be a sparse long flow (a keep-alive). With
+     ``promote_quiet`` (default) the age rule promotes it like any other;
+     without, it waits for a milestone where it has sent something. A model
+     is asked about quiet flows only if it was trained on them
+     (``scores_quiet_flows``);
    - an unmirrored flow is **promoted** (mirrors chosen as below, in
      ``mode``, ``state`` by default: only its SYN/FIN/RST are copied, the
      primary's State Mirroring Module replicates the rest) if it is old enough
@@ -42,7 +44,7 @@ A flow's first packet says little about it; its own history says much more
    ``max_replication_factor``.
 
 Pure: no model library here. The model comes in as an ``AliveScorer``
-(``models.predictor.Predictor`` is one); ``now`` is always passed in.
+(``models.predictor.AgingPredictor`` is one); ``now`` is always passed in.
 """
 
 from __future__ import annotations
@@ -51,7 +53,7 @@ from collections import deque
 from dataclasses import dataclass
 from typing import Collection, Deque, Dict, List, Mapping, Optional, Protocol, Sequence, Tuple
 
-from prism.aging_features import aging_row, port_class, proto_class, PROTO_TCP
+from prism.aging_features import PROTO_TCP, aging_row, port_class, proto_class
 from prism.flows import PacketInfo
 from prism.policy import MODE_FULL, MODE_STATE, Decision, NoLiveCell
 from prism.profiles import MirroringProfile
