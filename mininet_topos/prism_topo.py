@@ -43,8 +43,9 @@ CELL_PORT_BASE = 101
 #: This file. ``mn --custom FILE`` executes it with no ``__file__``; the README runs
 #: that command from the repository, where this relative path holds.
 _THIS_FILE = Path(globals().get("__file__", "mininet_topos/prism_topo.py"))
-#: The shipped SPE model, used by ``prism_config(prediction=True)`` (the demo).
-DEFAULT_MODEL_DIR = _THIS_FILE.resolve().parent.parent / "models" / "default"
+#: The shipped first-packet SPE model, used by ``prism_config(prediction=True)`` and
+#: ``prediction_config`` (``prediction.policy: first_packet``; models/default is the aging model).
+DEFAULT_MODEL_DIR = _THIS_FILE.resolve().parent.parent / "models" / "first_packet"
 #: The demo's mirroring budget: mirror copies per packet the predictive policy may spend.
 DEMO_MIRROR_BUDGET = 0.5
 #: The shipped configuration: ``prism demo`` runs its replication policy.

@@ -20,7 +20,7 @@ out.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Optional, Sequence
+from typing import Optional, Sequence, Tuple
 
 import numpy as np
 import pandas as pd
@@ -124,3 +124,147 @@ def feature_columns(drop: Optional[Sequence[str]] = None) -> np.ndarray:
 def milestone_packets(frame: pd.DataFrame, m: float) -> np.ndarray:
     """A milestone's packets column as floats (NaN unknown)."""
     return frame[milestone_column("packets", m)].to_numpy(dtype=float, na_value=np.nan)
+
+
+# --- training -----------------------------------------------------------------------------
+#: Few shallow trees: a re-decision walks about a hundred nodes. The counters are noisy and
+#: the sources differ; a larger leaf minimum keeps the trees from learning one capture.
+HGB_AGING_PARAMS = dict(
+    max_iter=30, learning_rate=0.2, max_leaf_nodes=8, max_depth=3, min_samples_leaf=80,
+    l2_regularization=1.0, early_stopping=False,
+)  # fmt: skip
+DEFAULT_TEST_SHARE = 0.25
+
+
+@dataclass(frozen=True)
+class AgingTrainConfig:
+    """Aging-model training settings (stored in the manifest).
+
+    Attributes:
+        milestones_s: The milestones the rows are made at (the policy's).
+        horizon_s: How much longer a flow must live to count as alive.
+        idle_timeout_s: How long the director holds a flow after its last packet.
+        quiet_rows: Train on rows of flows quiet since the previous milestone too.
+        drop_features: Feature names left out (constant in training: the trees never split on them).
+        test_share: Share of capture files held out (per source) for the manifest's metrics.
+        seed: Random seed of the split and the models.
+    """
+
+    milestones_s: Tuple[float, ...] = DEFAULT_MILESTONES_S
+    horizon_s: float = DEFAULT_AGING_HORIZON_S
+    idle_timeout_s: float = DEFAULT_IDLE_TIMEOUT_S
+    quiet_rows: bool = False
+    drop_features: Tuple[str, ...] = ()
+    test_share: float = DEFAULT_TEST_SHARE
+    seed: int = 0
+
+
+def _masked(X: np.ndarray, drop: Sequence[str]) -> np.ndarray:
+    """``X`` with the dropped features' columns constant (0): no tree splits on them, so the
+    policy's full rows give the same predictions whatever those columns hold."""
+    if not drop:
+        return X
+    X = X.copy()
+    X[:, [AGING_FEATURE_NAMES.index(name) for name in drop]] = 0.0
+    return X
+
+
+def fit_aging(rows: AgingRows, config: AgingTrainConfig) -> dict:
+    """Fit the aging estimators on ``rows`` (each on the rows whose label is known)."""
+    from sklearn.ensemble import HistGradientBoostingClassifier, HistGradientBoostingRegressor
+    from threadpoolctl import threadpool_limits
+
+    X = _masked(rows.X, config.drop_features)
+    known_alive, known_packets = ~np.isnan(rows.alive), ~np.isnan(rows.log_remaining_packets)
+    if len(np.unique(rows.alive[known_alive])) < 2:
+        raise ValueError("the training rows need flows that live on and flows that end")
+    with threadpool_limits(limits=1, user_api="openmp"):
+        alive = HistGradientBoostingClassifier(random_state=config.seed, **HGB_AGING_PARAMS)
+        alive.fit(X[known_alive], rows.alive[known_alive].astype(int))
+        remaining = HistGradientBoostingRegressor(random_state=config.seed, **HGB_AGING_PARAMS)
+        remaining.fit(X[known_packets], rows.log_remaining_packets[known_packets])
+    return {"alive": alive, "remaining_packets": remaining}
+
+
+def alive_metrics(estimators: dict, rows: AgingRows, config: AgingTrainConfig) -> dict:
+    """ROC AUC of the model's P(alive) and of the age alone on labelled rows (None: one class only)."""
+    from sklearn.metrics import roc_auc_score
+
+    known = ~np.isnan(rows.alive)
+    y = rows.alive[known]
+    out = {"rows": int(known.sum()), "alive_share": float(y.mean()) if len(y) else None}
+    if len(np.unique(y)) < 2:
+        return {**out, "alive_roc_auc": None, "age_only_roc_auc": None}
+    p = estimators["alive"].predict_proba(_masked(rows.X[known], config.drop_features))[:, 1]
+    return {**out, "alive_roc_auc": float(roc_auc_score(y, p)),
+            "age_only_roc_auc": float(roc_auc_score(y, rows.X[known, 0]))}  # fmt: skip
+
+
+@dataclass
+class AgingTrainResult:
+    """The fitted aging model, its held-out rows and metrics."""
+
+    config: AgingTrainConfig
+    estimators: dict
+    rows: AgingRows
+    test: np.ndarray  #: held-out rows (whole capture files)
+    metrics: dict
+    frame: pd.DataFrame
+
+    def manifest(self) -> dict:
+        """The training facts for the model manifest (``models.artifact.save_model``, kind aging)."""
+        from prism.records import records_digest
+
+        from models.artifact import probe_rows_json
+
+        test_flows = np.unique(self.rows.flow[self.test])
+        train_groups = sorted(set(self.rows.group[~self.test].tolist()))
+        return {
+            "horizon_s": self.config.horizon_s,
+            "milestones_s": list(self.config.milestones_s),
+            "idle_timeout_s": self.config.idle_timeout_s,
+            "quiet_rows": self.config.quiet_rows,
+            "drop_features": list(self.config.drop_features),
+            "seed": self.config.seed,
+            "training_data": {
+                "digest": records_digest(self.frame),
+                "flows": int(len(self.frame)),
+                "rows": int(len(self.rows)),
+                "train_rows": int((~self.test).sum()),
+                "test_rows": int(self.test.sum()),
+                "test_flows": int(len(test_flows)),
+                "train_groups": train_groups,
+                "test_groups": sorted(set(self.rows.group[self.test].tolist())),
+                "sources": sorted(set(self.rows.source.tolist())),
+                "interpolated_rows": int(self.rows.interpolated.sum()),
+            },
+            "metrics_heldout": self.metrics,
+            "probe_rows": probe_rows_json(self.rows.X[self.test] if self.test.any() else self.rows.X),
+        }
+
+
+def train_aging(frame: pd.DataFrame, config: Optional[AgingTrainConfig] = None,
+                hold_out: bool = True) -> AgingTrainResult:  # fmt: skip
+    """Fit the aging model on flow records.
+
+    Args:
+        frame: Flow records.
+        config: Settings (default ``AgingTrainConfig()``).
+        hold_out: Hold out ``test_share`` of the capture files (per source) and fit on the
+            rest, so that the manifest's metrics describe the model; False fits on everything
+            (the metrics then come from the same held-out split, fitted apart).
+    """
+    from models.train import split_by_group
+
+    config = config or AgingTrainConfig()
+    frame = frame.reset_index(drop=True)
+    rows = aging_rows(frame, config.milestones_s, config.horizon_s, config.idle_timeout_s,
+                      quiet_rows=config.quiet_rows)  # fmt: skip
+    if not len(rows):
+        raise ValueError("no flow lives to a milestone: nothing to train on")
+    test_flow = split_by_group(frame, config.test_share, config.seed)
+    test = test_flow[rows.flow]
+    held_out = fit_aging(rows.take(~test), config) if test.any() and (~test).any() else None
+    metrics = alive_metrics(held_out, rows.take(test), config) if held_out is not None else {}
+    estimators = held_out if hold_out and held_out is not None else fit_aging(rows, config)
+    return AgingTrainResult(config, estimators, rows, test, metrics, frame)

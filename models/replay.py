@@ -15,7 +15,9 @@ so the order matters):
   as the primary cell reports a flow it still tracks). A flow that sent its
   last packet before M is thus still asked about, as the cells report it;
 - **end** at ``ts_start + duration + idle_timeout_s``: ``flow_ended(entry, now)``
-  with the flow's total packets and bytes (the switch's flow-removed report).
+  with the counters the switch's flow-removed reports give (``EndedFlow``: all
+  packets but the first, which went out by packet-out; the duration including
+  the idle timeout).
 
 Records without milestone counts (Argus binetflow: the columns are null) get
 counters interpolated at a uniform rate over the flow's duration
@@ -33,6 +35,7 @@ from typing import List, Optional, Sequence, Tuple
 import numpy as np
 import pandas as pd
 
+from prism.flows import ip_to_bytes
 from prism.policy import MODE_STATE
 from prism.profiles import MirroringProfile
 from prism.records import milestone_column
@@ -45,28 +48,51 @@ MODE_CODE_STATE = 1
 _END, _BIRTH, _MILESTONE = 0, 1, 2
 
 
+#: Ethernet header bytes added to an IP length for a frame length.
+ETHERNET_HEADER_BYTES = 14
+
+
 @dataclass(frozen=True)
 class RecordPacket:
-    """A flow's first packet as much as a record tells (what ``profile_for`` reads of a ``PacketInfo``)."""
+    """A flow's first packet as much as a record tells (what policies read of a ``PacketInfo``).
+
+    ``ip_len`` and ``tcp_flags`` are 0 when the record does not know them (Argus).
+    """
 
     flow_id: int
+    ip_version: int
     proto: int
+    src: bytes
+    dst: bytes
     sport: int
     dport: int
+    ip_len: int
+    tcp_flags: int
 
     @property
     def key(self) -> str:
         return f"{self.proto}:{self.sport}-{self.dport}#{self.flow_id:x}"
 
+    @property
+    def frame_len(self) -> int:
+        return self.ip_len + ETHERNET_HEADER_BYTES if self.ip_len else 0
+
 
 @dataclass(frozen=True)
 class EndedFlow:
-    """What ``flow_ended`` reads of a ``prism.profiles.FlowEntry``: the switch's final counters."""
+    """What ``flow_ended`` reads of a ``prism.profiles.FlowEntry`` after its last flow-removed report.
+
+    As the switch reports them: the FSC entries never counted the first packet (it went out
+    by packet-out), and their duration runs to the idle timeout after the last packet.
+    """
 
     flow_id: int
     packets: int
     bytes: int
+    duration_s: float
     profile: MirroringProfile
+    first_packet: RecordPacket
+    created_at: float
 
 
 @dataclass(frozen=True)
@@ -144,6 +170,10 @@ def replay_decisions(frame: pd.DataFrame, policy, idle_timeout_s: float = DEFAUL
     at_packets, at_bytes, missing = _counters(frame, milestones)
     flow_ids = frame["flow_id"].to_numpy(dtype=np.uint64)
     protos = frame["proto"].to_numpy(dtype=np.int64)
+    versions = frame["ip_version"].to_numpy(dtype=np.int64)
+    sources, destinations = frame["src_addr"].to_numpy(dtype=object), frame["dst_addr"].to_numpy(dtype=object)
+    first_len = frame["first_ip_len"].to_numpy(dtype=float, na_value=np.nan)
+    first_flags = frame["first_tcp_flags"].to_numpy(dtype=float, na_value=np.nan)
     sports = frame["sport"].to_numpy(dtype=np.int64)
     dports = frame["dport"].to_numpy(dtype=np.int64)
     packets_total = frame["packets"].to_numpy(dtype=np.int64)
@@ -166,6 +196,7 @@ def replay_decisions(frame: pd.DataFrame, policy, idle_timeout_s: float = DEFAUL
 
     live = frozenset(cells)
     profiles: List[Optional[MirroringProfile]] = [None] * n
+    packets_of: List[Optional[RecordPacket]] = [None] * n
     rows_flow: List[int] = []
     rows_age: List[float] = []
     rows_rf: List[int] = []
@@ -175,7 +206,12 @@ def replay_decisions(frame: pd.DataFrame, policy, idle_timeout_s: float = DEFAUL
         i, kind, now = int(flow_all[index]), int(kind_all[index]), float(time_all[index])
         flow_id = int(flow_ids[i])
         if kind == _BIRTH:
-            packet = RecordPacket(flow_id, int(protos[i]), int(sports[i]), int(dports[i]))
+            packet = packets_of[i] = RecordPacket(
+                flow_id, int(versions[i]), int(protos[i]), ip_to_bytes(str(sources[i])),
+                ip_to_bytes(str(destinations[i])), int(sports[i]), int(dports[i]),
+                0 if np.isnan(first_len[i]) else int(first_len[i]),
+                0 if np.isnan(first_flags[i]) else int(first_flags[i]),
+            )  # fmt: skip
             profile = policy.profile_for(packet, live, now)
             profiles[i] = profile
             rows_flow.append(i)
@@ -198,7 +234,11 @@ def replay_decisions(frame: pd.DataFrame, policy, idle_timeout_s: float = DEFAUL
             rows_rf.append(profile.replication_factor)
             rows_mode.append(MODE_CODE_STATE if mode == MODE_STATE else MODE_CODE_FULL)
         else:
-            policy.flow_ended(EndedFlow(flow_id, int(packets_total[i]), int(bytes_total[i]), profiles[i]), now)
+            first = packets_of[i]
+            first_bytes = min(first.ip_len or int(bytes_total[i] / max(packets_total[i], 1)), int(bytes_total[i]))
+            policy.flow_ended(EndedFlow(flow_id, max(int(packets_total[i]) - 1, 0), int(bytes_total[i]) - first_bytes,
+                                        float(duration[i]) + idle_timeout_s, profiles[i], first,
+                                        float(start[i])), now)  # fmt: skip
     flow_arr = np.asarray(rows_flow, dtype=np.int64)
     age_arr = np.asarray(rows_age, dtype=float)
     sort = np.lexsort((age_arr, flow_arr))

@@ -18,8 +18,11 @@ Schema::
                                       # (default: the model's takeover horizon)
       milestones_s: [0.25, 1, 4, 16, 64]  # aging: ages (s) at which a live flow is re-decided,
                                       # ascending, among 0.25 0.5 1 2 4 8 16 32 64
-      mode: state                     # aging: mode of promoted flows, state (only SYN/FIN/RST copied)
-                                      # or full (every packet copied)
+      mode: state                     # aging: mode of promoted flows, state (only SYN/FIN/RST copied),
+                                      # full (every packet copied) or auto (full for flows slower than
+                                      # 1 packet/s while the budget allows, else state)
+      promote_quiet: true             # aging: promote a flow that sent nothing since its last report
+                                      # too (sparse long flows; ended flows the cells still report)
       promote_probability: 0.5        # aging with a model: promote a flow the model gives at least
                                       # this probability of living the model's horizon more
       demote_probability: 0           # aging with a model: drop the mirrors of a flow below this (0: never)
@@ -43,19 +46,22 @@ from yaml.nodes import Node, ScalarNode, SequenceNode
 
 from prism.budget import DEFAULT_CHEAP_FLOW_PACKETS
 from prism.config_types import SEVERITY_WARNING
-from prism.policy import MODES
 from prism.policy_aging import (
     ALLOWED_MILESTONES_S,
+    POLICY_MODES,
     DEFAULT_BUDGET as DEFAULT_AGING_BUDGET,
     DEFAULT_DEMOTE_PROBABILITY,
     DEFAULT_MILESTONES_S,
     DEFAULT_MODE,
     DEFAULT_PROMOTE_PROBABILITY,
+    AgingSettings,
 )
 
 TELEMETRY_KEYS = ("dir", "rotate_records", "rotate_s", "poll_interval")
-PREDICTION_KEYS = ("policy", "model", "budget", "horizon_s", "milestones_s", "mode", "promote_probability",
-                   "demote_probability", "cheap_flow_packets")
+PREDICTION_KEYS = ("policy", "model", "budget", "horizon_s", "milestones_s", "mode", "promote_quiet",
+                   "promote_probability", "demote_probability", "cheap_flow_packets")
+DEFAULT_PROMOTE_QUIET = AgingSettings.promote_quiet
+_TAG_BOOL = "tag:yaml.org,2002:bool"
 POLICY_AGING = "aging"  #: decide as flows age (prism.policy_aging)
 POLICY_FIRST_PACKET = "first_packet"  #: decide once at the first packet (prism.policy_predictive)
 POLICIES = (POLICY_AGING, POLICY_FIRST_PACKET)
@@ -98,9 +104,10 @@ class PredictionConfig:
             many packets is mirrored whatever the budget line (it costs next to nothing); 0: never.
         policy: ``aging`` or ``first_packet``.
         milestones_s: aging: ages (s) at which live flows are re-decided.
-        mode: aging: the mode of promoted flows.
+        mode: aging: the mode of promoted flows (state, full or auto).
         promote_probability: aging with a model: least P(lives the horizon more) to promote.
         demote_probability: aging with a model: mirrored flows below this lose their mirrors.
+        promote_quiet: aging: promote flows quiet since their last report too.
     """
 
     model: Optional[str]
@@ -112,6 +119,7 @@ class PredictionConfig:
     mode: str = DEFAULT_MODE
     promote_probability: float = DEFAULT_PROMOTE_PROBABILITY
     demote_probability: float = DEFAULT_DEMOTE_PROBABILITY
+    promote_quiet: bool = DEFAULT_PROMOTE_QUIET
 
 
 def resolve_path(path: str, source: str) -> str:
@@ -256,7 +264,16 @@ def check_prediction(
         milestones_s = _milestones(checker, fields["milestones_s"], "prediction.milestones_s")
     mode: Optional[str] = DEFAULT_MODE
     if "mode" in fields:
-        mode = _choice(checker, fields["mode"], "prediction.mode", MODES)
+        mode = _choice(checker, fields["mode"], "prediction.mode", POLICY_MODES)
+    promote_quiet: Optional[bool] = DEFAULT_PROMOTE_QUIET
+    if "promote_quiet" in fields:
+        node_quiet = fields["promote_quiet"]
+        if isinstance(node_quiet, ScalarNode) and node_quiet.tag == _TAG_BOOL:
+            promote_quiet = node_quiet.value.lower() in ("true", "yes", "on")
+        else:
+            shown = repr(node_quiet.value) if isinstance(node_quiet, ScalarNode) else "a collection"
+            checker.report(node_quiet, "prediction.promote_quiet", f"expected true or false, got {shown}")
+            promote_quiet = None
     probabilities = {"promote_probability": DEFAULT_PROMOTE_PROBABILITY,
                      "demote_probability": DEFAULT_DEMOTE_PROBABILITY}  # fmt: skip
     for key in probabilities:
@@ -270,11 +287,11 @@ def check_prediction(
     if max_replication_factor == 0:
         checker.report(node, "prediction", "max_replication_factor is 0: the predictive policy can never "
                        "mirror a flow (raise max_replication_factor)", SEVERITY_WARNING)  # fmt: skip
-    values = (budget, cheap_flow_packets, milestones_s, mode, promote, demote)
+    values = (budget, cheap_flow_packets, milestones_s, mode, promote, demote, promote_quiet)
     if not ok or any(value is None for value in values):
         return None
     return PredictionConfig(None if model is None else resolve_path(model, checker.source), budget, horizon_s,
-                            cheap_flow_packets, policy, milestones_s, mode, promote, demote)  # fmt: skip
+                            cheap_flow_packets, policy, milestones_s, mode, promote, demote, promote_quiet)  # fmt: skip
 
 
 def render_telemetry(telemetry: TelemetryConfig) -> dict:
@@ -293,7 +310,8 @@ def render_prediction(prediction: PredictionConfig) -> dict:
                 "cheap_flow_packets": prediction.cheap_flow_packets,
                 "milestones_s": list(prediction.milestones_s), "mode": prediction.mode,
                 "promote_probability": prediction.promote_probability,
-                "demote_probability": prediction.demote_probability}  # fmt: skip
+                "demote_probability": prediction.demote_probability,
+                "promote_quiet": prediction.promote_quiet}  # fmt: skip
     if prediction.model is not None:
         rendered["model"] = prediction.model
     if prediction.horizon_s is not None:

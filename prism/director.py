@@ -547,8 +547,8 @@ class MirroringDirector:
         old_profile, old_mode, old_group_id = entry.profile, entry.mode, entry.group_id
         if profile.primary_cell != old_profile.primary_cell:
             return self._refuse(REFUSED_MOVED_PRIMARY)
-        if any(c not in self._cell_ports or c not in self._live_cells for c in profile.mirror_cells):
-            return self._refuse(REFUSED_UNUSABLE_CELL)
+        if any(c not in self._cell_ports or c not in self._live_cells for c in profile.cells):
+            return self._refuse(REFUSED_UNUSABLE_CELL)  # a draining primary's groups are being moved
         if profile == old_profile and mode == old_mode:
             return []
         changes: List[OfChange] = []

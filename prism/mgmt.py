@@ -110,7 +110,10 @@ the replicated highest sequence allowed by the peer plus
 bounds around the other direction's sequence. A packet in that range
 re-anchors the direction (its positions become the cell's) and the flow goes
 on as usual; one outside it is dropped (``out_of_window``, the flow is not
-re-anchored). A flow the cell never held is not taken over at all: a
+re-anchored, though the cell now versions it as its primary). A SYN is
+judged as a new connection's. Mirror copies never re-anchor: in loose mode
+they are folded in unchecked (as any mirror copy), in strict mode they are
+checked against the same bounds. A flow the cell never held is not taken over at all: a
 mid-connection TCP packet without state is dropped (``no_state``). What a
 takeover may lose, being at most one interval (or half the tolerance) behind:
 the counters (packets, bytes) and last_seen of the frames since the last
@@ -119,7 +122,9 @@ re-anchoring packet brings the current one); the FIN acknowledgements (pure
 ACKs are not copied) if the teardown began after the last record, which the
 connection's next packets restore; and a connection whose position moved
 more than the tolerance beyond the last record (faster than the tolerance per
-interval, or records lost) is refused and must reconnect. Token, verdict,
+interval, or records lost) is refused and must reconnect; a milestone the
+failed primary crossed but had not reported yet (at most one tick) is not
+reported (the taking cell reports only those still ahead). Token, verdict,
 facts from the handshake and any teardown flag the switch copied are never
 lost.
 - ``drain`` / ``restore`` controller -> cell: ``{target}``, informational, the cell logs them.

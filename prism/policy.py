@@ -17,15 +17,14 @@ from __future__ import annotations
 from typing import Collection, Optional, Protocol, Tuple
 
 from prism.flows import PacketInfo
-from prism.profiles import MirroringProfile
+from prism.profiles import MODE_FULL, MODE_STATE, MODES, MirroringProfile
 from prism.ring import HashRing
 
-#: Every packet of a mirrored flow is copied to its mirrors (as before issue 8).
-MODE_FULL = "full"
-#: Only the packets that change what a mirror must know are copied (TCP SYN/FIN/RST, the first
-#: packet of other flows); the primary's State Mirroring Module replicates the rest.
-MODE_STATE = "state"
-MODES = (MODE_FULL, MODE_STATE)
+# The modes (``full``: every packet copied; ``state``: only TCP SYN/FIN/RST and other flows'
+# first packet, the rest replicated by the primary's State Mirroring Module) live with the
+# flow entries in prism.profiles; re-exported here for policies.
+__all__ = ["MODE_FULL", "MODE_STATE", "MODES", "Decision", "FixedPolicy", "NoLiveCell", "Policy"]
+
 #: ``MirroringProfile`` plus mode: what a re-decision returns.
 Decision = Tuple[MirroringProfile, str]
 
@@ -35,7 +34,7 @@ class NoLiveCell(ValueError):
 
 
 class Policy(Protocol):
-    """What the director asks for every new flow (FixedPolicy now, the predictive policy later)."""
+    """What the director asks of a policy (``FixedPolicy``, ``prism.policy_aging.AgingPolicy``, ...)."""
 
     def profile_for(
         self, packet_info: PacketInfo, live_cells: Collection[str], now: float

@@ -200,7 +200,7 @@ class StateMirroringModule:
             self._route(key, now)
             if state_flows and key.flow_id in state_flows:
                 self._mark_sent(key, now)
-            if milestones and key.flow_id not in self._milestone_next:
+            if milestones:
                 self._schedule_milestones(key, now)
         for key in expired:
             if self.tracker.removal_version(key) is not None and self.view.is_primary(key.flow_id):
@@ -264,10 +264,13 @@ class StateMirroringModule:
 
     # -- milestones ------------------------------------------------------------------------
     def _schedule_milestones(self, key: FlowKey, now: float) -> None:
-        """Schedule a flow this cell forwards for the milestones still ahead of its age."""
+        """Schedule a flow this cell forwards for the milestones still ahead of its age (once per connection)."""
         entry = self.tracker.get(key)
         if entry is None or not entry.primary_packets:
             return
+        scheduled = self._milestone_next.get(key.flow_id)
+        if scheduled is not None and scheduled[1] == entry.first_seen:
+            return  # already scheduled (an older heap item of a previous connection finds this one)
         milestones = self.view.milestones_s
         age = now - entry.first_seen
         index = 0

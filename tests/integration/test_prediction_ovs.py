@@ -1,6 +1,7 @@
 """The predictive policy and the telemetry on real Open vSwitch: who gets mirrors, and what is recorded.
 
-One network runs the director with the shipped model (budget 0.5), the REST
+One network runs the director with the shipped first-packet model
+(``prediction.policy: first_packet``, models/first_packet, budget 0.5), the REST
 API and the stats collector. The shipped model leans on its history features
 (what recent flows of the same service, source and destination did), and a
 cold controller has none: it then predicts a DNS query at 4.7-6.9 s and
@@ -147,7 +148,8 @@ def run(ovs, tmp_path_factory):
 
 def test_the_controller_serves_the_shipped_model(run):
     model = run["model"]
-    assert model["directory"].endswith("models/default") and model["model_digest"].startswith("sha256:")
+    # the first-packet policy's shipped model (models/default is the aging policy's)
+    assert model["directory"].endswith("models/first_packet") and model["model_digest"].startswith("sha256:")
     assert model["policy"]["budget"] == 0.5 and not model["policy"]["fitted_on_network"]
     assert run["after_warm_up"]["policy"]["ended_flows_in_window"] >= 7, "flow-removed reached the policy"
 

@@ -276,8 +276,9 @@ def test_a_state_mirror_takes_a_tcp_transfer_over_mid_way(namespaces, tmp_path):
         wait_for(lambda: primary_moved_on() or client.poll() is not None, controller, "the transfer to get going")
         assert client.poll() is None, "the transfer ended before the failure: " + logs()
         before = _flow(tmp_path, "c2", flow_id)
-        assert relay.data_copies == 0 and relay.copies["2"] == 2  # the mirror saw SYN and SYN-ACK only
-        assert before["mirror_packets"] == 2 and before["primary_packets"] == 0
+        # the mirror saw the SYN and the SYN-ACK (once each, unless one was retransmitted), no data
+        assert relay.data_copies == 0 and 2 <= relay.copies["2"] <= 4
+        assert before["mirror_packets"] == relay.copies["2"] and before["primary_packets"] == 0
         assert before["state"] == "ESTABLISHED" and before["token"] == _flow(tmp_path, "c1", flow_id)["token"]
 
         cells["c1"].send_signal(signal.SIGKILL)  # the primary's process dies mid-transfer ...

@@ -91,7 +91,9 @@ def test_defaults_and_absent_sections():
         ("prediction: {milestones_s: [soon]}\n",
          "conf/prism.yaml:8:29: prediction.milestones_s[0]: expected a number of seconds, got 'soon'"),
         ("prediction: {mode: partial}\n",
-         "conf/prism.yaml:8:20: prediction.mode: expected one of full, state, got 'partial'"),
+         "conf/prism.yaml:8:20: prediction.mode: expected one of state, full, auto, got 'partial'"),
+        ("prediction: {promote_quiet: 1}\n",
+         "conf/prism.yaml:8:29: prediction.promote_quiet: expected true or false, got '1'"),
         ("prediction: {promote_probability: 2}\n",
          "conf/prism.yaml:8:35: prediction.promote_probability: expected a probability between 0 and 1, got '2'"),
         ("prediction: {promote_probability: 0.2, demote_probability: 0.5}\n",
@@ -136,7 +138,7 @@ def test_resolve_path():
 
 def test_the_aging_policy_needs_no_model_and_its_keys_round_trip():
     config = parse_config(BASE + "prediction:\n  milestones_s: [0.5, 2, 8]\n  mode: full\n  budget: 0.05\n"
-                          "  promote_probability: 0.6\n  demote_probability: 0.1\n")  # fmt: skip
+                          "  promote_probability: 0.6\n  demote_probability: 0.1\n  promote_quiet: false\n")  # fmt: skip
     assert config.prediction == PredictionConfig(None, 0.05, None, DEFAULT_CHEAP_FLOW_PACKETS, POLICY_AGING,
-                                                 (0.5, 2.0, 8.0), MODE_FULL, 0.6, 0.1)  # fmt: skip
+                                                 (0.5, 2.0, 8.0), MODE_FULL, 0.6, 0.1, False)  # fmt: skip
     assert parse_config(render_config(config)) == config

@@ -40,7 +40,7 @@ def make_app(tmp_path, monkeypatch, prediction: str = ""):
 @pytest.fixture
 def model_copy(tmp_path):
     copy = tmp_path / "model"
-    shutil.copytree(REPO / "models" / "default", copy)
+    shutil.copytree(REPO / "models" / "first_packet", copy)  # models/default is the aging model
     return copy
 
 

@@ -350,3 +350,17 @@ def test_a_flow_ending_before_its_seed_cancels_it():
     assert network.director.flows.get(flow_id(udp())) is None
     assert [m for m in tick_messages(network) if m.type == "seed"] == []
     assert network.switch.groups == {}
+
+
+def test_a_flow_whose_primary_is_draining_is_not_moved():
+    network = Network(replication_factor=0)
+    network.director.policy = Promoting(network.ring, promote(MODE_STATE))
+    network.learn_hosts()
+    network.send(CLIENT_PORT, udp())
+    entry = network.director.flows.get(flow_id(udp()))
+    network.apply(split_decisions(network.director.drain_cell(entry.profile.primary_cell, network.now))[0])
+    draining = network.director.flows.get(entry.flow_id).profile
+    assert draining.primary_cell == entry.profile.primary_cell, "it waits for its new mirror's seed"
+    assert milestone(network, udp()) == []
+    assert network.director.counters.promotions == 0
+    assert network.director.flows.get(entry.flow_id).profile == draining

@@ -192,3 +192,28 @@ def test_state_mode_entries_write_metadata_and_match_tcp_flags_as_the_onf_extens
     parsed = _reparse_flow_mod(datapath, message)
     fields = match_to_dict(parsed.match)
     assert fields["tcp_flags"] == (0x02, 0x02) and fields["metadata"] == (0x10001, METADATA_PROFILE_MASK)
+
+
+@pytest.mark.parametrize("fields", [
+    dict(eth_type=0x0800, ip_proto=6, ipv4_src="10.0.1.1", ipv4_dst="10.0.2.2", tcp_src=50000, tcp_dst=80),
+    dict(eth_type=0x86DD, ip_proto=17, ipv6_src="2001:db8::1", ipv6_dst="2001:db8::2", udp_src=5, udp_dst=53),
+    dict(eth_type=0x86DD, ip_proto=58, ipv6_src="fe80::1", ipv6_dst="ff02::1"),
+    dict(in_port=3, eth_type=0x0806),
+    dict(eth_dst="02:50:52:49:53:4D"),
+    dict(in_port=0xFFFFFFF0, eth_type=0x0800, ip_proto=132, ipv4_src="0.0.0.0", ipv4_dst="255.255.255.255",
+         sctp_src=1, sctp_dst=65535),
+])  # fmt: skip
+def test_matches_encoded_ahead_serialize_to_the_bytes_ryu_writes(datapath, fields):
+    change = FlowMod(Command.ADD, TABLE_FSC, Match.of(**fields), priority=200, actions=(GroupAction(7),), cookie=9)
+    ours = to_ofmsg(datapath, change)
+    ours.serialize()
+    reference = ofproto_v1_3_parser.OFPFlowMod(
+        datapath, cookie=9, cookie_mask=0, table_id=TABLE_FSC, command=OFP.OFPFC_ADD, idle_timeout=0,
+        hard_timeout=0, priority=200, buffer_id=OFP.OFP_NO_BUFFER, out_port=OFP.OFPP_ANY, out_group=OFP.OFPG_ANY,
+        flags=0, match=ofproto_v1_3_parser.OFPMatch(**fields),
+        instructions=[ofproto_v1_3_parser.OFPInstructionActions(
+            OFP.OFPIT_APPLY_ACTIONS, [ofproto_v1_3_parser.OFPActionGroup(7)])],
+    )  # fmt: skip
+    reference.serialize()
+    assert bytes(ours.buf) == bytes(reference.buf)
+    assert sorted(dict(ours.match.items())) == sorted(fields), "it still reads like any OFPMatch"

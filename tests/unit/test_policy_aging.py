@@ -77,7 +77,7 @@ def test_the_age_rule_promotes_a_flow_alive_at_a_milestone_keeping_its_primary()
 
 def test_a_dead_primary_alone_leaves_nothing_to_mirror_to():
     policy = AgingPolicy(HashRing(CELLS), 1)
-    info = _tcp(1001)
+    info = _tcp(1001)  # noqa
     birth = policy.profile_for(info, CELLS, 0.0)
     assert policy.redecide(info.flow_id, birth, 0.25, 5, 600, {birth.primary_cell}, 0.25) is None
 
@@ -105,9 +105,21 @@ def test_the_second_milestone_sees_the_rate_since_the_first():
     assert AGING_FEATURE_NAMES.index("log_recent_rate") == 4 and scorer.rows[1][4] == pytest.approx(1.6094379)
 
 
-def test_a_quiet_flow_is_not_promoted_nor_scored():
-    scorer = FixedScorer(1.0)
+def test_a_quiet_flow_is_promoted_by_default_without_asking_a_model_trained_on_busy_flows():
+    scorer = FixedScorer(0.0)
     policy = AgingPolicy(HashRing(CELLS), 1, scorer=scorer)
+    info = _udp(3200)
+    birth = policy.profile_for(info, CELLS, 0.0)
+    assert policy.redecide(info.flow_id, birth, 0.25, 1, 80, CELLS, 0.25) is not None and scorer.rows == []
+    scorer.scores_quiet_flows = True
+    other = _udp(3201)
+    birth = policy.profile_for(other, CELLS, 0.0)
+    assert policy.redecide(other.flow_id, birth, 0.25, 1, 80, CELLS, 0.25) is None and len(scorer.rows) == 1
+
+
+def test_without_promote_quiet_a_quiet_flow_is_not_promoted_nor_scored():
+    scorer = FixedScorer(1.0)
+    policy = AgingPolicy(HashRing(CELLS), 1, AgingSettings(promote_quiet=False), scorer=scorer)
     info = _udp(3100)
     birth = policy.profile_for(info, CELLS, 0.0)
     assert policy.redecide(info.flow_id, birth, 0.25, 1, 80, CELLS, 0.25) is None  # the first packet only
@@ -132,25 +144,42 @@ def test_demotion_drops_the_mirrors_of_a_flow_the_model_gives_up_on():
 def test_an_overspent_budget_delays_promotion_and_moves_full_flows_to_state():
     settings = AgingSettings(milestones_s=(0.25, 1.0, 4.0), mode=MODE_FULL, budget=0.1)
     policy = AgingPolicy(HashRing(CELLS), 1, settings)
-    infos = [_udp(5000 + i) for i in range(MIN_BUDGET_FLOWS + 1)]
     keep = _udp(6000)
     keep_birth = policy.profile_for(keep, CELLS, 0.0)
     keep_profile, _ = policy.redecide(keep.flow_id, keep_birth, 0.25, 2, 200, CELLS, 0.25)
-    for info in infos:  # full flows whose every later packet is copied: share about 0.9
+    # full flows whose every later packet is copied: the gate stays, they go to state
+    fulls = [_udp(5000 + i) for i in range(MIN_BUDGET_FLOWS)]
+    for info in fulls:
         birth = policy.profile_for(info, CELLS, 0.0)
         policy.redecide(info.flow_id, birth, 0.25, 2, 100, CELLS, 0.25)
         policy.flow_ended(_entry(info.flow_id, 10), 11.0)
-    assert policy.budget.min_promotion_age_s == 1.0 and policy.budget.gate_raises == 1
-    late = _udp(7000)
-    birth = policy.profile_for(late, CELLS, 12.0)
-    assert policy.redecide(late.flow_id, birth, 0.25, 3, 300, CELLS, 12.25) is None
-    assert policy.redecide(late.flow_id, birth, 1.0, 5, 500, CELLS, 13.0) is not None
-    # the window restarted with the new gate: refill it overspent, then a full flow goes to state
-    for info in infos:
-        birth = policy.profile_for(info, CELLS, 20.0)
-        profile, _ = policy.redecide(info.flow_id, birth, 1.0, 2, 100, CELLS, 21.0)
-    policy.budget._copies, policy.budget._packets = 9.0, 10  # a window that spends 0.9
+    assert policy.budget.share() == pytest.approx(9 / 11) and policy.budget.gate == 0  # the switch counts 10 of 11
     assert policy.redecide(keep.flow_id, keep_profile, 1.0, 9, 900, CELLS, 1.0) == (keep_profile, MODE_STATE)
+    # state flows whose FIN/RST copies alone overspend (2 copies of 3 packets): promotion waits
+    state_policy = AgingPolicy(HashRing(CELLS), 1, AgingSettings(milestones_s=(0.25, 1.0, 4.0), budget=0.1))
+    for i in range(MIN_BUDGET_FLOWS):
+        info = _tcp(7000 + i)
+        birth = state_policy.profile_for(info, CELLS, 0.0)
+        state_policy.redecide(info.flow_id, birth, 0.25, 1, 60, CELLS, 0.25)
+        state_policy.flow_ended(_entry(info.flow_id, 3), 11.0)
+    assert state_policy.budget.min_promotion_age_s == 1.0 and state_policy.budget.gate_raises == 1
+    late = _tcp(8000)
+    birth = state_policy.profile_for(late, CELLS, 12.0)
+    assert state_policy.redecide(late.flow_id, birth, 0.25, 3, 300, CELLS, 12.25) is None
+    assert state_policy.redecide(late.flow_id, birth, 1.0, 5, 500, CELLS, 13.0) is not None
+
+
+def test_auto_mode_copies_slow_flows_in_full_while_the_budget_allows():
+    policy = AgingPolicy(HashRing(CELLS), 1, AgingSettings(mode="auto", budget=0.1))
+    slow, fast = _udp(9000), _udp(9001)
+    assert policy.mode_for(slow.flow_id) == MODE_STATE
+    for info, packets, expected in ((slow, 3, MODE_FULL), (fast, 30, MODE_STATE)):
+        birth = policy.profile_for(info, CELLS, 0.0)
+        assert policy.redecide(info.flow_id, birth, 4.0, packets, 100 * packets, CELLS, 4.0)[1] == expected
+    policy.budget._copies, policy.budget._packets = 5.0, 10  # overspent: state only
+    late = _udp(9002)
+    birth = policy.profile_for(late, CELLS, 10.0)
+    assert policy.redecide(late.flow_id, birth, 4.0, 3, 300, CELLS, 14.0)[1] == MODE_STATE
 
 
 def test_copy_budget_relaxes_when_spending_little():
@@ -185,6 +214,19 @@ def test_settings_from_a_configuration_section():
     from prism.policy_aging import settings_from_config
 
     text = ("switches:\n  - dpid: 1\n    cells: [{id: c1, port: 1}, {id: c2, port: 2}]\n    edge_ports: [3]\n"
-            "prediction: {milestones_s: [0.5, 4], mode: full, budget: 0.05, promote_probability: 0.7}\n")
+            "prediction: {milestones_s: [0.5, 4], mode: auto, budget: 0.05, promote_probability: 0.7,"
+            " promote_quiet: no}\n")
     settings = settings_from_config(parse_config(text).prediction, horizon_s=3.0)
-    assert settings == AgingSettings((0.5, 4.0), MODE_FULL, 0.05, 0.7, 0.0, 3.0)
+    assert settings == AgingSettings((0.5, 4.0), "auto", 0.05, 0.7, 0.0, 3.0, promote_quiet=False)
+
+
+def test_the_policy_core_imports_no_data_or_model_library():
+    """Issue 11's layering: the aging policy and its features import neither numpy/pandas/pyarrow nor models."""
+    import subprocess
+    import sys
+
+    code = ("import sys, prism.policy_aging, prism.aging_features, prism.policy\n"
+            "print(sorted({m.split('.')[0] for m in sys.modules} & {'numpy', 'pandas', 'pyarrow', 'models', "
+            "'sklearn'}))")  # fmt: skip
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"

@@ -63,7 +63,7 @@ def test_events_come_in_time_order_with_the_records_counters():
     assert ("milestone", 1, 100.25, 0.25, 3) in recorder.calls  # 1 + 30 * 0.25 / 3
     assert ("milestone", 1, 104.0, 4.0, 31) in recorder.calls  # after its last packet, still held
     assert not any(c[0] == "milestone" and c[1] == 1 and c[3] == 16.0 for c in recorder.calls)  # idled out
-    assert ("end", 2, 101.0 + 0.1 + IDLE, 2) in recorder.calls
+    assert ("end", 2, 101.0 + 0.1 + IDLE, 1) in recorder.calls  # the switch never counts the first packet
     assert timeline.redecisions == sum(c[0] == "milestone" for c in recorder.calls) and timeline.interpolated == 0
     # flow 0 promoted at 0.25 s in state mode, flow 1 (two packets by then) too
     assert timeline.flow.tolist() == [0, 0, 1, 1]
@@ -71,6 +71,20 @@ def test_events_come_in_time_order_with_the_records_counters():
     assert timeline.replication_factor.tolist() == [0, 1, 0, 1]
     assert timeline.mode.tolist() == [MODE_CODE_STATE] * 4
     assert timeline.final_replication_factor(2).tolist() == [1, 1]
+
+
+def test_the_first_packet_policy_replays_too():
+    """The first-packet policy reads the whole first packet and the flow-removed outcome."""
+    from models.predictor import Predictor
+    from prism.budget import BudgetSettings
+    from prism.policy_predictive import PredictionEngine, PredictivePolicy
+
+    predictor = Predictor.load("models/first_packet")
+    policy = PredictivePolicy(HashRing(CELLS), PredictionEngine(predictor, BudgetSettings(0.5)), 1, IDLE)
+    frame = records_to_frame([_record(i, 100.0 + i, 3.0, 20, proto=6, first_tcp_flags=2) for i in range(30)])
+    timeline = replay_decisions(frame, policy, idle_timeout_s=IDLE)
+    assert timeline.flow.tolist() == list(range(30)) and policy.engine.flows_scored == 30
+    assert len(policy.engine.history) > 0 and policy.engine.outcomes_unknown == 0
 
 
 def test_a_fixed_policy_gives_one_row_per_flow():

@@ -285,3 +285,20 @@ def test_a_state_flow_whose_assignment_is_forgotten_leaves_the_progress_scan():
     assert bed.smms["c1"].describe()["state_flows"] == 3
     bed.run(3.0)  # never seen here: forgotten after the grace period
     assert bed.smms["c1"].describe()["state_flows"] == 0
+
+
+def test_a_new_connection_on_a_key_gets_its_own_milestones():
+    bed = state_bed(milestones_s=[0.25, 30.0])
+    conv = open_state_flow(bed)
+    bed.run(0.5)
+    for frame in (conv.frame(True, TCP_FIN | TCP_ACK), conv.frame(False, TCP_FIN | TCP_ACK),
+                  conv.frame(True, TCP_ACK)):  # closed (TIME_WAIT), then the same ports again  # fmt: skip
+        bed.send_state_mode(frame, "c1", ["c2"])
+    assert bed.cells["c1"].tracker.get(conv.syn().key).state.value == "TIME_WAIT"
+    again = Conversation(client_isn=777_000, server_isn=888_000)
+    handshake(bed, again)
+    assert bed.cells["c1"].tracker.counters()["flows_reopened"] == 1
+    bed.run(0.5)
+    reported = [(flow[0], flow[1]) for message in bed.network.controller_messages("milestone")
+                for flow in message["flows"]]  # fmt: skip
+    assert reported == [(conv.syn().key.flow_id, 0.25)] * 2
