@@ -49,7 +49,7 @@ DEFAULT_MODEL_DIR = _THIS_FILE.resolve().parent.parent / "models" / "first_packe
 #: The demo's mirroring budget: mirror copies per packet the predictive policy may spend.
 DEMO_MIRROR_BUDGET = 0.5
 #: The shipped configuration: ``prism demo`` runs its replication policy.
-SHIPPED_CONFIG = Path(__file__).resolve().parent.parent / "examples" / "prism.yaml"
+SHIPPED_CONFIG = _THIS_FILE.resolve().parent.parent / "examples" / "prism.yaml"
 
 
 class PrismTopo(Topo):
