@@ -178,7 +178,7 @@ class ControlPacket:
 def is_bfd_frame(frame: bytes) -> bool:
     """True for an IPv4/UDP frame to the BFD control port (cheap: the data path calls it on every frame)."""
     return (
-        len(frame) >= FRAME_LENGTH
+        len(frame) >= ETH_HEADER + IP_HEADER + UDP_HEADER
         and frame[12] == 0x08 and frame[13] == 0x00
         and frame[ETH_HEADER + 9] == IPPROTO_UDP
         and frame[ETH_HEADER] == 0x45
@@ -349,13 +349,14 @@ class BfdSession:
                              self.settings.min_rx_ms * 1000)  # fmt: skip
 
     def _set_state(self, state: State, diag: Diag, now: float) -> None:
-        was_up = self.state is State.UP
+        was_up, previous = self.state is State.UP, self.state
         self.state = state
         self.diag = diag
+        if state is not previous:
+            self._send_now = True  # tell the switch at once: the handshake takes no longer than its packets
         if (state is State.UP) != was_up:
             self.changes += 1
             self.up_since = now if state is State.UP else None
-            self._send_now = True  # tell the switch at once
 
     def describe(self, now: float) -> dict:
         """Plain dict for the cell's state document."""
