@@ -22,12 +22,13 @@ from prism.config_types import (
     PrismConfig,
     SwitchConfig,
 )
+from prism.config_bfd import check_bfd
 from prism.config_mgmt import check_address, check_cell_addresses, check_management, check_rest
 from prism.config_telemetry import check_prediction, check_telemetry
 
 TOP_KEYS = (
     "idle_timeout", "default_replication_factor", "max_replication_factor", "management", "rest",
-    "telemetry", "prediction", "switches",
+    "telemetry", "prediction", "bfd", "switches",
 )  # fmt: skip
 SWITCH_KEYS = ("dpid", "name", "cells", "edge_ports")
 CELL_KEYS = ("id", "port", "mgmt")
@@ -205,6 +206,7 @@ class _Checker:
             management=management, rest=check_rest(self, top.get("rest")),
             telemetry=check_telemetry(self, top.get("telemetry")),
             prediction=check_prediction(self, top.get("prediction"), max_rf),
+            bfd=check_bfd(self, top.get("bfd")),
             source=self.source,
         )  # fmt: skip
 

@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Dict, List, Optional, Tuple
 
 if TYPE_CHECKING:  # pragma: no cover - defined beside their checks
+    from prism.config_bfd import BfdConfig
     from prism.config_telemetry import PredictionConfig, TelemetryConfig
 
 DEFAULT_IDLE_TIMEOUT_S = 10
@@ -130,6 +131,7 @@ class PrismConfig:
         rest: The REST API's token source.
         telemetry: Where the stats collector writes (None: no telemetry).
         prediction: The predictive policy's model and budget (None: fixed replication factor).
+        bfd: BFD between the switch and the cells (``prism.config_bfd``; None: no BFD).
         source: Where it was read from.
         warnings: Problems that did not stop it from loading.
     """
@@ -142,6 +144,7 @@ class PrismConfig:
     rest: RestConfig = field(default_factory=RestConfig)
     telemetry: Optional[TelemetryConfig] = None
     prediction: Optional[PredictionConfig] = None
+    bfd: Optional[BfdConfig] = None
     source: str = field(default="<string>", compare=False)
     warnings: Tuple[ConfigProblem, ...] = field(default=(), compare=False)
 
