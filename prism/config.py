@@ -11,7 +11,7 @@ Schema (unknown keys are errors)::
     rest: {token_env: PRISM_REST_TOKEN}   # optional: or token_file
     telemetry: {dir: telemetry}       # optional: see prism/config_telemetry.py
     prediction: {model: ../models/default, budget: 0.25}   # optional: the predictive policy
-    bfd: {min_tx: 10, min_rx: 10, mult: 3}   # optional: cells speak BFD with the switch (prism/config_bfd.py)
+    bfd: {interval: 10, mult: 4}     # optional: cells speak BFD with the switch (prism/config_bfd.py)
     switches:                         # at least one
       - dpid: 1                       # int, "0x1", "0000000000000001" or "00:00:00:00:00:00:00:01"
         name: s1                      # optional, default "s<dpid>"

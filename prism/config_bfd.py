@@ -2,17 +2,24 @@
 
 Schema::
 
-    bfd:                  # optional; without it the switch sees a dead cell process only as heartbeats stop
-      min_tx: 10          # ms, integer 1-10000: how often each side sends a control packet
-      min_rx: 10          # ms, integer 1-10000: the fastest each side accepts packets
-      mult: 3             # integer 1-255: packets missed before the switch declares the cell down
+    bfd:                  # optional; without it a dead cell process is found by missed heartbeats only
+      interval: 10        # ms, integer 1-10000: the cell sends a control packet this often
+      mult: 4             # integer 1-255: the switch declares the cell down after this many intervals
+                          #   of silence (and the cell the switch after mult switch_intervals)
+      switch_interval: 100  # ms, integer 1-10000: the switch sends this often (default 100)
 
-With this section every cell port gets ``bfd:enable=true`` with these
-values (the topology and harness code set them, ``bfd_interface_options``),
-every ``prism cell`` runs with ``--bfd`` and the same values, and the
-controller reads a cell port's OpenFlow LIVE flag as the cell's data-plane
-health. The switch declares a silent cell down after about
-``mult * max(min_rx, min_tx)`` ms.
+The two directions have their own interval: the switch must find a dead cell
+fast (``mult * interval``, 40 ms by default), while the cell only needs to
+know that the switch is there, and a switch whose own BFD thread is late now
+and then (Open vSwitch on a busy machine logs "long delay ... sending BFD
+control message") must not make healthy cells take their sessions down.
+
+With this section every cell port gets ``bfd:enable=true bfd:min_rx=interval
+bfd:min_tx=switch_interval bfd:mult=mult`` (the topology and harness code set
+them, ``bfd_interface_options``), every ``prism cell`` runs with ``--bfd
+--bfd-min-tx interval --bfd-min-rx switch_interval --bfd-mult mult``
+(``cell_bfd_arguments``), and the controller reads a cell port's OpenFlow
+LIVE flag as the cell's data-plane health.
 """
 
 from __future__ import annotations
@@ -24,10 +31,10 @@ from yaml.nodes import Node
 
 from prism.config_types import SEVERITY_WARNING
 
-BFD_KEYS = ("min_tx", "min_rx", "mult")
-DEFAULT_MIN_TX_MS = 10
-DEFAULT_MIN_RX_MS = 10
-DEFAULT_MULT = 3
+BFD_KEYS = ("interval", "mult", "switch_interval")
+DEFAULT_INTERVAL_MS = 10
+DEFAULT_SWITCH_INTERVAL_MS = 100
+DEFAULT_MULT = 4
 MAX_INTERVAL_MS = 10_000
 MAX_MULT = 255
 #: Below this detection time (ms) a busy machine's scheduling alone can fail a healthy cell.
@@ -36,16 +43,22 @@ FRAGILE_DETECTION_MS = 20
 
 @dataclass(frozen=True)
 class BfdConfig:
-    """BFD between the switch and every cell (``bfd:`` section); intervals in milliseconds."""
+    """BFD between the switch and every cell (``bfd:`` section); intervals in milliseconds.
 
-    min_tx: int = DEFAULT_MIN_TX_MS
-    min_rx: int = DEFAULT_MIN_RX_MS
+    Attributes:
+        interval: The cell's transmit interval (the switch's required receive interval).
+        mult: Detection multiplier, both ways.
+        switch_interval: The switch's transmit interval (the cell's required receive interval).
+    """
+
+    interval: int = DEFAULT_INTERVAL_MS
     mult: int = DEFAULT_MULT
+    switch_interval: int = DEFAULT_SWITCH_INTERVAL_MS
 
     @property
     def detection_ms(self) -> int:
-        """About how long the switch takes to declare a silent cell down."""
-        return self.mult * max(self.min_rx, self.min_tx)
+        """How long the switch takes at most to declare a silent cell down."""
+        return self.mult * self.interval
 
 
 def check_bfd(checker, node: Optional[Node]) -> Optional[BfdConfig]:
@@ -56,13 +69,13 @@ def check_bfd(checker, node: Optional[Node]) -> Optional[BfdConfig]:
     if fields is None:
         return None
     values: Dict[str, Optional[int]] = {}
-    for key, maximum in (("min_tx", MAX_INTERVAL_MS), ("min_rx", MAX_INTERVAL_MS), ("mult", MAX_MULT)):
+    for key, maximum in (("interval", MAX_INTERVAL_MS), ("mult", MAX_MULT), ("switch_interval", MAX_INTERVAL_MS)):
         if key in fields:
             values[key] = checker.integer(fields[key], f"bfd.{key}", 1, maximum)
     config = BfdConfig(
-        values.get("min_tx") or DEFAULT_MIN_TX_MS,
-        values.get("min_rx") or DEFAULT_MIN_RX_MS,
+        values.get("interval") or DEFAULT_INTERVAL_MS,
         values.get("mult") or DEFAULT_MULT,
+        values.get("switch_interval") or DEFAULT_SWITCH_INTERVAL_MS,
     )
     if config.detection_ms < FRAGILE_DETECTION_MS:
         checker.report(node, "bfd", f"the switch would declare a cell down after {config.detection_ms} ms of "
@@ -73,16 +86,16 @@ def check_bfd(checker, node: Optional[Node]) -> Optional[BfdConfig]:
 
 def render_bfd(config: BfdConfig) -> dict:
     """The section as :func:`check_bfd` reads it back."""
-    return {"min_tx": config.min_tx, "min_rx": config.min_rx, "mult": config.mult}
+    return {"interval": config.interval, "mult": config.mult, "switch_interval": config.switch_interval}
 
 
 def bfd_interface_options(config: BfdConfig) -> List[str]:
     """``ovs-vsctl set Interface PORT ...`` arguments that make the switch speak BFD with the cell."""
-    return ["bfd:enable=true", f"bfd:min_tx={config.min_tx}", f"bfd:min_rx={config.min_rx}",
+    return ["bfd:enable=true", f"bfd:min_rx={config.interval}", f"bfd:min_tx={config.switch_interval}",
             f"bfd:mult={config.mult}"]  # fmt: skip
 
 
 def cell_bfd_arguments(config: BfdConfig) -> List[str]:
     """``prism cell`` arguments for the same session."""
-    return ["--bfd", "--bfd-min-tx", str(config.min_tx), "--bfd-min-rx", str(config.min_rx),
+    return ["--bfd", "--bfd-min-tx", str(config.interval), "--bfd-min-rx", str(config.switch_interval),
             "--bfd-mult", str(config.mult)]  # fmt: skip

@@ -230,7 +230,7 @@ class _Cell:
         self.history: Deque[FailureRecord] = deque(maxlen=MAX_HISTORY)
         self.expects_heartbeats = False
         self.link_reason = ""
-        self.seen_up = False  #: a heartbeat, or the switch reporting its port usable, since the start
+        self.seen_up = False  #: a heartbeat, or its port coming (back) up, since the start
 
 
 class FailureDetector:
@@ -310,9 +310,9 @@ class FailureDetector:
         cell = self._cells.get(cell_id)
         if cell is None:
             return []
-        cell.seen_up |= up
         if cell.link_up == up:
             return []
+        cell.seen_up |= up  # a port coming back up; the first report at connection time proves nothing
         cell.link_up = up
         if up:
             cell.link_up_since = now

@@ -107,9 +107,9 @@ class BfdSettings:
         ValueError: an interval below 1 ms or a multiplier outside 1-255.
     """
 
-    min_tx_ms: int = 10
-    min_rx_ms: int = 10
-    mult: int = 3
+    min_tx_ms: int = 10  #: how often we send (the switch finds us dead after mult of these)
+    min_rx_ms: int = 100  #: how often the switch should send (we find it dead after its mult of these)
+    mult: int = 4
 
     def __post_init__(self) -> None:
         for name in ("min_tx_ms", "min_rx_ms"):

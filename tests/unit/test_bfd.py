@@ -43,7 +43,7 @@ def ovs_frame(packet, ttl=255):
     return bytes(frame)
 
 
-def up_session(settings=BfdSettings(), now=0.0):
+def up_session(settings=BfdSettings(10, 10, 3), now=0.0):
     """A session brought Up by the three-way handshake."""
     session = BfdSession(settings, 0xBEEF, now, random.Random(1))
     session.receive(ovs_packet(State.DOWN), now)
@@ -174,7 +174,7 @@ def test_loop_gives_bfd_frames_to_the_speaker_not_the_cell():
     cell = Cell("c1")
     clock = FakeClock(start=0.0, step=0.001)
     loop = CellLoop(cell, port, clock=clock, tick_interval_s=0.01)
-    speaker = BfdSpeaker(BfdSession(BfdSettings(), 0xBEEF, 0.0, random.Random(1)), port.send, CELL_MAC)
+    speaker = BfdSpeaker(BfdSession(BfdSettings(10, 10, 3), 0xBEEF, 0.0, random.Random(1)), port.send, CELL_MAC)
     loop.set_bfd(speaker)
     cell.add_tick_hook(_Stop(loop, 0.05))
     loop.run()

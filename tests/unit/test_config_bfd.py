@@ -29,9 +29,9 @@ def test_no_section_no_bfd():
 
 
 def test_section_is_read_with_defaults_and_round_trips():
-    config = parse_config(BASE.format(top="bfd: {min_tx: 15}\n"), "prism.yaml")
-    assert config.bfd == BfdConfig(min_tx=15, min_rx=10, mult=3)
-    assert config.bfd.detection_ms == 45
+    config = parse_config(BASE.format(top="bfd: {interval: 15}\n"), "prism.yaml")
+    assert config.bfd == BfdConfig(interval=15, mult=4, switch_interval=100)
+    assert config.bfd.detection_ms == 60
     assert parse_config(render_config(config), "again.yaml") == config
 
 
@@ -40,9 +40,9 @@ def test_empty_mapping_means_defaults():
 
 
 @pytest.mark.parametrize("top, expected", [
-    ("bfd:\n  min_tx: 0\n", "prism.yaml:2:11: bfd.min_tx: must be an integer between 1 and 10000, got 0"),
+    ("bfd:\n  interval: 0\n", "prism.yaml:2:13: bfd.interval: must be an integer between 1 and 10000, got 0"),
     ("bfd:\n  mult: 300\n", "prism.yaml:2:9: bfd.mult: must be an integer between 1 and 255, got 300"),
-    ("bfd:\n  min_rx: fast\n", "prism.yaml:2:11: bfd.min_rx: expected an integer"),
+    ("bfd:\n  switch_interval: fast\n", "prism.yaml:2:20: bfd.switch_interval: expected an integer"),
     ("bfd:\n  enable: true\n", "prism.yaml:2:3: bfd.enable: unknown key 'enable'"),
     ("bfd: 10\n", "prism.yaml:1:6: bfd"),
 ])  # fmt: skip
@@ -52,11 +52,12 @@ def test_problems_have_their_line(top, expected):
 
 
 def test_a_fragile_detection_time_is_a_warning():
-    config = parse_config(BASE.format(top="bfd: {min_tx: 3, min_rx: 3, mult: 2}\n"), "prism.yaml")
+    config = parse_config(BASE.format(top="bfd: {interval: 3, mult: 2}\n"), "prism.yaml")
     assert any("6 ms" in str(w) for w in config.warnings)
 
 
-def test_switch_and_cell_get_the_same_session():
-    config = BfdConfig(min_tx=20, min_rx=15, mult=4)
-    assert bfd_interface_options(config) == ["bfd:enable=true", "bfd:min_tx=20", "bfd:min_rx=15", "bfd:mult=4"]
-    assert cell_bfd_arguments(config) == ["--bfd", "--bfd-min-tx", "20", "--bfd-min-rx", "15", "--bfd-mult", "4"]
+def test_switch_and_cell_get_the_same_session_each_direction_its_own_interval():
+    config = BfdConfig(interval=20, mult=4, switch_interval=150)
+    # the switch accepts the cell's packets every 20 ms and sends its own every 150 ms
+    assert bfd_interface_options(config) == ["bfd:enable=true", "bfd:min_rx=20", "bfd:min_tx=150", "bfd:mult=4"]
+    assert cell_bfd_arguments(config) == ["--bfd", "--bfd-min-tx", "20", "--bfd-min-rx", "150", "--bfd-mult", "4"]

@@ -175,7 +175,7 @@ def port_status(app, datapath, desc):
 
 
 def test_a_port_that_loses_live_with_its_link_up_fails_the_cell_over_as_bfd(tmp_path, monkeypatch, cells_socket):
-    app = make_app(tmp_path, monkeypatch, cells_socket.getsockname()[1], bfd="bfd: {min_tx: 10, min_rx: 10}\n")
+    app = make_app(tmp_path, monkeypatch, cells_socket.getsockname()[1], bfd="bfd: {interval: 10}\n")
     try:
         datapath = connect_with_flows(app)
         groups = app.directors[1].profiles_naming("cell1")
