@@ -423,3 +423,41 @@ class BfdSpeaker:
     def describe(self, now: float) -> dict:
         """The session and the speaker's counters, for the cell's state document."""
         return {**self.session.describe(now), "send_errors": self.send_errors, "bad_packets": self.bad_packets}
+
+
+#: ``path_down`` reason of a cell whose packet socket keeps dropping frames.
+OVERLOADED = "overloaded"
+
+
+class OverloadGuard:
+    """Decides from the packet socket's drop counts when a cell should ask the switch to stop using it.
+
+    Overloaded after ``ticks`` consecutive ticks that each dropped frames; no
+    longer after ``clear_after_s`` without a drop. Pure: drops and ``now`` come in.
+
+    Args:
+        ticks: Consecutive dropping ticks that make the cell overloaded (>= 1).
+        clear_after_s: Quiet seconds before it asks to be used again.
+    """
+
+    def __init__(self, ticks: int, clear_after_s: float = 2.0) -> None:
+        if ticks < 1 or clear_after_s <= 0:
+            raise ValueError(f"overload guard needs ticks >= 1 and clear_after_s > 0, not {ticks}, {clear_after_s}")
+        self.ticks = ticks
+        self.clear_after_s = clear_after_s
+        self.overloaded = False
+        self._dropping = 0
+        self._last_drop: Optional[float] = None
+
+    def update(self, drops: int, now: float) -> bool:
+        """This tick's drops; returns whether the cell is overloaded now."""
+        if drops > 0:
+            self._dropping += 1
+            self._last_drop = now
+            if self._dropping >= self.ticks:
+                self.overloaded = True
+        else:
+            self._dropping = 0
+            if self.overloaded and self._last_drop is not None and now - self._last_drop >= self.clear_after_s:
+                self.overloaded = False
+        return self.overloaded

@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 from typing import Optional
 
-from prism.cell.bfd import BfdSession, BfdSettings, BfdSpeaker
+from prism.cell.bfd import OVERLOADED, BfdSession, BfdSettings, BfdSpeaker, OverloadGuard
 from prism.cell.cell import Cell, TickReport
 from prism.cell.conntrack import ConnTracker, TrackerConfig
 from prism.cell.io import CellIOError, PacketSocket
@@ -99,6 +99,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     bfd.add_argument("--bfd-mult", type=int, default=BfdSettings.mult, metavar="N",
                      help=f"detection multiplier (default {BfdSettings.mult}): the switch declares this "
                           f"cell down after N intervals without a packet")  # fmt: skip
+    bfd.add_argument("--overload-ticks", type=int, default=0, metavar="N",
+                     help="ask the switch to stop using this cell (BFD Concatenated Path Down, reason "
+                          "'overloaded') after N ticks in a row in which the kernel dropped frames for it, "
+                          "until 2 s pass without a drop (default 0: never)")  # fmt: skip
     parser.add_argument("--log-level", default="INFO", choices=LOG_LEVELS, type=str.upper)
 
 
@@ -157,6 +161,8 @@ def run(args: argparse.Namespace) -> int:
         session = BfdSession(bfd_settings, random.SystemRandom().randrange(1, 2**32), time.monotonic())
         speaker = BfdSpeaker(session, port.send, mac)
         loop.set_bfd(speaker)
+        if args.overload_ticks > 0:
+            cell.add_tick_hook(_overload_hook(OverloadGuard(args.overload_ticks), port, speaker, lambda: smm))
     server = transport = smm = None
     previous = {}
     try:
@@ -215,6 +221,25 @@ def cell_state_document(cell: Cell, smm, interface: str, speaker: Optional[BfdSp
 
 #: ``path_down`` reason of a cell asked to drain (SIGUSR1).
 DRAINING = "draining"
+
+
+def _overload_hook(guard: OverloadGuard, port, speaker: BfdSpeaker, smm_of):
+    """A tick hook: the packet socket's drops decide whether to withdraw as ``overloaded`` (not over a drain)."""
+
+    def check(cell: Cell, report: TickReport) -> None:
+        overloaded = guard.update(port.take_drops(), time.monotonic())
+        current = speaker.session.path_down_reason
+        if current == DRAINING or (current == OVERLOADED) == overloaded:
+            return
+        reason = OVERLOADED if overloaded else None
+        speaker.session.set_path_down(reason)
+        smm = smm_of()
+        if smm is not None:
+            smm.extra_report["path_down"] = reason
+        LOG.warning("cell %s: %s", cell.cell_id, "overloaded (the kernel drops frames): asking the switch to "
+                    "stop using this cell" if overloaded else "no longer overloaded: asking the switch to use it")
+
+    return check
 
 
 def _path_down_handler(speaker: BfdSpeaker, smm, reason: Optional[str]):

@@ -186,3 +186,17 @@ def test_loop_gives_bfd_frames_to_the_speaker_not_the_cell():
     # and with no more packets from the switch, the loop's timer expired the session (3 x 10 ms)
     assert sent[-1].state is State.DOWN and sent[-1].diag is Diag.EXPIRED
     port.close()
+
+
+def test_overload_guard_needs_sustained_drops_and_quiet_to_clear():
+    from prism.cell.bfd import OverloadGuard
+
+    guard = OverloadGuard(ticks=3, clear_after_s=2.0)
+    assert not guard.update(5, 0.0) and not guard.update(1, 0.1)
+    assert not guard.update(0, 0.2)  # a quiet tick resets the streak
+    assert not guard.update(2, 0.3) and not guard.update(2, 0.4)
+    assert guard.update(2, 0.5)  # third dropping tick in a row
+    assert guard.update(0, 1.0) and guard.update(0, 2.4)  # not yet 2 s quiet
+    assert not guard.update(0, 2.5)
+    with pytest.raises(ValueError):
+        OverloadGuard(ticks=0)
