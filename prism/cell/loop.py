@@ -135,8 +135,8 @@ class CellLoop:
         poller.register(self._wake_read, select.POLLIN)
         for fd in self._readers:
             poller.register(fd, _POLL_IN)
-        cell, clock, monotonic, tick_s, timers = self.cell, self.clock, self.monotonic, self.tick_interval_s, self._timers
-        bfd = self.bfd
+        cell, clock, monotonic, tick_s = self.cell, self.clock, self.monotonic, self.tick_interval_s
+        timers, bfd = self._timers, self.bfd
         next_tick = monotonic() + tick_s
         for timer in timers:
             timer.due = next_tick
@@ -161,6 +161,8 @@ class CellLoop:
             if mono >= next_tick:
                 cell.tick(now)
                 next_tick = mono + tick_s
+                if bfd is not None:  # a long tick (replication) must not also delay the next BFD packet
+                    self._run_bfd(monotonic())
             for timer in timers:
                 if mono >= timer.due:
                     self._call_timer(timer, now, mono)
