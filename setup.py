@@ -25,7 +25,7 @@ setup(
     # The shipped model (models/default: skops model + JSON manifest), found beside
     # the code (mininet_topos.prism_topo.DEFAULT_MODEL_DIR), so it is package data.
     package_data={
-        "models": ["default/*.skops", "default/*.json"],
+        "models": ["default/*.skops", "default/*.json", "first_packet/*.skops", "first_packet/*.json"],
         "prism": ["*.yaml", "*.json"],
     },
     include_package_data=True,

@@ -2,8 +2,8 @@
 
 The policy object is built as the director builds it (``ryu_apps.mirroring_director.load_directors``
 with ``load_models``): a ``FixedPolicy`` without a ``prediction`` section, else the
-``prediction.policy``'s service (``ryu_apps.prediction.AgingService`` or
-``ModelService``) gives the first switch's policy over its cells' ring. It is then
+``prediction.policy``'s service (``models.service.AgingService`` or
+``ModelService``, which the Ryu shell also uses) gives the first switch's policy over its cells' ring. It is then
 driven by ``models.replay.replay_decisions`` with the events a controller sees, in
 time order (birth, age milestones, end one ``idle_timeout`` after the last packet),
 with every cell alive. A fresh policy is built for every replay (its budget and
@@ -16,6 +16,7 @@ the shipped configuration with a model trained on the other source).
 from __future__ import annotations
 
 import dataclasses
+import sys
 from pathlib import Path
 from typing import Any, Callable, Optional, Union
 
@@ -26,7 +27,10 @@ from prism.policy import FixedPolicy
 from prism.ring import HashRing
 
 #: The configuration the repository ships (the controller row's default).
-SHIPPED_CONFIG = Path(__file__).resolve().parents[1] / "examples" / "prism.yaml"
+_IN_CHECKOUT = Path(__file__).resolve().parents[1] / "examples" / "prism.yaml"
+#: Where a non-editable install puts it (setup.py's data_files).
+_INSTALLED = Path(sys.prefix) / "share" / "prism" / "examples" / "prism.yaml"
+SHIPPED_CONFIG = _IN_CHECKOUT if _IN_CHECKOUT.is_file() else _INSTALLED
 #: Placeholder for "use the configured model".
 CONFIGURED = object()
 
@@ -54,7 +58,7 @@ def controller_policy(config: PrismConfig, model: Any = CONFIGURED):
     prediction = config.prediction
     if prediction is None:
         return FixedPolicy(ring, config.default_replication_factor, config.mirroring_mode)
-    from ryu_apps.prediction import AgingService, ModelService, load_model
+    from models.service import AgingService, ModelService, load_model
 
     loader: Callable[[str], Any] = load_model
     if model is not CONFIGURED:
@@ -62,7 +66,7 @@ def controller_policy(config: PrismConfig, model: Any = CONFIGURED):
         config = dataclasses.replace(config, prediction=dataclasses.replace(prediction, model=directory))
         loader = lambda _directory: model  # noqa: E731
     service_class = AgingService if getattr(prediction, "policy", "first_packet") == "aging" else ModelService
-    service = service_class(config, load=loader, run=lambda function, *args: function(*args))
+    service = service_class(config, load=loader)
     return service.policy_for(switch, ring)
 
 

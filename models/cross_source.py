@@ -177,10 +177,11 @@ def summary_table(results: Sequence[CrossResult]) -> str:
     return "\n".join(lines)
 
 
-def run_cross_source(args, config, settings: EvalSettings) -> int:
-    """``prism evaluate --cross-source``: print every pair's table and the summary; JSON if asked."""
-    from models.evaluate_cli import print_report, write_json
+def run_cross_source(args, config, settings: EvalSettings, print_report, write_json) -> int:
+    """``prism evaluate --cross-source``: print every pair's table and the summary; JSON if asked.
 
+    ``print_report(report)`` and ``write_json(path, report)`` are the evaluate command's own.
+    """
     frame = read_records(args.flows)
     results = cross_source(frame, config, settings, args.max_flows,
                            log=lambda text: print(f"prism evaluate: {text}", file=sys.stderr))  # fmt: skip

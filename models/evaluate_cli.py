@@ -79,7 +79,7 @@ def run(args: argparse.Namespace) -> int:
         if args.cross_source:
             from models.cross_source import run_cross_source
 
-            return run_cross_source(args, config, settings)
+            return run_cross_source(args, config, settings, print_report, write_json)
         predictor = _load_model(args.model)
         frame = read_records(args.flows)
     except (ModelError, RecordsError, ConfigError, OSError, ValueError) as exc:

@@ -12,6 +12,7 @@ Schema (unknown keys are errors)::
     rest: {token_env: PRISM_REST_TOKEN}   # optional: or token_file
     telemetry: {dir: telemetry}       # optional: see prism/config_telemetry.py
     prediction: {model: ../models/default, budget: 0.25}   # optional: the predictive policy
+    bfd: {interval: 10, mult: 4}     # optional: cells speak BFD with the switch (prism/config_bfd.py)
     switches:                         # at least one
       - dpid: 1                       # int, "0x1", "0000000000000001" or "00:00:00:00:00:00:00:01"
         name: s1                      # optional, default "s<dpid>"
@@ -36,6 +37,7 @@ from typing import Union
 
 import yaml
 
+from prism.config_bfd import render_bfd
 from prism.config_mgmt import format_address
 from prism.config_schema import check_document, parse_dpid
 from prism.config_telemetry import PredictionConfig, TelemetryConfig, render_prediction, render_telemetry
@@ -150,6 +152,8 @@ def render_config(config: PrismConfig) -> str:
         document["telemetry"] = render_telemetry(config.telemetry)
     if config.prediction is not None:
         document["prediction"] = render_prediction(config.prediction)
+    if config.bfd is not None:
+        document["bfd"] = render_bfd(config.bfd)
     return yaml.safe_dump(document, sort_keys=False)
 
 

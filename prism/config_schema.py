@@ -22,13 +22,14 @@ from prism.config_types import (
     PrismConfig,
     SwitchConfig,
 )
+from prism.config_bfd import check_bfd
 from prism.config_mgmt import check_address, check_cell_addresses, check_management, check_rest
 from prism.config_telemetry import check_prediction, check_telemetry
 from prism.profiles import MODE_FULL, MODES
 
 TOP_KEYS = (
     "idle_timeout", "default_replication_factor", "max_replication_factor", "mirroring_mode", "management",
-    "rest", "telemetry", "prediction", "switches",
+    "rest", "telemetry", "prediction", "bfd", "switches",
 )  # fmt: skip
 SWITCH_KEYS = ("dpid", "name", "cells", "edge_ports")
 CELL_KEYS = ("id", "port", "mgmt")
@@ -207,6 +208,7 @@ class _Checker:
             telemetry=check_telemetry(self, top.get("telemetry")),
             prediction=check_prediction(self, top.get("prediction"), max_rf),
             mirroring_mode=self._mirroring_mode(top.get("mirroring_mode")),
+            bfd=check_bfd(self, top.get("bfd")),
             source=self.source,
         )  # fmt: skip
 

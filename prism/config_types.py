@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Dict, List, Optional, Tuple
 from prism.mgmt import DEFAULT_STATE_INTERVAL_S, DEFAULT_TAKEOVER_TOLERANCE_BYTES
 
 if TYPE_CHECKING:  # pragma: no cover - defined beside their checks
+    from prism.config_bfd import BfdConfig
     from prism.config_telemetry import PredictionConfig, TelemetryConfig
 
 DEFAULT_IDLE_TIMEOUT_S = 10
@@ -139,6 +140,7 @@ class PrismConfig:
         telemetry: Where the stats collector writes (None: no telemetry).
         prediction: The predictive policy's model and budget (None: fixed replication factor).
         mirroring_mode: The fixed policy's mirroring mode, ``full`` or ``state`` (prism.profiles).
+        bfd: BFD between the switch and the cells (``prism.config_bfd``; None: no BFD).
         source: Where it was read from.
         warnings: Problems that did not stop it from loading.
     """
@@ -152,6 +154,7 @@ class PrismConfig:
     telemetry: Optional[TelemetryConfig] = None
     prediction: Optional[PredictionConfig] = None
     mirroring_mode: str = "full"
+    bfd: Optional[BfdConfig] = None
     source: str = field(default="<string>", compare=False)
     warnings: Tuple[ConfigProblem, ...] = field(default=(), compare=False)
 

@@ -358,6 +358,21 @@ class FlowStateCache:
             for f in self._by_profile[profile]
         ]
 
+    def count_on_cell(self, cell_id: str) -> int:
+        """How many flows' profiles name ``cell_id``: O(profiles naming it), whatever the number of flows."""
+        return sum(len(self._by_profile[profile]) for profile in self._profiles_by_cell.get(cell_id, ()))
+
+    def iter_on_cell(self, cell_id: str) -> Iterator[FlowEntry]:
+        """Entries of the flows naming ``cell_id``, lazily (do not change the cache while iterating)."""
+        entries = self._entries
+        for profile in self._profiles_by_cell.get(cell_id, ()):
+            for flow_id in self._by_profile[profile]:
+                yield entries[flow_id]
+
+    def iter_entries(self) -> Iterator[FlowEntry]:
+        """Every entry, lazily, without copying (do not change the cache while iterating)."""
+        return iter(self._entries.values())
+
     def idle_flows(self, now: float, idle_s: float) -> List[FlowEntry]:
         """Entries not seen for more than ``idle_s`` seconds at ``now``."""
         return [e for e in self._entries.values() if now - e.last_seen > idle_s]

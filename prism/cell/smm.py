@@ -174,6 +174,8 @@ class StateMirroringModule:
         self._milestone_next: Dict[int, Tuple[int, float]] = {}
         self._next_op = 1
         self.heartbeat_seq = 0
+        #: Fields the cell adds to every heartbeat (e.g. ``path_down`` while it asks the switch to stop using it).
+        self.extra_report: Dict[str, Any] = {}
         self._last_beat: Optional[Tuple[float, int, int]] = None
         self._handlers: Dict[str, Callable[[Mapping, Address, float], None]] = {
             "state": self._on_state, "ack": self._on_ack, "directory": self._on_directory,
@@ -593,6 +595,7 @@ class StateMirroringModule:
             "flows": len(self.tracker), "primary_pps": round(primary_pps, 1),
             "mirror_pps": round(mirror_pps, 1), "replication": self.replication_counters(),
             "unassigned": [flow_id for flow_id, _ in zip(self._held, range(UNASSIGNED_REPORTED))],
+            **self.extra_report,
         }  # fmt: skip
         self._send(mgmt.encode(message), self.controller)
 

@@ -28,6 +28,11 @@ def test_demo_tcp_survives_primary_link_failure_and_reports_it(ovs, tmp_path):
     survivors = [name for name in report["per_cell"] if name != report["failed_cell"]]
     assert sum(report["per_cell"][name]["forwarded"] for name in survivors) > 0, text
     assert report["groups"] >= 1, text
+    # The 1 ms probe ran through the failed cell and saw the failure (BFD is on by default).
+    probe = report["probe"]
+    assert {"rate_hz", "max_gap_ms", "lost"} <= set(probe) and probe["rate_hz"] == 1000, text
+    assert probe["primary"] == report["failed_cell"] and probe["max_gap_ms"] is not None, text
+    assert report["options"]["bfd"] is not None, text
 
 
 @pytest.mark.parametrize("kind", ["link", "process"])

@@ -22,7 +22,8 @@ import pytest
 
 REPO = pathlib.Path(__file__).resolve().parents[2]
 SOURCES = ("setup.py", "README.md", "prism", "models", "ryu_apps", "mininet_topos", "examples")
-MODEL_FILES = ("models/default/model.skops", "models/default/manifest.json")
+MODEL_FILES = ("models/default/model.skops", "models/default/manifest.json",
+               "models/first_packet/model.skops", "models/first_packet/manifest.json")
 EXAMPLE_CONFIG = "share/prism/examples/prism.yaml"
 SITE_PACKAGES = pathlib.Path("lib") / f"python{sys.version_info[0]}.{sys.version_info[1]}" / "site-packages"
 PIP = [sys.executable, "-m", "pip", "--disable-pip-version-check", "--no-input"]
@@ -81,7 +82,7 @@ def test_fresh_install_imports_prism_and_its_model_from_the_venv(installed):
     )
     lines = run([str(installed / "bin" / "python"), "-c", code], cwd=installed).stdout.split()
     assert lines == [str(site / "prism" / "__init__.py"), str(site / "models" / "predictor.py"),
-                     str(site / "models" / "default")]  # fmt: skip
+                     str(site / "models" / "first_packet")]  # fmt: skip
 
 
 def test_fresh_install_checks_its_example_configuration(installed):
@@ -92,8 +93,9 @@ def test_fresh_install_checks_its_example_configuration(installed):
 def test_fresh_install_evaluates_flows_with_its_installed_model(installed):
     flows = sorted(glob.glob(str(REPO / "data" / "flows" / "*.parquet")))
     assert flows
-    model = installed / SITE_PACKAGES / "models" / "default"
+    model = installed / SITE_PACKAGES / "models" / "first_packet"
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
     result = run([str(installed / "bin" / "prism"), "evaluate", *flows, "--model", str(model)], cwd=installed, env=env)
-    assert "predictive (HGB)" in result.stdout
+    assert "baseline (port mean)" in result.stdout  # the installed first-packet model's rows
+    assert "controller vs fixed rf1" in result.stdout  # the installed example configuration's policy
     assert "flows from" in result.stdout
