@@ -372,9 +372,9 @@ def _milestone_reports(flows: Any) -> Optional[List[Tuple[int, float, int, int]]
         return None
     reports = []
     for row in flows[:MAX_MILESTONES_ANSWERED]:
-        if not isinstance(row, list) or len(row) != 4:
+        if not isinstance(row, list) or len(row) < 4:  # later elements (idle_s, closing) are optional
             continue
-        flow_id, age_s, packets, byte_count = row
+        flow_id, age_s, packets, byte_count = row[:4]
         if not all(isinstance(v, int) and not isinstance(v, bool) for v in (flow_id, packets, byte_count)):
             continue
         if isinstance(age_s, bool) or not isinstance(age_s, (int, float)) or age_s != age_s or age_s < 0:

@@ -99,6 +99,9 @@ DROP_REASONS = tuple(
 )  # fmt: skip
 
 _DENY = FlowVerdict.DENY
+#: Facts of a connection that is closing or closed: a FIN or a RST was seen (the
+#: packets a ``state`` flow's mirrors receive copies of).
+CLOSING_FACTS = FACT_FIN_ORIG | FACT_FIN_REPLY | FACT_RST
 #: States in which a new SYN starts a new connection on the same key.
 _REOPENABLE = frozenset((ConnState.TIME_WAIT, ConnState.CLOSED))
 
@@ -189,14 +192,16 @@ class SystemTokens:
 
 
 class _Tombstone:
-    """A removed flow's last version, kept until ``until``; ``removed_here``: its primary removed it here."""
+    """A removed flow's last version, kept until ``until``; ``removed_here``: its primary removed it here;
+    ``closed``: the flow had seen a FIN or RST (a TCP teardown) when it was removed."""
 
-    __slots__ = ("version", "until", "removed_here")
+    __slots__ = ("version", "until", "removed_here", "closed")
 
-    def __init__(self, version: int, until: float, removed_here: bool) -> None:
+    def __init__(self, version: int, until: float, removed_here: bool, closed: bool = False) -> None:
         self.version = version
         self.until = until
         self.removed_here = removed_here
+        self.closed = closed
 
 
 class ConnTracker:
@@ -571,7 +576,8 @@ class ConnTracker:
             self._changed.pop(key, None)
             versioned_here = bool(entry.primary_packets or entry.dropped_packets) and entry.version > 0
             version = entry.version + 1 if versioned_here else entry.version
-            self._tombstones[key] = _Tombstone(version, until, versioned_here)
+            closed = entry.is_tcp and bool(entry.facts & CLOSING_FACTS)
+            self._tombstones[key] = _Tombstone(version, until, versioned_here, closed)
         self.flows_expired += len(expired)
         return expired
 
@@ -581,6 +587,17 @@ class ConnTracker:
         if tombstone is None or not tombstone.removed_here or key in self._flows:
             return None
         return tombstone.version
+
+    def removed_closed(self, key: FlowKey) -> bool:
+        """True if ``key`` was removed here after a FIN or RST (its mirrors' own timers close it too)."""
+        tombstone = self._tombstones.get(key)
+        return tombstone is not None and tombstone.closed and key not in self._flows
+
+    def idle_timeout(self, entry: ConnEntry) -> float:
+        """Seconds of silence after which ``entry`` expires in its current state (``Timeouts``)."""
+        if entry.is_tcp:
+            return self._tcp_timeouts[entry.state]
+        return self._other_timeout_table(entry.key.proto)[entry.state]
 
     def removal(self, key: FlowKey, wire: bool = False) -> Optional[dict]:
         """``key``'s removal record if this cell, as its primary, removed it (``removal_version``).
