@@ -364,3 +364,20 @@ def test_a_flow_whose_primary_is_draining_is_not_moved():
     assert milestone(network, udp()) == []
     assert network.director.counters.promotions == 0
     assert network.director.flows.get(entry.flow_id).profile == draining
+
+
+def test_a_second_promotion_before_the_first_seed_keeps_waiting_for_it():
+    network = Network(replication_factor=0)
+    policy = network.director.policy = Promoting(network.ring, promote(MODE_STATE, mirrors=1))
+    network.learn_hosts()
+    network.send(CLIENT_PORT, udp())
+    milestone(network, udp())
+    first_mirror = network.profile_of(udp()).mirror_cells[0]
+    policy.answer = promote(MODE_STATE, mirrors=2)
+    milestone(network, udp(), age_s=2.0)
+    entry = network.director.flows.get(flow_id(udp()))
+    assert entry.profile.replication_factor == 2
+    assert network.director.flow_seed_targets(entry.flow_id) == sorted(entry.profile.mirror_cells)
+    seeds = [m for m in tick_messages(network) if m.type == "seed"]
+    assert sorted(m.message["target"] for m in seeds) == sorted(entry.profile.mirror_cells)
+    assert all(m.message["profile_id"] == entry.group_id for m in seeds) and first_mirror in entry.profile.mirror_cells
