@@ -44,11 +44,10 @@ ages of the packets still to come) / sum(the same over every age)``.
     (a FIN, a RST) still come after it was added;
   - ``state`` (``STATE_CHANGE_RECORD_BYTES`` a record): a mirror present at
     birth gets the handshake record (a non-TCP flow: its first packet's and,
-    taken as replied if it has two packets or more, its reply's), the
-    teardown's if the flow closes by FIN or RST, else the removal (a flow
-    closed by FIN/RST gets none: its mirrors expire it themselves); a mirror
-    added later gets a seed, the teardown if its FIN/RST come after, and the
-    removal unless the flow closes by FIN/RST; and every state mirror gets
+    taken as replied if it has two packets or more, its reply's) and the
+    teardown's if the flow closes by FIN or RST, never a removal (state
+    mirrors expire their flows themselves); a mirror added later gets a seed
+    and the teardown if its FIN/RST come after; and every state mirror gets
     progress records (``PROGRESS_RECORD_BYTES``) only when the cell sends
     them: once the flow's bytes moved by half the takeover tolerance
     (``PROGRESS_TOLERANCE_SHARE``), or, for a flow still sending, once half
@@ -423,12 +422,10 @@ def judge(curves: FlowCurves, decisions: Decisions, settings: EvalSettings = Eva
     full_added = np.where(first, settings.replication_bytes_per_flow,
                           settings.seed_bytes_per_flow + later_records * record)  # fmt: skip
     tcp = curves.proto[flow] == PROTO_TCP
-    closed = curves.closed[flow]
-    removal = (~closed).astype(float)  # a flow closed by FIN/RST: its state mirrors expire it themselves
-    teardown = (tcp & closed).astype(float)
+    teardown = (tcp & curves.closed[flow]).astype(float)  # no removal: state mirrors expire flows themselves
     replied = (~tcp & (curves.packets[flow] >= 2)).astype(float)
-    birth_records = STATE_BIRTH_RECORDS + replied + teardown + removal
-    later_state = teardown * closing_after + removal
+    birth_records = STATE_BIRTH_RECORDS + replied + teardown
+    later_state = teardown * closing_after
     state_added = np.where(first, birth_records * settings.state_change_record_bytes,
                            settings.seed_bytes_per_flow + later_state * settings.state_change_record_bytes)
     per_added = np.where(full, full_added, state_added)

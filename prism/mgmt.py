@@ -116,13 +116,17 @@ mirrors need one (``prism.cell.smm``):
 Every ``state_interval_s`` the primary looks at each ``state`` flow for the
 second rule (and rebinds it to its current entry); the first is checked every
 tick. A flow's changes (handshake, teardown, verdict) still go as change
-records at once. A ``state`` flow that expires at its primary after a FIN or
-RST gets no removal record: its mirrors got copies of those packets (and the
-teardown's change records) and expire it by their own timers, as the primary
-did (the same ``Timeouts``; a new connection on the key reopens it from its
-SYN copy, or starts above the mirror's own tombstone). A ``state`` flow that
-ends idle (no FIN, no RST) still gets its removal record. A later version
-wins; a repeated record, or a mirror copy of a SYN/FIN/RST already folded
+records at once. A ``state`` flow that expires at its primary gets no
+removal record: its mirrors hold its facts (change records, the SYN/FIN/RST
+copies) and a last_seen never later than the primary's (the records' and
+their copies'), so their own timers (the same ``Timeouts``) expire it no
+later than the primary did: after a FIN or RST by the closing states'
+short timeouts, after silence by the idle timeout (at most half an idle
+timeout earlier than the primary, the lag of the last record's last_seen).
+A new connection on the key reopens it from its SYN copy, or starts above
+the mirror's own tombstone. This needs the cells' clocks to agree (one
+host, or synchronised) and the same tracker ``Timeouts`` in every cell. A
+later version wins; a repeated record, or a mirror copy of a SYN/FIN/RST already folded
 into a record, changes nothing.
 
 Takeover of a ``state`` flow. A cell that receives the first unmarked
@@ -153,8 +157,10 @@ connection whose position moved more than the tolerance beyond the last
 record (faster than half the tolerance per tick, or records lost) is refused
 and must reconnect; a milestone the failed primary crossed but had not
 reported yet (at most one tick) is not reported (the taking cell reports only
-those still ahead). A flow's mirror that expired it by its own timers after
-a FIN or RST (no removal record) holds it no longer than the primary did.
+those still ahead). A ``state`` flow's mirror expires it by its own timers
+(no removal record), up to half an idle timeout before its primary would
+have: a connection silent that long and then taken over is dropped
+(``no_state``) and must reconnect.
 Token, verdict, facts from the handshake and any teardown flag the switch
 copied are never lost.
 - ``drain`` / ``restore`` controller -> cell: ``{target}``, informational, the cell logs them.

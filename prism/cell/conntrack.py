@@ -192,16 +192,14 @@ class SystemTokens:
 
 
 class _Tombstone:
-    """A removed flow's last version, kept until ``until``; ``removed_here``: its primary removed it here;
-    ``closed``: the flow had seen a FIN or RST (a TCP teardown) when it was removed."""
+    """A removed flow's last version, kept until ``until``; ``removed_here``: its primary removed it here."""
 
-    __slots__ = ("version", "until", "removed_here", "closed")
+    __slots__ = ("version", "until", "removed_here")
 
-    def __init__(self, version: int, until: float, removed_here: bool, closed: bool = False) -> None:
+    def __init__(self, version: int, until: float, removed_here: bool) -> None:
         self.version = version
         self.until = until
         self.removed_here = removed_here
-        self.closed = closed
 
 
 class ConnTracker:
@@ -576,8 +574,7 @@ class ConnTracker:
             self._changed.pop(key, None)
             versioned_here = bool(entry.primary_packets or entry.dropped_packets) and entry.version > 0
             version = entry.version + 1 if versioned_here else entry.version
-            closed = entry.is_tcp and bool(entry.facts & CLOSING_FACTS)
-            self._tombstones[key] = _Tombstone(version, until, versioned_here, closed)
+            self._tombstones[key] = _Tombstone(version, until, versioned_here)
         self.flows_expired += len(expired)
         return expired
 
@@ -587,11 +584,6 @@ class ConnTracker:
         if tombstone is None or not tombstone.removed_here or key in self._flows:
             return None
         return tombstone.version
-
-    def removed_closed(self, key: FlowKey) -> bool:
-        """True if ``key`` was removed here after a FIN or RST (its mirrors' own timers close it too)."""
-        tombstone = self._tombstones.get(key)
-        return tombstone is not None and tombstone.closed and key not in self._flows
 
     def idle_timeout(self, entry: ConnEntry) -> float:
         """Seconds of silence after which ``entry`` expires in its current state (``Timeouts``)."""

@@ -236,12 +236,12 @@ class StateMirroringModule:
 
     def _removal_needed(self, key: FlowKey) -> bool:
         """An expired flow's removal record goes to its mirrors if this cell, its primary, removed it,
-        unless the flow is in ``state`` mode and closed by a FIN or RST: its mirrors got copies of those
-        (and the change records of its teardown) and expire it by their own timers, as this cell did."""
-        tracker = self.tracker
-        if tracker.removal_version(key) is None or not self.view.is_primary(key.flow_id):
+        unless the flow is in ``state`` mode: its mirrors hold its facts (change records, the FIN/RST
+        copies) and a last_seen never later than this cell's, so their own timers (the same
+        ``Timeouts``) expire it no later than this cell did (``prism.mgmt``, "Mirroring modes")."""
+        if self.tracker.removal_version(key) is None or not self.view.is_primary(key.flow_id):
             return False
-        if self.view.mode_of(key.flow_id) == mgmt.MODE_STATE and tracker.removed_closed(key):
+        if self.view.mode_of(key.flow_id) == mgmt.MODE_STATE:
             self.counters.removals_skipped += 1
             return False
         return True

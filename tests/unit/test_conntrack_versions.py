@@ -173,18 +173,15 @@ def test_a_mirror_that_never_expired_the_old_flow_does_not_shadow_the_new_one():
     assert mirror.get(conv.syn().key).orig.isn == 777_000
 
 
-def test_a_removal_says_whether_the_flow_had_closed_and_timeouts_follow_the_state():
+def test_idle_timeouts_follow_the_state():
     tracker = ConnTracker(TrackerConfig(timeouts=Timeouts(time_wait=1.0, established=5.0, udp_new=7.0)))
     closed, idle = Conversation(client_port=40000), Conversation(client_port=40001)
     assert tracker.idle_timeout(handshake(tracker, closed)) == 5.0  # established
     handshake(tracker, idle)
     close(tracker, closed)
     assert tracker.idle_timeout(tracker.get(closed.syn().key)) == 1.0  # TIME_WAIT
-    assert not tracker.removed_closed(closed.syn().key)  # still tracked
     assert tracker.expire(NOW + 2) == [closed.syn().key]
-    assert tracker.removed_closed(closed.syn().key) and tracker.removal_version(closed.syn().key) is not None
     assert tracker.expire(NOW + 6) == [idle.syn().key]
-    assert not tracker.removed_closed(idle.syn().key) and tracker.removal_version(idle.syn().key) is not None
     udp = parse_frame(build_udp_frame("10.0.0.1", "10.0.0.2", 5000, 53, b"q"))
     tracker.process(udp, False, NOW)
     assert tracker.idle_timeout(tracker.get(udp.key)) == 7.0  # UDP, no reply yet
