@@ -76,9 +76,8 @@ MODE_AUTO = "auto"
 POLICY_MODES = (MODE_STATE, MODE_FULL, MODE_AUTO)
 DEFAULT_MODE = MODE_STATE
 #: In ``auto`` mode a flow slower than this (packets per second, both directions, so far) is
-#: promoted in ``full``: at one packet per progress interval (``prism.mgmt.DEFAULT_STATE_INTERVAL_S``,
-#: 1 s) the primary's SMM would send about one progress record per packet, each larger than a
-#: copy of a small packet, so copying the packets costs fewer bytes.
+#: promoted in ``full`` (written when the SMM sent a progress record every second a state flow
+#: moved; since it sends one only when the mirrors need it, ``state`` costs few bytes at any rate).
 SLOW_FLOW_PPS = 1.0
 #: A flow silent for more than this share of its age at a milestone is not promoted
 #: (``AgingSettings.max_idle_share``): more silence than life so far, i.e. its
