@@ -135,7 +135,7 @@ class StateMirroringModule:
     (``TickReport.changed``: this cell received its primary copies and its
     facts, token or verdict changed) is queued for every other live cell of
     the flow's profile; a flow that expired here as its primary is queued as
-    a removal record. A flow whose ``assign`` or profile has not arrived, or
+    a removal record (not a ``state`` flow: see below). A flow whose ``assign`` or profile has not arrived, or
     any flow before the first ``directory`` (who is live is not known yet),
     waits (at most ``max_held_flows``, ``hold_timeout_s``). Records are built
     at flush time (latest state), batched per peer under ``max_datagram``, compressed,
@@ -145,15 +145,17 @@ class StateMirroringModule:
     them all.
 
     State mode (``assign`` with mode ``state``): the mirrors see only the
-    flow's SYN/FIN/RST copies, so every ``state_interval_s`` (the directory's)
-    each such flow that this cell forwarded packets of since its last record
-    gets a new version (``ConnTracker.note_progress``) and its record is
-    queued like a change: sequence positions and windows, counters,
-    last_seen, token, verdict. A flow that moved more than half the
-    directory's ``takeover_tolerance_bytes`` goes at the next tick. Milestones:
-    each flow this cell forwards is reported to the controller (``milestone``)
-    once per age in the directory's ``milestones_s`` it crosses here. See
-    ``prism.mgmt`` for both messages and for what a takeover may lose.
+    flow's SYN/FIN/RST copies, so a flow gets a new version
+    (``ConnTracker.note_progress``) and its record is queued like a change
+    (sequence positions and windows, counters, last_seen, token, verdict)
+    only when its mirrors need one (``_send_progress``): it moved more than
+    half the directory's ``takeover_tolerance_bytes``, or half its idle
+    timeout passed since the last_seen they hold. Its expiry sends no
+    removal record (its mirrors' timers expire it). Milestones: each flow
+    this cell forwards is reported to the controller (``milestone``) once per
+    age in the directory's ``milestones_s`` it crosses here, with its idle
+    time and whether it is closing. See ``prism.mgmt`` for both messages and
+    for what a takeover may lose.
 
     Args:
         cell: The cell (its tracker, its packet counters).
