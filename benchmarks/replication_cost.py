@@ -36,6 +36,7 @@ DEFAULT_DURATION_S = 30.0
 SIMULATED_PPS = 4  #: data packets per flow per second fed to the cells (versions do not depend on it)
 TYPICAL_PPS = (100, 1000, 10_000)  #: packet rates of long flows the per-packet alternative is priced at
 TICK_S = 0.1
+SEED_BATCHES = (1, 10, 100)  #: flows promoted per tick in the per-flow seed measurement
 PROFILE = 1
 SEED = 11
 SERVER = "172.31.0.1"
@@ -189,6 +190,54 @@ def simulate(flows: int, duration_s: float, mode: str = mgmt.MODE_FULL,
             "primary_frames": cells["c1"].primary_packets}  # fmt: skip
 
 
+def seed_cost(flows: int, per_tick: int) -> dict:
+    """Wire bytes per flow of per-flow seeds (``seed`` with ``flows``, as the director sends a promotion's):
+    ``flows`` established state flows at primary c1, seeded to a new mirror c3, ``per_tick`` flows
+    promoted (and asked for) per tick; state datagrams to c3 and c3's acks, compressed, as sent."""
+    network = CountingNetwork()
+    cells, smms = {}, {}
+    addresses = {"c1": ("10.9.0.1", 7700), "c3": ("10.9.0.3", 7700)}
+    for cell_id, address in addresses.items():
+        cell = Cell(cell_id, ConnTracker(TrackerConfig(timeouts=SHORT)))
+        smm = StateMirroringModule(cell, network.transport(address), None, rng=random.Random(SEED))
+        cell.add_tick_hook(smm.tick_hook)
+        cells[cell_id], smms[cell_id] = cell, smm
+        network.endpoints[address] = smm
+    conns = [Flow(index) for index in range(flows)]
+    control = [mgmt.encode({"type": "directory", "epoch": 1, "live": list(addresses),
+                            "cells": {cell_id: list(a) for cell_id, a in addresses.items()}}),
+               mgmt.encode({"type": "profiles", "epoch": 1, "full": True, "profiles": {str(PROFILE): ["c1", []]}}),
+               mgmt.encode({"type": "assign", "flows": [[build_key(conn), PROFILE, "", mgmt.MODE_STATE]
+                                                        for conn in conns]})]  # fmt: skip
+    for smm in smms.values():
+        for message in control:
+            smm.on_datagram(message, ("10.9.0.254", 7600), 0.0)
+    now = 0.0
+    for conn in conns:
+        for frame in conn.handshake() + [conn.frame(True, TCP_ACK | TCP_PSH, PAYLOAD), conn.frame(False, TCP_ACK)]:
+            cells["c1"].handle_frame(frame, now)
+    for _ in range(3):
+        now += TICK_S
+        for cell in cells.values():
+            cell.tick(now)
+        network.deliver(now)
+    network.wire.clear()
+    network.datagrams.clear()
+    for start in range(0, flows, per_tick):
+        chunk = [build_key(conn) for conn in conns[start:start + per_tick]]
+        smms["c1"].on_datagram(mgmt.encode({"type": "seed", "profile_id": PROFILE, "target": "c3",
+                                            "flows": chunk}), ("10.9.0.254", 7600), now)  # fmt: skip
+        network.deliver(now)  # the management network answers within the tick
+        now += TICK_S
+        for cell in cells.values():
+            cell.tick(now)
+        network.deliver(now)
+    seeded = len(cells["c3"].tracker)
+    wire = network.wire.get("state", 0) + network.wire.get("ack", 0)
+    return {"flows": flows, "per_tick": per_tick, "seeded": seeded, "bytes_per_flow": wire / max(seeded, 1),
+            "datagrams": network.datagrams.get("state", 0)}
+
+
 def build_key(conn: Flow) -> int:
     """The flow_id of a connection."""
     return parse_frame(conn.handshake()[0]).key.flow_id
@@ -262,6 +311,10 @@ def state_report(args: argparse.Namespace) -> int:
           f"({run['mirror_copies'] / run['primary_frames']:.4f} per frame)")  # fmt: skip
     print(f"  replication bytes per traffic byte at this rate ({SIMULATED_PPS} x {run['frame_bytes']} B "
           f"frames/s per flow): {(state_bytes + ack_bytes) / traffic:.4f}")  # fmt: skip
+    seeds = [seed_cost(min(args.flows, 500), per_tick) for per_tick in SEED_BATCHES]
+    figures["seeds"] = seeds
+    print("  per-flow seeds to a new mirror (as a promotion asks), state datagrams + acks: " + ", ".join(
+        f"{seed['per_tick']} flows per tick {seed['bytes_per_flow']:.1f} B per flow" for seed in seeds))  # fmt: skip
     if args.json:
         with open(args.json, "w", encoding="utf-8") as handle:
             json.dump(figures, handle, indent=1)

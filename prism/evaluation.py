@@ -107,8 +107,11 @@ CHANGE_RECORDS_PER_FLOW = 3
 #: Change records a mirror added after birth gets at least (the removal); the teardown too
 #: if the flow's closing state packets come after it was added.
 CHANGE_RECORDS_AFTER_PROMOTION = 1
-#: Wire bytes of one flow's record in a seed snapshot (the same benchmark: 55 B per record, batched).
-SEED_BYTES_PER_FLOW = 55.0
+#: Wire bytes per flow of a per-flow seed (``seed`` with ``flows``, as a promotion asks), state
+#: datagrams and acks: 61.5 B with 100 flows promoted per tick to the same mirror (a busy cell, as
+#: the other costs), 112.1 B with 10, 395.3 B alone: ``benchmarks/replication_cost.py --mode state
+#: --flows 500 --duration 30`` (its per-flow seed lines). Was 55 B (records batched 100 a datagram).
+SEED_BYTES_PER_FLOW = 61.5
 #: Wire bytes of one ``state``-mode progress record, state datagram and ack
 #: (compressed, batched): 100.0 B, ``benchmarks/replication_cost.py --mode state
 #: --flows 500 --duration 30 --tolerance-bytes 8000`` (every flow sends one about
