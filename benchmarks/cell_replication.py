@@ -408,7 +408,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
 def report(args: argparse.Namespace, runs: Dict[str, Dict[str, List[dict]]], peer: dict) -> None:
     print(f"\ncell data path, replication off vs full vs state mode (SMM -> a peer SMM in another process "
-          f"over loopback UDP; state: looked at every {args.state_interval:g} s, tolerance {args.tolerance_bytes} B), {args.repeat} rounds; medians")  # fmt: skip
+          f"over loopback UDP; state: looked at every {args.state_interval:g} s, tolerance "
+          f"{args.tolerance_bytes} B), {args.repeat} rounds; medians")  # fmt: skip
     print(f"  {'workload':<17}{'setting':>8}{'frames':>7} | {'wall pps':>9}{'/off':>6}{'/full':>6} | "
           f"{'CPU pps':>9}{'/off':>6}{'/full':>6} | {'records':>8}{'progress':>9}{'B sent':>11}{'settled ms':>11}")  # fmt: skip
     problems = []
