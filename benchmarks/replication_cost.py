@@ -1,12 +1,17 @@
 """Replication bytes per flow per second of long TCP flows: PRISM's changes-only SMM against per-packet and periodic replication.
 
 ``--mode state`` runs the same flows in ``state`` mode: the mirror gets copies
-of SYN/FIN/RST only and the primary's SMM sends a progress record of each flow
-that moved every ``--state-interval`` seconds; it prints the wire bytes per
-record (state datagrams and their acks, compressed, as sent).
+of SYN/FIN/RST only and the primary's SMM sends a progress record of a flow
+only when its mirrors need one (its frames moved more than half the takeover
+tolerance, or half its idle timeout passed since the last_seen they hold:
+``prism.cell.smm``); it prints the records per flow by kind (change,
+progress, removal) and the wire bytes per record (state datagrams and their
+acks, compressed, as sent). With the defaults (16 MiB tolerance) these slow
+flows send no progress record at all; ``--tolerance-bytes 8000`` makes each
+send one about every second (4 kB/s of frames), to price a progress record.
 
     .venv/bin/python benchmarks/replication_cost.py [--mode full|state] [--flows 500] [--duration 30]
-        [--state-interval 1.0] [--json FILE]
+        [--state-interval 1.0] [--tolerance-bytes N] [--json FILE]
 """
 
 from __future__ import annotations
@@ -31,6 +36,7 @@ DEFAULT_DURATION_S = 30.0
 SIMULATED_PPS = 4  #: data packets per flow per second fed to the cells (versions do not depend on it)
 TYPICAL_PPS = (100, 1000, 10_000)  #: packet rates of long flows the per-packet alternative is priced at
 TICK_S = 0.1
+SEED_BATCHES = (1, 10, 100)  #: flows promoted per tick in the per-flow seed measurement
 PROFILE = 1
 SEED = 11
 SERVER = "172.31.0.1"
@@ -116,7 +122,8 @@ class Flow:
 
 
 def simulate(flows: int, duration_s: float, mode: str = mgmt.MODE_FULL,
-             state_interval_s: float = mgmt.DEFAULT_STATE_INTERVAL_S) -> dict:  # fmt: skip
+             state_interval_s: float = mgmt.DEFAULT_STATE_INTERVAL_S,
+             tolerance_bytes: int = mgmt.DEFAULT_TAKEOVER_TOLERANCE_BYTES) -> dict:  # fmt: skip
     """Run ``flows`` long flows through primary c1 (mirror c2) with real SMMs; returns the byte counts.
 
     In ``state`` mode the mirror gets copies of SYN/FIN/RST segments only.
@@ -131,7 +138,8 @@ def simulate(flows: int, duration_s: float, mode: str = mgmt.MODE_FULL,
         network.endpoints[address] = smm
     directory = mgmt.encode({"type": "directory", "epoch": 1, "live": ["c1", "c2"],
                              "cells": {"c1": ["10.9.0.1", 7700], "c2": ["10.9.0.2", 7700]},
-                             "state_interval_s": state_interval_s})  # fmt: skip
+                             "state_interval_s": state_interval_s,
+                             "takeover_tolerance_bytes": tolerance_bytes})  # fmt: skip
     profiles = mgmt.encode({"type": "profiles", "epoch": 1, "full": True,
                             "profiles": {str(PROFILE): ["c1", ["c2"]]}})  # fmt: skip
     conns = [Flow(index) for index in range(flows)]
@@ -182,6 +190,54 @@ def simulate(flows: int, duration_s: float, mode: str = mgmt.MODE_FULL,
             "primary_frames": cells["c1"].primary_packets}  # fmt: skip
 
 
+def seed_cost(flows: int, per_tick: int) -> dict:
+    """Wire bytes per flow of per-flow seeds (``seed`` with ``flows``, as the director sends a promotion's):
+    ``flows`` established state flows at primary c1, seeded to a new mirror c3, ``per_tick`` flows
+    promoted (and asked for) per tick; state datagrams to c3 and c3's acks, compressed, as sent."""
+    network = CountingNetwork()
+    cells, smms = {}, {}
+    addresses = {"c1": ("10.9.0.1", 7700), "c3": ("10.9.0.3", 7700)}
+    for cell_id, address in addresses.items():
+        cell = Cell(cell_id, ConnTracker(TrackerConfig(timeouts=SHORT)))
+        smm = StateMirroringModule(cell, network.transport(address), None, rng=random.Random(SEED))
+        cell.add_tick_hook(smm.tick_hook)
+        cells[cell_id], smms[cell_id] = cell, smm
+        network.endpoints[address] = smm
+    conns = [Flow(index) for index in range(flows)]
+    control = [mgmt.encode({"type": "directory", "epoch": 1, "live": list(addresses),
+                            "cells": {cell_id: list(a) for cell_id, a in addresses.items()}}),
+               mgmt.encode({"type": "profiles", "epoch": 1, "full": True, "profiles": {str(PROFILE): ["c1", []]}}),
+               mgmt.encode({"type": "assign", "flows": [[build_key(conn), PROFILE, "", mgmt.MODE_STATE]
+                                                        for conn in conns]})]  # fmt: skip
+    for smm in smms.values():
+        for message in control:
+            smm.on_datagram(message, ("10.9.0.254", 7600), 0.0)
+    now = 0.0
+    for conn in conns:
+        for frame in conn.handshake() + [conn.frame(True, TCP_ACK | TCP_PSH, PAYLOAD), conn.frame(False, TCP_ACK)]:
+            cells["c1"].handle_frame(frame, now)
+    for _ in range(3):
+        now += TICK_S
+        for cell in cells.values():
+            cell.tick(now)
+        network.deliver(now)
+    network.wire.clear()
+    network.datagrams.clear()
+    for start in range(0, flows, per_tick):
+        chunk = [build_key(conn) for conn in conns[start:start + per_tick]]
+        smms["c1"].on_datagram(mgmt.encode({"type": "seed", "profile_id": PROFILE, "target": "c3",
+                                            "flows": chunk}), ("10.9.0.254", 7600), now)  # fmt: skip
+        network.deliver(now)  # the management network answers within the tick
+        now += TICK_S
+        for cell in cells.values():
+            cell.tick(now)
+        network.deliver(now)
+    seeded = len(cells["c3"].tracker)
+    wire = network.wire.get("state", 0) + network.wire.get("ack", 0)
+    return {"flows": flows, "per_tick": per_tick, "seeded": seeded, "bytes_per_flow": wire / max(seeded, 1),
+            "datagrams": network.datagrams.get("state", 0)}
+
+
 def build_key(conn: Flow) -> int:
     """The flow_id of a connection."""
     return parse_frame(conn.handshake()[0]).key.flow_id
@@ -212,31 +268,41 @@ def _mean_json(records: Sequence[dict]) -> float:
 
 def state_report(args: argparse.Namespace) -> int:
     """Print what ``state`` mode costs: wire bytes per record, per flow and second, against the traffic."""
-    run = simulate(args.flows, args.duration, mgmt.MODE_STATE, args.state_interval)
+    run = simulate(args.flows, args.duration, mgmt.MODE_STATE, args.state_interval, args.tolerance_bytes)
     network, counters = run["network"], run["counters"]
     state_bytes, ack_bytes = network.wire.get("state", 0), network.wire.get("ack", 0)
     records = counters["records_sent"]
     progress = counters["progress_records"]
+    removals, skipped = counters["removals_sent"], counters["removals_skipped"]
+    changes = records - progress - removals
     flow_seconds = args.flows * args.duration
     traffic = run["primary_frames"] * run["frame_bytes"]  # upper bound: handshakes are smaller frames
     figures = {
         "mode": "state", "flows": args.flows, "duration_s": args.duration,
-        "state_interval_s": args.state_interval, "frames_per_flow_per_s": SIMULATED_PPS,
-        "records_sent": records, "progress_records": progress,
+        "state_interval_s": args.state_interval, "takeover_tolerance_bytes": args.tolerance_bytes,
+        "frames_per_flow_per_s": SIMULATED_PPS,
+        "records_sent": records, "progress_records": progress, "change_records": changes,
+        "removals_sent": removals, "removals_skipped": skipped,
+        "change_records_per_flow": changes / args.flows, "progress_records_per_flow": progress / args.flows,
+        "removals_per_flow": removals / args.flows,
         "other_records": records - progress, "state_datagrams": network.datagrams.get("state", 0),
         "acks": network.datagrams.get("ack", 0), "state_bytes": state_bytes, "ack_bytes": ack_bytes,
         "bytes_per_record": (state_bytes + ack_bytes) / records,
         "state_bytes_per_record": state_bytes / records, "ack_bytes_per_record": ack_bytes / records,
         "bytes_per_flow_per_s": (state_bytes + ack_bytes) / flow_seconds,
+        "bytes_per_flow": (state_bytes + ack_bytes) / args.flows,
         "mirror_copies": run["mirror_copies"], "primary_frames": run["primary_frames"],
         "traffic_bytes": traffic,
     }  # fmt: skip
     print(f"replication cost, state mode: {args.flows} TCP flows x {args.duration:g} s at "
-          f"{SIMULATED_PPS} frames/s each through primary c1, mirror c2 (rf=1), progress every "
-          f"{args.state_interval:g} s, tick {TICK_S} s, Python {sys.version.split()[0]}")  # fmt: skip
-    print(f"  SMM sent {records} records ({progress} progress records, {records - progress} "
-          f"handshake/teardown/removal) in {figures['state_datagrams']} datagrams; "
-          f"{figures['acks']} acks back")  # fmt: skip
+          f"{SIMULATED_PPS} frames/s each through primary c1, mirror c2 (rf=1), state flows looked at every "
+          f"{args.state_interval:g} s, takeover tolerance {args.tolerance_bytes:,} B, tick {TICK_S} s, "
+          f"Python {sys.version.split()[0]}")  # fmt: skip
+    print(f"  SMM sent {records} records ({progress} progress records, {changes} change records "
+          f"(handshake, teardown), {removals} removals; {skipped} removals not needed: closed by FIN) "
+          f"in {figures['state_datagrams']} datagrams; {figures['acks']} acks back")  # fmt: skip
+    print(f"  per flow: {changes / args.flows:.2f} change records, {progress / args.flows:.2f} progress "
+          f"records, {removals / args.flows:.2f} removals; {figures['bytes_per_flow']:.1f} B")  # fmt: skip
     print(f"  wire bytes per record, state + acks (compressed, as sent): "
           f"{figures['bytes_per_record']:.1f} B ({figures['state_bytes_per_record']:.1f} state + "
           f"{figures['ack_bytes_per_record']:.1f} acks)")  # fmt: skip
@@ -245,6 +311,10 @@ def state_report(args: argparse.Namespace) -> int:
           f"({run['mirror_copies'] / run['primary_frames']:.4f} per frame)")  # fmt: skip
     print(f"  replication bytes per traffic byte at this rate ({SIMULATED_PPS} x {run['frame_bytes']} B "
           f"frames/s per flow): {(state_bytes + ack_bytes) / traffic:.4f}")  # fmt: skip
+    seeds = [seed_cost(min(args.flows, 500), per_tick) for per_tick in SEED_BATCHES]
+    figures["seeds"] = seeds
+    print("  per-flow seeds to a new mirror (as a promotion asks), state datagrams + acks: " + ", ".join(
+        f"{seed['per_tick']} flows per tick {seed['bytes_per_flow']:.1f} B per flow" for seed in seeds))  # fmt: skip
     if args.json:
         with open(args.json, "w", encoding="utf-8") as handle:
             json.dump(figures, handle, indent=1)
@@ -259,7 +329,10 @@ def main(argv: Sequence[str] = None) -> int:
     parser.add_argument("--mode", choices=mgmt.ASSIGN_MODES, default=mgmt.MODE_FULL,
                         help="mirroring mode of every flow (default full)")
     parser.add_argument("--state-interval", type=float, default=mgmt.DEFAULT_STATE_INTERVAL_S,
-                        metavar="SECONDS", help="state mode: period of the progress records")
+                        metavar="SECONDS", help="state mode: how often each state flow is looked at")
+    parser.add_argument("--tolerance-bytes", type=int, default=mgmt.DEFAULT_TAKEOVER_TOLERANCE_BYTES,
+                        metavar="N", help="state mode: the takeover tolerance (a progress record "
+                        "once a flow's frames moved more than half of it)")
     parser.add_argument("--json", metavar="FILE", help="also write the figures as JSON")
     args = parser.parse_args(argv)
     if args.mode == mgmt.MODE_STATE:

@@ -505,10 +505,16 @@ def interruption_from_capture(capture: Path, fail_time: Optional[float], client_
 
 
 def data_connection_outcome(capture: Path, fail_time: Optional[float], client_port: int) -> Dict:
-    """Resets and data packets after the failure, for the connection from ``client_port``."""
+    """Resets and data packets after the failure, for the connection from ``client_port``.
+
+    A reset after both sides' FIN (the transfer was complete and closed in
+    order; e.g. a stray ACK reaching a socket already closed) is counted apart,
+    as ``resets_after_close``: it does not break the connection.
+    """
     import dpkt
 
-    resets = after = 0
+    resets = after = resets_after_close = 0
+    fins = set()  # the sides (source ports) that sent a FIN
     arrivals: List[tuple] = []  # (time, payload bytes) of data reaching the server
     try:
         with open(capture, "rb") as handle:
@@ -518,7 +524,12 @@ def data_connection_outcome(capture: Path, fail_time: Optional[float], client_po
                 if not isinstance(tcp, dpkt.tcp.TCP) or client_port not in (tcp.sport, tcp.dport):
                     continue
                 if tcp.flags & dpkt.tcp.TH_RST:
-                    resets += 1
+                    if len(fins) == 2:
+                        resets_after_close += 1
+                    else:
+                        resets += 1
+                if tcp.flags & dpkt.tcp.TH_FIN:
+                    fins.add(tcp.sport)
                 # the capture keeps 128 bytes a packet: the size comes from the IP header
                 payload = ip.len - ip.hl * 4 - tcp.off * 4
                 if tcp.sport == client_port and payload > 0:
@@ -535,6 +546,7 @@ def data_connection_outcome(capture: Path, fail_time: Optional[float], client_po
         bins[index] += size
     return {
         "resets": resets,
+        "resets_after_close": resets_after_close,
         "packets_after_failure": after,
         # throughput at the server, from the capture (whatever iperf3 reported)
         "throughput_bps": [round(b * 8 / THROUGHPUT_BIN_S) for b in bins],

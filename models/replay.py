@@ -13,7 +13,17 @@ so the order matters):
   current profile, M, packets, bytes, live cells, now)``, the counters being
   the record's milestone columns (a flow shorter than M has its totals there,
   as the primary cell reports a flow it still tracks). A flow that sent its
-  last packet before M is thus still asked about, as the cells report it;
+  last packet before M is thus still asked about, as the cells report it,
+  with what its primary would tell (``prism.mgmt`` ``milestone``):
+  ``idle_s``, the time since its last packet, exactly ``M - duration`` once
+  M is past its last packet, and **estimated** before that from the record's
+  counts at every milestone (``MILESTONES_S``): no packet since the previous
+  milestone adds that interval to the previous idle time; k packets in it put
+  the last one, taken as spread evenly, ``interval / (k + 1)`` before M; and
+  ``closing``, True once M is past the last packet of a TCP flow that ended
+  by FIN or RST (``end_reason``), else False (estimated: a FIN before the
+  last packet, a half-close, is not in the records).
+  ``DecisionTimeline.idle_estimated`` counts the re-decisions given estimates;
 - **end** at ``ts_start + duration + idle_timeout_s``: ``flow_ended(entry, now)``
   with the counters the switch's flow-removed reports give (``EndedFlow``: all
   packets but the first, which went out by packet-out; the duration including
@@ -38,7 +48,7 @@ import pandas as pd
 from prism.flows import ip_to_bytes
 from prism.policy import MODE_STATE
 from prism.profiles import MirroringProfile
-from prism.records import milestone_column
+from prism.records import END_FIN, END_RST, MILESTONES_S, milestone_column
 
 #: The FSC entries' idle timeout the replay assumes by default (configuration ``idle_timeout``).
 DEFAULT_IDLE_TIMEOUT_S = 10.0
@@ -46,6 +56,7 @@ DEFAULT_CELLS = ("cell1", "cell2", "cell3")
 MODE_CODE_FULL = 0
 MODE_CODE_STATE = 1
 _END, _BIRTH, _MILESTONE = 0, 1, 2
+PROTO_TCP = 6
 
 
 #: Ethernet header bytes added to an IP length for a frame length.
@@ -110,6 +121,8 @@ class DecisionTimeline:
         mode: ``MODE_CODE_FULL`` (0) or ``MODE_CODE_STATE`` (1).
         redecisions: ``redecide`` calls made.
         interpolated: Flows whose milestone counters were interpolated (no counts in the record).
+        idle_estimated: Re-decisions at an age before the flow's last packet, whose ``idle_s``
+            (and ``closing``: False) are estimates (module docstring).
     """
 
     flow: np.ndarray
@@ -118,6 +131,7 @@ class DecisionTimeline:
     mode: np.ndarray
     redecisions: int = 0
     interpolated: int = 0
+    idle_estimated: int = 0
 
     def final_replication_factor(self, flows: int) -> np.ndarray:
         """Each flow's last replication factor (``flows`` = rows of the frame)."""
@@ -149,6 +163,29 @@ def _counters(frame: pd.DataFrame, milestones: Sequence[float]) -> Tuple[np.ndar
     return at_packets, at_bytes, missing
 
 
+def what_the_primary_knows(frame: pd.DataFrame, milestones: Sequence[float]) -> Tuple[np.ndarray, np.ndarray]:
+    """``idle_s`` and ``closing`` of every flow at every milestone (flows x milestones), as the
+    module docstring says: exact past the flow's last packet, estimated before it."""
+    grid = tuple(sorted(set(MILESTONES_S) | {float(m) for m in milestones}))
+    at_packets, _, _ = _counters(frame, grid)
+    duration = np.maximum(frame["duration_s"].to_numpy(dtype=float), 0.0)
+    n = len(frame)
+    idle_grid = np.empty((n, len(grid)))
+    idle, previous_age, previous_packets = np.zeros(n), 0.0, np.ones(n)
+    for j, m in enumerate(grid):
+        interval = m - previous_age
+        new = at_packets[:, j] - previous_packets
+        idle = np.where(new > 0, interval / (np.maximum(new, 0) + 1.0), idle + interval)
+        idle = np.where(m > duration, m - duration, np.minimum(idle, m))
+        idle_grid[:, j] = idle
+        previous_age, previous_packets = m, np.maximum(previous_packets, at_packets[:, j])
+    columns = [grid.index(float(m)) for m in milestones]
+    end_reason = frame["end_reason"].to_numpy(dtype=object) if "end_reason" in frame else np.full(n, "")
+    closed = (frame["proto"].to_numpy(dtype=np.int64) == PROTO_TCP) & np.isin(end_reason, (END_FIN, END_RST))
+    past = np.asarray(milestones, dtype=float)[None, :] > duration[:, None]
+    return idle_grid[:, columns], closed[:, None] & past
+
+
 def replay_decisions(frame: pd.DataFrame, policy, idle_timeout_s: float = DEFAULT_IDLE_TIMEOUT_S,
                      cells: Sequence[str] = DEFAULT_CELLS) -> DecisionTimeline:  # fmt: skip
     """Drive ``policy`` with the events a controller would see for ``frame``'s flows (module docstring).
@@ -168,6 +205,7 @@ def replay_decisions(frame: pd.DataFrame, policy, idle_timeout_s: float = DEFAUL
     duration = np.maximum(frame["duration_s"].to_numpy(dtype=float), 0.0)
     end = start + duration + idle_timeout_s
     at_packets, at_bytes, missing = _counters(frame, milestones)
+    idle_at, closing_at = what_the_primary_knows(frame, milestones)
     flow_ids = frame["flow_id"].to_numpy(dtype=np.uint64)
     protos = frame["proto"].to_numpy(dtype=np.int64)
     versions = frame["ip_version"].to_numpy(dtype=np.int64)
@@ -201,7 +239,7 @@ def replay_decisions(frame: pd.DataFrame, policy, idle_timeout_s: float = DEFAUL
     rows_age: List[float] = []
     rows_rf: List[int] = []
     rows_mode: List[int] = []
-    redecisions = 0
+    redecisions = idle_estimated = 0
     for index in order.tolist():
         i, kind, now = int(flow_all[index]), int(kind_all[index]), float(time_all[index])
         flow_id = int(flow_ids[i])
@@ -221,8 +259,10 @@ def replay_decisions(frame: pd.DataFrame, policy, idle_timeout_s: float = DEFAUL
         elif kind == _MILESTONE:
             j = int(which_all[index])
             redecisions += 1
+            idle_estimated += milestones[j] <= duration[i]
             decision = policy.redecide(flow_id, profiles[i], milestones[j], int(at_packets[i, j]),
-                                       int(at_bytes[i, j]), live, now)  # fmt: skip
+                                       int(at_bytes[i, j]), live, now, idle_s=float(idle_at[i, j]),
+                                       closing=bool(closing_at[i, j]))  # fmt: skip
             if decision is None:
                 continue
             profile, mode = decision
@@ -243,4 +283,5 @@ def replay_decisions(frame: pd.DataFrame, policy, idle_timeout_s: float = DEFAUL
     age_arr = np.asarray(rows_age, dtype=float)
     sort = np.lexsort((age_arr, flow_arr))
     return DecisionTimeline(flow_arr[sort], age_arr[sort], np.asarray(rows_rf, dtype=np.int64)[sort],
-                            np.asarray(rows_mode, dtype=np.int8)[sort], redecisions, int(missing.sum()))  # fmt: skip
+                            np.asarray(rows_mode, dtype=np.int8)[sort], redecisions, int(missing.sum()),
+                            int(idle_estimated))  # fmt: skip

@@ -395,8 +395,11 @@ def _wrap(dp_id: int, decisions: Iterable[Decision]) -> List[Outgoing]:
     return [d if isinstance(d, MgmtMessage) else SwitchChange(dp_id, d) for d in decisions]
 
 
-def _milestone_reports(flows: Any) -> Optional[List[Tuple[int, float, int, int]]]:
-    """``[[flow_id, age_s, packets, bytes], ...]`` checked; None if it is not a list at all.
+def _milestone_reports(flows: Any) -> Optional[List[tuple]]:
+    """``[[flow_id, age_s, packets, bytes(, idle_s, closing)], ...]`` checked; None if it is not a list at all.
+
+    A row gives ``(flow_id, age_s, packets, bytes, idle_s, closing)``, the last two None
+    when absent or malformed (``prism.mgmt``: a longer row's further elements are ignored).
 
     Malformed rows are skipped; at most MAX_MILESTONES_ANSWERED are kept.
     """
@@ -404,12 +407,21 @@ def _milestone_reports(flows: Any) -> Optional[List[Tuple[int, float, int, int]]
         return None
     reports = []
     for row in flows[:MAX_MILESTONES_ANSWERED]:
-        if not isinstance(row, list) or len(row) != 4:
+        if not isinstance(row, list) or len(row) < 4:  # later elements (idle_s, closing) are optional
             continue
-        flow_id, age_s, packets, byte_count = row
+        flow_id, age_s, packets, byte_count = row[:4]
         if not all(isinstance(v, int) and not isinstance(v, bool) for v in (flow_id, packets, byte_count)):
             continue
         if isinstance(age_s, bool) or not isinstance(age_s, (int, float)) or age_s != age_s or age_s < 0:
             continue
-        reports.append((flow_id, float(age_s), packets, byte_count))
+        idle_s = row[4] if len(row) > 4 and _seconds(row[4]) else None
+        closing = row[5] if len(row) > 5 and isinstance(row[5], bool) else None
+        reports.append((flow_id, float(age_s), packets, byte_count,
+                        None if idle_s is None else float(idle_s), closing))  # fmt: skip
     return reports
+
+
+def _seconds(value: Any) -> bool:
+    """A finite number of seconds >= 0 (not a bool)."""
+    return (not isinstance(value, bool) and isinstance(value, (int, float))
+            and value == value and 0 <= value < float("inf"))  # fmt: skip

@@ -484,7 +484,7 @@ class MirroringDirector:
         return tuple(getattr(self.policy, "milestones_s", ()) or ())
 
     def on_milestone(
-        self, cell_id: str, reports: Sequence[Tuple[int, float, int, int]], now: float
+        self, cell_id: str, reports: Sequence[tuple], now: float
     ) -> List[Decision]:
         """``cell_id`` reports flows crossing age milestones: ask the policy again, move the flows it changes.
 
@@ -498,7 +498,8 @@ class MirroringDirector:
 
         Args:
             cell_id: The reporting cell (must be each flow's primary).
-            reports: ``(flow_id, age_s, packets, bytes)`` per flow.
+            reports: ``(flow_id, age_s, packets, bytes)`` per flow, optionally followed by
+                ``idle_s`` and ``closing`` (passed on to ``redecide`` when not None).
             now: Current time (seconds).
 
         Returns:
@@ -507,7 +508,10 @@ class MirroringDirector:
         """
         redecide = getattr(self.policy, "redecide", None)
         changes: List[Decision] = []
-        for flow_id, age_s, packets, byte_count in reports:
+        for report in reports:
+            flow_id, age_s, packets, byte_count = report[:4]
+            # what the primary knows (idle_s, closing), passed on where the report carried it
+            known = {name: v for name, v in zip(("idle_s", "closing"), report[4:6]) if v is not None}
             self._count("milestones")
             entry = self._flows.get(flow_id)
             if entry is None:
@@ -520,7 +524,7 @@ class MirroringDirector:
                 continue
             self._count("redecisions")
             try:
-                answer = redecide(flow_id, entry.profile, age_s, packets, byte_count, self._live_cells, now)
+                answer = redecide(flow_id, entry.profile, age_s, packets, byte_count, self._live_cells, now, **known)
             except NoLiveCell:
                 self._refuse(REFUSED_UNUSABLE_CELL)
                 continue

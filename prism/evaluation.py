@@ -35,15 +35,29 @@ ages of the packets still to come) / sum(the same over every age)``.
   mirrored, once per mirror; ``state`` copies the state packets that arrive
   while mirrored, plus the first packet of a flow mirrored at birth;
 - replication bytes per traffic byte: the State Mirroring Module's records,
-  as ``benchmarks/replication_cost.py`` measures them with real SMMs: a
-  mirror present at birth gets the flow's three change records (handshake
-  with its token, teardown, removal: ``REPLICATION_BYTES_PER_FLOW``); a
-  mirror added later gets a seed (``SEED_BYTES_PER_FLOW``), the removal, and
-  the teardown if state packets (a FIN, a RST) still come after it was added;
-  in ``state`` mode every mirror also gets one progress record
-  (``PROGRESS_RECORD_BYTES``) per ``state_interval_s`` in which the flow
-  sent packets. A promotion after the flow's last packet (the director still
-  holds the flow until its idle timeout) pays its seed and records too.
+  as ``benchmarks/replication_cost.py`` measures them with real SMMs and as
+  ``prism.cell.smm`` sends them (``prism.mgmt``, "Mirroring modes"):
+  - ``full``: a mirror present at birth gets the flow's three change
+    records (handshake with its token, teardown, removal:
+    ``REPLICATION_BYTES_PER_FLOW``); a mirror added later gets a seed
+    (``SEED_BYTES_PER_FLOW``), the removal, and the teardown if state packets
+    (a FIN, a RST) still come after it was added;
+  - ``state`` (``STATE_CHANGE_RECORD_BYTES`` a record): a mirror present at
+    birth gets the handshake record (a non-TCP flow: its first packet's and,
+    taken as replied if it has two packets or more, its reply's) and the
+    teardown's if the flow closes by FIN or RST, never a removal (state
+    mirrors expire their flows themselves); a mirror added later gets a seed
+    and the teardown if its FIN/RST come after; and every state mirror gets
+    progress records (``PROGRESS_RECORD_BYTES``) only when the cell sends
+    them: once the flow's bytes moved by half the takeover tolerance
+    (``PROGRESS_TOLERANCE_SHARE``), or, for a flow still sending, once half
+    its idle timeout (``PROGRESS_REFRESH_SHARE`` of the tracker's
+    ``Timeouts``: an established TCP connection's, a replied UDP flow's,
+    ICMP's, other protocols') passed since the last record; per segment of
+    a flow's timeline the larger of the two counts (what a flow of even rate
+    sends: the records of one rule reset the other's clock).
+  A promotion after the flow's last packet (the director still holds the
+  flow until its idle timeout) pays its seed and records too.
 
 Policies that decide once, at birth, are built here: fixed, random (in
 expectation: every flow mirrored with the same probability, spending the
@@ -62,6 +76,9 @@ from typing import Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
 import numpy as np
 import pandas as pd
 
+from prism.cell.conntrack import Timeouts
+from prism.cell.smm import PROGRESS_REFRESH_SHARE, PROGRESS_TOLERANCE_SHARE
+from prism.mgmt import DEFAULT_TAKEOVER_TOLERANCE_BYTES
 from prism.records import END_FIN, END_RST, MILESTONES_S, milestone_column
 
 MODE_CODE_FULL = 0
@@ -90,14 +107,31 @@ CHANGE_RECORDS_PER_FLOW = 3
 #: Change records a mirror added after birth gets at least (the removal); the teardown too
 #: if the flow's closing state packets come after it was added.
 CHANGE_RECORDS_AFTER_PROMOTION = 1
-#: Wire bytes of one flow's record in a seed snapshot (the same benchmark: 55 B per record, batched).
-SEED_BYTES_PER_FLOW = 55.0
+#: Wire bytes per flow of a per-flow seed (``seed`` with ``flows``, as a promotion asks), state
+#: datagrams and acks: 61.5 B with 100 flows promoted per tick to the same mirror (a busy cell, as
+#: the other costs), 112.1 B with 10, 395.3 B alone: ``benchmarks/replication_cost.py --mode state
+#: --flows 500 --duration 30`` (its per-flow seed lines). Was 55 B (records batched 100 a datagram).
+SEED_BYTES_PER_FLOW = 61.5
 #: Wire bytes of one ``state``-mode progress record, state datagram and ack
-#: (compressed, batched): 100.3 B, ``benchmarks/replication_cost.py --mode state
-#: --flows 500 --duration 30`` (a busy cell; 178.7 B with 10 flows per tick).
-PROGRESS_RECORD_BYTES = 100.3
-#: Seconds between two progress records of a moving flow (``prism.mgmt.DEFAULT_STATE_INTERVAL_S``).
+#: (compressed, batched): 100.0 B, ``benchmarks/replication_cost.py --mode state
+#: --flows 500 --duration 30 --tolerance-bytes 8000`` (every flow sends one about
+#: every second; a busy cell; 178.7 B with 10 flows per tick in the earlier run).
+PROGRESS_RECORD_BYTES = 100.0
+#: Wire bytes of one change record (handshake, teardown, removal) to a ``state``
+#: mirror, state datagram and ack: 81.6 B, ``benchmarks/replication_cost.py
+#: --mode state --flows 500 --duration 30`` (2.00 change records and no removal
+#: per flow closed by FIN: 163.1 B per flow; fewer records per datagram than the
+#: full mode's three).
+STATE_CHANGE_RECORD_BYTES = 81.6
+#: Change records a ``state`` mirror gets at birth before the flow's end: the
+#: handshake (TCP) or the first packet's (other protocols).
+STATE_BIRTH_RECORDS = 1
+#: How often the cell looks at a ``state`` flow (``prism.mgmt.DEFAULT_STATE_INTERVAL_S``):
+#: kept for the configuration's value; records no longer go every interval.
 STATE_INTERVAL_S = 1.0
+PROTO_UDP = 17
+PROTO_ICMP = 1
+PROTO_ICMPV6 = 58
 #: IP bytes of a copied state packet whose size the records do not give (a SYN
 #: with the usual options: 20 B IPv4 + 20 B TCP + 20 B options).
 STATE_PACKET_BYTES = 60.0
@@ -119,6 +153,25 @@ class EvalSettings:
     replication_bytes_per_flow: float = REPLICATION_BYTES_PER_FLOW
     seed_bytes_per_flow: float = SEED_BYTES_PER_FLOW
     progress_record_bytes: float = PROGRESS_RECORD_BYTES
+    state_change_record_bytes: float = STATE_CHANGE_RECORD_BYTES
+    takeover_tolerance_bytes: int = DEFAULT_TAKEOVER_TOLERANCE_BYTES
+    timeouts: Timeouts = Timeouts()
+
+    def refresh_s(self, proto: np.ndarray, packets: np.ndarray) -> np.ndarray:
+        """Per flow: seconds between two progress records of a slow ``state`` flow that still sends
+        (``PROGRESS_REFRESH_SHARE`` of its idle timeout: TCP established; a non-TCP flow of two
+        packets or more taken as replied)."""
+        t = self.timeouts
+        udp = np.where(packets >= 2, t.udp_replied, t.udp_new)
+        timeout = np.where(proto == PROTO_TCP, t.established,
+                           np.where(proto == PROTO_UDP, udp,
+                                    np.where(np.isin(proto, (PROTO_ICMP, PROTO_ICMPV6)), t.icmp, t.other)))
+        return timeout * PROGRESS_REFRESH_SHARE
+
+    @property
+    def progress_bytes_threshold(self) -> float:
+        """Bytes a ``state`` flow moves before its next progress record (``PROGRESS_TOLERANCE_SHARE``)."""
+        return max(self.takeover_tolerance_bytes * PROGRESS_TOLERANCE_SHARE, 1.0)
 
 
 # --- flows ---------------------------------------------------------------------------------
@@ -137,6 +190,8 @@ class FlowCurves:
         cum_packets, cum_bytes, cum_state: values at the knots.
         first_is_state: the first packet is a state packet (TCP SYN/FIN/RST, or not TCP).
         estimated: flows whose record has no milestone counts (module docstring).
+        proto: IP protocol number (0: unknown).
+        closed: a TCP flow that ended by FIN or RST (``end_reason``).
     """
 
     duration: np.ndarray
@@ -149,6 +204,8 @@ class FlowCurves:
     cum_state: np.ndarray
     first_is_state: np.ndarray
     estimated: np.ndarray
+    proto: np.ndarray = field(default_factory=lambda: np.zeros(0))
+    closed: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=bool))
 
     def __len__(self) -> int:
         return len(self.duration)
@@ -160,7 +217,8 @@ class FlowCurves:
         duration = np.maximum(frame["duration_s"].to_numpy(dtype=float), 0.0)
         packets = frame["packets"].to_numpy(dtype=float)
         nbytes = np.nan_to_num(_column(frame, "bytes", n), nan=0.0)
-        tcp = np.nan_to_num(_column(frame, "proto", n), nan=0.0) == PROTO_TCP
+        proto = np.nan_to_num(_column(frame, "proto", n), nan=0.0)
+        tcp = proto == PROTO_TCP
         flags = _column(frame, "first_tcp_flags", n)
         # Unknown flags (Argus) count as not a state packet here; such records are estimated below.
         first_is_state = ~tcp | ((np.nan_to_num(flags, nan=0.0).astype(np.int64) & _TCP_STATE_FLAGS) > 0)
@@ -195,6 +253,7 @@ class FlowCurves:
             cum_bytes=_monotone(first_bytes, cum_bytes, nbytes),
             cum_state=_monotone(np.minimum(start_state, state), cum_state, state),
             first_is_state=first_is_state.astype(bool), estimated=~known,
+            proto=proto, closed=tcp & np.isin(end_reason, (END_FIN, END_RST)),
         )  # fmt: skip
 
     def at(self, kind: str, flows: np.ndarray, ages: np.ndarray) -> np.ndarray:
@@ -356,18 +415,29 @@ def judge(curves: FlowCurves, decisions: Decisions, settings: EvalSettings = Eva
     state_copies = s_end - s_start + np.where(first & ~curves.first_is_state[flow], 1.0, 0.0)
     copies = rf * np.where(full, p_end - p_start, state_copies)
     copy_bytes = rf * np.where(full, b_end - b_start, state_copies * STATE_PACKET_BYTES)
-    # SMM bytes: change records of mirrors present at birth, seed and later change records of
-    # mirrors added since, progress records per mirror and interval with packets in state mode.
+    # SMM bytes (module docstring): change records of mirrors present at birth, seed and later
+    # change records of mirrors added since, progress records of state mirrors when the cell sends them.
     previous = np.where(first, 0.0, np.r_[0.0, rf[:-1]])
     added = np.maximum(rf - previous, 0.0)
     record = settings.replication_bytes_per_flow / CHANGE_RECORDS_PER_FLOW
     closing_after = (curves.state[flow] - s_start) > 0  # a teardown still to replicate
     later_records = CHANGE_RECORDS_AFTER_PROMOTION + closing_after
-    per_added = np.where(first, settings.replication_bytes_per_flow,
-                         settings.seed_bytes_per_flow + later_records * record)  # fmt: skip
-    moved = p_end - p_start
-    intervals = np.floor((end - start) / settings.state_interval_s) + 1.0
-    progress = np.where(~full & (moved > 0), np.minimum(moved, intervals), 0.0) * rf
+    full_added = np.where(first, settings.replication_bytes_per_flow,
+                          settings.seed_bytes_per_flow + later_records * record)  # fmt: skip
+    tcp = curves.proto[flow] == PROTO_TCP
+    teardown = (tcp & curves.closed[flow]).astype(float)  # no removal: state mirrors expire flows themselves
+    replied = (~tcp & (curves.packets[flow] >= 2)).astype(float)
+    birth_records = STATE_BIRTH_RECORDS + replied + teardown
+    later_state = teardown * closing_after
+    state_added = np.where(first, birth_records * settings.state_change_record_bytes,
+                           settings.seed_bytes_per_flow + later_state * settings.state_change_record_bytes)
+    per_added = np.where(full, full_added, state_added)
+    moved_bytes = b_end - b_start
+    span = end - start
+    refresh = settings.refresh_s(curves.proto[flow], curves.packets[flow])
+    progress = np.maximum(np.floor(moved_bytes / settings.progress_bytes_threshold),
+                          np.floor(span / np.maximum(refresh, _EPS)))
+    progress = np.where(~full & (p_end - p_start > 0), progress, 0.0) * rf
     smm = _per_flow(flow, added * per_added + progress * settings.progress_record_bytes, n)
     most = np.zeros(n)
     np.maximum.at(most, flow, rf)

@@ -280,9 +280,13 @@ class Failover:
         """
         if group_created:
             self._announce.add(group.group_id)
+        waiting = set(self.flow_seeds.waiting_targets(flow_id))  # mirrors of ``old`` not seeded yet
         self.flow_seeds.forget_flow(flow_id)
         self._queue_assigns(group.profile.cells, [(flow_id, group.group_id, key, mode)])
-        targets = [m for m in group.profile.mirror_cells if m not in old.mirror_cells and m not in self._down]
+        targets = [
+            m for m in group.profile.mirror_cells
+            if (m not in old.mirror_cells or m in waiting) and m not in self._down
+        ]  # fmt: skip
         for target in targets:
             self.flow_seeds.request(flow_id, group.group_id, group.profile.primary_cell, target)
         return targets

@@ -336,12 +336,11 @@ class FakeSwitch:
         if mod.command in (Command.MODIFY, Command.MODIFY_STRICT):
             strict = mod.command is Command.MODIFY_STRICT
             for entry in table:
+                cookie_ok = (entry.cookie & mod.cookie_mask) == (mod.cookie & mod.cookie_mask)
                 if strict:
-                    chosen = entry.priority == mod.priority and entry.match == match
+                    chosen = cookie_ok and entry.priority == mod.priority and entry.match == match
                 else:
-                    chosen = (entry.cookie & mod.cookie_mask) == (
-                        mod.cookie & mod.cookie_mask
-                    ) and _at_least_as_specific(entry.match, match)
+                    chosen = cookie_ok and _at_least_as_specific(entry.match, match)
                 if chosen:
                     entry.actions, entry.goto_table = mod.actions, mod.goto_table
                     entry.write_metadata = mod.write_metadata

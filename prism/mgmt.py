@@ -28,7 +28,8 @@ Message types (field ``type``); ``cell`` is always the sender's cell id
   The last three fields are optional: ``milestones_s`` (default ``[]``: no
   ``milestone`` reports) are the ages at which primaries report their flows;
   ``state_interval_s`` (default DEFAULT_STATE_INTERVAL_S) is how often a
-  primary sends progress records of its ``state`` flows;
+  primary looks at each of its ``state`` flows for a progress record due
+  (see "Mirroring modes" below: not a record every interval);
   ``takeover_tolerance_bytes`` (default DEFAULT_TAKEOVER_TOLERANCE_BYTES) is
   how far beyond the replicated window a cell that takes a ``state`` flow
   over accepts its packets (configuration: ``management.state_interval_s``,
@@ -63,7 +64,8 @@ Message types (field ``type``); ``cell`` is always the sender's cell id
   ``flows`` is the number of flows sent for a whole-profile seed, or, for a
   per-flow seed, the request's ``flows`` list echoed as it came, with
   ``count`` the number of those flows sent.
-- ``milestone`` cell -> controller: ``{cell, flows: [[flow_id, age_s, packets, bytes], ...]}``:
+- ``milestone`` cell -> controller:
+  ``{cell, flows: [[flow_id, age_s, packets, bytes, idle_s, closing], ...]}``:
   a flow's primary (the cell forwarding its packets) reports each flow whose
   age (time since its first packet) crossed one of the directory's
   ``milestones_s``: at most once per flow and milestone per cell, batched per
@@ -71,6 +73,13 @@ Message types (field ``type``); ``cell`` is always the sender's cell id
   milestone crossed, ``packets``/``bytes`` the flow's frames in both
   directions up to the tick that noticed it (at most one tick late), as its
   primaries counted them (replicated counters included after a takeover).
+  What only the primary knows comes after: ``idle_s`` the seconds since the
+  flow's last packet at that tick (ms resolution; a flow the cell still
+  tracks may have ended: cells report every flow they hold), ``closing``
+  true once a FIN or RST of the connection was seen (TCP only; the
+  connection is closing or closed). A receiver reads the first four elements
+  and takes the later ones if present (senders before them sent four; a
+  future sender may append more, which a receiver ignores).
   A cell that takes a flow over reports only milestones still ahead of it.
 - ``state`` cell -> cell: ``{seq, records: [record, ...]}`` where a record is a
   ConnTracker snapshot record (``prism.cell.records``, schema 2) without its
@@ -91,14 +100,34 @@ rebuild sequence positions and counters from them; its primary sends a record
 only when the flow's version grows (handshake and token, teardown, verdict,
 removal). A ``state`` flow's mirrors receive copies of its TCP SYN, FIN and
 RST packets only (other protocols: the first packet), so its primary also
-sends *progress records*: every ``state_interval_s``, each ``state`` flow that
-forwarded packets since its last record gets a new version and its record
-(sequence positions and windows per direction, counters, last_seen, token,
-verdict) is queued for the profile's other live cells, batched and
-acknowledged like any record; a flow whose frames grew by more than half the
-takeover tolerance since its last record is sent at the next tick without
-waiting for the interval. A later version wins; a repeated record, or a
-mirror copy of a SYN/FIN/RST already folded into a record, changes nothing.
+sends *progress records* (a new version; sequence positions and windows per
+direction, counters, last_seen, token, verdict; queued for the profile's
+other live cells, batched and acknowledged like any record), only when the
+mirrors need one (``prism.cell.smm``):
+- the flow's frames grew by more than half (PROGRESS_TOLERANCE_SHARE) the
+  ``takeover_tolerance_bytes`` since its last record: sent at the next tick,
+  so that a cell taking it over finds its next packets within reach;
+- the flow sent anything since its last record and half
+  (PROGRESS_REFRESH_SHARE) of its idle timeout in its state (the tracker's
+  ``Timeouts``: 1800 s for an established TCP connection, 90 s for a UDP
+  flow with replies, 15 s without) has passed since the last_seen its
+  mirrors hold: a mirror expires the flow by its own timers, so it learns
+  in time that the flow lives on.
+Every ``state_interval_s`` the primary looks at each ``state`` flow for the
+second rule (and rebinds it to its current entry); the first is checked every
+tick. A flow's changes (handshake, teardown, verdict) still go as change
+records at once. A ``state`` flow that expires at its primary gets no
+removal record: its mirrors hold its facts (change records, the SYN/FIN/RST
+copies) and a last_seen never later than the primary's (the records' and
+their copies'), so their own timers (the same ``Timeouts``) expire it no
+later than the primary did: after a FIN or RST by the closing states'
+short timeouts, after silence by the idle timeout (at most half an idle
+timeout earlier than the primary, the lag of the last record's last_seen).
+A new connection on the key reopens it from its SYN copy, or starts above
+the mirror's own tombstone. This needs the cells' clocks to agree (one
+host, or synchronised) and the same tracker ``Timeouts`` in every cell. A
+later version wins; a repeated record, or a mirror copy of a SYN/FIN/RST already folded
+into a record, changes nothing.
 
 Takeover of a ``state`` flow. A cell that receives the first unmarked
 (primary) copies of a flow it holds from records or mirror copies checks the
@@ -115,18 +144,25 @@ judged as a new connection's. Mirror copies never re-anchor: in loose mode
 they are folded in unchecked (as any mirror copy), in strict mode they are
 checked against the same bounds. A flow the cell never held is not taken over at all: a
 mid-connection TCP packet without state is dropped (``no_state``). What a
-takeover may lose, being at most one interval (or half the tolerance) behind:
-the counters (packets, bytes) and last_seen of the frames since the last
-record that reached the mirror; a window advertisement since then (the
-re-anchoring packet brings the current one); the FIN acknowledgements (pure
-ACKs are not copied) if the teardown began after the last record, which the
-connection's next packets restore; and a connection whose position moved
-more than the tolerance beyond the last record (faster than the tolerance per
-interval, or records lost) is refused and must reconnect; a milestone the
-failed primary crossed but had not reported yet (at most one tick) is not
-reported (the taking cell reports only those still ahead). Token, verdict,
-facts from the handshake and any teardown flag the switch copied are never
-lost.
+takeover may lose, its mirror's copy being at most half the tolerance (in
+frames) and half an idle timeout (in time) behind the primary: the counters
+(packets, bytes) and last_seen of the frames since the last record that
+reached the mirror (for a slow flow, up to half its idle timeout: 30 minutes
+of an established TCP connection's counters; what the controller learns from
+later ``milestone`` reports of the taking cell is low by as much); a window
+advertisement since then (the re-anchoring packet brings the current one);
+the FIN acknowledgements (pure ACKs are not copied) if the teardown began
+after the last record, which the connection's next packets restore; and a
+connection whose position moved more than the tolerance beyond the last
+record (faster than half the tolerance per tick, or records lost) is refused
+and must reconnect; a milestone the failed primary crossed but had not
+reported yet (at most one tick) is not reported (the taking cell reports only
+those still ahead). A ``state`` flow's mirror expires it by its own timers
+(no removal record), up to half an idle timeout before its primary would
+have: a connection silent that long and then taken over is dropped
+(``no_state``) and must reconnect.
+Token, verdict, facts from the handshake and any teardown flag the switch
+copied are never lost.
 - ``drain`` / ``restore`` controller -> cell: ``{target}``, informational, the cell logs them.
 
 A cell with a configured controller accepts ``directory``, ``profiles``,
@@ -150,8 +186,9 @@ CONTROLLER_MGMT_PORT = 7600
 CELL_MGMT_PORT = 7700
 
 HEARTBEAT_INTERVAL_S = 0.1
-#: How often a primary sends progress records of its ``state`` flows
-#: (``directory.state_interval_s``; configuration ``management.state_interval_s``).
+#: How often a primary looks at each of its ``state`` flows for a progress record
+#: its mirrors' timers need (``directory.state_interval_s``; configuration
+#: ``management.state_interval_s``; records themselves go only when due, see above).
 DEFAULT_STATE_INTERVAL_S = 1.0
 #: How far (bytes of sequence space) beyond the replicated window a cell taking
 #: over a ``state`` flow accepts its packets (``directory.takeover_tolerance_bytes``;

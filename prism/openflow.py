@@ -119,18 +119,21 @@ Action = Union[Output, GroupAction, SetField]
 
 
 # --- Match ------------------------------------------------------------------
+#: A match field's value: an int or address text, or ``(value, mask)`` for a maskable field.
+MatchValue = Union[int, str, Tuple[int, int]]
+
 @dataclass(frozen=True)
 class Match:
     """An OXM match as sorted ``(field, value)`` pairs (hashable, comparable)."""
 
-    fields: Tuple[Tuple[str, Union[int, str]], ...] = ()
+    fields: Tuple[Tuple[str, "MatchValue"], ...] = ()
 
     @classmethod
-    def of(cls, **kwargs: Union[int, str]) -> "Match":
+    def of(cls, **kwargs: "MatchValue") -> "Match":
         """Build from keyword arguments: ``Match.of(in_port=1, eth_type=0x800)``."""
         return cls(tuple(sorted(kwargs.items())))
 
-    def as_dict(self) -> Mapping[str, Union[int, str]]:
+    def as_dict(self) -> Mapping[str, "MatchValue"]:
         """The fields as a dict (what ``OFPMatch(**d)`` takes)."""
         return dict(self.fields)
 

@@ -62,9 +62,13 @@ class Policy(Protocol):
 
     def redecide(
         self, flow_id: int, current: MirroringProfile, age_s: float, packets: int, bytes: int,
-        live_cells: Collection[str], now: float,
+        live_cells: Collection[str], now: float, idle_s: Optional[float] = None, closing: Optional[bool] = None,
     ) -> Optional[Decision]:  # fmt: skip
         """A live flow reached the milestone ``age_s`` with ``packets``/``bytes`` (both directions).
+
+        ``idle_s`` (seconds since the flow's last packet) and ``closing`` (a FIN or
+        RST was seen) are what its primary cell knows (``prism.mgmt`` ``milestone``);
+        None when the report did not carry them.
 
         Returns:
             None to keep the flow as it is, else its new profile (``current.primary_cell``
@@ -119,7 +123,8 @@ class FixedPolicy:
         return self.mode
 
     def redecide(self, flow_id: int, current: MirroringProfile, age_s: float, packets: int, bytes: int,
-                 live_cells: Collection[str], now: float) -> Optional[Decision]:  # fmt: skip
+                 live_cells: Collection[str], now: float, idle_s: Optional[float] = None,
+                 closing: Optional[bool] = None) -> Optional[Decision]:  # fmt: skip
         """Never changes a flow (it has no milestones)."""
         return None
 

@@ -344,7 +344,8 @@ class PredictivePolicy:
         return MODE_FULL
 
     def redecide(self, flow_id: int, current: MirroringProfile, age_s: float, packets: int, bytes: int,
-                 live_cells: Collection[str], now: float) -> Optional[Decision]:  # fmt: skip
+                 live_cells: Collection[str], now: float, idle_s: Optional[float] = None,
+                 closing: Optional[bool] = None) -> Optional[Decision]:  # fmt: skip
         """Never changes a flow."""
         return None
 

@@ -24,6 +24,14 @@ SWITCH_COUNTERS = (
     ("seeds_sent", "seeds_sent", "Seed requests sent to primaries for new mirrors."),
     ("seeds_confirmed", "seeds_confirmed", "New mirrors confirmed seeded."),
     ("seeds_retried", "seeds_retried", "Seed requests sent again after no answer."),
+    ("flows_state_mode", "flows_state_mode", "New mirrored flows in state mode (only SYN/FIN/RST copied)."),
+    ("milestones", "milestones", "Flows reported crossing an age milestone."),
+    ("redecisions", "redecisions", "Live flows re-decided by the policy at a milestone."),
+    ("promotions", "promotions", "Live flows given more mirrors at a milestone."),
+    ("demotions", "demotions", "Live flows given fewer mirrors at a milestone."),
+    ("mode_changes", "mode_changes", "Live flows moved between full and state mode."),
+    ("flow_seeds_sent", "flow_seeds_sent", "Per-flow seed requests sent to primaries (promotions)."),
+    ("flows_seeded", "flows_seeded", "Promoted flows confirmed held by their new mirrors."),
 )
 SWITCH_GAUGES = (
     ("flows_active", "flows_active", "Flows in the controller's FSC copy."),

@@ -99,6 +99,9 @@ DROP_REASONS = tuple(
 )  # fmt: skip
 
 _DENY = FlowVerdict.DENY
+#: Facts of a connection that is closing or closed: a FIN or a RST was seen (the
+#: packets a ``state`` flow's mirrors receive copies of).
+CLOSING_FACTS = FACT_FIN_ORIG | FACT_FIN_REPLY | FACT_RST
 #: States in which a new SYN starts a new connection on the same key.
 _REOPENABLE = frozenset((ConnState.TIME_WAIT, ConnState.CLOSED))
 
@@ -581,6 +584,12 @@ class ConnTracker:
         if tombstone is None or not tombstone.removed_here or key in self._flows:
             return None
         return tombstone.version
+
+    def idle_timeout(self, entry: ConnEntry) -> float:
+        """Seconds of silence after which ``entry`` expires in its current state (``Timeouts``)."""
+        if entry.is_tcp:
+            return self._tcp_timeouts[entry.state]
+        return self._other_timeout_table(entry.key.proto)[entry.state]
 
     def removal(self, key: FlowKey, wire: bool = False) -> Optional[dict]:
         """``key``'s removal record if this cell, as its primary, removed it (``removal_version``).

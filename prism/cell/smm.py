@@ -11,6 +11,7 @@ from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Proto
 
 from prism import mgmt
 from prism.cell.cell import Cell, TickReport
+from prism.cell.conntrack import CLOSING_FACTS
 from prism.cell.entry import ConnEntry
 from prism.cell.records import StateRecordError, entry_to_wire_record
 from prism.cell.smm_channel import (
@@ -32,8 +33,21 @@ DEFAULT_MAX_RECORDS_PER_TICK = 1000
 DEFAULT_MAX_HELD_FLOWS = 100_000
 DEFAULT_HOLD_TIMEOUT_S = 30.0
 DEFAULT_ASSIGNMENT_GRACE_S = 300.0
+#: Decimals of a milestone entry's ``idle_s`` (milliseconds: a tick is 100 ms).
+MILESTONE_IDLE_DECIMALS = 3
 UNASSIGNED_REPORTED = 32  #: flow ids of held flows listed in a heartbeat
 SEED_MEMORY_S = 10.0  #: a repeated seed this soon after completing is answered with ``seeded`` again
+#: A ``state`` flow's progress record goes at the next tick once its frames (both
+#: directions) grew by more than this share of the takeover tolerance since its
+#: last record: a cell taking it over then finds its next packets within the
+#: replicated window plus the tolerance, with the rest as margin for one tick.
+PROGRESS_TOLERANCE_SHARE = 0.5
+#: ... and, if it sent anything since, once this share of its idle timeout
+#: (``ConnTracker.idle_timeout``, for its state) has passed since the last_seen
+#: its mirrors hold: a mirror expires the flow by its own timers (the same
+#: ``Timeouts``), so it learns that the flow lives on well before (the other
+#: half is for the record's retries and the interval's lateness).
+PROGRESS_REFRESH_SHARE = 0.5
 CONTROL_TYPES = frozenset(("directory", "profiles", "assign", "seed", "drain", "restore"))
 
 
@@ -96,14 +110,16 @@ class SeedOp:
 
 
 class ProgressMark:
-    """A ``state`` flow's entry here (None: not seen yet), its counters at its last record, and when the next is due."""
+    """A ``state`` flow's entry here (None: not seen yet), its counters and last_seen at its last
+    record (what its mirrors hold), and when the flow is looked at next."""
 
-    __slots__ = ("entry", "packets", "bytes", "due")
+    __slots__ = ("entry", "packets", "bytes", "seen", "due")
 
     def __init__(self, entry: Optional[ConnEntry], due: float) -> None:
         self.entry = entry
         self.packets = entry.primary_packets if entry is not None else 0
         self.bytes = entry.primary_bytes if entry is not None else 0
+        self.seen = entry.last_seen if entry is not None else 0.0
         self.due = due
 
 
@@ -119,7 +135,7 @@ class StateMirroringModule:
     (``TickReport.changed``: this cell received its primary copies and its
     facts, token or verdict changed) is queued for every other live cell of
     the flow's profile; a flow that expired here as its primary is queued as
-    a removal record. A flow whose ``assign`` or profile has not arrived, or
+    a removal record (not a ``state`` flow: see below). A flow whose ``assign`` or profile has not arrived, or
     any flow before the first ``directory`` (who is live is not known yet),
     waits (at most ``max_held_flows``, ``hold_timeout_s``). Records are built
     at flush time (latest state), batched per peer under ``max_datagram``, compressed,
@@ -129,15 +145,17 @@ class StateMirroringModule:
     them all.
 
     State mode (``assign`` with mode ``state``): the mirrors see only the
-    flow's SYN/FIN/RST copies, so every ``state_interval_s`` (the directory's)
-    each such flow that this cell forwarded packets of since its last record
-    gets a new version (``ConnTracker.note_progress``) and its record is
-    queued like a change: sequence positions and windows, counters,
-    last_seen, token, verdict. A flow that moved more than half the
-    directory's ``takeover_tolerance_bytes`` goes at the next tick. Milestones:
-    each flow this cell forwards is reported to the controller (``milestone``)
-    once per age in the directory's ``milestones_s`` it crosses here. See
-    ``prism.mgmt`` for both messages and for what a takeover may lose.
+    flow's SYN/FIN/RST copies, so a flow gets a new version
+    (``ConnTracker.note_progress``) and its record is queued like a change
+    (sequence positions and windows, counters, last_seen, token, verdict)
+    only when its mirrors need one (``_send_progress``): it moved more than
+    half the directory's ``takeover_tolerance_bytes``, or half its idle
+    timeout passed since the last_seen they hold. Its expiry sends no
+    removal record (its mirrors' timers expire it). Milestones: each flow
+    this cell forwards is reported to the controller (``milestone``) once per
+    age in the directory's ``milestones_s`` it crosses here, with its idle
+    time and whether it is closing. See ``prism.mgmt`` for both messages and
+    for what a takeover may lose.
 
     Args:
         cell: The cell (its tracker, its packet counters).
@@ -205,7 +223,7 @@ class StateMirroringModule:
             if milestones:
                 self._schedule_milestones(key, now)
         for key in expired:
-            if self.tracker.removal_version(key) is not None and self.view.is_primary(key.flow_id):
+            if self._removal_needed(key):
                 self._route(key, now)
             self.view.flow_gone(key.flow_id, now)
         if state_flows:
@@ -220,30 +238,46 @@ class StateMirroringModule:
         self._flush(now, self.settings.max_records_per_tick)
         self.view.prune(now, self._present)
 
+    def _removal_needed(self, key: FlowKey) -> bool:
+        """An expired flow's removal record goes to its mirrors if this cell, its primary, removed it,
+        unless the flow is in ``state`` mode: its mirrors hold its facts (change records, the FIN/RST
+        copies) and a last_seen never later than this cell's, so their own timers (the same
+        ``Timeouts``) expire it no later than this cell did (``prism.mgmt``, "Mirroring modes")."""
+        if self.tracker.removal_version(key) is None or not self.view.is_primary(key.flow_id):
+            return False
+        if self.view.mode_of(key.flow_id) == mgmt.MODE_STATE:
+            self.counters.removals_skipped += 1
+            return False
+        return True
+
     # -- state mode: progress records -----------------------------------------------------
     def _mark_sent(self, key: FlowKey, now: float) -> None:
         """A record of a ``state`` flow is on its way: its next progress record is due an interval later."""
         self._state_flows[key.flow_id] = ProgressMark(self.tracker.get(key), now + self.view.state_interval_s)
 
     def _send_progress(self, now: float) -> None:
-        """Version and queue the ``state`` flows this cell forwarded packets of since their last record.
+        """Version and queue the ``state`` flows whose mirrors need a progress record now.
 
-        A flow's progress record is due ``state_interval_s`` after its last
-        record, or at once when its frames grew by more than half the takeover
-        tolerance (so that its mirrors never fall out of a taker-over's reach).
-        A flow none of whose packets was forwarded here since (at a mirror, or
-        an idle flow) sends nothing. The scan touches one attribute of an unchanged flow per tick; the
-        flow's entry is looked up again once an interval (it may have expired,
-        or a new connection may have taken its key).
+        A flow's progress record goes (``prism.mgmt``, "Mirroring modes"):
+        at the next tick once its frames grew by more than
+        ``PROGRESS_TOLERANCE_SHARE`` of the takeover tolerance since its last
+        record (so that a cell taking it over finds its next packets within
+        reach); and, if it sent anything since its last record, once
+        ``PROGRESS_REFRESH_SHARE`` of its idle timeout has passed since the
+        last_seen its mirrors hold (so that they do not expire it). Nothing
+        else: counters and last_seen of a slow flow may lag that long at its
+        mirrors. A flow is looked at every ``state_interval_s`` (its entry
+        looked up again: it may have expired, or a new connection taken its
+        key); between two looks the scan touches one attribute of it per tick.
         """
         tracker, view = self.tracker, self.view
-        interval, early = view.state_interval_s, view.takeover_tolerance_bytes // 2
+        interval = view.state_interval_s
+        early = int(view.takeover_tolerance_bytes * PROGRESS_TOLERANCE_SHARE)
         gone = []
         for flow_id, mark in self._state_flows.items():
             entry = mark.entry
             if now < mark.due:
-                if (entry is None or entry.primary_packets == mark.packets
-                        or entry.primary_bytes - mark.bytes <= early):  # fmt: skip
+                if entry is None or entry.primary_bytes - mark.bytes <= early:
                     continue
             else:
                 key = tracker.key_of(flow_id)
@@ -254,10 +288,14 @@ class StateMirroringModule:
                 if current is not entry:  # seen, expired or replaced since: bind the current entry
                     self._state_flows[flow_id] = ProgressMark(current, now + interval)
                     continue
+                mark.due = now + interval
                 if entry is None or entry.primary_packets == mark.packets:
-                    mark.due = now + interval
                     continue
-            mark.packets, mark.bytes, mark.due = entry.primary_packets, entry.primary_bytes, now + interval
+                moved = entry.primary_bytes - mark.bytes > early
+                if not moved and now < mark.seen + tracker.idle_timeout(entry) * PROGRESS_REFRESH_SHARE:
+                    continue
+            mark.packets, mark.bytes, mark.seen = entry.primary_packets, entry.primary_bytes, entry.last_seen
+            mark.due = now + interval
             tracker.note_progress(entry.key)
             self.counters.progress_records += 1
             self._route(entry.key, now)
@@ -302,8 +340,10 @@ class StateMirroringModule:
             if view.other_primary(flow_id) or not entry.primary_packets:
                 continue  # another live cell forwards it now: that one reports
             age = now - first_seen
+            idle = round(max(now - entry.last_seen, 0.0), MILESTONE_IDLE_DECIMALS)
+            closing = bool(entry.facts & CLOSING_FACTS) if entry.is_tcp else False
             while index < len(milestones) and milestones[index] <= age:
-                reports.append([flow_id, milestones[index], entry.packets, entry.bytes])
+                reports.append([flow_id, milestones[index], entry.packets, entry.bytes, idle, closing])
                 index += 1
             if index < len(milestones):
                 schedule[flow_id] = (index, first_seen)

@@ -6,7 +6,8 @@ from cell_helpers import Conversation
 from prism.cell.conntrack import ABSORB, DROP_DENIED, FORWARD, ConnTracker, Timeouts, TrackerConfig
 from prism.cell.entry import FlowVerdict
 from prism.cell.records import removal_record
-from prism.flows import TCP_ACK, TCP_FIN, TCP_PSH
+from prism.flows import TCP_ACK, TCP_FIN, TCP_PSH, parse_frame
+from prism.packets import build_udp_frame
 
 NOW = 100.0
 SHORT = TrackerConfig(timeouts=Timeouts(time_wait=1.0, closed=1.0), tombstone_ttl_s=30.0)
@@ -170,3 +171,17 @@ def test_a_mirror_that_never_expired_the_old_flow_does_not_shadow_the_new_one():
     again, records = _reopened(primary)
     assert mirror.merge(records, NOW + 3) == 1
     assert mirror.get(conv.syn().key).orig.isn == 777_000
+
+
+def test_idle_timeouts_follow_the_state():
+    tracker = ConnTracker(TrackerConfig(timeouts=Timeouts(time_wait=1.0, established=5.0, udp_new=7.0)))
+    closed, idle = Conversation(client_port=40000), Conversation(client_port=40001)
+    assert tracker.idle_timeout(handshake(tracker, closed)) == 5.0  # established
+    handshake(tracker, idle)
+    close(tracker, closed)
+    assert tracker.idle_timeout(tracker.get(closed.syn().key)) == 1.0  # TIME_WAIT
+    assert tracker.expire(NOW + 2) == [closed.syn().key]
+    assert tracker.expire(NOW + 6) == [idle.syn().key]
+    udp = parse_frame(build_udp_frame("10.0.0.1", "10.0.0.2", 5000, 53, b"q"))
+    tracker.process(udp, False, NOW)
+    assert tracker.idle_timeout(tracker.get(udp.key)) == 7.0  # UDP, no reply yet

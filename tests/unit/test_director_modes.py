@@ -16,6 +16,7 @@ from prism.openflow import (
     TABLE_PROFILE,
     Command,
     FlowMod,
+    Match,
 )
 from prism.policy import FixedPolicy
 from prism.profiles import MODE_FULL, MODE_STATE, MirroringProfile
@@ -364,3 +365,39 @@ def test_a_flow_whose_primary_is_draining_is_not_moved():
     assert milestone(network, udp()) == []
     assert network.director.counters.promotions == 0
     assert network.director.flows.get(entry.flow_id).profile == draining
+
+
+def test_a_second_promotion_before_the_first_seed_keeps_waiting_for_it():
+    network = Network(replication_factor=0)
+    policy = network.director.policy = Promoting(network.ring, promote(MODE_STATE, mirrors=1))
+    network.learn_hosts()
+    network.send(CLIENT_PORT, udp())
+    milestone(network, udp())
+    first_mirror = network.profile_of(udp()).mirror_cells[0]
+    policy.answer = promote(MODE_STATE, mirrors=2)
+    milestone(network, udp(), age_s=2.0)
+    entry = network.director.flows.get(flow_id(udp()))
+    assert entry.profile.replication_factor == 2
+    assert network.director.flow_seed_targets(entry.flow_id) == sorted(entry.profile.mirror_cells)
+    seeds = [m for m in tick_messages(network) if m.type == "seed"]
+    assert sorted(m.message["target"] for m in seeds) == sorted(entry.profile.mirror_cells)
+    assert all(m.message["profile_id"] == entry.group_id for m in seeds) and first_mirror in entry.profile.mirror_cells
+
+
+def test_a_state_flow_whose_direction_idled_out_is_reinstalled_on_its_path():
+    """A direction's FSC entry expired while the other lives: the packet-in reinstalls it in state mode and
+    sends the packet as the entry would (data to the primary only, a FIN to the mirrors too)."""
+    network = ModeNetwork()
+    network.learn_hosts()
+    syn = tcp(SYN)
+    network.send(CLIENT_PORT, syn)
+    network.send(SERVER_PORT, tcp(SYN | ACK, forward=False))
+    reply_entry = [e for e in network.switch.flows(TABLE_FSC) if e.cookie == flow_id(syn)
+                   and e.match.get("ipv4_src") == SERVER_IP]  # fmt: skip
+    assert len(reply_entry) == 1
+    network.apply([FlowMod(Command.DELETE, TABLE_FSC, Match.of(**reply_entry[0].match), cookie=flow_id(syn),
+                           cookie_mask=0xFFFF_FFFF_FFFF_FFFF)])  # fmt: skip
+    data = network.send(SERVER_PORT, tcp(ACK, forward=False, payload=b"late"))
+    assert data.ports == [network.primary_port(syn)]
+    assert network.director.counters.directions_reinstalled == 1
+    assert network.mirrored(network.send(SERVER_PORT, tcp(FIN | ACK, forward=False)), syn)

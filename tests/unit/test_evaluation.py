@@ -144,21 +144,42 @@ def test_state_mode_copies_only_state_packets_and_the_first_packet_at_birth():
     assert judge(FlowCurves.from_frame(mid_flow), Decisions.fixed(1, 1, "state")).copies[0] == 5
 
 
-def test_state_mode_pays_progress_records_and_promotions_pay_seeds():
-    record = tcp_flow(10.0, 100, lambda m: int(10 * m) + 1)
+def test_state_mode_pays_the_records_the_cell_sends_and_promotions_pay_seeds():
+    record = tcp_flow(10.0, 100, lambda m: int(10 * m) + 1)  # 10 kB in 10 s, closed by FIN
     curves = FlowCurves.from_frame(records_to_frame([record]))
-    settings = EvalSettings(state_interval_s=1.0, replication_bytes_per_flow=300.0, seed_bytes_per_flow=10.0,
-                            progress_record_bytes=1.0)  # fmt: skip
+    settings = EvalSettings(replication_bytes_per_flow=300.0, seed_bytes_per_flow=10.0, progress_record_bytes=1.0,
+                            state_change_record_bytes=50.0, takeover_tolerance_bytes=2000)  # fmt: skip
     full_birth = judge(curves, Decisions.fixed(1, 1, "full"), settings).smm_bytes[0]
     state_birth = judge(curves, Decisions.fixed(1, 1, "state"), settings).smm_bytes[0]
     state_later = judge(curves, promoted(4.0), settings).smm_bytes[0]
     two_later = judge(curves, promoted(4.0, rf=2), settings).smm_bytes[0]
     assert full_birth == 300.0  # three change records
-    assert state_birth == 300.0 + 11  # and a progress record per second with packets over 10 s
-    assert state_later == 10.0 + 200.0 + 7  # the seed, teardown and removal, records over the last 6 s
+    # handshake and teardown, no removal (state mirrors expire flows themselves); a progress record per
+    # 1000 B moved (half the tolerance)
+    assert state_birth == 2 * 50.0 + 10
+    assert state_later == 10.0 + 50.0 + 5  # the seed, the teardown, 5900 B moved over the last 6 s
     assert two_later == 2 * state_later
     after_the_end = judge(curves, promoted(30.0), settings).smm_bytes[0]
-    assert after_the_end == 10.0 + 100.0  # promoted once quiet: the seed and the removal are paid
+    assert after_the_end == 10.0  # promoted once quiet: the seed is paid, nothing else (its FINs are past)
+    idle = records_to_frame([tcp_flow(10.0, 100, lambda m: int(10 * m) + 1)]).assign(end_reason="idle")
+    idle_curves = FlowCurves.from_frame(idle)
+    # ended idle: the handshake only, no teardown, no removal; promoted late: the seed alone
+    assert judge(idle_curves, Decisions.fixed(1, 1, "state"), settings).smm_bytes[0] == 50.0 + 10
+    assert judge(idle_curves, promoted(30.0), settings).smm_bytes[0] == 10.0
+    slow = judge(curves, Decisions.fixed(1, 1, "state"), EvalSettings(progress_record_bytes=1.0,
+                                                                       state_change_record_bytes=50.0))
+    assert slow.smm_bytes[0] == 2 * 50.0  # 10 kB is far from 8 MiB, 10 s far from half an hour
+
+
+def test_a_slow_long_state_flow_pays_a_record_per_half_idle_timeout():
+    udp = pd.DataFrame({"duration_s": [600.0], "packets": [100], "bytes": [10_000], "proto": [17],
+                        "end_reason": ["idle"]})  # fmt: skip
+    settings = EvalSettings(progress_record_bytes=1.0, state_change_record_bytes=50.0)
+    refresh = settings.refresh_s(np.array([17.0]), np.array([100.0]))[0]
+    assert refresh == settings.timeouts.udp_replied / 2
+    out = judge(FlowCurves.from_frame(udp), Decisions.fixed(1, 1, "state"), settings)
+    # first packet and reply; a progress record every 90 s of its 600 s
+    assert out.smm_bytes[0] == 2 * 50.0 + np.floor(600.0 / refresh)
 
 
 def test_demotion_ends_protection_and_a_double_failure_needs_two_seeded_mirrors():

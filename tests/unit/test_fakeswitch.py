@@ -391,6 +391,7 @@ def test_modify_strict_replaces_instructions_of_the_exact_entry_and_keeps_its_co
     switch.apply([
         FlowMod(Command.MODIFY_STRICT, 0, match, 100, (Output(4),), cookie=99, idle_timeout=1),
         FlowMod(Command.MODIFY_STRICT, 0, match, 101, (Output(5),)),  # no such priority: adds nothing
+        FlowMod(Command.MODIFY_STRICT, 0, match, 100, (Output(6),), cookie=6, cookie_mask=0xFF),  # other cookie
     ])  # fmt: skip
     entry = switch.flows(0)[0]
     assert (entry.actions, entry.packet_count, entry.cookie, entry.idle_timeout) == ((Output(4),), 1, 5, 10)

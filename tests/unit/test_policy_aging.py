@@ -230,3 +230,43 @@ def test_the_policy_core_imports_no_data_or_model_library():
             "'sklearn'}))")  # fmt: skip
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
+
+
+def test_a_closing_connection_is_never_promoted():
+    policy = AgingPolicy(HashRing(CELLS), 1)
+    info = _tcp(5100)
+    birth = policy.profile_for(info, CELLS, 0.0)
+    assert policy.redecide(info.flow_id, birth, 0.25, 8, 900, CELLS, 0.25, idle_s=0.01, closing=True) is None
+    assert policy.redecide(info.flow_id, birth, 1.0, 9, 950, CELLS, 1.0, idle_s=0.0, closing=True) is None
+    assert policy.counts["closing"] == 2 and policy.counts["promoted"] == 0
+    other = _tcp(5101)
+    birth = policy.profile_for(other, CELLS, 0.0)
+    assert policy.redecide(other.flow_id, birth, 0.25, 8, 900, CELLS, 0.25, idle_s=0.01, closing=False) is not None
+
+
+def test_a_flow_idle_for_more_than_a_share_of_its_age_is_taken_as_ended():
+    policy = AgingPolicy(HashRing(CELLS), 1)  # max_idle_share 0.5
+    share = AgingSettings().max_idle_share
+    ended, sparse, busy = _udp(5200), _udp(5201), _udp(5202)
+    births = {info.flow_id: policy.profile_for(info, CELLS, 0.0) for info in (ended, sparse, busy)}
+    # its last packet at 2 ms, reported at 0.25 s: silent for 99% of its age
+    assert policy.redecide(ended.flow_id, births[ended.flow_id], 0.25, 2, 160, CELLS, 0.25, idle_s=0.248) is None
+    assert policy.counts["idle"] == 1
+    # the handshake, then silence from 0.1 s: at 1 s idle 0.9 s of 1 s
+    assert policy.redecide(busy.flow_id, births[busy.flow_id], 1.0, 3, 200, CELLS, 1.0, idle_s=0.9) is None
+    assert policy.counts["idle"] == 2
+    # only its first packet so far: not judged by the idle rule (a keep-alive looks the same): promote_quiet
+    assert policy.redecide(sparse.flow_id, births[sparse.flow_id], 0.25, 1, 80, CELLS, 0.25, idle_s=0.25)
+    # at the share exactly: promoted (silent for no more than half its life)
+    assert policy.redecide(busy.flow_id, births[busy.flow_id], 4.0, 9, 900, CELLS, 4.0, idle_s=share * 4.0)
+    assert policy.counts["promoted"] == 2
+
+
+def test_without_idle_s_the_policy_decides_as_before_and_the_share_is_checked():
+    policy = AgingPolicy(HashRing(CELLS), 1)
+    info = _udp(5300)
+    birth = policy.profile_for(info, CELLS, 0.0)
+    assert policy.redecide(info.flow_id, birth, 0.25, 1, 80, CELLS, 0.25) is not None  # promote_quiet
+    for bad in (0.0, 1.5, -0.1):
+        with pytest.raises(ValueError, match="max_idle_share"):
+            AgingSettings(max_idle_share=bad)

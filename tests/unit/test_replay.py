@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from models.aging import aging_rows
-from models.replay import MODE_CODE_FULL, MODE_CODE_STATE, replay_decisions
+from models.replay import MODE_CODE_FULL, MODE_CODE_STATE, replay_decisions, what_the_primary_knows
 from prism.aging_features import AGING_FEATURE_NAMES, aging_row, port_class, proto_class
 from prism.policy import FixedPolicy
 from prism.policy_aging import AgingPolicy, AgingSettings
@@ -35,7 +35,7 @@ class Recorder:
     """Wraps a policy and records the calls the replay makes, in order."""
 
     def __init__(self, policy):
-        self.policy, self.calls = policy, []
+        self.policy, self.calls, self.known = policy, [], {}
         self.milestones_s = policy.milestones_s
 
     def profile_for(self, packet, live, now):
@@ -45,9 +45,10 @@ class Recorder:
     def mode_for(self, flow_id):
         return self.policy.mode_for(flow_id)
 
-    def redecide(self, flow_id, current, age_s, packets, bytes_, live, now):
+    def redecide(self, flow_id, current, age_s, packets, bytes_, live, now, **known):
         self.calls.append(("milestone", flow_id, now, age_s, packets))
-        return self.policy.redecide(flow_id, current, age_s, packets, bytes_, live, now)
+        self.known[(flow_id, age_s)] = known
+        return self.policy.redecide(flow_id, current, age_s, packets, bytes_, live, now, **known)
 
     def flow_ended(self, entry, now):
         self.calls.append(("end", entry.flow_id, now, entry.packets))
@@ -65,12 +66,14 @@ def test_events_come_in_time_order_with_the_records_counters():
     assert not any(c[0] == "milestone" and c[1] == 1 and c[3] == 16.0 for c in recorder.calls)  # idled out
     assert ("end", 2, 101.0 + 0.1 + IDLE, 1) in recorder.calls  # the switch never counts the first packet
     assert timeline.redecisions == sum(c[0] == "milestone" for c in recorder.calls) and timeline.interpolated == 0
-    # flow 0 promoted at 0.25 s in state mode, flow 1 (two packets by then) too
-    assert timeline.flow.tolist() == [0, 0, 1, 1]
-    assert timeline.age_s.tolist() == [0.0, 0.25, 0.0, 0.25]
-    assert timeline.replication_factor.tolist() == [0, 1, 0, 1]
-    assert timeline.mode.tolist() == [MODE_CODE_STATE] * 4
-    assert timeline.final_replication_factor(2).tolist() == [1, 1]
+    # flow 0 promoted at 0.25 s in state mode; flow 1 ended at 0.1 s: idle for 0.15 of 0.25 s, not promoted
+    assert recorder.known[(2, 0.25)] == {"idle_s": pytest.approx(0.15), "closing": False}
+    assert timeline.flow.tolist() == [0, 0, 1]
+    assert timeline.age_s.tolist() == [0.0, 0.25, 0.0]
+    assert timeline.replication_factor.tolist() == [0, 1, 0]
+    assert timeline.mode.tolist() == [MODE_CODE_STATE] * 3
+    assert timeline.final_replication_factor(2).tolist() == [1, 0]
+    assert timeline.idle_estimated == 1  # flow 1 at 0.25 s, before its last packet
 
 
 def test_the_first_packet_policy_replays_too():
@@ -105,7 +108,7 @@ def test_a_policy_that_moves_the_primary_is_refused():
     class Mover(FixedPolicy):
         milestones_s = (0.25,)
 
-        def redecide(self, flow_id, current, *args):
+        def redecide(self, flow_id, current, *args, **known):
             others = [c for c in CELLS if c != current.primary_cell]
             return type(current)(others[0]), "full"
 
@@ -129,3 +132,20 @@ def test_aging_rows_are_the_policys_rows_with_labels():
     assert np.isnan(rows.log_remaining_packets[2:]).all()
     everything = aging_rows(frame, milestones_s=(0.25, 1.0, 4.0), quiet_rows=True)
     assert len(everything) == len(rows) + 2
+
+
+def test_the_primary_s_idle_time_and_closing_are_exact_past_the_last_packet_and_estimated_before():
+    counts = {0.25: 1, 0.5: 1, 1.0: 4, 2.0: 4, 4.0: 9, 8.0: 9, 16.0: 9, 32.0: 9, 64.0: 9}
+    frame = records_to_frame([_record(1, 0.0, 3.0, 9, counts=counts.get, proto=6, end_reason="fin"),
+                              _record(2, 0.0, 3.0, 9, counts=counts.get, end_reason="fin"),  # UDP: no FIN
+                              _record(3, 0.0, 3.0, 9, counts=counts.get, proto=6, end_reason="idle")])
+    idle, closing = what_the_primary_knows(frame, (0.25, 1.0, 2.0, 4.0))
+    # quiet since birth: 0.25; 3 packets in (0.5, 1]: the last taken 0.5 / 4 before 1 s; quiet since: + 1 s;
+    # past the last packet (3 s): exactly 4 - 3
+    assert idle[0].tolist() == pytest.approx([0.25, 0.125, 1.125, 1.0])
+    assert closing[0].tolist() == [False, False, False, True]  # the FIN, known once past the last packet
+    assert not closing[1].any() and not closing[2].any()
+    assert idle[1].tolist() == idle[0].tolist()
+    uniform = records_to_frame([_record(4, 0.0, 10.0, 101, milestones=None)])  # Argus: counts interpolated
+    idle, closing = what_the_primary_knows(uniform, (1.0, 16.0))
+    assert idle[0, 0] == pytest.approx(0.5 / 6) and idle[0, 1] == pytest.approx(6.0) and not closing.any()

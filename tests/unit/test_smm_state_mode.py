@@ -4,7 +4,8 @@ import random
 
 from cell_helpers import Conversation
 from prism import mgmt
-from prism.cell.smm import SmmSettings
+from prism.cell.conntrack import Timeouts
+from prism.cell.smm import PROGRESS_REFRESH_SHARE, SmmSettings
 from prism.flows import TCP_ACK, TCP_FIN, TCP_PSH, TCP_RST, parse_frame
 from prism.packets import build_udp_frame
 from smm_helpers import FakeNetwork, SmmBed, flow_state, mirror_copy
@@ -14,8 +15,8 @@ INTERVAL = 0.5
 DATA = b"d" * 1000
 
 
-def state_bed(cells=3, network=None, **directory):
-    bed = SmmBed(cells, network)
+def state_bed(cells=3, network=None, timeouts=None, **directory):
+    bed = SmmBed(cells, network, timeouts=timeouts)
     bed.directory(live=list(bed.smms), state_interval_s=INTERVAL, **directory)
     bed.profiles({PROFILE: ("c1", ["c2"])})
     return bed
@@ -44,7 +45,7 @@ def open_state_flow(bed, port=40000):
 
 # --- progress records --------------------------------------------------------------------
 def test_a_state_mirror_learns_positions_and_counters_from_progress_records():
-    bed = state_bed()
+    bed = state_bed(takeover_tolerance_bytes=16_000)  # 40 frames of 22 kB: more than half of it
     conv = open_state_flow(bed)
     bed.run_until_quiet()
     transfer(bed, conv, 20)
@@ -61,21 +62,35 @@ def test_a_state_mirror_learns_positions_and_counters_from_progress_records():
     assert bed.smms["c1"].replication_counters()["progress_records"] == 1
 
 
-def test_progress_records_go_once_an_interval_and_only_for_flows_that_moved():
-    bed = state_bed()
+def test_a_slow_state_flow_sends_no_progress_record_while_its_mirrors_need_none():
+    bed = state_bed()  # the default tolerance (16 MiB) and timeouts (established: 3600 s)
+    conv = open_state_flow(bed)
+    bed.run_until_quiet()
+    for _ in range(12):  # 3 s of a slow flow: not one record an interval any more
+        transfer(bed, conv, 2)
+        bed.run(0.25)
+    bed.run(INTERVAL)
+    assert bed.smms["c1"].replication_counters()["progress_records"] == 0
+    mirror = bed.cells["c2"].tracker.get(conv.syn().key)
+    assert mirror.orig.seq_end < conv.client_next  # what a takeover may lose: within the tolerance
+
+
+def test_progress_records_go_before_the_mirrors_idle_expiry_and_only_for_flows_that_moved():
+    timeouts = Timeouts(established=4.0)  # a record is due 2 s after the last_seen the mirror holds
+    bed = state_bed(timeouts=timeouts)
     moving, idle = open_state_flow(bed, 40000), open_state_flow(bed, 40001)
     bed.run_until_quiet()
-    for _ in range(8):  # 2 s of traffic on one flow, 4 segments per 0.25 s
-        transfer(bed, moving, 4)
+    for _ in range(28):  # 7 s of traffic on one flow, 2 segments per 0.25 s
+        transfer(bed, moving, 2)
         bed.run(0.25)
-    bed.run(INTERVAL)  # the last segments' record
     progress = bed.smms["c1"].replication_counters()["progress_records"]
-    assert 3 <= progress <= 5  # one per 0.5 s interval, none for the idle flow
+    refresh = timeouts.established * PROGRESS_REFRESH_SHARE
+    assert int(7.0 / (refresh + INTERVAL)) <= progress <= int(7.0 / refresh)  # one per 2 s (+ the look's lateness)
     assert bed.smms["c2"].replication_counters()["progress_records"] == 0  # mirrors never send
-    before = bed.cells["c2"].tracker.get(idle.syn().key).version
-    bed.run(2.0)
-    assert bed.smms["c1"].replication_counters()["progress_records"] == progress  # nothing moved
-    assert bed.cells["c2"].tracker.get(idle.syn().key).version == before
+    mirror = bed.cells["c2"].tracker.get(moving.syn().key)
+    assert mirror is not None and bed.now - mirror.last_seen < refresh + INTERVAL + 0.25  # never expired
+    assert bed.cells["c2"].tracker.get(idle.syn().key) is None  # it expired here as at its primary
+    assert bed.cells["c1"].tracker.get(idle.syn().key) is None
 
 
 def test_full_mode_flows_send_no_progress_records():
@@ -130,19 +145,21 @@ def test_records_repeated_or_reordered_and_copies_seen_twice_change_nothing():
 
 # --- takeover -----------------------------------------------------------------------------
 def test_a_state_mirror_takes_over_within_the_window_and_re_anchors():
-    bed = state_bed()
+    bed = state_bed(takeover_tolerance_bytes=64_000)
     conv = open_state_flow(bed)
-    transfer(bed, conv, 10)
+    bed.run_until_quiet()  # the handshake's change record
+    transfer(bed, conv, 40)  # 44 kB of frames: more than half the tolerance, a record goes
     bed.run(INTERVAL + 0.1)
     bed.run_until_quiet()
-    transfer(bed, conv, 30)  # 30 kB more that no record carried: the primary then fails
+    assert bed.smms["c1"].replication_counters()["progress_records"] == 1
+    transfer(bed, conv, 20)  # 22 kB more that no record carried: the primary then fails
     key = conv.syn().key
     replicated = bed.cells["c2"].tracker.get(key).packets
     assert bed.send_state_mode(conv.frame(True, TCP_ACK | TCP_PSH, DATA), "c2")  # the mirror forwards
     assert bed.send_state_mode(conv.frame(False, TCP_ACK), "c2")
     entry = bed.cells["c2"].tracker.get(key)
     assert entry.anchor == 0 and entry.orig.seq_end == conv.client_next
-    assert entry.packets == replicated + 2  # what it lost: the 60 frames since the last record
+    assert entry.packets == replicated + 2  # what it lost: the 40 frames since the last record
     tracker = bed.cells["c2"].tracker.counters()
     assert tracker["flows_taken_over"] == 1 and tracker["flows_reanchored"] == 2
     transfer(bed, conv, 5, primary="c2", mirrors=())
@@ -185,7 +202,11 @@ def test_the_primary_reports_each_milestone_once_with_both_directions_counters()
     reported = [flow for message in messages for flow in message["flows"]]
     flow_id = conv.syn().key.flow_id
     entry = bed.cells["c1"].tracker.get(conv.syn().key)
-    assert reported == [[flow_id, 0.25, 7, reported[0][3]], [flow_id, 1.0, 13, entry.primary_bytes]]
+    assert [flow[:4] for flow in reported] == [[flow_id, 0.25, 7, reported[0][3]],
+                                              [flow_id, 1.0, 13, entry.primary_bytes]]  # fmt: skip
+    # idle since the segments (sent at 0 s, then at 0.3 s), at the ticks that noticed 0.25 s and 1.0 s
+    (idle_1, closing_1), (idle_2, closing_2) = [flow[4:] for flow in reported]
+    assert 0.25 <= idle_1 <= 0.35 and 0.65 <= idle_2 <= 0.8 and closing_1 is closing_2 is False
     assert all(message["cell"] == "c1" for message in messages)
     bed.run(3.0)
     reported = [flow for message in bed.network.controller_messages("milestone") for flow in message["flows"]]
@@ -263,18 +284,20 @@ def test_an_rst_copy_closes_the_mirror_s_entry_and_its_record_changes_nothing_mo
 
 
 def test_a_state_mode_udp_flow_is_kept_alive_and_counted_at_its_mirror_by_progress_records():
-    bed = state_bed()
-    frames = [build_udp_frame("10.0.0.1", "10.0.0.2", 5000, 53, b"q" * 50)] * 3
-    key = parse_frame(frames[0]).key
+    bed = state_bed(timeouts=Timeouts(udp_new=2.0))  # a record is due 1 s after the mirror's last_seen
+    frame = build_udp_frame("10.0.0.1", "10.0.0.2", 5000, 53, b"q" * 50)
+    key = parse_frame(frame).key
     bed.control({"type": "assign", "flows": [[key.flow_id, PROFILE, "", mgmt.MODE_STATE]]})
-    bed.send(frames[0], "c1", ["c2"])  # the first packet is copied
-    for frame in frames[1:]:
+    bed.send(frame, "c1", ["c2"])  # the first packet is copied
+    for _ in range(16):  # 4 s: twice the mirror's idle timeout
+        bed.run(0.25)
         bed.send(frame, "c1")
-    bed.run(INTERVAL + 0.1)
     bed.run_until_quiet()
     mirror, primary = bed.cells["c2"].tracker.get(key), bed.cells["c1"].tracker.get(key)
-    assert mirror.mirror_packets == 1 and mirror.packets == primary.packets == 3
-    assert mirror.last_seen == primary.last_seen
+    assert mirror is not None and mirror.mirror_packets == 1
+    assert primary.packets - mirror.packets <= 1.0 / 0.25 + INTERVAL / 0.25  # at most a refresh behind
+    assert primary.last_seen - mirror.last_seen <= 1.0 + INTERVAL
+    assert bed.smms["c1"].replication_counters()["progress_records"] >= 3
 
 
 def test_a_state_flow_whose_assignment_is_forgotten_leaves_the_progress_scan():
@@ -302,3 +325,80 @@ def test_a_new_connection_on_a_key_gets_its_own_milestones():
     reported = [(flow[0], flow[1]) for message in bed.network.controller_messages("milestone")
                 for flow in message["flows"]]  # fmt: skip
     assert reported == [(conv.syn().key.flow_id, 0.25)] * 2
+
+
+def test_milestones_say_how_long_a_flow_was_idle_and_whether_it_is_closing():
+    bed = state_bed(milestones_s=[0.25, 1.0, 2.0])
+    conv = open_state_flow(bed)
+    transfer(bed, conv, 2)
+    bed.run(0.5)
+    for frame in (conv.frame(True, TCP_FIN | TCP_ACK), conv.frame(False, TCP_FIN | TCP_ACK)):
+        bed.send_state_mode(frame, "c1", ["c2"])
+    closed_at = bed.now
+    frame = build_udp_frame("10.0.0.1", "10.0.0.2", 5000, 53, b"q" * 50)
+    bed.control({"type": "assign", "flows": [[parse_frame(frame).key.flow_id, PROFILE, "", mgmt.MODE_STATE]]})
+    bed.send(frame, "c1", ["c2"])
+    udp_at = bed.now
+    bed.run(2.2)
+    reported = {(flow[0], flow[1]): flow[4:] for message in bed.network.controller_messages("milestone")
+                for flow in message["flows"]}  # fmt: skip
+    tcp, udp = conv.syn().key.flow_id, parse_frame(frame).key.flow_id
+    assert reported[(tcp, 0.25)][1] is False and 0.25 <= reported[(tcp, 0.25)][0] <= 0.35
+    idle, closing = reported[(tcp, 2.0)]
+    assert closing is True and abs(idle - (_first_seen(bed, tcp) + 2.0 - closed_at)) <= 0.11
+    idle, closing = reported[(udp, 1.0)]
+    assert closing is False and 1.0 - 0.01 <= idle <= 1.0 + 0.11 and udp_at < bed.now
+
+
+def _first_seen(bed, flow_id):
+    """The first_seen of a tracked flow at its primary."""
+    return bed.cells["c1"].tracker.get(bed.cells["c1"].tracker.key_of(flow_id)).first_seen
+
+
+# --- removal records ------------------------------------------------------------------------
+def _teardown(bed, conv, primary="c1", mirrors=("c2",), send=None):
+    send = send or bed.send_state_mode
+    for frame in (conv.frame(True, TCP_FIN | TCP_ACK), conv.frame(False, TCP_FIN | TCP_ACK),
+                  conv.frame(True, TCP_ACK)):  # fmt: skip
+        send(frame, primary, list(mirrors))
+
+
+def test_a_closed_state_flow_gets_no_removal_record_its_mirror_expires_it_itself():
+    bed = state_bed(timeouts=Timeouts(time_wait=1.0))
+    conv = open_state_flow(bed)
+    transfer(bed, conv, 3)
+    _teardown(bed, conv)
+    bed.run_until_quiet()
+    sent = bed.smms["c1"].replication_counters()["records_sent"]
+    bed.run(1.5)
+    bed.run_until_quiet()
+    counters = bed.smms["c1"].replication_counters()
+    assert counters["removals_sent"] == 0 and counters["removals_skipped"] == 1
+    assert counters["records_sent"] == sent
+    key = conv.syn().key
+    assert bed.cells["c1"].tracker.get(key) is None and bed.cells["c2"].tracker.get(key) is None
+    again = Conversation(client_isn=777_000, server_isn=888_000)  # the same ports again, later
+    handshake(bed, again)
+    bed.run_until_quiet()
+    assert bed.records("c2")[key.flow_id]["token"] == bed.records("c1")[key.flow_id]["token"] != 0
+
+
+def test_an_idle_state_flow_gets_no_removal_its_mirror_expires_it_no_later_but_full_flows_keep_theirs():
+    bed = state_bed(timeouts=Timeouts(established=1.0, time_wait=1.0))
+    idle = open_state_flow(bed, 40000)  # ends without FIN or RST
+    full = Conversation(client_port=40001)
+    bed.assign([full], PROFILE)  # full mode: the mirrors keep their removal record
+    for frame in (full.frame(True, 0x02, seq=full.client_isn, ack=0, advance=False),
+                  full.frame(False, 0x12, seq=full.server_isn, advance=False), full.frame(True, TCP_ACK)):
+        bed.send(frame, "c1", ["c2"])  # fmt: skip
+    _teardown(bed, full, send=bed.send)
+    gone = {}
+    for _ in range(40):  # 2 s: when did each cell drop the idle flow?
+        bed.step()
+        for cell_id in ("c1", "c2"):
+            if bed.cells[cell_id].tracker.get(idle.syn().key) is None:
+                gone.setdefault(cell_id, bed.now)
+    bed.run_until_quiet()
+    counters = bed.smms["c1"].replication_counters()
+    assert counters["removals_sent"] == 1 and counters["removals_skipped"] == 1
+    assert gone["c2"] <= gone["c1"]  # the mirror's own timer, never later than the primary's
