@@ -103,6 +103,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                      for cell, port in ports.items()}  # fmt: skip
             changes = {cell: net.cell_state(cell)["bfd"]["state_changes"] - changes_before[cell]
                        for cell in net.cell_names}  # fmt: skip
+            # a cell whose own packets were late (its loop starved) against a switch that did not read them
+            tx_gaps = {cell: net.cell_state(cell)["bfd"]["longest_tx_gap_ms"] for cell in net.cell_names}
             cells = net.controller.rest("/prism/v1/cells")["cells"]
             verdicts = {cell["id"]: [r["kind"] for r in cell["failure_history"] if r["detected_at"] >= started]
                         for cell in cells}  # fmt: skip
@@ -116,6 +118,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         "minutes": args.minutes, "bfd": bfd, "load_average_samples": loads,
         "load_average_median": sorted(loads)[len(loads) // 2] if loads else None,
         "switch_bfd_flaps": flaps, "cell_bfd_state_changes": changes, "controller_verdicts": verdicts,
+        "cell_longest_tx_gap_ms": tx_gaps,
         "false_failovers": sum(len(v) for v in verdicts.values()),
         "probe": {"sent": probe_figures["sent"], "lost": probe_figures["lost"],
                   "max_gap_ms": probe_figures["baseline_max_gap_ms"]},

@@ -254,6 +254,8 @@ class BfdSession:
         self.changes = 0
         self.up_since: Optional[float] = None
         self.received = self.sent = self.discarded = 0
+        self.last_sent_at: Optional[float] = None
+        self.longest_tx_gap_s = 0.0  #: longest time between two of our packets while Up (a late loop)
 
     # --- inputs --------------------------------------------------------------------------------
     def receive(self, packet: ControlPacket, now: float) -> None:
@@ -333,6 +335,9 @@ class BfdSession:
             return None
         packet = self._packet(final=self._final_due)
         self._final_due = self._send_now = False
+        if self.state is State.UP and self.last_sent_at is not None:
+            self.longest_tx_gap_s = max(self.longest_tx_gap_s, now - self.last_sent_at)
+        self.last_sent_at = now if self.state is State.UP else None
         interval = self.tx_interval_s()
         low = JITTER_MIN_MULT_1 if self.settings.mult == 1 else 0.0
         self.next_tx = now + interval * (1.0 - self.rng.uniform(low, JITTER_MAX))
@@ -372,6 +377,7 @@ class BfdSession:
             "tx_interval_ms": round(self.tx_interval_s() * 1000, 3),
             "up_for_s": None if self.up_since is None else round(now - self.up_since, 3),
             "state_changes": self.changes,
+            "longest_tx_gap_ms": round(self.longest_tx_gap_s * 1000, 1),
             "received": self.received,
             "sent": self.sent,
             "discarded": self.discarded,
