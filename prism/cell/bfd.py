@@ -304,6 +304,13 @@ class BfdSession:
         self.path_down_reason = reason
         self._send_now = True  # tell the switch now, not an interval later
 
+    def farewell(self) -> ControlPacket:
+        """The packet a cell that stops on purpose sends last: AdminDown, so the switch stops using it at once."""
+        self.state, self.diag = State.ADMIN_DOWN, Diag.ADMIN_DOWN
+        self.sent += 1
+        return ControlPacket(State.ADMIN_DOWN, Diag.ADMIN_DOWN, 0, self.settings.mult, self.my_disc,
+                             self.remote_disc, SLOW_TX_US, self.settings.min_rx_ms * 1000)  # fmt: skip
+
     # --- time ------------------------------------------------------------------------------------
     def expire(self, now: float) -> bool:
         """Apply the detection timer; True if the session just went down for lack of packets."""
@@ -425,6 +432,13 @@ class BfdSpeaker:
     def next_wake(self) -> float:
         """When ``run`` next has work."""
         return self.session.next_wake()
+
+    def farewell(self) -> None:
+        """Tell the switch this cell is going away on purpose (AdminDown): it moves the traffic at once."""
+        try:
+            self._send(build_frame(self.session.farewell(), self.source_mac))
+        except OSError:
+            self.send_errors += 1
 
     def describe(self, now: float) -> dict:
         """The session and the speaker's counters, for the cell's state document."""

@@ -202,3 +202,12 @@ def test_overload_guard_needs_sustained_drops_and_quiet_to_clear():
     assert not guard.update(0, 2.5)
     with pytest.raises(ValueError):
         OverloadGuard(ticks=0)
+
+
+def test_a_cell_stopping_on_purpose_says_admin_down():
+    sent = []
+    speaker = BfdSpeaker(up_session(), sent.append, CELL_MAC)
+    speaker.farewell()
+    packet = parse_frame(sent[-1])
+    # Open vSwitch takes a remote AdminDown as "session down" at once (Neighbor Signaled Session Down)
+    assert packet.state is State.ADMIN_DOWN and packet.diag is Diag.ADMIN_DOWN and packet.your_disc == OVS_DISC
