@@ -51,6 +51,27 @@ def bfd_status(port: str) -> Dict[str, str]:
     return status
 
 
+def bridge_index() -> str:
+    """The management bridge's interface index (another network's would be a new one)."""
+    from mininet_topos.prism_topo import MGMT_BRIDGE
+
+    try:
+        return Path(f"/sys/class/net/{MGMT_BRIDGE}/ifindex").read_text().strip()
+    except OSError:
+        return "absent"
+
+
+def mgmt_send_errors(net) -> Dict[str, int]:
+    """Each cell's failed management sends so far (heartbeats, replication)."""
+    errors = {}
+    for cell in net.cell_names:
+        try:
+            errors[cell] = net.cell_state(cell)["replication"]["counters"].get("send_errors", 0)
+        except (OSError, KeyError, ValueError):
+            errors[cell] = -1
+    return errors
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--minutes", type=float, default=10.0, help="steady traffic, minutes (default 10)")
@@ -92,17 +113,22 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                                   "--json", str(sent_json)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
             net.background.extend([iperf, probe])
             end = time.monotonic() + duration
+            mgmt_bridge = bridge_index()
             while time.monotonic() < end:
                 time.sleep(min(SAMPLE_S, max(0.0, end - time.monotonic())))
                 loads.append(os.getloadavg()[0])
-                print(f"  {duration - (end - time.monotonic()):5.0f} s: load {loads[-1]:.1f}, flaps "
-                      f"{ {c: int(bfd_status(p).get('flap_count', 0)) - flaps_before[c] for c, p in ports.items()} }",
-                      flush=True)  # fmt: skip
+                flaps_now = {c: int(bfd_status(p).get("flap_count", 0)) - flaps_before[c] for c, p in ports.items()}
+                # the management network is this run's too: a bridge recreated by someone else breaks heartbeats
+                print(f"  {duration - (end - time.monotonic()):5.0f} s: load {loads[-1]:.1f}, flaps {flaps_now}, "
+                      f"mgmt send errors {mgmt_send_errors(net)}, mgmt bridge "
+                      f"{'ours' if bridge_index() == mgmt_bridge else 'REPLACED'}", flush=True)  # fmt: skip
             probe.wait(timeout=30)
             flaps = {cell: int(bfd_status(port).get("flap_count", 0)) - flaps_before[cell]
                      for cell, port in ports.items()}  # fmt: skip
             changes = {cell: net.cell_state(cell)["bfd"]["state_changes"] - changes_before[cell]
                        for cell in net.cell_names}  # fmt: skip
+            # a cell whose own packets were late (its loop starved) against a switch that did not read them
+            tx_gaps = {cell: net.cell_state(cell)["bfd"]["longest_tx_gap_ms"] for cell in net.cell_names}
             cells = net.controller.rest("/prism/v1/cells")["cells"]
             verdicts = {cell["id"]: [r["kind"] for r in cell["failure_history"] if r["detected_at"] >= started]
                         for cell in cells}  # fmt: skip
@@ -116,6 +142,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         "minutes": args.minutes, "bfd": bfd, "load_average_samples": loads,
         "load_average_median": sorted(loads)[len(loads) // 2] if loads else None,
         "switch_bfd_flaps": flaps, "cell_bfd_state_changes": changes, "controller_verdicts": verdicts,
+        "cell_longest_tx_gap_ms": tx_gaps,
         "false_failovers": sum(len(v) for v in verdicts.values()),
         "probe": {"sent": probe_figures["sent"], "lost": probe_figures["lost"],
                   "max_gap_ms": probe_figures["baseline_max_gap_ms"]},

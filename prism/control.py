@@ -10,8 +10,8 @@ Nothing here touches a socket or a clock: the Ryu shell does.
 from __future__ import annotations
 
 from collections import defaultdict
-from itertools import islice
 from dataclasses import dataclass
+from itertools import islice
 from typing import Any, Dict, Iterable, List, Mapping, Optional, Tuple, Union
 
 from prism.actions import Decision, MgmtMessage, assign_messages, directory_message

@@ -80,6 +80,8 @@ NANOSECONDS = 1e9
 TICK_S = 0.05
 #: Seconds between two attempts to bind the management address (it may appear after start).
 BIND_RETRY_S = 1.0
+#: Seconds the receive loop waits when the tick is handling the datagrams itself.
+BUSY_RETRY_S = 0.002
 #: A tick this much later than due is a controller stall (counted and logged; verdicts stay exact).
 STALL_LOG_S = 0.25
 
@@ -183,6 +185,7 @@ class MirroringDirectorApp(app_manager.RyuApp):
         self.longest_stall_s = 0.0
         self._last_tick: Optional[float] = None
         self._last_drain: Optional[float] = None
+        self._receiving = False
         if self.models is not None:
             self.models.attach_health(self.control.detector)
         self.datapaths: Dict[int, object] = {}
@@ -245,30 +248,40 @@ class MirroringDirectorApp(app_manager.RyuApp):
                 self.logger.exception("management socket wait failed")
                 hub.sleep(BIND_RETRY_S)
                 continue
-            self.receive_pending()
+            if self.receive_pending() is None:
+                hub.sleep(BUSY_RETRY_S)
 
-    def receive_pending(self) -> int:
+    def receive_pending(self) -> Optional[int]:
         """Handle every management datagram waiting now, each at the time the kernel received it.
 
         Returns:
-            How many messages were handled.
+            How many messages were handled; None if another green thread is handling them now.
         """
         if self.channel is None:
             return 0
+        if self._receiving:
+            # Handling a message can yield to the hub (sending to the switch or a cell): the other
+            # green thread must not handle newer datagrams meanwhile, or a heartbeat seq would seem
+            # to go back (a restarted process) when the older ones are handled after them.
+            return None
+        self._receiving = True
         try:
-            received = self.channel.receive_pending()
-        except OSError:  # a socket in trouble: the next wait or tick tries again
-            self.handler_errors["mgmt_receive"] += 1
-            self.logger.exception("management receive failed")
-            return 0
-        now = self.clock.now()
-        earliest = self._last_drain if self._last_drain is not None else now
-        for message, sender, arrival in received:
-            # the kernel's time, on our clock; never before the last time the queue was emptied
-            at = now if arrival is None else min(now, max(earliest, self.clock.wall_to_clock(arrival)))
-            self.handle_mgmt_message(message, sender, at)
-        self._last_drain = now
-        return len(received)
+            try:
+                received = self.channel.receive_pending()
+            except OSError:  # a socket in trouble: the next wait or tick tries again
+                self.handler_errors["mgmt_receive"] += 1
+                self.logger.exception("management receive failed")
+                return 0
+            now = self.clock.now()
+            earliest = self._last_drain if self._last_drain is not None else now
+            for message, sender, arrival in received:
+                # the kernel's time, on our clock; never before the last time the queue was emptied
+                at = now if arrival is None else min(now, max(earliest, self.clock.wall_to_clock(arrival)))
+                self.handle_mgmt_message(message, sender, at)
+            self._last_drain = now
+            return len(received)
+        finally:
+            self._receiving = False
 
     def _tick_loop(self) -> None:
         while self.is_active:

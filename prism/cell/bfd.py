@@ -254,6 +254,8 @@ class BfdSession:
         self.changes = 0
         self.up_since: Optional[float] = None
         self.received = self.sent = self.discarded = 0
+        self.last_sent_at: Optional[float] = None
+        self.longest_tx_gap_s = 0.0  #: longest time between two of our packets while Up (a late loop)
 
     # --- inputs --------------------------------------------------------------------------------
     def receive(self, packet: ControlPacket, now: float) -> None:
@@ -302,6 +304,13 @@ class BfdSession:
         self.path_down_reason = reason
         self._send_now = True  # tell the switch now, not an interval later
 
+    def farewell(self) -> ControlPacket:
+        """The packet a cell that stops on purpose sends last: AdminDown, so the switch stops using it at once."""
+        self.state, self.diag = State.ADMIN_DOWN, Diag.ADMIN_DOWN
+        self.sent += 1
+        return ControlPacket(State.ADMIN_DOWN, Diag.ADMIN_DOWN, 0, self.settings.mult, self.my_disc,
+                             self.remote_disc, SLOW_TX_US, self.settings.min_rx_ms * 1000)  # fmt: skip
+
     # --- time ------------------------------------------------------------------------------------
     def expire(self, now: float) -> bool:
         """Apply the detection timer; True if the session just went down for lack of packets."""
@@ -333,6 +342,9 @@ class BfdSession:
             return None
         packet = self._packet(final=self._final_due)
         self._final_due = self._send_now = False
+        if self.state is State.UP and self.last_sent_at is not None:
+            self.longest_tx_gap_s = max(self.longest_tx_gap_s, now - self.last_sent_at)
+        self.last_sent_at = now if self.state is State.UP else None
         interval = self.tx_interval_s()
         low = JITTER_MIN_MULT_1 if self.settings.mult == 1 else 0.0
         self.next_tx = now + interval * (1.0 - self.rng.uniform(low, JITTER_MAX))
@@ -372,6 +384,7 @@ class BfdSession:
             "tx_interval_ms": round(self.tx_interval_s() * 1000, 3),
             "up_for_s": None if self.up_since is None else round(now - self.up_since, 3),
             "state_changes": self.changes,
+            "longest_tx_gap_ms": round(self.longest_tx_gap_s * 1000, 1),
             "received": self.received,
             "sent": self.sent,
             "discarded": self.discarded,
@@ -419,6 +432,13 @@ class BfdSpeaker:
     def next_wake(self) -> float:
         """When ``run`` next has work."""
         return self.session.next_wake()
+
+    def farewell(self) -> None:
+        """Tell the switch this cell is going away on purpose (AdminDown): it moves the traffic at once."""
+        try:
+            self._send(build_frame(self.session.farewell(), self.source_mac))
+        except OSError:
+            self.send_errors += 1
 
     def describe(self, now: float) -> dict:
         """The session and the speaker's counters, for the cell's state document."""

@@ -156,6 +156,7 @@ def run(args: argparse.Namespace) -> int:
             mac = interface_mac(args.interface)
         except (OSError, ValueError) as error:
             print(f"prism cell: cannot read the MAC of {args.interface} for BFD: {error}", file=sys.stderr)
+            loop.close()
             port.close()
             return 1
         session = BfdSession(bfd_settings, random.SystemRandom().randrange(1, 2**32), time.monotonic())
@@ -193,6 +194,8 @@ def run(args: argparse.Namespace) -> int:
         print(f"prism cell: {error}", file=sys.stderr)
         return 1
     finally:
+        if speaker is not None:  # a cell stopped on purpose leaves the switch at once, not after mult intervals
+            speaker.farewell()
         for signum, handler in previous.items():
             signal.signal(signum, handler)
         if server is not None:

@@ -189,3 +189,58 @@ def test_a_cell_never_heard_from_is_declared_dead(ryu_manager, tmp_path, monkeyp
     assert record["counted"] is False and body["failures"] == 0  # never seen working: no risk penalty
     cell3 = call(manager, "/prism/v1/cells/cell3")[1]  # no management address: judged by its link
     assert cell3["state"] == "alive" and cell3["failure_history"] == []
+
+
+def test_a_two_second_controller_freeze_kills_no_beating_cell(ryu_manager, tmp_path, monkeypatch):
+    """The whole ryu-manager process is stopped (SIGSTOP) for 2 s while both cells keep beating."""
+    import os
+    import signal
+    import threading
+
+    path, listen = write_config(tmp_path)  # dead_after: the default 0.35 s
+    addresses = {}
+    for line in path.read_text().splitlines():
+        for cell in ("cell1", "cell2"):
+            if f"id: {cell}," in line:
+                addresses[cell] = int(line.rsplit(":", 1)[1].strip(' "}'))
+    manager = start(ryu_manager, (path, listen), monkeypatch, TOKEN)
+    done = threading.Event()
+
+    def beat():
+        sockets = {}
+        for cell, port in addresses.items():
+            sockets[cell] = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+            sockets[cell].bind(("127.0.0.1", port))
+        seq = 0
+        try:
+            while not done.is_set():
+                seq += 1
+                for cell, sock in sockets.items():
+                    sock.sendto(mgmt.encode({"type": "heartbeat", "cell": cell, "seq": seq}), ("127.0.0.1", listen))
+                done.wait(0.1)
+        finally:
+            for sock in sockets.values():
+                sock.close()
+
+    beater = threading.Thread(target=beat, daemon=True)
+    beater.start()
+    try:
+        deadline = time.monotonic() + HEARTBEAT_WAIT_S
+        while not all(c["heartbeat_seen"] for c in call(manager, "/prism/v1/cells")[1]["cells"][:2]):
+            assert time.monotonic() < deadline, "heartbeats not heard"
+            time.sleep(0.1)
+        os.kill(manager.pid, signal.SIGSTOP)
+        try:
+            time.sleep(2.0)
+        finally:
+            os.kill(manager.pid, signal.SIGCONT)
+        time.sleep(1.0)
+        cells = call(manager, "/prism/v1/cells")[1]["cells"]
+    finally:
+        done.set()
+        beater.join()
+    for cell in cells[:2]:
+        assert cell["state"] == "alive" and cell["failures"] == 0, cell
+    status, text, _ = call(manager, "/metrics")
+    stalls = [line for line in text.splitlines() if line.startswith("prism_controller_stalls_total")]
+    assert stalls and float(stalls[0].split()[-1]) >= 1, text  # the freeze was seen, and survived

@@ -110,6 +110,8 @@ def test_three_way_handshake_then_fast_packets():
     # Up: one packet every 7.5-10 ms (RFC 5880 jitter), none in between
     assert session.poll(0.2 + 0.0074) is None
     assert session.poll(0.2 + 0.0101) is not None
+    assert session.poll(0.2 + 0.0251) is not None  # a loop 15 ms late shows in its longest gap
+    assert session.describe(0.3)["longest_tx_gap_ms"] == pytest.approx(15.0)
 
 
 def test_poll_is_answered_with_final_at_once():
@@ -200,3 +202,12 @@ def test_overload_guard_needs_sustained_drops_and_quiet_to_clear():
     assert not guard.update(0, 2.5)
     with pytest.raises(ValueError):
         OverloadGuard(ticks=0)
+
+
+def test_a_cell_stopping_on_purpose_says_admin_down():
+    sent = []
+    speaker = BfdSpeaker(up_session(), sent.append, CELL_MAC)
+    speaker.farewell()
+    packet = parse_frame(sent[-1])
+    # Open vSwitch takes a remote AdminDown as "session down" at once (Neighbor Signaled Session Down)
+    assert packet.state is State.ADMIN_DOWN and packet.diag is Diag.ADMIN_DOWN and packet.your_disc == OVS_DISC

@@ -228,3 +228,34 @@ def test_flow_counts_do_not_walk_the_flows(tmp_path, monkeypatch, cells_socket):
 
 def test_the_clock_is_shared_and_fake_datapaths_still_work():
     assert isinstance(FakeDatapath(1).id, int)
+
+
+def test_handling_that_yields_cannot_reorder_heartbeats(tmp_path, monkeypatch, cells_socket):
+    """Sending while handling a heartbeat can yield to the other green thread; it must not handle newer
+    heartbeats meanwhile, or the older ones handled afterwards look like a restarted process."""
+    app = make_app(tmp_path, monkeypatch, cells_socket.getsockname()[1])
+    try:
+        app.control.start_listening(app.clock.now())
+        for seq in range(1, 6):
+            cells_socket.sendto(mgmt.encode({"type": "heartbeat", "cell": "cell1", "seq": seq}), app.channel.address)
+        time.sleep(0.05)
+        handle = app.handle_mgmt_message
+        nested = []
+
+        def yielding_handle(message, sender, at=None):
+            if not nested:  # the first message's handling yields: newer datagrams arrive, the loop runs
+                for seq in range(6, 10):
+                    cells_socket.sendto(mgmt.encode({"type": "heartbeat", "cell": "cell1", "seq": seq}),
+                                        app.channel.address)  # fmt: skip
+                time.sleep(0.05)
+                nested.append(app.receive_pending())
+            handle(message, sender, at)
+
+        monkeypatch.setattr(app, "handle_mgmt_message", yielding_handle)
+        assert app.receive_pending() == 5
+        assert nested == [None]  # the other thread was told to wait
+        assert app.receive_pending() == 4
+        health = app.control.detector.health("cell1")
+        assert health.heartbeat_seq == 9 and health.failures == 0 and health.state.value == "alive"
+    finally:
+        app.channel.close()
