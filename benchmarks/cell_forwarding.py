@@ -6,13 +6,17 @@ import argparse
 import random
 import sys
 import time
+from pathlib import Path
 from typing import Callable, List, Sequence
 
-from prism.cell.cell import Cell
-from prism.cell.conntrack import ConnTracker, TrackerConfig
-from prism.flows import TCP_ACK, TCP_PSH, TCP_SYN, parse_frame
-from prism.openflow import MIRROR_MAC
-from prism.packets import build_tcp_frame
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))  # the checkout's packages, test tools included, without an install
+
+from prism.cell.cell import Cell  # noqa: E402
+from prism.cell.conntrack import ConnTracker, TrackerConfig  # noqa: E402
+from prism.flows import TCP_ACK, TCP_PSH, TCP_SYN, parse_frame  # noqa: E402
+from prism.openflow import MIRROR_MAC  # noqa: E402
+from prism.packets import build_tcp_frame  # noqa: E402
 
 DEFAULT_FLOWS = 1000
 DEFAULT_FRAMES = 50_000

@@ -56,7 +56,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from benchmarks.harness.openflow_peer import PeerError, PeerProtocol, ScriptedSwitch  # noqa: E402
-from benchmarks.harness.ryu_process import RyuProcess, RyuStartError, ryu_manager  # noqa: E402
+from mininet_topos.ryu_process import RyuProcess, RyuStartError, ryu_manager  # noqa: E402
 from benchmarks.harness.workload import CELL_PORTS, DP_ID, EDGE_PORTS, new_flows, warm_up_flows  # noqa: E402
 from prism.config import parse_config  # noqa: E402
 from prism.openflow import COOKIE_PIPELINE, TABLE_FSC  # noqa: E402

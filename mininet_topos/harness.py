@@ -41,6 +41,7 @@ from mininet_topos.prism_topo import (
     prism_config,
     server_names,
 )
+from mininet_topos.ryu_process import RyuProcess, free_tcp_port, start_ryu_manager
 
 from prism.config_bfd import BfdConfig, bfd_interface_options, cell_bfd_arguments
 
@@ -66,13 +67,6 @@ OFFLOADS_OFF = ("tx", "rx", "tso", "gso", "gro")
 CELLS_READY_TIMEOUT_S = 30.0
 
 
-def free_tcp_port() -> int:
-    """A TCP port on 127.0.0.1 that nothing listens on right now."""
-    with contextlib.closing(socket.socket(socket.AF_INET, socket.SOCK_STREAM)) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def venv_bin(name: str) -> str:
     """Path of a console script next to the running interpreter (the venv's bin)."""
     candidate = Path(sys.executable).parent / name
@@ -92,7 +86,7 @@ def stop_process(process: Optional[subprocess.Popen], timeout: float = PROCESS_S
 
 
 class ControllerProcess:
-    """``ryu-manager`` with PRISM's apps as a subprocess on loopback."""
+    """``ryu-manager`` with PRISM's apps as a subprocess on loopback (started by ``mininet_topos.ryu_process``)."""
 
     def __init__(self, workdir: Path, config_path: Path, apps: Sequence[Path] = CONTROLLER_APPS,
                  extra_env: Optional[Dict[str, str]] = None):
@@ -100,36 +94,25 @@ class ControllerProcess:
         self.config_path = config_path
         self.apps = [str(app) for app in apps]
         self.extra_env = dict(extra_env or {})
+        self.log_path = workdir / "ryu-manager.log"
+        # Chosen once: a restart listens on the same ports and the switch reconnects by itself.
         self.of_port = free_tcp_port()
         self.rest_port = free_tcp_port()
-        self.log_path = workdir / "ryu-manager.log"
-        self.process: Optional[subprocess.Popen] = None
+        self.ryu: Optional[RyuProcess] = None
+
+    @property
+    def process(self) -> Optional[subprocess.Popen]:
+        """The ryu-manager process (None before ``start()``)."""
+        return self.ryu.proc if self.ryu else None
 
     def start(self) -> None:
-        """Start ryu-manager and wait until it accepts OpenFlow connections."""
-        env = dict(os.environ, PRISM_CONFIG=str(self.config_path), **self.extra_env)
-        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO_ROOT), env.get("PYTHONPATH")]))
-        command = [
-            venv_bin("ryu-manager"),
-            "--ofp-listen-host", "127.0.0.1",
-            "--ofp-tcp-listen-port", str(self.of_port),
-            "--wsapi-host", "127.0.0.1",
-            "--wsapi-port", str(self.rest_port),
-            *self.apps,
-        ]
-        log = open(self.log_path, "wb")  # noqa: SIM115 - owned by the process
-        self.process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env,
-                                        cwd=str(REPO_ROOT))
-        log.close()
-        deadline = time.monotonic() + CONTROLLER_START_TIMEOUT_S
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise RuntimeError(f"ryu-manager exited at start:\n{self.log_tail()}")
-            with contextlib.suppress(OSError):
-                socket.create_connection(("127.0.0.1", self.of_port), timeout=0.5).close()
-                return
-            time.sleep(0.2)
-        raise RuntimeError(f"ryu-manager did not listen in time:\n{self.log_tail()}")
+        """Start ryu-manager and wait until it listens for OpenFlow connections (RyuStartError if not)."""
+        env = {"PRISM_CONFIG": str(self.config_path), **self.extra_env}
+        inherited = env.get("PYTHONPATH", os.environ.get("PYTHONPATH"))
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO_ROOT), inherited]))
+        self.ryu = start_ryu_manager(self.apps, self.log_path, cwd=REPO_ROOT, env=env,
+                                     timeout=CONTROLLER_START_TIMEOUT_S, ofp_port=self.of_port,
+                                     wsapi_port=self.rest_port)  # fmt: skip
 
     def rest(self, path: str, method: str = "GET", body: Optional[dict] = None,
              token: Optional[str] = None) -> dict:
@@ -151,7 +134,8 @@ class ControllerProcess:
 
     def stop(self) -> None:
         """End ryu-manager by PID."""
-        stop_process(self.process)
+        if self.ryu is not None:
+            self.ryu.stop()
 
 
 class ListeningController(RemoteController):

@@ -44,11 +44,11 @@ from typing import Collection, Dict, List, Mapping, Optional, Protocol, Sequence
 
 from models.features import FirstPacket, FlowHistory, flow_features
 from prism.budget import CHEAP_FLOWS_BUDGET_SHARE, DEFAULT_CHEAP_FLOW_PACKETS, BudgetSettings, BudgetTracker
+from prism.flow_outcome import flow_outcome
 from prism.flows import FlowKey, PacketInfo
 from prism.policy import MODE_FULL, Decision, NoLiveCell
 from prism.profiles import MirroringProfile
 from prism.ring import HashRing
-from prism.telemetry import flow_outcome
 
 MAX_RISK_BOOST = 100.0
 AVOID_RISK_RATIO = 10.0

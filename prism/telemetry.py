@@ -75,14 +75,13 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import pyarrow as pa
 
+from prism.flow_outcome import ALL_ONES_32, ALL_ONES_64, FlowOutcome, counter, flow_outcome  # noqa: F401 - API here too
 from prism.flows import PROTO_TCP, TCP_SYN, ip_to_str
 from prism.records import END_IDLE, SOURCE_TELEMETRY, FlowRecord
 
 TELEMETRY_SCHEMA_VERSION = 1
 VERSION_KEY = b"prism.telemetry_schema_version"
 TABLE_KEY = b"prism.table"
-ALL_ONES_64 = 2**64 - 1  #: what OpenFlow reports for a 64-bit counter the switch does not keep
-ALL_ONES_32 = 2**32 - 1
 NANOSECONDS = 1e9
 
 TABLE_FLOWS = "flows"
@@ -126,17 +125,7 @@ def arrow_schema(table: str) -> pa.Schema:
     )
 
 
-# --- unsupported counters ------------------------------------------------------------
-def counter(value: Optional[int], bits: int = 64) -> Optional[int]:
-    """A switch counter, or None (NA) when the switch does not support it (all ones).
-
-    Sums that reach all ones (an unsupported counter added to another) are NA too.
-    """
-    if value is None or value < 0 or value >= (1 << bits) - 1:
-        return None
-    return int(value)
-
-
+# --- unsupported counters (``counter`` itself is in prism.flow_outcome) ----------------
 def duration(seconds: Optional[int], nanoseconds: Optional[int] = 0) -> Optional[float]:
     """OpenFlow's ``duration_sec`` + ``duration_nsec`` in seconds, None if unsupported."""
     sec = counter(seconds, 32)
@@ -147,41 +136,6 @@ def duration(seconds: Optional[int], nanoseconds: Optional[int] = 0) -> Optional
 
 
 # --- flows at their end ----------------------------------------------------------------
-@dataclass(frozen=True)
-class FlowOutcome:
-    """What a flow turned out to be, from its FSC entries' flow-removed reports.
-
-    Attributes:
-        duration_s: First to last packet (entry lifetime minus the idle timeout), >= 0.
-        packets: Packets both ways, the first packet included; None if the switch does not count.
-        bytes: Frame bytes both ways, the first packet included; None if the switch does not count.
-    """
-
-    duration_s: float
-    packets: Optional[int]
-    bytes: Optional[int]
-
-
-def flow_outcome(entry, idle_timeout: float) -> FlowOutcome:
-    """The outcome of an ended flow.
-
-    Args:
-        entry: The flow's ``prism.profiles.FlowEntry`` after its last flow-removed report.
-        idle_timeout: The FSC entries' idle timeout (what the lifetimes include).
-
-    Returns:
-        The outcome; counters the switch did not support are None.
-    """
-    first = entry.first_packet
-    packets = counter(entry.packets)
-    byte_count = counter(entry.bytes)
-    return FlowOutcome(
-        max(0.0, float(entry.duration_s) - idle_timeout),
-        None if packets is None else packets + 1,
-        None if byte_count is None else byte_count + (first.frame_len if first is not None else 0),
-    )
-
-
 def telemetry_group(dp_id: int, ts: float) -> str:
     """The record group of a flow: its switch and the UTC hour it started in."""
     hour = datetime.datetime.fromtimestamp(ts, tz=datetime.timezone.utc).strftime("%Y-%m-%dT%H")

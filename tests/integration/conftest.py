@@ -21,16 +21,16 @@ import contextlib
 import os
 import select
 import signal
-import socket
 import subprocess
-import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 from typing import Iterator, List, Mapping, Optional, Sequence
 
 import pytest
+
+from mininet_topos.ryu_process import RyuProcess, free_tcp_port, is_listening, start_ryu_manager  # noqa: F401 - re-exported
 
 #: Address range of test networks. Mininet's default 10.0.0.0/8 contains the
 #: resolver in /etc/resolv.conf (10.255.255.53), so a DNS lookup inside a host
@@ -42,12 +42,9 @@ RYU_START_TIMEOUT_S = 30.0
 SWITCH_CONNECT_TIMEOUT_S = 30.0
 #: How long an interrupted host command may take to give its prompt back at teardown.
 HOST_DRAIN_TIMEOUT_S = 5.0
-#: Grace period between SIGTERM and SIGKILL when stopping ryu-manager.
-RYU_STOP_GRACE_S = 5.0
 #: Lines of ryu-manager's log shown with a failure.
 LOG_TAIL_LINES = 60
 
-_TCP_LISTEN_STATE = "0A"  # in /proc/net/tcp
 _RYU_KEY = pytest.StashKey[list]()
 
 
@@ -105,91 +102,18 @@ def ovs() -> OvsInfo:
 # --- ryu-manager -----------------------------------------------------------
 
 
-def free_tcp_port() -> int:
-    """A TCP port on 127.0.0.1 that nothing listens on right now."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
+class RyuManager(RyuProcess):
+    """One ``ryu-manager`` started by the ``ryu_manager`` fixture; it knows whether the test ended it."""
 
-
-def is_listening(port: int) -> bool:
-    """Whether some socket listens on TCP ``port`` (IPv4 or IPv6), without connecting to it.
-
-    Connecting would look like a switch to ryu-manager; /proc/net/tcp does not.
-    """
-    wanted = f":{port:04X}"
-    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
-        with contextlib.suppress(FileNotFoundError), open(table, encoding="ascii") as rows:
-            next(rows)  # header
-            for row in rows:
-                fields = row.split()
-                if fields[1].endswith(wanted) and fields[3] == _TCP_LISTEN_STATE:
-                    return True
-    return False
-
-
-@dataclass
-class RyuManager:
-    """One ``ryu-manager`` subprocess started by the ``ryu_manager`` fixture."""
-
-    proc: subprocess.Popen
-    apps: tuple
-    ofp_port: int
-    wsapi_port: int
-    log_path: Path
-    stopped_by_test: bool = field(default=False)
-
-    @property
-    def pid(self) -> int:
-        return self.proc.pid
-
-    @property
-    def controller(self) -> str:
-        """The switch-side controller target, e.g. ``tcp:127.0.0.1:40123``."""
-        return f"tcp:127.0.0.1:{self.ofp_port}"
-
-    def wsapi_url(self, path: str = "") -> str:
-        """URL of the REST API (apps with a ``wsgi`` context, e.g. ofctl_rest)."""
-        return f"http://127.0.0.1:{self.wsapi_port}{path}"
-
-    def alive(self) -> bool:
-        return self.proc.poll() is None
-
-    def log_text(self) -> str:
-        return self.log_path.read_text(encoding="utf-8", errors="replace")
-
-    def log_tail(self, lines: int = LOG_TAIL_LINES) -> str:
-        return "\n".join(self.log_text().splitlines()[-lines:])
+    stopped_by_test: bool = False
 
     def stop(self) -> Optional[int]:
-        """Terminate (then kill) the process by PID; returns its exit code. Idempotent."""
         self.stopped_by_test = True
-        return _stop_process(self.proc)
+        return super().stop()
 
     def kill(self) -> Optional[int]:
-        """SIGKILL it at once (a controller crash, as a test may want); returns its exit code."""
         self.stopped_by_test = True
-        if self.proc.poll() is None:
-            self.proc.kill()
-        return self.proc.wait()
-
-
-def _stop_process(proc: subprocess.Popen) -> Optional[int]:
-    if proc.poll() is None:
-        proc.terminate()
-        try:
-            proc.wait(timeout=RYU_STOP_GRACE_S)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-    return proc.returncode
-
-
-def _ryu_manager_path() -> Path:
-    path = Path(sys.prefix) / "bin" / "ryu-manager"
-    if not path.exists():
-        pytest.fail(f"{path} not found: run the tests with the venv's Python (`make test`)")
-    return path
+        return super().kill()
 
 
 @pytest.fixture
@@ -201,7 +125,8 @@ def ryu_manager(request, tmp_path):
     them. ``env`` entries are added to this process's environment; ``args`` go
     before the apps (e.g. ``("--config-file", path)``). OpenFlow and the REST API
     listen on free ports of 127.0.0.1. Returns once the OpenFlow port listens
-    (and the REST port too with ``wait_wsapi=True``).
+    (and the REST port too with ``wait_wsapi=True``); the one launcher is
+    ``mininet_topos.ryu_process``.
 
     At teardown every manager is stopped by PID (SIGTERM, then SIGKILL). A
     manager that exited on its own, without the test calling ``stop()`` or
@@ -216,55 +141,22 @@ def ryu_manager(request, tmp_path):
         args: Sequence[str] = (),
         wait_wsapi: bool = False,
     ) -> RyuManager:
-        if not apps:
-            raise ValueError("ryu_manager() needs at least one app")
-        ofp_port = free_tcp_port()
-        wsapi_port = free_tcp_port()
-        while wsapi_port == ofp_port:
-            wsapi_port = free_tcp_port()
         log_path = tmp_path / f"ryu-manager-{len(started)}.log"
-        argv = [
-            str(_ryu_manager_path()),
-            "--ofp-listen-host", "127.0.0.1",
-            "--ofp-tcp-listen-port", str(ofp_port),
-            "--wsapi-host", "127.0.0.1",
-            "--wsapi-port", str(wsapi_port),
-            *args,
-            *apps,
-        ]
-        full_env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
-        with open(log_path, "wb") as log:
-            proc = subprocess.Popen(
-                argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=full_env
-            )
-        manager = RyuManager(proc, tuple(apps), ofp_port, wsapi_port, log_path)
+        ryu = start_ryu_manager(apps, log_path, env=env, args=args, wait_wsapi=wait_wsapi,
+                                timeout=RYU_START_TIMEOUT_S)  # fmt: skip
+        manager = RyuManager(ryu.proc, ryu.apps, ryu.ofp_port, ryu.wsapi_port, ryu.log_path)
         started.append(manager)
-        ports = [ofp_port] + ([wsapi_port] if wait_wsapi else [])
-        deadline = time.monotonic() + RYU_START_TIMEOUT_S
-        while not all(is_listening(port) for port in ports):
-            if proc.poll() is not None:
-                manager.stopped_by_test = True  # reported here, not again at teardown
-                raise RuntimeError(
-                    f"ryu-manager {' '.join(apps)} exited with code {proc.returncode} before "
-                    f"listening; log tail:\n{manager.log_tail()}"
-                )
-            if time.monotonic() > deadline:
-                raise RuntimeError(
-                    f"ryu-manager {' '.join(apps)} did not listen on {ports} within "
-                    f"{RYU_START_TIMEOUT_S:.0f} s; log tail:\n{manager.log_tail()}"
-                )
-            time.sleep(0.1)
         return manager
 
     yield start
 
     crashed = [m for m in started if not m.stopped_by_test and not m.alive()]
     for manager in started:
-        _stop_process(manager.proc)
+        RyuProcess.stop(manager)
     if crashed:
         details = "\n".join(
             f"ryu-manager {' '.join(m.apps)} (pid {m.pid}) exited with code "
-            f"{m.proc.returncode}; log tail:\n{m.log_tail()}"
+            f"{m.proc.returncode}; log tail:\n{m.log_tail(LOG_TAIL_LINES)}"
             for m in crashed
         )
         pytest.fail(f"ryu-manager died during the test:\n{details}")
@@ -280,7 +172,7 @@ def pytest_runtest_makereport(item, call):
             with contextlib.suppress(OSError):
                 report.sections.append(
                     (f"ryu-manager {' '.join(manager.apps)} (pid {manager.pid}) log tail",
-                     manager.log_tail())
+                     manager.log_tail(LOG_TAIL_LINES))
                 )
 
 

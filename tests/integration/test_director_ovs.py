@@ -23,6 +23,12 @@ from tests.support import poll
 IDLE_TIMEOUT_S = 3
 POLL_TIMEOUT_S = 15.0
 CAPTURE_SETTLE_S = 1.0
+PCAP_HEADER_BYTES = 24
+
+
+def listening_in(host, port: int) -> bool:
+    """Whether a TCP socket listens on ``port`` inside a Mininet host's namespace."""
+    return bool(host.cmd(f"ss -Hltn 'sport = :{port}'").strip())
 
 
 @pytest.fixture(scope="module")
@@ -49,10 +55,12 @@ class Captures:
             self.processes.append(net.host(host).popen(
                 ["tcpdump", "-i", f"{host}-eth0", "-n", "-U", "-w", str(path), bpf],
                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
-        time.sleep(CAPTURE_SETTLE_S)
+        # tcpdump writes the file header once its capture is active: from then on it sees every packet.
+        assert poll(lambda: all(p.exists() and p.stat().st_size >= PCAP_HEADER_BYTES
+                                for p in self.files.values())), "tcpdump did not start capturing"
 
     def stop(self) -> None:
-        time.sleep(CAPTURE_SETTLE_S)
+        time.sleep(CAPTURE_SETTLE_S)  # the last packets' copies still crossing the cells
         for process in self.processes:
             stop_process(process)
 
@@ -112,7 +120,7 @@ def test_icmp_and_tcp_reach_the_server_through_the_primary_while_mirrors_get_mar
         iperf_server = server.popen(["iperf3", "-s", "-1", "-p", "5301"],
                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         net.background.append(iperf_server)  # stopped with the network if the test fails
-        time.sleep(0.5)
+        assert poll(lambda: listening_in(server, 5301)), "iperf3 -s did not listen"
         transfer = client.cmd(f"iperf3 -c {server.IP()} -p 5301 -t 1 -b 5M")
         stop_process(iperf_server)
     finally:
@@ -158,7 +166,9 @@ def test_one_group_per_profile_with_expected_buckets_and_rising_counters(network
     senders = [client.popen([sys.executable, "-m", "mininet_topos.traffic", "udp-send",
                              "--dst", server.IP(), "--port", str(9100 + i), "--count", "90",
                              "--rate", "30"], stdout=subprocess.DEVNULL) for i in range(12)]
-    time.sleep(1.0)  # every flow has started: its group exists until it idles out
+    # Every flow has started (its FSC entries exist): its group exists until it idles out.
+    assert poll(lambda: all(f"tp_dst={9100 + i}" in net.ofctl("dump-flows", "table=1,udp")
+                            for i in range(12))), net.ofctl("dump-flows", "table=1,udp")
     before = group_packet_counts(net)
     groups = parse_groups(net.ofctl("dump-groups"))
     all_groups = {gid: g for gid, g in groups.items() if g["type"] == "all"}

@@ -103,11 +103,16 @@ def _try_lock(handle) -> bool:
 
 
 def _end_leftovers(pid_file) -> None:
-    """If the wrapper died before stopping its network: end its hosts by PID, drop the bridge."""
+    """If the wrapper died before stopping its network: end its node shells by PID, drop the bridge.
+
+    A PID is ended only while it still is a Mininet node shell (``mininet:NAME`` in its
+    command line), never a process that reused the number.
+    """
     with contextlib.suppress(OSError, ValueError):
         for pid in json.loads(pid_file.read_text()):
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGKILL)
+            with contextlib.suppress(OSError):
+                if b"mininet:" in open(f"/proc/{pid}/cmdline", "rb").read():
+                    os.kill(pid, signal.SIGKILL)
     subprocess.run(["ovs-vsctl", "--if-exists", "del-br", SWITCH_NAME], capture_output=True, check=False)
 
 

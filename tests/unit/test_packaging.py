@@ -27,6 +27,8 @@ MODEL_FILES = ("models/default/model.skops", "models/default/manifest.json",
 EXAMPLE_CONFIG = "share/prism/examples/prism.yaml"
 SITE_PACKAGES = pathlib.Path("lib") / f"python{sys.version_info[0]}.{sys.version_info[1]}" / "site-packages"
 PIP = [sys.executable, "-m", "pip", "--disable-pip-version-check", "--no-input"]
+#: The fresh venv sees only what it installed (and the dependencies' .pth path): no PYTHONPATH.
+FRESH_ENV = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
 
 
 def run(command, **kwargs):
@@ -71,7 +73,7 @@ def test_wheel_ships_the_model_and_the_example_configuration(wheel):
     assert f"prism-0.1.0.data/data/{EXAMPLE_CONFIG}" in names
     assert {"prism/cli.py", "models/predictor.py", "ryu_apps/mirroring_director.py",
             "mininet_topos/prism_topo.py"} <= names  # fmt: skip
-    assert not any(name.startswith("tests/") for name in names)
+    assert not any(name.startswith(("tests/", "testkit/", "benchmarks/")) for name in names), "test tools ship"
 
 
 def test_fresh_install_imports_prism_and_its_model_from_the_venv(installed):
@@ -80,13 +82,14 @@ def test_fresh_install_imports_prism_and_its_model_from_the_venv(installed):
         "import prism, models.predictor, mininet_topos.prism_topo as t; "
         "print(prism.__file__); print(models.predictor.__file__); print(t.DEFAULT_MODEL_DIR.resolve())"
     )
-    lines = run([str(installed / "bin" / "python"), "-c", code], cwd=installed).stdout.split()
+    lines = run([str(installed / "bin" / "python"), "-c", code], cwd=installed, env=FRESH_ENV).stdout.split()
     assert lines == [str(site / "prism" / "__init__.py"), str(site / "models" / "predictor.py"),
                      str(site / "models" / "first_packet")]  # fmt: skip
 
 
 def test_fresh_install_checks_its_example_configuration(installed):
-    result = run([str(installed / "bin" / "prism"), "check-config", str(installed / EXAMPLE_CONFIG)], cwd=installed)
+    result = run([str(installed / "bin" / "prism"), "check-config", str(installed / EXAMPLE_CONFIG)],
+                 cwd=installed, env=FRESH_ENV)  # fmt: skip
     assert result.stdout.startswith("OK: ")
 
 
@@ -94,8 +97,8 @@ def test_fresh_install_evaluates_flows_with_its_installed_model(installed):
     flows = sorted(glob.glob(str(REPO / "data" / "flows" / "*.parquet")))
     assert flows
     model = installed / SITE_PACKAGES / "models" / "first_packet"
-    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
-    result = run([str(installed / "bin" / "prism"), "evaluate", *flows, "--model", str(model)], cwd=installed, env=env)
+    result = run([str(installed / "bin" / "prism"), "evaluate", *flows, "--model", str(model)],
+                 cwd=installed, env=FRESH_ENV)  # fmt: skip
     assert "baseline (port mean)" in result.stdout  # the installed first-packet model's rows
     assert "controller vs fixed rf1" in result.stdout  # the installed example configuration's policy
     assert "flows from" in result.stdout
