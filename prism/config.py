@@ -36,6 +36,7 @@ from typing import Union
 import yaml
 
 from prism.config_mgmt import format_address
+from prism.config_etcd import EtcdConfig, render_etcd
 from prism.config_schema import check_document, parse_dpid
 from prism.config_telemetry import PredictionConfig, TelemetryConfig, render_prediction, render_telemetry
 from prism.config_types import (
@@ -62,6 +63,7 @@ __all__ = [
     "CellConfig",
     "ConfigError",
     "ConfigProblem",
+    "EtcdConfig",
     "ManagementConfig",
     "PredictionConfig",
     "PrismConfig",
@@ -148,6 +150,8 @@ def render_config(config: PrismConfig) -> str:
         document["telemetry"] = render_telemetry(config.telemetry)
     if config.prediction is not None:
         document["prediction"] = render_prediction(config.prediction)
+    if config.etcd is not None:
+        document["etcd"] = render_etcd(config.etcd)
     return yaml.safe_dump(document, sort_keys=False)
 
 

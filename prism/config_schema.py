@@ -23,11 +23,12 @@ from prism.config_types import (
     SwitchConfig,
 )
 from prism.config_mgmt import check_address, check_cell_addresses, check_management, check_rest
+from prism.config_etcd import check_etcd
 from prism.config_telemetry import check_prediction, check_telemetry
 
 TOP_KEYS = (
     "idle_timeout", "default_replication_factor", "max_replication_factor", "management", "rest",
-    "telemetry", "prediction", "switches",
+    "telemetry", "prediction", "etcd", "switches",
 )  # fmt: skip
 SWITCH_KEYS = ("dpid", "name", "cells", "edge_ports")
 CELL_KEYS = ("id", "port", "mgmt")
@@ -205,6 +206,7 @@ class _Checker:
             management=management, rest=check_rest(self, top.get("rest")),
             telemetry=check_telemetry(self, top.get("telemetry")),
             prediction=check_prediction(self, top.get("prediction"), max_rf),
+            etcd=check_etcd(self, top.get("etcd")),
             source=self.source,
         )  # fmt: skip
 

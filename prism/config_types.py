@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING, Dict, List, Optional, Tuple
 
 if TYPE_CHECKING:  # pragma: no cover - defined beside their checks
     from prism.config_telemetry import PredictionConfig, TelemetryConfig
+    from prism.config_etcd import EtcdConfig
 
 DEFAULT_IDLE_TIMEOUT_S = 10
 DEFAULT_REPLICATION_FACTOR = 1
@@ -130,6 +131,7 @@ class PrismConfig:
         rest: The REST API's token source.
         telemetry: Where the stats collector writes (None: no telemetry).
         prediction: The predictive policy's model and budget (None: fixed replication factor).
+        etcd: Several controllers through etcd (``prism.config_etcd.EtcdConfig``; None: one controller).
         source: Where it was read from.
         warnings: Problems that did not stop it from loading.
     """
@@ -142,6 +144,7 @@ class PrismConfig:
     rest: RestConfig = field(default_factory=RestConfig)
     telemetry: Optional[TelemetryConfig] = None
     prediction: Optional[PredictionConfig] = None
+    etcd: Optional[EtcdConfig] = None
     source: str = field(default="<string>", compare=False)
     warnings: Tuple[ConfigProblem, ...] = field(default=(), compare=False)
 

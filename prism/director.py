@@ -25,6 +25,7 @@ from prism.groups import GroupTable, ProfileGroup
 from prism.openflow import (
     COOKIE_HOST,
     COOKIE_PIPELINE,
+    FF_GROUP_OFFSET,
     MIRROR_MAC,
     OFPCML_NO_BUFFER,
     OFPG_ALL,
@@ -54,6 +55,7 @@ from prism.ring import HashRing
 
 if TYPE_CHECKING:  # pragma: no cover
     from prism.config import SwitchConfig
+    from prism.takeover import TakeoverPlan
 
 ETH_TYPE_ARP = 0x0806
 MAX_IDLE_TIMEOUT = 0xFFFF  #: OpenFlow's idle_timeout is 16 bits
@@ -84,6 +86,7 @@ class DirectorCounters:
     flows_total: int = 0
     flows_mirrored: int = 0
     flows_ended: int = 0
+    takeovers: int = 0
     flow_races: int = 0
     directions_reinstalled: int = 0
     groups_installed: int = 0
@@ -298,6 +301,36 @@ class MirroringDirector:
             entry(TABLE_DELIVERY, PRIORITY_MISS, to_controller),
         ]
         return mods
+
+    def adopt(self, now: float, plan: "TakeoverPlan", down=(), draining=()) -> List[OfChange]:
+        """Take over a switch that keeps forwarding: its groups and FSC entries become this director's.
+
+        Nothing live is deleted or re-added; only groups no entry uses are deleted.
+        ``down``/``draining``: the cells' status as the previous master left it (etcd).
+        A plan without the pipeline (a fresh switch) converges from scratch instead.
+        """
+        if not plan.has_pipeline:
+            return self.on_switch_connect(now)
+        self._count("takeovers")
+        self._reset()
+        self._failover.adopt_verdicts(down, draining)
+        self._live_cells = self._failover.live_cells
+        for group_id, (profile, target_rf) in sorted(plan.groups.items()):
+            self._groups.adopt(group_id, profile, target_rf)
+        for key, forward, group_id in plan.flows:
+            entry = self._flows.get(key.flow_id)
+            if entry is None:
+                self._flows.add(key, self._groups.get(group_id).profile, group_id, now, directions=(forward,))
+                self._groups.get(group_id).refcount += 1
+            elif entry.group_id == group_id:
+                entry.directions.add(forward)
+        changes: List[OfChange] = []
+        for group_id in plan.orphan_groups:
+            changes.append(GroupMod(Command.DELETE, GroupType.ALL, group_id))
+            changes.append(GroupMod(Command.DELETE, GroupType.FAST_FAILOVER, group_id + FF_GROUP_OFFSET))
+        for ff_group_id in plan.stray_ff_groups:
+            changes.append(GroupMod(Command.DELETE, GroupType.FAST_FAILOVER, ff_group_id))
+        return changes
 
     # --- Packet-ins -----------------------------------------------------------------------
     def on_packet_in(self, now: float, in_port: int, table_id: int, data: bytes) -> List[OfChange]:

@@ -143,6 +143,11 @@ class Failover:
         self._assigns.clear()
         self._next_refresh = None
 
+    def adopt_verdicts(self, down: Iterable[str], draining: Iterable[str]) -> None:
+        """Take the cells' status from the previous master (a takeover); unknown cells are ignored."""
+        self._down = {c for c in down if c in self.cell_ids}
+        self._draining = {c for c in draining if c in self.cell_ids}
+
     # --- events ------------------------------------------------------------------------
     def cell_down(
         self, cell_id: str, kind: str, now: float, table: GroupTable, flows: "FlowStateCache"

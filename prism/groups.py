@@ -132,6 +132,28 @@ class GroupTable:
         self._by_profile.setdefault(profile, set()).add(group_id)
         return group
 
+    def adopt(self, group_id: int, profile: MirroringProfile, target_rf: int) -> GroupState:
+        """Take in a group the switch already holds (a takeover), keeping its id.
+
+        Raises:
+            ValueError: the id is outside the profile range or already taken.
+        """
+        if not PROFILE_GROUP_BASE <= group_id < PROFILE_GROUP_BASE + MAX_PROFILE_GROUPS:
+            raise ValueError(f"group id {group_id:#x} is not a profile group id")
+        if group_id in self._groups:
+            raise ValueError(f"group {group_id:#x} is already in the table")
+        group = GroupState(group_id, profile, target_rf)
+        self._groups[group_id] = group
+        self._by_profile.setdefault(profile, set()).add(group_id)
+        if group_id >= self._next_id:
+            self._free_ids.extend(range(self._next_id, group_id))
+            heapq.heapify(self._free_ids)
+            self._next_id = group_id + 1
+        elif group_id in self._free_ids:
+            self._free_ids.remove(group_id)
+            heapq.heapify(self._free_ids)
+        return group
+
     def rewrite(self, group_id: int, profile: MirroringProfile) -> None:
         """Give a group a new profile (same id: its flows keep pointing at it)."""
         group = self._groups[group_id]
