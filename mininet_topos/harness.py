@@ -91,14 +91,15 @@ class ControllerProcess:
     """``ryu-manager`` with PRISM's apps as a subprocess on loopback."""
 
     def __init__(self, workdir: Path, config_path: Path, apps: Sequence[Path] = CONTROLLER_APPS,
-                 extra_env: Optional[Dict[str, str]] = None):
+                 extra_env: Optional[Dict[str, str]] = None, name: str = ""):
         self.workdir = workdir
+        self.name = name
         self.config_path = config_path
         self.apps = [str(app) for app in apps]
         self.extra_env = dict(extra_env or {})
         self.of_port = free_tcp_port()
         self.rest_port = free_tcp_port()
-        self.log_path = workdir / "ryu-manager.log"
+        self.log_path = workdir / (f"ryu-manager-{name}.log" if name else "ryu-manager.log")
         self.process: Optional[subprocess.Popen] = None
 
     def start(self) -> None:
@@ -175,13 +176,16 @@ class PrismNetwork:
         apps: Ryu apps to run instead of ``CONTROLLER_APPS`` (paths or module names, e.g.
             ``("ryu.app.simple_switch_13",)`` with ``start_cells=False, management=False``
             for a baseline on the same topology); it must install a table-0 entry.
+        controllers: ryu-manager instances; more than one share the switch through a private
+            etcd (``mininet_topos.cluster_net``), ``self.controller`` is the first.
     """
 
     def __init__(self, workdir: Path, clients: int = 2, servers: int = 1, cells: int = 3,
                  replication_factor: int = 1, idle_timeout: int = 10, start_cells: bool = True,
                  cell_args: Sequence[str] = (), extra_env: Optional[Dict[str, str]] = None,
                  config_overrides: Optional[dict] = None, management: bool = True,
-                 extra_apps: Sequence[Path] = (), apps: Optional[Sequence[Path]] = None):
+                 extra_apps: Sequence[Path] = (), apps: Optional[Sequence[Path]] = None,
+                 controllers: int = 1, lease_s: Optional[float] = None):
         self.workdir = Path(workdir)
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.clients, self.servers, self.cells = clients, servers, cells
@@ -193,8 +197,14 @@ class PrismNetwork:
         self.start_cells = start_cells
         self.cell_args = list(cell_args)
         base_apps = CONTROLLER_APPS if apps is None else tuple(apps)
-        self.controller = ControllerProcess(self.workdir, self.config_path, (*base_apps, *extra_apps),
-                                            extra_env=extra_env)
+        self.controllers = [ControllerProcess(self.workdir, self.config_path, (*base_apps, *extra_apps),
+                                              extra_env=extra_env)]
+        self.etcd = None
+        if controllers > 1:
+            from mininet_topos.cluster_net import add_cluster
+
+            add_cluster(self, controllers, lease_s, (*base_apps, *extra_apps), extra_env)
+        self.controller = self.controllers[0]
         self.net: Optional[Mininet] = None
         self.cell_processes: Dict[str, subprocess.Popen] = {}
         self.background: List[subprocess.Popen] = []
@@ -236,12 +246,16 @@ class PrismNetwork:
         self.config_path.write_text(yaml.safe_dump(self.config, sort_keys=False))
         if self.management:
             self._create_mgmt_bridge()
-        self.controller.start()
+        if self.etcd is not None:
+            self.etcd.start()
+        for controller in self.controllers:
+            controller.start()
         topo = PrismTopo(clients=self.clients, servers=self.servers, cells=self.cells)
         switch = partial(OVSSwitch, datapath="user", protocols="OpenFlow13")
         self.net = Mininet(topo=topo, switch=switch, controller=None, ipBase=IP_BASE,
                            autoSetMacs=True, build=False, waitConnected=False)
-        self.net.addController(ListeningController("c0", ip="127.0.0.1", port=self.controller.of_port))
+        for index, controller in enumerate(self.controllers):
+            self.net.addController(ListeningController(f"ctl{index}", ip="127.0.0.1", port=controller.of_port))
         self.net.build()
         self.net.start()
         for host in self.net.hosts:
@@ -279,7 +293,10 @@ class PrismNetwork:
             with contextlib.suppress(Exception):
                 self.net.stop()
             self.net = None
-        self.controller.stop()
+        for controller in self.controllers:
+            controller.stop()
+        if self.etcd is not None:
+            self.etcd.stop()
         if self.management:
             self._delete_mgmt_bridge()
         self._release_lock()

@@ -60,6 +60,7 @@ from prism.openflow import OfChange
 from prism.policy import FixedPolicy
 from prism.ring import HashRing
 from prism.telemetry import flow_record
+from ryu_apps.cluster import Cluster, ClusterEvents, controller_id_from_env
 from ryu_apps.mgmt_channel import MgmtChannel
 from ryu_apps.ofmsg import match_to_dict, to_ofmsg, to_ofmsgs
 from ryu_apps.telemetry_events import EventFlowEnded
@@ -122,7 +123,7 @@ def cell_addresses(config: PrismConfig) -> Dict[str, tuple]:
     }
 
 
-class MirroringDirectorApp(app_manager.RyuApp):
+class MirroringDirectorApp(ClusterEvents, app_manager.RyuApp):
     """Ryu shell of the Mirroring Director.
 
     Attributes:
@@ -135,6 +136,8 @@ class MirroringDirectorApp(app_manager.RyuApp):
         switch_errors: OpenFlow error messages received, by ``(type, code)``.
         ignored_switches: Events from switches not in the configuration, by dp_id.
         unsent: Changes and messages that had nowhere to go, by reason.
+        cluster: With an ``etcd`` section, this controller's part in a shared network
+            (``ryu_apps.cluster``): it decides which switches this controller programs.
     """
 
     OFP_VERSIONS = [ofproto_v1_3.OFP_VERSION]
@@ -165,6 +168,13 @@ class MirroringDirectorApp(app_manager.RyuApp):
         self.switch_errors: Counter = Counter()
         self.ignored_switches: Counter = Counter()
         self.unsent: Counter = Counter()
+        self.cluster: Optional[Cluster] = None
+        if self.config.etcd is not None:
+            from ryu import cfg
+
+            self.cluster = Cluster(self, self.config.etcd, controller_id_from_env(cfg.CONF.ofp_tcp_listen_port))
+            self.logger.info("controller %s of a cluster (etcd %s, lease %g s)", self.cluster.controller_id,
+                             self.config.etcd.endpoints, self.config.etcd.lease_s)
         self.logger.info(
             "PRISM Mirroring Director: %d switch(es) from %s, idle_timeout %d s, replication factor %d",
             len(self.directors),
@@ -182,11 +192,15 @@ class MirroringDirectorApp(app_manager.RyuApp):
         thread = super().start()
         self.threads.append(hub.spawn(self._receive_loop))
         self.threads.append(hub.spawn(self._tick_loop))
+        if self.cluster is not None:
+            self.threads.append(hub.spawn(self.cluster.run))
         return thread
 
     def stop(self):
         """Stop the green threads (they notice within a receive timeout), then close the channel."""
         super().stop()
+        if self.cluster is not None:
+            self.cluster.stop()
         if self.channel is not None:
             self.channel.close()
 
@@ -267,6 +281,9 @@ class MirroringDirectorApp(app_manager.RyuApp):
         """Send the control plane's answer: switch changes to their datapath, messages to their cell."""
         for item in outgoing:
             if isinstance(item, SwitchChange):
+                if self.cluster is not None and not self.cluster.may_send(item.dp_id):
+                    self.unsent["not_master"] += 1
+                    continue
                 datapath = self.datapaths.get(item.dp_id)
                 if datapath is None:  # it converges from scratch when it connects
                     self.unsent["switch_not_connected"] += 1
@@ -307,6 +324,11 @@ class MirroringDirectorApp(app_manager.RyuApp):
     def switch_features_handler(self, ev) -> None:
         """A switch (re)connected: converge it to the pipeline."""
         datapath = ev.msg.datapath
+        if self.cluster is not None and datapath.id in self.directors:
+            self.logger.info("switch %s connected: its master is decided through etcd", _dpid(datapath.id))
+            self.datapaths[datapath.id] = datapath
+            self.cluster.on_switch_connect(datapath)
+            return
         if datapath.id in self.directors:
             self.logger.info("switch %s connected: installing the pipeline", _dpid(datapath.id))
             self.datapaths[datapath.id] = datapath
@@ -325,6 +347,8 @@ class MirroringDirectorApp(app_manager.RyuApp):
         if datapath is not None and self.datapaths.get(datapath.id) is datapath:
             del self.datapaths[datapath.id]
             self.logger.warning("switch %s disconnected", _dpid(datapath.id))
+        if datapath is not None and self.cluster is not None:
+            self.cluster.on_switch_disconnect(datapath)
 
     @set_ev_cls(ofp_event.EventOFPPortStatus, MAIN_DISPATCHER)
     def port_status_handler(self, ev) -> None:
@@ -353,6 +377,12 @@ class MirroringDirectorApp(app_manager.RyuApp):
     def packet_in_handler(self, ev) -> None:
         """A table-miss or a controller-bound packet."""
         msg = ev.msg
+        if self.cluster is not None and not self.cluster.admit_packet_in(msg):
+            return  # held while this new master reads the switch, or not this controller's switch
+        self.handle_packet_in(msg)
+
+    def handle_packet_in(self, msg) -> None:
+        """Hand one packet-in to its switch's director and send the answer."""
         self._dispatch(
             "packet_in",
             msg.datapath,
@@ -363,6 +393,9 @@ class MirroringDirectorApp(app_manager.RyuApp):
     def flow_removed_handler(self, ev) -> None:
         """An FSC entry ended: its final counters. The flow's last entry ends the flow (``flow_ended``)."""
         msg = ev.msg
+        if self.cluster is not None and not self.cluster.may_send(msg.datapath.id):
+            self.unsent["flow_removed_not_master"] += 1
+            return
         now = time.time()
         ended = []
 
@@ -394,6 +427,8 @@ class MirroringDirectorApp(app_manager.RyuApp):
         """The switch refused a message: log it (with what the switch echoed back) and count it."""
         msg = ev.msg
         self.switch_errors[(msg.type, msg.code)] += 1
+        if self.cluster is not None and msg.type == msg.datapath.ofproto.OFPET_ROLE_REQUEST_FAILED:
+            self.cluster.on_role_error(msg)
         self.logger.warning(
             "switch %s refused a message: type 0x%02x code 0x%02x data %s",
             _dpid(msg.datapath.id),

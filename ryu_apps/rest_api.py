@@ -241,6 +241,16 @@ class PrismRestController(ControllerBase):
     def get_status(self, req, **_kwargs):
         return self.api.answer("GET status", lambda app: (200, app.control.status(time.time())))
 
+    @route("prism", "/prism/v1/cluster", methods=["GET"])
+    def get_cluster(self, req, **_kwargs):
+        """This controller's part in a cluster (roles, etcd reachability, takeovers); null without etcd."""
+        def produce(app):
+            cluster = getattr(app, "cluster", None)
+            counters = {f"{dp_id:016x}": d.counters.as_dict() for dp_id, d in app.directors.items()}
+            return 200, {"cluster": None if cluster is None else cluster.status(), "directors": counters}
+
+        return self.api.answer("GET cluster", produce)
+
     @route("prism", "/prism/v1/cells", methods=["GET"])
     def get_cells(self, req, **_kwargs):
         def produce(app):
