@@ -10,9 +10,9 @@ half second, is only the backstop that removes its key).
 
 Switches are spread over the live controllers connected to them by the same
 rendezvous hashing that places flows on cells (``prism.ring``), seeded by the
-switch's dpid: a controller that dies moves only its own switches, one that
-comes back takes back only those. The master of a switch is the first in
-that order; every other controller is its slave.
+switch's dpid, with a bound on each controller's share (:func:`assign_masters`):
+with few switches per controller plain hashing leaves some controller idle.
+The master of a switch is the one chosen; every other controller is its slave.
 
 Nothing here talks to etcd or a switch, and time comes in as ``now``
 (``ryu_apps.cluster`` does the talking). A controller that cannot reach etcd
@@ -48,6 +48,31 @@ def master_of(dp_id: int, candidates: Iterable[str]) -> Optional[str]:
     if not candidates:
         return None
     return HashRing(candidates).primary(switch_key(dp_id))
+
+
+def assign_masters(candidates: Mapping[int, Iterable[str]]) -> Dict[int, Optional[str]]:
+    """A master per switch from its candidates: rendezvous order, with bounded load.
+
+    Plain rendezvous hashing leaves a controller idle now and then when there
+    are few switches per controller (3 switches over 3 controllers: all three
+    on different controllers only 2 times in 9). So each controller takes at
+    most ``ceil(switches / controllers)``: switches, in the order of their ring
+    key, get the first controller of their own order that has room. Every
+    controller computes the same answer from the same etcd read.
+    """
+    everyone = sorted({c for cs in candidates.values() for c in cs})
+    if not everyone:
+        return {dp_id: None for dp_id in candidates}
+    capacity = -(-len(candidates) // len(everyone))
+    load: Dict[str, int] = {c: 0 for c in everyone}
+    masters: Dict[int, Optional[str]] = {}
+    for dp_id in sorted(candidates, key=switch_key):
+        ranked = HashRing(sorted(set(candidates[dp_id]))).order(switch_key(dp_id)) if candidates[dp_id] else []
+        chosen = next((c for c in ranked if load[c] < capacity), ranked[0] if ranked else None)
+        if chosen is not None:
+            load[chosen] += 1
+        masters[dp_id] = chosen
+    return masters
 
 
 @dataclass(frozen=True)
@@ -156,10 +181,9 @@ class Mastership:
     def desired_masters(self, now: float) -> Dict[int, Optional[str]]:
         """For every switch, the live controller connected to it that should be its master."""
         live = self.membership.live(now)
-        return {
-            dp_id: master_of(dp_id, [c for c, beat in live.items() if dp_id in beat.switches])
-            for dp_id in self.dp_ids
-        }
+        return assign_masters(
+            {dp_id: [c for c, beat in live.items() if dp_id in beat.switches] for dp_id in self.dp_ids}
+        )
 
     def decide(self, now: float, beats: Mapping[str, Beat], connected: Iterable[int]) -> List[RoleChange]:
         """Take in what etcd holds; the role changes this controller must make, by dpid.

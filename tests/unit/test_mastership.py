@@ -81,8 +81,8 @@ def test_a_controller_that_rejoins_takes_back_only_its_switches():
     assert all(b.is_master(dp) for dp in SWITCHES)
     b.renewed(1.0)
     handed = b.decide(1.0, {**beats(2, "b"), **beats(3, "a")}, SWITCHES)
-    expected = {dp for dp in SWITCHES if master_of(dp, ["a", "b"]) == "a"}
-    assert {c.dp_id for c in handed} == expected and {c.role for c in handed} == {ROLE_SLAVE}
+    assert len(handed) == len(SWITCHES) // 2  # the bounded share of the controller that came back
+    assert {c.role for c in handed} == {ROLE_SLAVE}
 
 
 def test_a_rejoining_controller_not_yet_connected_to_a_switch_is_not_its_master():
@@ -126,3 +126,15 @@ def test_publisher_sends_only_differences():
     assert publisher.changes({"k1": "v1", "k2": "v2"}) == ({}, [])
     puts, deletes = publisher.changes({"k1": "v9"})
     assert puts == {"k1": "v9"} and deletes == ["k2"]
+
+
+def test_bounded_load_gives_every_controller_its_share_of_few_switches():
+    from prism.mastership import assign_masters
+
+    for switches in (3, 4, 6, 9):
+        masters = assign_masters({dp: ["a", "b", "c"] for dp in range(1, switches + 1)})
+        counts = [list(masters.values()).count(c) for c in "abc"]
+        assert max(counts) - min(counts) <= 1, (switches, counts)
+    # a switch connected to one controller only goes to it, whatever the bound
+    masters = assign_masters({1: ["a"], 2: ["a"], 3: ["a", "b"]})
+    assert masters[1] == masters[2] == "a"
