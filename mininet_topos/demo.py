@@ -31,6 +31,8 @@ GAP_WINDOW_S = 3.0
 IPERF_GRACE_S = 5.0
 #: Width of the throughput bins computed from the server-side capture.
 THROUGHPUT_BIN_S = 0.1
+#: With --fail-controller the primary cell fails this long after the master controller is killed.
+CELL_FAIL_AFTER_CONTROLLER_S = 2.0
 
 
 @dataclass
@@ -53,6 +55,8 @@ class DemoOptions:
     workdir: Path = Path("out/demo")
     json_path: Optional[Path] = None
     prediction: bool = False
+    controllers: int = 1
+    fail_controller: bool = False
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -74,6 +78,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--workdir", type=Path, default=Path("out/demo"),
                         help="where logs, captures and the report go (default out/demo)")
     parser.add_argument("--json", type=Path, dest="json_path", help="also write the report as JSON")
+    parser.add_argument("--controllers", type=int, default=1,
+                        help="ryu-manager instances sharing the switch through a private etcd (default 1; "
+                             "more than one run without the management network: mirror copies only)")
+    parser.add_argument("--fail-controller", action="store_true",
+                        help="kill the master controller at --fail-at, then fail the transfer's primary "
+                             f"cell {CELL_FAIL_AFTER_CONTROLLER_S:g} s later (needs --controllers 2 or more)")
     parser.add_argument("--no-prediction", action="store_false", dest="prediction",
                         help="every flow gets --rf mirrors (default: the shipped model predicts which "
                              "flows are long enough to need mirrors)")
@@ -115,6 +125,15 @@ def _preflight(options: DemoOptions) -> Optional[str]:
         return f"--rf {options.replication_factor} needs at least {options.replication_factor + 1} cells"
     if options.fail_at_s >= options.duration_s:
         return "--fail-at must be before the end of --duration"
+    if options.controllers < 1:
+        return "--controllers must be at least 1"
+    if options.fail_controller and options.fail_at_s < 1.0:
+        return "--fail-controller starts flows 1 s before the kill: --fail-at must be at least 1"
+    if options.fail_controller and options.controllers < 2:
+        return "--fail-controller needs --controllers 2 or more (a standby to take over)"
+    if options.fail_controller and options.fail_at_s + CELL_FAIL_AFTER_CONTROLLER_S + 1 >= options.duration_s:
+        return (f"--fail-controller fails the cell {CELL_FAIL_AFTER_CONTROLLER_S:g} s after the controller: "
+                f"--duration must be more than --fail-at + {CELL_FAIL_AFTER_CONTROLLER_S + 1:g}")
     if subprocess.run(["ovs-vsctl", "--timeout=3", "show"], capture_output=True).returncode != 0:
         return "Open vSwitch is not running: run `make setup` first"
     return None
@@ -135,8 +154,14 @@ def run_demo(options: DemoOptions) -> Dict:
     overrides = {}
     if options.prediction:  # --rf is then the most mirrors a flow gets (--rf 0: none, the control)
         overrides = {"prediction": prediction_config(), "max_replication_factor": options.replication_factor}
+    clustered = options.controllers > 1
     with PrismNetwork(workdir, clients=options.clients, servers=1, cells=options.cells,
-                      replication_factor=options.replication_factor, config_overrides=overrides) as net:
+                      replication_factor=options.replication_factor, config_overrides=overrides,
+                      controllers=options.controllers, management=not clustered) as net:
+        if clustered:
+            from mininet_topos import demo_cluster
+
+            demo_cluster.settle_master(net, net.config["etcd"].get("lease_s", 0.75))
         server = net.host(net.server_names[0])
         server_ip = server.IP()
         capture = workdir / "server.pcap"
@@ -159,7 +184,16 @@ def run_demo(options: DemoOptions) -> Dict:
              "--connect-timeout", "3000"],
             stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
         net.background.append(iperf)
-        time.sleep(options.fail_at_s)
+        controller_failover = None
+        if options.fail_controller:
+            time.sleep(options.fail_at_s - demo_cluster.ESTABLISHED_LEAD_S)
+            controller_failover = demo_cluster.ControllerFailover(net, server, workdir)
+            controller_failover.start_established_flows()
+            time.sleep(demo_cluster.ESTABLISHED_LEAD_S)
+            killed_at = controller_failover.kill_master()
+            time.sleep(max(0.0, killed_at + CELL_FAIL_AFTER_CONTROLLER_S - time.time()))
+        else:
+            time.sleep(options.fail_at_s)
         failed_cell, fail_time, last_states = None, None, {}
         tcp_primary = _find_tcp_primary(net)
         if options.fail_primary != "none" and tcp_primary:
@@ -191,6 +225,11 @@ def run_demo(options: DemoOptions) -> Dict:
             sender.wait(timeout=10)
         for process in net.background:  # the sink writes its JSON when it is stopped
             stop_process(process)
+        if controller_failover is not None:
+            controller_failover_report = controller_failover.finish()
+            # the cell fails CELL_FAIL_AFTER_CONTROLLER_S after the kill: the window stops short of it
+            controller_failover_report["tcp_gap_ms_at_takeover"] = demo_cluster.tcp_gap_ms(
+                capture, killed_at - 0.5, killed_at + CELL_FAIL_AFTER_CONTROLLER_S - 0.1, TCP_CLIENT_PORT)
     udp = json.loads(sink_json.read_text()) if sink_json.exists() else {"datagrams": 0, "flows": {}}
     gaps = interruption_from_capture(capture, fail_time, TCP_CLIENT_PORT)
     # The transfer's data connection is the flow whose primary failed; judge it
@@ -203,12 +242,13 @@ def run_demo(options: DemoOptions) -> Dict:
         survived = bool(iperf_result["ok"])
     failover = status.get("last_failover") or {}
     detection = _detection_ms(cells_view, failed_cell) if options.fail_primary == "process" else None
-    return {
+    report = {
         "options": {"cells": options.cells, "clients": options.clients,
                     "replication_factor": options.replication_factor,
                     "fail_at_s": options.fail_at_s,
                     "fail_primary": options.fail_primary, "duration_s": options.duration_s,
-                    "prediction": options.prediction},
+                    "prediction": options.prediction, "controllers": options.controllers,
+                    "fail_controller": options.fail_controller},
         "flows_total": status.get("flows_total"),
         "flows_mirrored": status.get("flows_mirrored"),
         # one ALL group (and its FAST_FAILOVER group) per profile
@@ -233,6 +273,9 @@ def run_demo(options: DemoOptions) -> Dict:
         "udp_flows_received": len(udp.get("flows", {})),
         "workdir": str(workdir),
     }
+    if options.fail_controller:
+        report["controller_failover"] = controller_failover_report
+    return report
 
 
 def _start_udp_flows(net, server_ip: str, options: DemoOptions) -> List[subprocess.Popen]:
@@ -478,6 +521,16 @@ def format_report(report: Dict) -> str:
         lines.append(f"  replication traffic between cells: {report['replication_bytes']} bytes")
     else:
         lines.append("failover: no failure injected")
+    takeover = report.get("controller_failover")
+    if takeover:
+        lines.append(f"controller failover: {takeover['killed']} (master) killed -> {takeover['new_master']} "
+                     f"master after {takeover['role_ms']} ms, tables adopted after {takeover['takeover_ms']} ms "
+                     f"({takeover['groups_adopted']} groups, {takeover['flows_adopted']} flow entries)")
+        lines.append(f"  established flows across it: {takeover['established_flows']}, lost "
+                     f"{takeover['flows_lost']} ({takeover['established_datagrams_lost']} datagrams); TCP gap "
+                     f"{takeover['tcp_gap_ms_at_takeover']} ms; duplicate groups {takeover['duplicate_groups']}, "
+                     f"orphaned {takeover['orphaned_groups']}; new flows set up by the new master: "
+                     f"{takeover['new_flows_after']}")
     lines.append(f"logs and captures: {report['workdir']}")
     return "\n".join(lines)
 

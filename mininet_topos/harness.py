@@ -40,6 +40,7 @@ from mininet_topos.prism_topo import (
     client_names,
     prism_config,
     server_names,
+    switch_of,
 )
 
 LOG = logging.getLogger("prism.harness")
@@ -185,13 +186,14 @@ class PrismNetwork:
                  cell_args: Sequence[str] = (), extra_env: Optional[Dict[str, str]] = None,
                  config_overrides: Optional[dict] = None, management: bool = True,
                  extra_apps: Sequence[Path] = (), apps: Optional[Sequence[Path]] = None,
-                 controllers: int = 1, lease_s: Optional[float] = None):
+                 controllers: int = 1, lease_s: Optional[float] = None, switches: int = 1):
         self.workdir = Path(workdir)
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.clients, self.servers, self.cells = clients, servers, cells
+        self.switches = switches
         self.management = management
         self.config = prism_config(clients, servers, cells, idle_timeout, replication_factor,
-                                   management=management)
+                                   management=management, switches=switches)
         self.config.update(config_overrides or {})
         self.config_path = self.workdir / "prism.yaml"
         self.start_cells = start_cells
@@ -250,7 +252,7 @@ class PrismNetwork:
             self.etcd.start()
         for controller in self.controllers:
             controller.start()
-        topo = PrismTopo(clients=self.clients, servers=self.servers, cells=self.cells)
+        topo = PrismTopo(clients=self.clients, servers=self.servers, cells=self.cells, switches=self.switches)
         switch = partial(OVSSwitch, datapath="user", protocols="OpenFlow13")
         self.net = Mininet(topo=topo, switch=switch, controller=None, ipBase=IP_BASE,
                            autoSetMacs=True, build=False, waitConnected=False)
@@ -354,7 +356,8 @@ class PrismNetwork:
     def _wait_for_pipeline(self) -> None:
         deadline = time.monotonic() + SWITCH_CONNECT_TIMEOUT_S
         while time.monotonic() < deadline:
-            if "table=0" in self.ofctl("dump-flows", "table=0"):
+            if all("table=0" in self.ofctl("dump-flows", "table=0", switch=switch.name)
+                   for switch in self.net.switches):
                 return
             time.sleep(0.2)
         raise RuntimeError(f"the director installed no pipeline:\n{self.controller.log_tail()}")
@@ -411,12 +414,16 @@ class PrismNetwork:
 
     def set_cell_link(self, cell_id: str, up: bool) -> None:
         """Take a cell's link down or up (both ends, as a cable pull would)."""
-        self.net.configLinkStatus(cell_id, SWITCH_NAME, "up" if up else "down")
+        self.net.configLinkStatus(cell_id, self.switch_of(cell_id), "up" if up else "down")
+
+    def switch_of(self, host: str) -> str:
+        """The switch a host or cell hangs on (s1 with one switch)."""
+        return switch_of(host, self.clients, self.servers, self.cells, self.switches)
 
     # -- switch inspection -----------------------------------------------------
-    def ofctl(self, *args: str) -> str:
-        """Run ``ovs-ofctl -O OpenFlow13 <args> s1`` and return its output."""
-        command = [*OFCTL, args[0], SWITCH_NAME, *args[1:]]
+    def ofctl(self, *args: str, switch: str = SWITCH_NAME) -> str:
+        """Run ``ovs-ofctl -O OpenFlow13 <args> s1`` (or ``switch``) and return its output."""
+        command = [*OFCTL, args[0], switch, *args[1:]]
         return subprocess.run(command, capture_output=True, text=True, timeout=10).stdout
 
     @property
