@@ -134,3 +134,20 @@ def test_etcd_away_and_back_controllers_keep_roles_and_say_so(ovs, tmp_path):
         # nothing changed hands: no takeover anywhere since before etcd went away
         assert {c.name: len(cluster_status(c)["cluster"]["takeovers"]) for c in net.controllers} == takeovers_before
         assert "etcd unreachable" in controller_named(net, master).log_path.read_text()
+
+
+def test_two_switches_are_spread_over_two_controllers(ovs, tmp_path):
+    with PrismNetwork(tmp_path, clients=2, servers=2, cells=4, replication_factor=1, idle_timeout=30,
+                      management=False, controllers=2, lease_s=LEASE_S, switches=2) as net:
+        wait_for_master(net, 1)
+        wait_for_master(net, 2)
+        time.sleep(3 * LEASE_S)
+        owners = {wait_for_master(net, 1), wait_for_master(net, 2)}
+        assert owners == {"ctl1", "ctl2"}, owners  # one switch each
+        assert net.switch_of("c1") == net.switch_of("sv1") == "s1"
+        assert net.switch_of("c2") == net.switch_of("sv2") == "s2"
+        assert new_flow_works(net, "c1", "sv1") and new_flow_works(net, "c2", "sv2")
+        for dp_key, switch in (("0000000000000001", "s1"), ("0000000000000002", "s2")):
+            owner = controller_named(net, wait_for_master(net, int(dp_key, 16)))
+            assert director_counters(owner, dp_key)["flows_total"] >= 1
+            assert group_report(net, switch)["all_groups"] >= 1
