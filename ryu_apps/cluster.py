@@ -182,6 +182,10 @@ class Cluster:
         self.ready: set = set()
         self.adoptions: Dict[int, Adoption] = {}
         self.publishers: Dict[int, Publisher] = {dp_id: Publisher() for dp_id in app.directors}
+        self.switches_of_cell: Dict[str, List[int]] = {}
+        for dp_id, director in app.directors.items():
+            for cell_id in director.cell_ports:
+                self.switches_of_cell.setdefault(cell_id, []).append(dp_id)
         self.takeovers: List[Dict[str, Any]] = []
         self.counts: Counter = Counter()
 
@@ -359,6 +363,14 @@ class Cluster:
     def may_send(self, dp_id: int) -> bool:
         """Whether this controller programs ``dp_id`` (its master, tables adopted)."""
         return dp_id in self.ready
+
+    def may_message(self, cell_id: str) -> bool:
+        """Whether this controller talks to a cell: it masters a switch the cell hangs on.
+
+        A slave's directors are not kept up to date (a new master adopts from the
+        switch), so their profile tables and seed requests must not reach cells.
+        """
+        return any(dp_id in self.ready for dp_id in self.switches_of_cell.get(cell_id, ()))
 
     def on_switch_connect(self, datapath) -> None:
         """A switch connected: it is a candidate from the next round on (no change sent yet)."""

@@ -290,6 +290,9 @@ class MirroringDirectorApp(ClusterEvents, app_manager.RyuApp):
                     continue
                 datapath.send_msg(to_ofmsg(datapath, item.change))
             elif isinstance(item, MgmtMessage):
+                if self.cluster is not None and not self.cluster.may_message(item.cell_id):
+                    self.unsent["mgmt_not_master"] += 1
+                    continue
                 if self.channel is None:
                     self.unsent["mgmt_channel_not_bound"] += 1
                     continue

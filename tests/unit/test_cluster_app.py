@@ -163,3 +163,15 @@ def test_with_etcd_unreachable_roles_are_kept_and_said(pair):
     for app in apps.values():
         app.cluster.step()
         assert app.cluster.status()["etcd_reachable"]
+
+
+def test_only_the_master_of_a_cells_switch_sends_it_management_messages(pair):
+    from prism.actions import MgmtMessage
+
+    store, apps, datapaths = pair
+    sent = {}
+    for name, app in apps.items():
+        app.channel = SimpleNamespace(send=lambda item, name=name: sent.setdefault(name, []).append(item))
+        app.cluster.ready = {1} if name == "ctl1" else set()
+        app.send_outgoing([MgmtMessage("cell1", {"type": "profiles"})])
+    assert list(sent) == ["ctl1"] and apps["ctl2"].unsent["mgmt_not_master"] == 1
