@@ -32,7 +32,7 @@ ROLE_SLAVE = "slave"
 #: Default lease: a controller silent this long (observed) is dead, and a standby takes over.
 DEFAULT_LEASE_S = 0.75
 #: Renewals per lease: a live controller's key changes at least this many times per lease.
-RENEWALS_PER_LEASE = 5
+RENEWALS_PER_LEASE = 8
 SWITCH_SEED_PERSON = b"prism-switch"
 
 

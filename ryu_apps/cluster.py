@@ -2,7 +2,7 @@
 
 Used by ``ryu_apps/mirroring_director.py`` when the configuration has an
 ``etcd`` section (without one, nothing here runs). One green thread, every
-``renew_s`` (a fifth of the lease):
+``renew_s`` (an eighth of the lease):
 
 1. renews this controller's lease key (its value: the switches it is connected to)
    and keeps etcd's own lease alive (the backstop that removes the key of a
