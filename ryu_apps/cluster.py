@@ -67,6 +67,8 @@ CONTROLLER_ID_ENV = "PRISM_CONTROLLER_ID"
 MAX_HELD_PACKET_INS = 4096
 #: Most takeovers remembered for ``status()``.
 MAX_TAKEOVERS_KEPT = 64
+#: A takeover whose replies have not all come after this long asks the switch again.
+ADOPTION_RETRY_S = 2.0
 #: ``more`` flag of a multipart reply (OFPMPF_REPLY_MORE).
 MULTIPART_REPLY_MORE = 1
 
@@ -149,6 +151,7 @@ class Adoption:
     done: set = field(default_factory=set)
     held: List[Any] = field(default_factory=list)
     shared: SwitchShared = field(default_factory=SwitchShared)
+    asked_at: float = 0.0
 
 
 def controller_id_from_env(of_port: Any) -> str:
@@ -209,6 +212,7 @@ class Cluster:
             self._set_reachable(False, str(error))
             return
         self._set_reachable(True)
+        self._retry_stalled_adoptions()
         for change in self.mastership.decide(time.monotonic(), beats_read, self.datapaths):
             try:
                 self._change_role(change)
@@ -295,11 +299,28 @@ class Cluster:
         except EtcdUnreachable as error:  # the switch alone still gives groups and flows
             self._set_reachable(False, str(error))
         self.adoptions[dp_id] = adoption
+        self._ask_tables(datapath, adoption)
+        self.logger.warning("master of switch %016x (generation %d): reading its groups and flows",
+                            dp_id, msg.generation_id)
+
+    @staticmethod
+    def _ask_tables(datapath, adoption: Adoption) -> None:
+        adoption.xids.clear()
+        adoption.groups, adoption.flows, adoption.done = [], [], set()
+        adoption.asked_at = time.monotonic()
         for request in takeover_requests(datapath):
             datapath.send_msg(request)
             adoption.xids[request.xid] = "groups" if "Group" in type(request).__name__ else "flows"
-        self.logger.warning("master of switch %016x (generation %d): reading its groups and flows",
-                            dp_id, msg.generation_id)
+
+    def _retry_stalled_adoptions(self) -> None:
+        """A takeover whose replies did not all come (a lost or refused request) asks again."""
+        for dp_id, adoption in list(self.adoptions.items()):
+            datapath = self.datapaths.get(dp_id)
+            if datapath is not None and time.monotonic() - adoption.asked_at > ADOPTION_RETRY_S:
+                self.counts["adoption_retries"] += 1
+                self.logger.warning("switch %016x: no complete table read in %g s, asking again", dp_id,
+                                    ADOPTION_RETRY_S)
+                self._ask_tables(datapath, adoption)
 
     def on_role_error(self, msg) -> None:
         """A role request refused (e.g. a stale generation): asked again after a lease."""

@@ -175,3 +175,20 @@ def test_only_the_master_of_a_cells_switch_sends_it_management_messages(pair):
         app.cluster.ready = {1} if name == "ctl1" else set()
         app.send_outgoing([MgmtMessage("cell1", {"type": "profiles"})])
     assert list(sent) == ["ctl1"] and apps["ctl2"].unsent["mgmt_not_master"] == 1
+
+
+def test_a_takeover_whose_replies_do_not_come_asks_again(pair, monkeypatch):
+    from ryu_apps import cluster as cluster_module
+
+    store, apps, datapaths = pair
+    name = next(n for n, dp in datapaths.items()
+                if sent_of(dp, "OFPRoleRequest")[-1].role == OFP.OFPCR_ROLE_MASTER)
+    app, datapath = apps[name], datapaths[name]
+    request = sent_of(datapath, "OFPRoleRequest")[-1]
+    app.role_reply_handler(SimpleNamespace(msg=SimpleNamespace(
+        datapath=datapath, role=OFP.OFPCR_ROLE_MASTER, generation_id=request.generation_id)))
+    assert len(sent_of(datapath, "OFPGroupDescStatsRequest")) == 1
+    monkeypatch.setattr(cluster_module, "ADOPTION_RETRY_S", 0.0)
+    app.cluster.step()
+    assert len(sent_of(datapath, "OFPGroupDescStatsRequest")) == 2
+    assert app.cluster.counts["adoption_retries"] == 1
