@@ -16,6 +16,10 @@ from collections import Counter
 from typing import Dict, List, Optional, Sequence
 
 from mininet_topos.etcd_process import EtcdProcess
+from mininet_topos.prism_topo import MGMT_CONTROLLER_PORT, MGMT_PREFIX
+
+#: The first controller's host number on the management network (.254, as with one controller).
+MGMT_CONTROLLER_HOST = 254
 
 #: Lease used by the test networks (the configuration's default when None).
 POLL_S = 0.02
@@ -33,10 +37,13 @@ def add_cluster(network, count: int, lease_s: Optional[float], apps: Sequence, e
     if lease_s is not None:
         section["lease_s"] = lease_s
     network.config["etcd"] = section
+    # each controller its own address on the management network; every cell names them all
+    network.controller_mgmt_ips = [f"{MGMT_PREFIX}{MGMT_CONTROLLER_HOST - i}" for i in range(count)]
     network.controllers = [
         ControllerProcess(network.workdir, network.config_path, apps, name=f"ctl{index}",
-                          extra_env={**(extra_env or {}), "PRISM_CONTROLLER_ID": f"ctl{index}"})
-        for index in range(1, count + 1)
+                          extra_env={**(extra_env or {}), "PRISM_CONTROLLER_ID": f"ctl{index}",
+                                     "PRISM_MGMT_LISTEN": f"{address}:{MGMT_CONTROLLER_PORT}"})
+        for index, address in enumerate(network.controller_mgmt_ips, start=1)
     ]  # fmt: skip
 
 

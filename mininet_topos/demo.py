@@ -79,8 +79,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="where logs, captures and the report go (default out/demo)")
     parser.add_argument("--json", type=Path, dest="json_path", help="also write the report as JSON")
     parser.add_argument("--controllers", type=int, default=1,
-                        help="ryu-manager instances sharing the switch through a private etcd (default 1; "
-                             "more than one run without the management network: mirror copies only)")
+                        help="ryu-manager instances sharing the switch through a private etcd (default 1)")
     parser.add_argument("--fail-controller", action="store_true",
                         help="kill the master controller at --fail-at, then fail the transfer's primary "
                              f"cell {CELL_FAIL_AFTER_CONTROLLER_S:g} s later (needs --controllers 2 or more)")
@@ -157,7 +156,7 @@ def run_demo(options: DemoOptions) -> Dict:
     clustered = options.controllers > 1
     with PrismNetwork(workdir, clients=options.clients, servers=1, cells=options.cells,
                       replication_factor=options.replication_factor, config_overrides=overrides,
-                      controllers=options.controllers, management=not clustered) as net:
+                      controllers=options.controllers) as net:
         if clustered:
             from mininet_topos import demo_cluster
 

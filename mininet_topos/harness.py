@@ -202,6 +202,8 @@ class PrismNetwork:
         self.controllers = [ControllerProcess(self.workdir, self.config_path, (*base_apps, *extra_apps),
                                               extra_env=extra_env)]
         self.etcd = None
+        #: The controllers' addresses on the management network (one per controller).
+        self.controller_mgmt_ips = [MGMT_CONTROLLER_IP]
         if controllers > 1:
             from mininet_topos.cluster_net import add_cluster
 
@@ -329,7 +331,8 @@ class PrismNetwork:
         """A Linux bridge in the root namespace, holding the controller's management address."""
         self._delete_mgmt_bridge()  # a run that was killed may have left ours behind
         self._ip("link", "add", MGMT_BRIDGE, "type", "bridge")
-        self._ip("addr", "add", f"{MGMT_CONTROLLER_IP}/{MGMT_PREFIX_LEN}", "dev", MGMT_BRIDGE)
+        for address in self.controller_mgmt_ips:
+            self._ip("addr", "add", f"{address}/{MGMT_PREFIX_LEN}", "dev", MGMT_BRIDGE)
         self._ip("link", "set", MGMT_BRIDGE, "up")
 
     def _attach_to_mgmt(self, host, index: int) -> None:
@@ -350,8 +353,9 @@ class PrismNetwork:
         if not self.management:
             return []
         index = cell_names(self.cells).index(cell_id)
-        return ["--mgmt-listen", f"{cell_mgmt_ip(index)}:{MGMT_CELL_PORT}",
-                "--controller", f"{MGMT_CONTROLLER_IP}:{MGMT_CONTROLLER_PORT}"]
+        controllers = [arg for address in self.controller_mgmt_ips
+                       for arg in ("--controller", f"{address}:{MGMT_CONTROLLER_PORT}")]  # fmt: skip
+        return ["--mgmt-listen", f"{cell_mgmt_ip(index)}:{MGMT_CELL_PORT}", *controllers]
 
     def _wait_for_pipeline(self) -> None:
         deadline = time.monotonic() + SWITCH_CONNECT_TIMEOUT_S

@@ -52,6 +52,7 @@ from ryu.ofproto import ofproto_v1_3
 
 from prism.actions import MgmtMessage
 from prism.config import ConfigError, PrismConfig, load_config
+from prism.config_mgmt import parse_address
 from prism.control import ControlPlane, Outgoing, SwitchChange
 from prism.director import MirroringDirector
 from prism.flow_end import flow_removed, tell_policy
@@ -67,6 +68,9 @@ from ryu_apps.telemetry_events import EventFlowEnded
 
 #: Environment variable naming the PRISM configuration file.
 CONFIG_ENV = "PRISM_CONFIG"
+#: Environment variable overriding ``management.listen`` for this controller ("IP:PORT"): several
+#: controllers sharing one configuration each listen on their own address (cells name them all).
+MGMT_LISTEN_ENV = "PRISM_MGMT_LISTEN"
 NANOSECONDS = 1e9
 #: Seconds between two ticks of the control plane (failure detection, batched cell messages).
 TICK_S = 0.05
@@ -168,6 +172,11 @@ class MirroringDirectorApp(ClusterEvents, app_manager.RyuApp):
         self.switch_errors: Counter = Counter()
         self.ignored_switches: Counter = Counter()
         self.unsent: Counter = Counter()
+        self.mgmt_listen = self.config.management.listen
+        if os.environ.get(MGMT_LISTEN_ENV):
+            self.mgmt_listen = parse_address(os.environ[MGMT_LISTEN_ENV])
+            if self.mgmt_listen is None:
+                raise SystemExit(f"PRISM: {MGMT_LISTEN_ENV}={os.environ[MGMT_LISTEN_ENV]!r} is not IP:PORT")
         self.cluster: Optional[Cluster] = None
         if self.config.etcd is not None:
             from ryu import cfg
@@ -206,7 +215,7 @@ class MirroringDirectorApp(ClusterEvents, app_manager.RyuApp):
 
     def _receive_loop(self) -> None:
         """Bind the management address (retrying until it exists), then feed datagrams to the core."""
-        listen = self.config.management.listen
+        listen = self.mgmt_listen
         if listen is None:
             self.logger.warning("no management.listen in %s: no heartbeats, process failures go undetected",
                                 CONFIG_ENV)

@@ -75,11 +75,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                      metavar="IP[:PORT]",
                      help=f"this cell's management address: replication and control "
                           f"(default port {CELL_MGMT_PORT})")  # fmt: skip
-    smm.add_argument("--controller", type=_address(CONTROLLER_MGMT_PORT),
+    smm.add_argument("--controller", type=_address(CONTROLLER_MGMT_PORT), action="append",
                      metavar="IP[:PORT]",
                      help=f"the controller's management address: heartbeats go there, control "
                           f"messages only come from there (default port {CONTROLLER_MGMT_PORT}); "
-                          f"needs --mgmt-listen")  # fmt: skip
+                          f"repeat it for each of several controllers; needs --mgmt-listen")  # fmt: skip
     smm.add_argument("--heartbeat-interval", type=float, default=HEARTBEAT_INTERVAL_S,
                      metavar="SECONDS",
                      help=f"period of heartbeats to the controller (default {HEARTBEAT_INTERVAL_S})")  # fmt: skip
@@ -141,7 +141,8 @@ def run(args: argparse.Namespace) -> int:
         if transport is not None:
             LOG.info("cell %s: management on %s:%d, controller %s, heartbeats every %g s",
                      args.cell_id, *transport.address,
-                     "%s:%d" % args.controller if args.controller else "none (no heartbeats)",
+                     ", ".join("%s:%d" % c for c in args.controller) if args.controller
+                     else "none (no heartbeats)",
                      args.heartbeat_interval)  # fmt: skip
         loop.run()
     except CellIOError as error:

@@ -6,7 +6,7 @@ import logging
 import random
 from collections import OrderedDict
 from dataclasses import dataclass, field
-from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Protocol, Sequence, Set, Tuple
+from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Protocol, Sequence, Set, Tuple, Union
 
 from prism import mgmt
 from prism.cell.cell import Cell, TickReport
@@ -107,20 +107,30 @@ class StateMirroringModule:
     Args:
         cell: The cell (its tracker, its packet counters).
         transport: Sends datagrams.
-        controller: The controller's management address (None: no heartbeats,
-            control messages accepted from anyone).
+        controller: The controller's management address, or a list of them when several
+            controllers share the network (each gets the heartbeats and reports; control
+            messages are accepted from any of them); None: no heartbeats, control messages
+            accepted from anyone.
         settings: Knobs.
         rng: Randomness (first sequence numbers).
     """
 
-    def __init__(self, cell: Cell, transport: Transport, controller: Optional[Address] = None,
+    def __init__(self, cell: Cell, transport: Transport,
+                 controller: Union[Address, Sequence[Address], None] = None,
                  settings: Optional[SmmSettings] = None,
                  rng: Optional[random.Random] = None) -> None:  # fmt: skip
         self.cell = cell
         self.cell_id = cell.cell_id
         self.tracker = cell.tracker
         self.transport = transport
-        self.controller = controller
+        if controller is None:
+            self.controllers: Tuple[Address, ...] = ()
+        elif isinstance(controller[0], str):
+            self.controllers = (tuple(controller),)
+        else:
+            self.controllers = tuple(tuple(c) for c in controller)
+        self.controller = self.controllers[0] if self.controllers else None
+        self._controller_hosts = {c[0] for c in self.controllers}
         self.settings = settings or SmmSettings()
         self._rng = rng or random.Random()
         self.counters = ReplicationCounters()
@@ -256,7 +266,7 @@ class StateMirroringModule:
             self.counters.bad_datagrams += 1
             return
         kind = message["type"]
-        if kind in CONTROL_TYPES and self.controller is not None and source[0] != self.controller[0]:
+        if kind in CONTROL_TYPES and self.controllers and source[0] not in self._controller_hosts:
             self.counters.foreign_messages += 1
             return
         handler = self._handlers.get(kind)
@@ -389,9 +399,10 @@ class StateMirroringModule:
         self._send_seeded(op.profile_id, op.target, op.flows)
 
     def _send_seeded(self, profile_id: int, target: str, flows: int) -> None:
-        if self.controller is not None:
-            self._send(mgmt.encode({"type": "seeded", "cell": self.cell_id, "profile_id": profile_id,
-                                    "target": target, "flows": flows}), self.controller)  # fmt: skip
+        datagram = mgmt.encode({"type": "seeded", "cell": self.cell_id, "profile_id": profile_id,
+                                "target": target, "flows": flows})  # fmt: skip
+        for controller in self.controllers:
+            self._send(datagram, controller)
 
     # -- heartbeats ------------------------------------------------------------------------
     def heartbeat(self, now: float) -> None:
@@ -414,7 +425,9 @@ class StateMirroringModule:
             "mirror_pps": round(mirror_pps, 1), "replication": self.replication_counters(),
             "unassigned": [flow_id for flow_id, _ in zip(self._held, range(UNASSIGNED_REPORTED))],
         }  # fmt: skip
-        self._send(mgmt.encode(message), self.controller)
+        datagram = mgmt.encode(message)
+        for controller in self.controllers:
+            self._send(datagram, controller)
 
     def _send(self, datagram: bytes, address: Address) -> None:
         if not self.transport.sendto(datagram, address):
@@ -434,6 +447,7 @@ class StateMirroringModule:
         """The SMM's part of the cell's state document."""
         return {
             "controller": list(self.controller) if self.controller else None,
+            "controllers": [list(c) for c in self.controllers],
             "counters": self.replication_counters(),
             "live": sorted(self.view.live),
             "profiles": len(self.view.profiles),

@@ -62,7 +62,7 @@ def settled_master(net) -> str:
 
 def test_kill_the_master_standby_takes_over_without_loss_then_the_old_master_rejoins(ovs, tmp_path):
     with PrismNetwork(tmp_path, clients=2, servers=1, cells=3, replication_factor=1, idle_timeout=30,
-                      management=False, controllers=2, lease_s=LEASE_S) as net:
+                      controllers=2, lease_s=LEASE_S) as net:
         first = settled_master(net)
         assert new_flow_works(net, "c1", "sv1")
         server_ip = net.host("sv1").IP()
@@ -106,7 +106,7 @@ def test_kill_the_master_standby_takes_over_without_loss_then_the_old_master_rej
 
 def test_etcd_away_and_back_controllers_keep_roles_and_say_so(ovs, tmp_path):
     with PrismNetwork(tmp_path, clients=2, servers=1, cells=3, replication_factor=1, idle_timeout=30,
-                      management=False, controllers=2, lease_s=LEASE_S) as net:
+                      controllers=2, lease_s=LEASE_S) as net:
         master = settled_master(net)
         takeovers_before = {c.name: len(cluster_status(c)["cluster"]["takeovers"]) for c in net.controllers}
         net.etcd.stop(kill=True)
@@ -138,7 +138,7 @@ def test_etcd_away_and_back_controllers_keep_roles_and_say_so(ovs, tmp_path):
 
 def test_two_switches_are_spread_over_two_controllers(ovs, tmp_path):
     with PrismNetwork(tmp_path, clients=2, servers=2, cells=4, replication_factor=1, idle_timeout=30,
-                      management=False, controllers=2, lease_s=LEASE_S, switches=2) as net:
+                      controllers=2, lease_s=LEASE_S, switches=2) as net:
         wait_for_master(net, 1)
         wait_for_master(net, 2)
         time.sleep(3 * LEASE_S)
