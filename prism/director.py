@@ -20,8 +20,8 @@ from prism.flows import (
     key_from_match,
     parse_frame,
 )
-from prism.failover import Failover, FailoverStats, UnknownCell
-from prism.groups import GroupTable, ProfileGroup
+from prism.failover import SEED_RETRY_S, Failover, FailoverStats, UnknownCell
+from prism.groups import GroupTable, PendingSeed, ProfileGroup
 from prism.openflow import (
     COOKIE_HOST,
     COOKIE_PIPELINE,
@@ -316,7 +316,10 @@ class MirroringDirector:
         self._failover.adopt_verdicts(down, draining)
         self._live_cells = self._failover.live_cells
         for group_id, (profile, target_rf) in sorted(plan.groups.items()):
-            self._groups.adopt(group_id, profile, target_rf)
+            # a mirror still waiting for its seed: asked again at the next tick (the primary's
+            # "seeded" may have gone to the old master)
+            pending = {m: PendingSeed(profile.primary_cell, now - SEED_RETRY_S) for m in plan.pending.get(group_id, ())}
+            self._groups.adopt(group_id, profile, target_rf, pending)
         for key, forward, group_id in plan.flows:
             entry = self._flows.get(key.flow_id)
             if entry is None:

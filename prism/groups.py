@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import heapq
 from dataclasses import dataclass, field
+from types import MappingProxyType
 from typing import Dict, Iterator, List, Mapping, Optional, Set, Tuple
 
 from prism.openflow import (
@@ -132,8 +133,13 @@ class GroupTable:
         self._by_profile.setdefault(profile, set()).add(group_id)
         return group
 
-    def adopt(self, group_id: int, profile: MirroringProfile, target_rf: int) -> GroupState:
+    def adopt(
+        self, group_id: int, profile: MirroringProfile, target_rf: int,
+        pending: Mapping[str, PendingSeed] = MappingProxyType({}),
+    ) -> GroupState:
         """Take in a group the switch already holds (a takeover), keeping its id.
+
+        ``pending``: its mirrors still waiting for their seed.
 
         Raises:
             ValueError: the id is outside the profile range or already taken.
@@ -142,7 +148,7 @@ class GroupTable:
             raise ValueError(f"group id {group_id:#x} is not a profile group id")
         if group_id in self._groups:
             raise ValueError(f"group {group_id:#x} is already in the table")
-        group = GroupState(group_id, profile, target_rf)
+        group = GroupState(group_id, profile, target_rf, pending=dict(pending))
         self._groups[group_id] = group
         self._by_profile.setdefault(profile, set()).add(group_id)
         if group_id >= self._next_id:

@@ -5,12 +5,14 @@ Layout under ``/prism/<cluster>/``::
     controllers/<id>                 lease key of a live controller: {"switches": [dpid, ...]}
     masters/<dpid:016x>              the last claim of a switch: {"controller": id}; the revision
                                      of that write is the switch's generation id (fencing)
-    switches/<dpid:016x>/groups/<group_id:08x>   {"cells": [primary, mirror...], "target_rf": n}
+    switches/<dpid:016x>/groups/<group_id:08x>   {"cells": [primary, mirror...], "target_rf": n,
+                                     "pending": [mirrors not yet seeded]}
     switches/<dpid:016x>/cells       {"down": [...], "draining": [...]}: the cell verdicts
 
 A new master reads a switch's groups and flows from the switch itself; from
 etcd it takes only what the switch cannot say: the replication factor a group
-should have, and which cells are dead or drained. All of it is written by the
+should have, which of its mirrors still wait for their seed, and which cells
+are dead or drained. All of it is written by the
 master after the fact, in batches (:class:`Publisher`): no flow waits for etcd.
 Bad values (another writer, an older version) raise :class:`SharedStateError`.
 """
@@ -129,20 +131,36 @@ def claims_from(items: Mapping[str, Tuple[str, int]], cluster: str) -> Dict[int,
 
 
 # --- a switch's state ------------------------------------------------------------------------
-def encode_group(profile: MirroringProfile, target_rf: int) -> str:
-    return json.dumps({"cells": list(profile.cells), "target_rf": target_rf}, separators=(",", ":"))
+@dataclass(frozen=True)
+class SharedGroup:
+    """A group as a master published it: its profile, target replication factor, unseeded mirrors."""
+
+    profile: MirroringProfile
+    target_rf: int
+    pending: Tuple[str, ...] = ()
 
 
-def decode_group(text: str) -> Tuple[MirroringProfile, int]:
+def encode_group(profile: MirroringProfile, target_rf: int, pending: Iterable[str] = ()) -> str:
+    value = {"cells": list(profile.cells), "target_rf": target_rf}
+    if pending:
+        value["pending"] = sorted(pending)
+    return json.dumps(value, separators=(",", ":"))
+
+
+def decode_group(text: str) -> SharedGroup:
     value = _json(text, "group")
     cells = _names(value.get("cells"), "group cells")
     target_rf = value.get("target_rf")
     if not cells or not isinstance(target_rf, int) or target_rf < 0:
         raise SharedStateError(f"group: needs cells and a target_rf >= 0, got {value!r}")
+    pending = _names(value.get("pending", []), "pending mirrors")
     try:
-        return MirroringProfile.of(*cells), target_rf
+        profile = MirroringProfile.of(*cells)
     except ValueError as exc:
         raise SharedStateError(f"group: {exc}") from None
+    if not set(pending) <= set(profile.mirror_cells):
+        raise SharedStateError(f"group: pending mirrors {pending} are not among {profile.mirror_cells}")
+    return SharedGroup(profile, target_rf, pending)
 
 
 def encode_verdicts(down: Iterable[str], draining: Iterable[str]) -> str:
@@ -160,13 +178,13 @@ class SwitchShared:
     """What etcd holds about one switch.
 
     Attributes:
-        groups: group id -> (profile, target replication factor), as the last master published.
+        groups: group id -> SharedGroup, as the last master published it.
         down: Cells found dead.
         draining: Cells being drained.
         unreadable: Keys whose values were not PRISM's (left out).
     """
 
-    groups: Mapping[int, Tuple[MirroringProfile, int]] = field(default_factory=dict)
+    groups: Mapping[int, SharedGroup] = field(default_factory=dict)
     down: FrozenSet[str] = frozenset()
     draining: FrozenSet[str] = frozenset()
     unreadable: Tuple[str, ...] = ()
@@ -176,7 +194,7 @@ def switch_state_from(items: Mapping[str, Tuple[str, int]], cluster: str, dp_id:
     """The switch's shared state from a read of :func:`switch_prefix` (key -> (value, mod_revision))."""
     groups_prefix = f"{switch_prefix(cluster, dp_id)}groups/"
     verdicts = verdicts_key(cluster, dp_id)
-    groups: Dict[int, Tuple[MirroringProfile, int]] = {}
+    groups: Dict[int, SharedGroup] = {}
     down: FrozenSet[str] = frozenset()
     draining: FrozenSet[str] = frozenset()
     unreadable: List[str] = []
@@ -192,11 +210,15 @@ def switch_state_from(items: Mapping[str, Tuple[str, int]], cluster: str, dp_id:
 
 
 def switch_state_values(
-    cluster: str, dp_id: int, groups: Iterable[Tuple[int, MirroringProfile, int]],
+    cluster: str, dp_id: int, groups: Iterable[Tuple[int, MirroringProfile, int, Iterable[str]]],
     down: Iterable[str], draining: Iterable[str],
 ) -> Dict[str, str]:
-    """Key -> value of everything a master publishes about a switch now."""
-    values = {group_key(cluster, dp_id, gid): encode_group(profile, rf) for gid, profile, rf in groups}
+    """Key -> value of everything a master publishes about a switch now.
+
+    ``groups``: ``(group_id, profile, target_rf, pending_mirrors)`` per group.
+    """
+    values = {group_key(cluster, dp_id, gid): encode_group(profile, rf, pending)
+              for gid, profile, rf, pending in groups}  # fmt: skip
     values[verdicts_key(cluster, dp_id)] = encode_verdicts(down, draining)
     return values
 

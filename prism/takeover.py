@@ -61,6 +61,7 @@ class TakeoverPlan:
     Attributes:
         has_pipeline: Table 0 holds PRISM's pipeline (False: a fresh switch, converge it from scratch).
         groups: ALL group id -> (profile, target replication factor) to adopt.
+        pending: ALL group id -> its mirrors still waiting for their seed (from etcd).
         flows: ``(key, forward, group_id)`` per FSC entry to adopt.
         orphan_groups: ALL group ids no FSC entry uses (deleted with their FAST_FAILOVER group).
         stray_ff_groups: FAST_FAILOVER groups without their ALL group (deleted).
@@ -71,6 +72,7 @@ class TakeoverPlan:
 
     has_pipeline: bool
     groups: Mapping[int, Tuple[MirroringProfile, int]] = field(default_factory=dict)
+    pending: Mapping[int, Tuple[str, ...]] = field(default_factory=dict)
     flows: Tuple[Tuple[FlowKey, bool, int], ...] = ()
     orphan_groups: Tuple[int, ...] = ()
     stray_ff_groups: Tuple[int, ...] = ()
@@ -130,6 +132,7 @@ def plan_takeover(
         fsc.append((key, forward, group_id))
         used[group_id] = used.get(group_id, 0) + 1
     adopted: Dict[int, Tuple[MirroringProfile, int]] = {}
+    pending: Dict[int, Tuple[str, ...]] = {}
     orphans, unreadable = [], []
     for group in sorted(groups, key=lambda g: g.group_id):
         if group.group_type != GROUP_ALL or not is_profile_group(group.group_id):
@@ -141,12 +144,14 @@ def plan_takeover(
         profile = profile_from_ff(ff, cell_of_port) if ff is not None else None
         known = shared.groups.get(group.group_id)
         if profile is None and known is not None:
-            profile = known[0]
+            profile = known.profile
         if profile is None:
             unreadable.append(group.group_id)
             continue
-        target_rf = known[1] if known is not None and known[0].cells == profile.cells else profile.replication_factor
-        adopted[group.group_id] = (profile, target_rf)
+        same = known is not None and known.profile == profile  # etcd describes what the switch holds
+        adopted[group.group_id] = (profile, known.target_rf if same else profile.replication_factor)
+        if same and known.pending:
+            pending[group.group_id] = known.pending
     fsc = [flow for flow in fsc if flow[2] in adopted]
     all_ids: Set[int] = {g.group_id for g in groups if g.group_type == GROUP_ALL}
     stray_ff = sorted(
@@ -158,6 +163,7 @@ def plan_takeover(
     return TakeoverPlan(
         has_pipeline=has_pipeline,
         groups=adopted,
+        pending=pending,
         flows=tuple(fsc),
         orphan_groups=tuple(orphans),
         stray_ff_groups=tuple(stray_ff),

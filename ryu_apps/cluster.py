@@ -411,7 +411,8 @@ class Cluster:
             director = self.app.directors[dp_id]
             current = switch_state_values(
                 self.config.cluster, dp_id,
-                [(g.group_id, g.profile, g.target_replication_factor) for g in director.groups.values()],
+                [(g.group_id, g.profile, g.target_replication_factor, g.pending_mirrors)
+                 for g in director.groups.values()],
                 director.down_cells, director.draining_cells,
             )  # fmt: skip
             publisher = self.publishers[dp_id]

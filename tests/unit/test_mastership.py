@@ -7,6 +7,7 @@ import pytest
 from prism.mastership import ROLE_MASTER, ROLE_SLAVE, Beat, Mastership, Membership, master_of, switch_key
 from prism.shared_state import (
     Publisher,
+    SharedGroup,
     SharedStateError,
     beats_from,
     claims_from,
@@ -105,14 +106,17 @@ def test_without_its_own_renewal_a_controller_keeps_its_roles_and_claims_nothing
 
 def test_shared_state_round_trips_and_rejects_foreign_values():
     profile = MirroringProfile.of("cell1", "cell2")
-    assert decode_group(encode_group(profile, 2)) == (profile, 2)
+    assert decode_group(encode_group(profile, 2)) == SharedGroup(profile, 2)
+    assert decode_group(encode_group(profile, 1, ["cell2"])).pending == ("cell2",)
+    with pytest.raises(SharedStateError):
+        decode_group('{"cells": ["a", "b"], "target_rf": 1, "pending": ["c"]}')
     with pytest.raises(SharedStateError):
         decode_group('{"cells": ["x", "x"], "target_rf": 1}')
     with pytest.raises(SharedStateError):
         decode_group("not json")
-    values = switch_state_values("t", 1, [(0x10000, profile, 1)], ["cell3"], [])
+    values = switch_state_values("t", 1, [(0x10000, profile, 1, ())], ["cell3"], [])
     state = switch_state_from({k: (v, 9) for k, v in values.items()}, "t", 1)
-    assert state.groups == {0x10000: (profile, 1)} and state.down == {"cell3"} and not state.unreadable
+    assert state.groups == {0x10000: SharedGroup(profile, 1)} and state.down == {"cell3"} and not state.unreadable
     read = {controller_key("t", "a"): (encode_beat([2, 1]), 4), controller_key("t", "b"): ("{", 5)}
     assert beats_from(read, "t") == {"a": Beat(4, frozenset({1, 2}))}
     assert claims_from({claim_key("t", 3): (encode_claim("a"), 12)}, "t") == {3: ("a", 12)}

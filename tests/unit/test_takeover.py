@@ -100,3 +100,20 @@ def test_a_fresh_switch_converges_from_scratch():
     plan, changes = take_over(network)
     assert not plan.has_pipeline
     assert changes[0].table_id is None  # the delete-everything of on_switch_connect
+
+
+def test_a_mirror_still_waiting_for_its_seed_is_asked_for_again_by_the_new_master():
+    from prism.shared_state import SharedGroup
+
+    network = Network()
+    network.learn_hosts()
+    packet = udp()
+    network.send(CLIENT_PORT, packet)
+    group = next(iter(network.director.groups.values()))
+    waiting = group.profile.mirror_cells[0]
+    shared = SwitchShared(groups={group.group_id: SharedGroup(group.profile, 2, (waiting,))})
+    plan, changes = take_over(network, shared)
+    assert plan.pending == {group.group_id: (waiting,)}
+    assert network.director.groups[group.group_id].pending_mirrors == (waiting,)
+    seeds = [m for m in network.director.tick(network.now) if m.type == "seed"]
+    assert [(m.cell_id, m.message["target"]) for m in seeds] == [(group.profile.primary_cell, waiting)]
