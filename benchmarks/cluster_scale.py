@@ -203,7 +203,9 @@ def phase(k: int, args, etcd: EtcdProcess, workdir: Path, repeat: int, takeover:
         fabric = Fabric(args.switches, controllers)
         stack.callback(fabric.close)
         masters = fabric.settle(args.switches)
-        result["masters_per_controller"] = [sum(1 for c in masters.values() if c.controller == i) for i in range(k)]
+        result["masters_per_controller"] = [
+            sum(1 for c in masters.values() if c.controller == i) for i in range(k)
+        ]
         warm = {dp_id: warm_up_flows(WARM_UP_FLOWS) for dp_id in masters}
         fabric.load(masters, warm, args.window)
         flows = {dp_id: new_flows(args.flows, start=dp_id * 1_000_000) for dp_id in masters}

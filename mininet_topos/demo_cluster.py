@@ -34,7 +34,7 @@ TAKEOVER_TIMEOUT_S = 15.0
 
 
 def settle_master(net, lease_s: float) -> str:
-    """Wait for the switch's master (after the first controllers have seen each other) and point ``net.controller`` at it."""
+    """Wait for the switch's master, once the controllers have seen each other; ``net.controller`` is it."""
     wait_for_master(net)
     time.sleep(3 * lease_s)
     name = wait_for_master(net)

@@ -318,7 +318,10 @@ class MirroringDirector:
         for group_id, (profile, target_rf) in sorted(plan.groups.items()):
             # a mirror still waiting for its seed: asked again at the next tick (the primary's
             # "seeded" may have gone to the old master)
-            pending = {m: PendingSeed(profile.primary_cell, now - SEED_RETRY_S) for m in plan.pending.get(group_id, ())}
+            pending = {
+                mirror: PendingSeed(profile.primary_cell, now - SEED_RETRY_S)
+                for mirror in plan.pending.get(group_id, ())
+            }
             self._groups.adopt(group_id, profile, target_rf, pending)
         for key, forward, group_id in plan.flows:
             entry = self._flows.get(key.flow_id)

@@ -152,8 +152,8 @@ class GroupTable:
         self._groups[group_id] = group
         self._by_profile.setdefault(profile, set()).add(group_id)
         if group_id >= self._next_id:
-            self._free_ids.extend(range(self._next_id, group_id))
-            heapq.heapify(self._free_ids)
+            # ids skipped below it stay unused until groups are released (no list of them is built:
+            # an adopted id near the top of the range would make it millions long)
             self._next_id = group_id + 1
         elif group_id in self._free_ids:
             self._free_ids.remove(group_id)

@@ -18,7 +18,14 @@ from dataclasses import dataclass, field
 from typing import Dict, List, Mapping, Optional, Set, Tuple
 
 from prism.flows import FlowKey, key_from_match
-from prism.openflow import COOKIE_PIPELINE, FF_GROUP_OFFSET, MAX_PROFILE_GROUPS, PROFILE_GROUP_BASE, TABLE_CLASSIFY, TABLE_FSC
+from prism.openflow import (
+    COOKIE_PIPELINE,
+    FF_GROUP_OFFSET,
+    MAX_PROFILE_GROUPS,
+    PROFILE_GROUP_BASE,
+    TABLE_CLASSIFY,
+    TABLE_FSC,
+)
 from prism.profiles import MirroringProfile
 from prism.shared_state import SwitchShared
 

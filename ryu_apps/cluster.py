@@ -59,7 +59,14 @@ from prism.shared_state import (
     switch_state_values,
 )
 from prism.takeover import plan_takeover
-from ryu_apps.ofmsg import port_desc_request, role_of_reply, role_request, switch_flows, switch_groups, takeover_requests
+from ryu_apps.ofmsg import (
+    port_desc_request,
+    role_of_reply,
+    role_request,
+    switch_flows,
+    switch_groups,
+    takeover_requests,
+)
 
 #: Environment variable with this controller's id (default: host name and OpenFlow port).
 CONTROLLER_ID_ENV = "PRISM_CONTROLLER_ID"
@@ -240,8 +247,8 @@ class Cluster:
 
     def _set_reachable(self, reachable: bool, error: str = "") -> None:
         if reachable and self.reachable is False:
-            self.logger.warning("etcd reachable again after %.1f s; roles kept: %s",
-                                time.monotonic() - (self.unreachable_since or time.monotonic()), self._roles_text())
+            away_s = time.monotonic() - (self.unreachable_since or time.monotonic())
+            self.logger.warning("etcd reachable again after %.1f s; roles kept: %s", away_s, self._roles_text())
             self.unreachable_since = None
             # the others could not renew either: every controller gets a whole lease from now
             self.mastership.membership = Membership(self.config.lease_s)
@@ -263,7 +270,8 @@ class Cluster:
         if datapath is None:
             return
         if change.role == ROLE_MASTER:
-            generation = self.store.put(claim_key(self.config.cluster, change.dp_id), encode_claim(self.controller_id))
+            key = claim_key(self.config.cluster, change.dp_id)
+            generation = self.store.put(key, encode_claim(self.controller_id))
             self.claims[change.dp_id] = (self.controller_id, generation)
             self.logger.warning("claiming switch %016x as master, generation %d", change.dp_id, generation)
             self.counts["claims"] += 1

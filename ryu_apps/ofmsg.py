@@ -206,8 +206,9 @@ def switch_groups(datapath: Any, body: Iterable[Any]) -> List[SwitchGroup]:
     for desc in body:
         buckets = []
         for bucket in desc.buckets:
-            outputs = tuple(a.port for a in bucket.actions if isinstance(a, datapath.ofproto_parser.OFPActionOutput))
-            chained = tuple(a.group_id for a in bucket.actions if isinstance(a, datapath.ofproto_parser.OFPActionGroup))
+            parser = datapath.ofproto_parser
+            outputs = tuple(a.port for a in bucket.actions if isinstance(a, parser.OFPActionOutput))
+            chained = tuple(a.group_id for a in bucket.actions if isinstance(a, parser.OFPActionGroup))
             watch = bucket.watch_port if bucket.watch_port != ofp.OFPP_ANY else None
             buckets.append(SwitchBucket(watch, outputs, chained))
         groups.append(SwitchGroup(desc.group_id, kinds.get(desc.type, str(desc.type)), tuple(buckets)))
