@@ -20,7 +20,7 @@ ports (tables adopted); then ``--flows-after`` new flows are sent to it.
 Every process started is ended by its PID. Figures depend on the machine's
 cores: k ryu-managers need k cores to run k times as fast (``nproc`` is printed).
 
-    .venv/bin/python benchmarks/cluster_scale.py [--switches 3] [--flows 3000] [--repeat 2] [--json FILE]
+    .venv/bin/python benchmarks/cluster_scale.py [--switches 6] [--flows 1000] [--repeat 3] [--json FILE]
 """
 
 from __future__ import annotations
@@ -245,10 +245,11 @@ def phase(k: int, args, etcd: EtcdProcess, workdir: Path, repeat: int, takeover:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--switches", type=int, default=3)
-    parser.add_argument("--flows", type=int, default=3000, help="new flows per switch per phase")
+    parser.add_argument("--switches", type=int, default=6,
+                        help="scripted switches (6: two per controller with 3 controllers)")
+    parser.add_argument("--flows", type=int, default=1000, help="new flows per switch per phase")
     parser.add_argument("--window", type=int, default=32, help="packet-ins in flight per switch")
-    parser.add_argument("--repeat", type=int, default=2)
+    parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--flows-after", type=int, default=200, help="new flows sent to the new master")
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()

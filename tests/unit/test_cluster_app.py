@@ -39,8 +39,10 @@ class FakeStore:
         self.revision = 1
         self.down = False
         self.leases = 0
+        self.calls = 0
 
     def _check(self):
+        self.calls += 1
         if self.down:
             raise EtcdUnreachable("ConnectionFailedError: refused")
 
@@ -146,6 +148,12 @@ def test_a_new_master_reads_the_switch_holds_packet_ins_then_converges_and_handl
     # an empty switch: converged from scratch, then the held packet-in handled
     assert any(m.command == OFP.OFPFC_DELETE for m in sent_of(datapath, "OFPFlowMod"))
     assert sent_of(datapath, "OFPPacketOut") and app.cluster.may_send(1)
+    # new flows never wait for etcd: a hundred packet-ins, not one etcd call
+    calls = store.calls
+    for port in range(5000, 5100):
+        app.packet_in_handler(_packet_in(datapath, 4, TABLE_FSC, oxm.to_frame(oxm.udp_packet(
+            "02:00:00:00:00:01", "02:00:00:00:00:02", "10.0.0.1", "10.0.0.2", port, 53, b"q"))))
+    assert store.calls == calls and len(app.directors[1].flows) == 101
     app.cluster.step()  # publishes the new group's numbering
     assert any("/groups/" in k for k in store.kv)
 
