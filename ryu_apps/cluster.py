@@ -219,6 +219,7 @@ class Cluster:
             self._set_reachable(False, str(error))
             return
         self._set_reachable(True)
+        self._drop_superseded_claims()
         self._retry_stalled_adoptions()
         for change in self.mastership.decide(time.monotonic(), beats_read, self.datapaths):
             try:
@@ -244,6 +245,19 @@ class Cluster:
         beats_read = beats_from(self.store.read(controllers_prefix(cluster)), cluster)
         self.claims = claims_from(self.store.read(masters_prefix(cluster)), cluster)
         return beats_read
+
+    def _drop_superseded_claims(self) -> None:
+        """A switch claimed later by another controller has demoted this one (OpenFlow 1.3 sends no
+        role-status message): its role is undecided again, and the decision that follows claims it
+        anew (with a newer generation) or steps down, as the shared view says."""
+        for dp_id, (owner, generation) in self.claims.items():
+            if owner != self.controller_id and self.mastership.is_master(dp_id):
+                self.counts["superseded"] += 1
+                self.logger.warning("switch %016x was claimed by %s (generation %d) after us", dp_id, owner,
+                                    generation)
+                self.mastership.forget(dp_id)
+                self.ready.discard(dp_id)
+                self.adoptions.pop(dp_id, None)
 
     def _set_reachable(self, reachable: bool, error: str = "") -> None:
         if reachable and self.reachable is False:

@@ -200,3 +200,21 @@ def test_a_takeover_whose_replies_do_not_come_asks_again(pair, monkeypatch):
     app.cluster.step()
     assert len(sent_of(datapath, "OFPGroupDescStatsRequest")) == 2
     assert app.cluster.counts["adoption_retries"] == 1
+
+
+def test_a_master_whose_switch_was_claimed_after_it_claims_again_with_a_newer_generation(pair):
+    from prism.shared_state import claim_key, encode_claim
+
+    store, apps, datapaths = pair
+    name = next(n for n, dp in datapaths.items()
+                if sent_of(dp, "OFPRoleRequest")[-1].role == OFP.OFPCR_ROLE_MASTER)
+    app, datapath = apps[name], datapaths[name]
+    request = sent_of(datapath, "OFPRoleRequest")[-1]
+    app.role_reply_handler(SimpleNamespace(msg=SimpleNamespace(
+        datapath=datapath, role=OFP.OFPCR_ROLE_MASTER, generation_id=request.generation_id)))
+    other = next(n for n in apps if n != name)
+    rival = store.put(claim_key("prism", 1), encode_claim(other))  # a claim made on a passing, different view
+    app.cluster.step()
+    again = sent_of(datapath, "OFPRoleRequest")[-1]
+    assert again.role == OFP.OFPCR_ROLE_MASTER and again.generation_id > rival
+    assert app.cluster.counts["superseded"] == 1
