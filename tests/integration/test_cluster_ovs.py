@@ -11,6 +11,7 @@
 from __future__ import annotations
 
 import re
+import signal
 import subprocess
 import time
 
@@ -151,3 +152,18 @@ def test_two_switches_are_spread_over_two_controllers(ovs, tmp_path):
             owner = controller_named(net, wait_for_master(net, int(dp_key, 16)))
             assert director_counters(owner, dp_key)["flows_total"] >= 1
             assert group_report(net, switch)["all_groups"] >= 1
+
+
+def test_a_controller_stopped_with_sigint_hands_its_switch_over_before_its_lease_ends(ovs, tmp_path):
+    with PrismNetwork(tmp_path, clients=1, servers=1, cells=3, replication_factor=1, idle_timeout=30,
+                      controllers=2, lease_s=LEASE_S) as net:
+        first = settled_master(net)
+        victim = controller_named(net, first)
+        stopped_at = time.time()
+        victim.process.send_signal(signal.SIGINT)  # Ctrl-C: ryu-manager stops its apps, the lease is revoked
+        second = wait_for_master(net, not_named=first)
+        takeover = cluster_status(controller_named(net, second))["cluster"]["takeovers"][-1]
+        print(f"graceful handover: MASTER {(takeover['started_at'] - stopped_at) * 1000:.0f} ms after SIGINT")
+        assert takeover["started_at"] - stopped_at < LEASE_S, takeover
+        assert victim.process.wait(10) == 0
+        assert new_flow_works(net, "c1", "sv1")
