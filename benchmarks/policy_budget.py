@@ -9,14 +9,14 @@ outcome reaches the history and the budget's window when the switch would have
 reported it (duration + idle timeout later), as ``PredictivePolicy.flow_ended``
 does. Printed per budget: mirror copies per packet realised over the whole
 replay and over its second half, flows mirrored and at-risk packets protected
-(``models.evaluation``'s weights), for
+(``prism.evaluation``'s weights), for
 
 - the online threshold (what the controller does),
 - the training data's threshold kept fixed (the manifest's operating point),
 - the evaluation's ranked policy, which spends exactly the budget knowing
   every score in advance (a bound, not something a controller can run).
 
-    .venv/bin/python benchmarks/policy_budget.py [--model models/default] [--budgets 0.1 0.25 0.5]
+    .venv/bin/python benchmarks/policy_budget.py [--model models/first_packet] [--budgets 0.1 0.25 0.5]
 """
 
 from __future__ import annotations
@@ -32,12 +32,13 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from models.evaluation import ranked_policy  # noqa: E402
+from prism.evaluation import ranked_policy  # noqa: E402
 from models.features import FirstPacket  # noqa: E402
 from models.predictor import Predictor  # noqa: E402
 from prism.budget import BudgetSettings  # noqa: E402
 from prism.policy_predictive import PredictionEngine  # noqa: E402
 from prism.records import read_records  # noqa: E402
+from prism.training_groups import trained_groups
 
 GAP_BETWEEN_CAPTURES_S = 1.0
 
@@ -90,7 +91,7 @@ def replay(frame, predictor, budget: float, idle_s: float, adapt: bool) -> Dict[
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", default=str(ROOT / "models" / "default"))
+    parser.add_argument("--model", default=str(ROOT / "models" / "first_packet"))
     parser.add_argument("--flows", nargs="+", default=sorted(str(p) for p in (ROOT / "data" / "flows").glob("*.parquet")))
     parser.add_argument("--budgets", type=float, nargs="+", default=[0.1, 0.25, 0.5])
     parser.add_argument("--idle", type=float, default=10.0, help="idle timeout: report delay after a flow's last packet")
@@ -99,7 +100,7 @@ def main() -> int:
     predictor = Predictor.load(args.model)
     frame = read_records(args.flows)
     if not args.include_training_groups:
-        trained_on = set(predictor.manifest.get("training_data", {}).get("train_groups", []))
+        trained_on = trained_groups(predictor.manifest, frame)
         frame = frame[~frame["group"].isin(trained_on)]
     frame = one_timeline(frame)
     print(f"{len(frame)} flows, {frame['group'].nunique()} captures on one timeline of "

@@ -13,7 +13,7 @@ import re
 import subprocess
 import time
 from collections import Counter
-from typing import Dict, List, Optional, Sequence
+from typing import Any, Callable, Dict, List, Optional, Sequence
 
 from mininet_topos.etcd_process import EtcdProcess
 from mininet_topos.prism_topo import MGMT_CONTROLLER_PORT, MGMT_PREFIX
@@ -28,10 +28,13 @@ _WATCH = re.compile(r"watch_port:(\d+)")
 _FLOW_GROUP = re.compile(r"group:(\d+)")
 
 
-def add_cluster(network, count: int, lease_s: Optional[float], apps: Sequence, extra_env) -> None:
-    """Give ``network`` an etcd and ``count`` controllers sharing its switches."""
-    from mininet_topos.harness import ControllerProcess
+def add_cluster(network, count: int, lease_s: Optional[float], apps: Sequence, extra_env,
+                controller_process: Callable[..., Any]) -> None:  # fmt: skip
+    """Give ``network`` an etcd and ``count`` controllers sharing its switches.
 
+    ``controller_process`` makes one controller (``harness.ControllerProcess``: passed in,
+    so that this module does not import the harness that imports it).
+    """
     network.etcd = EtcdProcess(network.workdir / "etcd")
     section = {"endpoints": [network.etcd.endpoint]}
     if lease_s is not None:
@@ -40,7 +43,7 @@ def add_cluster(network, count: int, lease_s: Optional[float], apps: Sequence, e
     # each controller its own address on the management network; every cell names them all
     network.controller_mgmt_ips = [f"{MGMT_PREFIX}{MGMT_CONTROLLER_HOST - i}" for i in range(count)]
     network.controllers = [
-        ControllerProcess(network.workdir, network.config_path, apps, name=f"ctl{index}",
+        controller_process(network.workdir, network.config_path, apps, name=f"ctl{index}",
                           extra_env={**(extra_env or {}), "PRISM_CONTROLLER_ID": f"ctl{index}",
                                      "PRISM_MGMT_LISTEN": f"{address}:{MGMT_CONTROLLER_PORT}"})
         for index, address in enumerate(network.controller_mgmt_ips, start=1)

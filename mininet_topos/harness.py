@@ -43,6 +43,8 @@ from mininet_topos.prism_topo import (
     switch_of,
 )
 
+from prism.config_bfd import BfdConfig, bfd_interface_options, cell_bfd_arguments
+
 LOG = logging.getLogger("prism.harness")
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -61,6 +63,8 @@ NETWORK_LOCK = Path("/run/lock/prism-network.lock")
 NETWORK_LOCK_TIMEOUT_S = 300.0  # below pytest-timeout (600 s): fail with a message, not hang
 #: Host interface offloads turned off (ethtool -K names), one at a time.
 OFFLOADS_OFF = ("tx", "rx", "tso", "gso", "gro")
+#: Seconds the cells get to be usable at the controller (BFD up, heartbeats heard) after they start.
+CELLS_READY_TIMEOUT_S = 30.0
 
 
 def free_tcp_port() -> int:
@@ -179,6 +183,8 @@ class PrismNetwork:
             for a baseline on the same topology); it must install a table-0 entry.
         controllers: ryu-manager instances; more than one share the switch through a private
             etcd (``mininet_topos.cluster_net``), ``self.controller`` is the first.
+        bfd: The configuration's ``bfd`` section (e.g. ``{"min_tx": 10, "min_rx": 10, "mult": 3}``):
+            every cell port gets ``bfd:*`` and every cell ``--bfd`` with those values. None: no BFD.
     """
 
     def __init__(self, workdir: Path, clients: int = 2, servers: int = 1, cells: int = 3,
@@ -186,7 +192,8 @@ class PrismNetwork:
                  cell_args: Sequence[str] = (), extra_env: Optional[Dict[str, str]] = None,
                  config_overrides: Optional[dict] = None, management: bool = True,
                  extra_apps: Sequence[Path] = (), apps: Optional[Sequence[Path]] = None,
-                 controllers: int = 1, lease_s: Optional[float] = None, switches: int = 1):
+                 controllers: int = 1, lease_s: Optional[float] = None, switches: int = 1,
+                 bfd: Optional[dict] = None):
         self.workdir = Path(workdir)
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.clients, self.servers, self.cells = clients, servers, cells
@@ -195,6 +202,9 @@ class PrismNetwork:
         self.config = prism_config(clients, servers, cells, idle_timeout, replication_factor,
                                    management=management, switches=switches)
         self.config.update(config_overrides or {})
+        if bfd is not None:
+            self.config["bfd"] = dict(bfd)
+        self.bfd: Optional[BfdConfig] = BfdConfig(**self.config["bfd"]) if "bfd" in self.config else None
         self.config_path = self.workdir / "prism.yaml"
         self.start_cells = start_cells
         self.cell_args = list(cell_args)
@@ -207,7 +217,7 @@ class PrismNetwork:
         if controllers > 1:
             from mininet_topos.cluster_net import add_cluster
 
-            add_cluster(self, controllers, lease_s, (*base_apps, *extra_apps), extra_env)
+            add_cluster(self, controllers, lease_s, (*base_apps, *extra_apps), extra_env, ControllerProcess)
         self.controller = self.controllers[0]
         self.net: Optional[Mininet] = None
         self.cell_processes: Dict[str, subprocess.Popen] = {}
@@ -269,6 +279,9 @@ class PrismNetwork:
                 if intf != "lo":
                     subprocess.run(["sysctl", "-qw", f"net.ipv6.conf.{intf}.disable_ipv6=1"],
                                    capture_output=True, timeout=10)
+        if self.bfd is not None:
+            for name in cell_names(self.cells):
+                self.set_cell_bfd(name, bfd_interface_options(self.bfd))
         if self.management:
             for index, name in enumerate(cell_names(self.cells)):
                 self._attach_to_mgmt(self.host(name), index)
@@ -278,6 +291,7 @@ class PrismNetwork:
         if self.start_cells:
             for name in cell_names(self.cells):
                 self.start_cell(name)
+            self.wait_cells_usable()
 
     def stop(self) -> None:
         """End everything this network started, whatever state it is in.
@@ -381,7 +395,8 @@ class PrismNetwork:
         process = host.popen(
             [sys.executable, "-m", "prism.cli", "cell", "--interface", f"{cell_id}-eth0",
              "--cell-id", cell_id, "--state-socket", str(self.state_socket(cell_id)),
-             *self._cell_mgmt_args(cell_id), *self.cell_args],
+             *self._cell_mgmt_args(cell_id), *(cell_bfd_arguments(self.bfd) if self.bfd else ()),
+             *self.cell_args],
             stdout=log, stderr=subprocess.STDOUT, cwd=str(REPO_ROOT),
             env=dict(os.environ, PYTHONPATH=str(REPO_ROOT)),
         )
@@ -415,6 +430,49 @@ class PrismNetwork:
                     break
                 chunks.append(chunk)
         return json.loads(b"".join(chunks).decode())
+
+    def cell_switch_port(self, cell_id: str) -> str:
+        """The switch's interface to a cell (e.g. ``s1-eth101``)."""
+        host, switch = self.host(cell_id), self.net.get(SWITCH_NAME)
+        for link in self.net.linksBetween(host, switch):
+            return link.intf1.name if link.intf1.node is switch else link.intf2.name
+        raise KeyError(f"no link between {cell_id} and {SWITCH_NAME}")
+
+    def set_cell_bfd(self, cell_id: str, options: Sequence[str]) -> None:
+        """``ovs-vsctl set Interface <the cell's switch port> <options>`` (e.g. ``bfd:enable=true``)."""
+        subprocess.run(["ovs-vsctl", "--timeout=10", "set", "Interface", self.cell_switch_port(cell_id),
+                        *options], check=True, capture_output=True, timeout=15)  # fmt: skip
+
+    def port_live(self, cell_id: str) -> bool:
+        """Whether the switch holds the cell's port LIVE (``dump-ports-desc``)."""
+        port = self.cell_switch_port(cell_id)
+        lines = self.ofctl("dump-ports-desc").splitlines()
+        for index, line in enumerate(lines):
+            if f"({port})" in line:
+                for detail in lines[index + 1:index + 4]:
+                    if detail.strip().startswith("state:"):
+                        return "LIVE" in detail
+        return False
+
+    def wait_cells_usable(self, timeout: float = CELLS_READY_TIMEOUT_S) -> None:
+        """Wait until every running cell's port is LIVE (with BFD) and the controller uses every cell."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self._cells_usable():
+                return
+            time.sleep(0.2)
+        raise RuntimeError(f"cells not usable within {timeout:g} s:\n{self.controller.log_tail()}")
+
+    def _cells_usable(self) -> bool:
+        if self.bfd is not None and not all(self.port_live(name) for name in self.cell_processes):
+            return False
+        if not self.management or not any("rest_api" in app for app in self.controller.apps):
+            return True
+        try:
+            cells = self.controller.rest("/prism/v1/cells")["cells"]
+        except Exception:  # noqa: BLE001 - the REST API may not answer yet
+            return False
+        return all(cell["state"] == "alive" for cell in cells if cell["id"] in self.cell_processes)
 
     def set_cell_link(self, cell_id: str, up: bool) -> None:
         """Take a cell's link down or up (both ends, as a cable pull would)."""

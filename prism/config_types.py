@@ -5,7 +5,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Dict, List, Optional, Tuple
 
+from prism.mgmt import DEFAULT_STATE_INTERVAL_S, DEFAULT_TAKEOVER_TOLERANCE_BYTES
+
 if TYPE_CHECKING:  # pragma: no cover - defined beside their checks
+    from prism.config_bfd import BfdConfig
     from prism.config_telemetry import PredictionConfig, TelemetryConfig
     from prism.config_etcd import EtcdConfig
 
@@ -78,12 +81,18 @@ class ManagementConfig:
         heartbeat_interval: Seconds between two heartbeats of a cell.
         dead_after: Seconds without a heartbeat after which a cell is dead.
         alive_after: Seconds of unbroken heartbeats before a dead cell is used again.
+        state_interval_s: Seconds between two progress records of a ``state`` flow
+            (sent to the cells in the ``directory``).
+        takeover_tolerance_bytes: How far beyond the replicated window a cell taking
+            over a ``state`` flow accepts its packets (``directory``; see ``prism.mgmt``).
     """
 
     listen: Optional[Tuple[str, int]] = None
     heartbeat_interval: float = DEFAULT_HEARTBEAT_INTERVAL_S
     dead_after: float = DEFAULT_HEARTBEAT_INTERVAL_S * DEFAULT_DEAD_AFTER_INTERVALS
     alive_after: float = DEFAULT_ALIVE_AFTER_S
+    state_interval_s: float = DEFAULT_STATE_INTERVAL_S
+    takeover_tolerance_bytes: int = DEFAULT_TAKEOVER_TOLERANCE_BYTES
 
 
 @dataclass(frozen=True)
@@ -131,6 +140,8 @@ class PrismConfig:
         rest: The REST API's token source.
         telemetry: Where the stats collector writes (None: no telemetry).
         prediction: The predictive policy's model and budget (None: fixed replication factor).
+        mirroring_mode: The fixed policy's mirroring mode, ``full`` or ``state`` (prism.profiles).
+        bfd: BFD between the switch and the cells (``prism.config_bfd``; None: no BFD).
         etcd: Several controllers through etcd (``prism.config_etcd.EtcdConfig``; None: one controller).
         source: Where it was read from.
         warnings: Problems that did not stop it from loading.
@@ -144,6 +155,8 @@ class PrismConfig:
     rest: RestConfig = field(default_factory=RestConfig)
     telemetry: Optional[TelemetryConfig] = None
     prediction: Optional[PredictionConfig] = None
+    mirroring_mode: str = "full"
+    bfd: Optional[BfdConfig] = None
     etcd: Optional[EtcdConfig] = None
     source: str = field(default="<string>", compare=False)
     warnings: Tuple[ConfigProblem, ...] = field(default=(), compare=False)

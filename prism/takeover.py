@@ -10,6 +10,13 @@ A profile is read back from the switch itself: the FAST_FAILOVER group's
 buckets watch the primary's port, then each mirror's. Only groups that no
 flow entry uses any more are deleted (their flows ended while no master was
 there to hear it).
+
+A flow's mirroring mode (issue 8) is read back from its FSC entries too: a
+``full`` entry applies the profile's ALL group; a ``state`` TCP entry writes
+the ALL group id into the metadata and goes to TABLE_PROFILE; a ``state``
+entry of another protocol applies the FAST_FAILOVER group. A group whose
+TABLE_PROFILE entries are installed (cookie COOKIE_PROFILE_BASE + its id)
+is adopted with them, so that they are deleted with it and not added twice.
 """
 
 from __future__ import annotations
@@ -20,13 +27,16 @@ from typing import Dict, List, Mapping, Optional, Set, Tuple
 from prism.flows import FlowKey, key_from_match
 from prism.openflow import (
     COOKIE_PIPELINE,
+    COOKIE_PROFILE_BASE,
     FF_GROUP_OFFSET,
     MAX_PROFILE_GROUPS,
+    METADATA_PROFILE_MASK,
     PROFILE_GROUP_BASE,
     TABLE_CLASSIFY,
     TABLE_FSC,
+    TABLE_PROFILE,
 )
-from prism.profiles import MirroringProfile
+from prism.profiles import MODE_FULL, MODE_STATE, MirroringProfile
 from prism.shared_state import SwitchShared
 
 GROUP_ALL = "all"
@@ -59,6 +69,8 @@ class SwitchFlow:
     cookie: int
     match: Mapping[str, object]
     group_ids: Tuple[int, ...] = ()
+    goto_table: Optional[int] = None
+    metadata: Optional[int] = None  #: the value a write-metadata instruction writes
 
 
 @dataclass(frozen=True)
@@ -69,7 +81,8 @@ class TakeoverPlan:
         has_pipeline: Table 0 holds PRISM's pipeline (False: a fresh switch, converge it from scratch).
         groups: ALL group id -> (profile, target replication factor) to adopt.
         pending: ALL group id -> its mirrors still waiting for their seed (from etcd).
-        flows: ``(key, forward, group_id)`` per FSC entry to adopt.
+        flows: ``(key, forward, group_id, mode)`` per FSC entry to adopt.
+        state_entries: ALL group ids whose TABLE_PROFILE entries the switch holds.
         orphan_groups: ALL group ids no FSC entry uses (deleted with their FAST_FAILOVER group).
         stray_ff_groups: FAST_FAILOVER groups without their ALL group (deleted).
         unreadable_groups: ALL groups in use whose profile could not be read (kept, not adopted).
@@ -80,7 +93,8 @@ class TakeoverPlan:
     has_pipeline: bool
     groups: Mapping[int, Tuple[MirroringProfile, int]] = field(default_factory=dict)
     pending: Mapping[int, Tuple[str, ...]] = field(default_factory=dict)
-    flows: Tuple[Tuple[FlowKey, bool, int], ...] = ()
+    flows: Tuple[Tuple[FlowKey, bool, int, str], ...] = ()
+    state_entries: Tuple[int, ...] = ()
     orphan_groups: Tuple[int, ...] = ()
     stray_ff_groups: Tuple[int, ...] = ()
     unreadable_groups: Tuple[int, ...] = ()
@@ -91,6 +105,19 @@ class TakeoverPlan:
 def is_profile_group(group_id: int) -> bool:
     """An ALL group id in PRISM's profile range."""
     return PROFILE_GROUP_BASE <= group_id < PROFILE_GROUP_BASE + MAX_PROFILE_GROUPS
+
+
+def group_and_mode(entry: SwitchFlow) -> Tuple[Optional[int], str]:
+    """The ALL group id an FSC entry sends to, and the flow's mode (None: no profile group found)."""
+    if entry.goto_table == TABLE_PROFILE and entry.metadata is not None:
+        group_id = entry.metadata & METADATA_PROFILE_MASK
+        return (group_id, MODE_STATE) if is_profile_group(group_id) else (None, MODE_STATE)
+    for group_id in entry.group_ids:
+        if is_profile_group(group_id):
+            return group_id, MODE_FULL
+        if is_profile_group(group_id - FF_GROUP_OFFSET):
+            return group_id - FF_GROUP_OFFSET, MODE_STATE
+    return None, MODE_FULL
 
 
 def profile_from_ff(group: SwitchGroup, cell_of_port: Mapping[int, str]) -> Optional[MirroringProfile]:
@@ -123,12 +150,15 @@ def plan_takeover(
     has_pipeline = any(f.table_id == TABLE_CLASSIFY and f.cookie == COOKIE_PIPELINE for f in flows)
     by_id = {g.group_id: g for g in groups}
     used: Dict[int, int] = {}
-    fsc: List[Tuple[FlowKey, bool, int]] = []
+    fsc: List[Tuple[FlowKey, bool, int, str]] = []
+    profile_entries: Set[int] = set()
     unreadable_flows = 0
     for entry in flows:
+        if entry.table_id == TABLE_PROFILE and is_profile_group(entry.cookie - COOKIE_PROFILE_BASE):
+            profile_entries.add(entry.cookie - COOKIE_PROFILE_BASE)
         if entry.table_id != TABLE_FSC or entry.cookie == COOKIE_PIPELINE:
             continue
-        group_id = next((g for g in entry.group_ids if is_profile_group(g)), None)
+        group_id, mode = group_and_mode(entry)
         try:
             key, forward = key_from_match(dict(entry.match))
         except ValueError:
@@ -136,7 +166,7 @@ def plan_takeover(
         if group_id is None or key is None or key.flow_id != entry.cookie or group_id not in by_id:
             unreadable_flows += 1
             continue
-        fsc.append((key, forward, group_id))
+        fsc.append((key, forward, group_id, mode))
         used[group_id] = used.get(group_id, 0) + 1
     adopted: Dict[int, Tuple[MirroringProfile, int]] = {}
     pending: Dict[int, Tuple[str, ...]] = {}
@@ -172,6 +202,7 @@ def plan_takeover(
         groups=adopted,
         pending=pending,
         flows=tuple(fsc),
+        state_entries=tuple(sorted(group_id for group_id in profile_entries if group_id in adopted)),
         orphan_groups=tuple(orphans),
         stray_ff_groups=tuple(stray_ff),
         unreadable_groups=tuple(unreadable),

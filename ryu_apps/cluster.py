@@ -370,7 +370,7 @@ class Cluster:
         director = self.app.directors[dp_id]
         cell_of_port = {port: cell_id for cell_id, port in director.cell_ports.items()}
         plan = plan_takeover(cell_of_port, adoption.groups, adoption.flows, adoption.shared)
-        changes = director.adopt(time.time(), plan, adoption.shared.down, adoption.shared.draining)
+        changes = director.adopt(self.app.clock.now(), plan, adoption.shared.down, adoption.shared.draining)
         del self.adoptions[dp_id]
         self.ready.add(dp_id)
         self.app.send(datapath, changes)

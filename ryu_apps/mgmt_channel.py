@@ -3,14 +3,21 @@
 Under ``ryu-manager`` the ``socket`` module is eventlet's green one, so a
 blocking ``recvfrom`` only parks its own green thread. The receive timeout
 lets the loop that owns the channel notice that the app is stopping.
+
+``receive_pending`` empties the socket without blocking and gives every
+datagram the time the kernel received it (``SO_TIMESTAMP``), so a
+controller that was busy for a while still sees when each heartbeat really
+arrived: the failure detector judges the cells, not the controller's stall.
 """
 
 from __future__ import annotations
 
 import ipaddress
 import socket
+import struct
+import sys
 from collections import Counter
-from typing import Any, Dict, Mapping, Optional, Tuple
+from typing import Any, Dict, List, Mapping, Optional, Tuple
 
 from prism.actions import MgmtMessage
 from prism.mgmt import MAX_DATAGRAM, decode, encode
@@ -19,6 +26,11 @@ from prism.mgmt import MAX_DATAGRAM, decode, encode
 RECEIVE_TIMEOUT_S = 0.5
 #: Largest datagram read (UDP's limit).
 RECEIVE_BUFFER = 65535
+#: Linux's SO_TIMESTAMP (also the control message type): the kernel's receive time as a struct timeval.
+SO_TIMESTAMP = 29
+_TIMEVAL = struct.Struct("@ll")
+#: Most datagrams one ``receive_pending`` reads (the rest wait for the next call).
+MAX_PENDING = 4096
 
 Address = Tuple[str, int]
 
@@ -46,6 +58,13 @@ class MgmtChannel:
             self._sock.close()
             raise
         self._sock.settimeout(RECEIVE_TIMEOUT_S)
+        self.timestamps = False
+        if sys.platform.startswith("linux"):
+            try:
+                self._sock.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMP, 1)
+                self.timestamps = True
+            except OSError:
+                pass
 
     @property
     def address(self) -> Address:
@@ -82,6 +101,45 @@ class MgmtChannel:
             return None
         self.counts[f"received_{message['type']}"] += 1
         return message, (sender[0], sender[1])
+
+    def fileno(self) -> int:
+        """The socket's descriptor (to wait until it is readable)."""
+        return self._sock.fileno()
+
+    def receive_pending(self, limit: int = MAX_PENDING) -> List[Tuple[Dict[str, Any], Address, Optional[float]]]:
+        """Every datagram waiting now, without blocking: ``(message, sender, arrival)`` for the valid ones.
+
+        ``arrival`` is the kernel's receive time by the wall clock (None without timestamps).
+        """
+        raw = getattr(self._sock, "fd", self._sock)  # eventlet's GreenSocket wraps the real socket
+        timeout = raw.gettimeout()
+        if timeout is not None:  # a plain socket with a timeout would wait that long for nothing
+            raw.setblocking(False)
+        try:
+            return self._read_pending(raw, limit)
+        finally:
+            if timeout is not None:
+                raw.settimeout(timeout)
+
+    def _read_pending(self, raw, limit: int) -> List[Tuple[Dict[str, Any], Address, Optional[float]]]:
+        received = []
+        for _ in range(limit):
+            try:
+                datagram, ancillary, _flags, sender = raw.recvmsg(RECEIVE_BUFFER, 64, socket.MSG_DONTWAIT)
+            except (BlockingIOError, InterruptedError):
+                break
+            arrival = None
+            for level, kind, data in ancillary:
+                if level == socket.SOL_SOCKET and kind == SO_TIMESTAMP and len(data) >= _TIMEVAL.size:
+                    seconds, microseconds = _TIMEVAL.unpack_from(data)
+                    arrival = seconds + microseconds / 1e6
+            message = decode(datagram)
+            if message is None:
+                self.counts["undecodable"] += 1
+                continue
+            self.counts[f"received_{message['type']}"] += 1
+            received.append((message, (sender[0], sender[1]), arrival))
+        return received
 
     def close(self) -> None:
         """Close the socket."""

@@ -10,7 +10,9 @@ import pytest
 
 pytest.importorskip("ryu")
 
-from ryu.ofproto import ofproto_protocol, ofproto_v1_3, ofproto_v1_3_parser  # noqa: E402
+from ryu.ofproto import ofproto_v1_3, ofproto_v1_3_parser  # noqa: E402
+
+from tests.support import FakeDatapath  # noqa: E402
 
 from prism import mgmt, oxm  # noqa: E402
 from prism.actions import MgmtMessage  # noqa: E402
@@ -21,19 +23,6 @@ app_module = pytest.importorskip("ryu_apps.mirroring_director")
 
 OFP = ofproto_v1_3
 PARSER = ofproto_v1_3_parser
-
-
-class FakeDatapath(ofproto_protocol.ProtocolDesc):
-    """A datapath that records what is sent to it."""
-
-    def __init__(self, dp_id: int) -> None:
-        super().__init__(OFP.OFP_VERSION)
-        self.id = dp_id
-        self.sent = []
-
-    def send_msg(self, message) -> None:
-        message.serialize()
-        self.sent.append(message)
 
 
 @pytest.fixture

@@ -22,13 +22,14 @@ def switch_report(switch: FakeSwitch):
             for bucket in entry.buckets))
         for group_id, entry in switch.groups.items()
     ]  # fmt: skip
-    flows = [SwitchFlow(e.table_id, e.cookie, dict(e.match), tuple(e.group_ids())) for e in switch.flows()]
+    flows = [SwitchFlow(e.table_id, e.cookie, dict(e.match), tuple(e.group_ids()), e.goto_table,
+                        e.write_metadata[0] if e.write_metadata else None) for e in switch.flows()]  # fmt: skip
     return groups, flows
 
 
-def take_over(network: Network, shared: SwitchShared = SwitchShared()):
+def take_over(network: Network, shared: SwitchShared = SwitchShared(), policy=None):
     """A second controller's director adopts the switch; returns what it sent."""
-    new = MirroringDirector(network.config, IDLE_TIMEOUT, FixedPolicy(network.ring, 2))
+    new = MirroringDirector(network.config, IDLE_TIMEOUT, policy or FixedPolicy(network.ring, 2))
     groups, flows = switch_report(network.switch)
     cell_of_port = {port: cell for cell, port in network.config.cell_ports.items()}
     plan = plan_takeover(cell_of_port, groups, flows, shared)
@@ -117,3 +118,33 @@ def test_a_mirror_still_waiting_for_its_seed_is_asked_for_again_by_the_new_maste
     assert network.director.groups[group.group_id].pending_mirrors == (waiting,)
     seeds = [m for m in network.director.tick(network.now) if m.type == "seed"]
     assert [(m.cell_id, m.message["target"]) for m in seeds] == [(group.profile.primary_cell, waiting)]
+
+
+def test_state_mode_flows_are_adopted_with_their_mode_and_their_profile_entries():
+    """Issue 8's state mode: a TCP flow's FSC entries go to TABLE_PROFILE by metadata, a UDP flow's to the FF group."""
+    from prism.openflow import TABLE_PROFILE
+    from prism.profiles import MODE_STATE
+    from tests.unit.test_director_modes import ACK, PSH, SYN, ModeNetwork, tcp
+
+    network = ModeNetwork(replication_factor=1, mode=MODE_STATE)
+    network.learn_hosts()
+    syn, query = tcp(SYN), udp(sport=40001)
+    network.send(CLIENT_PORT, syn)
+    network.send(CLIENT_PORT, query)
+    profile_entries = [e for e in network.switch.flows() if e.table_id == TABLE_PROFILE]
+    assert profile_entries
+    plan, changes = take_over(network, policy=FixedPolicy(network.ring, 1, MODE_STATE))
+    assert changes == [] and plan.unreadable_flows == 0 and not plan.orphan_groups
+    assert {mode for _key, _forward, _group, mode in plan.flows} == {MODE_STATE}
+    assert len(plan.flows) == 4  # both directions of both flows
+    director = network.director
+    for packet in (syn, query):
+        entry = director.flows.get(flow_id(packet))
+        installed = director._groups.get(entry.group_id).state_entries  # noqa: SLF001 - not in the snapshot
+        assert entry.mode == MODE_STATE and installed == (entry.group_id in plan.state_entries)
+    tcp_group = director.flows.get(flow_id(syn)).group_id
+    assert tcp_group in plan.state_entries
+    # the adopted flow goes on as before (its data to the primary only), and the switch's entries stay
+    result = network.send(CLIENT_PORT, tcp(ACK | PSH, payload=b"data"))
+    assert len(result.ports) == 1
+    assert [e for e in network.switch.flows() if e.table_id == TABLE_PROFILE] == profile_entries
