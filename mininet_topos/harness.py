@@ -42,6 +42,9 @@ from mininet_topos.prism_topo import (
     server_names,
 )
 
+from prism.atomic import atomic_write
+from prism.mgmt_auth import new_key_text
+
 LOG = logging.getLogger("prism.harness")
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -188,6 +191,11 @@ class PrismNetwork:
         self.management = management
         self.config = prism_config(clients, servers, cells, idle_timeout, replication_factor,
                                    management=management)
+        #: The management key of this network alone, made at start in the workdir (never committed).
+        self.key_path = self.workdir / "mgmt.key"
+        if management:
+            self.config["management"].update({"key_file": str(self.key_path),
+                                              "generation_file": str(self.workdir / "controller-generation")})
         self.config.update(config_overrides or {})
         self.config_path = self.workdir / "prism.yaml"
         self.start_cells = start_cells
@@ -233,6 +241,8 @@ class PrismNetwork:
     def start(self) -> None:
         """Write the config, start the controller, the network and the cells."""
         self._acquire_lock()
+        if self.management and not self.key_path.exists():
+            atomic_write(self.key_path, lambda handle: handle.write(new_key_text().encode()), 0o600)
         self.config_path.write_text(yaml.safe_dump(self.config, sort_keys=False))
         if self.management:
             self._create_mgmt_bridge()
@@ -332,7 +342,8 @@ class PrismNetwork:
             return []
         index = cell_names(self.cells).index(cell_id)
         return ["--mgmt-listen", f"{cell_mgmt_ip(index)}:{MGMT_CELL_PORT}",
-                "--controller", f"{MGMT_CONTROLLER_IP}:{MGMT_CONTROLLER_PORT}"]
+                "--controller", f"{MGMT_CONTROLLER_IP}:{MGMT_CONTROLLER_PORT}",
+                "--mgmt-key-file", str(self.key_path)]
 
     def _wait_for_pipeline(self) -> None:
         deadline = time.monotonic() + SWITCH_CONNECT_TIMEOUT_S

@@ -152,7 +152,7 @@ def render_config(config: PrismConfig) -> str:
 
 
 def _render_management(management: ManagementConfig) -> dict:
-    rendered = dataclasses.asdict(management)
+    rendered = {k: v for k, v in dataclasses.asdict(management).items() if v is not None or k == "listen"}
     if management.listen is None:
         del rendered["listen"]
     else:

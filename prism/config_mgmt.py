@@ -7,6 +7,9 @@ Schema::
       heartbeat_interval: 0.1         # s, > 0: how often cells send heartbeats
       dead_after: 0.35                # s, > heartbeat_interval (default 3.5 intervals)
       alive_after: 1.0                # s, > 0: unbroken heartbeats before a dead cell is used again
+      key_file: mgmt.key              # the deployment's management key (relative: to this file), or
+      key_env: PRISM_MGMT_KEY         #   the environment variable holding it (the default)
+      generation_file: /var/lib/prism/controller-generation   # the controller's generation (fencing)
     rest:                             # optional; at most one of:
       token_env: PRISM_REST_TOKEN     #   environment variable holding the REST token
       token_file: /etc/prism/token    #   file holding it
@@ -15,6 +18,11 @@ Schema::
           - {id: cell1, port: 1, mgmt: "172.30.0.10:7700"}   # the cell's management address
 
 Addresses are IP literals (``[v6]:port`` for IPv6) with a UDP port 1-65535.
+Every management datagram is authenticated with the key (``prism.mgmt_auth``);
+a key file that cannot be read, or holds a key shorter than
+``MIN_KEY_CHARS``, is an error here, at the line of ``key_file``. The key is
+a secret: keep it out of version control (``make demo`` and the tests make
+one in their work directory).
 """
 
 from __future__ import annotations
@@ -26,6 +34,9 @@ from typing import Dict, List, Optional, Tuple
 
 from yaml.nodes import Node, ScalarNode
 
+from prism.mgmt_auth import MgmtKeyError, read_key_file
+
+from prism.config_telemetry import resolve_path
 from prism.config_types import (
     DEFAULT_ALIVE_AFTER_S,
     DEFAULT_DEAD_AFTER_INTERVALS,
@@ -36,7 +47,8 @@ from prism.config_types import (
     RestConfig,
 )
 
-MANAGEMENT_KEYS = ("listen", "heartbeat_interval", "dead_after", "alive_after")
+MANAGEMENT_KEYS = ("listen", "heartbeat_interval", "dead_after", "alive_after", "key_file", "key_env",
+                   "generation_file")  # fmt: skip
 REST_KEYS = ("token_env", "token_file")
 MAX_UDP_PORT = 65535
 _TAG_INT = "tag:yaml.org,2002:int"
@@ -122,7 +134,36 @@ def check_management(checker, node: Optional[Node]) -> ManagementConfig:
         checker.report(fields["dead_after"], "management.dead_after",
                        f"{dead_after} s is less than two heartbeat intervals: one lost heartbeat fails a cell",
                        SEVERITY_WARNING)  # fmt: skip
-    return ManagementConfig(listen, interval, dead_after, alive_after)
+    key_file, key_env = _key_source(checker, fields)
+    generation_file = None
+    if "generation_file" in fields:
+        generation_file = checker.string(fields["generation_file"], "management.generation_file",
+                                         "management.generation_file")  # fmt: skip
+        if generation_file is not None:
+            generation_file = resolve_path(generation_file, checker.source)
+    return ManagementConfig(listen, interval, dead_after, alive_after, key_file, key_env, generation_file)
+
+
+def _key_source(checker, fields: Dict[str, Node]) -> Tuple[Optional[str], Optional[str]]:
+    """``key_file`` (resolved, readable, long enough) and ``key_env`` (a variable name): at most one."""
+    key_file = key_env = None
+    if "key_env" in fields:
+        key_env = checker.string(fields["key_env"], "management.key_env", "management.key_env")
+        if key_env is not None and not _ENV_NAME.fullmatch(key_env):
+            checker.report(fields["key_env"], "management.key_env",
+                           f"{key_env!r} is not an environment variable name (letters, digits, _)")
+            key_env = None
+    if "key_file" in fields:
+        key_file = checker.string(fields["key_file"], "management.key_file", "management.key_file")
+        if key_file is not None:
+            key_file = resolve_path(key_file, checker.source)
+            try:
+                read_key_file(key_file)
+            except MgmtKeyError as error:
+                checker.report(fields["key_file"], "management.key_file", str(error))
+    if "key_env" in fields and "key_file" in fields:
+        checker.report(fields["key_file"], "management.key_file", "give either key_file or key_env, not both")
+    return key_file, key_env
 
 
 def check_rest(checker, node: Optional[Node]) -> RestConfig:

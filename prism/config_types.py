@@ -68,6 +68,12 @@ class CellConfig:
     mgmt: Optional[Tuple[str, int]] = None
 
 
+#: Environment variable holding the management key when the configuration names no source.
+DEFAULT_MGMT_KEY_ENV = "PRISM_MGMT_KEY"
+#: Where the controller keeps its generation when ``management.generation_file`` is not set.
+DEFAULT_GENERATION_FILE = "/var/lib/prism/controller-generation"
+
+
 @dataclass(frozen=True)
 class ManagementConfig:
     """The management network as the controller sees it (``management:`` section).
@@ -77,12 +83,19 @@ class ManagementConfig:
         heartbeat_interval: Seconds between two heartbeats of a cell.
         dead_after: Seconds without a heartbeat after which a cell is dead.
         alive_after: Seconds of unbroken heartbeats before a dead cell is used again.
+        key_file: File holding the management key (resolved against the configuration's directory).
+        key_env: Environment variable holding it (neither: ``DEFAULT_MGMT_KEY_ENV``).
+        generation_file: Where the controller keeps its generation (resolved likewise;
+            None: ``DEFAULT_GENERATION_FILE``).
     """
 
     listen: Optional[Tuple[str, int]] = None
     heartbeat_interval: float = DEFAULT_HEARTBEAT_INTERVAL_S
     dead_after: float = DEFAULT_HEARTBEAT_INTERVAL_S * DEFAULT_DEAD_AFTER_INTERVALS
     alive_after: float = DEFAULT_ALIVE_AFTER_S
+    key_file: Optional[str] = None
+    key_env: Optional[str] = None
+    generation_file: Optional[str] = None
 
 
 @dataclass(frozen=True)

@@ -3,8 +3,13 @@
 PRISM keeps control and replication traffic off the data path: every cell has
 a second interface on a management network (in Mininet, a Linux bridge in the
 root namespace that the controller also sits on). Messages are UDP datagrams:
-one JSON object, zlib-compressed, behind a 4-byte header (magic + version).
-``decode`` never raises on garbage: it returns None and the caller counts it.
+one JSON object, zlib-compressed, behind a 4-byte header (magic + version),
+sealed in an authenticated envelope (``prism.mgmt_auth``: HMAC-SHA256 under
+the deployment's key, a replay counter per sender) that is checked before
+anything here runs. ``decode`` never raises on garbage: it returns None and
+the caller counts it. It inflates at most ``MAX_MESSAGE_BYTES`` (``encode``
+refuses to make a bigger message), refuses bytes after the compressed stream,
+NaN and infinities, and integers of more than 64 bits.
 
 Message types (field ``type``); ``cell`` is always the sender's cell id
 (messages from the controller carry none):
@@ -66,6 +71,7 @@ address (any source port).
 from __future__ import annotations
 
 import json
+import math
 import struct
 import zlib
 from typing import Any, Dict, Optional
@@ -81,8 +87,12 @@ CELL_MGMT_PORT = 7700
 HEARTBEAT_INTERVAL_S = 0.1
 #: Largest datagram we send; state batches are split below this.
 MAX_DATAGRAM = 60_000
-#: A decompressed message larger than this is refused (no zip bombs).
-MAX_MESSAGE_BYTES = 8 * 1024 * 1024
+#: A decompressed message larger than this is refused (no zip bombs), and
+#: ``encode`` makes none: a full ``profiles`` table or an ``assign`` of a
+#: MAX_DATAGRAM compresses about 4-8 times, far below it.
+MAX_MESSAGE_BYTES = 1024 * 1024
+#: Integers in a message are below this in magnitude (64-bit counters at most).
+MAX_INTEGER = 1 << 64
 
 MESSAGE_TYPES = frozenset(
     {"heartbeat", "directory", "profiles", "assign", "seed", "seeded", "state", "ack",
@@ -90,12 +100,43 @@ MESSAGE_TYPES = frozenset(
 )
 
 
+class MessageTooBig(ValueError):
+    """A message whose JSON exceeds ``MAX_MESSAGE_BYTES``: no receiver would inflate it."""
+
+
 def encode(message: Dict[str, Any]) -> bytes:
-    """One message as a datagram. ``message['type']`` must be a known type."""
+    """One message as a datagram. ``message['type']`` must be a known type.
+
+    Raises:
+        ValueError: an unknown type, or a NaN or infinite number.
+        MessageTooBig: its JSON is longer than ``MAX_MESSAGE_BYTES``.
+    """
     if message.get("type") not in MESSAGE_TYPES:
         raise ValueError(f"unknown management message type {message.get('type')!r}")
-    body = zlib.compress(json.dumps(message, separators=(",", ":")).encode(), 1)
-    return _HEADER.pack(MAGIC, VERSION) + body
+    text = json.dumps(message, separators=(",", ":"), allow_nan=False).encode()
+    if len(text) > MAX_MESSAGE_BYTES:
+        raise MessageTooBig(f"{message['type']} message of {len(text)} bytes (at most {MAX_MESSAGE_BYTES})")
+    return _HEADER.pack(MAGIC, VERSION) + zlib.compress(text, 1)
+
+
+def _refuse_constant(name: str) -> None:
+    raise ValueError(f"{name} is not a number a message may carry")
+
+
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise ValueError(f"{text} is not finite")
+    return value
+
+
+def _bounded_int(text: str) -> int:
+    if len(text) > 21:  # cheaper than converting first: 2**64 has 20 digits
+        raise ValueError("integer too large")
+    value = int(text)
+    if abs(value) >= MAX_INTEGER:
+        raise ValueError("integer too large")
+    return value
 
 
 def decode(datagram: bytes) -> Optional[Dict[str, Any]]:
@@ -108,9 +149,10 @@ def decode(datagram: bytes) -> Optional[Dict[str, Any]]:
     try:
         inflater = zlib.decompressobj()
         text = inflater.decompress(datagram[_HEADER.size:], MAX_MESSAGE_BYTES)
-        if inflater.unconsumed_tail:
-            return None
-        message = json.loads(text)
+        if inflater.unconsumed_tail or not inflater.eof or inflater.unused_data:
+            return None  # bigger than any real message, truncated, or trailing bytes
+        message = json.loads(text, parse_constant=_refuse_constant, parse_float=_finite_float,
+                             parse_int=_bounded_int)  # fmt: skip
     except (zlib.error, ValueError, UnicodeDecodeError, RecursionError):
         return None
     if not isinstance(message, dict) or not isinstance(message.get("type"), str) \

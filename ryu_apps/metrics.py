@@ -54,6 +54,13 @@ class PrismCollector:
         for kind, value in sorted(status["mgmt"].items()):
             mgmt.add_metric([kind], value)
         yield mgmt
+        refused = CounterMetricFamily("prism_mgmt_refused", "Management datagrams refused, by reason "
+                                      "(bad_tag: forged; replayed; stale; oversized ...).", labels=["reason"])  # fmt: skip
+        channel = getattr(self.app, "channel", None)
+        for name, value in sorted((channel.auth_counts() if channel is not None else {}).items()):
+            if name.startswith("refused_"):
+                refused.add_metric([name[len("refused_"):]], value)
+        yield refused
         errors = CounterMetricFamily("prism_handler_errors", "Exceptions caught per handler.", labels=["handler"])
         for handler, value in sorted(self.app.handler_errors.items()):
             errors.add_metric([handler], value)

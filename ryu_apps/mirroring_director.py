@@ -61,6 +61,7 @@ from prism.policy import FixedPolicy
 from prism.ring import HashRing
 from prism.telemetry import flow_record
 from ryu_apps.mgmt_channel import MgmtChannel
+from ryu_apps.mgmt_setup import controller_generation, management_auth
 from ryu_apps.ofmsg import match_to_dict, to_ofmsg, to_ofmsgs
 from ryu_apps.telemetry_events import EventFlowEnded
 
@@ -71,6 +72,9 @@ NANOSECONDS = 1e9
 TICK_S = 0.05
 #: Seconds between two attempts to bind the management address (it may appear after start).
 BIND_RETRY_S = 1.0
+#: Datagrams the management loop handles before it lets the other green threads run
+#: (a green socket with data queued never yields: a flood would starve the tick and OpenFlow).
+MGMT_DATAGRAMS_PER_TURN = 64
 
 
 def load_directors(config: PrismConfig, logger, models=None) -> Dict[int, MirroringDirector]:
@@ -161,6 +165,8 @@ class MirroringDirectorApp(app_manager.RyuApp):
             self.models.attach_health(self.control.detector)
         self.datapaths: Dict[int, object] = {}
         self.channel: Optional[MgmtChannel] = None
+        self.mgmt_auth = management_auth(self.config)
+        self.generation = controller_generation(self.config) if self.mgmt_auth is not None else 0
         self.handler_errors: Counter = Counter()
         self.switch_errors: Counter = Counter()
         self.ignored_switches: Counter = Counter()
@@ -200,15 +206,21 @@ class MirroringDirectorApp(app_manager.RyuApp):
         warned = False
         while self.is_active and self.channel is None:
             try:
-                self.channel = MgmtChannel(listen, cell_addresses(self.config))
-                self.logger.info("management channel on %s:%d", *self.channel.address)
+                self.channel = MgmtChannel(listen, cell_addresses(self.config), self.mgmt_auth,
+                                           self.generation)  # fmt: skip
+                self.logger.info("management channel on %s:%d, generation %d",
+                                 *self.channel.address, self.generation)  # fmt: skip
             except OSError as error:
                 if not warned:
                     self.logger.warning("cannot bind management address %s:%d yet (%s); retrying",
                                         listen[0], listen[1], error)
                     warned = True
                 hub.sleep(BIND_RETRY_S)
+        handled = 0
         while self.is_active:
+            handled += 1
+            if handled % MGMT_DATAGRAMS_PER_TURN == 0:
+                hub.sleep(0)
             try:
                 received = self.channel.receive()
             except Exception as error:  # the loop must outlive anything a datagram or the socket does

@@ -8,7 +8,8 @@ Launch it beside the director (it reads the director app's state)::
 Ryu's own default for ``--wsapi-host`` is 0.0.0.0; loading this module makes
 it 127.0.0.1 unless the option is given. Endpoints (JSON unless said):
 
-- ``GET /prism/v1/status``: counters over all switches and per switch, the last failover.
+- ``GET /prism/v1/status``: counters over all switches and per switch, the last failover,
+  management datagrams refused by reason (``mgmt_auth``: forged, replayed ...).
 - ``GET /prism/v1/cells[?horizon_s=60]``: every cell's health, link, failure
   history, failure probability over the horizon, flows as primary/mirror.
 - ``GET /prism/v1/cells/{id}``: one cell (404 if unknown).
@@ -109,6 +110,14 @@ def configured_token(config) -> str:
             raise HttpError(403, f"changes are disabled: the token file {rest.token_file} "
                                  f"(rest.token_file) cannot be read: {error}") from None  # fmt: skip
     return os.environ.get(rest.token_env or TOKEN_ENV, "").strip()
+
+
+def status_document(app, now: float) -> Dict[str, Any]:
+    """The control plane's status plus ``mgmt_auth``: management datagrams refused by reason, and accepted."""
+    status = app.control.status(now)
+    channel = getattr(app, "channel", None)
+    status["mgmt_auth"] = channel.auth_counts() if channel is not None else {}
+    return status
 
 
 def check_authorization(header: Optional[str], token: str) -> None:
@@ -239,7 +248,7 @@ class PrismRestController(ControllerBase):
 
     @route("prism", "/prism/v1/status", methods=["GET"])
     def get_status(self, req, **_kwargs):
-        return self.api.answer("GET status", lambda app: (200, app.control.status(time.time())))
+        return self.api.answer("GET status", lambda app: (200, status_document(app, time.time())))
 
     @route("prism", "/prism/v1/cells", methods=["GET"])
     def get_cells(self, req, **_kwargs):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import re
 import signal
 import sys
@@ -17,7 +18,9 @@ from prism.cell.smm import SmmSettings, StateMirroringModule
 from prism.cell.smm_io import UdpTransport, attach, parse_address
 from prism.cell.state_server import StateServer, default_state_socket
 from prism.flows import mac_to_bytes, mac_to_str
+from prism.config_types import DEFAULT_MGMT_KEY_ENV
 from prism.mgmt import CELL_MGMT_PORT, CONTROLLER_MGMT_PORT, HEARTBEAT_INTERVAL_S
+from prism.mgmt_auth import MgmtAuth, MgmtKeyError, key_bytes, read_key_file
 from prism.openflow import MIRROR_MAC
 
 LOG = logging.getLogger("prism.cell")
@@ -80,6 +83,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                      help=f"the controller's management address: heartbeats go there, control "
                           f"messages only come from there (default port {CONTROLLER_MGMT_PORT}); "
                           f"needs --mgmt-listen")  # fmt: skip
+    smm.add_argument("--mgmt-key-file", metavar="PATH",
+                     help=f"file holding the deployment's management key (the controller's "
+                          f"management.key_file); default: the environment variable {DEFAULT_MGMT_KEY_ENV}")  # fmt: skip
     smm.add_argument("--heartbeat-interval", type=float, default=HEARTBEAT_INTERVAL_S,
                      metavar="SECONDS",
                      help=f"period of heartbeats to the controller (default {HEARTBEAT_INTERVAL_S})")  # fmt: skip
@@ -114,6 +120,13 @@ def run(args: argparse.Namespace) -> int:
         print("prism cell: --controller needs --mgmt-listen (the address the controller and the "
               "other cells reach this cell at)", file=sys.stderr)  # fmt: skip
         return 2
+    auth = None
+    if args.mgmt_listen is not None:
+        try:
+            auth = MgmtAuth(_management_key(args.mgmt_key_file), args.cell_id)
+        except MgmtKeyError as error:
+            print(f"prism cell: {error}", file=sys.stderr)
+            return 2
     state_path = args.state_socket or default_state_socket(args.cell_id)
     cell = Cell(args.cell_id, ConnTracker(TrackerConfig(strict=args.strict)), args.mirror_mac)
     cell.add_tick_hook(_summary_hook(SUMMARY_INTERVAL_S))
@@ -129,7 +142,8 @@ def run(args: argparse.Namespace) -> int:
         if args.mgmt_listen is not None:
             transport = UdpTransport(args.mgmt_listen)
             smm = StateMirroringModule(cell, transport, args.controller,
-                                       SmmSettings(heartbeat_interval_s=args.heartbeat_interval))  # fmt: skip
+                                       SmmSettings(heartbeat_interval_s=args.heartbeat_interval),
+                                       auth=auth)  # fmt: skip
             attach(loop, smm, transport)
         server = StateServer(state_path, lambda: cell_state_document(cell, smm, args.interface))
         loop.add_reader(server.fileno(), server.serve_pending)
@@ -162,6 +176,17 @@ def run(args: argparse.Namespace) -> int:
     LOG.info("cell %s stopped: %s", args.cell_id,
              ", ".join(f"{name} {value}" for name, value in counters.items() if value))  # fmt: skip
     return 0
+
+
+def _management_key(path):
+    """The key from ``--mgmt-key-file``, else from PRISM_MGMT_KEY (MgmtKeyError if neither works)."""
+    if path:
+        return read_key_file(path)
+    text = os.environ.get(DEFAULT_MGMT_KEY_ENV, "")
+    if not text.strip():
+        raise MgmtKeyError(f"--mgmt-listen needs the deployment's management key: --mgmt-key-file PATH "
+                           f"or the environment variable {DEFAULT_MGMT_KEY_ENV}")  # fmt: skip
+    return key_bytes(text, f"the environment variable {DEFAULT_MGMT_KEY_ENV}")
 
 
 def cell_state_document(cell: Cell, smm, interface: str) -> dict:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import socket
 import textwrap
+import time
 from types import SimpleNamespace
 
 import pytest
@@ -14,6 +15,7 @@ from ryu.ofproto import ofproto_protocol, ofproto_v1_3, ofproto_v1_3_parser  # n
 
 from prism import mgmt, oxm  # noqa: E402
 from prism.actions import MgmtMessage  # noqa: E402
+from prism.mgmt_auth import MgmtAuth, Verifier  # noqa: E402
 from prism.openflow import TABLE_FSC  # noqa: E402
 from ryu_apps.mgmt_channel import MgmtChannel  # noqa: E402
 
@@ -21,6 +23,13 @@ app_module = pytest.importorskip("ryu_apps.mirroring_director")
 
 OFP = ofproto_v1_3
 PARSER = ofproto_v1_3_parser
+KEY_TEXT = "k" * 64  #: this test's management key (written to its own temporary directory)
+KEY = KEY_TEXT.encode()
+
+
+def open_sealed(datagram: bytes) -> dict:
+    """A datagram the controller sent, checked and decoded as a cell would."""
+    return mgmt.decode(Verifier(KEY).open(datagram, time.time()).body)
 
 
 class FakeDatapath(ofproto_protocol.ProtocolDesc):
@@ -50,7 +59,8 @@ def app(tmp_path, monkeypatch, cell_socket):
     cell_port = cell_socket.getsockname()[1]
     config = textwrap.dedent(f"""\
         default_replication_factor: 1
-        management: {{listen: "127.0.0.1:7600", heartbeat_interval: 0.1, dead_after: 0.35}}
+        management: {{listen: "127.0.0.1:7600", heartbeat_interval: 0.1, dead_after: 0.35,
+                      key_file: mgmt.key, generation_file: generation}}
         switches:
           - dpid: 0x1
             cells:
@@ -61,9 +71,11 @@ def app(tmp_path, monkeypatch, cell_socket):
         """)
     path = tmp_path / "prism.yaml"
     path.write_text(config)
+    (tmp_path / "mgmt.key").write_text(KEY_TEXT)
     monkeypatch.setenv(app_module.CONFIG_ENV, str(path))
     instance = app_module.MirroringDirectorApp()
-    instance.channel = MgmtChannel(("127.0.0.1", 0), app_module.cell_addresses(instance.config))
+    instance.channel = MgmtChannel(("127.0.0.1", 0), app_module.cell_addresses(instance.config),
+                                   instance.mgmt_auth, instance.generation)  # fmt: skip
     yield instance
     if instance.channel is not None:
         instance.channel.close()
@@ -106,11 +118,12 @@ def test_a_cell_link_going_down_rewrites_its_groups_and_seeds_through_the_channe
     cell_socket.settimeout(0.5)
     try:
         while True:
-            received.append(mgmt.decode(cell_socket.recv(65535)))
+            received.append(open_sealed(cell_socket.recv(65535)))
     except socket.timeout:
         pass
     kinds = {m["type"] for m in received}
     assert "profiles" in kinds and "directory" in kinds  # cell1's address; cell3 has none: counted
+    assert {m["generation"] for m in received if m["type"] in ("profiles", "directory")} == {app.generation}
     assert app.channel.counts["no_address"] > 0
 
 
@@ -138,15 +151,37 @@ def test_heartbeats_then_silence_fail_the_cell_over_on_a_tick(app):
 
 def test_a_heartbeat_datagram_travels_the_channel(app):
     sender = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    cell1 = MgmtAuth(KEY, "cell1")
     try:
-        sender.sendto(mgmt.encode({"type": "heartbeat", "cell": "cell1", "seq": 1}), app.channel.address)
+        sealed = cell1.seal(mgmt.encode({"type": "heartbeat", "cell": "cell1", "seq": 1}), time.time())
+        sender.sendto(sealed, app.channel.address)
         sender.sendto(b"garbage", app.channel.address)
         message, source = app.channel.receive()
         app.handle_mgmt_message(message, source)
-        assert app.channel.receive() is None and app.channel.counts["undecodable"] == 1
+        assert app.channel.receive() is None and app.channel.auth_counts()["refused_malformed"] == 1
     finally:
         sender.close()
     assert app.control.detector.health("cell1").heartbeat_seen
+
+
+def test_forged_replayed_and_impersonating_datagrams_are_refused_and_counted(app):
+    sender = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    heartbeat = mgmt.encode({"type": "heartbeat", "cell": "cell1", "seq": 1})
+    genuine = MgmtAuth(KEY, "cell1").seal(heartbeat, time.time())
+    try:
+        for datagram in (
+            MgmtAuth(b"x" * 64, "cell1").seal(heartbeat, time.time()),  # another key
+            MgmtAuth(KEY, "cell2").seal(heartbeat, time.time()),  # cell2 claiming to be cell1
+            genuine, genuine,  # the second is a replay
+        ):
+            sender.sendto(datagram, app.channel.address)
+        results = [app.channel.receive() for _ in range(4)]
+    finally:
+        sender.close()
+    assert [result is None for result in results] == [True, True, False, True]
+    counts = app.channel.auth_counts()
+    assert (counts["refused_bad_tag"], counts["refused_wrong_sender"], counts["refused_replayed"]) == (1, 1, 1)
+    assert counts["accepted"] == 1
 
 
 def test_control_plane_failures_are_caught_and_counted(app, monkeypatch):
