@@ -29,6 +29,7 @@ from prism.cell.entry import (
     seq_diff,
 )
 from prism.cell.records import (
+    decision_digest,
     entry_to_record,
     is_removal,
     merge_entry,
@@ -636,8 +637,8 @@ class ConnTracker:
         for key, version, entry in incoming:
             local = self._flows.get(key)
             tombstone = tombstones.get(key) if tombstones else None
-            if local is not None and version <= local.version or (
-                tombstone is not None and version <= tombstone.version
+            if tombstone is not None and version <= tombstone.version or (
+                local is not None and not _wins(version, entry, local)
             ):
                 self.records_ignored += 1
                 continue
@@ -677,3 +678,19 @@ class ConnTracker:
                 merge_entry(local, entry)
         return len(self._flows)
 
+
+def _wins(version: int, incoming: Optional[ConnEntry], local: ConnEntry) -> bool:
+    """Whether a record (``incoming`` None: a removal) at ``version`` replaces the local entry.
+
+    A higher version wins. At an equal version a removal wins, and of two
+    entries the higher ``decision_digest`` (an identical decision is a
+    repeat, and changes nothing): every cell orders them alike, so no two
+    cells keep different states under one version.
+    """
+    if version != local.version:
+        return version > local.version
+    if version == 0:  # nobody's decision yet: mirror copies' views, never replaced by another's
+        return False
+    if incoming is None:
+        return True
+    return decision_digest(incoming) > decision_digest(local)

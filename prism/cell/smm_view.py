@@ -20,6 +20,13 @@ class ControlView:
     ignored (a reordered datagram); a full table and a directory always apply
     (the controller may have restarted and counts epochs from scratch).
 
+    Generations (fencing): a ``directory`` or ``profiles`` of a controller
+    generation below the highest applied is refused (``stale_generations``):
+    a controller that was replaced by a restarted or second one cannot move
+    the cells back. A higher generation starts the epochs afresh; within a
+    generation (above 0) a stale epoch is refused even for a full table.
+    Messages without a generation count as generation 0.
+
     An assignment is forgotten ``assignment_grace_s`` after it arrived or
     after its flow left this cell's table, whichever is later, unless the
     flow is in the table then (``prune``): the work is spread over time, a
@@ -40,7 +47,9 @@ class ControlView:
         self._checks: Deque[Tuple[float, int]] = deque()  # (when, flow_id), oldest first
         self._profile_flows: Dict[int, Set[int]] = {}
         self._epochs: Dict[str, int] = {}
+        self.generation = 0
         self.stale_messages = 0
+        self.stale_generations = 0
 
     # -- messages --------------------------------------------------------------------------
     def apply_directory(self, message: Mapping) -> bool:
@@ -82,13 +91,19 @@ class ControlView:
             self._checks.append((now, flow_id))
 
     def _fresh(self, kind: str, message: Mapping, full: bool) -> bool:
-        epoch = message.get("epoch", 0)
-        if not isinstance(epoch, int):
-            raise ValueError("epoch must be an integer")
+        epoch, generation = message.get("epoch", 0), message.get("generation", 0)
+        if not isinstance(epoch, int) or not isinstance(generation, int):
+            raise ValueError("epoch and generation must be integers")
+        if generation < self.generation:
+            self.stale_generations += 1
+            return False
+        if generation > self.generation:
+            self.generation = generation
+            self._epochs = {name: -1 for name in self._epochs}  # a new controller counts afresh
         last = self._epochs.get(kind)
         if last is not None and epoch < last:
             self.stale_messages += 1
-            if not full:
+            if not full or generation > 0:
                 return False
         self._epochs[kind] = epoch
         return True
