@@ -131,7 +131,8 @@ def render_config(config: PrismConfig) -> str:
         "default_replication_factor": config.default_replication_factor,
         "max_replication_factor": config.max_replication_factor,
         "management": _render_management(config.management),
-        "rest": {k: v for k, v in dataclasses.asdict(config.rest).items() if v is not None},
+        "rest": {k: (format_address(v) if k == "listen" else v)
+                 for k, v in dataclasses.asdict(config.rest).items() if v is not None},  # fmt: skip
         "switches": [
             {
                 "dpid": switch.dp_id,
@@ -144,6 +145,8 @@ def render_config(config: PrismConfig) -> str:
     }
     if not document["rest"]:
         del document["rest"]
+    if config.openflow.listen is not None:
+        document["openflow"] = {"listen": format_address(config.openflow.listen)}
     if config.telemetry is not None:
         document["telemetry"] = render_telemetry(config.telemetry)
     if config.prediction is not None:

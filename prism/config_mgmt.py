@@ -13,6 +13,9 @@ Schema::
     rest:                             # optional; at most one of:
       token_env: PRISM_REST_TOKEN     #   environment variable holding the REST token
       token_file: /etc/prism/token    #   file holding it
+      listen: "127.0.0.1:8080"        # optional: the REST API's TCP address (default: loopback)
+    openflow:
+      listen: "127.0.0.1:6653"        # optional: the OpenFlow listener's TCP address (default: loopback)
     switches:
       - cells:
           - {id: cell1, port: 1, mgmt: "172.30.0.10:7700"}   # the cell's management address
@@ -44,12 +47,14 @@ from prism.config_types import (
     SEVERITY_WARNING,
     CellConfig,
     ManagementConfig,
+    OpenFlowConfig,
     RestConfig,
 )
 
 MANAGEMENT_KEYS = ("listen", "heartbeat_interval", "dead_after", "alive_after", "key_file", "key_env",
                    "generation_file")  # fmt: skip
-REST_KEYS = ("token_env", "token_file")
+REST_KEYS = ("token_env", "token_file", "listen")
+OPENFLOW_KEYS = ("listen",)
 MAX_UDP_PORT = 65535
 _TAG_INT = "tag:yaml.org,2002:int"
 _TAG_FLOAT = "tag:yaml.org,2002:float"
@@ -185,7 +190,20 @@ def check_rest(checker, node: Optional[Node]) -> RestConfig:
     if "token_env" in fields and "token_file" in fields:
         checker.report(fields["token_file"], "rest.token_file",
                        "give either token_env or token_file, not both")
-    return RestConfig(token_env, token_file)
+    listen = None
+    if "listen" in fields:
+        listen = check_address(checker, fields["listen"], "rest.listen", "rest.listen")
+    return RestConfig(token_env, token_file, listen)
+
+
+def check_openflow(checker, node: Optional[Node]) -> OpenFlowConfig:
+    """The ``openflow`` section: the address the OpenFlow listener binds."""
+    if node is None:
+        return OpenFlowConfig()
+    fields = checker.mapping(node, "openflow", OPENFLOW_KEYS, ())
+    if fields is None or "listen" not in fields:
+        return OpenFlowConfig()
+    return OpenFlowConfig(check_address(checker, fields["listen"], "openflow.listen", "openflow.listen"))
 
 
 def check_cell_addresses(

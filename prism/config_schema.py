@@ -22,12 +22,18 @@ from prism.config_types import (
     PrismConfig,
     SwitchConfig,
 )
-from prism.config_mgmt import check_address, check_cell_addresses, check_management, check_rest
+from prism.config_mgmt import (
+    check_address,
+    check_cell_addresses,
+    check_management,
+    check_openflow,
+    check_rest,
+)
 from prism.config_telemetry import check_prediction, check_telemetry
 
 TOP_KEYS = (
     "idle_timeout", "default_replication_factor", "max_replication_factor", "management", "rest",
-    "telemetry", "prediction", "switches",
+    "telemetry", "prediction", "switches", "openflow",
 )  # fmt: skip
 SWITCH_KEYS = ("dpid", "name", "cells", "edge_ports")
 CELL_KEYS = ("id", "port", "mgmt")
@@ -203,6 +209,7 @@ class _Checker:
             DEFAULT_REPLICATION_FACTOR if default_rf is None else default_rf,
             DEFAULT_MAX_REPLICATION_FACTOR if max_rf is None else max_rf,
             management=management, rest=check_rest(self, top.get("rest")),
+            openflow=check_openflow(self, top.get("openflow")),
             telemetry=check_telemetry(self, top.get("telemetry")),
             prediction=check_prediction(self, top.get("prediction"), max_rf),
             source=self.source,

@@ -100,10 +100,27 @@ class ManagementConfig:
 
 @dataclass(frozen=True)
 class RestConfig:
-    """Where the REST API's token comes from (``rest:`` section); neither: ``PRISM_REST_TOKEN``."""
+    """The REST API (``rest:`` section): its token source (neither: ``PRISM_REST_TOKEN``) and address.
+
+    ``listen`` (``(ip, port)``) overrides ryu-manager's ``--wsapi-host/--wsapi-port``;
+    without it the REST API listens on 127.0.0.1 unless ``--wsapi-host`` says otherwise.
+    """
 
     token_env: Optional[str] = None
     token_file: Optional[str] = None
+    listen: Optional[Tuple[str, int]] = None
+
+
+@dataclass(frozen=True)
+class OpenFlowConfig:
+    """The OpenFlow listener (``openflow:`` section).
+
+    ``listen`` (``(ip, port)``) overrides ryu-manager's ``--ofp-listen-host`` and
+    ``--ofp-tcp-listen-port``; without it the director listens on 127.0.0.1
+    unless ``--ofp-listen-host`` says otherwise (switches on other hosts need an address here).
+    """
+
+    listen: Optional[Tuple[str, int]] = None
 
 
 @dataclass(frozen=True)
@@ -153,6 +170,7 @@ class PrismConfig:
     max_replication_factor: int = DEFAULT_MAX_REPLICATION_FACTOR
     management: ManagementConfig = field(default_factory=ManagementConfig)
     rest: RestConfig = field(default_factory=RestConfig)
+    openflow: OpenFlowConfig = field(default_factory=OpenFlowConfig)
     telemetry: Optional[TelemetryConfig] = None
     prediction: Optional[PredictionConfig] = None
     source: str = field(default="<string>", compare=False)

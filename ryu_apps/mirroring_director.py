@@ -61,6 +61,7 @@ from prism.policy import FixedPolicy
 from prism.ring import HashRing
 from prism.telemetry import flow_record
 from ryu_apps.mgmt_channel import MgmtChannel
+from ryu_apps.listen import apply_listen_addresses
 from ryu_apps.mgmt_setup import controller_generation, management_auth
 from ryu_apps.ofmsg import match_to_dict, to_ofmsg, to_ofmsgs
 from ryu_apps.telemetry_events import EventFlowEnded
@@ -139,6 +140,8 @@ class MirroringDirectorApp(app_manager.RyuApp):
         switch_errors: OpenFlow error messages received, by ``(type, code)``.
         ignored_switches: Events from switches not in the configuration, by dp_id.
         unsent: Changes and messages that had nowhere to go, by reason.
+        duplicate_connections: Connections refused because they claimed the dp_id of a
+            switch whose connection is live (a second connection never takes a switch over), by dp_id.
     """
 
     OFP_VERSIONS = [ofproto_v1_3.OFP_VERSION]
@@ -156,6 +159,7 @@ class MirroringDirectorApp(app_manager.RyuApp):
             raise SystemExit(f"PRISM: {path} is not a valid configuration:\n{error}") from None
         for warning in self.config.warnings:
             self.logger.warning("%s", warning)
+        apply_listen_addresses(self.config, self.logger)
         self.models = load_models(self.config)
         self.directors = load_directors(self.config, self.logger, self.models)
         self.control = ControlPlane(
@@ -171,6 +175,7 @@ class MirroringDirectorApp(app_manager.RyuApp):
         self.switch_errors: Counter = Counter()
         self.ignored_switches: Counter = Counter()
         self.unsent: Counter = Counter()
+        self.duplicate_connections: Counter = Counter()
         self.logger.info(
             "PRISM Mirroring Director: %d switch(es) from %s, idle_timeout %d s, replication factor %d",
             len(self.directors),
@@ -298,10 +303,20 @@ class MirroringDirectorApp(app_manager.RyuApp):
             self.handler_errors[handler] += 1
             self.logger.exception("%s failed", handler)
 
+    def _is_current(self, datapath) -> bool:
+        """False for events of a second connection claiming the dp_id of a connected switch (counted)."""
+        current = self.datapaths.get(datapath.id)
+        if current is not None and current is not datapath:
+            self.duplicate_connections[datapath.id] += 1
+            return False
+        return True
+
     def _dispatch(
         self, handler: str, datapath, decide: Callable[[MirroringDirector], List[OfChange]]
     ) -> None:
         """Ask the switch's director, send its answer; log and count any exception."""
+        if not self._is_current(datapath):
+            return
         try:
             director = self.directors.get(datapath.id)
             if director is None:
@@ -320,6 +335,13 @@ class MirroringDirectorApp(app_manager.RyuApp):
         """A switch (re)connected: converge it to the pipeline."""
         datapath = ev.msg.datapath
         if datapath.id in self.directors:
+            current = self.datapaths.get(datapath.id)
+            if current is not None and current is not datapath and getattr(current, "is_active", False):
+                self.duplicate_connections[datapath.id] += 1
+                self.logger.warning("a second connection claims switch %s while its connection is live: "
+                                    "refused and closed", _dpid(datapath.id))  # fmt: skip
+                datapath.close()
+                return
             self.logger.info("switch %s connected: installing the pipeline", _dpid(datapath.id))
             self.datapaths[datapath.id] = datapath
         self._dispatch("switch_features", datapath, lambda d: d.on_switch_connect(time.time()))
@@ -343,6 +365,8 @@ class MirroringDirectorApp(app_manager.RyuApp):
         """A port changed: a cell port's link going down or up is a health input."""
         msg = ev.msg
         datapath = msg.datapath
+        if not self._is_current(datapath):
+            return
         up = msg.reason != datapath.ofproto.OFPPR_DELETE and _port_is_up(datapath.ofproto, msg.desc)
         self._control("port_status", lambda c: c.on_port_status(datapath.id, msg.desc.port_no, up, time.time()))
 
@@ -351,6 +375,8 @@ class MirroringDirectorApp(app_manager.RyuApp):
         """The ports at connection time: cell ports found down are failed over."""
         datapath = ev.msg.datapath
         ofp = datapath.ofproto
+        if not self._is_current(datapath):
+            return
 
         def produce(control: ControlPlane) -> List[Outgoing]:
             now = time.time()

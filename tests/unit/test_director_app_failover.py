@@ -202,3 +202,24 @@ def test_changes_for_a_disconnected_switch_and_messages_before_binding_are_count
     app.drain_cell("cell1")
     assert app.unsent["mgmt_channel_not_bound"] >= 1
     assert app.unsent["switch_not_connected"] == 0  # no flows yet: nothing for the switch
+
+
+def test_a_second_connection_for_a_live_switch_is_refused_and_its_events_ignored(app):
+    first = connect_with_flows(app, count=1)
+    first.is_active = True
+    second = FakeDatapath(1)
+    second.is_active, second.closed = True, False
+    second.close = lambda: setattr(second, "closed", True)
+    app.switch_features_handler(SimpleNamespace(msg=SimpleNamespace(datapath=second)))
+    assert second.closed and app.datapaths[1] is first and second.sent == []
+    packet_ins = app.directors[1].counters.packet_ins
+    frame = oxm.to_frame(oxm.udp_packet("02:00:00:00:00:04", "02:00:00:00:00:05", "10.0.0.4", "10.0.0.5", 999, 53))
+    msg = SimpleNamespace(datapath=second, match=PARSER.OFPMatch(in_port=4), table_id=TABLE_FSC, data=frame)
+    app.packet_in_handler(SimpleNamespace(msg=msg))
+    down = SimpleNamespace(datapath=second, reason=OFP.OFPPR_MODIFY, desc=port_desc(2, link_down=True))
+    app.port_status_handler(SimpleNamespace(msg=down))
+    assert app.directors[1].counters.packet_ins == packet_ins and second.sent == []
+    assert app.directors[1].down_cells == frozenset() and app.duplicate_connections[1] == 3
+    first.is_active = False  # the first connection died: a new one takes its place
+    app.switch_features_handler(SimpleNamespace(msg=SimpleNamespace(datapath=second)))
+    assert app.datapaths[1] is second
