@@ -20,7 +20,7 @@ import time
 import urllib.request
 from functools import partial
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import yaml
 from mininet.net import Mininet
@@ -61,6 +61,12 @@ OFCTL = ["ovs-ofctl", "-O", "OpenFlow13"]
 #: machine-wide, so a second PRISM network waits for the first to stop.
 NETWORK_LOCK = Path("/run/lock/prism-network.lock")
 NETWORK_LOCK_TIMEOUT_S = 300.0  # below pytest-timeout (600 s): fail with a message, not hang
+#: Packet-ins the switch sends per second at most, and in one burst (Open vSwitch's
+#: controller_rate_limit / controller_burst_limit on the bridge's Controller record;
+#: OVS takes at least 100 and 25). New flows beyond it queue per port in the switch
+#: and are dropped when the queue is full: a flood of new flows cannot swamp the controller.
+PACKET_IN_RATE_LIMIT = 1000
+PACKET_IN_BURST_LIMIT = 200
 #: Host interface offloads turned off (ethtool -K names), one at a time.
 OFFLOADS_OFF = ("tx", "rx", "tso", "gso", "gro")
 
@@ -184,7 +190,8 @@ class PrismNetwork:
                  replication_factor: int = 1, idle_timeout: int = 10, start_cells: bool = True,
                  cell_args: Sequence[str] = (), extra_env: Optional[Dict[str, str]] = None,
                  config_overrides: Optional[dict] = None, management: bool = True,
-                 extra_apps: Sequence[Path] = (), apps: Optional[Sequence[Path]] = None):
+                 extra_apps: Sequence[Path] = (), apps: Optional[Sequence[Path]] = None,
+                 packet_in_limit: Tuple[int, int] = (PACKET_IN_RATE_LIMIT, PACKET_IN_BURST_LIMIT)):
         self.workdir = Path(workdir)
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.clients, self.servers, self.cells = clients, servers, cells
@@ -200,6 +207,7 @@ class PrismNetwork:
         self.config_path = self.workdir / "prism.yaml"
         self.start_cells = start_cells
         self.cell_args = list(cell_args)
+        self.packet_in_limit = packet_in_limit
         base_apps = CONTROLLER_APPS if apps is None else tuple(apps)
         self.controller = ControllerProcess(self.workdir, self.config_path, (*base_apps, *extra_apps),
                                             extra_env=extra_env)
@@ -254,6 +262,7 @@ class PrismNetwork:
         self.net.addController(ListeningController("c0", ip="127.0.0.1", port=self.controller.of_port))
         self.net.build()
         self.net.start()
+        self._limit_packet_ins()
         for host in self.net.hosts:
             self._configure_host(host)
         for switch in self.net.switches:  # no IPv6 chatter from the switch-side ends either
@@ -344,6 +353,17 @@ class PrismNetwork:
         return ["--mgmt-listen", f"{cell_mgmt_ip(index)}:{MGMT_CELL_PORT}",
                 "--controller", f"{MGMT_CONTROLLER_IP}:{MGMT_CONTROLLER_PORT}",
                 "--mgmt-key-file", str(self.key_path)]
+
+    def _limit_packet_ins(self) -> None:
+        """Rate-limit the switch's packet-ins (``packet_in_limit``) on its Controller record."""
+        rate, burst = self.packet_in_limit
+        uuids = subprocess.run(["ovs-vsctl", "-t", "10", "get", "bridge", SWITCH_NAME, "controller"],
+                               capture_output=True, text=True, timeout=15, check=True).stdout  # fmt: skip
+        for uuid in uuids.strip().strip("[]").split(","):
+            if uuid.strip():
+                subprocess.run(["ovs-vsctl", "-t", "10", "set", "controller", uuid.strip(),
+                                f"controller_rate_limit={rate}", f"controller_burst_limit={burst}"],
+                               capture_output=True, timeout=15, check=True)  # fmt: skip
 
     def _wait_for_pipeline(self) -> None:
         deadline = time.monotonic() + SWITCH_CONNECT_TIMEOUT_S
