@@ -145,6 +145,8 @@ def render_config(config: PrismConfig) -> str:
     }
     if not document["rest"]:
         del document["rest"]
+    if config.limits != type(config.limits)():
+        document["limits"] = dataclasses.asdict(config.limits)
     if config.openflow.listen is not None:
         document["openflow"] = {"listen": format_address(config.openflow.listen)}
     if config.telemetry is not None:

@@ -16,6 +16,8 @@ Schema::
       listen: "127.0.0.1:8080"        # optional: the REST API's TCP address (default: loopback)
     openflow:
       listen: "127.0.0.1:6653"        # optional: the OpenFlow listener's TCP address (default: loopback)
+    limits:
+      max_flows: 1000000              # flows each switch's director tracks; beyond: unmirrored, untracked
     switches:
       - cells:
           - {id: cell1, port: 1, mgmt: "172.30.0.10:7700"}   # the cell's management address
@@ -46,6 +48,7 @@ from prism.config_types import (
     DEFAULT_HEARTBEAT_INTERVAL_S,
     SEVERITY_WARNING,
     CellConfig,
+    LimitsConfig,
     ManagementConfig,
     OpenFlowConfig,
     RestConfig,
@@ -55,6 +58,7 @@ MANAGEMENT_KEYS = ("listen", "heartbeat_interval", "dead_after", "alive_after", 
                    "generation_file")  # fmt: skip
 REST_KEYS = ("token_env", "token_file", "listen")
 OPENFLOW_KEYS = ("listen",)
+LIMITS_KEYS = ("max_flows",)
 MAX_UDP_PORT = 65535
 _TAG_INT = "tag:yaml.org,2002:int"
 _TAG_FLOAT = "tag:yaml.org,2002:float"
@@ -194,6 +198,17 @@ def check_rest(checker, node: Optional[Node]) -> RestConfig:
     if "listen" in fields:
         listen = check_address(checker, fields["listen"], "rest.listen", "rest.listen")
     return RestConfig(token_env, token_file, listen)
+
+
+def check_limits(checker, node: Optional[Node]) -> LimitsConfig:
+    """The ``limits`` section: bounds of the controller's state."""
+    if node is None:
+        return LimitsConfig()
+    fields = checker.mapping(node, "limits", LIMITS_KEYS, ())
+    if fields is None or "max_flows" not in fields:
+        return LimitsConfig()
+    value = checker.integer(fields["max_flows"], "limits.max_flows", 1)
+    return LimitsConfig() if value is None else LimitsConfig(value)
 
 
 def check_openflow(checker, node: Optional[Node]) -> OpenFlowConfig:

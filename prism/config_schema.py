@@ -25,6 +25,7 @@ from prism.config_types import (
 from prism.config_mgmt import (
     check_address,
     check_cell_addresses,
+    check_limits,
     check_management,
     check_openflow,
     check_rest,
@@ -33,7 +34,7 @@ from prism.config_telemetry import check_prediction, check_telemetry
 
 TOP_KEYS = (
     "idle_timeout", "default_replication_factor", "max_replication_factor", "management", "rest",
-    "telemetry", "prediction", "switches", "openflow",
+    "telemetry", "prediction", "switches", "openflow", "limits",
 )  # fmt: skip
 SWITCH_KEYS = ("dpid", "name", "cells", "edge_ports")
 CELL_KEYS = ("id", "port", "mgmt")
@@ -210,6 +211,7 @@ class _Checker:
             DEFAULT_MAX_REPLICATION_FACTOR if max_rf is None else max_rf,
             management=management, rest=check_rest(self, top.get("rest")),
             openflow=check_openflow(self, top.get("openflow")),
+            limits=check_limits(self, top.get("limits")),
             telemetry=check_telemetry(self, top.get("telemetry")),
             prediction=check_prediction(self, top.get("prediction"), max_rf),
             source=self.source,

@@ -111,6 +111,21 @@ class RestConfig:
     listen: Optional[Tuple[str, int]] = None
 
 
+#: Flows each switch's director tracks at most by default (``limits.max_flows``).
+DEFAULT_LIMIT_MAX_FLOWS = 1_000_000
+
+
+@dataclass(frozen=True)
+class LimitsConfig:
+    """Bounds of the controller's state (``limits:`` section).
+
+    ``max_flows``: flows each switch's director tracks (FSC copy, assignments);
+    new flows beyond go to their primary cell unmirrored and untracked.
+    """
+
+    max_flows: int = DEFAULT_LIMIT_MAX_FLOWS
+
+
 @dataclass(frozen=True)
 class OpenFlowConfig:
     """The OpenFlow listener (``openflow:`` section).
@@ -171,6 +186,7 @@ class PrismConfig:
     management: ManagementConfig = field(default_factory=ManagementConfig)
     rest: RestConfig = field(default_factory=RestConfig)
     openflow: OpenFlowConfig = field(default_factory=OpenFlowConfig)
+    limits: LimitsConfig = field(default_factory=LimitsConfig)
     telemetry: Optional[TelemetryConfig] = None
     prediction: Optional[PredictionConfig] = None
     source: str = field(default="<string>", compare=False)

@@ -25,6 +25,7 @@ from prism.groups import GroupTable, ProfileGroup
 from prism.openflow import (
     COOKIE_HOST,
     COOKIE_PIPELINE,
+    COOKIE_UNPROTECTED,
     MIRROR_MAC,
     OFPCML_NO_BUFFER,
     OFPG_ALL,
@@ -58,6 +59,8 @@ if TYPE_CHECKING:  # pragma: no cover
 ETH_TYPE_ARP = 0x0806
 MAX_IDLE_TIMEOUT = 0xFFFF  #: OpenFlow's idle_timeout is 16 bits
 MAX_HOSTS = 65536  #: learnt MACs per switch; beyond it new hosts are flooded to, not learnt
+#: Flows in the controller's FSC copy per switch by default (``limits.max_flows``).
+DEFAULT_MAX_FLOWS = 1_000_000
 _ETH = struct.Struct("!6s6s")
 _DIGITS = re.compile(r"\d+")
 
@@ -83,6 +86,7 @@ class DirectorCounters:
     packet_ins: int = 0
     flows_total: int = 0
     flows_mirrored: int = 0
+    flows_unprotected: int = 0
     flows_ended: int = 0
     flow_races: int = 0
     directions_reinstalled: int = 0
@@ -129,6 +133,9 @@ class MirroringDirector:
             the decision itself; default ``prism.director``).
         ring: The shared ring over the switch's cells, for failover choices
             (default: equal weights over every configured cell).
+        max_flows: Flows tracked at most; a new flow beyond goes to its primary
+            cell without mirroring and untracked (``flows_unprotected``), so
+            neither memory nor packet-ins grow with a flood of new flows.
 
     Raises:
         ValueError: an idle_timeout OpenFlow cannot carry, or a port that is both a cell and an edge port.
@@ -141,6 +148,7 @@ class MirroringDirector:
         policy: Policy,
         logger: Optional[logging.Logger] = None,
         ring: Optional[HashRing] = None,
+        max_flows: int = DEFAULT_MAX_FLOWS,
     ) -> None:
         if not 0 < idle_timeout <= MAX_IDLE_TIMEOUT:
             raise ValueError(f"idle_timeout must be 1..{MAX_IDLE_TIMEOUT} s, not {idle_timeout}")
@@ -148,6 +156,7 @@ class MirroringDirector:
         self.dp_id: int = switch.dp_id
         self.idle_timeout = int(idle_timeout)
         self.policy = policy
+        self.max_flows = max_flows
         self.logger = logger or logging.getLogger(__name__)
         self._cell_ports: Dict[str, int] = {cell.id: cell.port for cell in switch.cells}
         self._cell_of_port: Dict[int, str] = {port: cell_id for cell_id, port in self._cell_ports.items()}
@@ -362,6 +371,8 @@ class MirroringDirector:
             return self._drop(DROP_BAD_PROFILE)
         if any(cell_id not in self._live_cells for cell_id in profile.cells):
             return self._drop(DROP_UNUSABLE_CELL)
+        if len(self._flows) >= self.max_flows:
+            return self._unprotected(in_port, info, profile.primary_cell, data)
         changes: List[OfChange] = []
         group_id = self._groups.group_for(profile)
         created = group_id is None
@@ -383,6 +394,17 @@ class MirroringDirector:
         changes += [self._fsc_entry(info, True, group_id), self._fsc_entry(info, False, group_id)]
         changes.append(PacketOut(in_port, (GroupAction(group_id),), data))
         return changes
+
+    def _unprotected(self, in_port: int, info: PacketInfo, primary_cell: str, data: bytes) -> List[OfChange]:
+        """A flow the director cannot track: both directions to its primary cell, no mirror, no record."""
+        self._count("flows_unprotected")
+        to_primary = (Output(self._cell_ports[primary_cell]),)
+        entries = [
+            FlowMod(Command.ADD, TABLE_FSC, Match.of(**direction_match(info.key, forward)), PRIORITY_MID,
+                    to_primary, cookie=COOKIE_UNPROTECTED, idle_timeout=self.idle_timeout)
+            for forward in (True, False)
+        ]  # fmt: skip
+        return [*entries, PacketOut(in_port, to_primary, data)]
 
     def _fsc_entry(self, info: PacketInfo, forward: bool, group_id: int) -> FlowMod:
         return FlowMod(

@@ -90,7 +90,8 @@ def load_directors(config: PrismConfig, logger, models=None) -> Dict[int, Mirror
             policy = models.policy_for(switch, ring)
         else:
             policy = FixedPolicy(ring, config.default_replication_factor)
-        directors[dp_id] = MirroringDirector(switch, config.idle_timeout, policy, logger=logger, ring=ring)
+        directors[dp_id] = MirroringDirector(switch, config.idle_timeout, policy, logger=logger, ring=ring,
+                                             max_flows=config.limits.max_flows)  # fmt: skip
     return directors
 
 

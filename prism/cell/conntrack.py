@@ -143,6 +143,8 @@ class TrackerConfig:
         max_flows: Table size; new flows beyond it are dropped (``table_full``).
         timeouts: Idle timeouts per state.
         tombstone_ttl_s: How long a removed flow's last version is remembered.
+        max_tombstones: Tombstones kept at most; the oldest go first beyond
+            (``tombstones_evicted``: a late record of such a flow could come back).
     """
 
     strict: bool = False
@@ -150,12 +152,14 @@ class TrackerConfig:
     max_flows: int = DEFAULT_MAX_FLOWS
     timeouts: Timeouts = field(default_factory=Timeouts)
     tombstone_ttl_s: float = DEFAULT_TOMBSTONE_TTL_S
+    max_tombstones: int = DEFAULT_MAX_FLOWS
 
     def __post_init__(self) -> None:
         if not 0 <= self.window_scale <= MAX_WINDOW_SCALE:
             raise ValueError(f"window_scale must be 0..{MAX_WINDOW_SCALE}, not {self.window_scale}")
-        if self.max_flows < 1:
-            raise ValueError(f"max_flows must be at least 1, not {self.max_flows}")
+        if self.max_flows < 1 or self.max_tombstones < 1:
+            raise ValueError(f"max_flows and max_tombstones must be at least 1, not "
+                             f"{self.max_flows} and {self.max_tombstones}")  # fmt: skip
 
 
 AdmitPolicy = Callable[[PacketInfo], bool]
@@ -244,6 +248,7 @@ class ConnTracker:
         self.flows_expired = 0
         self.flows_reopened = 0
         self.flows_taken_over = 0  #: flows versioned elsewhere that got their first primary copy here
+        self.tombstones_evicted = 0  #: tombstones forgotten early (``max_tombstones``)
         self.records_applied = 0
         self.records_ignored = 0
 
@@ -502,7 +507,15 @@ class ConnTracker:
             version = entry.version + 1 if versioned_here else entry.version
             self._tombstones[key] = _Tombstone(version, until, versioned_here)
         self.flows_expired += len(expired)
+        self._bound_tombstones()
         return expired
+
+    def _bound_tombstones(self) -> None:
+        """Forget the oldest tombstones beyond ``max_tombstones`` (counted)."""
+        tombstones, limit = self._tombstones, self.config.max_tombstones
+        while len(tombstones) > limit:
+            del tombstones[next(iter(tombstones))]
+            self.tombstones_evicted += 1
 
     def removal_version(self, key: FlowKey) -> Optional[int]:
         """The version of ``key``'s removal record if this cell, as its primary, removed it; else None."""
@@ -576,6 +589,7 @@ class ConnTracker:
         counters = {
             "flows_tracked": len(self._flows),
             "tombstones": len(self._tombstones),
+            "tombstones_evicted": self.tombstones_evicted,
             "flows_created": self.flows_created,
             "flows_expired": self.flows_expired,
             "flows_reopened": self.flows_reopened,
@@ -648,6 +662,8 @@ class ConnTracker:
                     self._keys_by_id.pop(key.flow_id, None)
                     self._changed.pop(key, None)
                 tombstones[key] = _Tombstone(version, now + self.config.tombstone_ttl_s, False)
+                if len(tombstones) > self.config.max_tombstones:
+                    self._bound_tombstones()
             elif local is not None:
                 merge_entry(local, entry)
             elif len(self._flows) >= self._max_flows:

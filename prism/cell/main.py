@@ -11,7 +11,8 @@ import sys
 import time
 
 from prism.cell.cell import Cell, TickReport
-from prism.cell.conntrack import ConnTracker, TrackerConfig
+from prism.cell.conntrack import DEFAULT_MAX_FLOWS, ConnTracker, TrackerConfig
+from prism.cell.smm_view import DEFAULT_MAX_ASSIGNMENTS
 from prism.cell.io import CellIOError, PacketSocket
 from prism.cell.loop import DEFAULT_TICK_S, CellLoop
 from prism.cell.smm import SmmSettings, StateMirroringModule
@@ -70,6 +71,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     mode.add_argument("--loose", dest="strict", action="store_false",
                       help="check TCP flags and state only (default)")  # fmt: skip
     parser.set_defaults(strict=False)
+    parser.add_argument("--max-flows", type=int, default=DEFAULT_MAX_FLOWS, metavar="N",
+                        help=f"flows tracked at most; new ones beyond are dropped (default {DEFAULT_MAX_FLOWS})")
+    parser.add_argument("--max-tombstones", type=int, default=DEFAULT_MAX_FLOWS, metavar="N",
+                        help=f"removed flows remembered at most (default {DEFAULT_MAX_FLOWS})")
+    parser.add_argument("--max-assignments", type=int, default=DEFAULT_MAX_ASSIGNMENTS, metavar="N",
+                        help=f"flow-to-profile assignments kept at most (default {DEFAULT_MAX_ASSIGNMENTS})")
     parser.add_argument("--tick-interval", type=float, default=DEFAULT_TICK_S, metavar="SECONDS",
                         help=f"period of expiry and replication batches (default {DEFAULT_TICK_S})")  # fmt: skip
     smm = parser.add_argument_group(
@@ -112,7 +119,9 @@ def run(args: argparse.Namespace) -> int:
     logging.basicConfig(level=args.log_level, stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")  # fmt: skip
     for option, value in (("--tick-interval", args.tick_interval),
-                          ("--heartbeat-interval", args.heartbeat_interval)):  # fmt: skip
+                          ("--heartbeat-interval", args.heartbeat_interval), ("--max-flows", args.max_flows),
+                          ("--max-tombstones", args.max_tombstones),
+                          ("--max-assignments", args.max_assignments)):  # fmt: skip
         if value <= 0:
             print(f"prism cell: {option} must be positive", file=sys.stderr)
             return 2
@@ -128,7 +137,9 @@ def run(args: argparse.Namespace) -> int:
             print(f"prism cell: {error}", file=sys.stderr)
             return 2
     state_path = args.state_socket or default_state_socket(args.cell_id)
-    cell = Cell(args.cell_id, ConnTracker(TrackerConfig(strict=args.strict)), args.mirror_mac)
+    tracker = ConnTracker(TrackerConfig(strict=args.strict, max_flows=args.max_flows,
+                                        max_tombstones=args.max_tombstones))  # fmt: skip
+    cell = Cell(args.cell_id, tracker, args.mirror_mac)
     cell.add_tick_hook(_summary_hook(SUMMARY_INTERVAL_S))
     try:
         port = PacketSocket(args.interface)
@@ -142,7 +153,8 @@ def run(args: argparse.Namespace) -> int:
         if args.mgmt_listen is not None:
             transport = UdpTransport(args.mgmt_listen)
             smm = StateMirroringModule(cell, transport, args.controller,
-                                       SmmSettings(heartbeat_interval_s=args.heartbeat_interval),
+                                       SmmSettings(heartbeat_interval_s=args.heartbeat_interval,
+                                                   max_assignments=args.max_assignments),
                                        auth=auth)  # fmt: skip
             attach(loop, smm, transport)
         server = StateServer(state_path, lambda: cell_state_document(cell, smm, args.interface))

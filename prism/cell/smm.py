@@ -18,7 +18,7 @@ from prism.cell.smm_channel import (
     PeerChannel,
     ReplicationCounters,
 )
-from prism.cell.smm_view import Address, ControlView
+from prism.cell.smm_view import DEFAULT_MAX_ASSIGNMENTS, Address, ControlView
 from prism.flows import FlowKey
 
 LOG = logging.getLogger(__name__)
@@ -55,6 +55,7 @@ class SmmSettings:
             the oldest is dropped beyond (counted in ``held_dropped``).
         hold_timeout_s: A flow waiting longer than this for its ``assign`` is dropped (counted).
         assignment_grace_s: An assignment is kept this long after its flow left the table.
+        max_assignments: Assignments kept at most (the oldest go first beyond).
     """
 
     heartbeat_interval_s: float = mgmt.HEARTBEAT_INTERVAL_S
@@ -63,6 +64,7 @@ class SmmSettings:
     max_held_flows: int = DEFAULT_MAX_HELD_FLOWS
     hold_timeout_s: float = DEFAULT_HOLD_TIMEOUT_S
     assignment_grace_s: float = DEFAULT_ASSIGNMENT_GRACE_S
+    max_assignments: int = DEFAULT_MAX_ASSIGNMENTS
 
     def __post_init__(self) -> None:
         if self.heartbeat_interval_s <= 0:
@@ -134,7 +136,7 @@ class StateMirroringModule:
         self._rng = rng or random.Random()
         self.auth = auth
         self.counters = ReplicationCounters()
-        self.view = ControlView(self.cell_id, self.settings.assignment_grace_s)
+        self.view = ControlView(self.cell_id, self.settings.assignment_grace_s, self.settings.max_assignments)
         self._held: "OrderedDict[int, Tuple[FlowKey, float]]" = OrderedDict()
         self.channels: Dict[str, PeerChannel] = {}
         self._flush_turn = 0
@@ -474,6 +476,7 @@ class StateMirroringModule:
         counters["queued_records"] = sum(len(c.queued) for c in self.channels.values())
         counters["in_flight_batches"] = sum(len(c.in_flight) for c in self.channels.values())
         counters["seeds_in_progress"] = len(self._seeds)
+        counters["assignments_evicted"] = self.view.assignments_evicted
         if self.auth is not None:
             counters.update({f"auth_{name}": value for name, value in self.auth.counters.as_dict().items()})
         return counters

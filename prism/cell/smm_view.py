@@ -9,6 +9,8 @@ from typing import Callable, Deque, Dict, List, Mapping, Optional, Set, Tuple
 from prism.profiles import MirroringProfile
 
 Address = Tuple[str, int]
+#: Assignments a cell keeps at most by default (as many as its table holds flows).
+DEFAULT_MAX_ASSIGNMENTS = 1_000_000
 
 
 class ControlView:
@@ -32,14 +34,22 @@ class ControlView:
     flow is in the table then (``prune``): the work is spread over time, a
     constant amount per assignment, never a scan of the whole table.
 
+    At most ``max_assignments`` are kept: beyond, the oldest is forgotten
+    (``assignments_evicted``; its flow's changes wait for an ``assign`` again,
+    which the cell asks for in its heartbeats).
+
     Args:
         cell_id: This cell's id.
         assignment_grace_s: How long an assignment outlives its flow here.
+        max_assignments: Assignments kept at most.
     """
 
-    def __init__(self, cell_id: str, assignment_grace_s: float) -> None:
+    def __init__(self, cell_id: str, assignment_grace_s: float,
+                 max_assignments: int = DEFAULT_MAX_ASSIGNMENTS) -> None:  # fmt: skip
         self.cell_id = cell_id
         self.assignment_grace_s = assignment_grace_s
+        self.max_assignments = max_assignments
+        self.assignments_evicted = 0
         self.addresses: Dict[str, Address] = {}
         self.live: Set[str] = set()
         self.profiles: Dict[int, MirroringProfile] = {}
@@ -89,6 +99,12 @@ class ControlView:
             self._assignments[flow_id] = [profile_id, now]
             self._profile_flows.setdefault(profile_id, set()).add(flow_id)
             self._checks.append((now, flow_id))
+        while len(self._assignments) > self.max_assignments and self._checks:
+            _, flow_id = self._checks.popleft()
+            assignment = self._assignments.pop(flow_id, None)
+            if assignment is not None:
+                self._discard(assignment[0], flow_id)
+                self.assignments_evicted += 1
 
     def _fresh(self, kind: str, message: Mapping, full: bool) -> bool:
         epoch, generation = message.get("epoch", 0), message.get("generation", 0)

@@ -544,3 +544,18 @@ def test_a_port_cannot_be_both_a_cell_and_an_edge_port():
     config = SwitchConfig(dp_id=1, name="s1", cells=(CellConfig(id="c1", port=1),), edge_ports=(1, 2))
     with pytest.raises(ValueError):
         MirroringDirector(config, IDLE_TIMEOUT, FixedPolicy(HashRing(["c1"]), 0))
+
+
+def test_a_flow_beyond_max_flows_goes_to_its_primary_unmirrored_without_the_controller():
+    network = Network()
+    network.director.max_flows = 1
+    network.send(CLIENT_PORT, udp(sport=40000))
+    extra = udp(sport=40001)
+    result = network.send(CLIENT_PORT, extra)
+    primary = expected_profile(network, extra).primary_cell
+    assert result.ports == [network.port(primary)] and result.to_port(network.port(primary))[0]["eth_dst"] == SERVER_MAC
+    assert len(network.director.flows) == 1 and network.director.counters.flows_unprotected == 1
+    packet_ins = network.director.counters.packet_ins
+    assert network.send(CLIENT_PORT, extra).ports == [network.port(primary)]
+    assert network.send(SERVER_PORT, udp_reply(sport=40001)).ports == [network.port(primary)]
+    assert network.director.counters.packet_ins == packet_ins  # the switch forwards it on its own

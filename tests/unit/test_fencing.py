@@ -62,3 +62,16 @@ def test_a_removal_wins_over_an_entry_of_the_same_version():
     version = first.get(key).version
     removal = {**first.snapshot()[0], "removed": True, "version": version}
     assert first.merge([removal], NOW) == 1 and first.get(key) is None
+
+
+def test_tombstones_and_assignments_are_bounded():
+    from prism.cell.conntrack import Timeouts, TrackerConfig
+
+    tracker = ConnTracker(TrackerConfig(timeouts=Timeouts(established=1.0), max_tombstones=2))
+    for port in range(5):
+        handshake(tracker, Conversation(client_port=30000 + port))
+    tracker.expire(NOW + 3600)
+    assert tracker.counters()["tombstones"] == 2 and tracker.counters()["tombstones_evicted"] == 3
+    view = ControlView("c1", 300.0, max_assignments=3)
+    view.apply_assign({"flows": [[flow_id, 7, "x"] for flow_id in range(10)]}, NOW)
+    assert view.assignments == 3 and view.assignments_evicted == 7 and view.flows_of(7) == {7, 8, 9}
