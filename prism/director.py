@@ -26,6 +26,7 @@ from prism.openflow import (
     COOKIE_HOST,
     COOKIE_PIPELINE,
     COOKIE_UNPROTECTED,
+    FF_GROUP_OFFSET,
     MIRROR_MAC,
     OFPCML_NO_BUFFER,
     OFPG_ALL,
@@ -52,6 +53,7 @@ from prism.openflow import (
 from prism.policy import NoLiveCell, Policy
 from prism.profiles import FlowStateCache, MirroringProfile
 from prism.ring import HashRing
+from prism.switch_refusals import FLOW, GROUP, Refusal
 
 if TYPE_CHECKING:  # pragma: no cover
     from prism.config import SwitchConfig
@@ -87,6 +89,8 @@ class DirectorCounters:
     flows_total: int = 0
     flows_mirrored: int = 0
     flows_unprotected: int = 0
+    flows_refused: int = 0
+    groups_refused: int = 0
     flows_ended: int = 0
     flow_races: int = 0
     directions_reinstalled: int = 0
@@ -397,14 +401,64 @@ class MirroringDirector:
 
     def _unprotected(self, in_port: int, info: PacketInfo, primary_cell: str, data: bytes) -> List[OfChange]:
         """A flow the director cannot track: both directions to its primary cell, no mirror, no record."""
+        to_primary = (Output(self._cell_ports[primary_cell]),)
+        return [*self._unprotected_entries(info.key, primary_cell), PacketOut(in_port, to_primary, data)]
+
+    def _unprotected_entries(self, key, primary_cell: str) -> List[FlowMod]:
         self._count("flows_unprotected")
         to_primary = (Output(self._cell_ports[primary_cell]),)
-        entries = [
-            FlowMod(Command.ADD, TABLE_FSC, Match.of(**direction_match(info.key, forward)), PRIORITY_MID,
+        return [
+            FlowMod(Command.ADD, TABLE_FSC, Match.of(**direction_match(key, forward)), PRIORITY_MID,
                     to_primary, cookie=COOKIE_UNPROTECTED, idle_timeout=self.idle_timeout)
             for forward in (True, False)
         ]  # fmt: skip
-        return [*entries, PacketOut(in_port, to_primary, data)]
+
+    # --- What the switch refused ----------------------------------------------------------
+    def on_refused(self, refusal: Refusal, now: float) -> List[OfChange]:
+        """The switch refused one of our additions: roll the view back to what the switch holds.
+
+        A refused profile group (a full group table): its flows go to their
+        primary cell without mirroring, by entries of their own
+        (``flows_unprotected``), instead of reaching the controller packet by
+        packet through entries that name a missing group; the group is
+        forgotten. A refused FSC entry (a full flow table): the flow is
+        forgotten (``flows_refused``; its group goes when it was the last),
+        so no failover, seed or count assumes it is installed.
+
+        Returns:
+            The changes that follow (unprotected entries, group deletions).
+        """
+        if refusal.kind == GROUP:
+            group_id = refusal.ident
+            if self._groups.get(group_id) is None and self._groups.get(group_id - FF_GROUP_OFFSET) is not None:
+                group_id -= FF_GROUP_OFFSET
+            return self._group_refused(group_id)
+        if refusal.kind == FLOW and refusal.table_id == TABLE_FSC:
+            return self._flow_refused(refusal.ident)
+        return []
+
+    def _group_refused(self, group_id: int) -> List[OfChange]:
+        group = self._groups.get(group_id)
+        if group is None:
+            return []
+        self._count("groups_refused")
+        changes: List[OfChange] = []
+        for entry in [entry for entry in self._flows.flows_using_profile(group.profile)
+                      if entry.group_id == group_id]:  # fmt: skip
+            self._flows.remove(entry.flow_id)
+            changes += self._unprotected_entries(entry.key, entry.profile.primary_cell)
+        return changes + list(self._groups.release(group_id))
+
+    def _flow_refused(self, flow_id: int) -> List[OfChange]:
+        entry = self._flows.remove(flow_id)
+        if entry is None:
+            return []
+        self._count("flows_refused")
+        group = self._groups.get(entry.group_id)
+        if group is None:
+            return []
+        group.refcount -= 1
+        return list(self._groups.release(entry.group_id)) if group.refcount <= 0 else []
 
     def _fsc_entry(self, info: PacketInfo, forward: bool, group_id: int) -> FlowMod:
         return FlowMod(

@@ -59,6 +59,7 @@ from prism.health import HealthSettings
 from prism.openflow import OfChange
 from prism.policy import FixedPolicy
 from prism.ring import HashRing
+from prism.switch_refusals import refused_addition
 from prism.telemetry import flow_record
 from ryu_apps.mgmt_channel import MgmtChannel
 from ryu_apps.listen import apply_listen_addresses
@@ -430,7 +431,7 @@ class MirroringDirectorApp(app_manager.RyuApp):
 
     @set_ev_cls(ofp_event.EventOFPErrorMsg, [HANDSHAKE_DISPATCHER, CONFIG_DISPATCHER, MAIN_DISPATCHER])
     def error_handler(self, ev) -> None:
-        """The switch refused a message: log it (with what the switch echoed back) and count it."""
+        """The switch refused a message: log and count it; a refused addition rolls the director back."""
         msg = ev.msg
         self.switch_errors[(msg.type, msg.code)] += 1
         self.logger.warning(
@@ -440,6 +441,9 @@ class MirroringDirectorApp(app_manager.RyuApp):
             msg.code,
             bytes(msg.data or b"")[:64].hex(),
         )
+        refusal = refused_addition(msg.type, msg.code, bytes(msg.data or b""))
+        if refusal is not None:
+            self._dispatch("switch_error", msg.datapath, lambda d: d.on_refused(refusal, time.time()))
 
 
 def _port_is_up(ofp, desc) -> bool:

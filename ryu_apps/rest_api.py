@@ -9,7 +9,9 @@ Ryu's own default for ``--wsapi-host`` is 0.0.0.0; loading this module makes
 it 127.0.0.1 unless the option is given. Endpoints (JSON unless said):
 
 - ``GET /prism/v1/status``: counters over all switches and per switch, the last failover,
-  management datagrams refused by reason (``mgmt_auth``: forged, replayed ...).
+  management datagrams refused by reason (``mgmt_auth``: forged, replayed ...), OpenFlow
+  errors by ``type/code`` (``switch_errors``; a refused addition also shows as
+  ``flows_refused``/``groups_refused``/``flows_unprotected``), refused duplicate connections.
 - ``GET /prism/v1/cells[?horizon_s=60]``: every cell's health, link, failure
   history, failure probability over the horizon, flows as primary/mirror.
 - ``GET /prism/v1/cells/{id}``: one cell (404 if unknown).
@@ -117,6 +119,9 @@ def status_document(app, now: float) -> Dict[str, Any]:
     status = app.control.status(now)
     channel = getattr(app, "channel", None)
     status["mgmt_auth"] = channel.auth_counts() if channel is not None else {}
+    status["switch_errors"] = {f"{kind:#x}/{code:#x}": count
+                               for (kind, code), count in sorted(getattr(app, "switch_errors", {}).items())}
+    status["duplicate_connections"] = sum(getattr(app, "duplicate_connections", {}).values())
     return status
 
 

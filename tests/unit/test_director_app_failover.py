@@ -16,7 +16,7 @@ from ryu.ofproto import ofproto_protocol, ofproto_v1_3, ofproto_v1_3_parser  # n
 from prism import mgmt, oxm  # noqa: E402
 from prism.actions import MgmtMessage  # noqa: E402
 from prism.mgmt_auth import MgmtAuth, Verifier  # noqa: E402
-from prism.openflow import TABLE_FSC  # noqa: E402
+from prism.openflow import COOKIE_UNPROTECTED, TABLE_FSC  # noqa: E402
 from ryu_apps.mgmt_channel import MgmtChannel  # noqa: E402
 
 app_module = pytest.importorskip("ryu_apps.mirroring_director")
@@ -223,3 +223,21 @@ def test_a_second_connection_for_a_live_switch_is_refused_and_its_events_ignored
     first.is_active = False  # the first connection died: a new one takes its place
     app.switch_features_handler(SimpleNamespace(msg=SimpleNamespace(datapath=second)))
     assert app.datapaths[1] is second
+
+
+def test_a_refused_group_rolls_the_director_back_and_shows_in_the_status(app):
+    from ryu_apps.rest_api import status_document
+
+    datapath = connect_with_flows(app, count=3)
+    group_id = next(iter(app.directors[1].groups))
+    refused = PARSER.OFPGroupMod(datapath, OFP.OFPGC_ADD, OFP.OFPGT_ALL, group_id, [])
+    refused.serialize()
+    error = SimpleNamespace(datapath=datapath, type=OFP.OFPET_GROUP_MOD_FAILED, code=OFP.OFPGMFC_OUT_OF_GROUPS,
+                            data=bytes(refused.buf)[:64])  # fmt: skip
+    app.error_handler(SimpleNamespace(msg=error))
+    assert group_id not in app.directors[1].groups
+    sent = [m for m in datapath.sent if isinstance(m, PARSER.OFPFlowMod)]
+    assert sent and all(m.cookie == COOKIE_UNPROTECTED for m in sent)
+    status = status_document(app, time.time())
+    assert status["groups_refused"] == 1 and status["flows_unprotected"] == len(sent) // 2
+    assert status["switch_errors"] == {f"{OFP.OFPET_GROUP_MOD_FAILED:#x}/{OFP.OFPGMFC_OUT_OF_GROUPS:#x}": 1}
