@@ -14,6 +14,8 @@ from prism.flows import (
     ETH_TYPE_IPV4,
     ETH_TYPE_IPV6,
     PROTO_ICMPV6,
+    PROTO_TCP,
+    TCP_SYN,
     NotAFlow,
     PacketInfo,
     direction_match,
@@ -52,6 +54,7 @@ from prism.openflow import (
 )
 from prism.policy import NoLiveCell, Policy
 from prism.profiles import FlowStateCache, MirroringProfile
+from prism.placement_memory import PlacementMemory
 from prism.ring import HashRing
 from prism.switch_refusals import FLOW, GROUP, Refusal
 
@@ -89,6 +92,7 @@ class DirectorCounters:
     flows_total: int = 0
     flows_mirrored: int = 0
     flows_unprotected: int = 0
+    flows_returned: int = 0
     flows_refused: int = 0
     groups_refused: int = 0
     flows_ended: int = 0
@@ -141,6 +145,13 @@ class MirroringDirector:
             cell without mirroring and untracked (``flows_unprotected``), so
             neither memory nor packet-ins grow with a flood of new flows.
 
+    A flow whose entries idled out, or were wiped by a reconnect, is
+    remembered with its cells (``memory``, a ``PlacementMemory``): when it
+    comes back it is placed on the live cells that still hold its state
+    (``flows_returned``), not where the policy would put a new flow. A TCP
+    flow that comes back mid-connection without such a placement is counted
+    in ``state_lost_flows``: its cells may not hold its state.
+
     Raises:
         ValueError: an idle_timeout OpenFlow cannot carry, or a port that is both a cell and an edge port.
     """
@@ -161,6 +172,7 @@ class MirroringDirector:
         self.idle_timeout = int(idle_timeout)
         self.policy = policy
         self.max_flows = max_flows
+        self.memory = PlacementMemory(max_entries=max_flows)
         self.logger = logger or logging.getLogger(__name__)
         self._cell_ports: Dict[str, int] = {cell.id: cell.port for cell in switch.cells}
         self._cell_of_port: Dict[int, str] = {port: cell_id for cell_id, port in self._cell_ports.items()}
@@ -270,6 +282,8 @@ class MirroringDirector:
         start afresh; live flows come back through packet-ins.
         """
         self._count("switch_connects")
+        for entry in self._flows:  # the switch holds none of them now; their cells still do
+            self.memory.remember(entry.flow_id, entry.profile.cells, now)
         self._reset()
         return [
             FlowMod(Command.DELETE, None),
@@ -367,10 +381,17 @@ class MirroringDirector:
     def _new_flow(self, now: float, in_port: int, info: PacketInfo, data: bytes) -> List[OfChange]:
         if not self._live_cells:
             return self._drop(DROP_NO_LIVE_CELL)
-        try:
-            profile = self.policy.profile_for(info, self._live_cells, now)
-        except NoLiveCell:
-            return self._drop(DROP_NO_LIVE_CELL)
+        holding = self.memory.recall(info.flow_id, now, self._live_cells) if len(self.memory) else None
+        if holding is not None:
+            profile = MirroringProfile.of(*holding)
+            self._count("flows_returned")
+        else:
+            try:
+                profile = self.policy.profile_for(info, self._live_cells, now)
+            except NoLiveCell:
+                return self._drop(DROP_NO_LIVE_CELL)
+            if info.proto == PROTO_TCP and not info.tcp_flags & TCP_SYN:
+                self._failover.count_state_lost(1)  # mid-connection, placed where its state may not be
         if any(cell_id not in self._cell_ports for cell_id in profile.cells):
             return self._drop(DROP_BAD_PROFILE)
         if any(cell_id not in self._live_cells for cell_id in profile.cells):
@@ -519,6 +540,7 @@ class MirroringDirector:
         if not self._flows.remove_direction(cookie, forward, packets, bytes, duration_s, now):
             return []
         self._count("flows_ended")
+        self.memory.remember(cookie, entry.profile.cells, now)
         group = self._groups.get(entry.group_id)
         if group is None:
             return []
@@ -540,6 +562,7 @@ class MirroringDirector:
         Raises:
             UnknownCell: the switch has no such cell.
         """
+        self.memory.cell_down(cell_id)
         decisions = self._failover.cell_down(cell_id, kind, now, self._groups, self._flows)
         self._live_cells = self._failover.live_cells
         stats = self._failover.last_failover
@@ -613,6 +636,7 @@ class MirroringDirector:
 
     def tick(self, now: float) -> List[MgmtMessage]:
         """Periodic work: new groups' ``profiles`` and flows' ``assign`` batches, seed retries, full tables."""
+        self.memory.expire(now)
         return self._failover.tick(now, self._groups)
 
     # --- L2: hosts on edge ports ------------------------------------------------------------------
