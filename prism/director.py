@@ -434,6 +434,10 @@ class MirroringDirector:
             for forward in (True, False)
         ]  # fmt: skip
 
+    def placements(self, now: float) -> List[list]:
+        """Every remembered placement and every live flow's, for the placements file (``prism.placement_store``)."""
+        return self.memory.entries() + [[entry.flow_id, list(entry.profile.cells), now] for entry in self._flows]
+
     # --- What the switch refused ----------------------------------------------------------
     def on_refused(self, refusal: Refusal, now: float) -> List[OfChange]:
         """The switch refused one of our additions: roll the view back to what the switch holds.

@@ -9,11 +9,14 @@ from __future__ import annotations
 
 import os
 import time
+from pathlib import Path
 from typing import Mapping, Optional
 
 from prism.config_types import DEFAULT_GENERATION_FILE, DEFAULT_MGMT_KEY_ENV, PrismConfig
 from prism.generation import GenerationError, next_generation
 from prism.mgmt_auth import CONTROLLER_SENDER, MgmtAuth, MgmtKeyError, key_bytes, read_key_file
+
+PLACEMENTS_FILE = "placements.json"
 
 
 def management_key(config: PrismConfig, environ: Mapping[str, str] = os.environ) -> bytes:
@@ -42,6 +45,12 @@ def management_auth(config: PrismConfig, environ: Mapping[str, str] = os.environ
     if config.management.listen is None:
         return None
     return MgmtAuth(management_key(config, environ), CONTROLLER_SENDER)
+
+
+def placements_path(config: PrismConfig) -> str:
+    """Where the controller saves flow placements: beside its generation file (``placements.json``)."""
+    generation = Path(config.management.generation_file or DEFAULT_GENERATION_FILE)
+    return str(generation.with_name(PLACEMENTS_FILE))
 
 
 def controller_generation(config: PrismConfig, now: Optional[float] = None) -> int:

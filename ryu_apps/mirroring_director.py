@@ -63,7 +63,8 @@ from prism.switch_refusals import refused_addition
 from prism.telemetry import flow_record
 from ryu_apps.mgmt_channel import MgmtChannel
 from ryu_apps.listen import apply_listen_addresses
-from ryu_apps.mgmt_setup import controller_generation, management_auth
+from ryu_apps.mgmt_setup import controller_generation, management_auth, placements_path
+from prism.placement_store import load_placements, save_placements
 from ryu_apps.ofmsg import match_to_dict, to_ofmsg, to_ofmsgs
 from ryu_apps.telemetry_events import EventFlowEnded
 
@@ -74,6 +75,8 @@ NANOSECONDS = 1e9
 TICK_S = 0.05
 #: Seconds between two attempts to bind the management address (it may appear after start).
 BIND_RETRY_S = 1.0
+#: Seconds between two saves of the flow placements (a restarted controller places returning flows by them).
+PLACEMENT_SAVE_S = 5.0
 #: Datagrams the management loop handles before it lets the other green threads run
 #: (a green socket with data queued never yields: a flood would starve the tick and OpenFlow).
 MGMT_DATAGRAMS_PER_TURN = 64
@@ -173,6 +176,13 @@ class MirroringDirectorApp(app_manager.RyuApp):
         self.channel: Optional[MgmtChannel] = None
         self.mgmt_auth = management_auth(self.config)
         self.generation = controller_generation(self.config) if self.mgmt_auth is not None else 0
+        self.placements_file = placements_path(self.config) if self.mgmt_auth is not None else None
+        if self.placements_file is not None:
+            for dp_id, entries in load_placements(self.placements_file).items():
+                if dp_id in self.directors:
+                    loaded = self.directors[dp_id].memory.load(entries, self.directors[dp_id].cell_ports)
+                    self.logger.info("switch %s: %d flow placements from %s", _dpid(dp_id), loaded,
+                                     self.placements_file)  # fmt: skip
         self.handler_errors: Counter = Counter()
         self.switch_errors: Counter = Counter()
         self.ignored_switches: Counter = Counter()
@@ -195,6 +205,8 @@ class MirroringDirectorApp(app_manager.RyuApp):
         thread = super().start()
         self.threads.append(hub.spawn(self._receive_loop))
         self.threads.append(hub.spawn(self._tick_loop))
+        if self.placements_file is not None:
+            self.threads.append(hub.spawn(self._save_loop))
         return thread
 
     def stop(self):
@@ -239,6 +251,22 @@ class MirroringDirectorApp(app_manager.RyuApp):
             if received is not None:
                 message, sender = received
                 self.handle_mgmt_message(message, sender)
+
+    def _save_loop(self) -> None:
+        """Save every switch's flow placements every PLACEMENT_SAVE_S (errors are logged, counted, retried)."""
+        while self.is_active:
+            hub.sleep(PLACEMENT_SAVE_S)
+            self.save_placements()
+
+    def save_placements(self) -> None:
+        """Write the placements file now."""
+        now = time.time()
+        try:
+            save_placements(self.placements_file,
+                            {dp_id: d.placements(now) for dp_id, d in self.directors.items()}, now)  # fmt: skip
+        except Exception:  # a full disk must not stop the controller
+            self.handler_errors["save_placements"] += 1
+            self.logger.exception("saving flow placements to %s failed", self.placements_file)
 
     def _tick_loop(self) -> None:
         while self.is_active:

@@ -241,3 +241,14 @@ def test_a_refused_group_rolls_the_director_back_and_shows_in_the_status(app):
     status = status_document(app, time.time())
     assert status["groups_refused"] == 1 and status["flows_unprotected"] == len(sent) // 2
     assert status["switch_errors"] == {f"{OFP.OFPET_GROUP_MOD_FAILED:#x}/{OFP.OFPGMFC_OUT_OF_GROUPS:#x}": 1}
+
+
+def test_a_restarted_controller_loads_the_placements_its_predecessor_saved(app):
+    connect_with_flows(app, count=3)
+    app.save_placements()
+    restarted = app_module.MirroringDirectorApp()
+    assert restarted.generation > app.generation
+    memory = restarted.directors[1].memory
+    assert len(memory) == 3
+    flow = next(iter(app.directors[1].flows))
+    assert memory.recall(flow.flow_id, time.time(), {"cell1", "cell2", "cell3"}) == flow.profile.cells
