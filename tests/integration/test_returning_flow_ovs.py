@@ -140,3 +140,39 @@ def test_a_tcp_connection_resumed_after_an_idle_out_survives_its_primarys_failur
         assert result["error"] is None and result["echoed_before"] > 0, (result, net.controller.log_tail())
         assert result["echoed_after"] >= (AFTER_S - FAIL_AFTER_RESUME_S) * 5, result
         assert net.controller.rest("/prism/v1/status")["state_lost_flows"] == 0
+
+
+def test_a_connection_moved_by_a_failover_comes_back_to_the_cells_holding_its_state(ovs, tmp_path):
+    """Its first primary dies and restarts empty during the pause: the resumed connection must not go there."""
+    with PrismNetwork(tmp_path, clients=1, servers=1, cells=3, replication_factor=1,
+                      idle_timeout=IDLE_TIMEOUT_S) as net:  # fmt: skip
+        client = conversation(net)
+        wait_line(client, "paused", timeout=BEFORE_S + 15)
+        first = max(net.cell_names, key=lambda c: (connection_flow(state_of(net, c)) or {}).get("primary_packets", 0))
+        net.stop_cell(first, kill=True)
+
+        def moved():
+            flows = net.controller.rest("/prism/v1/flows")["flows"]
+            return not flows or all(f["primary_cell"] != first for f in flows)
+
+        assert poll(moved, timeout=10), net.controller.log_tail()
+        net.start_cell(first)  # back, with an empty table
+
+        def usable_and_idle():
+            cell = net.controller.rest(f"/prism/v1/cells/{first}")
+            return cell["usable"] and not connection_flow(net.controller.rest("/prism/v1/flows"))
+
+        assert poll(usable_and_idle, timeout=30), net.controller.rest(f"/prism/v1/cells/{first}")
+        counts = primary_counts(net)
+        (net.workdir / "resume").touch()
+        wait_line(client, "resumed", timeout=15)
+        time.sleep(FAIL_AFTER_RESUME_S)
+        grown = {c: (connection_flow(state_of(net, c)) or {}).get("primary_packets", 0) - counts.get(c, 0)
+                 for c in net.cell_names}  # fmt: skip
+        primary = max(grown, key=grown.get)
+        assert primary != first and grown[primary] > 0, (first, grown)
+        net.stop_cell(primary, kill=True)
+        output, _ = client.communicate(timeout=AFTER_S + 30)
+        result = json.loads(output.strip().splitlines()[-1])
+        assert result["error"] is None, (result, net.controller.log_tail())
+        assert result["echoed_after"] >= (AFTER_S - FAIL_AFTER_RESUME_S) * 5, result
