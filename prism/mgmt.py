@@ -36,7 +36,11 @@ Message types (field ``type``); ``cell`` is always the sender's cell id
   "this is the whole table"; every cell gets its whole table every 5 s.
   A cell ignores a partial ``profiles`` with an epoch below the last it
   applied (a reordered datagram); a full table and a ``directory`` always
-  apply (the controller may have restarted with lower epochs).
+  apply (the controller may have restarted with lower epochs). Both carry
+  the controller's ``generation`` (``prism.generation``, bumped at every
+  start): a cell refuses those of a lower generation than it applied (a
+  replaced controller is fenced), and within one a full table with a stale
+  epoch too.
 - ``assign`` controller -> the cells of a profile: ``{flows: [[flow_id, profile_id, key_text], ...]}``
   batched per tick; tells a cell which profile a flow of its belongs to.
   Also sent, with every flow of the profile, to a cell that a failover or
@@ -65,7 +69,10 @@ Message types (field ``type``); ``cell`` is always the sender's cell id
 
 A cell with a configured controller accepts ``directory``, ``profiles``,
 ``assign``, ``seed``, ``drain`` and ``restore`` only from the controller's IP
-address (any source port).
+address (any source port) and sealed by ``CONTROLLER_SENDER``; ``state`` only
+from a live peer, and of its records only those of flows whose profile names
+the sender (or whose assignment has not arrived); ``ack`` only for the
+sealer's own channel. Every message naming a ``cell`` must be sealed by it.
 """
 
 from __future__ import annotations
