@@ -22,12 +22,16 @@ setup(
     version="0.1.0",
     description="PRISM: predictive replication of flow state with packet mirroring",
     packages=find_packages(include=PACKAGE_PATTERNS),
-    # Shipped model artifacts (skops model + JSON manifest) and example configs.
+    # The shipped model (models/default: skops model + JSON manifest), found beside
+    # the code (mininet_topos.prism_topo.DEFAULT_MODEL_DIR), so it is package data.
     package_data={
-        "models": ["*.skops", "*.json"],
+        "models": ["default/*.skops", "default/*.json", "first_packet/*.skops", "first_packet/*.json"],
         "prism": ["*.yaml", "*.json"],
     },
     include_package_data=True,
+    # The example configuration, documenting every key: <prefix>/share/prism/examples/
+    # in a non-editable install (tests/unit/test_packaging.py checks both).
+    data_files=[("share/prism/examples", ["examples/prism.yaml"])],
     python_requires="~=3.11",
     install_requires=[
         # Ryu 4.34 needs setuptools<68 to build and a one-line patch to start
@@ -54,6 +58,9 @@ setup(
             "pytest",
             "pytest-timeout",
             "hypothesis",
+            # The architecture's import contracts (.importlinter), run by
+            # tests/unit/test_layers.py; acyclic_siblings contracts need 2.x.
+            "import-linter>=2.17,<3",
             # Executing notebooks headless: nbclient runs them in an ipykernel.
             "nbclient",
             "nbformat",

@@ -20,13 +20,20 @@ Two workloads, the frames identical for both settings:
   (handshake with its token, teardown); the removal record comes at expiry,
   later than this run.
 
+Settings (``--settings``, default all three): ``off`` (no SMM), ``full`` (SMM,
+every flow assigned ``full``: the "on" of earlier runs) and ``state`` (SMM,
+every flow assigned ``state``: the primary also sends a progress record of
+each flow that moved, every ``--state-interval`` seconds). The mirror's side
+of state mode (far fewer copies) is not in this benchmark: the cell measured
+is the flows' primary.
+
 Rate = frames / time from the loop's start to the last frame handled; rounds
-alternate off/on so that machine load hits both alike, and each ratio is taken
-within a round. "settled" is the time from the last frame to the peer's
+alternate the settings so that machine load hits them alike, and each ratio is
+taken within a round. "settled" is the time from the last frame to the peer's
 acknowledgement of the last change (one tick at most, plus the batches).
 
     .venv/bin/python benchmarks/cell_replication.py [--flows 1000] [--frames 50000] [--connections 5000]
-        [--repeat 5] [--json FILE]
+        [--repeat 5] [--settings off,full,state] [--state-interval 0.1] [--json FILE]
 """
 
 from __future__ import annotations
@@ -65,6 +72,8 @@ ASSIGN_CHUNK = 400  #: flows per ``assign`` message
 SETTLE_TIMEOUT_S = 30.0
 PEER_START_TIMEOUT_S = 10.0
 SEED_PORT = 20000
+SETTINGS = ("off", "full", "state")
+STATE_INTERVAL_S = 0.1  #: progress records every tick in the state setting: the worst case
 
 
 def _client(index: int) -> str:
@@ -231,20 +240,22 @@ class Replication:
         self.controller.setblocking(False)
         self.flow_ids = list(flow_ids)
 
-    def wire(self, cell: Cell, loop: CellLoop) -> Tuple[StateMirroringModule, UdpTransport]:
-        """An SMM for ``cell`` in ``loop`` (as ``prism cell`` does), told the directory, profile and flows."""
+    def wire(self, cell: Cell, loop: CellLoop, mode: str,
+             state_interval_s: float) -> Tuple[StateMirroringModule, UdpTransport]:  # fmt: skip
+        """An SMM for ``cell`` in ``loop`` (as ``prism cell`` does), told the directory, profile and flows (in ``mode``)."""
         transport = UdpTransport((LOOPBACK, 0))
         smm = StateMirroringModule(cell, transport, self.controller.getsockname())
         attach(loop, smm, transport)
         source, now = self.controller.getsockname(), time.time()
         messages = [
             {"type": "directory", "epoch": 1, "live": [CELL_ID, PEER_ID],
-             "cells": {CELL_ID: list(transport.address), PEER_ID: list(self.peer.address)}},
+             "cells": {CELL_ID: list(transport.address), PEER_ID: list(self.peer.address)},
+             "state_interval_s": state_interval_s},
             {"type": "profiles", "epoch": 1, "full": True, "profiles": {str(PROFILE): [CELL_ID, [PEER_ID]]}},
         ]  # fmt: skip
         for start in range(0, len(self.flow_ids), ASSIGN_CHUNK):
             chunk = self.flow_ids[start:start + ASSIGN_CHUNK]
-            messages.append({"type": "assign", "flows": [[flow_id, PROFILE, ""] for flow_id in chunk]})
+            messages.append({"type": "assign", "flows": [[flow_id, PROFILE, "", mode] for flow_id in chunk]})
         for message in messages:
             smm.on_datagram(mgmt.encode(message), source, now)
         return smm, transport
@@ -269,8 +280,9 @@ def _settled(smm: StateMirroringModule, port: ListPort, last_tick: List[float]) 
     return all(channel.idle for channel in smm.channels.values())
 
 
-def run_cell(primer: Sequence[bytes], frames: Sequence[bytes], replication: Optional[Replication]) -> dict:
-    """A fresh cell (and SMM) in a real loop: ``primer`` untimed (and replicated), then ``frames`` timed."""
+def run_cell(primer: Sequence[bytes], frames: Sequence[bytes], replication: Optional[Replication],
+             mode: str = mgmt.MODE_FULL, state_interval_s: float = mgmt.DEFAULT_STATE_INTERVAL_S) -> dict:  # fmt: skip
+    """A fresh cell (and SMM, its flows in ``mode``) in a real loop: ``primer`` untimed (and replicated), then ``frames`` timed."""
     cell = Cell(CELL_ID)
     last_tick = [0.0]
     smm = transport = None
@@ -283,7 +295,7 @@ def run_cell(primer: Sequence[bytes], frames: Sequence[bytes], replication: Opti
         if replication is not None:
             nonlocal smm, transport
             if smm is None:
-                smm, transport = replication.wire(cell, loop)
+                smm, transport = replication.wire(cell, loop, mode, state_interval_s)
                 cell.add_tick_hook(lambda _cell, _report: last_tick.__setitem__(0, time.perf_counter()))
             else:  # the same SMM in the next loop: its socket and heartbeats
                 attach_reader(loop, smm, transport)
@@ -306,6 +318,8 @@ def run_cell(primer: Sequence[bytes], frames: Sequence[bytes], replication: Opti
         if smm is not None:
             after = smm.replication_counters()
             result["records_sent"] = after["records_sent"] - counters_before.get("records_sent", 0)
+            result["progress_records"] = (after["progress_records"]
+                                          - counters_before.get("progress_records", 0))  # fmt: skip
             result["replication_bytes"] = (after["replication_bytes_sent"]
                                            - counters_before.get("replication_bytes_sent", 0))  # fmt: skip
             result["problems"] = {k: after[k] for k in ("lost_batches", "send_errors", "held_dropped")
@@ -332,27 +346,38 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("--connections", type=int, default=5000,
                         help="whole new connections per run (default 5000, 8 frames each)")  # fmt: skip
     parser.add_argument("--repeat", type=int, default=5, help="rounds, each running off and on (default 5)")
+    parser.add_argument("--settings", default=",".join(SETTINGS),
+                        help=f"comma-separated subset of {','.join(SETTINGS)} (default all)")
+    parser.add_argument("--state-interval", type=float, default=STATE_INTERVAL_S, metavar="SECONDS",
+                        help=f"progress interval in the state setting (default {STATE_INTERVAL_S}: every "
+                             "tick, the most a cell can be asked; the shipped default is "
+                             f"{mgmt.DEFAULT_STATE_INTERVAL_S})")  # fmt: skip
     parser.add_argument("--json", type=Path, help="write every run to this file")
     args = parser.parse_args(argv)
+    settings = [name for name in args.settings.split(",") if name]
+    if not settings or any(name not in SETTINGS for name in settings) or "off" not in settings:
+        parser.error(f"--settings: a comma-separated subset of {','.join(SETTINGS)} including off")
     if min(args.flows, args.frames, args.connections, args.repeat) < 1:
         parser.error("--flows, --frames, --connections and --repeat must be >= 1")
     handshakes, data, established_ids = established_workload(args.flows, args.frames)
     connections, connection_ids = connection_workload(args.connections, args.flows)
     workloads = {"established": (handshakes, data), "new connections": ((), connections)}
-    runs: Dict[str, Dict[str, List[dict]]] = {name: {"off": [], "on": []} for name in workloads}
+    runs: Dict[str, Dict[str, List[dict]]] = {name: {setting: [] for setting in settings} for name in workloads}
     peer = Peer()
     replication = Replication(peer, established_ids + connection_ids)
     started = time.monotonic()
     try:
         for round_number in range(args.repeat):
             for name, (primer, frames) in workloads.items():
-                for setting in ("off", "on"):
-                    result = run_cell(primer, frames, replication if setting == "on" else None)
+                for setting in settings:
+                    mode = mgmt.MODE_STATE if setting == "state" else mgmt.MODE_FULL
+                    result = run_cell(primer, frames, None if setting == "off" else replication, mode,
+                                      args.state_interval)  # fmt: skip
                     runs[name][setting].append(result)
                     replication.drain()
             print(f"round {round_number + 1}/{args.repeat}: " + ", ".join(
-                f"{name} off {runs[name]['off'][-1]['pps']:,.0f} / on {runs[name]['on'][-1]['pps']:,.0f} pps"
-                for name in workloads), flush=True)  # fmt: skip
+                f"{name} " + " / ".join(f"{setting} {runs[name][setting][-1]['pps']:,.0f}" for setting in settings)
+                + " pps" for name in workloads), flush=True)  # fmt: skip
     finally:
         heartbeats = replication.drain()
         replication.close()
@@ -371,31 +396,41 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
 
 def report(args: argparse.Namespace, runs: Dict[str, Dict[str, List[dict]]], peer: dict) -> None:
-    print(f"\ncell data path, replication off vs on (SMM -> a peer SMM in another process over loopback UDP), "
-          f"{args.repeat} rounds; medians")  # fmt: skip
-    print(f"  {'workload':<17}{'frames':>7} | {'wall pps off':>12}{'on':>9}{'on/off':>7} | {'CPU pps off':>11}"
-          f"{'on':>9}{'on/off':>7} | {'records':>7}{'B sent':>9}{'settled ms':>11}")  # fmt: skip
+    print(f"\ncell data path, replication off vs full vs state mode (SMM -> a peer SMM in another process "
+          f"over loopback UDP; state: progress every {args.state_interval:g} s), {args.repeat} rounds; medians")  # fmt: skip
+    print(f"  {'workload':<17}{'setting':>8}{'frames':>7} | {'wall pps':>9}{'/off':>6}{'/full':>6} | "
+          f"{'CPU pps':>9}{'/off':>6}{'/full':>6} | {'records':>8}{'progress':>9}{'B sent':>11}{'settled ms':>11}")  # fmt: skip
     problems = []
 
     def median(results: List[dict], key: str) -> float:
         return statistics.median(r[key] for r in results)
 
+    def ratio(results: List[dict], base: Optional[List[dict]], key: str) -> str:
+        if not base:
+            return f"{'':>6}"
+        return f"{statistics.median(b[key] / a[key] for a, b in zip(base, results)):>6.2f}"
+
     for name, settings in runs.items():
-        off, on = settings["off"], settings["on"]
-        wall = statistics.median(b["pps"] / a["pps"] for a, b in zip(off, on))
-        cpu = statistics.median(b["cpu_pps"] / a["cpu_pps"] for a, b in zip(off, on))
-        print(f"  {name:<17}{off[0]['frames']:>7} | {median(off, 'pps'):>12,.0f}{median(on, 'pps'):>9,.0f}"
-              f"{wall:>7.2f} | {median(off, 'cpu_pps'):>11,.0f}{median(on, 'cpu_pps'):>9,.0f}{cpu:>7.2f} | "
-              f"{median(on, 'records_sent'):>7.0f}{median(on, 'replication_bytes'):>9,.0f}"
-              f"{median(on, 'settled_ms'):>11.0f}")  # fmt: skip
+        off, full = settings["off"], settings.get("full")
+        for setting, results in settings.items():
+            on = setting != "off"
+            print(f"  {name:<17}{setting:>8}{results[0]['frames']:>7} | {median(results, 'pps'):>9,.0f}"
+                  f"{ratio(results, off, 'pps')}{ratio(results, full, 'pps')} | "
+                  f"{median(results, 'cpu_pps'):>9,.0f}{ratio(results, off, 'cpu_pps')}"
+                  f"{ratio(results, full, 'cpu_pps')} | "
+                  f"{median(results, 'records_sent') if on else 0:>8.0f}"
+                  f"{median(results, 'progress_records') if on else 0:>9.0f}"
+                  f"{median(results, 'replication_bytes') if on else 0:>11,.0f}"
+                  f"{median(results, 'settled_ms'):>11.0f}")  # fmt: skip
         for setting, results in settings.items():
             for result in results:
                 if result["dropped"] or result.get("problems"):
                     problems.append(f"{name} {setting}: dropped {result['dropped']}, {result.get('problems')}")
     print("  wall pps: frames / time from the loop's start to the last frame handled; CPU pps: frames / the\n"
           "  loop thread's CPU time over the same span (what the cell costs, whatever else the machine runs);\n"
-          "  on/off: median of the rounds' ratios; records, B sent: state records and bytes the SMM sent in one\n"
-          "  run (acks not counted); settled: from the last frame to the peer's ack of the last change")
+          "  /off, /full: median of the rounds' ratios; records, B sent: state records and bytes the SMM sent in one\n"
+          "  run (acks not counted); progress: progress records queued (a flow still queued from an earlier\n"
+          "  tick goes once); settled: from the last frame to the peer's ack of the last change")
     print(f"  peer at the end: {peer.get('records_applied', '?')} records applied, {peer.get('acks_sent', '?')} acks "
           f"sent, {peer.get('flows_tracked', '?')} flows")  # fmt: skip
     for problem in problems:

@@ -50,6 +50,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
+import yaml
+
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
@@ -59,7 +61,8 @@ from benchmarks.harness.workload import CELL_PORTS, DP_ID, EDGE_PORTS, new_flows
 from prism.config import parse_config  # noqa: E402
 from prism.openflow import COOKIE_PIPELINE, TABLE_FSC  # noqa: E402
 
-DEFAULT_MODEL = ROOT / "models" / "default"
+DEFAULT_MODEL = ROOT / "models" / "first_packet"  #: --policy first_packet's model
+SHIPPED_CONFIG = ROOT / "examples" / "prism.yaml"
 DEFAULT_BUDGET = 0.25  #: as the configuration's default (prism/config_telemetry.py)
 TARGET_RATIO = 2.0  #: the issue's target: PRISM within 2x of simple_switch_13's cost per new flow
 TIMEOUT_S = 10.0
@@ -85,11 +88,13 @@ CONTROLLERS = (PRISM, SIMPLE_SWITCH)  #: the order of every block
 
 
 def prism_config_text(
-    listen_port: int, sink_ports: Dict[str, int], replication_factor: int, model: Optional[Path], budget: float
+    listen_port: int, sink_ports: Dict[str, int], replication_factor: int, model: Optional[Path], budget: float,
+    prediction: Optional[dict] = None,
 ) -> str:
     """The PRISM configuration the benchmark's switch matches (cells' management on UDP sinks).
 
-    With ``model``, a prediction section: every new flow's profile comes from the predictive policy.
+    With ``prediction`` (a ``prediction`` section, e.g. the shipped one), that policy; else with
+    ``model``, the first-packet predictive policy: every new flow's profile comes from the model.
     """
     cells = "\n".join(
         f'      - {{id: {cell_id}, port: {port}, mgmt: "127.0.0.1:{sink_ports[cell_id]}"}}'
@@ -101,9 +106,19 @@ def prism_config_text(
         f"switches:\n  - dpid: {DP_ID:#x}\n    name: bench\n    cells:\n{cells}\n"
         f"    edge_ports: [{', '.join(map(str, EDGE_PORTS))}]\n"
     )
-    if model is not None:
-        text += f'prediction:\n  model: "{model.resolve()}"\n  budget: {budget}\n'
+    if prediction is not None:
+        text += yaml.safe_dump({"prediction": prediction}, sort_keys=False)
+    elif model is not None:
+        text += f'prediction:\n  policy: first_packet\n  model: "{model.resolve()}"\n  budget: {budget}\n'
     return text
+
+
+def shipped_prediction(path: Path = SHIPPED_CONFIG) -> Optional[dict]:
+    """The shipped configuration's ``prediction`` section (a relative model made absolute), or None."""
+    prediction = (yaml.safe_load(path.read_text(encoding="utf-8")) or {}).get("prediction")
+    if isinstance(prediction, dict) and prediction.get("model"):
+        prediction["model"] = str((path.parent / prediction["model"]).resolve())
+    return prediction
 
 
 def udp_sinks() -> Dict[str, socket.socket]:
@@ -258,9 +273,12 @@ def main() -> int:
     parser.add_argument("--window", type=int, default=32, help="packet-ins in flight, pipelined (default 32)")
     parser.add_argument("--warm-up", type=int, default=200, help="flows before measuring (default 200)")
     parser.add_argument("--echoes", type=int, default=100, help="ECHO round trips per block (default 100)")
+    parser.add_argument("--policy", choices=("shipped", "first_packet", "fixed"), default="shipped",
+                        help="PRISM's policy: the shipped configuration's (examples/prism.yaml, default), the "
+                             "first-packet predictive policy with --model, or a FixedPolicy")  # fmt: skip
     parser.add_argument("--model", default=str(DEFAULT_MODEL),
                         help="model directory for PRISM's predictive policy, or 'none' for a FixedPolicy "
-                             "(default models/default)")  # fmt: skip
+                             "(default models/first_packet)")  # fmt: skip
     parser.add_argument("--budget", type=float, default=DEFAULT_BUDGET,
                         help=f"the predictive policy's mirror budget (default {DEFAULT_BUDGET})")  # fmt: skip
     parser.add_argument("--replication-factor", type=int, default=1,
@@ -272,11 +290,16 @@ def main() -> int:
         parser.error("--flows must be >= 2, --repeat and --window >= 1")
     signal.signal(signal.SIGTERM, _sigterm)
 
-    model = None if args.model == "none" else Path(args.model)
-    if model is not None and not (model / "manifest.json").exists():
+    model = None if args.model == "none" or args.policy == "fixed" else Path(args.model)
+    prediction = shipped_prediction() if args.policy == "shipped" else None
+    if args.policy == "shipped":
+        model = None  # the shipped configuration's policy, or its fixed replication factor
+    elif model is not None and not (model / "manifest.json").exists():
         parser.error(f"--model {model}: no model there (manifest.json missing); give a model directory or 'none'")
     policy = f"predictive policy, model {args.model}, budget {args.budget:g}" if model else \
         f"FixedPolicy, replication factor {args.replication_factor}"  # fmt: skip
+    if prediction is not None:
+        policy = f"the shipped configuration's policy: {prediction}"
     print(f"PRISM: {policy}", flush=True)
     warm_up = warm_up_flows(args.warm_up)
     sinks = udp_sinks()
@@ -294,7 +317,7 @@ def main() -> int:
                 listen_port = probe.getsockname()[1]
             config_text = prism_config_text(
                 listen_port, {c: s.getsockname()[1] for c, s in sinks.items()}, args.replication_factor,
-                model, args.budget,
+                model, args.budget, prediction,
             )  # fmt: skip
             parse_config(config_text, "benchmark config")  # a mistake here is ours: fail before starting
             config_path = log_dir / "prism-bench.yaml"

@@ -5,8 +5,11 @@ benchmark sends are decoded with Ryu's parser, handed to
 ``MirroringDirector.on_packet_in`` (three cells, hosts learnt and profile
 groups created by a warm-up), turned into Ryu messages by ``ryu_apps.ofmsg``
 and serialized, as the Ryu app does. The director runs with a FixedPolicy
-(replication factor 1) and, when the model loads, with the predictive policy
-the app uses when the configuration names a model (``--model``; budget 0.25).
+(replication factor 1), with the shipped configuration's policy
+(``examples/prism.yaml``'s ``prediction``: the aging policy, which gives a new
+flow its primary only and decides again at age milestones) and, when the
+model loads, with the first-packet predictive policy (``--model``, default
+``models/first_packet``; budget 0.25).
 Each stage is also timed alone on prebuilt inputs; ``parse_frame`` is the
 baseline. simple_switch_13's own handler runs on the same decoded messages
 with a stand-in datapath that serializes what it is sent. Logging is at info
@@ -15,7 +18,7 @@ packet-in; the director logs new flows at debug (what a line per new flow
 would cost is timed as a separate stage). Rounds are interleaved and the
 median is reported, so a busy machine slows every stage alike.
 
-    .venv/bin/python benchmarks/director_core.py [--flows 3000] [--rounds 7] [--model models/default | none]
+    .venv/bin/python benchmarks/director_core.py [--flows 3000] [--rounds 7] [--model models/first_packet | none]
 """
 
 from __future__ import annotations
@@ -38,7 +41,7 @@ from ryu.ofproto import ofproto_parser, ofproto_protocol, ofproto_v1_3  # noqa: 
 
 from benchmarks.harness import openflow_wire as wire  # noqa: E402
 from benchmarks.harness.workload import CELL_PORTS, DP_ID, EDGE_PORTS, new_flows, warm_up_flows  # noqa: E402
-from prism.config import PrismConfig, parse_config  # noqa: E402
+from prism.config import PrismConfig, load_config, parse_config  # noqa: E402
 from prism.director import MirroringDirector  # noqa: E402
 from prism.flows import direction_match, parse_frame  # noqa: E402
 from prism.openflow import COOKIE_PIPELINE, TABLE_FSC, Match  # noqa: E402
@@ -52,7 +55,9 @@ IDLE_TIMEOUT_S = 60
 MIRROR_BUDGET = 0.25
 US = 1e6
 FIXED = "FixedPolicy"
+SHIPPED = "AgingPolicy (shipped)"
 PREDICTIVE = "PredictivePolicy"
+SHIPPED_CONFIG = ROOT / "examples" / "prism.yaml"
 
 
 class BenchDatapath(ofproto_protocol.ProtocolDesc):
@@ -83,13 +88,29 @@ def bench_config(model: Optional[Path]) -> PrismConfig:
     text = (f"idle_timeout: {IDLE_TIMEOUT_S}\ndefault_replication_factor: {REPLICATION_FACTOR}\n"
             f"switches:\n  - dpid: {DP_ID}\n    cells:\n{cells}\n    edge_ports: {list(EDGE_PORTS)}\n")  # fmt: skip
     if model is not None:
-        text += f'prediction:\n  model: "{model.resolve()}"\n  budget: {MIRROR_BUDGET}\n'
+        text += f'prediction:\n  policy: first_packet\n  model: "{model.resolve()}"\n  budget: {MIRROR_BUDGET}\n'
     return parse_config(text, "director_core")
+
+
+def shipped_policy_factory() -> Callable[[HashRing], object]:
+    """The shipped configuration's prediction section on the benchmark's switch (the aging policy)."""
+    import dataclasses
+
+    from ryu_apps.prediction import AgingService
+
+    shipped = load_config(SHIPPED_CONFIG).prediction
+    if shipped is None or shipped.policy != "aging":
+        raise SystemExit(f"{SHIPPED_CONFIG} does not configure the aging policy")
+    config = dataclasses.replace(bench_config(None), prediction=shipped)
+    service = AgingService(config, run=lambda function, *args: function(*args))
+    switch = config.switches[DP_ID]
+    return lambda ring: service.policy_for(switch, ring)
 
 
 def policy_factory(model: Optional[Path]) -> Dict[str, Callable[[HashRing], object]]:
     """Policy name -> a function making that policy over a ring; the predictive one only if the model loads."""
-    factories: Dict[str, Callable[[HashRing], object]] = {FIXED: lambda ring: FixedPolicy(ring, REPLICATION_FACTOR)}
+    factories: Dict[str, Callable[[HashRing], object]] = {FIXED: lambda ring: FixedPolicy(ring, REPLICATION_FACTOR),
+                                                          SHIPPED: shipped_policy_factory()}  # fmt: skip
     if model is None:
         return factories
     try:
@@ -124,9 +145,9 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--flows", type=int, default=3000, help="new flows per round (default 3000)")
     parser.add_argument("--rounds", type=int, default=7, help="interleaved rounds (default 7)")
-    parser.add_argument("--model", default=str(ROOT / "models" / "default"),
-                        help="model directory for the predictive policy, or 'none' "
-                             "(default models/default)")  # fmt: skip
+    parser.add_argument("--model", default=str(ROOT / "models" / "first_packet"),
+                        help="model directory for the first-packet predictive policy, or 'none' "
+                             "(default models/first_packet)")  # fmt: skip
     args = parser.parse_args()
     logging.basicConfig(stream=open(os.devnull, "w"), level=logging.INFO, format="%(message)s")
     policies = policy_factory(None if args.model == "none" else Path(args.model))

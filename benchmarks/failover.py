@@ -1,4 +1,4 @@
-"""Traffic interruption when a TCP transfer's primary cell fails (link down, process killed), median and worst.
+"""Traffic interruption when a TCP transfer's primary cell fails (link down, process killed), BFD against heartbeats.
 
 Each run is the demo's scenario (``mininet_topos.demo.run_demo``): a fresh
 network (ryu-manager, userspace OVS, 3 ``prism cell`` processes, management
@@ -6,9 +6,17 @@ network), UDP flows and an iperf3 TCP transfer from the clients to the
 server, and the transfer's primary cell failing ``--fail-at`` seconds in.
 The interruption is the longest gap between the transfer's data packets at
 the server (its own capture) in the 3 s after the failure; detection is the
-controller's time from the last heartbeat to declaring the cell dead (process
-failures; a link failure is reported by the switch's port status at once).
-Runs alternate link, process, link, ... so that machine load hits both alike.
+time from the failure (the kill, the link going down) to the controller
+declaring the cell dead. Beside the transfer runs a probe: a UDP flow at
+1,000 datagrams/s with sequence numbers whose primary is the failing cell;
+its longest gap and the datagrams it lost see what the transfer's 128 KB
+blocks cannot (``mininet_topos.probe``).
+
+Each failure kind runs with BFD between the switch and the cells (the cells'
+``--bfd``, the ports' ``bfd:*``, 10 ms x 3) and, as the baseline, without
+(heartbeats only: a dead process is found after 0.35 s of silence). Runs
+alternate process/BFD, process/heartbeats, link/BFD, link/heartbeats, ... so
+that machine load hits all alike.
 
 Baselines from the same runs: the normal max gap (the longest gap before the
 failure, i.e. what the transfer shows with nothing failing), and one control
@@ -40,20 +48,25 @@ sys.path.insert(0, str(ROOT))
 
 from mininet_topos.demo import TCP_RATE, DemoOptions, run_demo  # noqa: E402
 
-KINDS = ("link", "process")
-CONTROL = "rf=0 control (process)"
+#: (failure kind, BFD on): the scenarios, in the order runs alternate.
+SCENARIOS = (("process", True), ("process", False), ("link", True), ("link", False))
+CONTROL = "rf=0 control (process, BFD)"
 #: What each run keeps from the demo's report.
-KEPT = ("failed_cell", "tcp_survived", "interruption_ms", "detection_ms", "baseline_max_gap_ms",
+KEPT = ("failed_cell", "tcp_survived", "interruption_ms", "detection_ms", "detected_as", "baseline_max_gap_ms",
         "state_lost_flows", "groups_rewritten", "openflow_messages_failover",
-        "conntrack_entry_carried_over", "flows_total", "flows_mirrored", "iperf3_completed")  # fmt: skip
+        "conntrack_entry_carried_over", "flows_total", "flows_mirrored", "iperf3_completed", "probe")  # fmt: skip
 
 
-def run_one(kind: str, replication_factor: int, args: argparse.Namespace, workdir: Path) -> dict:
+def scenario_name(kind: str, bfd: bool) -> str:
+    return f"{kind} ({'BFD' if bfd else 'heartbeats'})"
+
+
+def run_one(kind: str, bfd: bool, replication_factor: int, args: argparse.Namespace, workdir: Path) -> dict:
     """One demo run with its primary failing as ``kind``; the figures this benchmark uses."""
     options = DemoOptions(cells=3, clients=2, replication_factor=replication_factor,
                           duration_s=args.duration, fail_at_s=args.fail_at, fail_primary=kind,
                           udp_flows_per_client=args.udp_flows, workdir=workdir,
-                          prediction=args.prediction)  # fmt: skip
+                          prediction=args.prediction, bfd=bfd)  # fmt: skip
     report = run_demo(options)
     run = {key: report.get(key) for key in KEPT}
     run["retransmits"] = report["tcp"].get("retransmits")
@@ -71,6 +84,8 @@ def summarize(runs: List[dict]) -> dict:
     resumed = [r["interruption_ms"] for r in valid if r["interruption_ms"] is not None]
     detection = [r["detection_ms"] for r in valid if r["detection_ms"] is not None]
     gaps = [r["baseline_max_gap_ms"] for r in valid if r["baseline_max_gap_ms"] is not None]
+    probes = [r["probe"] for r in valid if r.get("probe") and r["probe"].get("max_gap_ms") is not None]
+    on_failed = sum(1 for r in valid if (r.get("probe") or {}).get("primary") == r["failed_cell"])
     never = len(valid) - len(resumed)
     return {
         "runs": len(runs),
@@ -88,7 +103,19 @@ def summarize(runs: List[dict]) -> dict:
         "groups_rewritten_median": _median([r["groups_rewritten"] for r in valid if r["groups_rewritten"] is not None]),
         "conntrack_carried_over": sum(1 for r in valid if r["conntrack_entry_carried_over"]),
         "iperf3_completed": sum(1 for r in valid if r["iperf3_completed"]),
+        "probe_runs": len(probes),
+        "probe_on_failed_cell": on_failed,
+        "probe_max_gap_ms_median": _median([p["max_gap_ms"] for p in probes]),
+        "probe_max_gap_ms_worst": max((p["max_gap_ms"] for p in probes), default=None),
+        "probe_lost_median": _median([p["lost_after_failure"] for p in probes
+                                      if p.get("lost_after_failure") is not None]),
+        "probe_normal_max_gap_ms_median": _median([p["baseline_max_gap_ms"] for p in probes
+                                                   if p.get("baseline_max_gap_ms") is not None]),
+        "probe_sender_longest_pause_ms_median": _median([p["sender_longest_pause_ms"] for p in probes
+                                                         if p.get("sender_longest_pause_ms") is not None]),
+        "detected_as": sorted({r["detected_as"] for r in valid if r.get("detected_as")}),
     }
+
 
 
 def _ms(value: Optional[float], never: int = 0) -> str:
@@ -102,8 +129,10 @@ def report(args: argparse.Namespace, summaries: Dict[str, dict]) -> None:
           f"(iperf3 at {TCP_RATE}), failure at {args.fail_at:g} s; policy "
           f"{'predictive (shipped model)' if args.prediction else 'FixedPolicy rf=1'}")  # fmt: skip
     print(f"  {'failure':<24}{'survived':>9}  {'interruption ms':>17}  {'detection ms':>13}  "
-          f"{'normal max gap ms':>17}  {'vs normal':>9}  {'state lost':>10}  {'conntrack kept':>14}")
-    print(f"  {'':<24}{'':>9}  {'median / worst':>17}  {'med / worst':>13}  {'median / worst':>17}")
+          f"{'normal max gap ms':>17}  {'vs normal':>9}  {'state lost':>10}  {'conntrack kept':>14}  "
+          f"{'probe gap ms':>13}  {'probe lost':>10}")
+    print(f"  {'':<24}{'':>9}  {'median / worst':>17}  {'med / worst':>13}  {'median / worst':>17}"
+          f"{'':>39}{'med / worst':>13}  {'median':>10}")
     for name, s in summaries.items():
         interruption = f"{_ms(s['interruption_ms_median'])} / {_ms(s['interruption_ms_worst'], s['never_resumed'])}"
         detection = f"{_ms(s['detection_ms_median'])} / {_ms(s['detection_ms_worst'])}"
@@ -112,8 +141,11 @@ def report(args: argparse.Namespace, summaries: Dict[str, dict]) -> None:
         if s["interruption_ms_median"] is not None and s["normal_max_gap_ms_median"]:
             ratio = f"{s['interruption_ms_median'] / s['normal_max_gap_ms_median']:.1f}x"
         valid = s["runs"] - s["runs_without_failure"]
+        probe = f"{_ms(s['probe_max_gap_ms_median'])} / {_ms(s['probe_max_gap_ms_worst'])}"
+        lost = "-" if s["probe_lost_median"] is None else f"{s['probe_lost_median']:g}"
         print(f"  {name:<24}{s['survived']:>5}/{valid:<3}  {interruption:>17}  {detection:>13}  {gap:>17}  "
-              f"{ratio:>9}  {s['state_lost_flows']:>10}  {s['conntrack_carried_over']:>10}/{valid:<3}")
+              f"{ratio:>9}  {s['state_lost_flows']:>10}  {s['conntrack_carried_over']:>10}/{valid:<3}  "
+              f"{probe:>13}  {lost:>10}")
         if s["iperf3_completed"] != s["survived"]:
             print(f"    (iperf3 itself completed in {s['iperf3_completed']}/{valid}: its control connection is "
                   f"another flow)")
@@ -121,7 +153,9 @@ def report(args: argparse.Namespace, summaries: Dict[str, dict]) -> None:
             print(f"    ({s['runs_without_failure']} run(s) found no primary for the transfer and failed nothing)")
     print("  interruption: longest gap between the transfer's data packets at the server within 3 s of the\n"
           "  failure; normal max gap: the longest gap before the failure in the same runs (the baseline);\n"
-          "  detection: last heartbeat to declared dead (process kills; a link failure is a port status);\n"
+          "  detection: the failure to the controller declaring the cell dead;\n"
+          "  probe: 1,000 UDP datagrams/s whose primary is the failing cell: longest gap at the server within\n"
+          "  3 s of the failure, and the datagrams missing there;\n"
           "  state lost: flows the controller found with no live replica; conntrack kept: the cell now\n"
           "  forwarding the transfer holds the failed primary's entry (same token)")
 
@@ -135,6 +169,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("--prediction", action="store_true",
                         help="the shipped model picks which flows get mirrors (default: every flow rf=1)")
     parser.add_argument("--no-control", action="store_false", dest="control", help="skip the rf=0 control run")
+    parser.add_argument("--kinds", nargs="+", choices=("process", "link"), default=["process", "link"],
+                        help="failure kinds to run (default both)")
     parser.add_argument("--json", type=Path, help="write every run and the summary to this file")
     parser.add_argument("--workdir", type=Path, help="keep logs and captures here (default: a temporary folder)")
     args = parser.parse_args(argv)
@@ -144,22 +180,26 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         print("failover: needs root (Mininet); run it as root after `make setup`", file=sys.stderr)
         return 2
     started = time.monotonic()
-    runs: Dict[str, List[dict]] = {kind: [] for kind in KINDS}
+    scenarios = [s for s in SCENARIOS if s[0] in args.kinds]
+    runs: Dict[str, List[dict]] = {scenario_name(*s): [] for s in scenarios}
     if args.control:
         runs[CONTROL] = []
     with tempfile.TemporaryDirectory(prefix="prism-failover-") as scratch:
         base = (args.workdir or Path(scratch)).resolve()
-        plan = [(kind, 1) for _ in range(args.runs) for kind in KINDS]
+        plan = [(scenario_name(kind, bfd), kind, bfd, 1) for _ in range(args.runs) for kind, bfd in scenarios]
         if args.control:
-            plan.append((CONTROL, 0))
-        for number, (name, replication_factor) in enumerate(plan, 1):
-            kind = "process" if name == CONTROL else name
-            run = run_one(kind, replication_factor, args, base / f"run{number:02d}-{kind}-rf{replication_factor}")
+            plan.append((CONTROL, "process", True, 0))
+        for number, (name, kind, bfd, replication_factor) in enumerate(plan, 1):
+            workdir = base / f"run{number:02d}-{kind}-{'bfd' if bfd else 'hb'}-rf{replication_factor}"
+            run = run_one(kind, bfd, replication_factor, args, workdir)
             runs[name].append(run)
+            probe = run.get("probe") or {}
             print(f"run {number}/{len(plan)} {name:<24}: failed {run['failed_cell']}, TCP "
                   f"{'survived' if run['tcp_survived'] else 'BROKE'}, interruption {run['interruption_ms']} ms, "
-                  f"detection {run['detection_ms']} ms, normal max gap {run['baseline_max_gap_ms']} ms, "
-                  f"state lost {run['state_lost_flows']}", flush=True)  # fmt: skip
+                  f"detection {run['detection_ms']} ms ({run['detected_as']}), normal max gap "
+                  f"{run['baseline_max_gap_ms']} ms, state lost {run['state_lost_flows']}, probe gap "
+                  f"{probe.get('max_gap_ms')} ms lost {probe.get('lost_after_failure')} "
+                  f"(primary {probe.get('primary')})", flush=True)  # fmt: skip
     summaries = {name: summarize(kind_runs) for name, kind_runs in runs.items()}
     report(args, summaries)
     print(f"  ({time.monotonic() - started:.0f} s)")

@@ -16,7 +16,15 @@ the share of the benchmark's flows that took it is printed), and the
 director handling a new flow's packet-in with the predictive policy instead
 of the fixed one.
 
-    .venv/bin/python benchmarks/inference.py [--model models/default] [--flows 2000]
+The aging policy's re-decision (``AgingPolicy.redecide``, per live flow and
+milestone its primary reports) is timed with the age rule and with the aging
+model (``--aging-model``, default ``models/default``), with the model's part
+alone (``aging_row`` + ``alive_probability``); the work per second at 10^4
+live flows is printed for a burst in which every live flow crosses a
+milestone within one second.
+
+    .venv/bin/python benchmarks/inference.py [--model models/first_packet] [--aging-model models/default]
+        [--flows 2000]
 """
 
 from __future__ import annotations
@@ -44,6 +52,8 @@ from prism.budget import DEFAULT_CHEAP_FLOW_PACKETS, BudgetSettings  # noqa: E40
 from prism.health import FailureDetector  # noqa: E402
 from prism.policy import FixedPolicy  # noqa: E402
 from prism.policy_predictive import PredictionEngine, PredictivePolicy  # noqa: E402
+from prism.aging_features import aging_row  # noqa: E402
+from prism.policy_aging import AgingPolicy, AgingSettings  # noqa: E402
 from prism.records import read_records  # noqa: E402
 from prism.ring import HashRing  # noqa: E402
 
@@ -51,6 +61,7 @@ ROUNDS = 7
 EDGE_PORT = 1
 CELLS = {"c1": 11, "c2": 12, "c3": 13}
 BATCH = 1000
+LIVE_FLOWS = 10_000  #: the issue's re-decision figure: work per second at this many live flows
 
 
 def per_call_us(function, items) -> float:
@@ -62,7 +73,10 @@ def per_call_us(function, items) -> float:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", default=str(ROOT / "models" / "default"))
+    parser.add_argument("--model", default=str(ROOT / "models" / "first_packet"),
+                        help="first-packet model (default models/first_packet)")
+    parser.add_argument("--aging-model", default=str(ROOT / "models" / "default"),
+                        help="aging model (default models/default)")
     parser.add_argument("--flows", type=int, default=2000, help="new flows per round")
     args = parser.parse_args()
     predictor = Predictor.load(args.model)
@@ -121,6 +135,18 @@ def main() -> int:
 
         return per_call_us(one, infos)
 
+    aging_model = Predictor.load(args.aging_model)
+    aging_rows_ = [aging_row(1.0, 10 + i % 50, 4000 + 37 * i, 0.25, 3, 1, 2) for i in range(args.flows)]
+
+    def redecide_round(model=None) -> float:
+        """A promotion decision per flow at its second milestone (after a first one that kept it)."""
+        policy = AgingPolicy(HashRing(list(CELLS)), 1, AgingSettings(promote_quiet=False), scorer=model)
+        live = tuple(CELLS)
+        births = [(info.flow_id, policy.profile_for(info, live, 0.0)) for info in infos]
+        for flow_id, birth in births:  # first milestone: quiet (only the first packet), kept
+            policy.redecide(flow_id, birth, 0.25, 1, 60, live, 0.25)
+        return per_call_us(lambda fb: policy.redecide(fb[0], fb[1], 1.0, 12, 5000, live, 1.0), births)
+
     hgb = predictor.estimators["duration"]
     one_row = np.asarray(rows[:1])
     measures = {
@@ -137,6 +163,12 @@ def main() -> int:
         "sklearn HGB predict, one row (1 OpenMP thread)": lambda: per_call_us(
             lambda _: hgb.predict(one_row), range(50)),  # fmt: skip
         "dict lookup (floor)": lambda: per_call_us(lookup.get, range(args.flows)),
+        "aging redecide, age rule (promotion, mirror choice)": redecide_round,
+        "aging redecide, with the aging model": lambda: redecide_round(aging_model),
+        "aging model alone: aging_row + alive_probability": lambda: per_call_us(
+            lambda r: aging_model.alive_probability(aging_row(*r)),
+            [(1.0, 10 + i % 50, 4000 + 37 * i, 0.25, 3, 1, 2) for i in range(args.flows)]),  # fmt: skip
+        "aging model alone: alive_probability": lambda: per_call_us(aging_model.alive_probability, aging_rows_),
     }
     samples = {name: [] for name in measures}
     with threadpool_limits(limits=1, user_api="openmp"):
@@ -166,6 +198,9 @@ def main() -> int:
           f"{cheap / args.flows:.1%} mirrored as cheap")
     print(f"compact predictor vs sklearn on one row: {sklearn_one / hot:.0f}x faster")
     print(f"predict_duration vs dict lookup: {hot / medians['dict lookup (floor)']:.0f}x")
+    for name in ("aging redecide, age rule (promotion, mirror choice)", "aging redecide, with the aging model"):
+        print(f"{name}: {medians[name]:.2f} us per reported flow = {medians[name] * LIVE_FLOWS / 1e6:.3f} "
+              f"s of one core per second if all {LIVE_FLOWS} live flows cross a milestone within that second")
     return 0
 
 

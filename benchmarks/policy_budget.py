@@ -9,14 +9,14 @@ outcome reaches the history and the budget's window when the switch would have
 reported it (duration + idle timeout later), as ``PredictivePolicy.flow_ended``
 does. Printed per budget: mirror copies per packet realised over the whole
 replay and over its second half, flows mirrored and at-risk packets protected
-(``models.evaluation``'s weights), for
+(``prism.evaluation``'s weights), for
 
 - the online threshold (what the controller does),
 - the training data's threshold kept fixed (the manifest's operating point),
 - the evaluation's ranked policy, which spends exactly the budget knowing
   every score in advance (a bound, not something a controller can run).
 
-    .venv/bin/python benchmarks/policy_budget.py [--model models/default] [--budgets 0.1 0.25 0.5]
+    .venv/bin/python benchmarks/policy_budget.py [--model models/first_packet] [--budgets 0.1 0.25 0.5]
 """
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from models.evaluation import ranked_policy  # noqa: E402
+from prism.evaluation import ranked_policy  # noqa: E402
 from models.features import FirstPacket  # noqa: E402
 from models.predictor import Predictor  # noqa: E402
 from prism.budget import BudgetSettings  # noqa: E402
@@ -90,7 +90,7 @@ def replay(frame, predictor, budget: float, idle_s: float, adapt: bool) -> Dict[
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", default=str(ROOT / "models" / "default"))
+    parser.add_argument("--model", default=str(ROOT / "models" / "first_packet"))
     parser.add_argument("--flows", nargs="+", default=sorted(str(p) for p in (ROOT / "data" / "flows").glob("*.parquet")))
     parser.add_argument("--budgets", type=float, nargs="+", default=[0.1, 0.25, 0.5])
     parser.add_argument("--idle", type=float, default=10.0, help="idle timeout: report delay after a flow's last packet")

@@ -1,4 +1,13 @@
-"""Replication bytes per flow per second of long TCP flows: PRISM's changes-only SMM against per-packet and periodic replication."""
+"""Replication bytes per flow per second of long TCP flows: PRISM's changes-only SMM against per-packet and periodic replication.
+
+``--mode state`` runs the same flows in ``state`` mode: the mirror gets copies
+of SYN/FIN/RST only and the primary's SMM sends a progress record of each flow
+that moved every ``--state-interval`` seconds; it prints the wire bytes per
+record (state datagrams and their acks, compressed, as sent).
+
+    .venv/bin/python benchmarks/replication_cost.py [--mode full|state] [--flows 500] [--duration 30]
+        [--state-interval 1.0] [--json FILE]
+"""
 
 from __future__ import annotations
 
@@ -13,7 +22,7 @@ from prism.cell.cell import Cell
 from prism.cell.conntrack import ConnTracker, Timeouts, TrackerConfig
 from prism.cell.records import entry_to_record, entry_to_wire_record
 from prism.cell.smm import StateMirroringModule
-from prism.flows import TCP_ACK, TCP_FIN, TCP_PSH, TCP_SYN, mac_to_bytes, parse_frame
+from prism.flows import TCP_ACK, TCP_FIN, TCP_PSH, TCP_RST, TCP_SYN, mac_to_bytes, parse_frame
 from prism.openflow import MIRROR_MAC
 from prism.packets import build_tcp_frame
 
@@ -35,6 +44,8 @@ on the wire) are divided by flows and seconds, and compared with replicating
 every packet's state and with checkpointing every flow at every tick."""
 
 _MIRROR_DST = mac_to_bytes(MIRROR_MAC)
+_TCP_FLAGS = 14 + 20 + 13  #: offset of the TCP flags in an IPv4 frame without options
+_STATE_FLAGS = TCP_SYN | TCP_FIN | TCP_RST  #: what the switch copies of a ``state`` flow
 
 
 def _client(index: int) -> str:
@@ -104,8 +115,12 @@ class Flow:
                 self.frame(True, TCP_ACK)]  # fmt: skip
 
 
-def simulate(flows: int, duration_s: float) -> dict:
-    """Run ``flows`` long flows through primary c1 (mirror c2) with real SMMs; returns the byte counts."""
+def simulate(flows: int, duration_s: float, mode: str = mgmt.MODE_FULL,
+             state_interval_s: float = mgmt.DEFAULT_STATE_INTERVAL_S) -> dict:  # fmt: skip
+    """Run ``flows`` long flows through primary c1 (mirror c2) with real SMMs; returns the byte counts.
+
+    In ``state`` mode the mirror gets copies of SYN/FIN/RST segments only.
+    """
     network = CountingNetwork()
     cells, smms = {}, {}
     for cell_id, address in (("c1", ("10.9.0.1", 7700)), ("c2", ("10.9.0.2", 7700))):
@@ -115,20 +130,24 @@ def simulate(flows: int, duration_s: float) -> dict:
         cells[cell_id], smms[cell_id] = cell, smm
         network.endpoints[address] = smm
     directory = mgmt.encode({"type": "directory", "epoch": 1, "live": ["c1", "c2"],
-                             "cells": {"c1": ["10.9.0.1", 7700], "c2": ["10.9.0.2", 7700]}})  # fmt: skip
+                             "cells": {"c1": ["10.9.0.1", 7700], "c2": ["10.9.0.2", 7700]},
+                             "state_interval_s": state_interval_s})  # fmt: skip
     profiles = mgmt.encode({"type": "profiles", "epoch": 1, "full": True,
                             "profiles": {str(PROFILE): ["c1", ["c2"]]}})  # fmt: skip
     conns = [Flow(index) for index in range(flows)]
     assign = mgmt.encode({"type": "assign", "flows": [
-        [build_key(conn), PROFILE, ""] for conn in conns]})  # fmt: skip
+        [build_key(conn), PROFILE, "", mode] for conn in conns]})  # fmt: skip
     for smm in smms.values():
         for message in (directory, profiles, assign):
             smm.on_datagram(message, ("10.9.0.254", 7600), 0.0)
     rng = random.Random(SEED)
     now, data_frames = 0.0, 0
 
+    copy_all = mode == mgmt.MODE_FULL
+
     def through(frame: bytes) -> None:
-        cells["c2"].handle_frame(_MIRROR_DST + frame[6:], now)
+        if copy_all or frame[_TCP_FLAGS] & _STATE_FLAGS:
+            cells["c2"].handle_frame(_MIRROR_DST + frame[6:], now)
         cells["c1"].handle_frame(frame, now)
 
     def tick() -> None:
@@ -157,8 +176,10 @@ def simulate(flows: int, duration_s: float) -> dict:
     primary = smms["c1"].replication_counters()
     if len(cells["c1"].tracker) or len(cells["c2"].tracker) or primary["lost_batches"]:
         raise SystemExit(f"benchmark workload is wrong: {primary}")
+    mirror_copies = cells["c2"].mirror_packets
     return {"network": network, "counters": primary, "data_frames": data_frames,
-            "frame_bytes": len(PAYLOAD) + 54}  # fmt: skip
+            "frame_bytes": len(PAYLOAD) + 54, "mirror_copies": mirror_copies,
+            "primary_frames": cells["c1"].primary_packets}  # fmt: skip
 
 
 def build_key(conn: Flow) -> int:
@@ -189,12 +210,60 @@ def _mean_json(records: Sequence[dict]) -> float:
     return sum(len(json.dumps(r, separators=(",", ":"))) for r in records) / len(records)
 
 
+def state_report(args: argparse.Namespace) -> int:
+    """Print what ``state`` mode costs: wire bytes per record, per flow and second, against the traffic."""
+    run = simulate(args.flows, args.duration, mgmt.MODE_STATE, args.state_interval)
+    network, counters = run["network"], run["counters"]
+    state_bytes, ack_bytes = network.wire.get("state", 0), network.wire.get("ack", 0)
+    records = counters["records_sent"]
+    progress = counters["progress_records"]
+    flow_seconds = args.flows * args.duration
+    traffic = run["primary_frames"] * run["frame_bytes"]  # upper bound: handshakes are smaller frames
+    figures = {
+        "mode": "state", "flows": args.flows, "duration_s": args.duration,
+        "state_interval_s": args.state_interval, "frames_per_flow_per_s": SIMULATED_PPS,
+        "records_sent": records, "progress_records": progress,
+        "other_records": records - progress, "state_datagrams": network.datagrams.get("state", 0),
+        "acks": network.datagrams.get("ack", 0), "state_bytes": state_bytes, "ack_bytes": ack_bytes,
+        "bytes_per_record": (state_bytes + ack_bytes) / records,
+        "state_bytes_per_record": state_bytes / records, "ack_bytes_per_record": ack_bytes / records,
+        "bytes_per_flow_per_s": (state_bytes + ack_bytes) / flow_seconds,
+        "mirror_copies": run["mirror_copies"], "primary_frames": run["primary_frames"],
+        "traffic_bytes": traffic,
+    }  # fmt: skip
+    print(f"replication cost, state mode: {args.flows} TCP flows x {args.duration:g} s at "
+          f"{SIMULATED_PPS} frames/s each through primary c1, mirror c2 (rf=1), progress every "
+          f"{args.state_interval:g} s, tick {TICK_S} s, Python {sys.version.split()[0]}")  # fmt: skip
+    print(f"  SMM sent {records} records ({progress} progress records, {records - progress} "
+          f"handshake/teardown/removal) in {figures['state_datagrams']} datagrams; "
+          f"{figures['acks']} acks back")  # fmt: skip
+    print(f"  wire bytes per record, state + acks (compressed, as sent): "
+          f"{figures['bytes_per_record']:.1f} B ({figures['state_bytes_per_record']:.1f} state + "
+          f"{figures['ack_bytes_per_record']:.1f} acks)")  # fmt: skip
+    print(f"  per flow per second: {figures['bytes_per_flow_per_s']:.1f} B")
+    print(f"  mirror copies: {run['mirror_copies']} for {run['primary_frames']} frames forwarded "
+          f"({run['mirror_copies'] / run['primary_frames']:.4f} per frame)")  # fmt: skip
+    print(f"  replication bytes per traffic byte at this rate ({SIMULATED_PPS} x {run['frame_bytes']} B "
+          f"frames/s per flow): {(state_bytes + ack_bytes) / traffic:.4f}")  # fmt: skip
+    if args.json:
+        with open(args.json, "w", encoding="utf-8") as handle:
+            json.dump(figures, handle, indent=1)
+    return 0
+
+
 def main(argv: Sequence[str] = None) -> int:
     """Print replication bytes per flow per second and the ratios to the alternatives."""
     parser = argparse.ArgumentParser(description=DESCRIPTION)
     parser.add_argument("--flows", type=int, default=DEFAULT_FLOWS)
     parser.add_argument("--duration", type=float, default=DEFAULT_DURATION_S, metavar="SECONDS")
+    parser.add_argument("--mode", choices=mgmt.ASSIGN_MODES, default=mgmt.MODE_FULL,
+                        help="mirroring mode of every flow (default full)")
+    parser.add_argument("--state-interval", type=float, default=mgmt.DEFAULT_STATE_INTERVAL_S,
+                        metavar="SECONDS", help="state mode: period of the progress records")
+    parser.add_argument("--json", metavar="FILE", help="also write the figures as JSON")
     args = parser.parse_args(argv)
+    if args.mode == mgmt.MODE_STATE:
+        return state_report(args)
     run = simulate(args.flows, args.duration)
     network, counters = run["network"], run["counters"]
     sizes = record_sizes(min(args.flows, 1000))

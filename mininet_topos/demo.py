@@ -31,16 +31,24 @@ GAP_WINDOW_S = 3.0
 IPERF_GRACE_S = 5.0
 #: Width of the throughput bins computed from the server-side capture.
 THROUGHPUT_BIN_S = 0.1
+#: BFD between the switch and the cells (the configuration's ``bfd`` section) unless ``--no-bfd``.
+DEMO_BFD = {"interval": 10, "mult": 4, "switch_interval": 100}
+#: The probe's source ports are searched from here for one whose primary is the failing cell.
+PROBE_SPORT_BASE = 47000
+PROBE_SPORT_SEARCH = 500
 
 
 @dataclass
 class DemoOptions:
     """What ``prism demo`` was asked to do.
 
-    ``prediction``: the shipped model decides which flows get mirrors (at most
-    ``replication_factor``). ``prism demo`` turns it on (``--no-prediction``
-    turns it off); it is off here so that callers who set a replication
-    factor get every flow mirrored, as the failover tests expect.
+    ``prediction``: the shipped configuration's policy (``examples/prism.yaml``,
+    or ``policy_config``) decides which flows get mirrors (at most
+    ``replication_factor``) and in which mode; without a ``prediction``
+    section there, the shipped model's first-packet policy. ``prism demo``
+    turns it on (``--no-prediction`` turns it off); it is off here so that
+    callers who set a replication factor get every flow mirrored, as the
+    failover tests expect.
     """
 
     cells: int = 3
@@ -53,6 +61,9 @@ class DemoOptions:
     workdir: Path = Path("out/demo")
     json_path: Optional[Path] = None
     prediction: bool = False
+    policy_config: Optional[Path] = None
+    bfd: bool = True
+    probe: bool = True
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -74,6 +85,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--workdir", type=Path, default=Path("out/demo"),
                         help="where logs, captures and the report go (default out/demo)")
     parser.add_argument("--json", type=Path, dest="json_path", help="also write the report as JSON")
+    parser.add_argument("--policy-config", type=Path, dest="policy_config",
+                        help="the configuration whose replication policy (prediction, mirroring_mode, "
+                             "management.state_interval_s) the demo runs (default: the shipped "
+                             "examples/prism.yaml)")
+    parser.add_argument("--no-bfd", action="store_false", dest="bfd",
+                        help="cells do not speak BFD with the switch: a dead cell process is found by "
+                             "missed heartbeats only (the baseline)")
+    parser.add_argument("--no-probe", action="store_false", dest="probe",
+                        help="no 1,000 packets/s UDP probe beside the transfer")
     parser.add_argument("--no-prediction", action="store_false", dest="prediction",
                         help="every flow gets --rf mirrors (default: the shipped model predicts which "
                              "flows are long enough to need mirrors)")
@@ -130,13 +150,25 @@ def run_demo(options: DemoOptions) -> Dict:
     for stale in workdir.glob("*"):
         if stale.is_file() or stale.is_socket():
             stale.unlink()
-    from mininet_topos.prism_topo import prediction_config
+    from mininet_topos.prism_topo import prediction_config, shipped_policy_config
 
-    overrides = {}
-    if options.prediction:  # --rf is then the most mirrors a flow gets (--rf 0: none, the control)
-        overrides = {"prediction": prediction_config(), "max_replication_factor": options.replication_factor}
-    with PrismNetwork(workdir, clients=options.clients, servers=1, cells=options.cells,
-                      replication_factor=options.replication_factor, config_overrides=overrides) as net:
+    overrides: Dict = {}
+    management: Dict = {}
+    if options.prediction:  # the shipped configuration's policy; --rf is the most mirrors a flow gets
+        overrides = shipped_policy_config(options.policy_config) if options.policy_config \
+            else shipped_policy_config()
+        management = overrides.pop("management", {})
+        overrides.setdefault("prediction", prediction_config())
+        overrides["max_replication_factor"] = options.replication_factor
+    from mininet_topos.probe import PROBE_PORT, PROBE_RATE_HZ
+
+    probe_sent_json, probe_sink_json = workdir / "probe-sent.json", workdir / "probe-received.json"
+    probe_sender = None
+    network = PrismNetwork(workdir, clients=options.clients, servers=1, cells=options.cells,
+                           replication_factor=options.replication_factor, config_overrides=overrides,
+                           bfd=DEMO_BFD if options.bfd else None)
+    network.config["management"].update(management)  # written when the network starts
+    with network as net:
         server = net.host(net.server_names[0])
         server_ip = server.IP()
         capture = workdir / "server.pcap"
@@ -150,7 +182,12 @@ def run_demo(options: DemoOptions) -> Dict:
             [sys.executable, "-m", "mininet_topos.traffic", "udp-sink", "--port", str(UDP_BASE_PORT),
              "--duration", str(options.duration_s + 4), "--json", str(sink_json)],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
-        time.sleep(1.0)  # tcpdump, iperf3 and the sink are listening
+        if options.probe:
+            net.background.append(server.popen(
+                [sys.executable, "-m", "mininet_topos.probe", "sink", "--port", str(PROBE_PORT),
+                 "--duration", str(options.duration_s + 6), "--json", str(probe_sink_json)],
+                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+        time.sleep(1.0)  # tcpdump, iperf3 and the sinks are listening
         udp_sent = _start_udp_flows(net, server_ip, options)
         tcp_client = net.host(net.client_names[0])
         iperf = tcp_client.popen(
@@ -159,9 +196,22 @@ def run_demo(options: DemoOptions) -> Dict:
              "--connect-timeout", "3000"],
             stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
         net.background.append(iperf)
-        time.sleep(options.fail_at_s)
+        iperf_started = time.monotonic()
         failed_cell, fail_time, last_states = None, None, {}
         tcp_primary = _find_tcp_primary(net)
+        probe_sport = None
+        if options.probe and tcp_primary:
+            # the probe's primary is the cell that will fail: a source port the ring places there
+            probe_client = net.host(net.client_names[-1])
+            probe_sport = probe_source_port(net.cell_names, tcp_primary, probe_client.IP(), server_ip)
+            probe_sender = probe_client.popen(
+                [sys.executable, "-m", "mininet_topos.probe", "send", "--dst", server_ip,
+                 "--port", str(PROBE_PORT), "--sport", str(probe_sport), "--rate", str(PROBE_RATE_HZ),
+                 "--duration", str(max(1.0, options.duration_s - (time.monotonic() - iperf_started))),
+                 "--json", str(probe_sent_json)],
+                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            net.background.append(probe_sender)
+        time.sleep(max(0.0, options.fail_at_s - (time.monotonic() - iperf_started)))
         if options.fail_primary != "none" and tcp_primary:
             failed_cell = tcp_primary
             last_states[failed_cell] = _cell_summary(net, failed_cell)  # unreachable once killed
@@ -187,9 +237,12 @@ def run_demo(options: DemoOptions) -> Dict:
         cells_view = _controller_cells(net)
         carried_over = _entry_carried_over(net, failed_cell, entry_before) if failed_cell else None
         groups_text = net.ofctl("dump-groups")
-        for sender in udp_sent:
-            sender.wait(timeout=10)
-        for process in net.background:  # the sink writes its JSON when it is stopped
+        for sender in udp_sent + ([probe_sender] if probe_sender else []):
+            try:
+                sender.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                pass
+        for process in net.background:  # the sinks write their JSON when they are stopped
             stop_process(process)
     udp = json.loads(sink_json.read_text()) if sink_json.exists() else {"datagrams": 0, "flows": {}}
     gaps = interruption_from_capture(capture, fail_time, TCP_CLIENT_PORT)
@@ -202,15 +255,21 @@ def run_demo(options: DemoOptions) -> Dict:
     else:
         survived = bool(iperf_result["ok"])
     failover = status.get("last_failover") or {}
-    detection = _detection_ms(cells_view, failed_cell) if options.fail_primary == "process" else None
+    detection = _detection(cells_view, failed_cell, fail_time)
+    probe = probe_report(probe_sent_json, probe_sink_json, fail_time) if options.probe else None
+    if probe is not None:
+        probe["source_port"] = probe_sport
+        probe["primary"] = tcp_primary if probe_sport else None
     return {
         "options": {"cells": options.cells, "clients": options.clients,
                     "replication_factor": options.replication_factor,
                     "fail_at_s": options.fail_at_s,
                     "fail_primary": options.fail_primary, "duration_s": options.duration_s,
-                    "prediction": options.prediction},
+                    "prediction": options.prediction, "bfd": DEMO_BFD if options.bfd else None},
         "flows_total": status.get("flows_total"),
         "flows_mirrored": status.get("flows_mirrored"),
+        "flows_promoted": status.get("promotions"),
+        "flows_seeded": status.get("flows_seeded"),
         # one ALL group (and its FAST_FAILOVER group) per profile
         "groups": groups_text.count("type=all"),
         "switch_groups": _group_summary(groups_text),
@@ -222,17 +281,37 @@ def run_demo(options: DemoOptions) -> Dict:
         "tcp_data_connection": data,
         "iperf3_completed": bool(iperf_result["ok"]),
         "interruption_ms": gaps["interruption_ms"],
-        "detection_ms": detection,
-        "state_lost_flows": failover.get("state_lost_flows"),
+        "detection_ms": detection["detection_ms"],
+        "detected_as": detection["kind"],
+        "detection_after_last_heartbeat_ms": detection["after_last_heartbeat_ms"],
+        "probe": probe,
+        # every failover's flows whose state was lost (the last failover's alone: in "controller")
+        "state_lost_flows": status.get("state_lost_flows"),
         "groups_rewritten": failover.get("groups_rewritten"),
         "openflow_messages_failover": failover.get("ofmsgs"),
         "conntrack_entry_carried_over": carried_over,
         "replication_bytes": sum(cell.get("replication_bytes_sent", 0) for cell in per_cell.values()),
+        # summed over cells: mirror copies absorbed against packets forwarded as primary
+        "mirror_packets": sum(cell.get("mirror_packets", 0) for cell in per_cell.values()),
+        "primary_packets": sum(cell.get("primary_packets", 0) for cell in per_cell.values()),
+        "policy": _policy_name(net.config),
         "baseline_max_gap_ms": gaps["baseline_max_gap_ms"],
         "udp_datagrams_received": udp.get("datagrams", 0),
         "udp_flows_received": len(udp.get("flows", {})),
         "workdir": str(workdir),
     }
+
+
+def _policy_name(config: Dict) -> str:
+    """The replication policy the controller ran, as the report names it."""
+    prediction = config.get("prediction")
+    if prediction:
+        policy = prediction.get("policy", "aging")
+        model = "model" if prediction.get("model") else "age rule"
+        mode = prediction.get("mode", "state") if policy == "aging" else "full"
+        return f"{policy} ({model}, {mode} mode, at most {config.get('max_replication_factor')} mirrors)"
+    return (f"fixed (replication factor {config.get('default_replication_factor')}, "
+            f"{config.get('mirroring_mode', 'full')} mode)")
 
 
 def _start_udp_flows(net, server_ip: str, options: DemoOptions) -> List[subprocess.Popen]:
@@ -296,11 +375,54 @@ def _controller_cells(net) -> Dict:
         return {}
 
 
-def _detection_ms(cells: Dict, failed_cell: Optional[str]) -> Optional[float]:
-    history = cells.get(failed_cell, {}).get("failure_history") or []
+def _detection(cells: Dict, failed_cell: Optional[str], fail_time: Optional[float]) -> Dict:
+    """When the controller declared the failed cell dead, counted from the failure itself.
+
+    ``detection_ms``: the failure (the kill, the link going down) to the controller's verdict;
+    ``kind``: what found it (``bfd``: the switch stopped holding the port LIVE; ``process``: missed
+    heartbeats; ``link``); ``after_last_heartbeat_ms``: the detector's own figure (from the last
+    heartbeat it heard, for a process failure found by heartbeats).
+    """
+    empty = {"detection_ms": None, "kind": None, "after_last_heartbeat_ms": None}
+    if failed_cell is None or fail_time is None:
+        return empty
+    history = [r for r in cells.get(failed_cell, {}).get("failure_history") or []
+               if r["detected_at"] >= fail_time - 0.5]
     if not history:
+        return empty
+    record = history[0]
+    return {"detection_ms": round((record["detected_at"] - fail_time) * 1000, 1), "kind": record["kind"],
+            "after_last_heartbeat_ms": round(record["detection_s"] * 1000, 1) if record["kind"] == "process"
+            else None}  # fmt: skip
+
+
+def probe_source_port(cell_names: List[str], cell: str, client_ip: str, server_ip: str) -> int:
+    """A UDP source port whose flow to the probe port the ring places on ``cell`` as primary."""
+    from mininet_topos.probe import PROBE_PORT
+    from prism.flows import FlowKey
+    from prism.ring import HashRing
+
+    ring = HashRing(cell_names)
+    for sport in range(PROBE_SPORT_BASE, PROBE_SPORT_BASE + PROBE_SPORT_SEARCH):
+        key, _ = FlowKey.between(17, client_ip, sport, server_ip, PROBE_PORT)
+        if ring.primary(key.flow_id) == cell:
+            return sport
+    raise RuntimeError(f"no probe source port in {PROBE_SPORT_SEARCH} tries puts the probe on {cell}")
+
+
+def probe_report(sent_path: Path, received_path: Path, fail_time: Optional[float]) -> Optional[Dict]:
+    """The probe's figures (``mininet_topos.probe.analyse``), or None if it did not run."""
+    from mininet_topos.probe import analyse
+
+    try:
+        sent = json.loads(sent_path.read_text())
+        received = json.loads(received_path.read_text())
+    except (OSError, ValueError):
         return None
-    return round(history[-1]["detection_s"] * 1000, 1)
+    result = analyse(received.get("arrivals", []), sent.get("sent"), fail_time, GAP_WINDOW_S, sent.get("rate_hz"),
+                     sent.get("first_send"))
+    result["sender_longest_pause_ms"] = sent.get("sender_longest_pause_ms")
+    return result
 
 
 def _cell_summary(net, name: str) -> Dict:
@@ -431,11 +553,12 @@ def format_report(report: Dict) -> str:
     """The one-screen text report."""
     lines = ["", "PRISM demo report", "=" * 17]
     options = report["options"]
-    policy = ("predictive (shipped model)" if options.get("prediction")
-              else f"replication factor {options['replication_factor']}")
+    policy = report.get("policy") or ("predictive (shipped model)" if options.get("prediction")
+                                      else f"replication factor {options['replication_factor']}")
     lines.append(f"network: {options['clients']} clients, 1 server, {options['cells']} cells, policy {policy}")
     lines.append(f"flows seen by the director: {report['flows_total']} "
-                 f"({report['flows_mirrored']} mirrored)")
+                 f"({report['flows_mirrored']} mirrored at birth, {report.get('flows_promoted') or 0} "
+                 f"promoted as they aged, {report.get('flows_seeded') or 0} of those seeded)")
     lines.append(f"profile groups installed: {report['groups']}")
     for group in report["switch_groups"][:6]:
         lines.append(f"  {group[:110]}")
@@ -450,6 +573,10 @@ def format_report(report: Dict) -> str:
             mark += " (killed; counts from before)"
         lines.append(f"{name:<8}{cell['primary_packets']:>14}{cell['mirror_packets']:>13}"
                      f"{cell['forwarded']:>11}{cell['flows_tracked']:>7}{mark}")
+    if report.get("primary_packets"):
+        share = report["mirror_packets"] / report["primary_packets"]
+        lines.append(f"{'all':<8}{report['primary_packets']:>14}{report['mirror_packets']:>13}"
+                     f"   mirror copies per primary packet: {share:.4f}")
     lines.append("")
     lines.append(f"UDP: {report['udp_datagrams_received']} datagrams in "
                  f"{report['udp_flows_received']} flows reached the server")
@@ -470,7 +597,14 @@ def format_report(report: Dict) -> str:
         lines.append(f"failover: {report['failed_cell']} {how} mid-transfer -> TCP {verdict}; "
                      f"traffic {stopped} (normal max gap {report['baseline_max_gap_ms']} ms)")
         if report["detection_ms"] is not None:
-            lines.append(f"  detected dead after {report['detection_ms']} ms of missed heartbeats")
+            how_found = {"bfd": "BFD: the switch stopped holding its port LIVE",
+                         "process": "missed heartbeats", "link": "port status"}.get(report["detected_as"], "")
+            lines.append(f"  controller declared it dead {report['detection_ms']} ms after the failure ({how_found})")
+        probe = report.get("probe")
+        if probe and probe.get("max_gap_ms") is not None:
+            lines.append(f"  probe ({probe['rate_hz']:g} packets/s, primary {probe.get('primary')}): longest gap "
+                         f"{probe['max_gap_ms']} ms (normal {probe['baseline_max_gap_ms']} ms), lost "
+                         f"{probe['lost_after_failure']} around the failure, {probe['lost']} in all")
         lines.append(f"  groups rewritten: {report['groups_rewritten']} "
                      f"({report['openflow_messages_failover']} OpenFlow messages); "
                      f"flows whose state was lost: {report['state_lost_flows']}; "

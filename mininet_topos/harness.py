@@ -43,6 +43,7 @@ from mininet_topos.prism_topo import (
 )
 
 from prism.atomic import atomic_write
+from prism.config_bfd import BfdConfig, bfd_interface_options, cell_bfd_arguments
 from prism.mgmt_auth import new_key_text
 
 LOG = logging.getLogger("prism.harness")
@@ -69,6 +70,8 @@ PACKET_IN_RATE_LIMIT = 1000
 PACKET_IN_BURST_LIMIT = 200
 #: Host interface offloads turned off (ethtool -K names), one at a time.
 OFFLOADS_OFF = ("tx", "rx", "tso", "gso", "gro")
+#: Seconds the cells get to be usable at the controller (BFD up, heartbeats heard) after they start.
+CELLS_READY_TIMEOUT_S = 30.0
 
 
 def free_tcp_port() -> int:
@@ -184,6 +187,8 @@ class PrismNetwork:
         apps: Ryu apps to run instead of ``CONTROLLER_APPS`` (paths or module names, e.g.
             ``("ryu.app.simple_switch_13",)`` with ``start_cells=False, management=False``
             for a baseline on the same topology); it must install a table-0 entry.
+        bfd: The configuration's ``bfd`` section (e.g. ``{"min_tx": 10, "min_rx": 10, "mult": 3}``):
+            every cell port gets ``bfd:*`` and every cell ``--bfd`` with those values. None: no BFD.
     """
 
     def __init__(self, workdir: Path, clients: int = 2, servers: int = 1, cells: int = 3,
@@ -191,7 +196,8 @@ class PrismNetwork:
                  cell_args: Sequence[str] = (), extra_env: Optional[Dict[str, str]] = None,
                  config_overrides: Optional[dict] = None, management: bool = True,
                  extra_apps: Sequence[Path] = (), apps: Optional[Sequence[Path]] = None,
-                 packet_in_limit: Tuple[int, int] = (PACKET_IN_RATE_LIMIT, PACKET_IN_BURST_LIMIT)):
+                 packet_in_limit: Tuple[int, int] = (PACKET_IN_RATE_LIMIT, PACKET_IN_BURST_LIMIT),
+                 bfd: Optional[dict] = None):
         self.workdir = Path(workdir)
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.clients, self.servers, self.cells = clients, servers, cells
@@ -204,6 +210,9 @@ class PrismNetwork:
             self.config["management"].update({"key_file": str(self.key_path),
                                               "generation_file": str(self.workdir / "controller-generation")})
         self.config.update(config_overrides or {})
+        if bfd is not None:
+            self.config["bfd"] = dict(bfd)
+        self.bfd: Optional[BfdConfig] = BfdConfig(**self.config["bfd"]) if "bfd" in self.config else None
         self.config_path = self.workdir / "prism.yaml"
         self.start_cells = start_cells
         self.cell_args = list(cell_args)
@@ -270,6 +279,9 @@ class PrismNetwork:
                 if intf != "lo":
                     subprocess.run(["sysctl", "-qw", f"net.ipv6.conf.{intf}.disable_ipv6=1"],
                                    capture_output=True, timeout=10)
+        if self.bfd is not None:
+            for name in cell_names(self.cells):
+                self.set_cell_bfd(name, bfd_interface_options(self.bfd))
         if self.management:
             for index, name in enumerate(cell_names(self.cells)):
                 self._attach_to_mgmt(self.host(name), index)
@@ -279,6 +291,7 @@ class PrismNetwork:
         if self.start_cells:
             for name in cell_names(self.cells):
                 self.start_cell(name)
+            self.wait_cells_usable()
 
     def stop(self) -> None:
         """End everything this network started, whatever state it is in.
@@ -388,7 +401,8 @@ class PrismNetwork:
         process = host.popen(
             [sys.executable, "-m", "prism.cli", "cell", "--interface", f"{cell_id}-eth0",
              "--cell-id", cell_id, "--state-socket", str(self.state_socket(cell_id)),
-             *self._cell_mgmt_args(cell_id), *self.cell_args],
+             *self._cell_mgmt_args(cell_id), *(cell_bfd_arguments(self.bfd) if self.bfd else ()),
+             *self.cell_args],
             stdout=log, stderr=subprocess.STDOUT, cwd=str(REPO_ROOT),
             env=dict(os.environ, PYTHONPATH=str(REPO_ROOT)),
         )
@@ -422,6 +436,49 @@ class PrismNetwork:
                     break
                 chunks.append(chunk)
         return json.loads(b"".join(chunks).decode())
+
+    def cell_switch_port(self, cell_id: str) -> str:
+        """The switch's interface to a cell (e.g. ``s1-eth101``)."""
+        host, switch = self.host(cell_id), self.net.get(SWITCH_NAME)
+        for link in self.net.linksBetween(host, switch):
+            return link.intf1.name if link.intf1.node is switch else link.intf2.name
+        raise KeyError(f"no link between {cell_id} and {SWITCH_NAME}")
+
+    def set_cell_bfd(self, cell_id: str, options: Sequence[str]) -> None:
+        """``ovs-vsctl set Interface <the cell's switch port> <options>`` (e.g. ``bfd:enable=true``)."""
+        subprocess.run(["ovs-vsctl", "--timeout=10", "set", "Interface", self.cell_switch_port(cell_id),
+                        *options], check=True, capture_output=True, timeout=15)  # fmt: skip
+
+    def port_live(self, cell_id: str) -> bool:
+        """Whether the switch holds the cell's port LIVE (``dump-ports-desc``)."""
+        port = self.cell_switch_port(cell_id)
+        lines = self.ofctl("dump-ports-desc").splitlines()
+        for index, line in enumerate(lines):
+            if f"({port})" in line:
+                for detail in lines[index + 1:index + 4]:
+                    if detail.strip().startswith("state:"):
+                        return "LIVE" in detail
+        return False
+
+    def wait_cells_usable(self, timeout: float = CELLS_READY_TIMEOUT_S) -> None:
+        """Wait until every running cell's port is LIVE (with BFD) and the controller uses every cell."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self._cells_usable():
+                return
+            time.sleep(0.2)
+        raise RuntimeError(f"cells not usable within {timeout:g} s:\n{self.controller.log_tail()}")
+
+    def _cells_usable(self) -> bool:
+        if self.bfd is not None and not all(self.port_live(name) for name in self.cell_processes):
+            return False
+        if not self.management or not any("rest_api" in app for app in self.controller.apps):
+            return True
+        try:
+            cells = self.controller.rest("/prism/v1/cells")["cells"]
+        except Exception:  # noqa: BLE001 - the REST API may not answer yet
+            return False
+        return all(cell["state"] == "alive" for cell in cells if cell["id"] in self.cell_processes)
 
     def set_cell_link(self, cell_id: str, up: bool) -> None:
         """Take a cell's link down or up (both ends, as a cable pull would)."""

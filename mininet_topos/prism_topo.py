@@ -15,6 +15,8 @@ Nothing happens at import time.
 from __future__ import annotations
 
 from pathlib import Path
+
+import yaml
 from typing import Dict, List
 
 from mininet.topo import Topo
@@ -38,10 +40,16 @@ MGMT_CELL_HOST_BASE = 10
 #: Switch port numbers: edge hosts count up from 1, cells from CELL_PORT_BASE.
 EDGE_PORT_BASE = 1
 CELL_PORT_BASE = 101
-#: The shipped SPE model, used by ``prism_config(prediction=True)`` (the demo).
-DEFAULT_MODEL_DIR = Path(__file__).resolve().parent.parent / "models" / "default"
+#: This file. ``mn --custom FILE`` executes it with no ``__file__``; the README runs
+#: that command from the repository, where this relative path holds.
+_THIS_FILE = Path(globals().get("__file__", "mininet_topos/prism_topo.py"))
+#: The shipped first-packet SPE model, used by ``prism_config(prediction=True)`` and
+#: ``prediction_config`` (``prediction.policy: first_packet``; models/default is the aging model).
+DEFAULT_MODEL_DIR = _THIS_FILE.resolve().parent.parent / "models" / "first_packet"
 #: The demo's mirroring budget: mirror copies per packet the predictive policy may spend.
 DEMO_MIRROR_BUDGET = 0.5
+#: The shipped configuration: ``prism demo`` runs its replication policy.
+SHIPPED_CONFIG = _THIS_FILE.resolve().parent.parent / "examples" / "prism.yaml"
 
 
 class PrismTopo(Topo):
@@ -121,8 +129,31 @@ def prism_config(
 
 
 def prediction_config(model_dir: Path = DEFAULT_MODEL_DIR, budget: float = DEMO_MIRROR_BUDGET) -> Dict:
-    """The ``prediction`` section: the predictive policy with ``model_dir`` and ``budget``."""
-    return {"model": str(model_dir), "budget": budget}
+    """The ``prediction`` section: the first-packet predictive policy with ``model_dir`` and ``budget``."""
+    return {"policy": "first_packet", "model": str(model_dir), "budget": budget}
+
+
+def shipped_policy_config(path: Path = SHIPPED_CONFIG) -> Dict:
+    """What the shipped configuration (``examples/prism.yaml``) says about replication, as overrides.
+
+    Its ``prediction`` section (a relative ``model`` made absolute), ``mirroring_mode``
+    and ``max_replication_factor``, and its management section's state-mode settings
+    (``state_interval_s``, ``takeover_tolerance_bytes``, under ``"management"``);
+    the demo's network, addresses and ports stay its own.
+    """
+    shipped = yaml.safe_load(path.read_text()) or {}
+    overrides: Dict = {}
+    for key in ("prediction", "mirroring_mode", "max_replication_factor"):
+        if key in shipped:
+            overrides[key] = shipped[key]
+    prediction = overrides.get("prediction")
+    if isinstance(prediction, dict) and prediction.get("model"):
+        prediction["model"] = str((path.parent / prediction["model"]).resolve())
+    management = {k: v for k, v in (shipped.get("management") or {}).items()
+                  if k in ("state_interval_s", "takeover_tolerance_bytes")}
+    if management:
+        overrides["management"] = management
+    return overrides
 
 
 topos = {"prism": PrismTopo}

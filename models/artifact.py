@@ -6,6 +6,14 @@ skops rebuilds only the types listed in ``TRUSTED_TYPES``, and a model whose
 manifest does not match this code (schema version, feature names and order),
 whose file is missing or differs from the digest in its manifest, or that
 holds any other type, is refused with a ``ModelError`` saying what to do.
+
+Two kinds of model (manifest ``kind``): ``first_packet`` (``models.features``
+rows of a flow's first packet, for ``prism.policy_predictive``; the kind of
+manifests without the key) and ``aging`` (``prism.aging_features`` rows of a
+live flow at an age milestone, for ``prism.policy_aging``). Every manifest
+carries ``probe_rows``: up to ``MAX_PROBE_ROWS`` real held-out feature rows on
+which ``models.predictor`` checks, at load, that its compact tree walker gives
+scikit-learn's numbers.
 """
 
 from __future__ import annotations
@@ -13,14 +21,16 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import math
 import platform
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO, Dict, List, Mapping, Union
+from typing import BinaryIO, Dict, List, Mapping, Optional, Union
 
+from prism.aging_features import AGING_FEATURE_NAMES
 from prism.atomic import atomic_write_bytes
-from prism.records import SCHEMA_VERSION
+from prism.records import READABLE_SCHEMA_VERSIONS, SCHEMA_VERSION
 
 from models.features import FEATURE_NAMES
 
@@ -53,7 +63,11 @@ ALLOWED_TYPES = frozenset(TRUSTED_TYPES) | {
     "sklearn.preprocessing._label.LabelEncoder",
 }  # fmt: skip
 SCHEMA_MEMBER = "schema.json"
-#: Estimators a model file must hold, by name -> class name.
+KIND_FIRST_PACKET = "first_packet"
+KIND_AGING = "aging"
+#: Real held-out feature rows stored in a manifest for the load-time check (at most).
+MAX_PROBE_ROWS = 256
+#: Estimators a first_packet model file must hold, by name -> class name.
 REQUIRED_MODELS = {
     "alive": "HistGradientBoostingClassifier",
     "duration": "HistGradientBoostingRegressor",
@@ -63,6 +77,16 @@ REQUIRED_MODELS = {
     "baseline_duration": "ServicePortMean",
     "baseline_packets": "ServicePortMean",
     "baseline_bytes": "ServicePortMean",
+}
+#: Estimators an aging model file must hold.
+REQUIRED_AGING_MODELS = {
+    "alive": "HistGradientBoostingClassifier",  #: P(the flow lives the horizon more)
+    "remaining_packets": "HistGradientBoostingRegressor",  #: log1p(packets still to come)
+}
+#: kind -> (feature names, required estimators).
+KINDS = {
+    KIND_FIRST_PACKET: (FEATURE_NAMES, REQUIRED_MODELS),
+    KIND_AGING: (AGING_FEATURE_NAMES, REQUIRED_AGING_MODELS),
 }
 LIBRARIES = ("numpy", "scipy", "sklearn", "skops", "pandas", "pyarrow")
 
@@ -99,7 +123,23 @@ def file_digest(path: Path) -> str:
     return "sha256:" + digest.hexdigest()
 
 
-def save_model(directory, estimators: Mapping[str, object], manifest: Mapping) -> Path:
+def model_kind(manifest: Mapping) -> str:
+    """The manifest's kind (``first_packet`` when it names none: manifests from before the aging model)."""
+    return str(manifest.get("kind", KIND_FIRST_PACKET))
+
+
+def probe_rows_json(rows) -> List[List[Optional[float]]]:
+    """Feature rows as JSON values (NaN as null), at most ``MAX_PROBE_ROWS``, spread over the rows given."""
+    import numpy as np
+
+    X = np.asarray(rows, dtype=float)
+    if len(X) > MAX_PROBE_ROWS:
+        X = X[np.linspace(0, len(X) - 1, MAX_PROBE_ROWS).round().astype(int)]
+    return [[None if math.isnan(v) else float(v) for v in row] for row in X.tolist()]
+
+
+def save_model(directory, estimators: Mapping[str, object], manifest: Mapping, kind: str = KIND_FIRST_PACKET,
+               probe_rows=None) -> Path:  # fmt: skip
     """Write ``model.skops`` and ``manifest.json`` into ``directory`` (each atomically).
 
     The model file is written first and the manifest, which names the model
@@ -108,10 +148,13 @@ def save_model(directory, estimators: Mapping[str, object], manifest: Mapping) -
 
     Args:
         directory: the model directory (created if needed).
-        estimators: fitted estimators by name (see ``REQUIRED_MODELS``).
+        estimators: fitted estimators by name (see ``KINDS``).
         manifest: training facts (horizon, data digest, metrics ...); the
-            format, schema version, feature names, library versions and model
-            digest are added here.
+            format, kind, schema version, feature names, library versions,
+            probe rows and model digest are added here.
+        kind: ``first_packet`` or ``aging``.
+        probe_rows: real held-out feature rows (at least one; ``MAX_PROBE_ROWS``
+            spread over them are kept); default: the manifest's ``probe_rows``.
 
     Returns:
         The manifest path.
@@ -119,20 +162,28 @@ def save_model(directory, estimators: Mapping[str, object], manifest: Mapping) -
     import skops.io as sio
 
     directory = Path(directory)
-    missing = sorted(set(REQUIRED_MODELS) - set(estimators))
+    if kind not in KINDS:
+        raise ModelError(f"cannot save: unknown model kind {kind!r} (one of {', '.join(KINDS)})")
+    feature_names, required = KINDS[kind]
+    missing = sorted(set(required) - set(estimators))
     if missing:
         raise ModelError(f"cannot save: estimators missing: {', '.join(missing)}")
+    probe = probe_rows_json(probe_rows if probe_rows is not None else manifest.get("probe_rows", []))
+    if not probe or any(len(row) != len(feature_names) for row in probe):
+        raise ModelError(f"cannot save: probe_rows must be real feature rows of {len(feature_names)} columns")
     data = sio.dumps(dict(estimators), compression=zipfile.ZIP_DEFLATED, compresslevel=9)
     model_path = atomic_write_bytes(directory / MODEL_FILE, data)
     full = {
         "format": MANIFEST_FORMAT,
         "manifest_version": MANIFEST_VERSION,
+        "kind": kind,
         "schema_version": SCHEMA_VERSION,
-        "feature_names": list(FEATURE_NAMES),
+        "feature_names": list(feature_names),
         "model_file": MODEL_FILE,
         "model_digest": file_digest(model_path),
         "libraries": library_versions(),
-        **{k: v for k, v in manifest.items() if k not in ("format", "model_digest")},
+        **{k: v for k, v in manifest.items() if k not in ("format", "model_digest", "kind", "probe_rows")},
+        "probe_rows": probe,
     }
     text = json.dumps(full, indent=2, sort_keys=False, allow_nan=False) + "\n"
     return atomic_write_bytes(directory / MANIFEST_FILE, text.encode())
@@ -166,23 +217,35 @@ def manifest_problems(manifest) -> List[str]:
     problems = []
     if manifest.get("manifest_version") != MANIFEST_VERSION:
         problems.append(f"manifest version {manifest.get('manifest_version')}, expected {MANIFEST_VERSION}")
-    if manifest.get("schema_version") != SCHEMA_VERSION:
+    if manifest.get("schema_version") not in READABLE_SCHEMA_VERSIONS:  # v1 columns are all in v2
         problems.append(
             f"trained on flow-record schema v{manifest.get('schema_version')}, this PRISM uses v{SCHEMA_VERSION}"
         )
+    kind = model_kind(manifest)
+    if kind not in KINDS:
+        return problems + [f"unknown model kind {kind!r} (this PRISM knows {', '.join(KINDS)})"]
+    feature_names = KINDS[kind][0]
     names = manifest.get("feature_names")
-    if names != list(FEATURE_NAMES):
+    if names != list(feature_names):
         if not isinstance(names, list):
             problems.append("no feature_names list")
         else:
-            extra = [n for n in names if n not in FEATURE_NAMES]
-            absent = [n for n in FEATURE_NAMES if n not in names]
+            extra = [n for n in names if n not in feature_names]
+            absent = [n for n in feature_names if n not in names]
             detail = f"unknown {extra}, " if extra else ""
             detail += f"missing {absent}" if absent else "same names in another order"
             problems.append(f"features differ from this code's ({detail})")
     for key in ("model_file", "model_digest", "horizon_s"):
         if key not in manifest:
             problems.append(f"no {key!r}")
+    probe = manifest.get("probe_rows")
+    if not isinstance(probe, list) or not probe:
+        problems.append("no probe_rows (real feature rows the load-time check needs)")
+    elif len(probe) > MAX_PROBE_ROWS or any(
+        not isinstance(row, list) or len(row) != len(feature_names)
+        or any(v is not None and not isinstance(v, (int, float)) for v in row) for row in probe
+    ):  # fmt: skip
+        problems.append(f"probe_rows must be at most {MAX_PROBE_ROWS} rows of {len(feature_names)} numbers or nulls")
     return problems
 
 
@@ -232,7 +295,7 @@ def load_model(directory) -> LoadedModel:
         estimators = sio.loads(data, trusted=list(TRUSTED_TYPES))
     except Exception as exc:
         raise ModelError(f"{model_path}: cannot be loaded ({type(exc).__name__}: {exc})") from None
-    _check_estimators(estimators, model_path)
+    _check_estimators(estimators, model_path, model_kind(manifest))
     return LoadedModel(estimators=estimators, manifest=manifest, directory=directory)
 
 
@@ -253,16 +316,17 @@ def types_in_file(model_file: Union[Path, BinaryIO]) -> set:
     return found
 
 
-def _check_estimators(estimators, model_path: Path) -> None:
+def _check_estimators(estimators, model_path: Path, kind: str) -> None:
     if not isinstance(estimators, dict):
         raise ModelError(f"{model_path}: holds a {type(estimators).__name__}, expected a dict of estimators")
-    for name, class_name in REQUIRED_MODELS.items():
+    feature_names, required = KINDS[kind]
+    for name, class_name in required.items():
         estimator = estimators.get(name)
         if type(estimator).__name__ != class_name:
             found = "nothing" if estimator is None else type(estimator).__name__
             raise ModelError(f"{model_path}: {name!r} should be a {class_name}, found {found}")
-        if getattr(estimator, "n_features_in_", None) != len(FEATURE_NAMES):
+        if getattr(estimator, "n_features_in_", None) != len(feature_names):
             raise ModelError(
                 f"{model_path}: {name!r} takes {getattr(estimator, 'n_features_in_', '?')} features, "
-                f"this code computes {len(FEATURE_NAMES)}"
+                f"this code computes {len(feature_names)}"
             )

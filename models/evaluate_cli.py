@@ -1,95 +1,240 @@
-"""``prism evaluate FLOWS --model DIR``: the policy table (and model metrics) on any flow records."""
+"""``prism evaluate FLOWS``: the policy comparison (``prism.evaluation``) on any flow records.
+
+Rows: ``controller`` (what the configuration, by default the shipped
+``examples/prism.yaml``, makes the controller do, flow by flow:
+``models.controller_row``), none, fixed rf1 and rf2 (full), fixed rf1 in
+state mode, random, the port-mean baseline and the oracle; random, baseline
+and oracle decide at birth and spend the controller's mirror copies per
+packet (protection at equal cost). ``--budgets`` adds the first-packet table
+at fixed budgets (full mode: the model's predicted duration, the baseline,
+random, oracle). ``--cross-source`` trains on one source and judges on
+another (``models.cross_source``).
+"""
 
 from __future__ import annotations
 
 import argparse
 import json
 import sys
-from typing import List
+from dataclasses import asdict
+from pathlib import Path
+from typing import Optional
 
 import numpy as np
 from threadpoolctl import threadpool_limits
 
 from prism.atomic import atomic_write_bytes
+from prism.config import ConfigError
+from prism.evaluation import (
+    DEFAULT_BUDGETS,
+    EvalSettings,
+    at_risk_summary,
+    compare,
+    format_table,
+    policy_table,
+    targets,
+)
 from prism.records import RecordsError, read_records
 
 from models.artifact import ModelError
-from models.estimator import BASELINE_DURATION, DURATION
-from models.evaluation import DEFAULT_BUDGETS, at_risk_summary, format_table, policy_table
-from models.predictor import Predictor
-from models.train import BASELINE, PREDICTIVE, TrainConfig, build_dataset, heldout_metrics
+from models.controller_row import CONFIGURED, SHIPPED_CONFIG, controller_replay, describe, load
+
+#: The first-packet SPE whose port-mean baseline is a row (models/default is the aging model).
+DEFAULT_MODEL = Path(__file__).resolve().parent / "first_packet"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Register ``prism evaluate`` options."""
     parser.add_argument("flows", nargs="+", metavar="FLOWS", help="flow-record Parquet files")
-    parser.add_argument("--model", required=True, metavar="DIR", help="model directory")
+    parser.add_argument("--config", default=str(SHIPPED_CONFIG), metavar="FILE",
+                        help="configuration whose policy gives the controller row (default: the shipped "
+                             "examples/prism.yaml)")  # fmt: skip
+    parser.add_argument("--model", metavar="DIR",
+                        help="first-packet model directory of the port-mean baseline row (and the first-packet "
+                             "table), whose training captures are left out (default: models/first_packet)")  # fmt: skip
     parser.add_argument("--json", metavar="FILE", help="also write the results as JSON")
-    parser.add_argument("--budgets", type=float, nargs="+", default=list(DEFAULT_BUDGETS),
-                        metavar="SHARE", help="shares of packets mirrored to compare at")  # fmt: skip
+    parser.add_argument("--budgets", type=float, nargs="+", metavar="SHARE",
+                        help="also compare first-packet policies at these mirror copies per packet "
+                             f"(e.g. {' '.join(f'{b:g}' for b in DEFAULT_BUDGETS)})")  # fmt: skip
     parser.add_argument("--include-training-groups", action="store_true",
                         help="keep flows of capture files the model was trained on (dropped by default)")  # fmt: skip
+    parser.add_argument("--seed-delay", type=float, default=EvalSettings().seed_delay_s, metavar="S",
+                        help="seconds from a promotion until its new mirror holds the state "
+                             f"(default {EvalSettings().seed_delay_s:g})")  # fmt: skip
+    parser.add_argument("--cross-source", action="store_true",
+                        help="train on each source of FLOWS (its files) in turn and judge on the others: "
+                             "the model of the controller row and of the baseline is that one")  # fmt: skip
+    parser.add_argument("--max-flows", type=int, metavar="N",
+                        help="with --cross-source: use at most N flows per source (a quick run)")  # fmt: skip
 
 
 def run(args: argparse.Namespace) -> int:
-    """Evaluate; prints a Markdown table; 0 on success."""
+    """Evaluate; prints Markdown tables; 0 on success."""
+    if args.seed_delay < 0 or (args.budgets and any(not 0 < b <= 2 for b in args.budgets)):
+        print("prism evaluate: --seed-delay must be >= 0 and --budgets in (0, 2]", file=sys.stderr)
+        return 2
     try:
-        predictor = Predictor.load(args.model)
+        config = load(args.config)
+        settings = EvalSettings(seed_delay_s=args.seed_delay, state_interval_s=config.management.state_interval_s)
+        if args.cross_source:
+            from models.cross_source import run_cross_source
+
+            return run_cross_source(args, config, settings, print_report, write_json)
+        predictor = _load_model(args.model)
         frame = read_records(args.flows)
-    except (ModelError, RecordsError) as exc:
+    except (ModelError, RecordsError, ConfigError, OSError, ValueError) as exc:
         print(f"prism evaluate: {exc}", file=sys.stderr)
         return 1
-    manifest = predictor.manifest
     excluded = 0
+    manifest = predictor.manifest if predictor is not None else {}
     if not args.include_training_groups:
         trained_on = set(manifest.get("training_data", {}).get("train_groups", []))
+        trained_on |= _controller_training_groups(config)
         keep = ~frame["group"].isin(trained_on).to_numpy()
         excluded = int((~keep).sum())
         frame = frame[keep].reset_index(drop=True)
     if frame.empty:
         print("prism evaluate: no flows left to evaluate (all belong to the model's training "
-              "captures; see --include-training-groups)", file=sys.stderr)  # fmt: skip
+              "captures; see --include-training-groups and --cross-source)", file=sys.stderr)  # fmt: skip
         return 1
-    config = TrainConfig(horizon_s=predictor.horizon_s,
-                         report_delay_s=float(manifest.get("report_delay_s", 0.0)))  # fmt: skip
-    data = build_dataset(frame, config)
-    estimators = predictor.estimators
-    scores = {
-        PREDICTIVE: predictor.predict_batch(data.X)[DURATION],
-        BASELINE: np.expm1(estimators[BASELINE_DURATION].predict(data.X)),
-    }
-    thresholds = [
-        (f"{PREDICTIVE}, threshold {t:.3g} s set for {float(b):.0%} on training data", PREDICTIVE, t)
-        for b, t in manifest.get("thresholds", {}).items()
-    ]
-    rows = policy_table(data.frame, scores, args.budgets, thresholds)
-    everything = np.ones(len(frame), dtype=bool)
-    with threadpool_limits(limits=1, user_api="openmp"):
-        metrics = heldout_metrics(estimators, data, everything)
-    summary = at_risk_summary(data.frame)
-    print(f"{len(frame)} flows from {frame['group'].nunique()} capture(s) "
-          f"({excluded} flows of training captures left out); horizon {predictor.horizon_s:g} s")  # fmt: skip
-    print(format_table(rows))
-    print(_metrics_lines(metrics))
+    try:
+        report = evaluate(frame, config, predictor, settings, args.budgets)
+    except (ModelError, ValueError) as exc:
+        print(f"prism evaluate: {exc}", file=sys.stderr)
+        return 1
+    print(f"{len(frame)} flows from {frame['group'].nunique()} capture(s) ({excluded} flows of the models' "
+          f"training captures left out)")  # fmt: skip
+    print_report(report)
     if args.json:
-        report = {
-            "model": str(args.model),
-            "model_digest": manifest.get("model_digest"),
+        report.update({
             "flows_files": [str(f) for f in args.flows],
-            "flows": int(len(frame)),
             "excluded_training_flows": excluded,
-            "horizon_s": predictor.horizon_s,
-            "at_risk": summary,
-            "metrics": metrics,
-            "policies": [row.as_dict() for row in rows],
-        }
-        atomic_write_bytes(args.json, (json.dumps(report, indent=2) + "\n").encode())
+            "model": None if predictor is None else str(predictor.directory),
+            "model_digest": manifest.get("model_digest"),
+        })  # fmt: skip
+        write_json(args.json, report)
     return 0
 
 
-def _metrics_lines(metrics: dict) -> str:
-    lines: List[str] = []
-    for name, entry in metrics.items():
+def _controller_training_groups(config) -> set:
+    """Capture files the controller row's configured model was trained on (empty: no model)."""
+    directory = getattr(config.prediction, "model", None) if config.prediction is not None else None
+    if not directory:
+        return set()
+    from models.artifact import read_manifest
+
+    return set(read_manifest(Path(directory)).get("training_data", {}).get("train_groups", []))
+
+
+def _load_model(directory: Optional[str]):
+    """The baseline's model: the given directory, else the shipped one if it loads (None if it does not)."""
+    from models.predictor import Predictor
+
+    if directory is not None:
+        return Predictor.load(directory)
+    try:
+        return Predictor.load(DEFAULT_MODEL)
+    except ModelError:
+        return None
+
+
+def evaluate(frame, config, predictor, settings: EvalSettings, budgets=None, controller_model=CONFIGURED) -> dict:
+    """The comparison on ``frame`` as a JSON-ready report.
+
+    Args:
+        frame: flow records to judge.
+        config: the configuration of the controller row.
+        predictor: the model of the baseline (and first-packet rows), or None.
+        settings: the engine's costs.
+        budgets: also the first-packet table at these budgets.
+        controller_model: replaces the configured model in the controller row.
+    """
+    timeline = controller_replay(config, controller_model)(frame)
+    scores = first_packet_scores(frame, predictor)
+    comparison = compare(frame, controller=timeline, baseline_scores=scores.get("baseline"), settings=settings)
+    report = {
+        "controller": describe(config),
+        "flows": int(len(frame)),
+        "groups": int(frame["group"].nunique()),
+        "redecisions": int(getattr(timeline, "redecisions", 0)),
+        "at_risk": at_risk_summary(frame),
+        "settings": asdict(settings),
+        "budget": comparison.budget,
+        "notes": comparison.notes,
+        "targets": targets(comparison),
+        "policies": [row.as_dict() for row in comparison.rows],
+    }
+    if budgets:
+        named = {name: values for name, values in scores.items() if name != "baseline"}
+        if "baseline" in scores:
+            named["baseline (port mean)"] = scores["baseline"]
+        report["first_packet_policies"] = [row.as_dict() for row in policy_table(frame, named, budgets)]
+    if predictor is not None and scores:
+        report["metrics"] = _metrics(frame, predictor)
+    return report
+
+
+def first_packet_scores(frame, predictor) -> dict:
+    """Predicted durations of the model's first-packet estimators ("predictive (HGB)", "baseline"), if it has them."""
+    if predictor is None:
+        return {}
+    from models.estimator import BASELINE_DURATION, DURATION
+    from models.train import TrainConfig, build_dataset
+
+    estimators = predictor.estimators
+    if BASELINE_DURATION not in estimators:
+        return {}
+    manifest = predictor.manifest
+    data = build_dataset(frame, TrainConfig(horizon_s=predictor.horizon_s,
+                                            report_delay_s=float(manifest.get("report_delay_s", 0.0))))  # fmt: skip
+    scores = {"baseline": np.expm1(estimators[BASELINE_DURATION].predict(data.X))}
+    if DURATION in estimators:
+        scores["predictive (HGB)"] = np.expm1(estimators[DURATION].predict(data.X))
+    return scores
+
+
+def _metrics(frame, predictor) -> dict:
+    from models.train import TrainConfig, build_dataset, heldout_metrics
+
+    manifest = predictor.manifest
+    data = build_dataset(frame, TrainConfig(horizon_s=predictor.horizon_s,
+                                            report_delay_s=float(manifest.get("report_delay_s", 0.0))))  # fmt: skip
+    with threadpool_limits(limits=1, user_api="openmp"):
+        try:
+            return heldout_metrics(predictor.estimators, data, np.ones(len(frame), dtype=bool))
+        except (KeyError, ValueError):
+            return {}
+
+
+def print_report(report: dict) -> None:
+    """The report's tables and notes on stdout."""
+    from prism.evaluation import PolicyResult
+
+    print(f"controller row: {report['controller']}; budgeted rows spend the controller's "
+          f"{report['budget']:.4f} copies per packet")  # fmt: skip
+    print(format_table(PolicyResult(**row) for row in report["policies"]))
+    for note in report["notes"]:
+        print(f"note: {note}")
+    if report.get("targets"):
+        t = report["targets"]
+        print(f"controller vs fixed rf1: {t['packets_protected_vs_rf1']:.1%} of its at-risk packets protected, "
+              f"{t['flows_protected_vs_rf1']:.1%} of its at-risk flows, {t['copies_vs_rf1']:.2%} of its copies; "
+              f"replication bytes {t['replication_bytes']:.2%} of traffic")  # fmt: skip
+    if report.get("first_packet_policies"):
+        print("\nfirst-packet policies at fixed budgets (full mode):")
+        print(format_table(PolicyResult(**row) for row in report["first_packet_policies"]))
+    for name, entry in (report.get("metrics") or {}).items():
         parts = [f"{key} {value:.3f}" for key, value in entry.items() if isinstance(value, float)]
-        lines.append(f"{name}: " + ", ".join(parts))
-    return "\n".join(lines)
+        print(f"{name}: " + ", ".join(parts))
+
+
+def write_json(path: str, report: dict) -> None:
+    """The report as JSON, written atomically."""
+    atomic_write_bytes(path, (json.dumps(report, indent=2, default=_plain) + "\n").encode())
+
+
+def _plain(value):
+    if isinstance(value, (np.integer, np.floating)):
+        return value.item()
+    raise TypeError(f"not JSON: {type(value).__name__}")
+

@@ -7,6 +7,13 @@ walks them in a tight loop, which gives the same numbers (checked at load
 against scikit-learn on probe rows) in tens of microseconds. Batches walk the
 same trees level by level with numpy, all trees at once: no OpenMP threads,
 whose barriers make scikit-learn's predict slow on a busy two-core machine.
+
+The load-time check runs on the manifest's ``probe_rows`` (real held-out
+feature rows, so that the walk reaches the thresholds real flows reach), each
+also with one column missing in turn (the trees' missing-value routes), and a
+model whose compact walker disagrees with scikit-learn on any of them is
+refused. ``Predictor.load`` returns an ``AgingPredictor`` for an ``aging`` model
+(``prism.policy_aging``'s scorer), a ``Predictor`` for a ``first_packet`` one.
 """
 
 from __future__ import annotations
@@ -18,13 +25,12 @@ from typing import Dict, List, NamedTuple, Optional, Sequence, Tuple
 import numpy as np
 from threadpoolctl import threadpool_limits
 
-from models.artifact import LoadedModel, ModelError, load_model
+from models.artifact import KIND_AGING, LoadedModel, ModelError, load_model, model_kind
 from models.estimator import ALIVE, BYTES, DURATION, PACKETS
 from models.features import FEATURE_NAMES
 
-#: Rows of random probe data compared between the compact and sklearn predictors at load.
-PROBE_ROWS = 64
 PROBE_TOLERANCE = 1e-9
+REMAINING_PACKETS = "remaining_packets"
 _LEAF = -1
 
 
@@ -160,13 +166,19 @@ class Predictor:
         self._check_against_sklearn()
 
     @classmethod
-    def load(cls, directory) -> "Predictor":
+    def load(cls, directory):
         """Load and check a model directory (see ``models.artifact.load_model``).
+
+        Returns:
+            A ``Predictor`` (first_packet model) or an ``AgingPredictor`` (aging model).
 
         Raises:
             ModelError: the model is unusable; the message says why.
         """
-        return cls(load_model(Path(directory)))
+        loaded = load_model(Path(directory))
+        if model_kind(loaded.manifest) == KIND_AGING:
+            return AgingPredictor(loaded)
+        return Predictor(loaded)
 
     @property
     def horizon_s(self) -> float:
@@ -239,28 +251,94 @@ class Predictor:
         }
 
     def _check_against_sklearn(self) -> None:
-        with threadpool_limits(limits=1, user_api="openmp"):
-            self._compare_on_probe()
-
-    def _compare_on_probe(self) -> None:
-        rng = np.random.default_rng(0)
-        probe = rng.normal(size=(PROBE_ROWS, len(FEATURE_NAMES))) * 100.0
-        probe[rng.random(probe.shape) < 0.2] = np.nan
+        probe = probe_matrix(self.manifest)
         pairs = (
-            (self._alive, self._estimators[ALIVE].predict_proba(probe)[:, 1]),
-            (self._duration, self._estimators[DURATION].predict(probe)),
-            (self._packets, self._estimators[PACKETS].predict(probe)),
-            (self._bytes, self._estimators[BYTES].predict(probe)),
+            (self._alive, lambda X: self._estimators[ALIVE].predict_proba(X)[:, 1]),
+            (self._duration, self._estimators[DURATION].predict),
+            (self._packets, self._estimators[PACKETS].predict),
+            (self._bytes, self._estimators[BYTES].predict),
         )
-        for compact, expected in pairs:
+        check_walkers(pairs, probe, self.directory)
+
+
+def probe_matrix(manifest: dict) -> np.ndarray:
+    """The manifest's probe rows, then each of them with one column missing in turn (NaN)."""
+    rows = np.array([[np.nan if v is None else float(v) for v in row] for row in manifest["probe_rows"]], dtype=float)
+    holes = rows.copy()
+    holes[np.arange(len(rows)), np.arange(len(rows)) % rows.shape[1]] = np.nan
+    return np.vstack([rows, holes])
+
+
+def check_walkers(pairs, probe: np.ndarray, directory) -> None:
+    """Refuse the model unless every compact ensemble gives scikit-learn's numbers on ``probe``.
+
+    Args:
+        pairs: ``(CompactEnsemble, sklearn prediction function)`` per model.
+        probe: Rows to compare on.
+        directory: The model directory (for the message).
+
+    Raises:
+        ModelError: a walker disagrees (single rows or the batch).
+    """
+    with threadpool_limits(limits=1, user_api="openmp"):
+        for compact, sklearn_predict in pairs:
+            expected = np.asarray(sklearn_predict(probe), dtype=float)
             got = np.array([compact.predict(row) for row in probe.tolist()])
             got_batch = compact.predict_batch(probe)
             if not (
                 np.allclose(got, expected, rtol=0, atol=PROBE_TOLERANCE)
                 and np.allclose(got_batch, expected, rtol=0, atol=PROBE_TOLERANCE)
             ):
+                worst = max(np.max(np.abs(got - expected)), np.max(np.abs(got_batch - expected)))
                 raise ModelError(
-                    f"{self.directory}: the compact predictor disagrees with scikit-learn "
-                    f"(max difference {np.max(np.abs(got - expected)):.3g}); this scikit-learn "
-                    "version stores trees differently: retrain or use the pinned version"
+                    f"{directory}: the compact predictor disagrees with scikit-learn on the model's "
+                    f"probe rows (max difference {worst:.3g}); this scikit-learn version stores trees "
+                    "differently: retrain or use the pinned version"
                 )
+
+
+class AgingPredictor:
+    """The aging model's inference for ``prism.policy_aging`` (an ``AliveScorer``).
+
+    Use ``Predictor.load(directory)`` on an ``aging`` model; the constructor takes a loaded one.
+    """
+
+    def __init__(self, loaded: LoadedModel):
+        self.manifest = loaded.manifest
+        self.directory = loaded.directory
+        self._estimators = loaded.estimators
+        self._alive = CompactEnsemble(loaded.estimators[ALIVE])
+        self._remaining = CompactEnsemble(loaded.estimators[REMAINING_PACKETS])
+        self.alive_probability = self._alive.predict  # the hot path: one bound method, no wrapper
+        #: Trained on flows quiet since their previous milestone too: the policy may ask about them.
+        self.scores_quiet_flows = bool(self.manifest.get("quiet_rows", False))
+        check_walkers(((self._alive, lambda X: self._estimators[ALIVE].predict_proba(X)[:, 1]),
+                       (self._remaining, self._estimators[REMAINING_PACKETS].predict)),
+                      probe_matrix(self.manifest), self.directory)  # fmt: skip
+
+    @property
+    def horizon_s(self) -> float:
+        """How much longer (s) ``alive_probability`` asks a flow to live."""
+        return float(self.manifest["horizon_s"])
+
+    @property
+    def feature_names(self) -> Tuple[str, ...]:
+        """Input columns, in order (``prism.aging_features.AGING_FEATURE_NAMES``)."""
+        return tuple(self.manifest["feature_names"])
+
+    @property
+    def estimators(self) -> Dict[str, object]:
+        """The loaded scikit-learn estimators by name."""
+        return dict(self._estimators)
+
+    def remaining_packets(self, row: Sequence[float]) -> float:
+        """Expected packets still to come (both directions) of a flow with this ``aging_row``."""
+        return max(math.expm1(self._remaining.predict(row)), 0.0)
+
+    def predict_batch(self, rows) -> Dict[str, np.ndarray]:
+        """``{"alive": P(lives the horizon more), "remaining_packets": expected}`` for many rows."""
+        X = np.asarray(rows, dtype=float)
+        if X.ndim != 2 or X.shape[1] != len(self.feature_names):
+            raise ValueError(f"expected rows of {len(self.feature_names)} features, got shape {X.shape}")
+        return {ALIVE: self._alive.predict_batch(X),
+                REMAINING_PACKETS: np.maximum(np.expm1(self._remaining.predict_batch(X)), 0.0)}  # fmt: skip

@@ -25,6 +25,7 @@ from threadpoolctl import threadpool_limits
 from prism.flowmeter import DEFAULT_IDLE_TIMEOUT_S
 from prism.records import END_CAPTURE, records_digest
 
+from models.artifact import probe_rows_json
 from models.estimator import (
     ALIVE,
     BASELINE_ALIVE,
@@ -131,6 +132,7 @@ class TrainResult:
                 "test_groups": sorted(frame.loc[test, "group"].unique().tolist()),
             },
             "metrics_heldout": self.metrics,
+            "probe_rows": probe_rows_json(self.data.X[test]),
             "thresholds": {f"{b:g}": t for b, t in self.thresholds.items()},
             "policies_heldout": [row.as_dict() for row in self.policies],
         }
@@ -171,6 +173,18 @@ def split_by_group(frame: pd.DataFrame, test_share: float, seed: int) -> np.ndar
     return test
 
 
+def fittable(X: np.ndarray) -> np.ndarray:
+    """``X`` with every all-missing column set to 0 (HistGradientBoosting cannot bin a column
+    without values; a constant one is never split on, so NaN rows predict the same later).
+    Argus records, for one, carry no first-packet size or flags."""
+    empty = np.isnan(X).all(axis=0)
+    if not empty.any():
+        return X
+    X = X.copy()
+    X[:, empty] = 0.0
+    return X
+
+
 def fit_models(data: Dataset, rows: np.ndarray, seed: int) -> Dict[str, object]:
     """Fit every model on the given rows, each on the rows whose label is known."""
     models = make_models(seed)
@@ -179,7 +193,7 @@ def fit_models(data: Dataset, rows: np.ndarray, seed: int) -> Dict[str, object]:
         known = rows & ~np.isnan(y)
         labels = y[known].astype(int) if name in (ALIVE, BASELINE_ALIVE) else y[known]
         weight = data.weight(name)
-        model.fit(data.X[known], labels, sample_weight=None if weight is None else weight[known])
+        model.fit(fittable(data.X[known]), labels, sample_weight=None if weight is None else weight[known])
     return models
 
 
@@ -241,7 +255,7 @@ def calibrate_thresholds(data: Dataset, train_rows: np.ndarray, config: TrainCon
         rows[index[fit_idx]] = True
         known = rows & ~np.isnan(y)
         model = make_models(config.seed)[DURATION]
-        model.fit(data.X[known], y[known], sample_weight=weight[known])
+        model.fit(fittable(data.X[known]), y[known], sample_weight=weight[known])
         scores[score_idx] = np.expm1(model.predict(data.X[index[score_idx]]))
     frame = data.frame.iloc[index]
     duration, packets = frame["duration_s"].to_numpy(), frame["packets"].to_numpy()

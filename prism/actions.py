@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from typing import Any, Iterable, List, Mapping, Sequence, Tuple, Union
 
 from prism.openflow import OfChange
-from prism.profiles import MirroringProfile
+from prism.profiles import MODE_FULL, MirroringProfile
 
 #: Flows per ``assign`` message: about 40 bytes each compressed, far below a datagram.
 ASSIGN_BATCH_FLOWS = 400
@@ -65,12 +65,22 @@ def profiles_message(epoch: int, profiles: Mapping[int, MirroringProfile], full:
 
 
 def seed_message(profile_id: int, target: str) -> dict:
-    """A ``seed`` message for a profile's primary: snapshot the profile's flows to ``target``."""
+    """A ``seed`` message for a profile's primary: snapshot the profile's flows to ``target``.
+
+    (A per-flow seed, with ``flows``, is ``prism.flow_seeds.FlowSeed.message``.)
+    """
     return {"type": "seed", "profile_id": profile_id, "target": target}
 
 
-def assign_messages(flows: Sequence[Tuple[int, int, str]]) -> List[dict]:
-    """``assign`` messages for ``(flow_id, profile_id, key_text)`` triples, ASSIGN_BATCH_FLOWS per message."""
+def assign_entry(flow_id: int, profile_id: int, key: object, mode: str = MODE_FULL) -> Tuple[Any, ...]:
+    """One flow of an ``assign`` message: ``(flow_id, profile_id, key_text)``, with the mode unless ``full``."""
+    if mode == MODE_FULL:
+        return (flow_id, profile_id, str(key))
+    return (flow_id, profile_id, str(key), mode)
+
+
+def assign_messages(flows: Sequence[Tuple[Any, ...]]) -> List[dict]:
+    """``assign`` messages for ``(flow_id, profile_id, key_text[, mode])`` tuples, ASSIGN_BATCH_FLOWS per message."""
     return [
         {"type": "assign", "flows": [list(flow) for flow in flows[start : start + ASSIGN_BATCH_FLOWS]]}
         for start in range(0, len(flows), ASSIGN_BATCH_FLOWS)

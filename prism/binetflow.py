@@ -2,18 +2,22 @@
 
 Argus reports per flow its start time, duration, protocol, endpoints, a
 state string (for TCP the flags seen from each side, e.g. ``SPA_SRPA``) and
-total packets and bytes; it has no first-packet size or flags, so those
-columns are null. Start times are taken as UTC.
+total packets and bytes; it has no first-packet size or flags, no count of
+state packets and no counts at age milestones, so those columns are null.
+Start times are taken as UTC. A row the CSV reader cannot parse (a field over
+the reader's limit, 128 KiB) or with a non-finite duration is skipped and
+counted, like any malformed row.
 """
 
 from __future__ import annotations
 
 import csv
 import io
+import math
 from collections import Counter
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from typing import Dict, List, Optional, TextIO
+from typing import Dict, Iterator, List, Optional, TextIO
 
 from prism.flowmeter import DEFAULT_IDLE_TIMEOUT_S
 from prism.flows import PROTO_TCP, FlowKey, ip_to_bytes, ip_to_str
@@ -83,7 +87,7 @@ def read_binetflow(
         raise BinetflowError(f"not an Argus binetflow file: missing column(s) {', '.join(missing)}")
     result = BinetflowResult()
     parsed = []
-    for row in csv.DictReader(text, fieldnames=header, delimiter=delimiter):
+    for row in _rows(csv.DictReader(text, fieldnames=header, delimiter=delimiter), result.skipped):
         item = _parse_row(row, result.skipped)
         if item is not None:
             parsed.append(item)
@@ -97,6 +101,17 @@ def read_binetflow(
         )
     result.records.sort(key=lambda record: record.ts_start)
     return result
+
+
+def _rows(reader: csv.DictReader, skipped: Counter) -> Iterator[Dict[str, Optional[str]]]:
+    """The reader's rows; a line it cannot parse is counted and passed over."""
+    while True:
+        try:
+            yield next(reader)
+        except StopIteration:
+            return
+        except csv.Error as exc:  # the reader resumes at the next line
+            skipped[f"unparsable row ({exc})"] += 1
 
 
 def _parse_row(row: Dict[str, Optional[str]], skipped: Counter):
@@ -117,7 +132,7 @@ def _parse_row(row: Dict[str, Optional[str]], skipped: Counter):
     except (KeyError, TypeError, ValueError):
         skipped["malformed row"] += 1
         return None
-    if duration < 0 or packets < 1 or nbytes < 0:
+    if not math.isfinite(duration) or duration < 0 or packets < 1 or nbytes < 0:
         skipped["impossible counters"] += 1
         return None
     state = (row.get("State") or "").strip().upper()

@@ -5,12 +5,14 @@ Schema (unknown keys are errors)::
     idle_timeout: 10                  # s, int > 0: FSC entries expire after this idle time
     default_replication_factor: 1     # int >= 0: mirrors per flow unless the policy says otherwise
     max_replication_factor: 2         # int >= default: the most mirrors any flow gets
+    mirroring_mode: full              # full | state: what the switch copies to mirrors (fixed policy)
     management:                       # optional: see prism/config_mgmt.py
       listen: "172.30.0.254:7600"     # the controller's UDP address on the management network
       heartbeat_interval: 0.1         # s; dead_after (default 3.5 intervals), alive_after (1 s)
     rest: {token_env: PRISM_REST_TOKEN}   # optional: or token_file
     telemetry: {dir: telemetry}       # optional: see prism/config_telemetry.py
     prediction: {model: ../models/default, budget: 0.25}   # optional: the predictive policy
+    bfd: {interval: 10, mult: 4}     # optional: cells speak BFD with the switch (prism/config_bfd.py)
     switches:                         # at least one
       - dpid: 1                       # int, "0x1", "0000000000000001" or "00:00:00:00:00:00:00:01"
         name: s1                      # optional, default "s<dpid>"
@@ -35,6 +37,7 @@ from typing import Union
 
 import yaml
 
+from prism.config_bfd import render_bfd
 from prism.config_mgmt import format_address
 from prism.config_schema import check_document, parse_dpid
 from prism.config_telemetry import PredictionConfig, TelemetryConfig, render_prediction, render_telemetry
@@ -130,6 +133,7 @@ def render_config(config: PrismConfig) -> str:
         "idle_timeout": config.idle_timeout,
         "default_replication_factor": config.default_replication_factor,
         "max_replication_factor": config.max_replication_factor,
+        "mirroring_mode": config.mirroring_mode,
         "management": _render_management(config.management),
         "rest": {k: (format_address(v) if k == "listen" else v)
                  for k, v in dataclasses.asdict(config.rest).items() if v is not None},  # fmt: skip
@@ -153,6 +157,8 @@ def render_config(config: PrismConfig) -> str:
         document["telemetry"] = render_telemetry(config.telemetry)
     if config.prediction is not None:
         document["prediction"] = render_prediction(config.prediction)
+    if config.bfd is not None:
+        document["bfd"] = render_bfd(config.bfd)
     return yaml.safe_dump(document, sort_keys=False)
 
 

@@ -10,6 +10,8 @@ Schema::
       key_file: mgmt.key              # the deployment's management key (relative: to this file), or
       key_env: PRISM_MGMT_KEY         #   the environment variable holding it (the default)
       generation_file: /var/lib/prism/controller-generation   # the controller's generation (fencing)
+      state_interval_s: 1.0           # s, > 0: progress records of a ``state`` flow (prism/mgmt.py)
+      takeover_tolerance_bytes: 16777216  # >= 0: how far a taken-over ``state`` flow may have moved
     rest:                             # optional; at most one of:
       token_env: PRISM_REST_TOKEN     #   environment variable holding the REST token
       token_file: /etc/prism/token    #   file holding it
@@ -46,6 +48,8 @@ from prism.config_types import (
     DEFAULT_ALIVE_AFTER_S,
     DEFAULT_DEAD_AFTER_INTERVALS,
     DEFAULT_HEARTBEAT_INTERVAL_S,
+    DEFAULT_STATE_INTERVAL_S,
+    DEFAULT_TAKEOVER_TOLERANCE_BYTES,
     SEVERITY_WARNING,
     CellConfig,
     LimitsConfig,
@@ -55,7 +59,11 @@ from prism.config_types import (
 )
 
 MANAGEMENT_KEYS = ("listen", "heartbeat_interval", "dead_after", "alive_after", "key_file", "key_env",
-                   "generation_file")  # fmt: skip
+                   "generation_file", "state_interval_s", "takeover_tolerance_bytes")  # fmt: skip
+#: Below this a ``state`` flow's progress records would come more often than a cell's tick sends them.
+CELL_TICK_S = 0.1
+#: Below this a taken-over flow must not have moved more than one full-size TCP window.
+SMALL_TOLERANCE_BYTES = 65535
 REST_KEYS = ("token_env", "token_file", "listen")
 OPENFLOW_KEYS = ("listen",)
 LIMITS_KEYS = ("max_flows",)
@@ -129,7 +137,7 @@ def check_management(checker, node: Optional[Node]) -> ManagementConfig:
     if "listen" in fields:
         listen = check_address(checker, fields["listen"], "management.listen", "management.listen")
     values: Dict[str, Optional[float]] = {}
-    for key in ("heartbeat_interval", "dead_after", "alive_after"):
+    for key in ("heartbeat_interval", "dead_after", "alive_after", "state_interval_s"):
         if key in fields:
             values[key] = _seconds(checker, fields[key], f"management.{key}")
     interval = values.get("heartbeat_interval") or DEFAULT_HEARTBEAT_INTERVAL_S
@@ -150,7 +158,24 @@ def check_management(checker, node: Optional[Node]) -> ManagementConfig:
                                          "management.generation_file")  # fmt: skip
         if generation_file is not None:
             generation_file = resolve_path(generation_file, checker.source)
-    return ManagementConfig(listen, interval, dead_after, alive_after, key_file, key_env, generation_file)
+    state_interval = values.get("state_interval_s") or DEFAULT_STATE_INTERVAL_S
+    if values.get("state_interval_s") and state_interval < CELL_TICK_S:
+        checker.report(fields["state_interval_s"], "management.state_interval_s",
+                       f"{state_interval} s is shorter than a cell's tick ({CELL_TICK_S} s): progress records "
+                       f"go at most once a tick", SEVERITY_WARNING)  # fmt: skip
+    tolerance = DEFAULT_TAKEOVER_TOLERANCE_BYTES
+    if "takeover_tolerance_bytes" in fields:
+        node = fields["takeover_tolerance_bytes"]
+        checked = checker.integer(node, "management.takeover_tolerance_bytes", 0)
+        if checked is not None:
+            tolerance = checked
+            if checked < SMALL_TOLERANCE_BYTES:
+                checker.report(node, "management.takeover_tolerance_bytes",
+                               f"{checked} bytes is less than one TCP window: a cell taking over a state-mode "
+                               f"flow refuses it if it moved further since its last record", SEVERITY_WARNING)  # fmt: skip
+    return ManagementConfig(listen, interval, dead_after, alive_after, key_file=key_file, key_env=key_env,
+                            generation_file=generation_file, state_interval_s=state_interval,
+                            takeover_tolerance_bytes=tolerance)  # fmt: skip
 
 
 def _key_source(checker, fields: Dict[str, Node]) -> Tuple[Optional[str], Optional[str]]:

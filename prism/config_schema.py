@@ -22,6 +22,7 @@ from prism.config_types import (
     PrismConfig,
     SwitchConfig,
 )
+from prism.config_bfd import check_bfd
 from prism.config_mgmt import (
     check_address,
     check_cell_addresses,
@@ -31,10 +32,11 @@ from prism.config_mgmt import (
     check_rest,
 )
 from prism.config_telemetry import check_prediction, check_telemetry
+from prism.profiles import MODE_FULL, MODES
 
 TOP_KEYS = (
-    "idle_timeout", "default_replication_factor", "max_replication_factor", "management", "rest",
-    "telemetry", "prediction", "switches", "openflow", "limits",
+    "idle_timeout", "default_replication_factor", "max_replication_factor", "mirroring_mode", "management",
+    "rest", "telemetry", "prediction", "bfd", "switches", "openflow", "limits",
 )  # fmt: skip
 SWITCH_KEYS = ("dpid", "name", "cells", "edge_ports")
 CELL_KEYS = ("id", "port", "mgmt")
@@ -214,8 +216,20 @@ class _Checker:
             limits=check_limits(self, top.get("limits")),
             telemetry=check_telemetry(self, top.get("telemetry")),
             prediction=check_prediction(self, top.get("prediction"), max_rf),
+            mirroring_mode=self._mirroring_mode(top.get("mirroring_mode")),
+            bfd=check_bfd(self, top.get("bfd")),
             source=self.source,
         )  # fmt: skip
+
+    def _mirroring_mode(self, node: Optional[Node]) -> str:
+        """``mirroring_mode``: one of prism.profiles.MODES (default ``full``)."""
+        if node is None:
+            return MODE_FULL
+        text = self.string(node, "mirroring_mode", "mirroring_mode")
+        if text is not None and text not in MODES:
+            self.report(node, "mirroring_mode", f"must be one of {', '.join(MODES)}, got {text!r}")
+            return MODE_FULL
+        return text or MODE_FULL
 
     def _factor(self, top: Dict[str, Node], key: str, default: int) -> Optional[int]:
         if key not in top:

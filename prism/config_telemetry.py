@@ -8,12 +8,26 @@ Schema::
       rotate_s: 300                   # s, > 0: ... or when its first record is this old
       poll_interval: 10               # s, > 0: flow, port and group statistics are polled this often
     prediction:                       # optional; without it every flow gets default_replication_factor
-      model: ../models/default        # a model directory (prism train); relative: to the config file
-      budget: 0.25                    # 0 < share <= 1: mirror copies per packet the policy may spend
+      policy: aging                   # "aging" (default): decide as flows age (prism/policy_aging.py);
+                                      # "first_packet": decide once at the first packet (needs a model)
+      model: ../models/default        # a model directory (prism train); relative: to the config file.
+                                      # aging without a model: every flow alive at a milestone is promoted
+      budget: 0.1                     # 0 < share <= 1: mirror copies per packet the policy may spend
+                                      # (default 0.1 aging, 0.25 first_packet)
       horizon_s: 2                    # s, > 0: look-ahead of the cells' failure probability
                                       # (default: the model's takeover horizon)
-      cheap_flow_packets: 64          # int >= 0: a flow predicted to outlive horizon_s with at most
-                                      # this many packets is mirrored below the budget line (0: never)
+      milestones_s: [0.25, 1, 4, 16, 64]  # aging: ages (s) at which a live flow is re-decided,
+                                      # ascending, among 0.25 0.5 1 2 4 8 16 32 64
+      mode: state                     # aging: mode of promoted flows, state (only SYN/FIN/RST copied),
+                                      # full (every packet copied) or auto (full for flows slower than
+                                      # 1 packet/s while the budget allows, else state)
+      promote_quiet: true             # aging: promote a flow that sent nothing since its last report
+                                      # too (sparse long flows; ended flows the cells still report)
+      promote_probability: 0.5        # aging with a model: promote a flow the model gives at least
+                                      # this probability of living the model's horizon more
+      demote_probability: 0           # aging with a model: drop the mirrors of a flow below this (0: never)
+      cheap_flow_packets: 64          # first_packet: int >= 0: a flow predicted to outlive horizon_s
+                                      # with at most this many packets is mirrored below the line (0: never)
 
 Paths are kept as written when absolute and joined to the configuration
 file's directory otherwise, so that a configuration means the same thing
@@ -26,19 +40,35 @@ from __future__ import annotations
 import math
 import posixpath
 from dataclasses import dataclass
-from typing import Optional
+from typing import List, Optional, Tuple
 
-from yaml.nodes import Node, ScalarNode
+from yaml.nodes import Node, ScalarNode, SequenceNode
 
 from prism.budget import DEFAULT_CHEAP_FLOW_PACKETS
 from prism.config_types import SEVERITY_WARNING
+from prism.policy_aging import (
+    ALLOWED_MILESTONES_S,
+    POLICY_MODES,
+    DEFAULT_BUDGET as DEFAULT_AGING_BUDGET,
+    DEFAULT_DEMOTE_PROBABILITY,
+    DEFAULT_MILESTONES_S,
+    DEFAULT_MODE,
+    DEFAULT_PROMOTE_PROBABILITY,
+    AgingSettings,
+)
 
 TELEMETRY_KEYS = ("dir", "rotate_records", "rotate_s", "poll_interval")
-PREDICTION_KEYS = ("model", "budget", "horizon_s", "cheap_flow_packets")
+PREDICTION_KEYS = ("policy", "model", "budget", "horizon_s", "milestones_s", "mode", "promote_quiet",
+                   "promote_probability", "demote_probability", "cheap_flow_packets")
+DEFAULT_PROMOTE_QUIET = AgingSettings.promote_quiet
+_TAG_BOOL = "tag:yaml.org,2002:bool"
+POLICY_AGING = "aging"  #: decide as flows age (prism.policy_aging)
+POLICY_FIRST_PACKET = "first_packet"  #: decide once at the first packet (prism.policy_predictive)
+POLICIES = (POLICY_AGING, POLICY_FIRST_PACKET)
 DEFAULT_ROTATE_RECORDS = 10_000
 DEFAULT_ROTATE_S = 300.0
 DEFAULT_POLL_INTERVAL_S = 10.0
-DEFAULT_MIRROR_BUDGET = 0.25
+DEFAULT_MIRROR_BUDGET = 0.25  #: first_packet policy
 MAX_MIRROR_BUDGET = 1.0
 _TAG_INT = "tag:yaml.org,2002:int"
 _TAG_FLOAT = "tag:yaml.org,2002:float"
@@ -66,17 +96,30 @@ class PredictionConfig:
     """The predictive replication policy (``prediction:`` section).
 
     Attributes:
-        model: The model directory (``model.skops`` + ``manifest.json``).
+        model: The model directory (``model.skops`` + ``manifest.json``); None: the aging
+            policy's age rule (no model).
         budget: Mirror copies per packet the policy may spend (0.25: a quarter of the packets once).
         horizon_s: Look-ahead of the cells' failure probability; None: the model's horizon.
-        cheap_flow_packets: A flow predicted to outlive the horizon with at most this many packets
-            is mirrored whatever the budget line (it costs next to nothing); 0: never.
+        cheap_flow_packets: first_packet: a flow predicted to outlive the horizon with at most this
+            many packets is mirrored whatever the budget line (it costs next to nothing); 0: never.
+        policy: ``aging`` or ``first_packet``.
+        milestones_s: aging: ages (s) at which live flows are re-decided.
+        mode: aging: the mode of promoted flows (state, full or auto).
+        promote_probability: aging with a model: least P(lives the horizon more) to promote.
+        demote_probability: aging with a model: mirrored flows below this lose their mirrors.
+        promote_quiet: aging: promote flows quiet since their last report too.
     """
 
-    model: str
-    budget: float = DEFAULT_MIRROR_BUDGET
+    model: Optional[str]
+    budget: float = DEFAULT_AGING_BUDGET
     horizon_s: Optional[float] = None
     cheap_flow_packets: int = DEFAULT_CHEAP_FLOW_PACKETS
+    policy: str = POLICY_AGING
+    milestones_s: Tuple[float, ...] = DEFAULT_MILESTONES_S
+    mode: str = DEFAULT_MODE
+    promote_probability: float = DEFAULT_PROMOTE_PROBABILITY
+    demote_probability: float = DEFAULT_DEMOTE_PROBABILITY
+    promote_quiet: bool = DEFAULT_PROMOTE_QUIET
 
 
 def resolve_path(path: str, source: str) -> str:
@@ -130,6 +173,53 @@ def check_telemetry(checker, node: Optional[Node]) -> Optional[TelemetryConfig]:
     )
 
 
+def _probability(checker, node: Node, path: str) -> Optional[float]:
+    """A number within [0, 1], or None (reported)."""
+    value = None
+    if isinstance(node, ScalarNode) and node.tag in (_TAG_INT, _TAG_FLOAT):
+        try:
+            value = float(node.value)
+        except ValueError:
+            value = None
+    if value is None or not 0.0 <= value <= 1.0:
+        shown = repr(node.value) if isinstance(node, ScalarNode) else "a collection"
+        checker.report(node, path, f"expected a probability between 0 and 1, got {shown}")
+        return None
+    return value
+
+
+def _milestones(checker, node: Node, path: str) -> Optional[Tuple[float, ...]]:
+    """An ascending list of distinct allowed milestones (s), or None (reported)."""
+    if not isinstance(node, SequenceNode) or not node.value:
+        checker.report(node, path, "expected a non-empty list of ages in seconds, e.g. [0.25, 1, 4, 16, 64]")
+        return None
+    values: List[float] = []
+    allowed = ", ".join(f"{m:g}" for m in ALLOWED_MILESTONES_S)
+    for index, item in enumerate(node.value):
+        value = _number(checker, item, f"{path}[{index}]", "a number of seconds")
+        if value is None:
+            return None
+        if value not in ALLOWED_MILESTONES_S:
+            checker.report(item, f"{path}[{index}]", f"{item.value} s is not a milestone the flow records "
+                           f"count at (one of {allowed})")  # fmt: skip
+            return None
+        if values and value <= values[-1]:
+            checker.report(item, f"{path}[{index}]", f"milestones must be ascending and distinct, "
+                           f"{item.value} follows {values[-1]:g}")  # fmt: skip
+            return None
+        values.append(value)
+    return tuple(values)
+
+
+def _choice(checker, node: Node, path: str, choices: Tuple[str, ...]) -> Optional[str]:
+    """One of ``choices``, or None (reported)."""
+    if isinstance(node, ScalarNode) and node.value in choices:
+        return node.value
+    shown = repr(node.value) if isinstance(node, ScalarNode) else "a collection"
+    checker.report(node, path, f"expected one of {', '.join(choices)}, got {shown}")
+    return None
+
+
 def check_prediction(
     checker, node: Optional[Node], max_replication_factor: Optional[int]
 ) -> Optional[PredictionConfig]:
@@ -143,28 +233,65 @@ def check_prediction(
     """
     if node is None:
         return None
-    fields = checker.mapping(node, "prediction", PREDICTION_KEYS, ("model",))
-    if fields is None or "model" not in fields:
+    fields = checker.mapping(node, "prediction", PREDICTION_KEYS, ())
+    if fields is None:
         return None
-    model = checker.string(fields["model"], "prediction.model", "prediction.model")
-    budget: Optional[float] = DEFAULT_MIRROR_BUDGET
+    ok = True
+    policy = POLICY_AGING
+    if "policy" in fields:
+        policy = _choice(checker, fields["policy"], "prediction.policy", POLICIES)
+        ok = policy is not None
+    model = None
+    if "model" in fields:
+        model = checker.string(fields["model"], "prediction.model", "prediction.model")
+        ok = ok and model is not None
+    elif policy == POLICY_FIRST_PACKET:
+        checker.report(node, "prediction", "missing required key 'model' (the first_packet policy needs a model)")
+        ok = False
+    budget: Optional[float] = DEFAULT_MIRROR_BUDGET if policy == POLICY_FIRST_PACKET else DEFAULT_AGING_BUDGET
     if "budget" in fields:
         budget = _number(checker, fields["budget"], "prediction.budget",
                          "a share of packets (e.g. 0.25)", MAX_MIRROR_BUDGET)  # fmt: skip
     horizon_s = None
-    horizon_ok = True
     if "horizon_s" in fields:
         horizon_s = _number(checker, fields["horizon_s"], "prediction.horizon_s", "a number of seconds")
-        horizon_ok = horizon_s is not None
+        ok = ok and horizon_s is not None
     cheap_flow_packets: Optional[int] = DEFAULT_CHEAP_FLOW_PACKETS
     if "cheap_flow_packets" in fields:
         cheap_flow_packets = checker.integer(fields["cheap_flow_packets"], "prediction.cheap_flow_packets", 0)
+    milestones_s: Optional[Tuple[float, ...]] = DEFAULT_MILESTONES_S
+    if "milestones_s" in fields:
+        milestones_s = _milestones(checker, fields["milestones_s"], "prediction.milestones_s")
+    mode: Optional[str] = DEFAULT_MODE
+    if "mode" in fields:
+        mode = _choice(checker, fields["mode"], "prediction.mode", POLICY_MODES)
+    promote_quiet: Optional[bool] = DEFAULT_PROMOTE_QUIET
+    if "promote_quiet" in fields:
+        node_quiet = fields["promote_quiet"]
+        if isinstance(node_quiet, ScalarNode) and node_quiet.tag == _TAG_BOOL:
+            promote_quiet = node_quiet.value.lower() in ("true", "yes", "on")
+        else:
+            shown = repr(node_quiet.value) if isinstance(node_quiet, ScalarNode) else "a collection"
+            checker.report(node_quiet, "prediction.promote_quiet", f"expected true or false, got {shown}")
+            promote_quiet = None
+    probabilities = {"promote_probability": DEFAULT_PROMOTE_PROBABILITY,
+                     "demote_probability": DEFAULT_DEMOTE_PROBABILITY}  # fmt: skip
+    for key in probabilities:
+        if key in fields:
+            probabilities[key] = _probability(checker, fields[key], f"prediction.{key}")
+    promote, demote = probabilities["promote_probability"], probabilities["demote_probability"]
+    if promote is not None and demote is not None and demote > promote:
+        checker.report(fields["demote_probability"], "prediction.demote_probability",
+                       f"must not exceed promote_probability ({promote:g})")  # fmt: skip
+        ok = False
     if max_replication_factor == 0:
         checker.report(node, "prediction", "max_replication_factor is 0: the predictive policy can never "
                        "mirror a flow (raise max_replication_factor)", SEVERITY_WARNING)  # fmt: skip
-    if model is None or budget is None or not horizon_ok or cheap_flow_packets is None:
+    values = (budget, cheap_flow_packets, milestones_s, mode, promote, demote, promote_quiet)
+    if not ok or any(value is None for value in values):
         return None
-    return PredictionConfig(resolve_path(model, checker.source), budget, horizon_s, cheap_flow_packets)
+    return PredictionConfig(None if model is None else resolve_path(model, checker.source), budget, horizon_s,
+                            cheap_flow_packets, policy, milestones_s, mode, promote, demote, promote_quiet)  # fmt: skip
 
 
 def render_telemetry(telemetry: TelemetryConfig) -> dict:
@@ -179,8 +306,14 @@ def render_telemetry(telemetry: TelemetryConfig) -> dict:
 
 def render_prediction(prediction: PredictionConfig) -> dict:
     """The section as :func:`check_prediction` reads it back."""
-    rendered = {"model": prediction.model, "budget": prediction.budget,
-                "cheap_flow_packets": prediction.cheap_flow_packets}  # fmt: skip
+    rendered = {"policy": prediction.policy, "budget": prediction.budget,
+                "cheap_flow_packets": prediction.cheap_flow_packets,
+                "milestones_s": list(prediction.milestones_s), "mode": prediction.mode,
+                "promote_probability": prediction.promote_probability,
+                "demote_probability": prediction.demote_probability,
+                "promote_quiet": prediction.promote_quiet}  # fmt: skip
+    if prediction.model is not None:
+        rendered["model"] = prediction.model
     if prediction.horizon_s is not None:
         rendered["horizon_s"] = prediction.horizon_s
     return rendered

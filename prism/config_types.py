@@ -5,7 +5,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Dict, List, Optional, Tuple
 
+from prism.mgmt import DEFAULT_STATE_INTERVAL_S, DEFAULT_TAKEOVER_TOLERANCE_BYTES
+
 if TYPE_CHECKING:  # pragma: no cover - defined beside their checks
+    from prism.config_bfd import BfdConfig
     from prism.config_telemetry import PredictionConfig, TelemetryConfig
 
 DEFAULT_IDLE_TIMEOUT_S = 10
@@ -87,6 +90,10 @@ class ManagementConfig:
         key_env: Environment variable holding it (neither: ``DEFAULT_MGMT_KEY_ENV``).
         generation_file: Where the controller keeps its generation (resolved likewise;
             None: ``DEFAULT_GENERATION_FILE``).
+        state_interval_s: Seconds between two progress records of a ``state`` flow
+            (sent to the cells in the ``directory``).
+        takeover_tolerance_bytes: How far beyond the replicated window a cell taking
+            over a ``state`` flow accepts its packets (``directory``; see ``prism.mgmt``).
     """
 
     listen: Optional[Tuple[str, int]] = None
@@ -96,6 +103,8 @@ class ManagementConfig:
     key_file: Optional[str] = None
     key_env: Optional[str] = None
     generation_file: Optional[str] = None
+    state_interval_s: float = DEFAULT_STATE_INTERVAL_S
+    takeover_tolerance_bytes: int = DEFAULT_TAKEOVER_TOLERANCE_BYTES
 
 
 @dataclass(frozen=True)
@@ -175,6 +184,8 @@ class PrismConfig:
         rest: The REST API's token source.
         telemetry: Where the stats collector writes (None: no telemetry).
         prediction: The predictive policy's model and budget (None: fixed replication factor).
+        mirroring_mode: The fixed policy's mirroring mode, ``full`` or ``state`` (prism.profiles).
+        bfd: BFD between the switch and the cells (``prism.config_bfd``; None: no BFD).
         source: Where it was read from.
         warnings: Problems that did not stop it from loading.
     """
@@ -189,6 +200,8 @@ class PrismConfig:
     limits: LimitsConfig = field(default_factory=LimitsConfig)
     telemetry: Optional[TelemetryConfig] = None
     prediction: Optional[PredictionConfig] = None
+    mirroring_mode: str = "full"
+    bfd: Optional[BfdConfig] = None
     source: str = field(default="<string>", compare=False)
     warnings: Tuple[ConfigProblem, ...] = field(default=(), compare=False)
 

@@ -10,13 +10,14 @@ Nothing here touches a socket or a clock: the Ryu shell does.
 from __future__ import annotations
 
 from collections import defaultdict
+from itertools import islice
 from dataclasses import dataclass
 from typing import Any, Dict, Iterable, List, Mapping, Optional, Tuple, Union
 
 from prism.actions import Decision, MgmtMessage, assign_messages, directory_message
 from prism.director import MirroringDirector
 from prism.failover import UnknownCell
-from prism.health import FailureDetector, HealthChange, HealthSettings
+from prism.health import FailureDetector, FailureKind, HealthChange, HealthSettings
 from prism.openflow import OfChange
 
 #: Every cell gets the directory this often, and at once after a health change.
@@ -26,9 +27,11 @@ DEFAULT_RISK_HORIZON_S = 60.0
 #: Most flows a flow listing returns.
 MAX_FLOWS_LISTED = 10_000
 #: Heartbeat fields kept as the cell's last report (shown by the REST API).
-REPORT_FIELDS = ("seq", "flows", "primary_pps", "mirror_pps", "replication", "unassigned")
+REPORT_FIELDS = ("seq", "flows", "primary_pps", "mirror_pps", "replication", "unassigned", "path_down")
 #: Most unassigned flow ids of one heartbeat answered (the cells send at most 32).
 MAX_UNASSIGNED_ANSWERED = 64
+#: Most flows of one ``milestone`` message looked at (the cells send at most 500).
+MAX_MILESTONES_ANSWERED = 2_000
 
 Address = Tuple[str, int]
 
@@ -52,6 +55,16 @@ class ControlPlane:
         now: Current time (start of the cells' observation).
         settings: The failure detector's timing.
         addresses: Cell id -> its management ``(host, port)`` (cells without one get no messages).
+        state_interval_s: How often primaries send progress records of ``state`` flows (in the
+            directory; None: the cells' default).
+        takeover_tolerance_bytes: How far beyond the replicated window a cell taking a ``state``
+            flow over accepts its packets (in the directory; None: the cells' default).
+        expect_heartbeats: Whether the cells with an address must beat once the controller listens
+            (``start_listening``): a cell never heard from is then declared dead.
+
+    The directory also carries ``milestones_s``: every age at which some
+    switch's policy re-decides a live flow (the primaries report them).
+    Every ``now`` comes from a monotonic clock (``prism.health``).
     """
 
     def __init__(
@@ -60,14 +73,21 @@ class ControlPlane:
         now: float,
         settings: Optional[HealthSettings] = None,
         addresses: Optional[Mapping[str, Address]] = None,
+        state_interval_s: Optional[float] = None,
+        takeover_tolerance_bytes: Optional[int] = None,
+        expect_heartbeats: bool = False,
     ) -> None:
         self.directors = dict(directors)
         self.addresses: Dict[str, Address] = dict(addresses or {})
+        self.state_interval_s = state_interval_s
+        self.takeover_tolerance_bytes = takeover_tolerance_bytes
         self._switches_of: Dict[str, List[int]] = defaultdict(list)
         for dp_id, director in self.directors.items():
             for cell_id in director.cell_ports:
                 self._switches_of[cell_id].append(dp_id)
-        self.detector = FailureDetector(list(self._switches_of), now, settings)
+        self.detector = FailureDetector(list(self._switches_of), now, settings,
+                                        self.addresses if expect_heartbeats else ())
+        self._port_live: Dict[str, bool] = {}
         self._reports: Dict[str, Dict[str, Any]] = {}
         self._directory_epoch = 0
         self._next_directory: Optional[float] = None
@@ -103,21 +123,56 @@ class ControlPlane:
             if not isinstance(profile_id, int) or not isinstance(target, str):
                 self.counts["mgmt_malformed"] += 1
                 return []
+            flows = message.get("flows")
+            flows = flows if isinstance(flows, list) else None  # a list: a per-flow seed's, echoed
             self.counts["seeded"] += 1
             out: List[Outgoing] = []
             for dp_id in self._switches_of[cell_id]:
-                out += _wrap(dp_id, self.directors[dp_id].on_seeded(cell_id, profile_id, target, now))
+                out += _wrap(dp_id, self.directors[dp_id].on_seeded(cell_id, profile_id, target, now, flows))
+            return out
+        if kind == "milestone":
+            reports = _milestone_reports(message.get("flows"))
+            if reports is None:
+                self.counts["mgmt_malformed"] += 1
+                return []
+            self.counts["milestone_messages"] += 1
+            out = []
+            for dp_id in self._switches_of[cell_id]:
+                out += _wrap(dp_id, self.directors[dp_id].on_milestone(cell_id, reports, now))
             return out
         self.counts["mgmt_ignored"] += 1
         return []
 
-    def on_port_status(self, dp_id: int, port: int, link_up: bool, now: float) -> List[Outgoing]:
-        """A switch reported a port's link state; only cell ports matter."""
+    def start_listening(self, now: float) -> None:
+        """The management channel is bound: the heartbeat clock of every cell not heard yet starts now."""
+        self.detector.start_listening(now)
+
+    def on_port_status(self, dp_id: int, port: int, link_up: bool, now: float,
+                       live: Optional[bool] = None) -> List[Outgoing]:  # fmt: skip
+        """A switch reported a port's state; only cell ports matter.
+
+        Args:
+            dp_id: The switch.
+            port: The port number.
+            link_up: Link up and not administratively down.
+            now: Arrival time.
+            live: The port's OpenFlow LIVE flag where it means something (BFD on the cell ports): a
+                port whose link is up but is not LIVE cannot carry the cell's traffic. None: as ``link_up``.
+        """
         director = self.directors.get(dp_id)
         cell = director.switch.cell_on_port(port) if director is not None else None
         if cell is None:
             return []
-        return self._apply(self.detector.on_link(cell.id, link_up, now), now)
+        live = link_up if live is None else live and link_up
+        self._port_live[cell.id] = live
+        if not link_up:
+            return self._apply(self.detector.on_link(cell.id, False, now), now)
+        if not live:
+            asked = (self._reports.get(cell.id) or {}).get("path_down")
+            reason = f"port not LIVE: the cell asked to be left out ({asked})" if asked else \
+                "port not LIVE: BFD session with the switch down"
+            return self._apply(self.detector.on_link(cell.id, False, now, FailureKind.BFD, reason), now)
+        return self._apply(self.detector.on_link(cell.id, True, now), now)
 
     def tick(self, now: float) -> List[Outgoing]:
         """Periodic work: heartbeat timeouts and recoveries, then each director's messages, the directory."""
@@ -145,7 +200,17 @@ class ControlPlane:
     def _directory_to(self, cell_id: str) -> MgmtMessage:
         """The current directory (latest epoch) for one cell."""
         body = directory_message(self._directory_epoch, self.addresses, self.detector.usable_cells)
+        body["milestones_s"] = list(self.milestones_s)
+        if self.state_interval_s is not None:
+            body["state_interval_s"] = self.state_interval_s
+        if self.takeover_tolerance_bytes is not None:
+            body["takeover_tolerance_bytes"] = self.takeover_tolerance_bytes
         return MgmtMessage(cell_id, body)
+
+    @property
+    def milestones_s(self) -> Tuple[float, ...]:
+        """Every age (s, ascending) at which some switch's policy re-decides a live flow."""
+        return tuple(sorted({age for director in self.directors.values() for age in director.milestones_s}))
 
     # --- internals ------------------------------------------------------------------------------
     def _reassign(self, cell_id: str, unassigned: Any) -> List[Outgoing]:
@@ -197,6 +262,7 @@ class ControlPlane:
         for dp_id, director in sorted(self.directors.items()):
             counters = director.counters.as_dict()
             counters["drops"] = sum(counters["drops"].values())
+            counters["redecisions_refused"] = sum(counters["redecisions_refused"].values())
             counters["flows_active"] = len(director.flows)
             counters["groups_active"] = len(director.groups)
             for name, value in counters.items():
@@ -205,6 +271,7 @@ class ControlPlane:
             switches[f"{dp_id:016x}"] = {
                 **counters,
                 "drop_reasons": dict(director.counters.drops),
+                "redecisions_refused_reasons": dict(director.counters.redecisions_refused),
                 "last_failover": failover.as_dict() if failover else None,
                 "last_repair": director.last_repair.as_dict() if director.last_repair else None,
             }
@@ -251,6 +318,8 @@ class ControlPlane:
             "usable": health.usable and not draining,
             "draining": draining,
             "link_up": health.link_up,
+            "port_live": self._port_live.get(cell_id),
+            "path_down": (self._reports.get(cell_id) or {}).get("path_down"),
             "heartbeat_seen": health.heartbeat_seen,
             "last_heartbeat_age_s": None if last is None else max(0.0, now - last),
             "heartbeats": health.heartbeats,
@@ -294,11 +363,11 @@ class ControlPlane:
         rows: List[Dict[str, Any]] = []
         total = 0
         for dp_id, director in sorted(self.directors.items()):
-            entries = director.flows if cell_id is None else director.flows.flows_on_cell(cell_id)
-            for entry in entries:
-                total += 1
-                if len(rows) >= limit:
-                    continue
+            cache = director.flows
+            # counts are O(1) (O(profiles) for one cell); only the rows listed are visited
+            total += len(cache) if cell_id is None else cache.count_on_cell(cell_id)
+            entries = cache.iter_entries() if cell_id is None else cache.iter_on_cell(cell_id)
+            for entry in islice(entries, max(0, limit - len(rows))):
                 profile = entry.profile
                 row = {
                     "dp_id": f"{dp_id:016x}",
@@ -307,6 +376,8 @@ class ControlPlane:
                     "group_id": entry.group_id,
                     "primary_cell": profile.primary_cell,
                     "mirror_cells": list(profile.mirror_cells),
+                    "mode": entry.mode,
+                    "seeding": director.flow_seed_targets(entry.flow_id),
                     "created_at": entry.created_at,
                     "last_seen": entry.last_seen,
                 }
@@ -322,3 +393,23 @@ def _has_directory_for(outgoing: Iterable[Outgoing], cell_id: str) -> bool:
 
 def _wrap(dp_id: int, decisions: Iterable[Decision]) -> List[Outgoing]:
     return [d if isinstance(d, MgmtMessage) else SwitchChange(dp_id, d) for d in decisions]
+
+
+def _milestone_reports(flows: Any) -> Optional[List[Tuple[int, float, int, int]]]:
+    """``[[flow_id, age_s, packets, bytes], ...]`` checked; None if it is not a list at all.
+
+    Malformed rows are skipped; at most MAX_MILESTONES_ANSWERED are kept.
+    """
+    if not isinstance(flows, list):
+        return None
+    reports = []
+    for row in flows[:MAX_MILESTONES_ANSWERED]:
+        if not isinstance(row, list) or len(row) != 4:
+            continue
+        flow_id, age_s, packets, byte_count = row
+        if not all(isinstance(v, int) and not isinstance(v, bool) for v in (flow_id, packets, byte_count)):
+            continue
+        if isinstance(age_s, bool) or not isinstance(age_s, (int, float)) or age_s != age_s or age_s < 0:
+            continue
+        reports.append((flow_id, float(age_s), packets, byte_count))
+    return reports

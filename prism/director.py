@@ -9,13 +9,14 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Dict, List, Mapping, Optional, Sequence, Tuple
 
-from prism.actions import Decision, MgmtMessage
+from prism.actions import Decision, MgmtMessage, assign_entry
 from prism.flows import (
     ETH_TYPE_IPV4,
     ETH_TYPE_IPV6,
     PROTO_ICMPV6,
     PROTO_TCP,
     TCP_SYN,
+    FlowKey,
     NotAFlow,
     PacketInfo,
     direction_match,
@@ -29,6 +30,7 @@ from prism.openflow import (
     COOKIE_PIPELINE,
     COOKIE_UNPROTECTED,
     FF_GROUP_OFFSET,
+    METADATA_PROFILE_MASK,
     MIRROR_MAC,
     OFPCML_NO_BUFFER,
     OFPG_ALL,
@@ -37,9 +39,11 @@ from prism.openflow import (
     PRIORITY_LOW,
     PRIORITY_MID,
     PRIORITY_MISS,
+    STATE_TCP_FLAGS,
     TABLE_CLASSIFY,
     TABLE_DELIVERY,
     TABLE_FSC,
+    TABLE_PROFILE,
     Action,
     Barrier,
     Command,
@@ -53,8 +57,8 @@ from prism.openflow import (
     PacketOut,
 )
 from prism.policy import NoLiveCell, Policy
-from prism.profiles import FlowStateCache, MirroringProfile
 from prism.placement_memory import PlacementMemory
+from prism.profiles import MODE_FULL, MODE_STATE, MODES, FlowEntry, FlowStateCache, MirroringProfile
 from prism.ring import HashRing
 from prism.switch_refusals import FLOW, GROUP, Refusal
 
@@ -79,6 +83,16 @@ DROP_NO_LIVE_CELL = "no live cell"
 DROP_BAD_PROFILE = "policy named an unknown cell"
 DROP_UNUSABLE_CELL = "policy named a dead or drained cell"
 DROP_NO_GROUP_ID = "no free group id"
+
+# Re-decisions not applied (``counters.redecisions_refused`` keys).
+REFUSED_UNKNOWN_FLOW = "unknown or ended flow"
+REFUSED_NOT_PRIMARY = "reported by a cell that is not the flow's primary"
+REFUSED_BAD_ANSWER = "policy answer unusable"
+REFUSED_MOVED_PRIMARY = "policy moved the primary"
+REFUSED_UNUSABLE_CELL = "policy named an unknown, dead or drained cell"
+REFUSED_NO_GROUP_ID = "no free group id"
+REFUSED_POLICY_ERROR = "policy raised"
+SAME_SWITCH_PATH = "unchanged"
 
 __all__ = ["DirectorCounters", "MirroringDirector", "ProfileGroup", "UnknownCell"]
 
@@ -115,12 +129,25 @@ class DirectorCounters:
     stale_seeded: int = 0
     assigns_sent: int = 0
     assigns_dropped: int = 0
+    flows_state_mode: int = 0
+    milestones: int = 0
+    redecisions: int = 0
+    promotions: int = 0
+    demotions: int = 0
+    mode_changes: int = 0
+    entries_moved: int = 0
+    flow_seeds_sent: int = 0
+    flow_seeds_retried: int = 0
+    flow_seeds_confirmed: int = 0
+    flows_seeded: int = 0
     drops: Mapping[str, int] = field(default_factory=dict)
+    redecisions_refused: Mapping[str, int] = field(default_factory=dict)
 
     def as_dict(self) -> Dict[str, object]:
         """Plain dict (drops as a dict) for JSON and logs."""
         values = {name: getattr(self, name) for name in self.__dataclass_fields__}
         values["drops"] = dict(self.drops)
+        values["redecisions_refused"] = dict(self.redecisions_refused)
         return values
 
 
@@ -185,6 +212,7 @@ class MirroringDirector:
         self._live_cells: Tuple[str, ...] = self._failover.live_cells
         self._counts: Dict[str, int] = {}
         self._drops: Dict[str, int] = {}
+        self._refused: Dict[str, int] = {}
         self._reset()
 
     def _reset(self) -> None:
@@ -263,7 +291,8 @@ class MirroringDirector:
     def counters(self) -> DirectorCounters:
         """A snapshot of the counters."""
         return DirectorCounters(
-            **self._counts, **self._failover.counts, drops=MappingProxyType(dict(self._drops))
+            **self._counts, **self._failover.counts, drops=MappingProxyType(dict(self._drops)),
+            redecisions_refused=MappingProxyType(dict(self._refused)),
         )
 
     def _count(self, name: str, amount: int = 1) -> None:
@@ -374,9 +403,24 @@ class MirroringDirector:
             if info.forward not in entry.directions:  # this direction idled out, the other lives on
                 entry.directions.add(info.forward)
                 self._count("directions_reinstalled")
-                changes.append(self._fsc_entry(info, info.forward, entry.group_id))
-            return changes + [PacketOut(in_port, (GroupAction(entry.group_id),), data)]
+                changes.append(self._fsc_entry(entry.key, info.forward, entry.group_id, entry.profile, entry.mode))
+            return changes + [PacketOut(in_port, (self._race_action(entry, info),), data)]
         return changes + self._new_flow(now, in_port, info, data)
+
+    @staticmethod
+    def _race_action(entry: FlowEntry, info: PacketInfo) -> GroupAction:
+        """Where a packet of a known flow that reached the controller goes: as its FSC entry would send it."""
+        if entry.mode == MODE_STATE and entry.profile.mirror_cells:
+            flagged = info.proto == PROTO_TCP and any(info.tcp_flags & flag for flag in STATE_TCP_FLAGS)
+            if not flagged:
+                return GroupAction(entry.group_id + FF_GROUP_OFFSET)
+        return GroupAction(entry.group_id)
+
+    def _mode_for(self, flow_id: int) -> str:
+        """The policy's mode for a new flow (``full`` for a policy without modes, or an unknown answer)."""
+        mode_for = getattr(self.policy, "mode_for", None)
+        mode = mode_for(flow_id) if mode_for is not None else MODE_FULL
+        return mode if mode in MODES else MODE_FULL
 
     def _new_flow(self, now: float, in_port: int, info: PacketInfo, data: bytes) -> List[OfChange]:
         if not self._live_cells:
@@ -410,14 +454,21 @@ class MirroringDirector:
             changes += self.group_mods(profile, group_id, Command.ADD)
         group = self._groups.get(group_id)
         group.refcount += 1
-        self._flows.add(info.key, profile, group_id, now, first_packet=info)
-        self._failover.flow_added(info.flow_id, info.key, group, created)
+        mode = self._mode_for(info.flow_id)
+        self._flows.add(info.key, profile, group_id, now, first_packet=info, mode=mode)
+        self._failover.flow_added(info.flow_id, info.key, group, created, mode)
         self._count("flows_total")
         if profile.mirror_cells:
             self._count("flows_mirrored")
+            if mode == MODE_STATE:
+                self._count("flows_state_mode")
         self.logger.debug("dp %#x new flow %s profile %s group %#x", self.dp_id, info.key, profile, group_id)
-        changes += [self._fsc_entry(info, True, group_id), self._fsc_entry(info, False, group_id)]
-        changes.append(PacketOut(in_port, (GroupAction(group_id),), data))
+        changes += self._state_entries(info.key, profile, group_id, mode)
+        changes += [
+            self._fsc_entry(info.key, True, group_id, profile, mode),
+            self._fsc_entry(info.key, False, group_id, profile, mode),
+        ]
+        changes.append(PacketOut(in_port, (GroupAction(group_id),), data))  # the first packet: to every mirror
         return changes
 
     def _unprotected(self, in_port: int, info: PacketInfo, primary_cell: str, data: bytes) -> List[OfChange]:
@@ -471,6 +522,7 @@ class MirroringDirector:
         for entry in [entry for entry in self._flows.flows_using_profile(group.profile)
                       if entry.group_id == group_id]:  # fmt: skip
             self._flows.remove(entry.flow_id)
+            self._failover.flow_ended(entry.flow_id)
             changes += self._unprotected_entries(entry.key, entry.profile.primary_cell)
         return changes + list(self._groups.release(group_id))
 
@@ -479,23 +531,168 @@ class MirroringDirector:
         if entry is None:
             return []
         self._count("flows_refused")
+        self._failover.flow_ended(flow_id)
         group = self._groups.get(entry.group_id)
         if group is None:
             return []
         group.refcount -= 1
         return list(self._groups.release(entry.group_id)) if group.refcount <= 0 else []
 
-    def _fsc_entry(self, info: PacketInfo, forward: bool, group_id: int) -> FlowMod:
+    def _fsc_entry(
+        self, key: FlowKey, forward: bool, group_id: int, profile: MirroringProfile, mode: str,
+        command: Command = Command.ADD,
+    ) -> FlowMod:  # fmt: skip
+        """One direction's FSC entry; where it sends packets depends on the flow's mode.
+
+        ``full`` (or no mirrors): the profile's ALL group. ``state``: a TCP
+        flow writes the group id into the metadata and goes to TABLE_PROFILE
+        (SYN/FIN/RST to the ALL group, the rest to the FF group); any other
+        protocol goes to the FF group (its first packet was sent to the ALL
+        group by the packet-out that installed it).
+        """
+        write_metadata = goto = None
+        if mode == MODE_STATE and profile.mirror_cells:
+            if key.proto == PROTO_TCP:
+                actions: Tuple[Action, ...] = ()
+                write_metadata, goto = (group_id, METADATA_PROFILE_MASK), TABLE_PROFILE
+            else:
+                actions = (GroupAction(group_id + FF_GROUP_OFFSET),)
+        else:
+            actions = (GroupAction(group_id),)
         return FlowMod(
-            Command.ADD,
+            command,
             TABLE_FSC,
-            Match.of(**direction_match(info.key, forward)),
+            Match.of(**direction_match(key, forward)),
             PRIORITY_MID,
-            (GroupAction(group_id),),
-            cookie=info.flow_id,
+            actions,
+            goto,
+            cookie=key.flow_id,
             idle_timeout=self.idle_timeout,
             send_flow_removed=True,
+            write_metadata=write_metadata,
         )
+
+    def _state_entries(self, key: FlowKey, profile: MirroringProfile, group_id: int, mode: str) -> List[FlowMod]:
+        """The group's TABLE_PROFILE entries if this flow is the first to need them."""
+        if mode == MODE_STATE and profile.mirror_cells and key.proto == PROTO_TCP:
+            return self._groups.state_entries(group_id)
+        return []
+
+    # --- Re-decisions as flows age -------------------------------------------------------------
+    @property
+    def milestones_s(self) -> Tuple[float, ...]:
+        """Ages (s) at which the policy re-decides a live flow (empty: it never does)."""
+        return tuple(getattr(self.policy, "milestones_s", ()) or ())
+
+    def on_milestone(
+        self, cell_id: str, reports: Sequence[Tuple[int, float, int, int]], now: float
+    ) -> List[Decision]:
+        """``cell_id`` reports flows crossing age milestones: ask the policy again, move the flows it changes.
+
+        A promotion, demotion or mode change moves the flow's FSC entries
+        (both directions, OFPFC_MODIFY_STRICT: their counters stay) to the new
+        profile's group, created if needed; the old group is deleted once its
+        last flow left. The new profile's cells get ``assign`` (with the mode)
+        at the next tick, and mirrors that did not hold the flow a per-flow
+        ``seed`` from the primary; until that ``seeded`` comes back a failover
+        to such a mirror counts the flow in ``state_lost_flows``.
+
+        Args:
+            cell_id: The reporting cell (must be each flow's primary).
+            reports: ``(flow_id, age_s, packets, bytes)`` per flow.
+            now: Current time (seconds).
+
+        Returns:
+            OpenFlow changes (group ADDs, TABLE_PROFILE entries, FSC MODIFY_STRICTs,
+            a barrier and the deletion of emptied groups).
+        """
+        redecide = getattr(self.policy, "redecide", None)
+        changes: List[Decision] = []
+        for flow_id, age_s, packets, byte_count in reports:
+            self._count("milestones")
+            entry = self._flows.get(flow_id)
+            if entry is None:
+                self._refuse(REFUSED_UNKNOWN_FLOW)
+                continue
+            if entry.profile.primary_cell != cell_id:
+                self._refuse(REFUSED_NOT_PRIMARY)
+                continue
+            if redecide is None:
+                continue
+            self._count("redecisions")
+            try:
+                answer = redecide(flow_id, entry.profile, age_s, packets, byte_count, self._live_cells, now)
+            except NoLiveCell:
+                self._refuse(REFUSED_UNUSABLE_CELL)
+                continue
+            except Exception:  # a policy bug must not stop the other flows' re-decisions
+                self._refuse(REFUSED_POLICY_ERROR)
+                self.logger.exception("dp %#x re-decision of flow %s failed", self.dp_id, entry.key)
+                continue
+            if answer is not None:
+                changes += self._move(entry, answer, now)
+        return changes
+
+    def _refuse(self, reason: str) -> List[OfChange]:
+        self._refused[reason] = self._refused.get(reason, 0) + 1
+        return []
+
+    def _move(self, entry: FlowEntry, answer: object, now: float) -> List[OfChange]:
+        """Move one flow to the profile and mode the policy answered (same primary)."""
+        try:
+            profile, mode = answer  # type: ignore[misc]
+        except (TypeError, ValueError):
+            return self._refuse(REFUSED_BAD_ANSWER)
+        if not isinstance(profile, MirroringProfile) or mode not in MODES:
+            return self._refuse(REFUSED_BAD_ANSWER)
+        old_profile, old_mode, old_group_id = entry.profile, entry.mode, entry.group_id
+        if profile.primary_cell != old_profile.primary_cell:
+            return self._refuse(REFUSED_MOVED_PRIMARY)
+        if any(c not in self._cell_ports or c not in self._live_cells for c in profile.cells):
+            return self._refuse(REFUSED_UNUSABLE_CELL)  # a draining primary's groups are being moved
+        if profile == old_profile and mode == old_mode:
+            return []
+        changes: List[OfChange] = []
+        created = False
+        group_id = old_group_id if profile == old_profile else self._groups.group_for(profile)
+        if group_id is None:
+            new_group = self._groups.create(profile)
+            if new_group is None:
+                return self._refuse(REFUSED_NO_GROUP_ID)
+            group_id, created = new_group.group_id, True
+            self._count("groups_installed")
+            changes += self.group_mods(profile, group_id, Command.ADD)
+        group = self._groups.get(group_id)
+        changes += self._state_entries(entry.key, profile, group_id, mode)
+        for forward in sorted(entry.directions, reverse=True):
+            changes.append(self._fsc_entry(entry.key, forward, group_id, profile, mode, Command.MODIFY_STRICT))
+        self._count("entries_moved", len(entry.directions))
+        if group_id != old_group_id:
+            group.refcount += 1
+            self._flows.set_profile(entry.flow_id, profile, group_id)
+            old_group = self._groups.get(old_group_id)
+            if old_group is not None:
+                old_group.refcount -= 1
+                if old_group.refcount <= 0:
+                    self._count("groups_deleted")
+                    changes += [Barrier(), *self._groups.release(old_group_id)]
+        entry.mode = mode
+        if profile.replication_factor > old_profile.replication_factor:
+            self._count("promotions")
+        elif profile.replication_factor < old_profile.replication_factor:
+            self._count("demotions")
+        if mode != old_mode:
+            self._count("mode_changes")
+        self._failover.flow_moved(entry.flow_id, entry.key, old_profile, group, created, mode)
+        self.logger.debug(
+            "dp %#x flow %s moved at %.3f: %s (%s) -> %s (%s), group %#x",
+            self.dp_id, entry.key, now, old_profile, old_mode, profile, mode, group_id,
+        )  # fmt: skip
+        return changes
+
+    def flow_seed_targets(self, flow_id: int) -> List[str]:
+        """Mirrors that must still be seeded with the flow before they hold its state."""
+        return self._failover.flow_seeds.waiting_targets(flow_id)
 
     # --- Profile groups ---------------------------------------------------------------------
     def group_mods(self, profile: MirroringProfile, group_id: int, command: Command) -> List[GroupMod]:
@@ -545,6 +742,7 @@ class MirroringDirector:
             return []
         self._count("flows_ended")
         self.memory.remember(cookie, entry.profile.cells, now)
+        self._failover.flow_ended(cookie)
         group = self._groups.get(entry.group_id)
         if group is None:
             return []
@@ -617,16 +815,20 @@ class MirroringDirector:
         """``{draining, groups_remaining, flows_remaining, done}`` (UnknownCell if unknown)."""
         return self._failover.drain_status(cell_id, self._groups)
 
-    def on_seeded(self, source_cell: str, profile_id: int, target: str, now: float) -> List[Decision]:
+    def on_seeded(
+        self, source_cell: str, profile_id: int, target: str, now: float, flows: Optional[Sequence[object]] = None
+    ) -> List[Decision]:
         """``source_cell`` (a group's primary) has seeded ``target`` with group ``profile_id``'s flows.
 
         The mirror then counts as a replica; a drain waiting for it proceeds.
-        Reports that do not match a pending seed are counted (``stale_seeded``).
+        With ``flows`` (a per-flow seed's list, echoed) only those flows count
+        as held by ``target``. Reports that do not match a pending seed are
+        counted (``stale_seeded``).
         """
-        return self._failover.seeded(source_cell, profile_id, target, now, self._groups, self._flows)
+        return self._failover.seeded(source_cell, profile_id, target, now, self._groups, self._flows, flows)
 
-    def assignments(self, cell_id: str, flow_ids: Sequence[int]) -> List[Tuple[int, int, str]]:
-        """``(flow_id, profile_id, key_text)`` of the flows among ``flow_ids`` whose profile names ``cell_id``.
+    def assignments(self, cell_id: str, flow_ids: Sequence[int]) -> List[Tuple[object, ...]]:
+        """``(flow_id, profile_id, key_text[, mode])`` of the flows among ``flow_ids`` whose profile names ``cell_id``.
 
         What a cell that reports flows without an assignment is sent again
         (unknown or ended flows are left out: the cell drops them in time).
@@ -635,7 +837,7 @@ class MirroringDirector:
         for flow_id in flow_ids:
             entry = self._flows.get(flow_id)
             if entry is not None and cell_id in entry.profile.cells:
-                found.append((flow_id, entry.group_id, str(entry.key)))
+                found.append(assign_entry(flow_id, entry.group_id, entry.key, entry.mode))
         return found
 
     def tick(self, now: float) -> List[MgmtMessage]:

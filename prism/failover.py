@@ -14,6 +14,12 @@ with a new mirror (repeated until ``seeded`` comes back). A cell that joins a
 group gets ``assign`` for the group's flows (about 400 flows per datagram) so
 that it can seed others in turn; those go out with the next ticks, off the
 failover's path.
+
+A re-decision that moves one live flow to another group (``flow_moved``)
+queues the flow's ``assign`` (with its mode) for the new group's cells and,
+for mirrors that did not hold the flow, a per-flow seed
+(``prism.flow_seeds``); a repair that makes a cell primary before it was
+seeded with such a flow counts the flow in ``state_lost_flows``.
 """
 
 from __future__ import annotations
@@ -26,13 +32,15 @@ from prism.actions import (
     Decision,
     MgmtMessage,
     admin_message,
+    assign_entry,
     assign_messages,
     profiles_message,
     seed_message,
 )
+from prism.flow_seeds import FlowSeeds
 from prism.groups import GroupState, GroupTable, PendingSeed
 from prism.openflow import Command, OfChange
-from prism.profiles import MirroringProfile
+from prism.profiles import MODE_FULL, MirroringProfile
 from prism.repair import needs_repair, plan_repair
 from prism.ring import HashRing
 
@@ -106,7 +114,9 @@ class Failover:
         self._counts: Dict[str, int] = defaultdict(int)
         self._epoch = 0
         self._announce: Set[int] = set()
-        self._assigns: Dict[str, List[Tuple[int, int, object]]] = defaultdict(list)  # key made text at the tick
+        # (flow_id, group_id, key, mode); the key is made text at the tick
+        self._assigns: Dict[str, List[Tuple[int, int, object, str]]] = defaultdict(list)
+        self.flow_seeds = FlowSeeds()
         self._next_refresh: Optional[float] = None
         self.last_failover: Optional[FailoverStats] = None
         self.last_repair: Optional[FailoverStats] = None
@@ -145,6 +155,7 @@ class Failover:
         """The switch reconnected and lost its groups: forget queued messages, refresh every cell soon."""
         self._announce.clear()
         self._assigns.clear()
+        self.flow_seeds.reset()
         self._next_refresh = None
 
     # --- events ------------------------------------------------------------------------
@@ -200,9 +211,21 @@ class Failover:
         return decisions + more
 
     def seeded(
-        self, source: str, profile_id: int, target: str, now: float, table: GroupTable, flows: "FlowStateCache"
-    ) -> List[Decision]:
-        """``source`` reports ``target`` seeded with group ``profile_id``'s flows; stale reports are counted."""
+        self, source: str, profile_id: int, target: str, now: float, table: GroupTable, flows: "FlowStateCache",
+        flow_ids: Optional[Sequence[object]] = None,
+    ) -> List[Decision]:  # fmt: skip
+        """``source`` reports ``target`` seeded with group ``profile_id``'s flows; stale reports are counted.
+
+        With ``flow_ids`` (a per-flow seed's echoed list) only those flows become protected on ``target``.
+        """
+        if flow_ids is not None:
+            done = self.flow_seeds.confirm(source, profile_id, target, flow_ids)
+            if done is None:
+                self._counts["stale_seeded"] += 1
+            else:
+                self._counts["flow_seeds_confirmed"] += 1
+                self._counts["flows_seeded"] += len(done)
+            return []
         group = table.get(profile_id)
         wait = group.pending.get(target) if group is not None else None
         if group is None or wait is None or wait.source != source or group.profile.primary_cell != source:
@@ -227,7 +250,9 @@ class Failover:
         }
 
     # --- flows and the periodic tick ----------------------------------------------------------
-    def flow_added(self, flow_id: int, key: object, group: GroupState, group_created: bool) -> None:
+    def flow_added(
+        self, flow_id: int, key: object, group: GroupState, group_created: bool, mode: str = MODE_FULL
+    ) -> None:
         """Queue a new flow's ``assign`` (and its new group's announcement) for the next tick.
 
         Args:
@@ -235,12 +260,42 @@ class Failover:
             key: Its key (``str(key)`` is the text the cells get).
             group: The group it joined.
             group_created: The group is new (its profile is announced too).
+            mode: Its mirroring mode.
         """
         if group_created:
             self._announce.add(group.group_id)
-        self._queue_assigns(group.profile.cells, [(flow_id, group.group_id, key)])
+        self._queue_assigns(group.profile.cells, [(flow_id, group.group_id, key, mode)])
 
-    def _queue_assigns(self, cell_ids: Iterable[str], flows: List[Tuple[int, int, object]]) -> None:
+    def flow_moved(
+        self, flow_id: int, key: object, old: MirroringProfile, group: GroupState, group_created: bool, mode: str,
+    ) -> List[str]:  # fmt: skip
+        """A re-decision moved a live flow to ``group``: assigns for its cells, seeds for its new mirrors.
+
+        Args:
+            flow_id: The flow.
+            key: Its key.
+            old: Its profile before the move (same primary).
+            group: The group it joined.
+            group_created: The group is new (its profile is announced too).
+            mode: Its mirroring mode from now on.
+
+        Returns:
+            The mirrors that must be seeded with the flow before it counts as protected there.
+        """
+        if group_created:
+            self._announce.add(group.group_id)
+        self.flow_seeds.forget_flow(flow_id)
+        self._queue_assigns(group.profile.cells, [(flow_id, group.group_id, key, mode)])
+        targets = [m for m in group.profile.mirror_cells if m not in old.mirror_cells and m not in self._down]
+        for target in targets:
+            self.flow_seeds.request(flow_id, group.group_id, group.profile.primary_cell, target)
+        return targets
+
+    def flow_ended(self, flow_id: int) -> None:
+        """The flow is gone: no seed waits for it any more."""
+        self.flow_seeds.forget_flow(flow_id)
+
+    def _queue_assigns(self, cell_ids: Iterable[str], flows: List[Tuple[int, int, object, str]]) -> None:
         for cell_id in cell_ids:
             queue = self._assigns[cell_id]
             room = MAX_QUEUED_ASSIGNS - len(queue)
@@ -264,7 +319,7 @@ class Failover:
                 break
             flows, rest = queue[:budget], queue[budget:]
             budget -= len(flows)
-            triples = [(flow_id, group_id, str(key)) for flow_id, group_id, key in flows]
+            triples = [assign_entry(flow_id, group_id, key, mode) for flow_id, group_id, key, mode in flows]
             messages += [MgmtMessage(cell_id, m) for m in assign_messages(triples)]
             self._counts["assigns_sent"] += len(flows)
             if rest:
@@ -277,6 +332,11 @@ class Failover:
                     group.pending[target] = PendingSeed(wait.source, now, wait.attempts + 1)
                     messages.append(MgmtMessage(wait.source, seed_message(group.group_id, target)))
                     self._counts["seeds_retried"] += 1
+        ready = [c for c in self.cell_ids if not self._assigns.get(c)]
+        batches, retries = self.flow_seeds.due(now, SEED_RETRY_S, ready, self._down)
+        messages += [MgmtMessage(batch.source, batch.message()) for batch in batches]
+        self._counts["flow_seeds_sent"] += len(batches) - retries
+        self._counts["flow_seeds_retried"] += retries
         if self._next_refresh is None or now >= self._next_refresh:
             self._next_refresh = now + PROFILE_REFRESH_S
             messages += [self.profile_table(c, table) for c in self.cell_ids if c not in self._down]
@@ -318,6 +378,9 @@ class Failover:
                 changes += table.group_mods(new, group.group_id, Command.MODIFY)
                 table.rewrite(group.group_id, new)
                 members = flows.relabel_group(old, new, group.group_id)
+                lost = self.flow_seeds.group_repaired(group.group_id, new.primary_cell, new.cells)
+                if not repair.state_lost:
+                    tally["state_lost_flows"] += len(lost)
                 updates[group.group_id] = new
                 previous[group.group_id] = old
                 tally["groups_rewritten"] += 1
@@ -325,7 +388,9 @@ class Failover:
                 tally["mirrors_added"] += len(repair.added)
                 newcomers = [c for c in new.cells if c not in old.cells and c not in self._down]
                 if newcomers:
-                    self._queue_assigns(newcomers, [(e.key.flow_id, group.group_id, e.key) for e in members])
+                    self._queue_assigns(
+                        newcomers, [(e.key.flow_id, group.group_id, e.key, e.mode) for e in members]
+                    )
             if repair.state_lost:
                 tally["state_lost_flows"] += group.refcount
             kept = {

@@ -10,7 +10,15 @@ messages were sent:
   packet without a field never matches a value for it; match prerequisites
   (section 7.2.3.6) are checked when an entry is added (OFPBMC_BAD_PREREQ);
   no matching entry drops the packet; apply-actions run in order on the packet,
-  then GOTO_TABLE (only to a later table) continues the pipeline;
+  then WRITE_METADATA (``metadata = metadata & ~mask | value & mask``; every
+  packet enters the pipeline with metadata 0, section 7.2.3.7), then
+  GOTO_TABLE (only to a later table) continues the pipeline;
+- maskable fields (``metadata``, ``tcp_flags``, section 7.2.3.7 and the ONF
+  extension that OVS implements) take ``(value, mask)``: a packet matches if
+  its value ANDed with the mask equals the value; a value with bits outside
+  its mask is refused (OFPBMC_BAD_WILDCARDS), a mask on another field too
+  (OFPBMC_BAD_MASK); a packet without a TCP header never matches
+  ``tcp_flags``;
 - Output to ``OFPP_CONTROLLER`` records a packet-in (OFPR_NO_MATCH from a
   table-miss entry, OFPR_ACTION otherwise); output to the packet's own in_port
   is dropped unless ``OFPP_IN_PORT`` is used (section 4.5); output to a port
@@ -19,7 +27,9 @@ messages were sent:
   runs the first bucket whose watch_port is live; a bucket may apply another
   group (chaining, no loops); a group in apply-actions works on a copy;
 - FlowMod ADD replaces an entry with the same match and priority, keeping its
-  counters; DELETE is non-strict (an entry whose match is at least as specific)
+  counters; MODIFY (non-strict) and MODIFY_STRICT (same match and priority)
+  replace the instructions of existing entries only, keeping counters,
+  cookie and timeouts (section 6.4); DELETE is non-strict (an entry whose match is at least as specific)
   with cookie/cookie_mask, across all tables when ``table_id`` is None;
 - GroupMod ADD of an existing id fails with OFPGMFC_GROUP_EXISTS, MODIFY of a
   missing one with OFPGMFC_UNKNOWN_GROUP; deleting a group another group
@@ -104,7 +114,11 @@ PREREQUISITES: Mapping[str, Tuple[str, Optional[frozenset]]] = {
     "arp_sha": ("eth_type", frozenset({oxm.ETH_TYPE_ARP})),
     "arp_tha": ("eth_type", frozenset({oxm.ETH_TYPE_ARP})),
 }
-MATCH_FIELDS = frozenset(PREREQUISITES) | {"in_port", "eth_src", "eth_dst", "eth_type", "vlan_vid"}
+MATCH_FIELDS = frozenset(PREREQUISITES) | {"in_port", "eth_src", "eth_dst", "eth_type", "vlan_vid", "metadata"}
+#: Fields whose match may carry a mask, with their width in bits.
+MASKABLE_BITS: Mapping[str, int] = {"metadata": 64, "tcp_flags": 12}
+#: Fields a packet always has in the pipeline, with their value at its start.
+PIPELINE_DEFAULTS: Mapping[str, int] = {"metadata": 0}
 
 
 class FakeSwitchError(Exception):
@@ -133,10 +147,18 @@ class FlowEntry:
     last_used: float
     packet_count: int = 0
     byte_count: int = 0
+    write_metadata: Optional[Tuple[int, int]] = None
 
     def matches(self, packet: Mapping[str, Any]) -> bool:
-        """True if every match field has the packet's value."""
-        return all(packet.get(name, _ABSENT) == value for name, value in self.match.items())
+        """True if every match field has the packet's value (under the mask, for a masked field)."""
+        for name, value in self.match.items():
+            have = packet.get(name, PIPELINE_DEFAULTS.get(name, _ABSENT))
+            if isinstance(value, tuple):
+                if have is _ABSENT or have & value[1] != value[0]:
+                    return False
+            elif have != value:
+                return False
+        return True
 
     def group_ids(self) -> List[int]:
         """The groups this entry's actions apply."""
@@ -256,7 +278,7 @@ class FakeSwitch:
         flows = sorted(
             (
                 e.table_id, e.priority, tuple(sorted(e.match.items())), e.actions, e.goto_table,
-                e.cookie, e.idle_timeout, e.hard_timeout, e.send_flow_removed,
+                e.cookie, e.idle_timeout, e.hard_timeout, e.send_flow_removed, e.write_metadata,
             )  # fmt: skip
             for e in self.flows()
         )
@@ -306,17 +328,28 @@ class FakeSwitch:
         if mod.goto_table is not None and not mod.table_id < mod.goto_table <= MAX_TABLE_ID:
             raise FakeSwitchError("OFPBIC_BAD_TABLE_ID", mod, "GOTO_TABLE must name a later table")
         self._check_actions(mod.actions, mod, packet_out=False)
+        if mod.write_metadata is not None:
+            value, mask = mod.write_metadata
+            if not (0 <= value < 1 << 64 and 0 <= mask < 1 << 64) or value & ~mask:
+                raise FakeSwitchError("OFPBIC_UNSUP_METADATA", mod, f"metadata {value:#x}/{mask:#x}")
         table = self._tables.setdefault(mod.table_id, [])
-        if mod.command is Command.MODIFY:
+        if mod.command in (Command.MODIFY, Command.MODIFY_STRICT):
+            strict = mod.command is Command.MODIFY_STRICT
             for entry in table:
-                if (entry.cookie & mod.cookie_mask) == (
-                    mod.cookie & mod.cookie_mask
-                ) and _at_least_as_specific(entry.match, match):
+                if strict:
+                    chosen = entry.priority == mod.priority and entry.match == match
+                else:
+                    chosen = (entry.cookie & mod.cookie_mask) == (
+                        mod.cookie & mod.cookie_mask
+                    ) and _at_least_as_specific(entry.match, match)
+                if chosen:
                     entry.actions, entry.goto_table = mod.actions, mod.goto_table
+                    entry.write_metadata = mod.write_metadata
             return
         entry = FlowEntry(
             mod.table_id, mod.priority, match, mod.actions, mod.goto_table, mod.cookie,
             mod.idle_timeout, mod.hard_timeout, mod.send_flow_removed, self.now, self.now,
+            write_metadata=mod.write_metadata,
         )  # fmt: skip
         for index, old in enumerate(table):
             if old.priority == mod.priority and old.match == match:
@@ -331,6 +364,9 @@ class FakeSwitch:
         for name, value in mod.match.fields:
             if name not in MATCH_FIELDS:
                 raise FakeSwitchError("OFPBMC_BAD_FIELD", mod, name)
+            if isinstance(value, (tuple, list)):
+                match[name] = _checked_mask(name, value, mod)
+                continue
             try:
                 match[name] = oxm.normalize(name, value)
             except ValueError as error:
@@ -339,7 +375,10 @@ class FakeSwitch:
             prerequisite, allowed = PREREQUISITES.get(name, (None, None))
             if prerequisite is None:
                 continue
-            if prerequisite not in match or (allowed is not None and match[prerequisite] not in allowed):
+            if prerequisite not in match or (
+                allowed is not None
+                and (isinstance(match[prerequisite], tuple) or match[prerequisite] not in allowed)
+            ):
                 raise FakeSwitchError("OFPBMC_BAD_PREREQ", mod, f"{name} needs {prerequisite}")
         return match
 
@@ -353,7 +392,7 @@ class FakeSwitch:
                 if action.group_id not in self._groups:
                     raise FakeSwitchError("OFPBAC_BAD_OUT_GROUP", change, f"group {action.group_id}")
             elif isinstance(action, SetField):
-                if action.field not in MATCH_FIELDS or action.field == "in_port":
+                if action.field not in MATCH_FIELDS or action.field in ("in_port", "metadata"):
                     raise FakeSwitchError("OFPBAC_BAD_SET_TYPE", change, action.field)
                 try:
                     oxm.normalize(action.field, action.value)
@@ -480,6 +519,9 @@ class FakeSwitch:
                 packet["in_port"], table_id, entry.cookie, REASON_NO_MATCH if miss else REASON_ACTION
             )
             self._run_actions(entry.actions, packet, context, result, 0)
+            if entry.write_metadata is not None:
+                value, mask = entry.write_metadata
+                packet["metadata"] = packet.get("metadata", 0) & ~mask | value & mask
             table_id = entry.goto_table
 
     def _run_actions(
@@ -539,7 +581,7 @@ class FakeSwitch:
         if not self.port_live(port):
             self.lost_on_dead_port += 1
             return
-        copy = {k: v for k, v in packet.items() if k != "in_port"}
+        copy = {k: v for k, v in packet.items() if k not in ("in_port", "metadata")}
         result.outputs.append((port, copy))
 
 
@@ -556,9 +598,25 @@ class _Context:
 def _at_least_as_specific(entry_match: Mapping[str, Any], filter_match: Mapping[str, Any]) -> bool:
     """Non-strict match: the entry has every field of the filter with the same value."""
     return all(
-        name in entry_match and entry_match[name] == oxm.normalize(name, value)
+        name in entry_match
+        and entry_match[name] == (tuple(value) if isinstance(value, (tuple, list)) else oxm.normalize(name, value))
         for name, value in filter_match.items()
     )
+
+
+def _checked_mask(name: str, value: Any, mod: Any) -> Tuple[int, int]:
+    """A masked match value ``(value, mask)`` of a maskable field, checked as a switch checks it."""
+    bits = MASKABLE_BITS.get(name)
+    if bits is None:
+        raise FakeSwitchError("OFPBMC_BAD_MASK", mod, f"{name} takes no mask here")
+    if len(value) != 2 or not all(isinstance(v, int) and not isinstance(v, bool) for v in value):
+        raise FakeSwitchError("OFPBMC_BAD_VALUE", mod, f"{name}: {value!r} is not (value, mask)")
+    field_value, mask = value
+    if not (0 <= field_value < 1 << bits and 0 <= mask < 1 << bits):
+        raise FakeSwitchError("OFPBMC_BAD_VALUE", mod, f"{name}: {value!r} does not fit {bits} bits")
+    if field_value & ~mask:
+        raise FakeSwitchError("OFPBMC_BAD_WILDCARDS", mod, f"{name}: value bits outside the mask")
+    return field_value, mask
 
 
 def _length(packet: Mapping[str, Any]) -> int:

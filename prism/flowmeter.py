@@ -4,10 +4,18 @@ A flow is the packets of one ``FlowKey`` with no gap longer than the idle
 timeout, as a switch's flow entry with that ``idle_timeout`` would see them.
 A TCP connection that closed (FIN or RST seen) and is followed by a fresh SYN
 on the same key (port reuse) starts a new flow.
+
+Besides the totals, each record counts its state packets (TCP packets with
+SYN, FIN or RST set; the first packet of any other flow) and, per age
+milestone M (``prism.records.MILESTONES_S``), the packets, bytes and state
+packets that arrived at or before ``ts_start + M``. A packet older than the
+flow's first (captures are not always in time order) counts from age 0.
 """
 
 from __future__ import annotations
 
+from bisect import bisect_left
+from itertools import accumulate
 from typing import Dict, List, Optional
 
 from prism.flows import PROTO_TCP, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN, FlowKey, PacketInfo, ip_to_str
@@ -16,9 +24,13 @@ from prism.records import (
     END_FIN,
     END_IDLE,
     END_RST,
+    MILESTONES_S,
     SOURCE_PCAP,
     FlowRecord,
 )
+
+#: TCP flags that make a packet a state packet.
+STATE_FLAGS = TCP_SYN | TCP_FIN | TCP_RST
 
 #: Default idle timeout in seconds: a flow ends after this long without a
 #: packet. NetFlow/IPFIX exporters commonly use 15 s as the inactive timeout;
@@ -29,7 +41,10 @@ DEFAULT_IDLE_TIMEOUT_S = 10.0
 class _Flow:
     """Mutable per-flow counters while the flow is active."""
 
-    __slots__ = ("first", "ts_start", "ts_last", "packets", "bytes", "syn", "fin", "rst")
+    __slots__ = (
+        "first", "ts_start", "ts_last", "packets", "bytes", "syn", "fin", "rst", "state_packets",
+        "span_packets", "span_bytes", "span_state",
+    )  # fmt: skip
 
     def __init__(self, ts: float, first: PacketInfo):
         self.first = first
@@ -40,6 +55,22 @@ class _Flow:
         self.syn = False
         self.fin = False
         self.rst = False
+        self.state_packets = 0
+        # Counts per age span: span i holds ages in (M[i-1], M[i]] (span 0 from
+        # age 0), the last span ages past the last milestone.
+        spans = len(MILESTONES_S) + 1
+        self.span_packets = [0] * spans
+        self.span_bytes = [0] * spans
+        self.span_state = [0] * spans
+
+    def milestones(self):
+        """Cumulative (packets, bytes, state packets) at each milestone."""
+        at = len(MILESTONES_S)
+        return tuple(zip(
+            list(accumulate(self.span_packets))[:at],
+            list(accumulate(self.span_bytes))[:at],
+            list(accumulate(self.span_state))[:at],
+        ))  # fmt: skip
 
 
 class FlowMeter:
@@ -87,6 +118,13 @@ class FlowMeter:
         if flow is None:
             flow = self._active[info.key] = _Flow(ts, info)
         flow.ts_last = max(flow.ts_last, ts)
+        is_state = bool(flags & STATE_FLAGS) if info.proto == PROTO_TCP else flow.packets == 0
+        span = bisect_left(MILESTONES_S, ts - flow.ts_start)
+        flow.span_packets[span] += 1
+        flow.span_bytes[span] += info.ip_len
+        if is_state:
+            flow.state_packets += 1
+            flow.span_state[span] += 1
         flow.packets += 1
         flow.bytes += info.ip_len
         flow.syn |= bool(flags & TCP_SYN)
@@ -138,5 +176,7 @@ class FlowMeter:
                 truncated=truncated,
                 end_reason=reason,
                 group=self.group,
+                state_packets=flow.state_packets,
+                milestones=flow.milestones(),
             )
         )

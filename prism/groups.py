@@ -5,6 +5,13 @@ FAST_FAILOVER group (``group_id + FF_GROUP_OFFSET``). A failover rewrites a
 group *in place* (same id, new profile), so two groups can come to hold equal
 profiles; both are kept (their flows are not touched) and new flows reuse the
 lowest id.
+
+A profile with ``state``-mode TCP flows also has entries in TABLE_PROFILE
+(:meth:`GroupTable.state_entries`): its FSC entries write its ALL group id
+into the metadata, and there SYN, FIN and RST (one entry per flag and IP
+version) go to the ALL group, every other packet to the FAST_FAILOVER group.
+They are installed with the first such flow and deleted with the groups; a
+failover rewrites the groups only (same ids), so they stay right.
 """
 
 from __future__ import annotations
@@ -14,19 +21,34 @@ from dataclasses import dataclass, field
 from typing import Dict, Iterator, List, Mapping, Optional, Set, Tuple
 
 from prism.openflow import (
+    COOKIE_ALL_MASK,
+    COOKIE_PROFILE_BASE,
     FF_GROUP_OFFSET,
+    METADATA_PROFILE_MASK,
+    PRIORITY_HIGH,
+    PRIORITY_MID,
+    STATE_TCP_FLAGS,
+    TABLE_PROFILE,
     MAX_PROFILE_GROUPS,
     MIRROR_MAC,
     PROFILE_GROUP_BASE,
     Bucket,
     Command,
+    FlowMod,
     GroupAction,
     GroupMod,
     GroupType,
+    Match,
+    OfChange,
     Output,
     SetField,
 )
 from prism.profiles import MirroringProfile
+
+ETH_TYPES = (0x0800, 0x86DD)  #: IPv4, IPv6: the tcp_flags entries exist once per IP version
+IP_PROTO_TCP = 6
+#: Entries a profile holds in TABLE_PROFILE: one per state flag and IP version, and the default.
+STATE_ENTRIES_PER_PROFILE = len(STATE_TCP_FLAGS) * len(ETH_TYPES) + 1
 
 
 @dataclass(frozen=True)
@@ -76,6 +98,7 @@ class GroupState:
     target_rf: int
     refcount: int = 0
     pending: Dict[str, PendingSeed] = field(default_factory=dict)
+    state_entries: bool = False  #: its TABLE_PROFILE entries are installed
 
     def snapshot(self) -> ProfileGroup:
         """The public, frozen view."""
@@ -139,15 +162,57 @@ class GroupTable:
         group.profile = profile
         self._by_profile.setdefault(profile, set()).add(group_id)
 
-    def release(self, group_id: int) -> List[GroupMod]:
-        """Forget a group; returns the deletions to send (ALL first: it forwards to the FF group)."""
+    def release(self, group_id: int) -> List[OfChange]:
+        """Forget a group; returns the deletions to send.
+
+        Its TABLE_PROFILE entries first (they apply both groups), then the ALL
+        group (it forwards to the FF group), then the FF group.
+        """
         group = self._groups.pop(group_id)
         self._unindex(group)
         heapq.heappush(self._free_ids, group_id)
-        return [
+        changes: List[OfChange] = []
+        if group.state_entries:
+            changes.append(
+                FlowMod(
+                    Command.DELETE, TABLE_PROFILE, cookie=COOKIE_PROFILE_BASE + group_id, cookie_mask=COOKIE_ALL_MASK
+                )
+            )
+        return changes + [
             GroupMod(Command.DELETE, GroupType.ALL, group_id),
             GroupMod(Command.DELETE, GroupType.FAST_FAILOVER, group_id + FF_GROUP_OFFSET),
         ]
+
+    def state_entries(self, group_id: int) -> List[FlowMod]:
+        """The group's TABLE_PROFILE entries, the first time they are asked for (then nothing).
+
+        Per IP version and flag in STATE_TCP_FLAGS, a TCP packet whose metadata
+        holds the group id and that has the flag goes to the ALL group (the
+        primary and a copy to each mirror); any other packet with that
+        metadata to the FAST_FAILOVER group (the primary only).
+        """
+        group = self._groups[group_id]
+        if group.state_entries:
+            return []
+        group.state_entries = True
+        cookie = COOKIE_PROFILE_BASE + group_id
+        metadata = (group_id, METADATA_PROFILE_MASK)
+        entries = [
+            FlowMod(
+                Command.ADD, TABLE_PROFILE,
+                Match.of(metadata=metadata, eth_type=eth_type, ip_proto=IP_PROTO_TCP, tcp_flags=(flag, flag)),
+                PRIORITY_HIGH, (GroupAction(group_id),), cookie=cookie,
+            )  # fmt: skip
+            for eth_type in ETH_TYPES
+            for flag in STATE_TCP_FLAGS
+        ]
+        entries.append(
+            FlowMod(
+                Command.ADD, TABLE_PROFILE, Match.of(metadata=metadata), PRIORITY_MID,
+                (GroupAction(group_id + FF_GROUP_OFFSET),), cookie=cookie,
+            )  # fmt: skip
+        )
+        return entries
 
     def _unindex(self, group: GroupState) -> None:
         ids = self._by_profile[group.profile]

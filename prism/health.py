@@ -7,11 +7,18 @@ up and only stops beating.
 
 Rules (every method takes ``now``; nothing here reads a clock):
 
-- **Alive from configuration.** Every configured cell starts ALIVE. A cell that
-  has never sent a heartbeat is judged by its link alone, so a network whose
-  cells do not (yet) beat still works; once a cell has sent one heartbeat it
-  must keep beating. The price: a cell that dies before its first heartbeat is
-  only noticed through its link.
+- **Alive from configuration.** Every configured cell starts ALIVE. A cell
+  that is expected to beat (it has a management address and the controller
+  listens: ``expect_heartbeats``) is silent until proven otherwise from the
+  moment the controller starts listening (``start_listening``): a cell never
+  heard from is declared dead ``dead_after`` later, like one that fell
+  silent, so a dead process whose link stays up cannot blackhole its flows
+  for ever after a controller restart. Such a verdict is recorded but not
+  counted as a failure of the cell (it was never seen working). Other cells
+  are judged by their link alone.
+- **Data path.** A cell's port is usable when its link is up and, with BFD,
+  the switch holds it LIVE (``on_link(..., kind=BFD)``): the BFD session with
+  the cell is up and the cell did not ask to be left out.
 - **Dead.** A link going down makes the cell DEAD at once (kind ``link``).
   No heartbeat for more than ``dead_after`` seconds makes it DEAD (kind
   ``process``). So does a heartbeat whose ``seq`` went back to the start (1)
@@ -23,6 +30,11 @@ Rules (every method takes ``now``; nothing here reads a clock):
   failure inside ``flap_window`` (from ``holddown_base`` up to ``holddown_max``),
   so a flapping cell is kept out for longer and longer instead of thrashing
   the switch's groups.
+
+Every ``now`` must come from a monotonic clock: a step of the wall clock
+would otherwise look like every cell falling silent at once. Heartbeats are
+given their arrival time, not the time the controller got round to reading
+them, so a controller that stalls does not find silence it caused itself.
 
 Defaults, for heartbeats every 0.1 s on a local management bridge:
 ``dead_after`` is 3.5 intervals (0.35 s): two lost heartbeats in a row plus
@@ -68,6 +80,7 @@ class FailureKind(str, enum.Enum):
 
     LINK = "link"  #: its data link (switch port) went down
     PROCESS = "process"  #: its heartbeats stopped, or its process restarted
+    BFD = "bfd"  #: the switch stopped holding its port LIVE (BFD session down, or the cell asked to be left out)
 
 
 class CellState(str, enum.Enum):
@@ -129,6 +142,8 @@ class FailureRecord:
         detected_at: When the detector declared the cell dead.
         ended_at: When the cell came back (None while it is down).
         reason: What was observed.
+        counted: A failure of a cell seen working since the controller started (it counts in the
+            cell's failure rate and hold-down); False for a cell that never showed up.
     """
 
     kind: FailureKind
@@ -136,6 +151,7 @@ class FailureRecord:
     detected_at: float
     ended_at: Optional[float] = None
     reason: str = ""
+    counted: bool = True
 
     def duration_s(self, now: float) -> float:
         """Seconds from failure to recovery (to ``now`` while still down)."""
@@ -152,6 +168,7 @@ class FailureRecord:
             "duration_s": self.duration_s(now),
             "detection_s": max(0.0, self.detected_at - self.started_at),
             "reason": self.reason,
+            "counted": self.counted,
         }
 
 
@@ -193,6 +210,7 @@ class _Cell:
     __slots__ = (
         "cell_id", "alive", "link_up", "link_up_since", "last_heartbeat", "last_seq", "heartbeats",
         "streak_start", "down_since", "alive_since", "exposure_s", "failures", "holddown", "history",
+        "expects_heartbeats", "link_reason", "seen_up",
     )  # fmt: skip
 
     def __init__(self, cell_id: str, now: float) -> None:
@@ -210,6 +228,9 @@ class _Cell:
         self.failures = 0
         self.holddown = 0.0
         self.history: Deque[FailureRecord] = deque(maxlen=MAX_HISTORY)
+        self.expects_heartbeats = False
+        self.link_reason = ""
+        self.seen_up = False  #: a heartbeat, or its port coming (back) up, since the start
 
 
 class FailureDetector:
@@ -219,14 +240,26 @@ class FailureDetector:
         cell_ids: The configured cells (all start ALIVE).
         now: Current time (seconds): the start of every cell's observation.
         settings: Timing and prior parameters.
+        expect_heartbeats: Cells that must beat once the controller listens (``start_listening``).
     """
 
     def __init__(
-        self, cell_ids: Iterable[str], now: float, settings: Optional[HealthSettings] = None
+        self, cell_ids: Iterable[str], now: float, settings: Optional[HealthSettings] = None,
+        expect_heartbeats: Iterable[str] = (),
     ) -> None:
         self.settings = settings or HealthSettings()
         self._cells: Dict[str, _Cell] = {cell_id: _Cell(cell_id, now) for cell_id in cell_ids}
+        self._expected = frozenset(expect_heartbeats) & set(self._cells)
+        self.listening_since: Optional[float] = None
         self.unknown_heartbeats = 0
+
+    def start_listening(self, now: float) -> None:
+        """The controller hears heartbeats from now on: the clock of every expected, never-heard cell starts."""
+        if self.listening_since is not None:
+            return
+        self.listening_since = now
+        for cell_id in self._expected:
+            self._cells[cell_id].expects_heartbeats = True
 
     # --- inputs ------------------------------------------------------------------------
     def on_heartbeat(self, cell_id: str, now: float, seq: Optional[int] = None) -> List[HealthChange]:
@@ -260,19 +293,35 @@ class FailureDetector:
             cell.streak_start = now
         cell.last_heartbeat = max(now, cell.last_heartbeat or now)
         cell.heartbeats += 1
+        cell.seen_up = True
         return changes + self._evaluate(cell, now)
 
-    def on_link(self, cell_id: str, up: bool, now: float) -> List[HealthChange]:
-        """The switch reported the cell's port up or down (unknown cells are ignored)."""
+    def on_link(self, cell_id: str, up: bool, now: float, kind: FailureKind = FailureKind.LINK,
+                reason: str = "link down") -> List[HealthChange]:  # fmt: skip
+        """The switch reported the cell's port usable or not (unknown cells are ignored).
+
+        Args:
+            cell_id: The cell.
+            up: True if the port can carry the cell's traffic (link up and, with BFD, LIVE).
+            now: When the switch reported it.
+            kind: Why it cannot (LINK: link down; BFD: link up but not LIVE).
+            reason: What was observed, for the record.
+        """
         cell = self._cells.get(cell_id)
-        if cell is None or cell.link_up == up:
+        if cell is None:
             return []
+        if cell.link_up == up:
+            return []
+        cell.seen_up |= up  # a port coming back up; the first report at connection time proves nothing
         cell.link_up = up
         if up:
             cell.link_up_since = now
             return self._evaluate(cell, now)
+        cell.link_reason = reason
         if cell.alive:
-            return [self._fail(cell, FailureKind.LINK, now, now, "link down")]
+            # a port that has not been LIVE since we started is a cell not up yet, not a failure
+            counted = kind is not FailureKind.BFD or cell.seen_up
+            return [self._fail(cell, kind, now, now, reason, counted=counted)]
         return []
 
     def tick(self, now: float) -> List[HealthChange]:
@@ -287,11 +336,16 @@ class FailureDetector:
         dead_after = self.settings.dead_after
         if cell.alive:
             if not cell.link_up:
-                return [self._fail(cell, FailureKind.LINK, now, now, "link down")]
+                return [self._fail(cell, FailureKind.LINK, now, now, cell.link_reason or "link down")]
             if cell.last_heartbeat is not None and now - cell.last_heartbeat > dead_after:
                 silent = now - cell.last_heartbeat
                 reason = f"no heartbeat for {silent:.3f} s (dead after {dead_after:.3f} s)"
                 return [self._fail(cell, FailureKind.PROCESS, cell.last_heartbeat, now, reason)]
+            if cell.last_heartbeat is None and cell.expects_heartbeats and self.listening_since is not None \
+                    and now - self.listening_since > dead_after:
+                reason = (f"no heartbeat since the controller started listening "
+                          f"{now - self.listening_since:.3f} s ago (dead after {dead_after:.3f} s)")
+                return [self._fail(cell, FailureKind.PROCESS, self.listening_since, now, reason, counted=False)]
             return []
         if not cell.link_up:
             return []
@@ -304,14 +358,17 @@ class FailureDetector:
             return []
         return [self._recover(cell, now)]
 
-    def _fail(self, cell: _Cell, kind: FailureKind, started_at: float, now: float, reason: str) -> HealthChange:
+    def _fail(self, cell: _Cell, kind: FailureKind, started_at: float, now: float, reason: str,
+              counted: bool = True) -> HealthChange:  # fmt: skip
+        """Declare the cell dead; ``counted``: a failure of a cell seen working (its risk statistics)."""
         cell.alive = False
         cell.down_since = now
-        cell.exposure_s += max(0.0, now - cell.alive_since)
-        cell.failures += 1
-        cell.history.append(FailureRecord(kind, min(started_at, now), now, None, reason))
+        if counted:
+            cell.exposure_s += max(0.0, now - cell.alive_since)
+            cell.failures += 1
+        cell.history.append(FailureRecord(kind, min(started_at, now), now, None, reason, counted))
         window_start = now - self.settings.flap_window
-        recent = sum(1 for record in cell.history if record.detected_at >= window_start)
+        recent = sum(1 for record in cell.history if record.detected_at >= window_start and record.counted)
         cell.holddown = self.settings.holddown(recent)
         return HealthChange(cell.cell_id, False, now, kind, reason)
 

@@ -26,9 +26,18 @@ Message types (field ``type``); ``cell`` is always the sender's cell id
 - ``directory`` controller -> every cell, on start, on every change and every 5 s,
   and to a cell at the first heartbeat the controller gets from it (a cell
   started after the last one must not wait for the next):
-  ``{epoch, cells: {cell_id: [mgmt_ip, mgmt_port]}, live: [cell_id, ...]}``.
+  ``{epoch, cells: {cell_id: [mgmt_ip, mgmt_port]}, live: [cell_id, ...],
+  milestones_s: [age_s, ...], state_interval_s, takeover_tolerance_bytes}``.
   Until its first directory a cell knows no live peer: it holds its flows'
   changes (an empty ``live`` then means "not told", not "nobody is live").
+  The last three fields are optional: ``milestones_s`` (default ``[]``: no
+  ``milestone`` reports) are the ages at which primaries report their flows;
+  ``state_interval_s`` (default DEFAULT_STATE_INTERVAL_S) is how often a
+  primary sends progress records of its ``state`` flows;
+  ``takeover_tolerance_bytes`` (default DEFAULT_TAKEOVER_TOLERANCE_BYTES) is
+  how far beyond the replicated window a cell that takes a ``state`` flow
+  over accepts its packets (configuration: ``management.state_interval_s``,
+  ``management.takeover_tolerance_bytes``; ``prediction.milestones_s``).
 - ``profiles`` controller -> the cells a change concerns:
   ``{epoch, profiles: {profile_id: [primary_cell, [mirror_cells...]]}}``
   (profile_id is the profile's ALL group id, a decimal string as a JSON key;
@@ -41,19 +50,37 @@ Message types (field ``type``); ``cell`` is always the sender's cell id
   start): a cell refuses those of a lower generation than it applied (a
   replaced controller is fenced), and within one a full table with a stale
   epoch too.
-- ``assign`` controller -> the cells of a profile: ``{flows: [[flow_id, profile_id, key_text], ...]}``
-  batched per tick; tells a cell which profile a flow of its belongs to.
+- ``assign`` controller -> the cells of a profile:
+  ``{flows: [[flow_id, profile_id, key_text, mode], ...]}`` batched per tick;
+  tells a cell which profile a flow of its belongs to and its mirroring mode
+  (optional 4th element, ``"full"`` (default) or ``"state"``, see below; a
+  later ``assign`` may change either).
   Also sent, with every flow of the profile, to a cell that a failover or
   drain adds to a profile (so that it can seed others later), and again for
   the flow ids a heartbeat lists as ``unassigned``.
-- ``seed`` controller -> a profile's (new) primary: ``{profile_id, target}``:
-  send a snapshot of every flow of that profile to ``target``; when the target
-  has acknowledged it, the primary sends ``seeded`` to the controller (which
-  repeats an unanswered ``seed`` every second). A repeated ``seed`` is
+- ``seed`` controller -> a profile's (new) primary: ``{profile_id, target}``
+  or ``{profile_id, target, flows: [flow_id, ...]}``: send a snapshot of every
+  flow of that profile (or only of the listed flows: a per-flow promotion) to
+  ``target``; when the target has acknowledged it, the primary sends
+  ``seeded`` to the controller (which repeats an unanswered ``seed`` every
+  second). A repeated ``seed`` (same profile, target and flow list) is
   ignored while that seed runs, answered with ``seeded`` again within 10 s of
   its end, and starts a new snapshot after that. A seed whose target leaves
-  the directory's live cells is abandoned (counted).
-- ``seeded`` cell -> controller: ``{cell, profile_id, target, flows}``.
+  the directory's live cells is abandoned (counted). Listed flows this cell
+  does not hold are not sent (``count`` says how many were).
+- ``seeded`` cell -> controller: ``{cell, profile_id, target, flows}`` where
+  ``flows`` is the number of flows sent for a whole-profile seed, or, for a
+  per-flow seed, the request's ``flows`` list echoed as it came, with
+  ``count`` the number of those flows sent.
+- ``milestone`` cell -> controller: ``{cell, flows: [[flow_id, age_s, packets, bytes], ...]}``:
+  a flow's primary (the cell forwarding its packets) reports each flow whose
+  age (time since its first packet) crossed one of the directory's
+  ``milestones_s``: at most once per flow and milestone per cell, batched per
+  tick (at most MAX_MILESTONES_PER_MESSAGE flows per message), ``age_s`` the
+  milestone crossed, ``packets``/``bytes`` the flow's frames in both
+  directions up to the tick that noticed it (at most one tick late), as its
+  primaries counted them (replicated counters included after a takeover).
+  A cell that takes a flow over reports only milestones still ahead of it.
 - ``state`` cell -> cell: ``{seq, records: [record, ...]}`` where a record is a
   ConnTracker snapshot record (``prism.cell.records``, schema 2) without its
   reader-only fields (key text, state name, role, the writer's counters), or
@@ -64,7 +91,51 @@ Message types (field ``type``); ``cell`` is always the sender's cell id
   per process. Unacknowledged ``state`` messages are retried with backoff; a
   batch that exhausts its retries is counted as lost and its flows are sent
   again in full. State datagrams are kept under 1400 bytes (one frame: a lost
-  IP fragment would lose the whole datagram).
+  IP fragment would lose the whole datagram). Records carry ``packets`` and
+  ``bytes``: the flow's frames in both directions as its primaries counted
+  them (a receiver keeps the larger count).
+
+Mirroring modes. A ``full`` flow's mirrors receive a copy of every packet and
+rebuild sequence positions and counters from them; its primary sends a record
+only when the flow's version grows (handshake and token, teardown, verdict,
+removal). A ``state`` flow's mirrors receive copies of its TCP SYN, FIN and
+RST packets only (other protocols: the first packet), so its primary also
+sends *progress records*: every ``state_interval_s``, each ``state`` flow that
+forwarded packets since its last record gets a new version and its record
+(sequence positions and windows per direction, counters, last_seen, token,
+verdict) is queued for the profile's other live cells, batched and
+acknowledged like any record; a flow whose frames grew by more than half the
+takeover tolerance since its last record is sent at the next tick without
+waiting for the interval. A later version wins; a repeated record, or a
+mirror copy of a SYN/FIN/RST already folded into a record, changes nothing.
+
+Takeover of a ``state`` flow. A cell that receives the first unmarked
+(primary) copies of a flow it holds from records or mirror copies checks the
+first packet of each direction against what it holds: the sequence number
+must lie between the replicated highest sequence sent minus the usual
+retransmission slack (the larger of the peer's window and 66,000 bytes) and
+the replicated highest sequence allowed by the peer plus
+``takeover_tolerance_bytes``; an acknowledgement must lie within the same
+bounds around the other direction's sequence. A packet in that range
+re-anchors the direction (its positions become the cell's) and the flow goes
+on as usual; one outside it is dropped (``out_of_window``, the flow is not
+re-anchored, though the cell now versions it as its primary). A SYN is
+judged as a new connection's. Mirror copies never re-anchor: in loose mode
+they are folded in unchecked (as any mirror copy), in strict mode they are
+checked against the same bounds. A flow the cell never held is not taken over at all: a
+mid-connection TCP packet without state is dropped (``no_state``). What a
+takeover may lose, being at most one interval (or half the tolerance) behind:
+the counters (packets, bytes) and last_seen of the frames since the last
+record that reached the mirror; a window advertisement since then (the
+re-anchoring packet brings the current one); the FIN acknowledgements (pure
+ACKs are not copied) if the teardown began after the last record, which the
+connection's next packets restore; and a connection whose position moved
+more than the tolerance beyond the last record (faster than the tolerance per
+interval, or records lost) is refused and must reconnect; a milestone the
+failed primary crossed but had not reported yet (at most one tick) is not
+reported (the taking cell reports only those still ahead). Token, verdict,
+facts from the handshake and any teardown flag the switch copied are never
+lost.
 - ``drain`` / ``restore`` controller -> cell: ``{target}``, informational, the cell logs them.
 
 A cell with a configured controller accepts ``directory``, ``profiles``,
@@ -92,6 +163,22 @@ CONTROLLER_MGMT_PORT = 7600
 CELL_MGMT_PORT = 7700
 
 HEARTBEAT_INTERVAL_S = 0.1
+#: How often a primary sends progress records of its ``state`` flows
+#: (``directory.state_interval_s``; configuration ``management.state_interval_s``).
+DEFAULT_STATE_INTERVAL_S = 1.0
+#: How far (bytes of sequence space) beyond the replicated window a cell taking
+#: over a ``state`` flow accepts its packets (``directory.takeover_tolerance_bytes``;
+#: configuration ``management.takeover_tolerance_bytes``). 16 MiB covers a
+#: flow of about 1.3 Gbit/s for the 0.1 s tick in which its next early record
+#: waits; a forged segment of a flow the cell holds still passes only with a
+#: chance of about 2**24 / 2**32 per number checked.
+DEFAULT_TAKEOVER_TOLERANCE_BYTES = 16 * 1024 * 1024
+#: Mirroring modes of ``assign`` (the same strings as ``prism.profiles``).
+MODE_FULL = "full"
+MODE_STATE = "state"
+ASSIGN_MODES = (MODE_FULL, MODE_STATE)
+#: Flows per ``milestone`` message at most (the rest go in further messages).
+MAX_MILESTONES_PER_MESSAGE = 500
 #: Largest datagram we send; state batches are split below this.
 MAX_DATAGRAM = 60_000
 #: A decompressed message larger than this is refused (no zip bombs), and
@@ -103,7 +190,7 @@ MAX_INTEGER = 1 << 64
 
 MESSAGE_TYPES = frozenset(
     {"heartbeat", "directory", "profiles", "assign", "seed", "seeded", "state", "ack",
-     "drain", "restore"}
+     "drain", "restore", "milestone"}
 )
 
 

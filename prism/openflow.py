@@ -19,6 +19,23 @@ from typing import Mapping, Tuple, Union
 TABLE_CLASSIFY = 0  #: where a packet comes from decides where it goes next
 TABLE_FSC = 1  #: the Flow State Cache: one entry per flow direction
 TABLE_DELIVERY = 2  #: L2 delivery after the cell (hosts learnt on edge ports)
+#: ``state``-mode TCP flows: per profile (metadata = its ALL group id), SYN, FIN
+#: and RST go to the profile's ALL group (mirrors get a copy), the rest to its
+#: FAST_FAILOVER group (the primary only).
+TABLE_PROFILE = 3
+
+# --- Metadata ----------------------------------------------------------------
+#: The bits of the metadata register that carry a profile's ALL group id from
+#: TABLE_FSC to TABLE_PROFILE (group ids stay below 2**32).
+METADATA_PROFILE_MASK = 0xFFFF_FFFF
+
+# --- TCP flags (OpenFlow 1.3 ``tcp_flags``, the ONF experimenter OXM) -------
+TCP_FIN = 0x01
+TCP_SYN = 0x02
+TCP_RST = 0x04
+#: The flags whose packets change what a ``state`` mirror must know; OVS takes
+#: one flag pattern per entry, so each gets its own entry.
+STATE_TCP_FLAGS = (TCP_SYN, TCP_FIN, TCP_RST)
 
 # --- Priorities ------------------------------------------------------------
 PRIORITY_MISS = 0
@@ -36,6 +53,9 @@ COOKIE_HOST = 0x5052_4953_4D00_0001  #: learnt host entries in TABLE_DELIVERY
 #: FSC entries of flows forwarded to their primary cell without mirroring (the FSC copy was full).
 COOKIE_UNPROTECTED = 0x5052_4953_4D00_0002
 COOKIE_ALL_MASK = 0xFFFF_FFFF_FFFF_FFFF
+#: Cookie of a profile's TABLE_PROFILE entries: this base plus its ALL group id
+#: (deleted, in TABLE_PROFILE only, with COOKIE_ALL_MASK when the profile's groups go).
+COOKIE_PROFILE_BASE = 0x5052_4953_0000_0000  # "PRIS" then the group id
 
 # --- Group ids -------------------------------------------------------------
 #: Profile groups (type ALL) use ids from this base upwards; the FAST_FAILOVER
@@ -62,6 +82,7 @@ class Command(enum.Enum):
 
     ADD = "add"
     MODIFY = "modify"
+    MODIFY_STRICT = "modify_strict"  #: flows only: same match and priority; counters kept
     DELETE = "delete"
 
 
@@ -121,8 +142,14 @@ class Match:
 class FlowMod:
     """An OFPT_FLOW_MOD.
 
-    ``actions`` go in an APPLY_ACTIONS instruction; ``goto_table`` (if not
-    None) adds a GOTO_TABLE instruction. An entry with neither drops.
+    ``actions`` go in an APPLY_ACTIONS instruction; ``write_metadata`` (if
+    not None, ``(value, mask)``) a WRITE_METADATA instruction; ``goto_table``
+    (if not None) adds a GOTO_TABLE instruction. An entry with neither
+    actions nor goto drops. MODIFY_STRICT replaces the instructions of the
+    entry with the same match and priority in ``table_id`` and keeps its
+    counters, cookie and timeouts (it adds nothing if there is none).
+    Match values may be ``(value, mask)`` pairs for maskable fields
+    (``metadata``, ``tcp_flags``).
     DELETE uses ``cookie``/``cookie_mask`` and ``match`` non-strictly, across
     ``table_id`` (``None`` means all tables).
     """
@@ -138,6 +165,7 @@ class FlowMod:
     idle_timeout: int = 0
     hard_timeout: int = 0
     send_flow_removed: bool = False
+    write_metadata: Union[Tuple[int, int], None] = None
 
 
 @dataclass(frozen=True)

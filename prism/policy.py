@@ -1,12 +1,32 @@
-"""Replication policies: which cells get a new flow's packets (its MirroringProfile)."""
+"""Replication policies: which cells get a flow's packets (its MirroringProfile) and how (its mode).
+
+Every policy the director holds answers four questions (issue 8, contract section 3):
+
+- ``profile_for(packet_info, live_cells, now)``: a new flow's profile (its first packet);
+- ``mode_for(flow_id)``: the mode of the flow's latest decision (``MODE_FULL``: every
+  packet copied to the mirrors, ``MODE_STATE``: only the state-changing ones);
+- ``milestones_s``: the ages (s) at which the director asks again about a live flow;
+- ``redecide(flow_id, current, age_s, packets, bytes, live_cells, now)``: a live flow
+  crossed a milestone with these counters (both directions so far); None keeps it as it
+  is, else its new profile (same primary: a re-decision never moves the primary) and mode;
+- ``flow_ended(entry, now)``: the flow's last FSC entry was removed.
+"""
 
 from __future__ import annotations
 
-from typing import Collection, Protocol
+from typing import Collection, Optional, Protocol, Tuple
 
 from prism.flows import PacketInfo
-from prism.profiles import MirroringProfile
+from prism.profiles import MODE_FULL, MODE_STATE, MODES, MirroringProfile
 from prism.ring import HashRing
+
+# The modes (``full``: every packet copied; ``state``: only TCP SYN/FIN/RST and other flows'
+# first packet, the rest replicated by the primary's State Mirroring Module) live with the
+# flow entries in prism.profiles; re-exported here for policies.
+__all__ = ["MODE_FULL", "MODE_STATE", "MODES", "Decision", "FixedPolicy", "NoLiveCell", "Policy"]
+
+#: ``MirroringProfile`` plus mode: what a re-decision returns.
+Decision = Tuple[MirroringProfile, str]
 
 
 class NoLiveCell(ValueError):
@@ -14,7 +34,7 @@ class NoLiveCell(ValueError):
 
 
 class Policy(Protocol):
-    """What the director asks for every new flow (FixedPolicy now, the predictive policy later)."""
+    """What the director asks of a policy (``FixedPolicy``, ``prism.policy_aging.AgingPolicy``, ...)."""
 
     def profile_for(
         self, packet_info: PacketInfo, live_cells: Collection[str], now: float
@@ -31,6 +51,31 @@ class Policy(Protocol):
         """
         ...  # pragma: no cover
 
+    def mode_for(self, flow_id: int) -> str:
+        """The mode (``MODE_FULL`` or ``MODE_STATE``) of the flow's latest decision."""
+        ...  # pragma: no cover
+
+    @property
+    def milestones_s(self) -> Tuple[float, ...]:
+        """Ages (s, ascending) at which the director re-decides a live flow (``()``: never)."""
+        ...  # pragma: no cover
+
+    def redecide(
+        self, flow_id: int, current: MirroringProfile, age_s: float, packets: int, bytes: int,
+        live_cells: Collection[str], now: float,
+    ) -> Optional[Decision]:  # fmt: skip
+        """A live flow reached the milestone ``age_s`` with ``packets``/``bytes`` (both directions).
+
+        Returns:
+            None to keep the flow as it is, else its new profile (``current.primary_cell``
+            stays primary) and mode.
+        """
+        ...  # pragma: no cover
+
+    def flow_ended(self, entry, now: float) -> None:
+        """The flow's last FSC entry was removed (``entry``: its ``FlowEntry`` with the counters)."""
+        ...  # pragma: no cover
+
 
 class FixedPolicy:
     """Every flow gets the same replication factor, placed by the ring.
@@ -41,13 +86,20 @@ class FixedPolicy:
     Args:
         ring: Consistent-hash ring over all configured cells.
         replication_factor: Mirror cells per flow (0: no mirroring).
+        mode: Every flow's mode (``MODE_FULL`` or ``MODE_STATE``; configuration ``mirroring_mode``).
     """
 
-    def __init__(self, ring: HashRing, replication_factor: int) -> None:
+    #: A fixed policy never re-decides.
+    milestones_s: Tuple[float, ...] = ()
+
+    def __init__(self, ring: HashRing, replication_factor: int, mode: str = MODE_FULL) -> None:
         if replication_factor < 0:
             raise ValueError(f"replication_factor must be >= 0, not {replication_factor}")
+        if mode not in MODES:
+            raise ValueError(f"mode must be one of {MODES}, not {mode!r}")
         self.ring = ring
         self.replication_factor = replication_factor
+        self.mode = mode
 
     def profile_for(
         self, packet_info: PacketInfo, live_cells: Collection[str], now: float
@@ -62,5 +114,18 @@ class FixedPolicy:
             primary_cell=ranked[0], mirror_cells=mirror_cells, replication_factor=len(mirror_cells)
         )
 
+    def mode_for(self, flow_id: int) -> str:
+        """The configured mode, for every flow."""
+        return self.mode
+
+    def redecide(self, flow_id: int, current: MirroringProfile, age_s: float, packets: int, bytes: int,
+                 live_cells: Collection[str], now: float) -> Optional[Decision]:  # fmt: skip
+        """Never changes a flow (it has no milestones)."""
+        return None
+
+    def flow_ended(self, entry, now: float) -> None:
+        """Nothing to learn."""
+
     def __repr__(self) -> str:
-        return f"FixedPolicy({self.ring!r}, replication_factor={self.replication_factor})"
+        mode = "" if self.mode == MODE_FULL else f", mode={self.mode!r}"
+        return f"FixedPolicy({self.ring!r}, replication_factor={self.replication_factor}{mode})"

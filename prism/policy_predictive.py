@@ -45,7 +45,7 @@ from typing import Collection, Dict, List, Mapping, Optional, Protocol, Sequence
 from models.features import FirstPacket, FlowHistory, flow_features
 from prism.budget import CHEAP_FLOWS_BUDGET_SHARE, DEFAULT_CHEAP_FLOW_PACKETS, BudgetSettings, BudgetTracker
 from prism.flows import FlowKey, PacketInfo
-from prism.policy import NoLiveCell
+from prism.policy import MODE_FULL, Decision, NoLiveCell
 from prism.profiles import MirroringProfile
 from prism.ring import HashRing
 from prism.telemetry import flow_outcome
@@ -334,6 +334,19 @@ class PredictivePolicy:
     def _unload(self, flight: _Flight) -> None:
         for cell_id in flight.cells[1:]:
             self._mirror_load[cell_id] -= 1
+
+    # --- the aging interface (this policy decides once, at birth) --------------------------
+    #: It never re-decides (``prism.policy_aging.AgingPolicy`` does).
+    milestones_s: Tuple[float, ...] = ()
+
+    def mode_for(self, flow_id: int) -> str:
+        """Every flow is mirrored in full."""
+        return MODE_FULL
+
+    def redecide(self, flow_id: int, current: MirroringProfile, age_s: float, packets: int, bytes: int,
+                 live_cells: Collection[str], now: float) -> Optional[Decision]:  # fmt: skip
+        """Never changes a flow."""
+        return None
 
     # --- flow ends ----------------------------------------------------------------------
     def flow_ended(self, entry, now: float) -> None:

@@ -10,6 +10,25 @@ from prism.flows import FlowKey, PacketInfo
 #: Both directions of a flow: True = a-side to b-side (``PacketInfo.forward``).
 BOTH_DIRECTIONS: FrozenSet[bool] = frozenset((True, False))
 
+#: Mirroring modes of a flow. ``full``: the switch copies every packet to the
+#: mirrors. ``state``: it copies only the packets that change what a mirror
+#: must know (TCP SYN, FIN and RST; for other protocols the first packet) and
+#: the primary's State Mirroring Module replicates the rest as records.
+MODE_FULL = "full"
+MODE_STATE = "state"
+MODES: Tuple[str, ...] = (MODE_FULL, MODE_STATE)
+
+
+def check_mode(mode: object) -> str:
+    """``mode`` if it is one of MODES.
+
+    Raises:
+        ValueError: anything else.
+    """
+    if mode not in MODES:
+        raise ValueError(f"mirroring mode must be one of {', '.join(MODES)}, not {mode!r}")
+    return str(mode)
+
 
 @dataclass(frozen=True)
 class MirroringProfile:
@@ -106,6 +125,7 @@ class FlowEntry:
         packets: Packets reported by flow-removed messages so far (both directions).
         bytes: Bytes reported by flow-removed messages so far.
         duration_s: Longest duration a flow-removed message reported.
+        mode: Its mirroring mode (MODE_FULL or MODE_STATE).
     """
 
     key: FlowKey
@@ -118,6 +138,7 @@ class FlowEntry:
     packets: int = 0
     bytes: int = 0
     duration_s: float = 0.0
+    mode: str = MODE_FULL
 
     @property
     def flow_id(self) -> int:
@@ -166,6 +187,7 @@ class FlowStateCache:
         now: float,
         first_packet: Optional[PacketInfo] = None,
         directions: Iterable[bool] = BOTH_DIRECTIONS,
+        mode: str = MODE_FULL,
     ) -> FlowEntry:
         """Record a newly installed flow.
 
@@ -176,6 +198,7 @@ class FlowStateCache:
             now: Current time (seconds).
             first_packet: The packet that created it, for telemetry.
             directions: Directions installed (default both).
+            mode: Its mirroring mode.
 
         Returns:
             The new entry.
@@ -186,7 +209,7 @@ class FlowStateCache:
         if key.flow_id in self._entries:
             raise ValueError(f"flow {key} (flow_id {key.flow_id:#x}) is already cached")
         entry = FlowEntry(
-            key, profile, group_id, now, now, set(directions), first_packet
+            key, profile, group_id, now, now, set(directions), first_packet, mode=mode
         )
         self._entries[key.flow_id] = entry
         self._index(entry)
@@ -334,6 +357,21 @@ class FlowStateCache:
             for profile in self._profiles_by_cell.get(cell_id, ())
             for f in self._by_profile[profile]
         ]
+
+    def count_on_cell(self, cell_id: str) -> int:
+        """How many flows' profiles name ``cell_id``: O(profiles naming it), whatever the number of flows."""
+        return sum(len(self._by_profile[profile]) for profile in self._profiles_by_cell.get(cell_id, ()))
+
+    def iter_on_cell(self, cell_id: str) -> Iterator[FlowEntry]:
+        """Entries of the flows naming ``cell_id``, lazily (do not change the cache while iterating)."""
+        entries = self._entries
+        for profile in self._profiles_by_cell.get(cell_id, ()):
+            for flow_id in self._by_profile[profile]:
+                yield entries[flow_id]
+
+    def iter_entries(self) -> Iterator[FlowEntry]:
+        """Every entry, lazily, without copying (do not change the cache while iterating)."""
+        return iter(self._entries.values())
 
     def idle_flows(self, now: float, idle_s: float) -> List[FlowEntry]:
         """Entries not seen for more than ``idle_s`` seconds at ``now``."""

@@ -5,7 +5,7 @@ Argus records), the controller's telemetry (first-packet features joined with
 the switch's flow-removed report) and model training. A row holds what the
 director sees at a flow's first packet, then what the flow turned out to be.
 
-Columns (``SCHEMA_VERSION`` 1); "first" means the flow's first observed packet,
+Columns (``SCHEMA_VERSION`` 2); "first" means the flow's first observed packet,
 whose sender is taken as the flow's initiator:
 
 ========================  =========  =====================================================
@@ -34,10 +34,22 @@ end_reason                string     "fin", "rst", "idle" (idle timeout), "captu
                                      lower bounds) or "unknown"
 group                     string     capture file or telemetry file the flow came from;
                                      train/test splits never cut a group
+state_packets             Int64      packets that change what a mirror must know: TCP
+                                     packets with SYN, FIN or RST set; 1 (the first
+                                     packet) for other protocols; null if unknown
+packets_at_<M>ms          Int64      per age milestone M in ``MILESTONES_S``: the flow's
+bytes_at_<M>ms                       packets / bytes / state packets (both directions)
+state_packets_at_<M>ms               that arrived at or before ``ts_start + M`` (a flow
+                                     shorter than M has its totals there); null if
+                                     unknown (Argus binetflow, telemetry without the
+                                     counters). Names: ``milestone_column()``.
 ========================  =========  =====================================================
 
 Files carry the schema version in their Parquet metadata
-(``prism.schema_version``). Readers check every column's presence and type
+(``prism.schema_version``). Version 1 files (without ``state_packets`` and the
+milestone columns) are still read: those columns are then null. A frame handed
+to ``conform`` may likewise lack them.
+Readers check every column's presence and type
 and refuse a file with a clear ``RecordsError``; extra columns are dropped.
 """
 
@@ -47,7 +59,7 @@ import hashlib
 import json
 from dataclasses import astuple, dataclass, fields
 from pathlib import Path
-from typing import Iterable, List, Optional, Sequence, Union
+from typing import Iterable, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import pandas as pd
@@ -56,7 +68,9 @@ import pyarrow.parquet as pq
 
 from prism.atomic import atomic_write
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+#: Versions ``read_records`` accepts (v1 lacks the columns added in v2: read as null).
+READABLE_SCHEMA_VERSIONS = (1, 2)
 METADATA_KEY = b"prism.schema_version"
 
 SOURCE_PCAP = "pcap"
@@ -69,6 +83,29 @@ END_IDLE = "idle"
 END_CAPTURE = "capture_end"
 END_UNKNOWN = "unknown"
 END_REASONS = (END_FIN, END_RST, END_IDLE, END_CAPTURE, END_UNKNOWN)
+
+#: Flow ages (seconds) at which records count a flow's packets so far: the ages
+#: at which a policy may re-decide a live flow (doubling from 250 ms to 64 s).
+MILESTONES_S = (0.25, 0.5, 1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0)
+#: What the milestone columns count.
+MILESTONE_KINDS = ("packets", "bytes", "state_packets")
+
+
+def milestone_column(kind: str, seconds: float) -> str:
+    """The column holding a flow's ``kind`` count at age ``seconds``.
+
+    >>> milestone_column("packets", 0.25)
+    'packets_at_250ms'
+    """
+    if kind not in MILESTONE_KINDS:
+        raise ValueError(f"milestone kind {kind!r} is not one of {MILESTONE_KINDS}")
+    if seconds not in MILESTONES_S:
+        raise ValueError(f"{seconds!r} s is not a milestone ({MILESTONES_S})")
+    return f"{kind}_at_{round(seconds * 1000)}ms"
+
+
+#: Milestone columns, kind by kind, each in milestone order.
+MILESTONE_COLUMNS = tuple(milestone_column(k, m) for k in MILESTONE_KINDS for m in MILESTONES_S)
 
 
 @dataclass(frozen=True)
@@ -100,7 +137,11 @@ COLUMNS = (
     Column("truncated", "bool", pa.bool_()),
     Column("end_reason", "string", pa.string()),
     Column("group", "string", pa.string()),
+    Column("state_packets", "Int64", pa.int64(), nullable=True),
+    *(Column(name, "Int64", pa.int64(), nullable=True) for name in MILESTONE_COLUMNS),
 )
+#: Columns added in schema v2: absent from v1 files and null there.
+V2_COLUMNS = ("state_packets",) + MILESTONE_COLUMNS
 COLUMN_NAMES = tuple(column.name for column in COLUMNS)
 ARROW_SCHEMA = pa.schema(
     [pa.field(c.name, c.arrow, nullable=c.nullable) for c in COLUMNS],
@@ -112,9 +153,18 @@ class RecordsError(Exception):
     """A flow-record file or frame that does not follow the schema."""
 
 
+#: One flow's counts at every milestone: ``(packets, bytes, state_packets)`` per
+#: milestone, in ``MILESTONES_S`` order.
+MilestoneCounts = Tuple[Tuple[int, int, int], ...]
+
+
 @dataclass(frozen=True)
 class FlowRecord:
-    """One flow as a row of the schema (fields in column order; see the module doc)."""
+    """One flow as a row of the schema (see the module doc).
+
+    Fields are the schema's columns in order, except that the milestone
+    columns are held together in ``milestones`` (None: unknown, all null).
+    """
 
     flow_id: int
     ts_start: float
@@ -133,9 +183,24 @@ class FlowRecord:
     truncated: bool
     end_reason: str
     group: str
+    state_packets: Optional[int] = None
+    milestones: Optional[MilestoneCounts] = None
+
+    def row(self) -> tuple:
+        """The record's values in column order (milestone columns spread out)."""
+        values = astuple(self)[:-1]
+        if self.milestones is None:
+            return values + (None,) * len(MILESTONE_COLUMNS)
+        if len(self.milestones) != len(MILESTONES_S):
+            raise RecordsError(
+                f"flow {self.flow_id}: {len(self.milestones)} milestone counts, "
+                f"expected {len(MILESTONES_S)}"
+            )
+        by_kind = tuple(zip(*self.milestones))  # (packets...), (bytes...), (state...)
+        return values + tuple(v for kind in by_kind for v in kind)
 
 
-assert tuple(f.name for f in fields(FlowRecord)) == COLUMN_NAMES
+assert tuple(f.name for f in fields(FlowRecord))[:-1] == COLUMN_NAMES[: -len(MILESTONE_COLUMNS)]
 
 
 def empty_frame() -> pd.DataFrame:
@@ -145,7 +210,7 @@ def empty_frame() -> pd.DataFrame:
 
 def records_to_frame(records: Iterable[FlowRecord]) -> pd.DataFrame:
     """Rows -> a frame with the schema's dtypes (checked)."""
-    rows = [astuple(record) for record in records]
+    rows = [record.row() for record in records]
     if not rows:
         return empty_frame()
     frame = pd.DataFrame.from_records(rows, columns=list(COLUMN_NAMES))
@@ -166,6 +231,10 @@ def conform(frame: pd.DataFrame, origin: str = "frame") -> pd.DataFrame:
         RecordsError: a column is missing, cannot take the schema's type, holds
             missing values where none are allowed, or holds impossible values.
     """
+    absent_v2 = [name for name in V2_COLUMNS if name not in frame.columns]
+    if absent_v2:  # a v1 frame: what v2 added is unknown
+        frame = frame.assign(**{name: pd.Series(pd.NA, index=frame.index, dtype="Int64")
+                                for name in absent_v2})  # fmt: skip
     missing = [name for name in COLUMN_NAMES if name not in frame.columns]
     if missing:
         raise RecordsError(
@@ -238,6 +307,29 @@ def _value_problems(columns: dict) -> List[str]:
         count = int(np.asarray(bad).sum())
         if count:
             problems.append(f"column {name!r} {what} in {count} row(s)")
+    return problems + _milestone_problems(columns)
+
+
+def _milestone_problems(columns: dict) -> List[str]:
+    """Counts that cannot be: negative, falling with age, above the flow's totals."""
+    problems = []
+    state = columns["state_packets"]
+    bad = (state < 0) | (state > columns["packets"])
+    if int(bad.fillna(False).sum()):
+        problems.append(f"column 'state_packets' is negative or above packets in "
+                        f"{int(bad.fillna(False).sum())} row(s)")  # fmt: skip
+    totals = {"packets": columns["packets"], "bytes": columns["bytes"], "state_packets": state}
+    for kind in MILESTONE_KINDS:
+        previous = pd.Series(0, index=state.index, dtype="Int64")
+        for seconds in MILESTONES_S:
+            name = milestone_column(kind, seconds)
+            values = columns[name]
+            bad = (values < previous) | (values > totals[kind])
+            count = int(bad.fillna(False).sum())
+            if count:
+                problems.append(f"column {name!r} is negative, below an earlier milestone or "
+                                f"above the flow's total in {count} row(s)")  # fmt: skip
+            previous = values.fillna(previous)
     return problems
 
 
@@ -290,11 +382,12 @@ def _read_one(path: Path) -> pd.DataFrame:
         raise RecordsError(f"{path}: not a readable Parquet file ({exc})") from None
     metadata = table.schema.metadata or {}
     version = metadata.get(METADATA_KEY)
-    if version is not None and version != str(SCHEMA_VERSION).encode():
+    readable = [str(v).encode() for v in READABLE_SCHEMA_VERSIONS]
+    if version is not None and version not in readable:
         raise RecordsError(
             f"{path}: flow-record schema version {version.decode(errors='replace')}, "
-            f"this PRISM reads version {SCHEMA_VERSION}; re-create it with this version's "
-            f"`prism trace` or telemetry"
+            f"this PRISM reads versions {', '.join(map(str, READABLE_SCHEMA_VERSIONS))}; "
+            f"re-create it with this version's `prism trace` or telemetry"
         )
     return conform(table.to_pandas(), origin=str(path))
 

@@ -1,4 +1,4 @@
-"""The simulator's flows as arrays, their SMM replication cost, and their placement when they start."""
+"""The simulator's flows as arrays, and their placement when they start."""
 
 from __future__ import annotations
 
@@ -10,14 +10,6 @@ import numpy as np
 from prism.ring import HashRing
 from prism.sim_schedule import UP, FailureSchedule
 
-#: The SMM's replication bytes per flow per mirror over the flow's whole life, as
-#: ``benchmarks/replication_cost.py`` measures them with real SMMs (versioned changes
-#: only: handshake with its token, teardown, removal; state datagrams and their acks,
-#: compressed, batched): 173 B per long TCP flow, whatever its length and rate.
-#: Used for every flow (a UDP flow has fewer changes: an upper bound for those).
-REPLICATION_BYTES_PER_FLOW = 173.0
-#: Wire bytes of one flow's record in a seed snapshot (the same run: 55 B per record, batched).
-SEED_BYTES_PER_FLOW = 55.0
 PLACEMENT_CHUNK = 65_536  #: flows ranked per ``order_array`` call (bounds its temporaries)
 
 Progress = Optional[Callable[[int], None]]
@@ -76,6 +68,15 @@ class Flows:
     def end(self) -> np.ndarray:
         """End times."""
         return self.start + self.duration
+
+    def curves(self):
+        """``prism.evaluation.FlowCurves`` of these flows: packets and bytes spread evenly over each."""
+        import pandas as pd
+
+        from prism.evaluation import FlowCurves
+
+        return FlowCurves.from_frame(pd.DataFrame({"duration_s": self.duration, "packets": self.packets,
+                                                   "bytes": self.nbytes, "proto": self.proto}))  # fmt: skip
 
 
 

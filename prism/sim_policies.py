@@ -1,26 +1,37 @@
-"""The simulator's policies as a replication factor per flow, the predictive ones through the controller's code.
+"""The simulator's policies as decision timelines (``prism.evaluation.Decisions``), judged by the one engine.
 
+- ``controller``: what the shipped configuration makes the controller do,
+  flow by flow (``models.replay.replay_decisions`` driving the configured
+  policy object; ``models.controller_row`` builds it); it may promote,
+  demote or change a flow's mode as the flow ages.
 - ``none``, ``fixed rf1``, ``fixed rf2``: every flow gets 0, 1 or 2 mirrors
-  (``prism.policy.FixedPolicy``).
-- ``predictive``: what the controller's ``prism.policy_predictive`` does with
-  no failure history (every cell equally healthy: no risk boost, one mirror):
-  each flow's score is the SPE's predicted duration, and the
-  ``PredictionEngine``'s ``BudgetTracker`` decides, flow by flow in start
-  order, whether it is mirrored; it starts from the model's training
-  threshold and re-fits its line on the flows that ended (each reported one
-  idle timeout after its last packet), so that mirror copies per packet
-  track the budget. Scores come from ``models.features.replay_features``
-  (``flow_features`` over a ``FlowHistory``, outcomes learnt when a
-  controller learns them) and ``Predictor.predict_batch`` in chunks: the
-  values the controller's single-flow path computes. Not simulated: the
-  policy's move of a mirror off a cell holding 1.5x the mean mirror load.
+  in ``full`` mode (``prism.policy.FixedPolicy``); ``fixed rf1 state``: one
+  mirror in ``state`` mode.
+- ``random @ budget``: random flows mirrored at birth until the budget is
+  spent (``prism.evaluation.fill_budget`` over scores drawn with the seed).
+- ``predictive``: what the controller's first-packet policy
+  (``prism.policy_predictive``, configuration ``prediction.policy:
+  first_packet``) does with no failure history (every cell equally healthy:
+  no risk boost, one mirror): each flow's score is the SPE's predicted
+  duration, and the ``PredictionEngine``'s ``BudgetTracker`` decides, flow by
+  flow in start order, whether it is mirrored; it starts from the model's
+  training threshold and re-fits its line on the flows that ended (each
+  reported one idle timeout after its last packet), so that mirror copies per
+  packet track the budget. Scores come from ``models.features.replay_features``
+  and ``Predictor.predict_batch`` in chunks: the values the controller's
+  single-flow path computes. Not simulated: the policy's move of a mirror off
+  a cell holding 1.5x the mean mirror load.
 - ``predictive, training threshold``: the model manifest's threshold for the
-  budget kept fixed (``models.evaluation.threshold_policy``).
+  budget kept fixed.
 - ``predictive, ranked``: the best-scored flows until the budget is spent,
-  knowing every score in advance: a bound, not a policy a controller can run.
-- ``random @ budget``: random flows until the budget is spent.
-- ``oracle``: knows the future: one mirror for exactly the flows that a
-  failure hits (those at risk under ``none``), none for the others.
+  knowing every score in advance (``prism.evaluation.fill_budget``: a flow
+  that does not fit is skipped for smaller ones): a bound, not a policy a
+  controller can run.
+- ``oracle``: knows the future: one mirror from birth for exactly the flows
+  that a failure hits (those at risk under ``none``), none for the others.
+
+The budgeted birth policies (random, ranked, oracle) mirror in
+``budget_mode`` (``full`` by default, the first-packet policy's mode).
 """
 
 from __future__ import annotations
@@ -30,32 +41,34 @@ from typing import Callable, Dict, Optional
 import numpy as np
 import pandas as pd
 
+from prism.evaluation import Decisions, EvalSettings, FlowCurves, birth_copies, fill_budget
+
+CONTROLLER = "controller"
 NONE = "none"
 FIXED_RF1 = "fixed rf1"
 FIXED_RF2 = "fixed rf2"
+FIXED_RF1_STATE = "fixed rf1 state"
 RANDOM_BUDGET = "random @ budget"
 PREDICTIVE = "predictive"
 PREDICTIVE_THRESHOLD = "predictive, training threshold"
 PREDICTIVE_RANKED = "predictive, ranked"
 ORACLE = "oracle"
-ALL_POLICIES = (NONE, FIXED_RF1, FIXED_RF2, RANDOM_BUDGET, PREDICTIVE, PREDICTIVE_THRESHOLD,
-                PREDICTIVE_RANKED, ORACLE)  # fmt: skip
+ALL_POLICIES = (CONTROLLER, NONE, FIXED_RF1, FIXED_RF2, FIXED_RF1_STATE, RANDOM_BUDGET, PREDICTIVE,
+                PREDICTIVE_THRESHOLD, PREDICTIVE_RANKED, ORACLE)  # fmt: skip
 MODEL_POLICIES = (PREDICTIVE, PREDICTIVE_THRESHOLD, PREDICTIVE_RANKED)
-FIXED_FACTORS = {NONE: 0, FIXED_RF1: 1, FIXED_RF2: 2}
+#: Policies that decide once, at birth, with a fixed factor and mode.
+FIXED_POLICIES = {NONE: (0, "full"), FIXED_RF1: (1, "full"), FIXED_RF2: (2, "full"), FIXED_RF1_STATE: (1, "state")}
 DEFAULT_BUDGET = 0.25
 PREDICT_CHUNK = 50_000  #: rows per batched predictor call (bounds its temporary arrays)
 
 #: ``stage(name, total)`` returns a function called with units done (``prism.sim_run.Stage``).
 Stage = Callable[[str, int], Callable[[int], None]]
+#: Flow records -> the controller's decision timeline (``models.replay.DecisionTimeline``).
+ControllerReplay = Callable[[pd.DataFrame], object]
 
 
 class PolicyError(ValueError):
     """A policy that cannot be computed as asked; the message says what to change."""
-
-
-def fixed_factors(n_flows: int, replication_factor: int) -> np.ndarray:
-    """Every flow gets ``replication_factor`` mirrors."""
-    return np.full(n_flows, replication_factor, dtype=np.int8)
 
 
 def predicted_durations(frame: pd.DataFrame, predictor, stage: Optional[Stage] = None) -> np.ndarray:
@@ -85,47 +98,29 @@ def predicted_durations(frame: pd.DataFrame, predictor, stage: Optional[Stage] =
     return out
 
 
-def threshold_factors(scores: np.ndarray, threshold: float) -> np.ndarray:
-    """One mirror for the flows scored at or above ``threshold``."""
-    return (np.asarray(scores) >= threshold).astype(np.int8)
+def budget_decisions(curves: FlowCurves, scores, budget: float, mode: str = "full",
+                     settings: EvalSettings = EvalSettings()) -> Decisions:  # fmt: skip
+    """One mirror at birth for the best-scored flows until ``budget`` copies per packet are spent."""
+    if not 0.0 <= budget:
+        raise PolicyError(f"the budget is mirror copies per packet, >= 0, not {budget}")
+    chosen = fill_budget(scores, birth_copies(curves, mode, settings), budget * curves.packets.sum())
+    return Decisions.at_birth(chosen, mode)
 
 
-def budget_factors(scores: np.ndarray, packets: np.ndarray, budget: float) -> np.ndarray:
-    """One mirror for the best-scored flows whose packets still fit in ``budget`` of all packets.
-
-    Flows are taken best score first (ties in flow order); a flow that does not
-    fit in what is left is skipped and the next ones are tried, so that one
-    elephant does not leave the budget unspent.
-    """
-    if not 0.0 <= budget <= 1.0:
-        raise PolicyError(f"the budget is a share of packets in 0..1, not {budget}")
-    packets = np.asarray(packets, dtype=np.int64)
-    order = np.argsort(-np.asarray(scores, dtype=float), kind="stable")
-    left = int(budget * packets.sum())
-    out = np.zeros(len(order), dtype=np.int8)
-    smallest = int(packets.min()) if len(packets) else 0
-    for flow, size in zip(order.tolist(), packets[order].tolist()):
-        if left < smallest:
-            break
-        if size <= left:
-            out[flow] = 1
-            left -= size
-    return out
+def random_decisions(curves: FlowCurves, budget: float, seed: int, mode: str = "full",
+                     settings: EvalSettings = EvalSettings()) -> Decisions:  # fmt: skip
+    """One mirror at birth for random flows until ``budget`` copies per packet are spent."""
+    scores = np.random.default_rng(seed).random(len(curves))
+    return budget_decisions(curves, scores, budget, mode, settings)
 
 
-def random_factors(packets: np.ndarray, budget: float, seed: int) -> np.ndarray:
-    """One mirror for random flows until ``budget`` of the packets is spent."""
-    scores = np.random.default_rng(seed).random(len(packets))
-    return budget_factors(scores, packets, budget)
-
-
-def oracle_factors(at_risk_without_mirrors: np.ndarray) -> np.ndarray:
-    """One mirror for exactly the flows a failure hits."""
-    return np.asarray(at_risk_without_mirrors, dtype=bool).astype(np.int8)
+def oracle_decisions(at_risk_without_mirrors: np.ndarray, mode: str = "full") -> Decisions:
+    """One mirror from birth for exactly the flows a failure hits."""
+    return Decisions.at_birth(np.asarray(at_risk_without_mirrors, dtype=bool).astype(np.int8), mode)
 
 
 def online_factors(frame: pd.DataFrame, scores: np.ndarray, predictor, budget: float) -> np.ndarray:
-    """The controller's budget decisions, flow by flow (see the module docstring).
+    """The first-packet policy's budget decisions, flow by flow (see the module docstring).
 
     Args:
         frame: flow records sorted by start.
@@ -156,10 +151,10 @@ def online_factors(frame: pd.DataFrame, scores: np.ndarray, predictor, budget: f
     return out
 
 
-def model_factors(
-    names, frame: pd.DataFrame, predictor, budget: float, stage: Optional[Stage] = None
-) -> Dict[str, np.ndarray]:
-    """Replication factors of the model policies in ``names`` (all from one prediction pass).
+def model_decisions(
+    names, frame: pd.DataFrame, curves: FlowCurves, predictor, budget: float, stage: Optional[Stage] = None,
+) -> Dict[str, Decisions]:  # fmt: skip
+    """Decisions of the model policies in ``names`` (all from one prediction pass; full mode, at birth).
 
     Raises:
         PolicyError: no budget, or no threshold in the model for the training-threshold policy.
@@ -170,14 +165,14 @@ def model_factors(
     if not wanted:
         return {}
     scores = np.maximum(predicted_durations(frame, predictor, stage), 0.0)
-    out: Dict[str, np.ndarray] = {}
+    out: Dict[str, Decisions] = {}
     if PREDICTIVE in wanted:
-        out[PREDICTIVE] = online_factors(frame, scores, predictor, budget)
+        out[PREDICTIVE] = Decisions.at_birth(online_factors(frame, scores, predictor, budget))
     if PREDICTIVE_THRESHOLD in wanted:
         threshold = initial_threshold(predictor, budget)
         if threshold is None:
             raise PolicyError(f"the model {predictor.directory} has no calibrated threshold")
-        out[PREDICTIVE_THRESHOLD] = threshold_factors(scores, threshold)
+        out[PREDICTIVE_THRESHOLD] = Decisions.at_birth((scores >= threshold).astype(np.int8))
     if PREDICTIVE_RANKED in wanted:
-        out[PREDICTIVE_RANKED] = budget_factors(scores, frame["packets"].to_numpy(), budget)
+        out[PREDICTIVE_RANKED] = budget_decisions(curves, scores, budget)
     return out

@@ -4,24 +4,25 @@ from __future__ import annotations
 
 from typing import Callable, Dict, Iterable, List, Optional, Sequence
 
-import numpy as np
 import pandas as pd
 
+from prism.evaluation import Decisions, FlowCurves
 from prism.ring import HashRing
 from prism.sim_policies import (
     ALL_POLICIES,
+    CONTROLLER,
     DEFAULT_BUDGET,
-    FIXED_FACTORS,
+    FIXED_POLICIES,
     MODEL_POLICIES,
     NONE,
     ORACLE,
     RANDOM_BUDGET,
+    ControllerReplay,
     PolicyError,
     Stage,
-    fixed_factors,
-    model_factors,
-    oracle_factors,
-    random_factors,
+    model_decisions,
+    oracle_decisions,
+    random_decisions,
 )
 from prism.sim_schedule import FailureSchedule
 from prism.sim_flows import Flows, live_ranks
@@ -44,7 +45,7 @@ def replay_frame(frame: pd.DataFrame, exclude_groups: Iterable[str] = (), pooled
         frame: flow records.
         exclude_groups: groups (capture files) to leave out, e.g. the model's training captures.
         pooled: move every group to start at time 0 (captures taken years apart
-            replay as if they had run together, as ``models.evaluation`` pools them).
+            replay as if they had run together, as ``prism.evaluation`` pools them).
     """
     excluded = set(exclude_groups)
     if excluded:
@@ -69,6 +70,8 @@ def run_policies(
     seed: int = 0,
     settings: SimSettings = SimSettings(),
     stage: Optional[Stage] = None,
+    controller: Optional[ControllerReplay] = None,
+    budget_mode: str = "full",
 ) -> List[PolicyReport]:
     """Simulate each policy on the same flows, cells and failures.
 
@@ -78,16 +81,20 @@ def run_policies(
         schedule: the failures (absolute times, like ``ts_start``).
         policies: names from ``prism.sim_policies.ALL_POLICIES``.
         predictor: a ``models.predictor.Predictor`` (needed by the model policies).
-        budget: share of packets the budgeted policies may mirror.
+        budget: mirror copies per packet the budgeted policies may spend.
         seed: seed of the random policy.
         settings: simulator knobs.
         stage: progress reporting (see ``Stage``).
+        controller: flow records -> the controller's decision timeline
+            (``models.controller_row.controller_replay``); needed by ``controller``.
+        budget_mode: mode of the budgeted birth policies (random, ranked, oracle).
 
     Returns:
         One report per policy, in ``ALL_POLICIES`` order.
 
     Raises:
-        PolicyError: an unknown policy, or a model policy without a predictor.
+        PolicyError: an unknown policy, a model policy without a predictor, the
+            controller row without its replay.
         SimulationError: flows the simulator cannot run.
     """
     stage = stage or _no_progress
@@ -97,27 +104,37 @@ def run_policies(
         raise PolicyError(f"unknown policy {', '.join(unknown)}; choose from {', '.join(ALL_POLICIES)}")
     if predictor is None and any(name in MODEL_POLICIES for name in names):
         raise PolicyError("the predictive policies need a model (--model DIR)")
+    if controller is None and CONTROLLER in names:
+        raise PolicyError("the controller row needs the controller's replay (a configuration, --config FILE)")
     flows = Flows.from_frame(frame)
+    curves = FlowCurves.from_frame(frame)
     ring = HashRing(cells)
-    factors: Dict[str, np.ndarray] = {name: fixed_factors(len(flows), rf)
-                                      for name, rf in FIXED_FACTORS.items() if name in names}  # fmt: skip
+    decided: Dict[str, Decisions] = {}
+    if CONTROLLER in names:
+        done = stage("controller replay", len(flows))
+        decided[CONTROLLER] = Decisions.of(controller(frame), len(flows))
+        done(len(flows))
+    decided.update({name: Decisions.fixed(len(flows), rf, mode)
+                    for name, (rf, mode) in FIXED_POLICIES.items() if name in names})  # fmt: skip
     if RANDOM_BUDGET in names:
-        factors[RANDOM_BUDGET] = random_factors(flows.packets, budget, seed)
+        decided[RANDOM_BUDGET] = random_decisions(curves, budget, seed, budget_mode, settings.costs)
     if any(name in MODEL_POLICIES for name in names):
-        factors.update(model_factors(names, frame, predictor, budget, stage))
-    depth = 1 + max([int(f.max()) for f in factors.values()] + [1])
+        decided.update(model_decisions(names, frame, curves, predictor, budget, stage))
+    most = max([int(d.replication_factor.max(initial=0)) for d in decided.values()] + [1])
+    redecides = any(len(d.flow) > len(flows) for d in decided.values())
+    depth = min(len(cells), 1 + most + (1 if redecides else 0))
     ranks = live_ranks(ring, flows, schedule, depth, stage("placement", len(flows)))
     events = len(schedule.events()) + len(schedule.failures) + settings.samples
     reports: Dict[str, PolicyReport] = {}
-    if ORACLE in names and NONE not in factors:
-        factors[NONE] = fixed_factors(len(flows), 0)
-    order = sorted(factors, key=lambda name: name != NONE)  # the oracle needs "none" first
+    if ORACLE in names and NONE not in decided:
+        decided[NONE] = Decisions.fixed(len(flows), 0)
+    order = sorted(decided, key=lambda name: name != NONE)  # the oracle needs "none" first
     at_risk = None
     for name in order + ([ORACLE] if ORACLE in names else []):
         if name == ORACLE:
-            factors[ORACLE] = oracle_factors(at_risk)
-        report, risk = simulate_policy(name, factors[name], flows, ranks, ring, schedule, settings,
-                                       stage(name, events))  # fmt: skip
+            decided[ORACLE] = oracle_decisions(at_risk, budget_mode)
+        report, risk = simulate_policy(name, decided[name], flows, ranks, ring, schedule, settings,
+                                       stage(name, events), curves)  # fmt: skip
         if name == NONE:
             at_risk = risk
         reports[name] = report
@@ -127,14 +144,15 @@ def run_policies(
 def format_table(reports: Iterable[PolicyReport]) -> str:
     """The policy table (Markdown): protection against cost."""
     lines = [
-        "| policy | flows mirrored | mirror copies / packet | replication bytes / traffic "
-        "| at-risk flows protected | at-risk packets protected | flows lost |",
-        "|---|---:|---:|---:|---:|---:|---:|",
+        "| policy | flows mirrored | promoted | mirror copies / packet | replication bytes / traffic "
+        "| at-risk flows protected | at-risk packets protected | flows lost | of which unseeded |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in reports:
         lines.append(
-            f"| {r.policy} | {r.flows_mirrored:.1%} | {r.packets_mirrored:.3f} | {r.replication_bytes:.4f} "
-            f"| {_pct(r.flows_protected)} | {_pct(r.packets_protected)} | {r.lost_flows:,} |"
+            f"| {r.policy} | {r.flows_mirrored:.1%} | {r.flows_promoted:.1%} | {r.packets_mirrored:.3f} "
+            f"| {r.replication_bytes:.4f} | {_pct(r.flows_protected)} | {_pct(r.packets_protected)} "
+            f"| {r.lost_flows:,} | {r.lost_unseeded:,} |"
         )
     return "\n".join(lines)
 

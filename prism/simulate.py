@@ -1,8 +1,10 @@
 """The trace-driven simulator: flows, cells and failures through the controller's own placement and failover.
 
 A run replays flows (each with a start, duration, packets and bytes) against
-N cells and a ``FailureSchedule``, once per policy (a replication factor per
-flow), with the code the controller runs:
+N cells and a ``FailureSchedule``, once per policy (its decision timeline,
+``prism.evaluation.Decisions``: a replication factor and mode per flow from
+birth, changed at the ages the policy re-decided), with the code the
+controller runs:
 
 - placement by ``prism.ring.HashRing`` (its numpy ``order_array``): a flow's
   profile is the first live cell of its ring order and the next
@@ -13,18 +15,24 @@ flow), with the code the controller runs:
   (promote the first seeded mirror, else lose the state; restore the
   replication factor with the ring keyed on the profile) and, when a cell
   returns, for groups left short of mirrors. A new mirror holds the state
-  ``seed_time_s`` after its repair (the SMM's snapshot), not before.
+  ``seed_time_s`` after its repair (the SMM's snapshot), not before;
+- a re-decision (``redecide``) keeps the flow's current primary and gives it
+  the next live cells of its ring order (as they were at its start, less the
+  cells down now) as mirrors, moving it to that profile's group; a flow
+  promoted (mirrors after birth) is protected only ``seed_delay_s``
+  (``prism.evaluation.EvalSettings``) after the promotion: its per-flow seed.
 
 A flow is *at risk* at a failure if it is alive then (started before, ends
 after) and its group's primary is the failed cell; its state *survives* if
 the repair promoted a mirror that held it. A flow whose state was lost counts
 once and ends there (its connection broke). Packets at risk are those the
-flow still had to send: its packets spread evenly over its duration.
+flow still had to send after the failure (``prism.evaluation.FlowCurves``: its
+milestone counts, or its packets spread evenly over its duration).
 
-Costs: mirror copies per packet and per byte (a flow's mirrors when it
-started), and the SMM's replication traffic as measured with real SMMs
-(``prism.sim_flows.REPLICATION_BYTES_PER_FLOW`` per flow and mirror, plus
-``SEED_BYTES_PER_FLOW`` per flow for each new mirror seeded).
+Costs come from the evaluation engine (``prism.evaluation.judge``: mirror
+copies per packet and per byte in each mode, the SMM's changes, promotion
+seeds and progress records), plus ``seed_bytes_per_flow`` per flow for each
+mirror a repair seeded.
 
 The controller here learns of a failure at once (a link-down; a dead process
 is found about ``models.train.DEFAULT_HORIZON_S`` later) and flows stay in
@@ -36,16 +44,18 @@ from __future__ import annotations
 import heapq
 import math
 from dataclasses import asdict, dataclass
-from typing import List, Tuple
+from typing import List, Optional, Tuple
 
 import numpy as np
 
+from prism.evaluation import Decisions, EvalSettings, FlowCurves, judge
 from prism.failover import plan_repair
 from prism.groups import GroupTable, PendingSeed
 from prism.openflow import PROFILE_GROUP_BASE
 from prism.profiles import MirroringProfile
 from prism.ring import HashRing
-from prism.sim_flows import REPLICATION_BYTES_PER_FLOW, SEED_BYTES_PER_FLOW, Flows, Progress, SimulationError
+from prism.evaluation import SEED_BYTES_PER_FLOW
+from prism.sim_flows import Flows, Progress, SimulationError
 from prism.sim_schedule import DOWN, SAMPLE, FailureSchedule
 
 DEFAULT_SEED_TIME_S = 0.5
@@ -60,14 +70,14 @@ class SimSettings:
     Attributes:
         seed_time_s: time from a repair to its new mirrors holding the state.
         samples: evenly spaced sampling instants (failure instants are added).
-        replication_bytes_per_flow: SMM bytes per flow and mirror over its life.
-        seed_bytes_per_flow: SMM bytes per flow in a new mirror's seed.
+        seed_bytes_per_flow: SMM bytes per flow in a repaired group's new mirror's seed.
+        costs: the engine's costs and promotion seed delay.
     """
 
     seed_time_s: float = DEFAULT_SEED_TIME_S
     samples: int = DEFAULT_SAMPLES
-    replication_bytes_per_flow: float = REPLICATION_BYTES_PER_FLOW
     seed_bytes_per_flow: float = SEED_BYTES_PER_FLOW
+    costs: EvalSettings = EvalSettings()
 
 
 @dataclass(frozen=True)
@@ -77,7 +87,7 @@ class PolicyReport:
     policy: str
     flows: int
     failures: int
-    flows_mirrored: float  #: share of flows given at least one mirror
+    flows_mirrored: float  #: share of flows given at least one mirror (at some age)
     packets_mirrored: float  #: mirror copies per packet of traffic
     bytes_mirrored: float  #: mirror copies per byte of traffic
     replication_bytes: float  #: SMM state records and seeds, per byte of traffic
@@ -99,6 +109,8 @@ class PolicyReport:
     ofmsgs_per_failure: float
     cell_primaries: Tuple[float, ...] = ()  #: mean flows held as primary per cell (``ring.cells`` order)
     cell_replicas: Tuple[float, ...] = ()  #: mean flows held as mirror per cell
+    flows_promoted: float = 0.0  #: share of flows whose first mirror came after birth
+    lost_unseeded: int = 0  #: of ``lost_flows``: promoted flows whose seed had not completed
 
     def as_dict(self) -> dict:
         """Plain values for JSON."""
@@ -107,53 +119,79 @@ class PolicyReport:
 
 def simulate_policy(
     name: str,
-    replication_factor: np.ndarray,
+    decisions,
     flows: Flows,
     ranks: np.ndarray,
     ring: HashRing,
     schedule: FailureSchedule,
     settings: SimSettings = SimSettings(),
     progress: Progress = None,
+    curves: Optional[FlowCurves] = None,
 ) -> Tuple[PolicyReport, np.ndarray]:
     """Run one policy.
 
     Args:
         name: the policy's name in the report.
-        replication_factor: mirrors wanted per flow (int array).
+        decisions: its ``prism.evaluation.Decisions``, or one replication factor per
+            flow (decided at birth, ``full`` mode).
         flows: the flows.
-        ranks: ``live_ranks`` of the flows, at least ``max(replication_factor) + 1`` deep.
+        ranks: ``live_ranks`` of the flows, at least ``max(replication_factor) + 1``
+            deep (+ 1 more when the policy re-decides: a re-decided flow's primary may
+            have moved).
         ring: the ring over the cells.
         schedule: the failures.
         settings: knobs.
         progress: called with 1 per event processed.
+        curves: the flows' curves (``FlowCurves.from_frame`` of their records); default:
+            packets and bytes spread evenly over each flow's duration.
 
     Returns:
         ``(report, at_risk)``: the report and a bool array of the flows found
         at risk at some failure.
     """
-    rf = np.asarray(replication_factor, dtype=np.int64)
-    if rf.shape != (len(flows),) or (len(rf) and rf.min() < 0):
-        raise SimulationError(f"{name}: need one replication factor >= 0 per flow")
-    depth = int(rf.max()) + 1
+    if not isinstance(decisions, Decisions):
+        rf = np.asarray(decisions, dtype=np.int64)
+        if rf.shape != (len(flows),) or (len(rf) and rf.min() < 0):
+            raise SimulationError(f"{name}: need one replication factor >= 0 per flow")
+        decisions = Decisions.at_birth(rf)
+    else:
+        decisions = Decisions.of(decisions, len(flows))
+    depth = int(decisions.replication_factor.max(initial=0)) + 1
     if ranks.shape[1] < depth:
         raise SimulationError(f"{name}: ranks are {ranks.shape[1]} deep, replication factor {depth - 1} needs {depth}")
-    run = _Run(name, rf, flows, ranks[:, :depth], ring, schedule, settings)
+    curves = curves if curves is not None else flows.curves()
+    run = _Run(name, decisions, flows, curves, ranks, ring, schedule, settings)
     return run.execute(progress)
 
 
 class _Run:
     """The state of one policy's run (flows as arrays, groups in a GroupTable)."""
 
-    def __init__(self, name, rf, flows: Flows, ranks, ring: HashRing, schedule, settings: SimSettings):
+    def __init__(self, name, decisions: Decisions, flows: Flows, curves: FlowCurves, ranks, ring: HashRing,
+                 schedule, settings: SimSettings):  # fmt: skip
         self.name, self.flows, self.ring, self.settings = name, flows, ring, settings
+        self.decisions, self.curves = decisions, curves
         self.schedule = schedule
         self.cells = ring.cells
         self.index = {cell_id: i for i, cell_id in enumerate(self.cells)}
-        columns = np.arange(ranks.shape[1])
-        self.profile_cells = np.where(columns[None, :] <= rf[:, None], ranks, -1).astype(np.int16)
-        self.mirrors = (self.profile_cells[:, 1:] >= 0).sum(axis=1)
+        first = np.r_[True, decisions.flow[1:] != decisions.flow[:-1]]
+        rf = decisions.replication_factor[first]
+        width = int(decisions.replication_factor.max(initial=0)) + 1
+        self.ranks = ranks
+        columns = np.arange(width)
+        self.profile_cells = np.where(columns[None, :] <= rf[:, None], ranks[:, :width], -1).astype(np.int16)
+        # Re-decisions as events in time order; each flow's time from which a mirror holds its state.
+        ready = decisions.ready_ages(1, settings.costs.seed_delay_s)
+        self.flow_ready = flows.start + ready[first]
+        later = np.flatnonzero(~first)
+        at = flows.start[decisions.flow[later]] + decisions.age_s[later]
+        order = np.argsort(at, kind="stable")
+        self.redecision_rows, self.redecision_at = later[order], at[order]
+        self.redecision_ready = flows.start[decisions.flow[self.redecision_rows]] + ready[self.redecision_rows]
+        self.redecided = 0
+        self.down_mask = np.zeros(len(self.cells), dtype=bool)
         self.table = GroupTable({cell_id: port for port, cell_id in enumerate(self.cells, start=1)})
-        self.group_cells = np.full((1024, ranks.shape[1]), -1, dtype=np.int16)
+        self.group_cells = np.full((1024, width), -1, dtype=np.int16)
         self.group_target = np.zeros(1024, dtype=np.int16)
         self.flow_group = np.full(len(flows), -1, dtype=np.int64)
         self.end = flows.end
@@ -165,7 +203,8 @@ class _Run:
         self.profiles_seen: set = set()
         self.longest = float(flows.duration.max()) if len(flows) else 0.0
         self.totals = dict(risk_flows=0, risk_packets=0.0, safe_flows=0, safe_packets=0.0, lost=0,
-                           seeded_flows=0, rewritten=0, affected=0, failures=0, unplaced=0)  # fmt: skip
+                           seeded_flows=0, rewritten=0, affected=0, failures=0, unplaced=0,
+                           lost_unseeded=0)  # fmt: skip
         self.balance: List[Tuple[float, float, float, float]] = []
         self.cell_held = np.zeros((2, len(self.cells)))
         self.peak_flows = self.peak_groups = 0
@@ -180,6 +219,7 @@ class _Run:
         events += [(t, SAMPLE, "") for t, kind, _c in events if kind == DOWN]
         for t, kind, cell_id in sorted(events):
             self._assign_until(t)
+            self._redecide_until(t)
             self._complete_seeds(t)
             alive = self._alive(t)
             if kind == SAMPLE:
@@ -191,6 +231,7 @@ class _Run:
             if progress is not None:
                 progress(1)
         self._assign_until(math.inf)
+        self._redecide_until(math.inf)
         return self._report(), self.at_risk
 
     def _assign_until(self, t: float) -> None:
@@ -199,7 +240,14 @@ class _Run:
         if stop <= self.assigned:
             return
         rows = slice(self.assigned, stop)
-        cells = self.profile_cells[rows]
+        self.flow_group[rows] = self._groups_of(self.profile_cells[rows])
+        unplaced = self.assigned + np.flatnonzero(self.flow_group[rows] < 0)
+        self.live_end[unplaced] = -math.inf
+        self.totals["unplaced"] += len(unplaced)
+        self.assigned = stop
+
+    def _groups_of(self, cells: np.ndarray) -> np.ndarray:
+        """The group slot of each row of profile cells (cell indices, -1 padded), created if new; -1: no cell."""
         base = len(self.cells) + 1
         codes = np.zeros(len(cells), dtype=np.int64)
         for column in range(cells.shape[1]):
@@ -213,11 +261,43 @@ class _Run:
                 groups[i] = self._group_for(MirroringProfile.of(*ids))
             else:  # every cell down: the controller cannot place the flow (NoLiveCell)
                 groups[i] = -1
-        self.flow_group[rows] = groups[inverse.reshape(-1)]
-        unplaced = self.assigned + np.flatnonzero(self.flow_group[rows] < 0)
-        self.live_end[unplaced] = -math.inf
-        self.totals["unplaced"] += len(unplaced)
-        self.assigned = stop
+        return groups[inverse.reshape(-1)]
+
+    def _redecide_until(self, t: float) -> None:
+        """Re-decisions due before ``t`` move their (alive, placed) flows to the group of their new profile."""
+        stop = int(np.searchsorted(self.redecision_at, t, side="left"))
+        if stop <= self.redecided:
+            return
+        due = np.arange(self.redecided, stop)
+        self.redecided = stop
+        rows = self.redecision_rows[due]
+        flows = self.decisions.flow[rows]
+        # The last due decision of each flow wins; its seed runs from the decision that promoted it.
+        _unique, last = np.unique(flows[::-1], return_index=True)
+        keep = len(flows) - 1 - last
+        due, rows, flows = due[keep], rows[keep], flows[keep]
+        placed = (flows < self.assigned) & (self.flow_group[flows] >= 0)
+        alive = self.live_end[flows] > self.redecision_at[due]
+        use = placed & alive
+        due, rows, flows = due[use], rows[use], flows[use]
+        if not len(flows):
+            return
+        self.flow_ready[flows] = self.redecision_ready[due]
+        rf = self.decisions.replication_factor[rows]
+        primary = self.group_cells[self.flow_group[flows], 0].astype(np.int64)
+        candidates = self.ranks[flows].astype(np.int64)
+        usable = (candidates >= 0) & (candidates != primary[:, None])
+        usable &= ~self.down_mask[np.maximum(candidates, 0)]
+        order = np.argsort(~usable, axis=1, kind="stable")
+        mirrors = np.take_along_axis(candidates, order, axis=1)
+        mirrors = np.where(np.take_along_axis(usable, order, axis=1), mirrors, -1)
+        width = self.group_cells.shape[1]
+        cells = np.full((len(flows), width), -1, dtype=np.int64)
+        cells[:, 0] = primary
+        take = min(width - 1, mirrors.shape[1])
+        columns = np.arange(take)
+        cells[:, 1 : 1 + take] = np.where(columns[None, :] < rf[:, None], mirrors[:, :take], -1)
+        self.flow_group[flows] = self._groups_of(cells)
 
     def _group_for(self, profile: MirroringProfile) -> int:
         group_id = self.table.group_for(profile)
@@ -255,6 +335,7 @@ class _Run:
     # --- failures ----------------------------------------------------------------------------
     def _cell_down(self, t: float, cell_id: str, alive: np.ndarray) -> None:
         self.down.add(cell_id)
+        self.down_mask[self.index[cell_id]] = True
         self.totals["failures"] += 1
         cell = self.index[cell_id]
         slots, counts = np.unique(self.flow_group[alive], return_counts=True)
@@ -268,9 +349,11 @@ class _Run:
             lost_slot[slot] = was_primary and lost
             self.totals["affected"] += count
         exposed = alive[exposed_slot[self.flow_group[alive]]]
-        lost = lost_slot[self.flow_group[exposed]]
+        unseeded = self.flow_ready[exposed] > t  # promoted, its seed not complete (or no mirror)
+        lost = lost_slot[self.flow_group[exposed]] | unseeded
+        self.totals["lost_unseeded"] += int((unseeded & ~lost_slot[self.flow_group[exposed]]).sum())
         flows = self.flows
-        remaining = flows.packets[exposed] * (self.end[exposed] - t) / np.maximum(flows.duration[exposed], 1e-12)
+        remaining = flows.packets[exposed] - self.curves.at("packets", exposed, t - flows.start[exposed])
         self.at_risk[exposed] = True
         self.totals["risk_flows"] += len(exposed)
         self.totals["risk_packets"] += float(remaining.sum())
@@ -281,6 +364,7 @@ class _Run:
 
     def _cell_up(self, t: float, cell_id: str, alive: np.ndarray) -> None:
         self.down.discard(cell_id)
+        self.down_mask[self.index[cell_id]] = False
         slots, counts = np.unique(self.flow_group[alive], return_counts=True)
         short = (self.group_cells[slots, 1:] >= 0).sum(axis=1) < self.group_target[slots]
         for slot, count in zip(slots[short].tolist(), counts[short].tolist()):
@@ -323,19 +407,18 @@ class _Run:
     def _report(self) -> PolicyReport:
         flows, totals = self.flows, self.totals
         packets, nbytes = float(flows.packets.sum()), float(max(flows.nbytes.sum(), 1))
-        mirrors = self.mirrors.astype(float)
         settings = self.settings
-        replication = (float(mirrors.sum()) * settings.replication_bytes_per_flow
-                       + totals["seeded_flows"] * settings.seed_bytes_per_flow)  # fmt: skip
+        cost = judge(self.curves, self.decisions, settings.costs)
+        replication = float(cost.smm_bytes.sum()) + totals["seeded_flows"] * settings.seed_bytes_per_flow
         balance = np.array(self.balance) if self.balance else np.full((1, 4), np.nan)
         failures = max(totals["failures"], 1)
         return PolicyReport(
             policy=self.name,
             flows=len(flows),
             failures=totals["failures"],
-            flows_mirrored=float((mirrors >= 1).mean()),
-            packets_mirrored=float((mirrors * flows.packets).sum() / packets),
-            bytes_mirrored=float((mirrors * flows.nbytes).sum() / nbytes),
+            flows_mirrored=float(cost.mirrored.mean()),
+            packets_mirrored=float(cost.copies.sum() / packets),
+            bytes_mirrored=float(cost.copy_bytes.sum() / nbytes),
             replication_bytes=replication / nbytes,
             at_risk_flows=totals["risk_flows"],
             at_risk_packets=totals["risk_packets"],
@@ -355,6 +438,8 @@ class _Run:
             ofmsgs_per_failure=OFMSGS_PER_GROUP_REWRITE * totals["rewritten"] / failures,
             cell_primaries=tuple((self.cell_held[0] / max(len(self.balance), 1)).tolist()),
             cell_replicas=tuple((self.cell_held[1] / max(len(self.balance), 1)).tolist()),
+            flows_promoted=float(cost.promoted.mean()),
+            lost_unseeded=totals["lost_unseeded"],
         )
 
 

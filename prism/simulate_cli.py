@@ -17,14 +17,16 @@ import pandas as pd
 from prism.atomic import atomic_write_bytes
 from prism.records import RecordsError, read_records
 from prism.sim_distributions import DEFAULT_AGH_DIR, DistributionError, load_distributions
-from prism.sim_policies import ALL_POLICIES, DEFAULT_BUDGET, MODEL_POLICIES, PolicyError
+from prism.sim_policies import ALL_POLICIES, CONTROLLER, DEFAULT_BUDGET, MODEL_POLICIES, PolicyError
 from prism.sim_population import ARRIVAL_MODES, ARRIVALS_REAL, PopulationError, generate_population
 from prism.sim_run import cell_ids, format_balance, format_table, replay_frame, run_policies
 from prism.sim_schedule import ScheduleError, given_failures, parse_fail_at, random_failures
 from prism.sim_flows import SimulationError
 from prism.simulate import DEFAULT_SAMPLES, DEFAULT_SEED_TIME_S, SimSettings
 
-DEFAULT_MODEL = Path(__file__).resolve().parents[1] / "models" / "default"
+#: The first-packet SPE of the predictive policies (models/default is the aging model).
+DEFAULT_MODEL = Path(__file__).resolve().parents[1] / "models" / "first_packet"
+DEFAULT_CONFIG = Path(__file__).resolve().parents[1] / "examples" / "prism.yaml"
 DEFAULT_FLOWS = 100_000
 DEFAULT_CELLS = 64
 #: Failures per hour over all cells: a stress (each of 64 cells fails every ~11 min)
@@ -59,7 +61,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "repeatable; replaces the random failures")  # fmt: skip
     parser.add_argument("--policies", nargs="+", default=list(ALL_POLICIES), metavar="NAME",
                         help="policies to compare: " + ", ".join(repr(p) for p in ALL_POLICIES))  # fmt: skip
-    parser.add_argument("--model", default=str(DEFAULT_MODEL), metavar="DIR", help="SPE model directory")
+    parser.add_argument("--model", default=str(DEFAULT_MODEL), metavar="DIR",
+                        help="first-packet SPE model directory of the predictive policies (default models/first_packet)")  # fmt: skip
+    parser.add_argument("--config", default=str(DEFAULT_CONFIG), metavar="FILE",
+                        help="configuration whose policy gives the controller row, replayed flow by flow "
+                             "(default: the shipped examples/prism.yaml)")  # fmt: skip
+    parser.add_argument("--budget-mode", choices=("full", "state"), default="full",
+                        help="mode of the budgeted birth policies: random, ranked, oracle (default full)")  # fmt: skip
     parser.add_argument("--budget", type=float, default=DEFAULT_BUDGET, metavar="SHARE",
                         help="share of packets the predictive and random policies may mirror (default 0.25)")  # fmt: skip
     parser.add_argument("--seed-time", type=float, default=DEFAULT_SEED_TIME_S, metavar="S",
@@ -87,7 +95,7 @@ def run(args: argparse.Namespace) -> int:
         stages = _Stages(args.no_progress)
         try:
             reports = run_policies(frame, cells, schedule, args.policies, predictor, args.budget, args.seed,
-                                   settings, stages)  # fmt: skip
+                                   settings, stages, _controller(args), args.budget_mode)  # fmt: skip
         finally:
             stages.close()
         timings["simulate"] = time.perf_counter() - clock
@@ -112,12 +120,27 @@ def run(args: argparse.Namespace) -> int:
             "failures": [dict(at=f.at, cell_id=f.cell_id, repair_at=f.repair_at if math.isfinite(f.repair_at)
                               else None) for f in schedule.failures],  # fmt: skip
             "model": str(args.model) if predictor is not None else None,
+            "config": str(args.config) if CONTROLLER in args.policies else None,
             "model_digest": predictor.manifest.get("model_digest") if predictor is not None else None,
             "time_s": elapsed, "timings_s": timings, "peak_rss_mb": peak, "startup_rss_mb": rss_start,
             "policies": [r.as_dict() for r in reports],
         }  # fmt: skip
         atomic_write_bytes(args.json, (json.dumps(report, indent=2) + "\n").encode())
     return 0
+
+
+def _controller(args):
+    """The controller row's replay (``models.controller_row``), if that row is asked for."""
+    if CONTROLLER not in args.policies:
+        return None
+    from models.artifact import ModelError
+    from models.controller_row import controller_replay
+    from prism.config import ConfigError
+
+    try:
+        return controller_replay(args.config)
+    except (ConfigError, ModelError) as exc:
+        raise PolicyError(f"the controller row: {exc}") from None
 
 
 def _load_model(args):

@@ -189,7 +189,10 @@ def telemetry_group(dp_id: int, ts: float) -> str:
 
 
 def flow_record(entry, dp_id: int, idle_timeout: float) -> Optional[FlowRecord]:
-    """The flow-record row (schema v1) of an ended flow, or None if it cannot have one.
+    """The flow-record row of an ended flow, or None if it cannot have one.
+
+    The switch reports totals only: ``state_packets`` and the milestone counts
+    are left null (unknown).
 
     None when the director kept no first packet or the switch's counters are
     unsupported (a record with invented counters would mislead training).

@@ -46,7 +46,8 @@ class PrismCollector:
 
     def __init__(self, app, now: float = None) -> None:
         self.app = app
-        self.now = time.time() if now is None else now
+        clock = getattr(app, "clock", None)
+        self.now = (clock.now() if clock is not None else time.time()) if now is None else now
 
     def collect(self) -> Iterator[Metric]:
         """Every PRISM metric family."""
@@ -74,6 +75,12 @@ class PrismCollector:
         for handler, value in sorted(self.app.handler_errors.items()):
             errors.add_metric([handler], value)
         yield errors
+        stalls = CounterMetricFamily("prism_controller_stalls", "Ticks that came much later than due.")
+        stalls.add_metric([], getattr(self.app, "stalls", 0))
+        yield stalls
+        longest = GaugeMetricFamily("prism_controller_longest_stall_seconds", "The longest controller stall seen.")
+        longest.add_metric([], getattr(self.app, "longest_stall_s", 0.0))
+        yield longest
 
     @staticmethod
     def _switch_metrics(switches) -> Iterator[Metric]:
@@ -107,6 +114,12 @@ class PrismCollector:
                                   labels=["cell"])  # fmt: skip
         link = GaugeMetricFamily("prism_cell_link_up", "1 if the cell's switch port is up.", labels=["cell"])
         draining = GaugeMetricFamily("prism_cell_draining", "1 if the cell is drained.", labels=["cell"])
+        live = GaugeMetricFamily("prism_cell_port_live",
+                                 "1 if the switch holds the cell's port LIVE (BFD up, not withdrawn).",
+                                 labels=["cell"])  # fmt: skip
+        withdrawn = GaugeMetricFamily("prism_cell_path_down",
+                                      "1 while the cell asks the switch to stop using it, by reason.",
+                                      labels=["cell", "reason"])  # fmt: skip
         failures = CounterMetricFamily("prism_cell_failures", "Failures of the cell.", labels=["cell"])
         risk = GaugeMetricFamily("prism_cell_failure_probability",
                                  "Probability of a failure within the horizon (Gamma-Poisson posterior).",
@@ -119,13 +132,17 @@ class PrismCollector:
             alive.add_metric([cell_id], 1 if cell["state"] == "alive" else 0)
             link.add_metric([cell_id], 1 if cell["link_up"] else 0)
             draining.add_metric([cell_id], 1 if cell["draining"] else 0)
+            if cell.get("port_live") is not None:
+                live.add_metric([cell_id], 1 if cell["port_live"] else 0)
+            if cell.get("path_down"):
+                withdrawn.add_metric([cell_id, str(cell["path_down"])], 1)
             failures.add_metric([cell_id], cell["failures"])
             risk.add_metric([cell_id, f"{cell['risk_horizon_s']:g}"], cell["failure_probability"])
             flows.add_metric([cell_id, "primary"], cell["flows_primary"])
             flows.add_metric([cell_id, "mirror"], cell["flows_mirror"])
             if cell["last_heartbeat_age_s"] is not None:
                 age.add_metric([cell_id], cell["last_heartbeat_age_s"])
-        yield from (alive, link, draining, failures, risk, flows, age)
+        yield from (alive, link, draining, live, withdrawn, failures, risk, flows, age)
 
 
 def render_metrics(app, now: float = None) -> bytes:

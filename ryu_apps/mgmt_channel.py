@@ -10,15 +10,22 @@ reason in ``counts`` (``refused_<reason>``). ``directory`` and ``profiles``
 carry the controller's ``generation`` (fencing: cells refuse older ones).
 The socket's receive buffer is enlarged so that a burst of forged datagrams
 does not push real heartbeats out before the loop reads them.
+
+``receive_pending`` empties the socket without blocking and gives every
+datagram the time the kernel received it (``SO_TIMESTAMP``), so a
+controller that was busy for a while still sees when each heartbeat really
+arrived: the failure detector judges the cells, not the controller's stall.
 """
 
 from __future__ import annotations
 
 import ipaddress
 import socket
+import struct
+import sys
 import time
 from collections import Counter
-from typing import Any, Callable, Dict, Mapping, Optional, Tuple
+from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple
 
 from prism.actions import MgmtMessage
 from prism.mgmt import MAX_DATAGRAM, MessageTooBig, encode
@@ -32,6 +39,11 @@ RECEIVE_BUFFER = 65535
 SOCKET_RCVBUF = 8 * 1024 * 1024
 #: Messages stamped with the controller's generation.
 FENCED_TYPES = frozenset(("directory", "profiles"))
+#: Linux's SO_TIMESTAMP (also the control message type): the kernel's receive time as a struct timeval.
+SO_TIMESTAMP = 29
+_TIMEVAL = struct.Struct("@ll")
+#: Most datagrams one ``receive_pending`` reads (the rest wait for the next call).
+MAX_PENDING = 4096
 
 Address = Tuple[str, int]
 
@@ -67,6 +79,14 @@ class MgmtChannel:
             self._sock.close()
             raise
         self._sock.settimeout(RECEIVE_TIMEOUT_S)
+        self.drained = True  #: the last ``receive_pending`` emptied the socket
+        self.timestamps = False
+        if sys.platform.startswith("linux"):
+            try:
+                self._sock.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMP, 1)
+                self.timestamps = True
+            except OSError:
+                pass
 
     @property
     def address(self) -> Address:
@@ -107,6 +127,13 @@ class MgmtChannel:
             datagram, address = self._sock.recvfrom(RECEIVE_BUFFER)
         except socket.timeout:
             return None
+        message = self._open(datagram)
+        if message is None:
+            return None
+        return message, (address[0], address[1])
+
+    def _open(self, datagram: bytes) -> Optional[Dict[str, Any]]:
+        """The authentic message a cell sealed in ``datagram``, or None (refusal counted)."""
         opened = self.auth.open(datagram, self.clock())
         if opened is None:
             self.counts["refused"] += 1
@@ -117,11 +144,53 @@ class MgmtChannel:
             self.counts["refused"] += 1
             return None
         self.counts[f"received_{message['type']}"] += 1
-        return message, (address[0], address[1])
+        return message
 
     def auth_counts(self) -> Dict[str, int]:
         """Refused datagrams by reason, and accepted ones (``AuthCounters.as_dict``)."""
         return self.auth.counters.as_dict()
+
+    def fileno(self) -> int:
+        """The socket's descriptor (to wait until it is readable)."""
+        return self._sock.fileno()
+
+    def receive_pending(self, limit: int = MAX_PENDING) -> List[Tuple[Dict[str, Any], Address, Optional[float]]]:
+        """Every datagram waiting now (``limit`` at most), without blocking: ``(message, sender, arrival)``.
+
+        Only authentic messages are returned (see ``receive``); refusals are counted.
+        ``drained`` then says whether the socket was emptied (False: ``limit`` was reached).
+
+        ``arrival`` is the kernel's receive time by the wall clock (None without timestamps).
+        """
+        raw = getattr(self._sock, "fd", self._sock)  # eventlet's GreenSocket wraps the real socket
+        timeout = raw.gettimeout()
+        if timeout is not None:  # a plain socket with a timeout would wait that long for nothing
+            raw.setblocking(False)
+        try:
+            return self._read_pending(raw, limit)
+        finally:
+            if timeout is not None:
+                raw.settimeout(timeout)
+
+    def _read_pending(self, raw, limit: int) -> List[Tuple[Dict[str, Any], Address, Optional[float]]]:
+        received = []
+        self.drained = False
+        for _ in range(limit):
+            try:
+                datagram, ancillary, _flags, sender = raw.recvmsg(RECEIVE_BUFFER, 64, socket.MSG_DONTWAIT)
+            except (BlockingIOError, InterruptedError):
+                self.drained = True
+                break
+            arrival = None
+            for level, kind, data in ancillary:
+                if level == socket.SOL_SOCKET and kind == SO_TIMESTAMP and len(data) >= _TIMEVAL.size:
+                    seconds, microseconds = _TIMEVAL.unpack_from(data)
+                    arrival = seconds + microseconds / 1e6
+            message = self._open(datagram)
+            if message is None:
+                continue
+            received.append((message, (sender[0], sender[1]), arrival))
+        return received
 
     def close(self) -> None:
         """Close the socket."""

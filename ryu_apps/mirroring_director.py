@@ -28,13 +28,21 @@ messages (``ryu_apps.ofmsg``) and management datagrams
 Two green threads are started in ``start()``: one receives management
 datagrams (heartbeats, ``seeded``) on ``management.listen``, one ticks every
 ``TICK_S`` (failure detection, batched messages to cells). Port status
-messages for cell ports are the link-failure input.
+messages for cell ports are the link-failure input; with a ``bfd`` section
+a cell port that is up but not LIVE is a cell the switch has stopped using
+(its BFD session is down, or the cell asked to be left out).
+
+Time: every ``now`` is ``ryu_apps.clock.CLOCK`` (monotonic). Each tick first
+reads every management datagram waiting in the socket, each with the time
+the kernel received it, and only then judges the cells: a controller that
+was busy (a long REST request, a statistics reply, a file write) cannot
+take its own silence for theirs.
 """
 
 from __future__ import annotations
 
 import os
-import time
+import select
 from collections import Counter
 from typing import Any, Callable, Dict, Iterable, List, Optional
 
@@ -57,14 +65,15 @@ from prism.director import MirroringDirector
 from prism.flow_end import flow_removed, tell_policy
 from prism.health import HealthSettings
 from prism.openflow import OfChange
+from prism.placement_store import load_placements, save_placements
 from prism.policy import FixedPolicy
 from prism.ring import HashRing
 from prism.switch_refusals import refused_addition
 from prism.telemetry import flow_record
-from ryu_apps.mgmt_channel import MgmtChannel
+from ryu_apps.clock import CLOCK
 from ryu_apps.listen import apply_listen_addresses
+from ryu_apps.mgmt_channel import MAX_PENDING, RECEIVE_TIMEOUT_S, MgmtChannel
 from ryu_apps.mgmt_setup import controller_generation, management_auth, placements_path
-from prism.placement_store import load_placements, save_placements
 from ryu_apps.ofmsg import match_to_dict, to_ofmsg, to_ofmsgs
 from ryu_apps.telemetry_events import EventFlowEnded
 
@@ -80,6 +89,8 @@ PLACEMENT_SAVE_S = 5.0
 #: Datagrams the management loop handles before it lets the other green threads run
 #: (a green socket with data queued never yields: a flood would starve the tick and OpenFlow).
 MGMT_DATAGRAMS_PER_TURN = 64
+#: A tick this much later than due is a controller stall (counted and logged; verdicts stay exact).
+STALL_LOG_S = 0.25
 
 
 def load_directors(config: PrismConfig, logger, models=None) -> Dict[int, MirroringDirector]:
@@ -93,19 +104,25 @@ def load_directors(config: PrismConfig, logger, models=None) -> Dict[int, Mirror
         if models is not None:
             policy = models.policy_for(switch, ring)
         else:
-            policy = FixedPolicy(ring, config.default_replication_factor)
+            policy = FixedPolicy(ring, config.default_replication_factor, config.mirroring_mode)
         directors[dp_id] = MirroringDirector(switch, config.idle_timeout, policy, logger=logger, ring=ring,
                                              max_flows=config.limits.max_flows)  # fmt: skip
     return directors
 
 
 def load_models(config: PrismConfig):
-    """The model service when the configuration names a model, else None (SystemExit if it cannot load)."""
+    """The policy service of the ``prediction`` section, else None (SystemExit if its model cannot load).
+
+    ``prediction.policy: aging`` (the default): ``AgingService`` (a model is optional);
+    ``first_packet``: ``ModelService``.
+    """
     if config.prediction is None:
         return None
-    from ryu_apps.prediction import ModelError, ModelService  # scikit-learn only when a model is used
+    from ryu_apps.prediction import AgingService, ModelError, ModelService  # scikit-learn only when a model is used
 
     try:
+        if getattr(config.prediction, "policy", "first_packet") == "aging":
+            return AgingService(config)
         return ModelService(config)
     except ModelError as error:
         raise SystemExit(f"PRISM: the model {config.prediction.model} (prediction.model) cannot be used:\n"
@@ -167,9 +184,18 @@ class MirroringDirectorApp(app_manager.RyuApp):
         apply_listen_addresses(self.config, self.logger)
         self.models = load_models(self.config)
         self.directors = load_directors(self.config, self.logger, self.models)
+        self.clock = CLOCK
+        management = self.config.management
         self.control = ControlPlane(
-            self.directors, time.time(), health_settings(self.config), cell_addresses(self.config)
-        )
+            self.directors, self.clock.now(), health_settings(self.config), cell_addresses(self.config),
+            state_interval_s=getattr(management, "state_interval_s", None),
+            takeover_tolerance_bytes=getattr(management, "takeover_tolerance_bytes", None),
+            expect_heartbeats=management.listen is not None,
+        )  # fmt: skip
+        self.stalls = 0
+        self.longest_stall_s = 0.0
+        self._last_tick: Optional[float] = None
+        self._last_drain: Optional[float] = None
         if self.models is not None:
             self.models.attach_health(self.control.detector)
         self.datapaths: Dict[int, object] = {}
@@ -196,8 +222,8 @@ class MirroringDirectorApp(app_manager.RyuApp):
             self.config.default_replication_factor,
         )
         if self.models is not None:
-            self.logger.info("predictive policy: model %s, budget %g mirror copies per packet",
-                             self.models.directory, self.config.prediction.budget)
+            self.logger.info("%s policy: model %s, budget %g mirror copies per packet",
+                             self.config.prediction.policy, self.models.directory, self.config.prediction.budget)
 
     # --- Green threads ---------------------------------------------------------------------
     def start(self):
@@ -229,28 +255,49 @@ class MirroringDirectorApp(app_manager.RyuApp):
                                            self.generation)  # fmt: skip
                 self.logger.info("management channel on %s:%d, generation %d",
                                  *self.channel.address, self.generation)  # fmt: skip
+                self.control.start_listening(self.clock.now())  # never-heard cells: their clock starts
             except OSError as error:
                 if not warned:
                     self.logger.warning("cannot bind management address %s:%d yet (%s); retrying",
                                         listen[0], listen[1], error)
                     warned = True
                 hub.sleep(BIND_RETRY_S)
-        handled = 0
         while self.is_active:
-            handled += 1
-            if handled % MGMT_DATAGRAMS_PER_TURN == 0:
-                hub.sleep(0)
             try:
-                received = self.channel.receive()
-            except Exception as error:  # the loop must outlive anything a datagram or the socket does
+                select.select([self.channel], [], [], RECEIVE_TIMEOUT_S)  # green under ryu-manager
+            except (OSError, ValueError):
+                if not self.is_active:
+                    return
                 self.handler_errors["mgmt_receive"] += 1
-                self.logger.exception("management receive failed")
-                if isinstance(error, OSError):  # a socket in trouble, not one bad datagram
-                    hub.sleep(BIND_RETRY_S)
+                self.logger.exception("management socket wait failed")
+                hub.sleep(BIND_RETRY_S)
                 continue
-            if received is not None:
-                message, sender = received
-                self.handle_mgmt_message(message, sender)
+            self.receive_pending(MGMT_DATAGRAMS_PER_TURN)
+            hub.sleep(0)  # a flood keeps the socket readable: let the tick and OpenFlow run
+
+    def receive_pending(self, limit: int = MAX_PENDING) -> int:
+        """Handle the management datagrams waiting now (``limit`` at most), each at the time the kernel received it.
+
+        Returns:
+            How many messages were handled.
+        """
+        if self.channel is None:
+            return 0
+        try:
+            received = self.channel.receive_pending(limit)
+        except OSError:  # a socket in trouble: the next wait or tick tries again
+            self.handler_errors["mgmt_receive"] += 1
+            self.logger.exception("management receive failed")
+            return 0
+        now = self.clock.now()
+        earliest = self._last_drain if self._last_drain is not None else now
+        for message, sender, arrival in received:
+            # the kernel's time, on our clock; never before the last time the queue was emptied
+            at = now if arrival is None else min(now, max(earliest, self.clock.wall_to_clock(arrival)))
+            self.handle_mgmt_message(message, sender, at)
+        if getattr(self.channel, "drained", True):  # what comes later arrived after now (with a limit reached: not known)
+            self._last_drain = now
+        return len(received)
 
     def _save_loop(self) -> None:
         """Save every switch's flow placements every PLACEMENT_SAVE_S (errors are logged, counted, retried)."""
@@ -260,7 +307,7 @@ class MirroringDirectorApp(app_manager.RyuApp):
 
     def save_placements(self) -> None:
         """Write the placements file now."""
-        now = time.time()
+        now = self.clock.now()
         try:
             save_placements(self.placements_file,
                             {dp_id: d.placements(now) for dp_id, d in self.directors.items()}, now)  # fmt: skip
@@ -270,25 +317,34 @@ class MirroringDirectorApp(app_manager.RyuApp):
 
     def _tick_loop(self) -> None:
         while self.is_active:
-            self.tick(time.time())
+            self.tick(self.clock.now())
             hub.sleep(TICK_S)
 
-    def handle_mgmt_message(self, message: dict, sender: tuple) -> None:
-        """One decoded management message (heartbeat, seeded ...) from ``sender``."""
-        self._control("mgmt", lambda c: c.on_mgmt_message(message, sender, time.time()))
+    def handle_mgmt_message(self, message: dict, sender: tuple, at: Optional[float] = None) -> None:
+        """One decoded management message (heartbeat, seeded ...) from ``sender``, received ``at``."""
+        at = self.clock.now() if at is None else at
+        self._control("mgmt", lambda c: c.on_mgmt_message(message, sender, at))
 
     def tick(self, now: float) -> None:
-        """One tick of the control plane."""
+        """One tick of the control plane: first what the cells sent meanwhile, then the verdicts."""
+        if self._last_tick is not None:
+            late = now - self._last_tick - TICK_S
+            if late > STALL_LOG_S:
+                self.stalls += 1
+                self.longest_stall_s = max(self.longest_stall_s, late)
+                self.logger.warning("controller stalled %.0f ms (tick due every %.0f ms)", late * 1000, TICK_S * 1000)
+        self._last_tick = now
+        self.receive_pending()
         self._control("tick", lambda c: c.tick(now))
 
     # --- Admin actions (the REST API) -------------------------------------------------------------
     def drain_cell(self, cell_id: str) -> None:
         """Drain a cell now and send what that takes (UnknownCell if it is not configured)."""
-        self.send_outgoing(self.control.drain(cell_id, time.time()))
+        self.send_outgoing(self.control.drain(cell_id, self.clock.now()))
 
     def restore_cell(self, cell_id: str) -> None:
         """Restore a drained cell now (UnknownCell if it is not configured)."""
-        self.send_outgoing(self.control.restore(cell_id, time.time()))
+        self.send_outgoing(self.control.restore(cell_id, self.clock.now()))
 
     def reload_model(self) -> Dict[str, Any]:
         """Load the configured model directory again and serve it (``ModelService.reload``).
@@ -374,7 +430,7 @@ class MirroringDirectorApp(app_manager.RyuApp):
                 return
             self.logger.info("switch %s connected: installing the pipeline", _dpid(datapath.id))
             self.datapaths[datapath.id] = datapath
-        self._dispatch("switch_features", datapath, lambda d: d.on_switch_connect(time.time()))
+        self._dispatch("switch_features", datapath, lambda d: d.on_switch_connect(self.clock.now()))
         if datapath.id in self.directors:
             try:  # the cell ports' link state, for cells whose link went down while we were away
                 datapath.send_msg(datapath.ofproto_parser.OFPPortDescStatsRequest(datapath, 0))
@@ -398,7 +454,9 @@ class MirroringDirectorApp(app_manager.RyuApp):
         if not self._is_current(datapath):
             return
         up = msg.reason != datapath.ofproto.OFPPR_DELETE and _port_is_up(datapath.ofproto, msg.desc)
-        self._control("port_status", lambda c: c.on_port_status(datapath.id, msg.desc.port_no, up, time.time()))
+        live = self._port_is_live(datapath.ofproto, msg.desc)
+        now = self.clock.now()
+        self._control("port_status", lambda c: c.on_port_status(datapath.id, msg.desc.port_no, up, now, live))
 
     @set_ev_cls(ofp_event.EventOFPPortDescStatsReply, MAIN_DISPATCHER)
     def port_desc_handler(self, ev) -> None:
@@ -409,10 +467,11 @@ class MirroringDirectorApp(app_manager.RyuApp):
             return
 
         def produce(control: ControlPlane) -> List[Outgoing]:
-            now = time.time()
+            now = self.clock.now()
             out: List[Outgoing] = []
             for port in ev.msg.body:
-                out += control.on_port_status(datapath.id, port.port_no, _port_is_up(ofp, port), now)
+                out += control.on_port_status(datapath.id, port.port_no, _port_is_up(ofp, port), now,
+                                              self._port_is_live(ofp, port))  # fmt: skip
             return out
 
         self._control("port_desc", produce)
@@ -424,14 +483,14 @@ class MirroringDirectorApp(app_manager.RyuApp):
         self._dispatch(
             "packet_in",
             msg.datapath,
-            lambda d: d.on_packet_in(time.time(), msg.match["in_port"], msg.table_id, msg.data),
+            lambda d: d.on_packet_in(self.clock.now(), msg.match["in_port"], msg.table_id, msg.data),
         )
 
     @set_ev_cls(ofp_event.EventOFPFlowRemoved, MAIN_DISPATCHER)
     def flow_removed_handler(self, ev) -> None:
         """An FSC entry ended: its final counters. The flow's last entry ends the flow (``flow_ended``)."""
         msg = ev.msg
-        now = time.time()
+        now = self.clock.now()
         ended = []
 
         def decide(director: MirroringDirector) -> List[OfChange]:
@@ -471,7 +530,14 @@ class MirroringDirectorApp(app_manager.RyuApp):
         )
         refusal = refused_addition(msg.type, msg.code, bytes(msg.data or b""))
         if refusal is not None:
-            self._dispatch("switch_error", msg.datapath, lambda d: d.on_refused(refusal, time.time()))
+            self._dispatch("switch_error", msg.datapath, lambda d: d.on_refused(refusal, self.clock.now()))
+
+
+    def _port_is_live(self, ofp, desc) -> Optional[bool]:
+        """The port's LIVE flag when the cells speak BFD with the switch (it then means the cell is up), else None."""
+        if self.config.bfd is None:
+            return None
+        return bool(desc.state & ofp.OFPPS_LIVE)
 
 
 def _port_is_up(ofp, desc) -> bool:

@@ -7,7 +7,10 @@ tests, and os-ken's parser would work the same way.
 
 from __future__ import annotations
 
-from typing import Any, Dict, Iterable, List, Mapping, Tuple
+import socket
+import struct
+from functools import partial
+from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
 
 from prism.openflow import (
     Action,
@@ -69,6 +72,7 @@ def _flow_mod(datapath: Any, mod: FlowMod) -> Any:
     commands = {
         Command.ADD: ofp.OFPFC_ADD,
         Command.MODIFY: ofp.OFPFC_MODIFY,
+        Command.MODIFY_STRICT: ofp.OFPFC_MODIFY_STRICT,
         Command.DELETE: ofp.OFPFC_DELETE,
     }
     instructions = []
@@ -76,6 +80,8 @@ def _flow_mod(datapath: Any, mod: FlowMod) -> Any:
         instructions.append(
             parser.OFPInstructionActions(ofp.OFPIT_APPLY_ACTIONS, _actions(datapath, mod.actions))
         )
+    if mod.write_metadata is not None:
+        instructions.append(parser.OFPInstructionWriteMetadata(*mod.write_metadata))
     if mod.goto_table is not None:
         instructions.append(parser.OFPInstructionGotoTable(mod.goto_table))
     return parser.OFPFlowMod(
@@ -132,12 +138,111 @@ def _match(datapath: Any, fields: Mapping[str, Any]) -> Any:
     with text addresses that was 40 % of the controller's cost per new flow.
     The bytes sent are the same; values are not normalized (a MAC stays in the
     case given). Masked values (tuples) take the keyword path, which applies the mask.
+
+    Unmasked OpenFlow-basic fields are also encoded here, once, to their OXM
+    TLVs (``_encoded_tlvs``: C-level address conversion instead of Ryu's
+    per-byte integer and text codecs); ``serialize`` then copies those bytes.
+    Experimenter fields, or a value the fast codec does not take, leave the
+    match to Ryu's own ``serialize``.
     """
     parser = datapath.ofproto_parser
     if any(isinstance(value, (tuple, list)) for value in fields.values()):
         return parser.OFPMatch(**fields)
     ofp = datapath.ofproto
-    return parser.OFPMatch(_ordered_fields=sorted(fields.items(), key=lambda item: _oxm_order(ofp, item[0])))
+    ordered = sorted(fields.items(), key=lambda item: _oxm_order(ofp, item[0]))
+    tlvs = _encoded_tlvs(ofp, ordered)
+    if tlvs is None:
+        return parser.OFPMatch(_ordered_fields=ordered)
+    return _encoded_match_class(parser)(tlvs, ordered)
+
+
+_CODECS: Dict[Tuple[str, str], Any] = {}
+_ENCODED_MATCH: Dict[str, Any] = {}
+_OXM_HEADER = struct.Struct("!I")
+_MATCH_HEADER = struct.Struct("!HH")
+OFPMT_OXM = 1  #: OpenFlow 1.3 ofp_match_type: OXM
+
+
+def _codec(ofp: Any, name: str) -> Any:
+    """``(tlv_header_without_length, encode)`` of an OpenFlow-basic field, or None; cached per ofproto."""
+    key = (ofp.__name__, name)
+    if key not in _CODECS:
+        from ryu.lib import type_desc  # Ryu's field types (this module is only used under Ryu)
+
+        codec = None
+        number = ofp.oxm_from_user_header(name)
+        if isinstance(number, int):
+            descriptor = next(f for f in ofp.oxm_types if f.name == name).type
+            if isinstance(descriptor, type_desc.IntDescr):
+                size = descriptor.size
+                encode = partial(_int_bytes, size)
+            elif descriptor is type_desc.IPv4Addr:
+                encode = partial(socket.inet_pton, socket.AF_INET)
+            elif descriptor is type_desc.IPv6Addr:
+                encode = partial(socket.inet_pton, socket.AF_INET6)
+            elif descriptor is type_desc.MacAddr:
+                encode = _mac_bytes
+            else:
+                encode = descriptor.from_user
+            codec = (number << 9, encode)
+        _CODECS[key] = codec
+    return _CODECS[key]
+
+
+def _int_bytes(size: int, value: int) -> bytes:
+    return value.to_bytes(size, "big")
+
+
+def _mac_bytes(value: str) -> bytes:
+    raw = bytes.fromhex(value.replace(":", ""))
+    if len(raw) != 6:
+        raise ValueError(f"not a MAC address: {value!r}")
+    return raw
+
+
+def _encoded_tlvs(ofp: Any, ordered: Sequence[Tuple[str, Any]]) -> Optional[bytes]:
+    """The OXM TLVs of unmasked basic fields, or None if one of them needs Ryu's own codec."""
+    parts = []
+    for name, value in ordered:
+        codec = _codec(ofp, name)
+        if codec is None:
+            return None
+        header, encode = codec
+        try:
+            raw = encode(value)
+        except (TypeError, ValueError, OSError, OverflowError, AttributeError):
+            return None
+        parts.append(_OXM_HEADER.pack(header | len(raw)))
+        parts.append(raw)
+    return b"".join(parts)
+
+
+def _encoded_match_class(parser: Any) -> Any:
+    """A subclass of the parser's ``OFPMatch`` that serializes TLVs encoded beforehand (one per parser)."""
+    cls = _ENCODED_MATCH.get(parser.__name__)
+    if cls is None:
+
+        class EncodedMatch(parser.OFPMatch):
+            """An ``OFPMatch`` whose OXM TLVs were encoded when it was built; reads like any other."""
+
+            def __init__(self, tlvs: bytes, ordered: Sequence[Tuple[str, Any]]) -> None:
+                super().__init__(_ordered_fields=list(ordered))
+                self._tlvs = tlvs
+
+            def serialize(self, buf, offset):  # noqa: D102 - OFPMatch.serialize, same bytes
+                length = _MATCH_HEADER.size + len(self._tlvs)
+                padded = (length + 7) // 8 * 8
+                end = offset + padded
+                if len(buf) < end:
+                    buf += bytearray(end - len(buf))
+                _MATCH_HEADER.pack_into(buf, offset, OFPMT_OXM, length)
+                buf[offset + _MATCH_HEADER.size : offset + length] = self._tlvs
+                buf[offset + length : end] = bytes(padded - length)
+                self.length = length
+                return padded
+
+        cls = _ENCODED_MATCH[parser.__name__] = EncodedMatch
+    return cls
 
 
 _OXM_ORDER: Dict[Tuple[str, str], Any] = {}

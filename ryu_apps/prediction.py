@@ -1,33 +1,20 @@
-"""The director's model service: loads the SPE model, builds each switch's predictive policy, reloads live.
+"""The model services in the Ryu process: ``models.service`` with reloads in a native thread.
 
-``ModelService`` owns the shared ``PredictionEngine`` (model, feature history,
-budget) of every switch's ``PredictivePolicy``. ``reload()`` loads the model
-directory again (a retrained model written over the old one) in a native
-thread (``eventlet.tpool``; loading and checking a model takes a second or two
-that the controller's green threads must not wait for) and swaps it in only
-if it loads and passes its checks: a broken model file raises ``ModelError``
-and the model in service stays.
+Loading and checking a model takes a second or two that the controller's green
+threads must not wait for, so the services the director app builds run their
+loads through ``eventlet.tpool`` (``in_native_thread``). Everything else is
+``models.service`` (framework-free, also used by the evaluation's controller row).
 """
 
 from __future__ import annotations
 
-import time
-from typing import Any, Callable, Dict, List, Optional
+from typing import Any, Callable
 
-from models.artifact import ModelError
-from prism.budget import BudgetSettings
-from prism.config import PrismConfig, SwitchConfig
-from prism.policy_predictive import Health, PredictionEngine, PredictivePolicy
-from prism.ring import HashRing
+from models.service import AgingService as _AgingService
+from models.service import ModelError, load_model
+from models.service import ModelService as _ModelService
 
-__all__ = ["ModelError", "ModelService", "in_native_thread"]
-
-
-def load_model(directory: str):
-    """``models.predictor.Predictor.load`` (scikit-learn is imported only when a model is used)."""
-    from models.predictor import Predictor
-
-    return Predictor.load(directory)
+__all__ = ["AgingService", "ModelError", "ModelService", "in_native_thread", "load_model"]
 
 
 def in_native_thread(function: Callable, *args):
@@ -37,82 +24,17 @@ def in_native_thread(function: Callable, *args):
     return tpool.execute(function, *args)
 
 
-class ModelService:
-    """The model in service, the predictive policies that use it, and live reloads.
+class ModelService(_ModelService):
+    """``models.service.ModelService`` loading in a native thread by default."""
 
-    Args:
-        config: The configuration (its ``prediction`` section must be set).
-        load: Loads a model directory (default ``Predictor.load``; raises ModelError).
-        run: Runs the load (default: in a native thread).
-
-    Raises:
-        ModelError: the configured model cannot be used (the controller must not start with it).
-    """
-
-    def __init__(self, config: PrismConfig, load: Callable[[str], Any] = load_model,
+    def __init__(self, config, load: Callable[[str], Any] = load_model,
                  run: Callable[..., Any] = in_native_thread) -> None:  # fmt: skip
-        if config.prediction is None:
-            raise ValueError("the configuration has no prediction section")
-        self.settings = config.prediction
-        self.idle_timeout = config.idle_timeout
-        self.max_replication_factor = config.max_replication_factor
-        self.directory = self.settings.model
-        self._load, self._run = load, run
-        predictor = load(self.directory)
-        self.engine = PredictionEngine(predictor, BudgetSettings(self.settings.budget))
-        self.policies: List[PredictivePolicy] = []
-        self.loaded_at = time.time()
-        self.reloads = 0
-        self.failed_reloads = 0
-        self.last_error: Optional[str] = None
+        super().__init__(config, load, run)
 
-    def policy_for(self, switch: SwitchConfig, ring: HashRing) -> PredictivePolicy:
-        """The predictive policy of one switch (its ring; the shared model, history and budget)."""
-        max_rf = min(self.max_replication_factor, max(len(switch.cells) - 1, 0))
-        policy = PredictivePolicy(ring, self.engine, max_rf, self.idle_timeout, self.settings.horizon_s,
-                                  cheap_flow_packets=self.settings.cheap_flow_packets)  # fmt: skip
-        self.policies.append(policy)
-        return policy
 
-    def attach_health(self, health: Health) -> None:
-        """Give every policy the failure detector (it exists only once the directors do)."""
-        for policy in self.policies:
-            policy.health = health
+class AgingService(_AgingService):
+    """``models.service.AgingService`` loading in a native thread by default."""
 
-    def reload(self) -> Dict[str, Any]:
-        """Load the model directory again and serve it.
-
-        Returns:
-            ``{"model": <status of the new model>, "previous": <status of the old one>}``.
-
-        Raises:
-            ModelError: the directory's model is unusable; the previous model stays in service.
-        """
-        previous = self.status()
-        try:
-            predictor = self._run(self._load, self.directory)
-        except ModelError as error:
-            self.failed_reloads += 1
-            self.last_error = str(error)
-            raise
-        self.engine.replace_predictor(predictor)
-        self.loaded_at = time.time()
-        self.reloads += 1
-        self.last_error = None
-        return {"model": self.status(), "previous": previous}
-
-    def status(self) -> Dict[str, Any]:
-        """What is in service, for the REST API: directory, digest, horizon, budget state."""
-        predictor = self.engine.predictor
-        manifest = getattr(predictor, "manifest", {}) or {}
-        return {
-            "directory": self.directory,
-            "model_digest": manifest.get("model_digest"),
-            "training_data_digest": manifest.get("training_data", {}).get("digest"),
-            "horizon_s": predictor.horizon_s,
-            "loaded_at": self.loaded_at,
-            "reloads": self.reloads,
-            "failed_reloads": self.failed_reloads,
-            "last_error": self.last_error,
-            "policy": self.engine.status(),
-        }
+    def __init__(self, config, load: Callable[[str], Any] = load_model,
+                 run: Callable[..., Any] = in_native_thread) -> None:  # fmt: skip
+        super().__init__(config, load, run)

@@ -42,7 +42,6 @@ import json
 import math
 import os
 import re
-import time
 from pathlib import Path
 from typing import Any, Callable, Dict, Optional, Tuple
 
@@ -208,7 +207,7 @@ class PrismRestApi(app_manager.RyuApp):
         def produce(app) -> Tuple[int, Any]:
             check_authorization(req.headers.get("Authorization"), configured_token(app.config))
             body = parse_body(req.body)
-            app.control.cell(cell_id, time.time())  # 404 before anything changes
+            app.control.cell(cell_id, app.clock.now())  # 404 before anything changes
             self.logger.warning("REST %s of cell %s%s", action, cell_id,
                                 f" ({body['reason']})" if body.get("reason") else "")  # fmt: skip
             if action == "drain":
@@ -216,7 +215,7 @@ class PrismRestApi(app_manager.RyuApp):
             else:
                 app.restore_cell(cell_id)
             return (202 if action == "drain" else 200), {
-                "action": action, "cell": app.control.cell(cell_id, time.time()),
+                "action": action, "cell": app.control.cell(cell_id, app.clock.now()),
             }  # fmt: skip
 
         return self.answer(f"POST {action} {cell_id}", produce)
@@ -228,7 +227,7 @@ class PrismRestApi(app_manager.RyuApp):
             check_authorization(req.headers.get("Authorization"), configured_token(app.config))
             body = parse_body(req.body)
             self.logger.warning("REST model reload%s", f" ({body['reason']})" if body.get("reason") else "")
-            if app.models is None:
+            if app.models is None or not app.models.directory:
                 return 409, {"error": "no model is configured: add a prediction section (prediction.model) "
                                       "to the PRISM configuration and restart the controller"}  # fmt: skip
             from models.artifact import ModelError  # loaded already: the director serves a model
@@ -253,13 +252,13 @@ class PrismRestController(ControllerBase):
 
     @route("prism", "/prism/v1/status", methods=["GET"])
     def get_status(self, req, **_kwargs):
-        return self.api.answer("GET status", lambda app: (200, status_document(app, time.time())))
+        return self.api.answer("GET status", lambda app: (200, status_document(app, app.clock.now())))
 
     @route("prism", "/prism/v1/cells", methods=["GET"])
     def get_cells(self, req, **_kwargs):
         def produce(app):
             horizon = _positive_number(req.GET.get("horizon_s"), "horizon_s", 60.0)
-            return 200, {"cells": app.control.cells(time.time(), horizon)}
+            return 200, {"cells": app.control.cells(app.clock.now(), horizon)}
 
         return self.api.answer("GET cells", produce)
 
@@ -267,7 +266,7 @@ class PrismRestController(ControllerBase):
     def get_cell(self, req, cell_id, **_kwargs):
         def produce(app):
             horizon = _positive_number(req.GET.get("horizon_s"), "horizon_s", 60.0)
-            return 200, app.control.cell(cell_id, time.time(), horizon)
+            return 200, app.control.cell(cell_id, app.clock.now(), horizon)
 
         return self.api.answer(f"GET cell {cell_id}", produce)
 

@@ -15,6 +15,9 @@ With a ``telemetry`` section in the configuration it writes, under
 
 Files rotate by record count or age; each is written whole then renamed, and
 the open parts are flushed when the app stops or ryu-manager gets SIGTERM.
+The writes and their fsync run in a native thread behind a bounded queue
+(``ryu_apps.telemetry_thread``), never on the event loop that the director
+shares; rows that find the queue full are dropped and counted.
 Without a ``telemetry`` section the app logs that and does nothing. Handlers
 log and count their exceptions; the controller carries on.
 """
@@ -23,7 +26,6 @@ from __future__ import annotations
 
 import os
 import signal
-import time
 from collections import Counter
 from typing import Callable, Dict, List, Optional
 
@@ -45,6 +47,8 @@ from prism.telemetry import (
     port_stats_row,
 )
 from prism.telemetry_files import TelemetryWriter
+from ryu_apps.clock import CLOCK
+from ryu_apps.telemetry_thread import TelemetryThread
 from ryu_apps.ofmsg import match_to_dict
 from ryu_apps.telemetry_events import EventFlowEnded
 
@@ -79,13 +83,16 @@ class StatsCollectorApp(app_manager.RyuApp):
         self.counts: Counter = Counter()
         self.handler_errors: Counter = Counter()
         self.writer: Optional[TelemetryWriter] = None
+        self.writer_thread: Optional[TelemetryThread] = None
+        self.clock = CLOCK
         self._next_poll = 0.0
         self._previous_sigterm = None
         if self.telemetry is None:
             self.logger.warning("no telemetry section in %s: the stats collector records nothing", path)
             return
         rotation = RotationPolicy(self.telemetry.rotate_records, self.telemetry.rotate_s)
-        self.writer = TelemetryWriter(self.telemetry.dir, rotation, time.time())
+        self.writer = TelemetryWriter(self.telemetry.dir, rotation, self.clock.now())
+        self.writer_thread = TelemetryThread(self.writer)
         self.logger.info("PRISM stats collector: telemetry to %s, polling every %g s",
                          self.telemetry.dir, self.telemetry.poll_interval)  # fmt: skip
 
@@ -101,28 +108,28 @@ class StatsCollectorApp(app_manager.RyuApp):
 
     def stop(self):
         """Write the open parts, then stop."""
-        self.flush(time.time())
+        self.flush(self.clock.now())
         super().stop()
 
     def _on_sigterm(self, signum, frame) -> None:  # noqa: ARG002 - signal handler signature
         """Write what is buffered, then die of SIGTERM as if nothing had been installed."""
-        self.flush(time.time())
+        self.flush(self.clock.now())
         signal.signal(signal.SIGTERM, self._previous_sigterm or signal.SIG_DFL)
         os.kill(os.getpid(), signal.SIGTERM)
 
     def flush(self, now: float) -> None:
-        """Close every open part (shutdown)."""
-        if self.writer is not None:
-            self._guard("flush", lambda: self.writer.flush_all(now))
+        """Close every open part and end the writer thread (shutdown)."""
+        if self.writer_thread is not None:
+            self._guard("flush", lambda: self.writer_thread.close(now))
 
     def _timer_loop(self) -> None:
         while self.is_active:
-            self.tick(time.time())
+            self.tick(self.clock.now())
             hub.sleep(min(TICK_S, self.telemetry.poll_interval))
 
     def tick(self, now: float) -> None:
         """Rotate files that are old enough; poll every switch when the poll interval has passed."""
-        self._guard("rotate", lambda: self.writer.tick(now))
+        self._guard("rotate", lambda: self.writer_thread.tick(now))
         if now >= self._next_poll:
             self._next_poll = now + self.telemetry.poll_interval
             for datapath in list(self.datapaths.values()):
@@ -145,10 +152,11 @@ class StatsCollectorApp(app_manager.RyuApp):
             self.logger.exception("stats collector: %s failed", handler)
 
     def _add(self, table: str, rows: List, now: float) -> None:
-        if self.writer is None:
+        if self.writer_thread is None:
             return
         self.counts[f"{table}_rows"] += len(rows)
-        self.writer.add(table, rows, now)
+        if not self.writer_thread.add(table, rows, now):
+            self.counts[f"{table}_rows_dropped"] += len(rows)
 
     # --- Events -------------------------------------------------------------------------------
     @set_ev_cls(ofp_event.EventOFPStateChange, [MAIN_DISPATCHER, DEAD_DISPATCHER])
@@ -165,7 +173,7 @@ class StatsCollectorApp(app_manager.RyuApp):
     @set_ev_cls(ofp_event.EventOFPFlowStatsReply, MAIN_DISPATCHER)
     def flow_stats_handler(self, ev) -> None:
         """Every flow entry's counters (one reply of a possibly multi-part answer)."""
-        msg, now = ev.msg, time.time()
+        msg, now = ev.msg, self.clock.now()
         self._guard("flow_stats", lambda: self._add(
             TABLE_FLOW_STATS,
             [flow_stats_row(now, msg.datapath.id, stat, match_to_dict(stat.match)) for stat in msg.body], now))
@@ -173,14 +181,14 @@ class StatsCollectorApp(app_manager.RyuApp):
     @set_ev_cls(ofp_event.EventOFPPortStatsReply, MAIN_DISPATCHER)
     def port_stats_handler(self, ev) -> None:
         """Every port's counters."""
-        msg, now = ev.msg, time.time()
+        msg, now = ev.msg, self.clock.now()
         self._guard("port_stats", lambda: self._add(
             TABLE_PORT_STATS, [port_stats_row(now, msg.datapath.id, stat) for stat in msg.body], now))
 
     @set_ev_cls(ofp_event.EventOFPGroupStatsReply, MAIN_DISPATCHER)
     def group_stats_handler(self, ev) -> None:
         """Every group's counters, with its buckets'."""
-        msg, now = ev.msg, time.time()
+        msg, now = ev.msg, self.clock.now()
         self._guard("group_stats", lambda: self._add(
             TABLE_GROUP_STATS, [group_stats_row(now, msg.datapath.id, stat) for stat in msg.body], now))
 

@@ -8,6 +8,8 @@ from dataclasses import dataclass, field
 from typing import Callable, Dict, Iterable, Iterator, List, Mapping, Optional, Tuple
 
 from prism.cell.entry import (
+    ANCHOR_ORIG,
+    ANCHOR_REPLY,
     FACT_FIN_ORIG,
     FACT_FIN_ORIG_ACKED,
     FACT_FIN_REPLY,
@@ -43,6 +45,7 @@ from prism.flows import TCP_ACK as _ACK
 from prism.flows import TCP_FIN as _FIN
 from prism.flows import TCP_RST as _RST
 from prism.flows import TCP_SYN as _SYN
+from prism.mgmt import DEFAULT_TAKEOVER_TOLERANCE_BYTES
 
 #: Window scale assumed in strict mode (PacketInfo carries no TCP options;
 #: 7 is what Linux announces with its default buffer sizes).
@@ -55,6 +58,15 @@ DEFAULT_MAX_FLOWS = 1_000_000
 #: How long a removed flow's tombstone is kept: longer than a replication
 #: batch can be retried, so that no late record of the old flow resurrects it.
 DEFAULT_TOMBSTONE_TTL_S = 120.0
+
+
+def _within(number: int, sent: int, allowed: Optional[int], behind: int, tolerance: int) -> bool:
+    """``number`` is no more than ``behind`` before ``sent`` and no more than ``tolerance`` after
+    the later of ``sent`` and ``allowed`` (32-bit sequence space)."""
+    if seq_diff(number, sent) < -behind:
+        return False
+    ahead = sent if allowed is None or seq_diff(allowed, sent) < 0 else allowed
+    return seq_diff(number, ahead) <= tolerance
 
 
 class Action(enum.Enum):
@@ -249,6 +261,8 @@ class ConnTracker:
         self.flows_reopened = 0
         self.flows_taken_over = 0  #: flows versioned elsewhere that got their first primary copy here
         self.tombstones_evicted = 0  #: tombstones forgotten early (``max_tombstones``)
+        self.flows_reanchored = 0  #: directions whose replicated positions a primary copy confirmed
+        self._tolerance = DEFAULT_TAKEOVER_TOLERANCE_BYTES
         self.records_applied = 0
         self.records_ignored = 0
 
@@ -289,6 +303,9 @@ class ConnTracker:
             ):
                 self._reopen(entry, info, now)
                 is_orig = True
+            elif entry.anchor:
+                if not self._anchor(entry, info, is_orig, is_mirror):
+                    return self._reject(entry, DROP_OUT_OF_WINDOW, is_mirror)
             elif self._strict and not self._in_window(entry, info, is_orig):
                 return self._reject(entry, DROP_OUT_OF_WINDOW, is_mirror)
         if entry.verdict is _DENY:
@@ -381,6 +398,7 @@ class ConnTracker:
         entry.reply = Direction()
         entry.first_seen = now
         entry.token = 0
+        entry.anchor = 0
         if self._admit is not None:
             entry.verdict = FlowVerdict.ACCEPT if self._admit(info) else FlowVerdict.DENY
         self.flows_reopened += 1
@@ -444,6 +462,60 @@ class ConnTracker:
         if facts != entry.facts:
             entry.facts = facts
             entry.state = TCP_STATE_OF_FACTS[facts]
+
+    def _anchor(self, entry: ConnEntry, info: PacketInfo, is_orig: bool, is_mirror: bool) -> bool:
+        """A primary copy of a direction whose positions came from a record (a takeover).
+
+        The first one of each direction must lie within the replicated window
+        plus ``takeover_tolerance_bytes`` (see ``prism.mgmt``: a record may be
+        an interval behind): its sequence number between the direction's
+        highest sequence sent minus the retransmission slack and the highest
+        of that and the sequence its peer allowed, plus the tolerance; its
+        acknowledgement likewise against the other direction. A packet that
+        passes re-anchors the direction (the caller folds it in); in strict
+        mode it replaces the usual window check, whose bounds are stale.
+        Mirror copies (a ``state`` mirror's SYN/FIN/RST) never re-anchor; in
+        loose mode they are not checked (as any mirror copy), in strict mode
+        they are checked with the tolerance.
+        """
+        bit = ANCHOR_ORIG if is_orig else ANCHOR_REPLY
+        if not entry.anchor & bit:
+            return not self._strict or self._in_window(entry, info, is_orig)
+        if is_mirror and not self._strict:
+            return True
+        flags = info.tcp_flags
+        if is_orig:
+            sender, receiver = entry.orig, entry.reply
+        else:
+            sender, receiver = entry.reply, entry.orig
+        if flags & _SYN:  # a handshake segment: judged as a new connection's
+            return not self._strict or self._in_window(entry, info, is_orig)
+        tolerance = self._tolerance
+        if sender.seq_end is not None and not _within(
+            info.tcp_seq, sender.seq_end, sender.allowed_end,
+            max(receiver.max_window << self._scale, MIN_WINDOW_SLACK), tolerance,
+        ):  # fmt: skip
+            return False
+        if flags & _ACK and receiver.seq_end is not None and not _within(
+            info.tcp_ack, receiver.seq_end, receiver.allowed_end,
+            max(sender.max_window << self._scale, MIN_WINDOW_SLACK), tolerance,
+        ):  # fmt: skip
+            return False
+        if not is_mirror:
+            entry.anchor &= ~bit
+            self.flows_reanchored += 1
+        return True
+
+    def set_takeover_tolerance(self, tolerance_bytes: int) -> None:
+        """How far beyond the replicated window a taken-over flow's first packets may lie (bytes, >= 0)."""
+        if not isinstance(tolerance_bytes, int) or isinstance(tolerance_bytes, bool) or tolerance_bytes < 0:
+            raise ValueError(f"takeover tolerance must be an integer >= 0, not {tolerance_bytes!r}")
+        self._tolerance = tolerance_bytes
+
+    @property
+    def takeover_tolerance_bytes(self) -> int:
+        """The tolerance ``set_takeover_tolerance`` set (default ``prism.mgmt.DEFAULT_TAKEOVER_TOLERANCE_BYTES``)."""
+        return self._tolerance
 
     def _in_window(self, entry: ConnEntry, info: PacketInfo, is_orig: bool) -> bool:
         """Strict mode: Linux conntrack's four window checks, with an assumed window scale."""
@@ -560,6 +632,24 @@ class ConnTracker:
             self._bump(entry)
         return True
 
+    def note_progress(self, key: FlowKey) -> bool:
+        """The flow's primary sends a progress record of it (``state`` mode): one version more.
+
+        Sequence positions, windows and counters move with every packet
+        without a version; a record of them needs one so that a mirror takes
+        it over older ones. The caller routes the record (it is not reported
+        by ``take_changes``).
+
+        Returns:
+            True if the flow exists.
+        """
+        entry = self._flows.get(key)
+        if entry is None:
+            return False
+        entry.version += 1
+        entry.versioned_facts = entry.facts
+        return True
+
     def take_changes(self) -> List[FlowKey]:
         """Keys of the flows whose version grew since the last call (oldest first)."""
         changed = [key for key in self._changed if key in self._flows]
@@ -594,6 +684,7 @@ class ConnTracker:
             "flows_expired": self.flows_expired,
             "flows_reopened": self.flows_reopened,
             "flows_taken_over": self.flows_taken_over,
+            "flows_reanchored": self.flows_reanchored,
             "records_applied": self.records_applied,
             "records_ignored": self.records_ignored,
             "dropped": sum(self.dropped.values()),

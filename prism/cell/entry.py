@@ -13,6 +13,10 @@ SEQ_HALF = 1 << 31
 #: A flow's token is a random number of this many bits, never 0 (0: not decided yet).
 TOKEN_BITS = 32
 TOKEN_MAX = (1 << TOKEN_BITS) - 1
+#: ``ConnEntry.anchor`` bits: the direction's positions await a primary copy's confirmation.
+ANCHOR_ORIG = 1
+ANCHOR_REPLY = 2
+ANCHOR_BOTH = ANCHOR_ORIG | ANCHOR_REPLY
 
 
 class ConnState(enum.Enum):
@@ -185,12 +189,20 @@ class ConnEntry:
         mirror_packets: Mirror copies absorbed here.
         mirror_bytes: Their frame bytes.
         dropped_packets: Primary copies of this flow dropped here.
+        base_packets: The flow's frames (both directions) that other
+            primaries counted before this cell's own, from their records.
+        base_bytes: Their bytes.
+        anchor: Directions (ANCHOR_ORIG, ANCHOR_REPLY) whose positions came
+            from a record and were not yet confirmed by a primary copy: the
+            first primary copy of such a direction is checked against them
+            with the takeover tolerance (``ConnTracker``), then re-anchors it.
     """
 
     __slots__ = (
         "key", "is_tcp", "orig_forward", "facts", "state", "verdict", "token", "version",
         "versioned_facts", "first_seen", "last_seen", "orig", "reply", "primary_packets",
-        "primary_bytes", "mirror_packets", "mirror_bytes", "dropped_packets",
+        "primary_bytes", "mirror_packets", "mirror_bytes", "dropped_packets", "base_packets",
+        "base_bytes", "anchor",
     )  # fmt: skip
 
     def __init__(self, key: FlowKey, is_tcp: bool, orig_forward: bool, now: float) -> None:
@@ -212,6 +224,31 @@ class ConnEntry:
         self.mirror_packets = 0
         self.mirror_bytes = 0
         self.dropped_packets = 0
+        self.base_packets = 0
+        self.base_bytes = 0
+        self.anchor = 0
+
+    @property
+    def packets(self) -> int:
+        """The flow's frames in both directions as its primaries counted them.
+
+        This cell's primary copies, after what earlier primaries counted: the
+        count from their records (``base_packets``) or, if larger, the mirror
+        copies absorbed here (a ``full`` mirror sees every packet).
+        """
+        return self.primary_packets + max(self.base_packets, self.mirror_packets)
+
+    @property
+    def bytes(self) -> int:
+        """Frame bytes of ``packets``."""
+        return self.primary_bytes + max(self.base_bytes, self.mirror_bytes)
+
+    def count_from(self, packets: int, frame_bytes: int) -> None:
+        """Take a record's flow counters if they are ahead of this cell's (a repeat changes nothing)."""
+        if packets > self.packets:
+            self.base_packets = packets - self.primary_packets
+        if frame_bytes > self.bytes:
+            self.base_bytes = frame_bytes - self.primary_bytes
 
     @property
     def role(self) -> str:

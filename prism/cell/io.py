@@ -14,6 +14,8 @@ PACKET_ADD_MEMBERSHIP = 1
 PACKET_MR_PROMISC = 1
 PACKET_IGNORE_OUTGOING = 23  #: Linux >= 4.20: do not loop our own sends back to us
 PACKET_OUTGOING = 4  #: sll_pkttype of a frame this host sent
+PACKET_STATISTICS = 6  #: getsockopt: struct tpacket_stats {packets, drops}, reset by each read
+_TPACKET_STATS = struct.Struct("II")
 SO_RCVBUFFORCE = 33  #: like SO_RCVBUF, past net.core.rmem_max (needs CAP_NET_ADMIN)
 DEFAULT_RCVBUF = 8 * 1024 * 1024
 #: Largest frame accepted: a jumbo frame, or an offloaded aggregate.
@@ -96,6 +98,14 @@ class PacketSocket:
                 return None
             if address[2] != PACKET_OUTGOING:
                 return bytes(self._view[:nbytes])
+
+    def take_drops(self) -> int:
+        """Frames the kernel dropped for want of buffer space since the last call (0 if unknown)."""
+        try:
+            raw = self._sock.getsockopt(SOL_PACKET, PACKET_STATISTICS, _TPACKET_STATS.size)
+        except OSError:
+            return 0
+        return _TPACKET_STATS.unpack(raw)[1]
 
     def send(self, frame: bytes) -> int:
         """Send one frame out of the interface unchanged; returns bytes sent."""

@@ -8,6 +8,7 @@ import select
 import time
 from typing import Callable, Dict, List, Optional, Protocol
 
+from prism.cell.bfd import BFD_MAC, BfdSpeaker
 from prism.cell.cell import Cell
 from prism.cell.io import FATAL_ERRNOS, CellIOError
 
@@ -50,19 +51,33 @@ class CellLoop:
     one ``now`` per batch, so a busy packet socket delays a tick or a timer by
     one batch at most.
 
+    With a BFD speaker (``set_bfd``), frames to the BFD MAC go to it instead of
+    the cell, and it sends its control packets from this loop: a loop that
+    stalls stops them, and the switch takes the cell out of service.
+
+    Timers, ticks and BFD are scheduled on a monotonic clock, so a step of the
+    wall clock neither fires nor starves them; the cell and the callbacks get
+    the wall-clock ``now`` (its records travel between cells).
+
     Args:
         cell: The cell.
         port: Its packet socket.
         clock: Wall-clock time source (records travel between cells).
         tick_interval_s: Period of ``cell.tick``.
         batch: Frames handled per wake-up at most.
+        monotonic: Scheduling clock (default ``time.monotonic``; with a test ``clock``, that clock).
     """
 
     def __init__(self, cell: Cell, port: FramePort, clock: Callable[[], float] = time.time,
-                 tick_interval_s: float = DEFAULT_TICK_S, batch: int = RECV_BATCH) -> None:  # fmt: skip
+                 tick_interval_s: float = DEFAULT_TICK_S, batch: int = RECV_BATCH,
+                 monotonic: Optional[Callable[[], float]] = None) -> None:  # fmt: skip
         self.cell = cell
         self.port = port
         self.clock = clock
+        if monotonic is None:
+            monotonic = time.monotonic if clock is time.time else clock
+        self.monotonic = monotonic
+        self.bfd: Optional[BfdSpeaker] = None
         self.tick_interval_s = tick_interval_s
         self.batch = batch
         self._readers: Dict[int, Callable[[], None]] = {}
@@ -91,6 +106,10 @@ class CellLoop:
             raise ValueError(f"timer interval must be positive, not {interval_s}")
         self._timers.append(_Timer(interval_s, callback, 0.0))
 
+    def set_bfd(self, speaker: BfdSpeaker) -> None:
+        """Speak BFD on the packet port from this loop (frames to the BFD MAC go to ``speaker``)."""
+        self.bfd = speaker
+
     def remove_reader(self, fd: int) -> None:
         """Stop watching ``fd``."""
         if self._readers.pop(fd, None) is not None and self._poller is not None:
@@ -116,34 +135,41 @@ class CellLoop:
         poller.register(self._wake_read, select.POLLIN)
         for fd in self._readers:
             poller.register(fd, _POLL_IN)
-        cell, clock, tick_s, timers = self.cell, self.clock, self.tick_interval_s, self._timers
-        next_tick = clock() + tick_s
+        cell, clock, monotonic, tick_s = self.cell, self.clock, self.monotonic, self.tick_interval_s
+        timers, bfd = self._timers, self.bfd
+        next_tick = monotonic() + tick_s
         for timer in timers:
             timer.due = next_tick
         while not self._stopping:
             wake_at = min([next_tick, *(timer.due for timer in timers)])
-            timeout_ms = max(0.0, (wake_at - clock()) * 1000.0)
+            if bfd is not None:
+                wake_at = min(wake_at, bfd.next_wake())
+            timeout_ms = max(0.0, (wake_at - monotonic()) * 1000.0)
             events = poller.poll(timeout_ms)
-            now = clock()
+            now, mono = clock(), monotonic()
             for fd, mask in events:
                 if fd == port_fd:
                     if mask & _POLL_BROKEN:
                         raise CellIOError(f"the packet socket of cell {cell.cell_id} was closed")
-                    self._drain(now)
+                    self._drain(now, mono)
                 elif fd == self._wake_read:
                     self._drain_wake_pipe()
                 else:
                     self._call_reader(fd)
-            if now >= next_tick:
+            if bfd is not None:
+                self._run_bfd(mono)
+            if mono >= next_tick:
                 cell.tick(now)
-                next_tick = now + tick_s
+                next_tick = mono + tick_s
+                if bfd is not None:  # a long tick (replication) must not also delay the next BFD packet
+                    self._run_bfd(monotonic())
             for timer in timers:
-                if now >= timer.due:
-                    self._call_timer(timer, now)
+                if mono >= timer.due:
+                    self._call_timer(timer, now, mono)
 
-    def _drain(self, now: float) -> None:
+    def _drain(self, now: float, mono: float = 0.0) -> None:
         """Handle up to ``batch`` queued frames: the hot path."""
-        cell = self.cell
+        cell, bfd = self.cell, self.bfd
         handle, recv, send = cell.handle_frame, self.port.recv_frame, self.port.send
         for _ in range(self.batch):
             try:
@@ -155,6 +181,9 @@ class CellLoop:
                 return
             if frame is None:
                 return
+            if bfd is not None and frame[:6] == BFD_MAC:
+                self._bfd_frame(frame, mono)
+                continue
             try:
                 if handle(frame, now):
                     try:
@@ -181,10 +210,23 @@ class CellLoop:
         except Exception:  # noqa: BLE001 - a reader's failure must not stop the data path
             LOG.exception("cell %s: reader on fd %d failed", self.cell.cell_id, fd)
 
-    def _call_timer(self, timer: _Timer, now: float) -> None:
+    def _bfd_frame(self, frame: bytes, mono: float) -> None:
+        try:
+            self.bfd.on_frame(frame, mono)
+        except Exception:  # noqa: BLE001 - a bad BFD frame must not stop the data path
+            LOG.exception("cell %s: BFD frame failed", self.cell.cell_id)
+
+    def _run_bfd(self, mono: float) -> None:
+        try:
+            self.bfd.run(mono)
+        except Exception:  # noqa: BLE001 - BFD's failure must not stop the data path
+            LOG.exception("cell %s: BFD failed", self.cell.cell_id)
+
+    def _call_timer(self, timer: _Timer, now: float, mono: Optional[float] = None) -> None:
+        mono = now if mono is None else mono
         timer.due += timer.interval_s
-        if timer.due <= now:  # late by more than an interval: skip, do not burst
-            timer.due = now + timer.interval_s
+        if timer.due <= mono:  # late by more than an interval: skip, do not burst
+            timer.due = mono + timer.interval_s
         try:
             timer.callback(now)
         except Exception:  # noqa: BLE001 - a timer's failure must not stop the data path

@@ -5,11 +5,15 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import random
 import re
 import signal
 import sys
 import time
+from pathlib import Path
+from typing import Optional
 
+from prism.cell.bfd import OVERLOADED, BfdSession, BfdSettings, BfdSpeaker, OverloadGuard
 from prism.cell.cell import Cell, TickReport
 from prism.cell.conntrack import DEFAULT_MAX_FLOWS, ConnTracker, TrackerConfig
 from prism.cell.smm_view import DEFAULT_MAX_ASSIGNMENTS
@@ -96,6 +100,22 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     smm.add_argument("--heartbeat-interval", type=float, default=HEARTBEAT_INTERVAL_S,
                      metavar="SECONDS",
                      help=f"period of heartbeats to the controller (default {HEARTBEAT_INTERVAL_S})")  # fmt: skip
+    bfd = parser.add_argument_group(
+        "BFD with the switch on --interface (the switch port needs bfd:enable=true and the same intervals)")
+    bfd.add_argument("--bfd", action="store_true",
+                     help="speak BFD (RFC 5880 asynchronous mode) from the packet loop; SIGUSR1 then asks "
+                          "the switch to stop using this cell (draining), SIGUSR2 to use it again")  # fmt: skip
+    bfd.add_argument("--bfd-min-tx", type=int, default=BfdSettings.min_tx_ms, metavar="MS",
+                     help=f"desired transmit interval, ms (default {BfdSettings.min_tx_ms})")
+    bfd.add_argument("--bfd-min-rx", type=int, default=BfdSettings.min_rx_ms, metavar="MS",
+                     help=f"required receive interval, ms (default {BfdSettings.min_rx_ms})")
+    bfd.add_argument("--bfd-mult", type=int, default=BfdSettings.mult, metavar="N",
+                     help=f"detection multiplier (default {BfdSettings.mult}): the switch declares this "
+                          f"cell down after N intervals without a packet")  # fmt: skip
+    bfd.add_argument("--overload-ticks", type=int, default=0, metavar="N",
+                     help="ask the switch to stop using this cell (BFD Concatenated Path Down, reason "
+                          "'overloaded') after N ticks in a row in which the kernel dropped frames for it, "
+                          "until 2 s pass without a drop (default 0: never)")  # fmt: skip
     parser.add_argument("--log-level", default="INFO", choices=LOG_LEVELS, type=str.upper)
 
 
@@ -136,6 +156,13 @@ def run(args: argparse.Namespace) -> int:
         except MgmtKeyError as error:
             print(f"prism cell: {error}", file=sys.stderr)
             return 2
+    bfd_settings = None
+    if args.bfd:
+        try:
+            bfd_settings = BfdSettings(args.bfd_min_tx, args.bfd_min_rx, args.bfd_mult)
+        except ValueError as error:
+            print(f"prism cell: {error}", file=sys.stderr)
+            return 2
     state_path = args.state_socket or default_state_socket(args.cell_id)
     tracker = ConnTracker(TrackerConfig(strict=args.strict, max_flows=args.max_flows,
                                         max_tombstones=args.max_tombstones))  # fmt: skip
@@ -147,6 +174,19 @@ def run(args: argparse.Namespace) -> int:
         print(f"prism cell: {error}", file=sys.stderr)
         return 1
     loop = CellLoop(cell, port, tick_interval_s=args.tick_interval)
+    speaker = None
+    if bfd_settings is not None:
+        try:
+            mac = interface_mac(args.interface)
+        except (OSError, ValueError) as error:
+            print(f"prism cell: cannot read the MAC of {args.interface} for BFD: {error}", file=sys.stderr)
+            port.close()
+            return 1
+        session = BfdSession(bfd_settings, random.SystemRandom().randrange(1, 2**32), time.monotonic())
+        speaker = BfdSpeaker(session, port.send, mac)
+        loop.set_bfd(speaker)
+        if args.overload_ticks > 0:
+            cell.add_tick_hook(_overload_hook(OverloadGuard(args.overload_ticks), port, speaker, lambda: smm))
     server = transport = smm = None
     previous = {}
     try:
@@ -157,10 +197,15 @@ def run(args: argparse.Namespace) -> int:
                                                    max_assignments=args.max_assignments),
                                        auth=auth)  # fmt: skip
             attach(loop, smm, transport)
-        server = StateServer(state_path, lambda: cell_state_document(cell, smm, args.interface))
+        server = StateServer(state_path, lambda: cell_state_document(cell, smm, args.interface, speaker))
         loop.add_reader(server.fileno(), server.serve_pending)
         for signum in (signal.SIGTERM, signal.SIGINT):
             previous[signum] = signal.signal(signum, lambda *_: loop.stop())
+        if speaker is not None:
+            for signum, reason in ((signal.SIGUSR1, DRAINING), (signal.SIGUSR2, None)):
+                previous[signum] = signal.signal(signum, _path_down_handler(speaker, smm, reason))
+            LOG.info("cell %s: BFD on %s (min_tx %d ms, min_rx %d ms, mult %d)", args.cell_id, args.interface,
+                     bfd_settings.min_tx_ms, bfd_settings.min_rx_ms, bfd_settings.mult)  # fmt: skip
         LOG.info("cell %s on %s (%s, mirror MAC %s, rcvbuf %d), state on %s",
                  args.cell_id, args.interface, "strict" if args.strict else "loose",
                  cell.mirror_mac, port.rcvbuf, state_path)  # fmt: skip
@@ -201,9 +246,58 @@ def _management_key(path):
     return key_bytes(text, f"the environment variable {DEFAULT_MGMT_KEY_ENV}")
 
 
-def cell_state_document(cell: Cell, smm, interface: str) -> dict:
-    """The state document: the cell's, plus ``replication`` (the SMM's) when it runs one."""
+def cell_state_document(cell: Cell, smm, interface: str, speaker: Optional[BfdSpeaker] = None) -> dict:
+    """The state document: the cell's, plus ``replication`` (the SMM's) and ``bfd`` when it runs them."""
     extra = {"interface": interface}
     if smm is not None:
         extra["replication"] = smm.describe()
+    if speaker is not None:
+        extra["bfd"] = speaker.describe(time.monotonic())
     return cell.state_document(time.time(), **extra)
+
+
+#: ``path_down`` reason of a cell asked to drain (SIGUSR1).
+DRAINING = "draining"
+
+
+def _overload_hook(guard: OverloadGuard, port, speaker: BfdSpeaker, smm_of):
+    """A tick hook: the packet socket's drops decide whether to withdraw as ``overloaded`` (not over a drain)."""
+
+    def check(cell: Cell, report: TickReport) -> None:
+        overloaded = guard.update(port.take_drops(), time.monotonic())
+        current = speaker.session.path_down_reason
+        if current == DRAINING or (current == OVERLOADED) == overloaded:
+            return
+        reason = OVERLOADED if overloaded else None
+        speaker.session.set_path_down(reason)
+        smm = smm_of()
+        if smm is not None:
+            smm.extra_report["path_down"] = reason
+        LOG.warning("cell %s: %s", cell.cell_id, "overloaded (the kernel drops frames): asking the switch to "
+                    "stop using this cell" if overloaded else "no longer overloaded: asking the switch to use it")
+
+    return check
+
+
+def _path_down_handler(speaker: BfdSpeaker, smm, reason: Optional[str]):
+    """A signal handler that sets the BFD path-down reason (None: forward again) and reports it in heartbeats."""
+
+    def handle(*_args) -> None:
+        speaker.session.set_path_down(reason)
+        if smm is not None:
+            smm.extra_report["path_down"] = reason
+        if reason:
+            LOG.warning("BFD: asking the switch to stop using this cell (%s)", reason)
+        else:
+            LOG.warning("BFD: asking the switch to use this cell again")
+
+    return handle
+
+
+def interface_mac(interface: str) -> bytes:
+    """The MAC address of ``interface`` (from sysfs; OSError or ValueError if it has none)."""
+    text = Path(f"/sys/class/net/{interface}/address").read_text().strip()
+    value = bytes.fromhex(text.replace(":", ""))
+    if len(value) != 6:
+        raise ValueError(f"{interface} has no Ethernet address ({text!r})")
+    return value

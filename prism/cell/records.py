@@ -8,6 +8,7 @@ import socket
 from typing import Any, Dict, Mapping, Optional, Tuple
 
 from prism.cell.entry import (
+    ANCHOR_BOTH,
     FACT_BITS,
     SEQ_MASK,
     TOKEN_MAX,
@@ -56,11 +57,15 @@ def entry_to_record(entry: ConnEntry) -> Dict[str, Any]:
          "first_seen": 12.5, "last_seen": 13.0,
          "orig": {"isn": 1000, "seq_end": 1001, "ack_max": 5001, "window": 502,
                   "max_window": 502, "allowed_end": ..., "fin_end": null},
-         "reply": {...}, "role": "primary", "primary_packets": 3, "primary_bytes": 180,
+         "reply": {...}, "packets": 3, "bytes": 180, "role": "primary",
+         "primary_packets": 3, "primary_bytes": 180,
          "mirror_packets": 0, "mirror_bytes": 0, "dropped_packets": 0}
 
     ``state`` and ``role`` are for readers; a receiver derives the state from the
-    facts. Counters describe the cell that wrote the record and are never merged
+    facts. ``packets`` and ``bytes`` are the flow's frames in both directions
+    as its primaries counted them (``ConnEntry.packets``): a receiver keeps the
+    larger count (optional: a record without them counts 0). The other
+    counters describe the cell that wrote the record and are never merged
     into another cell's. Version 0 is a flow no primary has versioned yet (a
     mirror copy created it).
     """
@@ -76,6 +81,8 @@ def entry_to_record(entry: ConnEntry) -> Dict[str, Any]:
         "last_seen": entry.last_seen,
         "orig": entry.orig.as_dict(),
         "reply": entry.reply.as_dict(),
+        "packets": entry.packets,
+        "bytes": entry.bytes,
         "role": entry.role,
         "primary_packets": entry.primary_packets,
         "primary_bytes": entry.primary_bytes,
@@ -104,6 +111,8 @@ def entry_to_wire_record(entry: ConnEntry) -> Dict[str, Any]:
         "last_seen": entry.last_seen,
         "orig": entry.orig.as_dict(),
         "reply": entry.reply.as_dict(),
+        "packets": entry.packets,
+        "bytes": entry.bytes,
     })  # fmt: skip
     return record
 
@@ -249,6 +258,12 @@ def record_to_entry(record: Mapping, index: int = 0) -> ConnEntry:
     entry.last_seen = _float(record, "last_seen", where)
     entry.orig = _direction(record, "orig", where)
     entry.reply = _direction(record, "reply", where)
+    if "packets" in record:
+        entry.base_packets = _int(record, "packets", where, 0, None)
+    if "bytes" in record:
+        entry.base_bytes = _int(record, "bytes", where, 0, None)
+    if entry.is_tcp:
+        entry.anchor = ANCHOR_BOTH
     return entry
 
 
@@ -275,7 +290,9 @@ def merge_entry(local: ConnEntry, incoming: ConnEntry) -> None:
     first_seen and version. A different incarnation (other initiator or
     initial sequence number) replaces the local state. Otherwise facts are
     OR-ed (they only accumulate) and sequence numbers take the later value.
-    Local counters are kept.
+    Local counters are kept; the flow's counters (``packets``, ``bytes``)
+    move up to the incoming ones. Both directions' positions now come (at
+    least partly) from the record: they await confirmation (``anchor``).
     """
     same_incarnation = local.orig_forward == incoming.orig_forward and (
         local.orig.isn is None or incoming.orig.isn is None or local.orig.isn == incoming.orig.isn
@@ -298,6 +315,8 @@ def merge_entry(local: ConnEntry, incoming: ConnEntry) -> None:
     local.version = incoming.version
     local.versioned_facts = incoming.facts
     local.last_seen = max(local.last_seen, incoming.last_seen)
+    local.count_from(incoming.base_packets, incoming.base_bytes)
+    local.anchor |= incoming.anchor
 
 
 def _merge_direction(local: Direction, incoming: Direction) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import heapq
 import logging
 import random
 from collections import OrderedDict
@@ -11,6 +12,7 @@ from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Proto
 from prism import mgmt
 from prism.mgmt_auth import CONTROLLER_SENDER, MgmtAuth
 from prism.cell.cell import Cell, TickReport
+from prism.cell.entry import ConnEntry
 from prism.cell.records import StateRecordError, entry_to_wire_record
 from prism.cell.smm_channel import (
     ChannelSettings,
@@ -73,19 +75,40 @@ class SmmSettings:
             raise ValueError("max_records_per_tick and max_held_flows must be at least 1")
 
 
-class SeedOp:
-    """One ``seed`` request in progress: the flows of a profile not yet acknowledged by the target."""
+SeedKey = Tuple[int, str, Optional[Tuple[int, ...]]]
+"""A seed request: profile id, target, and the flows it lists (None: the whole profile)."""
 
-    __slots__ = ("op_id", "profile_id", "target", "pending", "flows", "started")
+
+class SeedOp:
+    """One ``seed`` request in progress: the flows of a profile not yet acknowledged by the target.
+
+    ``requested`` is the request's ``flows`` list as it came (None: the whole
+    profile), echoed in ``seeded``.
+    """
+
+    __slots__ = ("op_id", "profile_id", "target", "pending", "flows", "started", "requested")
 
     def __init__(self, op_id: int, profile_id: int, target: str, keys: Iterable[FlowKey],
-                 now: float) -> None:  # fmt: skip
+                 now: float, requested: Optional[List[int]] = None) -> None:  # fmt: skip
         self.op_id = op_id
         self.profile_id = profile_id
         self.target = target
         self.pending: Set[FlowKey] = set(keys)
         self.flows = len(self.pending)
         self.started = now
+        self.requested = requested
+
+
+class ProgressMark:
+    """A ``state`` flow's entry here (None: not seen yet), its counters at its last record, and when the next is due."""
+
+    __slots__ = ("entry", "packets", "bytes", "due")
+
+    def __init__(self, entry: Optional[ConnEntry], due: float) -> None:
+        self.entry = entry
+        self.packets = entry.primary_packets if entry is not None else 0
+        self.bytes = entry.primary_bytes if entry is not None else 0
+        self.due = due
 
 
 class StateMirroringModule:
@@ -105,8 +128,20 @@ class StateMirroringModule:
     waits (at most ``max_held_flows``, ``hold_timeout_s``). Records are built
     at flush time (latest state), batched per peer under ``max_datagram``, compressed,
     sequence-numbered, acknowledged and retried (``PeerChannel``). A ``seed``
-    queues every flow of the profile for the target, tagged; ``seeded`` goes
-    to the controller once the target acknowledged them all.
+    queues every flow of the profile (or the flows it lists) for the target,
+    tagged; ``seeded`` goes to the controller once the target acknowledged
+    them all.
+
+    State mode (``assign`` with mode ``state``): the mirrors see only the
+    flow's SYN/FIN/RST copies, so every ``state_interval_s`` (the directory's)
+    each such flow that this cell forwarded packets of since its last record
+    gets a new version (``ConnTracker.note_progress``) and its record is
+    queued like a change: sequence positions and windows, counters,
+    last_seen, token, verdict. A flow that moved more than half the
+    directory's ``takeover_tolerance_bytes`` goes at the next tick. Milestones:
+    each flow this cell forwards is reported to the controller (``milestone``)
+    once per age in the directory's ``milestones_s`` it crosses here. See
+    ``prism.mgmt`` for both messages and for what a takeover may lose.
 
     Args:
         cell: The cell (its tracker, its packet counters).
@@ -140,11 +175,19 @@ class StateMirroringModule:
         self._held: "OrderedDict[int, Tuple[FlowKey, float]]" = OrderedDict()
         self.channels: Dict[str, PeerChannel] = {}
         self._flush_turn = 0
-        self._seeds: Dict[Tuple[int, str], SeedOp] = {}
+        self._seeds: Dict[SeedKey, SeedOp] = {}
         self._seeds_by_id: Dict[int, SeedOp] = {}
-        self._seeds_done: Dict[Tuple[int, str], Tuple[float, int]] = {}
+        self._seeds_done: Dict[SeedKey, Tuple[float, int]] = {}
+        #: ``state`` flows by id (assigned so): their progress marks.
+        self._state_flows: Dict[int, ProgressMark] = {}
+        #: Milestone schedule: (due time, flow id), and per scheduled flow the
+        #: next milestone's index and the first_seen it was computed from.
+        self._milestone_heap: List[Tuple[float, int]] = []
+        self._milestone_next: Dict[int, Tuple[int, float]] = {}
         self._next_op = 1
         self.heartbeat_seq = 0
+        #: Fields the cell adds to every heartbeat (e.g. ``path_down`` while it asks the switch to stop using it).
+        self.extra_report: Dict[str, Any] = {}
         self._last_beat: Optional[Tuple[float, int, int]] = None
         self._handlers: Dict[str, Callable[[Mapping, Address, float], None]] = {
             "state": self._on_state, "ack": self._on_ack, "directory": self._on_directory,
@@ -166,12 +209,21 @@ class StateMirroringModule:
             changed: Flows whose version grew since the last tick.
             expired: Flows removed from the table since the last tick.
         """
+        state_flows, milestones = self._state_flows, self.view.milestones_s
         for key in changed:
             self._route(key, now)
+            if state_flows and key.flow_id in state_flows:
+                self._mark_sent(key, now)
+            if milestones:
+                self._schedule_milestones(key, now)
         for key in expired:
             if self.tracker.removal_version(key) is not None and self.view.is_primary(key.flow_id):
                 self._route(key, now)
             self.view.flow_gone(key.flow_id, now)
+        if state_flows:
+            self._send_progress(now)
+        if self._milestone_heap:
+            self._report_milestones(now)
         self._drop_stale_held(now)
         for peer_id, channel in self.channels.items():
             address = self.view.address_of(peer_id)
@@ -179,6 +231,110 @@ class StateMirroringModule:
                 channel.retry(now, self._sender(address, now))
         self._flush(now, self.settings.max_records_per_tick)
         self.view.prune(now, self._present)
+
+    # -- state mode: progress records -----------------------------------------------------
+    def _mark_sent(self, key: FlowKey, now: float) -> None:
+        """A record of a ``state`` flow is on its way: its next progress record is due an interval later."""
+        self._state_flows[key.flow_id] = ProgressMark(self.tracker.get(key), now + self.view.state_interval_s)
+
+    def _send_progress(self, now: float) -> None:
+        """Version and queue the ``state`` flows this cell forwarded packets of since their last record.
+
+        A flow's progress record is due ``state_interval_s`` after its last
+        record, or at once when its frames grew by more than half the takeover
+        tolerance (so that its mirrors never fall out of a taker-over's reach).
+        A flow none of whose packets was forwarded here since (at a mirror, or
+        an idle flow) sends nothing. The scan touches one attribute of an unchanged flow per tick; the
+        flow's entry is looked up again once an interval (it may have expired,
+        or a new connection may have taken its key).
+        """
+        tracker, view = self.tracker, self.view
+        interval, early = view.state_interval_s, view.takeover_tolerance_bytes // 2
+        gone = []
+        for flow_id, mark in self._state_flows.items():
+            entry = mark.entry
+            if now < mark.due:
+                if (entry is None or entry.primary_packets == mark.packets
+                        or entry.primary_bytes - mark.bytes <= early):  # fmt: skip
+                    continue
+            else:
+                key = tracker.key_of(flow_id)
+                current = tracker.get(key) if key is not None else None
+                if current is None and view.mode_of(flow_id) is None:
+                    gone.append(flow_id)  # assignment forgotten: the flow is long gone
+                    continue
+                if current is not entry:  # seen, expired or replaced since: bind the current entry
+                    self._state_flows[flow_id] = ProgressMark(current, now + interval)
+                    continue
+                if entry is None or entry.primary_packets == mark.packets:
+                    mark.due = now + interval
+                    continue
+            mark.packets, mark.bytes, mark.due = entry.primary_packets, entry.primary_bytes, now + interval
+            tracker.note_progress(entry.key)
+            self.counters.progress_records += 1
+            self._route(entry.key, now)
+        for flow_id in gone:
+            del self._state_flows[flow_id]
+
+    # -- milestones ------------------------------------------------------------------------
+    def _schedule_milestones(self, key: FlowKey, now: float) -> None:
+        """Schedule a flow this cell forwards for the milestones still ahead of its age (once per connection)."""
+        entry = self.tracker.get(key)
+        if entry is None or not entry.primary_packets:
+            return
+        scheduled = self._milestone_next.get(key.flow_id)
+        if scheduled is not None and scheduled[1] == entry.first_seen:
+            return  # already scheduled (an older heap item of a previous connection finds this one)
+        milestones = self.view.milestones_s
+        age = now - entry.first_seen
+        index = 0
+        while index < len(milestones) and milestones[index] <= age:
+            index += 1  # crossed before this cell forwarded it (a takeover): its primary reported it
+        if index == len(milestones):
+            return
+        self._milestone_next[key.flow_id] = (index, entry.first_seen)
+        heapq.heappush(self._milestone_heap, (entry.first_seen + milestones[index], key.flow_id))
+
+    def _report_milestones(self, now: float) -> None:
+        """Report the flows whose age crossed a milestone since the last tick (``milestone``)."""
+        heap, schedule, milestones = self._milestone_heap, self._milestone_next, self.view.milestones_s
+        tracker, view = self.tracker, self.view
+        reports = []
+        while heap and heap[0][0] <= now:
+            _, flow_id = heapq.heappop(heap)
+            scheduled = schedule.pop(flow_id, None)
+            key = tracker.key_of(flow_id)
+            entry = tracker.get(key) if key is not None else None
+            if scheduled is None or entry is None:
+                continue
+            index, first_seen = scheduled
+            if entry.first_seen != first_seen:  # a new connection on the key: start again
+                self._schedule_milestones(key, now)
+                continue
+            if view.other_primary(flow_id) or not entry.primary_packets:
+                continue  # another live cell forwards it now: that one reports
+            age = now - first_seen
+            while index < len(milestones) and milestones[index] <= age:
+                reports.append([flow_id, milestones[index], entry.packets, entry.bytes])
+                index += 1
+            if index < len(milestones):
+                schedule[flow_id] = (index, first_seen)
+                heapq.heappush(heap, (first_seen + milestones[index], flow_id))
+        if reports and self.controller is not None:
+            self.counters.milestones_reported += len(reports)
+            limit = mgmt.MAX_MILESTONES_PER_MESSAGE
+            for start in range(0, len(reports), limit):
+                self._send(mgmt.encode({"type": "milestone", "cell": self.cell_id,
+                                        "flows": reports[start:start + limit]}), self.controller, now)  # fmt: skip
+
+    def _reschedule_milestones(self, now: float) -> None:
+        """The directory changed the milestones: schedule every flow forwarded here afresh."""
+        self._milestone_heap.clear()
+        self._milestone_next.clear()
+        if self.view.milestones_s:
+            for entry in self.tracker:
+                if entry.primary_packets:
+                    self._schedule_milestones(entry.key, now)
 
     def _present(self, flow_id: int) -> bool:
         return flow_id in self._held or self.tracker.key_of(flow_id) is not None
@@ -359,8 +515,12 @@ class StateMirroringModule:
 
     # -- control messages from the controller ---------------------------------------------
     def _on_directory(self, message: Mapping, source: Address, now: float) -> None:
+        milestones = self.view.milestones_s
         if not self._applied(self.view.apply_directory(message)):
             return
+        self.tracker.set_takeover_tolerance(self.view.takeover_tolerance_bytes)
+        if self.view.milestones_s != milestones:
+            self._reschedule_milestones(now)
         for peer_id in [peer for peer in self.channels if peer not in self.view.live]:
             for key, tag in self.channels.pop(peer_id).abandon():
                 self._seed_progress(tag, key, now, abandoned=True)
@@ -372,7 +532,15 @@ class StateMirroringModule:
             self._release_held(now)
 
     def _on_assign(self, message: Mapping, source: Address, now: float) -> None:
-        self.view.apply_assign(message, now)
+        state_flows = self._state_flows
+        for flow_id, mode in self.view.apply_assign(message, now):
+            if mode == mgmt.MODE_STATE:
+                if flow_id not in state_flows:
+                    key = self.tracker.key_of(flow_id)
+                    entry = self.tracker.get(key) if key is not None else None
+                    state_flows[flow_id] = ProgressMark(entry, now + self.view.state_interval_s)
+            else:
+                state_flows.pop(flow_id, None)
         if self._held:
             self._release_held(now, (int(flow[0]) for flow in message["flows"]))
 
@@ -390,16 +558,24 @@ class StateMirroringModule:
         profile_id, target = int(message["profile_id"]), str(message["target"])
         if target == self.cell_id:
             raise ValueError("a cell cannot seed itself")
-        op_key = (profile_id, target)
+        requested = message.get("flows")
+        if requested is not None:
+            if not isinstance(requested, list) or not all(
+                    isinstance(flow_id, int) and not isinstance(flow_id, bool) for flow_id in requested):
+                raise ValueError("seed flows must be a list of flow ids")
+            flow_ids: Iterable[int] = requested
+        else:
+            flow_ids = self.view.flows_of(profile_id)
+        op_key = (profile_id, target, None if requested is None else tuple(requested))
         if op_key in self._seeds:
             return  # in progress: the controller asked again before our answer
         done = self._seeds_done.get(op_key)
         if done is not None and now - done[0] < SEED_MEMORY_S:
-            self._send_seeded(profile_id, target, done[1], now)  # our answer was lost
+            self._send_seeded(profile_id, target, done[1], now, requested)  # our answer was lost
             return
         key_of = self.tracker.key_of
-        keys = [key for key in map(key_of, self.view.flows_of(profile_id)) if key is not None]
-        op = SeedOp(self._next_op, profile_id, target, keys, now)
+        keys = [key for key in map(key_of, flow_ids) if key is not None]
+        op = SeedOp(self._next_op, profile_id, target, keys, now, requested)
         self._next_op += 1
         self.counters.snapshots_sent += 1
         if not keys:
@@ -418,26 +594,32 @@ class StateMirroringModule:
             return
         if abandoned:
             del self._seeds_by_id[op_id]
-            del self._seeds[(op.profile_id, op.target)]
+            del self._seeds[_seed_key(op)]
             self.counters.seeds_abandoned += 1
             return
         op.pending.discard(key)
         if not op.pending:
             del self._seeds_by_id[op_id]
-            del self._seeds[(op.profile_id, op.target)]
+            del self._seeds[_seed_key(op)]
             self._complete_seed(op, now)
 
     def _complete_seed(self, op: SeedOp, now: float) -> None:
         self.counters.seeds_completed += 1
-        self._seeds_done[(op.profile_id, op.target)] = (now, op.flows)
+        self._seeds_done[_seed_key(op)] = (now, op.flows)
         for op_key in [k for k, (at, _) in self._seeds_done.items() if now - at >= SEED_MEMORY_S]:
             del self._seeds_done[op_key]
-        self._send_seeded(op.profile_id, op.target, op.flows, now)
+        self._send_seeded(op.profile_id, op.target, op.flows, now, op.requested)
 
-    def _send_seeded(self, profile_id: int, target: str, flows: int, now: float) -> None:
-        if self.controller is not None:
-            self._send(mgmt.encode({"type": "seeded", "cell": self.cell_id, "profile_id": profile_id,
-                                    "target": target, "flows": flows}), self.controller, now)  # fmt: skip
+    def _send_seeded(self, profile_id: int, target: str, flows: int, now: float,
+                     requested: Optional[List[int]] = None) -> None:  # fmt: skip
+        """``seeded``: ``flows`` the count for a whole profile, else the request's list and ``count``."""
+        if self.controller is None:
+            return
+        message = {"type": "seeded", "cell": self.cell_id, "profile_id": profile_id, "target": target,
+                   "flows": flows}  # fmt: skip
+        if requested is not None:
+            message["flows"], message["count"] = requested, flows
+        self._send(mgmt.encode(message), self.controller, now)
 
     # -- heartbeats ------------------------------------------------------------------------
     def heartbeat(self, now: float) -> None:
@@ -459,6 +641,7 @@ class StateMirroringModule:
             "flows": len(self.tracker), "primary_pps": round(primary_pps, 1),
             "mirror_pps": round(mirror_pps, 1), "replication": self.replication_counters(),
             "unassigned": [flow_id for flow_id, _ in zip(self._held, range(UNASSIGNED_REPORTED))],
+            **self.extra_report,
         }  # fmt: skip
         self._send(mgmt.encode(message), self.controller, now)
 
@@ -494,4 +677,13 @@ class StateMirroringModule:
                        "pending": len(op.pending)} for op in self._seeds.values()],  # fmt: skip
             "heartbeat_seq": self.heartbeat_seq,
             "generation": self.view.generation,
+            "state_flows": len(self._state_flows),
+            "milestones_s": list(self.view.milestones_s),
+            "milestones_scheduled": len(self._milestone_next),
+            "state_interval_s": self.view.state_interval_s,
+            "takeover_tolerance_bytes": self.view.takeover_tolerance_bytes,
         }
+
+
+def _seed_key(op: SeedOp) -> SeedKey:
+    return op.profile_id, op.target, None if op.requested is None else tuple(op.requested)

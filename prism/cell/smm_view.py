@@ -6,6 +6,7 @@ import ipaddress
 from collections import deque
 from typing import Callable, Deque, Dict, List, Mapping, Optional, Set, Tuple
 
+from prism import mgmt
 from prism.profiles import MirroringProfile
 
 Address = Tuple[str, int]
@@ -53,13 +54,19 @@ class ControlView:
         self.addresses: Dict[str, Address] = {}
         self.live: Set[str] = set()
         self.profiles: Dict[int, MirroringProfile] = {}
-        self._assignments: Dict[int, List] = {}  # flow_id -> [profile_id, assigned at]
+        self._assignments: Dict[int, List] = {}  # flow_id -> [profile_id, assigned at, mode]
         self._checks: Deque[Tuple[float, int]] = deque()  # (when, flow_id), oldest first
         self._profile_flows: Dict[int, Set[int]] = {}
         self._epochs: Dict[str, int] = {}
         self.generation = 0
         self.stale_messages = 0
         self.stale_generations = 0
+        #: From the directory: ages at which primaries report flows (ascending).
+        self.milestones_s: Tuple[float, ...] = ()
+        #: From the directory: period of a ``state`` flow's progress records.
+        self.state_interval_s: float = mgmt.DEFAULT_STATE_INTERVAL_S
+        #: From the directory: how far a taken-over ``state`` flow may have moved.
+        self.takeover_tolerance_bytes: int = mgmt.DEFAULT_TAKEOVER_TOLERANCE_BYTES
 
     # -- messages --------------------------------------------------------------------------
     def apply_directory(self, message: Mapping) -> bool:
@@ -69,9 +76,15 @@ class ControlView:
             ipaddress.ip_address(host)  # an address literal: sendto must never resolve a name
             addresses[str(cell_id)] = (str(host), int(port))
         live = {str(cell_id) for cell_id in message["live"]}
+        milestones = tuple(sorted({_positive(age, "milestones_s") for age in message.get("milestones_s", ())}))
+        interval = _positive(message.get("state_interval_s", mgmt.DEFAULT_STATE_INTERVAL_S), "state_interval_s")
+        tolerance = message.get("takeover_tolerance_bytes", mgmt.DEFAULT_TAKEOVER_TOLERANCE_BYTES)
+        if not isinstance(tolerance, int) or isinstance(tolerance, bool) or tolerance < 0:
+            raise ValueError(f"takeover_tolerance_bytes must be an integer >= 0, not {tolerance!r}")
         if not self._fresh("directory", message, True):
             return False
         self.addresses, self.live = addresses, live
+        self.milestones_s, self.state_interval_s, self.takeover_tolerance_bytes = milestones, interval, tolerance
         return True
 
     def apply_profiles(self, message: Mapping) -> bool:
@@ -89,14 +102,18 @@ class ControlView:
             self.profiles.update(table)
         return True
 
-    def apply_assign(self, message: Mapping, now: float) -> None:
-        """An ``assign``: flows and the profile each belongs to (a flow may move to another profile)."""
-        flows = [(int(flow_id), int(profile_id)) for flow_id, profile_id, _key_text in message["flows"]]
-        for flow_id, profile_id in flows:
+    def apply_assign(self, message: Mapping, now: float) -> List[Tuple[int, str]]:
+        """An ``assign``: flows, the profile each belongs to and its mode (a flow may move to another profile).
+
+        Returns:
+            Each flow id with its mode (``mgmt.MODE_FULL`` when the entry has none).
+        """
+        flows = [_assignment(flow) for flow in message["flows"]]
+        for flow_id, profile_id, mode in flows:
             previous = self._assignments.get(flow_id)
             if previous is not None and previous[0] != profile_id:
                 self._discard(previous[0], flow_id)
-            self._assignments[flow_id] = [profile_id, now]
+            self._assignments[flow_id] = [profile_id, now, mode]
             self._profile_flows.setdefault(profile_id, set()).add(flow_id)
             self._checks.append((now, flow_id))
         while len(self._assignments) > self.max_assignments and self._checks:
@@ -105,6 +122,7 @@ class ControlView:
             if assignment is not None:
                 self._discard(assignment[0], flow_id)
                 self.assignments_evicted += 1
+        return [(flow_id, mode) for flow_id, _, mode in flows]
 
     def _fresh(self, kind: str, message: Mapping, full: bool) -> bool:
         epoch, generation = message.get("epoch", 0), message.get("generation", 0)
@@ -129,6 +147,16 @@ class ControlView:
         """The profile of a flow, or None if its assignment or its profile is not known yet."""
         assignment = self._assignments.get(flow_id)
         return None if assignment is None else self.profiles.get(assignment[0])
+
+    def mode_of(self, flow_id: int) -> Optional[str]:
+        """A flow's mirroring mode by its latest ``assign``, or None if it has none."""
+        assignment = self._assignments.get(flow_id)
+        return None if assignment is None else assignment[2]
+
+    def other_primary(self, flow_id: int) -> bool:
+        """Another live cell is the flow's primary by its profile."""
+        profile = self.profile_of(flow_id)
+        return profile is not None and profile.primary_cell != self.cell_id and profile.primary_cell in self.live
 
     @property
     def has_directory(self) -> bool:
@@ -193,3 +221,20 @@ class ControlView:
             flows.discard(flow_id)
             if not flows:
                 del self._profile_flows[profile_id]
+
+
+def _assignment(flow) -> Tuple[int, int, str]:
+    """One ``assign`` entry ``[flow_id, profile_id, key_text(, mode)]`` as ``(flow_id, profile_id, mode)``."""
+    if not isinstance(flow, (list, tuple)) or len(flow) not in (3, 4):
+        raise ValueError(f"an assign entry is [flow_id, profile_id, key_text(, mode)], not {flow!r}")
+    mode = flow[3] if len(flow) == 4 else mgmt.MODE_FULL
+    if mode not in mgmt.ASSIGN_MODES:
+        raise ValueError(f"unknown mirroring mode {mode!r} (known: {', '.join(mgmt.ASSIGN_MODES)})")
+    return int(flow[0]), int(flow[1]), mode
+
+
+def _positive(value, name: str) -> float:
+    """A finite number of seconds > 0 from a message."""
+    if not isinstance(value, (int, float)) or isinstance(value, bool) or not 0 < value < float("inf"):
+        raise ValueError(f"{name} must be numbers of seconds > 0, not {value!r}")
+    return float(value)

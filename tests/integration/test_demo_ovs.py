@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pytest
+
 from mininet_topos.demo import DemoOptions, format_report, run_demo
 
 
@@ -26,3 +28,23 @@ def test_demo_tcp_survives_primary_link_failure_and_reports_it(ovs, tmp_path):
     survivors = [name for name in report["per_cell"] if name != report["failed_cell"]]
     assert sum(report["per_cell"][name]["forwarded"] for name in survivors) > 0, text
     assert report["groups"] >= 1, text
+    # The 1 ms probe ran through the failed cell and saw the failure (BFD is on by default).
+    probe = report["probe"]
+    assert {"rate_hz", "max_gap_ms", "lost"} <= set(probe) and probe["rate_hz"] == 1000, text
+    assert probe["primary"] == report["failed_cell"] and probe["max_gap_ms"] is not None, text
+    assert report["options"]["bfd"] is not None, text
+
+
+@pytest.mark.parametrize("kind", ["link", "process"])
+def test_demo_with_the_shipped_configuration_protects_tcp_at_a_tenth_of_the_copies(ovs, tmp_path, kind):
+    """``make demo``: the shipped configuration's policy (examples/prism.yaml); TCP survives both
+    failures with no flow's state lost, and the mirrors receive at most a tenth as many copies as
+    the primaries forward (issue 8's target)."""
+    report = run_demo(DemoOptions(cells=3, clients=2, replication_factor=1, duration_s=6.0, fail_at_s=2.0,
+                                  fail_primary=kind, prediction=True, workdir=tmp_path / "demo"))  # fmt: skip
+    text = format_report(report)
+    assert report["tcp_survived"] and report["tcp"]["bytes_after_failure"] > 0, text
+    assert report["state_lost_flows"] == 0, text
+    assert report["primary_packets"] > 1000, text
+    assert report["mirror_packets"] * 10 <= report["primary_packets"], text
+    assert report["udp_flows_received"] == 6, text

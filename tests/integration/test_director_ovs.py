@@ -18,6 +18,7 @@ import pytest
 
 from mininet_topos.harness import PrismNetwork, stop_process
 from prism.openflow import MIRROR_MAC
+from tests.support import poll
 
 IDLE_TIMEOUT_S = 3
 POLL_TIMEOUT_S = 15.0
@@ -33,16 +34,6 @@ def network(ovs, tmp_path_factory):
         yield net
         if net.controller.process.poll() is not None:
             pytest.fail(f"ryu-manager died:\n{net.controller.log_tail()}")
-
-
-def poll(predicate, timeout: float = POLL_TIMEOUT_S, interval: float = 0.3):
-    """Call ``predicate`` until it returns something truthy; returns that (or the last value)."""
-    deadline = time.monotonic() + timeout
-    value = predicate()
-    while not value and time.monotonic() < deadline:
-        time.sleep(interval)
-        value = predicate()
-    return value
 
 
 class Captures:
@@ -241,9 +232,20 @@ def test_garbage_packet_ins_leave_the_controller_running(network):
     client, server = net.host("c2"), net.host("sv1")
     script = net.workdir / "garbage.py"
     script.write_text(GARBAGE_SENDER)
+    before = net.controller.rest("/prism/v1/status")
     sent = client.cmd(f"{sys.executable} {script} c2-eth0")
     assert sent.strip().isdigit(), sent
-    time.sleep(1.0)
+    to_controller = int(sent) - 1  # every frame but the VLAN one misses the FSC
+
+    def garbage_handled():
+        status = net.controller.rest("/prism/v1/status")
+        arrived = status["packet_ins"] - before["packet_ins"]
+        return status if arrived >= to_controller else None
+
+    # The frames reached the controller (as packet-ins), which counted and dropped them.
+    after = poll(garbage_handled, timeout=POLL_TIMEOUT_S)
+    assert after, f"{net.controller.rest('/prism/v1/status')}\n{net.controller.log_tail()}"
+    assert after["drops"] > before["drops"], after["switches"]
     assert net.controller.process.poll() is None, net.controller.log_tail()
     ping = client.cmd(f"ping -c 3 -i 0.2 -W 2 {server.IP()}")
     assert " 0% packet loss" in ping, f"{ping}\n{net.controller.log_tail()}"

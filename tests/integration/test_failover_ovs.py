@@ -19,6 +19,7 @@ import dpkt
 import pytest
 
 from mininet_topos.harness import PrismNetwork, stop_process
+from tests.support import poll
 
 CLIENT_PORT = 45100
 IPERF_PORT = 5401
@@ -131,15 +132,6 @@ def primary_counts(net: PrismNetwork, skip: str = "") -> Dict[str, int]:
 
 def rest(net: PrismNetwork, path: str, method: str = "GET", body=None):
     return net.controller.rest(path, method=method, body=body, token=REST_TOKEN)
-
-
-def poll(predicate, timeout: float = 10.0, interval: float = 0.25):
-    deadline = time.monotonic() + timeout
-    value = predicate()
-    while not value and time.monotonic() < deadline:
-        time.sleep(interval)
-        value = predicate()
-    return value
 
 
 def make_network(tmp_path: Path, replication_factor: int) -> PrismNetwork:

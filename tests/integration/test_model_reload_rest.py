@@ -46,9 +46,10 @@ def start(ryu_manager, tmp_path, monkeypatch, extra: str = ""):
 
 def test_reload_serves_a_new_model_and_a_broken_one_leaves_the_old_in_service(ryu_manager, tmp_path, monkeypatch):
     model = tmp_path / "model"
-    shutil.copytree(REPO / "models" / "default", model)
+    shutil.copytree(REPO / "models" / "first_packet", model)  # the first-packet policy reloads its model
     manager = start(ryu_manager, tmp_path, monkeypatch,
-                    f"prediction: {{model: {model}, budget: 0.3}}\ntelemetry: {{dir: {tmp_path / 't'}}}\n")
+                    f"prediction: {{policy: first_packet, model: {model}, budget: 0.3}}\n"
+                    f"telemetry: {{dir: {tmp_path / 't'}}}\n")
     status, body = call(manager, "/prism/v1/model")
     assert status == 200 and body["directory"] == str(model) and body["policy"]["budget"] == 0.3
     digest = body["model_digest"]

@@ -1,6 +1,7 @@
 """The predictive policy and the telemetry on real Open vSwitch: who gets mirrors, and what is recorded.
 
-One network runs the director with the shipped model (budget 0.5), the REST
+One network runs the director with the shipped first-packet model
+(``prediction.policy: first_packet``, models/first_packet, budget 0.5), the REST
 API and the stats collector. The shipped model leans on its history features
 (what recent flows of the same service, source and destination did), and a
 cold controller has none: it then predicts a DNS query at 4.7-6.9 s and
@@ -27,9 +28,9 @@ from mininet_topos.harness import STATS_COLLECTOR_APP, PrismNetwork
 from mininet_topos.prism_topo import prediction_config
 from prism.openflow import MIRROR_MAC
 from prism.telemetry_files import read_flows, read_stats
+from tests.support import poll
 
 IDLE_TIMEOUT_S = 2
-POLL_TIMEOUT_S = 20.0
 DNS_PORT = 53
 IPERF_PORT = 5201
 WARM_UP_DATA_PORT, DATA_PORT = 45001, 45002
@@ -60,16 +61,6 @@ for _ in range(count):
             pass
 print(answered)
 """.replace("QUERY", repr(QUERY))
-
-
-def poll(predicate, timeout: float = POLL_TIMEOUT_S, interval: float = 0.3):
-    """Call ``predicate`` until it returns something truthy; returns that (or the last value)."""
-    deadline = time.monotonic() + timeout
-    value = predicate()
-    while not value and time.monotonic() < deadline:
-        time.sleep(interval)
-        value = predicate()
-    return value
 
 
 def dns_exchanges(net: PrismNetwork, client: str, count: int) -> int:
@@ -157,7 +148,8 @@ def run(ovs, tmp_path_factory):
 
 def test_the_controller_serves_the_shipped_model(run):
     model = run["model"]
-    assert model["directory"].endswith("models/default") and model["model_digest"].startswith("sha256:")
+    # the first-packet policy's shipped model (models/default is the aging policy's)
+    assert model["directory"].endswith("models/first_packet") and model["model_digest"].startswith("sha256:")
     assert model["policy"]["budget"] == 0.5 and not model["policy"]["fitted_on_network"]
     assert run["after_warm_up"]["policy"]["ended_flows_in_window"] >= 7, "flow-removed reached the policy"
 

@@ -38,11 +38,18 @@ def free_udp_port() -> int:
 
 @pytest.fixture
 def prism_config(tmp_path):
+    # No cell beats here: a long dead_after keeps cell1 and cell2 (management addresses, never
+    # heard) alive for these tests; test_a_cell_never_heard_from_is_declared_dead uses the default.
+    return write_config(tmp_path, dead_after=3600)
+
+
+def write_config(tmp_path, dead_after=None):
     listen, cell1, cell2 = free_udp_port(), free_udp_port(), free_udp_port()
     path = tmp_path / "prism.yaml"
+    timing = f", dead_after: {dead_after}" if dead_after else ""
     path.write_text(textwrap.dedent(f"""\
         default_replication_factor: 1
-        management: {{listen: "127.0.0.1:{listen}", key_file: mgmt.key, generation_file: generation}}
+        management: {{listen: "127.0.0.1:{listen}", key_file: mgmt.key, generation_file: generation{timing}}}
         switches:
           - dpid: 1
             cells:
@@ -176,3 +183,20 @@ def test_the_rest_api_binds_loopback_unless_told_otherwise():
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=REPO, timeout=60)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip().splitlines()[-1] == "127.0.0.1"
+
+
+def test_a_cell_never_heard_from_is_declared_dead(ryu_manager, tmp_path, monkeypatch):
+    """A (re)started controller starts the clock of every cell that should beat: silence kills it."""
+    config = write_config(tmp_path)  # dead_after: the default 0.35 s
+    manager = start(ryu_manager, config, monkeypatch, TOKEN)
+    deadline = time.monotonic() + HEARTBEAT_WAIT_S
+    body = call(manager, "/prism/v1/cells/cell1")[1]
+    while body["state"] != "dead" and time.monotonic() < deadline:
+        time.sleep(0.1)
+        body = call(manager, "/prism/v1/cells/cell1")[1]
+    assert body["state"] == "dead" and not body["heartbeat_seen"], body
+    [record] = body["failure_history"]
+    assert record["kind"] == "process" and "since the controller started listening" in record["reason"]
+    assert record["counted"] is False and body["failures"] == 0  # never seen working: no risk penalty
+    cell3 = call(manager, "/prism/v1/cells/cell3")[1]  # no management address: judged by its link
+    assert cell3["state"] == "alive" and cell3["failure_history"] == []

@@ -9,7 +9,8 @@ from __future__ import annotations
 import sys
 
 from mininet_topos.harness import PrismNetwork
-from tests.integration.test_director_ovs import parse_groups, poll
+from tests.integration.test_director_ovs import parse_groups
+from tests.support import poll
 
 
 def test_controller_restart_converges_to_the_same_tables_without_stale_groups(ovs, tmp_path):

@@ -148,11 +148,12 @@ class SmmBed:
         for cell_id in cells or self.smms:
             self.smms[cell_id].on_datagram(datagram, CONTROLLER, self.now)
 
-    def directory(self, live: Sequence[str]) -> None:
+    def directory(self, live: Sequence[str], **extra) -> None:
+        """A directory; ``extra``: its optional fields (``milestones_s``, ``state_interval_s`` ...)."""
         self.epoch += 1
         self.control({"type": "directory", "epoch": self.epoch,
                       "cells": {cell_id: list(address_of(cell_id)) for cell_id in self.smms},
-                      "live": list(live)})  # fmt: skip
+                      "live": list(live), **extra})  # fmt: skip
 
     def profiles(self, table: Dict[int, Tuple[str, Sequence[str]]]) -> None:
         self.epoch += 1
@@ -160,16 +161,24 @@ class SmmBed:
                       "profiles": {str(pid): [primary, list(mirrors)]
                                    for pid, (primary, mirrors) in table.items()}})  # fmt: skip
 
-    def assign(self, conversations: Sequence[Conversation], profile_id: int) -> None:
+    def assign(self, conversations: Sequence[Conversation], profile_id: int, mode: Optional[str] = None) -> None:
+        """Assign the conversations to a profile (``mode``: the optional 4th element)."""
         flows = [[conv.syn().key.flow_id, profile_id, str(conv.syn().key)] for conv in conversations]
+        if mode is not None:
+            flows = [flow + [mode] for flow in flows]
         self.control({"type": "assign", "flows": flows})
 
     # -- traffic and time ----------------------------------------------------------------
-    def send(self, frame: bytes, primary: str, mirrors: Sequence[str] = ()) -> None:
-        """One packet through a profile's group: mirror copies first, then the primary copy."""
+    def send(self, frame: bytes, primary: str, mirrors: Sequence[str] = ()) -> bool:
+        """One packet through a profile's group: mirror copies first, then the primary copy (forwarded?)."""
         for cell_id in mirrors:
             self.cells[cell_id].handle_frame(mirror_copy(frame), self.now)
-        self.cells[primary].handle_frame(frame, self.now)
+        return self.cells[primary].handle_frame(frame, self.now)
+
+    def send_state_mode(self, frame: bytes, primary: str, mirrors: Sequence[str] = ()) -> bool:
+        """One packet as the switch sends a ``state`` flow's: copies to the mirrors only of SYN/FIN/RST."""
+        flags = frame[14 + 20 + 13]  # IPv4 without options, TCP flags byte
+        return self.send(frame, primary, mirrors if flags & 0x07 else ())
 
     def step(self) -> None:
         self.now += STEP

@@ -8,7 +8,8 @@ import pytest
 
 from prism.binetflow import BinetflowError, looks_like_binetflow, read_binetflow
 from prism.flows import FlowKey
-from prism.records import END_CAPTURE, END_FIN, END_IDLE, END_RST, records_to_frame
+from prism.records import END_CAPTURE, END_FIN, END_IDLE, END_RST, MILESTONE_COLUMNS, records_to_frame
+from prism.trace import trace_file
 
 HEADER = "StartTime,Dur,Proto,SrcAddr,Sport,Dir,DstAddr,Dport,State,sTos,dTos,TotPkts,TotBytes,SrcBytes,SrcPkts,Label"
 ROWS = [
@@ -70,3 +71,26 @@ def test_missing_columns_are_an_error():
 def test_header_sniffing():
     assert looks_like_binetflow((HEADER + "\n").encode())
     assert not looks_like_binetflow(b"\xd4\xc3\xb2\xa1")
+
+
+def test_records_have_no_state_or_milestone_counts():
+    frame = records_to_frame(parse(ROWS).records)
+    assert frame["state_packets"].isna().all()
+    assert frame[list(MILESTONE_COLUMNS)].isna().all().all()
+
+
+def test_field_over_the_csv_limit_is_skipped_not_a_crash(tmp_path):
+    huge = "2019/04/04 16:23:09.000000,1.0,udp,10.8.0.69,1,   ->,10.8.0.1,2,CON,0,0,1,60,60," + "x" * 200_000
+    result = parse(ROWS[:2] + [huge] + ROWS[2:3])
+    assert len(result.records) == 3
+    assert sum(n for why, n in result.skipped.items() if why.startswith("unparsable row")) == 1
+    path = tmp_path / "big.binetflow"
+    path.write_text(HEADER + "\n" + "\n".join(ROWS[:2] + [huge]) + "\n")
+    assert len(trace_file(path).records) == 2
+
+
+@pytest.mark.parametrize("duration", ["nan", "inf", "-inf", "NaN", "Infinity"])
+def test_non_finite_duration_is_refused(duration):
+    row = f"2019/04/04 16:23:09.000000,{duration},udp,10.8.0.69,1,   ->,10.8.0.1,2,CON,0,0,1,60,60,1,"
+    result = parse(ROWS[:1] + [row])
+    assert len(result.records) == 1 and result.skipped == {"impossible counters": 1}

@@ -152,7 +152,7 @@ def test_unknown_keys_at_every_level():
         "prism.yaml:3:31: switches[0].cells[0].weight: unknown key 'weight' (expected one of: id, port, mgmt)",
         "prism.yaml:4:5: switches[0].edge_port: unknown key 'edge_port' (did you mean 'edge_ports'?)",
         "prism.yaml:6:1: colour: unknown key 'colour' (expected one of: idle_timeout, "
-        "default_replication_factor, max_replication_factor, management, rest, telemetry, prediction, switches, openflow, limits)",
+        "default_replication_factor, max_replication_factor, mirroring_mode, management, rest, telemetry, prediction, bfd, switches, openflow, limits)",
     ]
 
 
@@ -322,7 +322,7 @@ def test_error_lists_every_problem_in_its_message():
     assert str(info.value).splitlines() == [
         "x.yaml:1:11: switches: at least one switch is required",
         "x.yaml:2:1: colour: unknown key 'colour' (expected one of: idle_timeout, "
-        "default_replication_factor, max_replication_factor, management, rest, telemetry, prediction, switches, openflow, limits)",
+        "default_replication_factor, max_replication_factor, mirroring_mode, management, rest, telemetry, prediction, bfd, switches, openflow, limits)",
     ]
     assert len(info.value.errors) == 2
 
@@ -368,3 +368,13 @@ def test_check_config_errors(tmp_path, capsys):
         f"{path}:4:21: switches[0].edge_ports[1]: port 1 is both an edge port and cell 'c1's port (line 3)",
         f"{path}: 2 errors",
     ]
+
+
+def test_mirroring_mode_defaults_to_full_and_takes_state_only():
+    base = "switches:\n  - dpid: 1\n    cells: [{id: c1, port: 1}, {id: c2, port: 2}]\n    edge_ports: [3]\n"
+    base += "max_replication_factor: 1\n"
+    assert parse_config(base).mirroring_mode == "full"
+    config = parse_config(base + "mirroring_mode: state\n")
+    assert config.mirroring_mode == "state" and parse_config(render_config(config)) == config
+    with pytest.raises(ConfigError, match="mirroring_mode: must be one of full, state, got 'copy'"):
+        parse_config(base + "mirroring_mode: copy\n")

@@ -138,3 +138,27 @@ def test_management_key_problems_are_reported_with_their_position(tmp_path):
     missing = problems(document(top="management: {key_file: /nonexistent/prism.key}\n"))
     assert missing == ["prism.yaml:1:24: management.key_file: the management key file /nonexistent/prism.key "
                        "cannot be read: No such file or directory"]
+
+
+def test_state_mode_keys_are_read_defaulted_and_round_trip():
+    config = parse_config(document(top="management:\n  state_interval_s: 0.5\n  takeover_tolerance_bytes: 1048576\n"))
+    assert (config.management.state_interval_s, config.management.takeover_tolerance_bytes) == (0.5, 1048576)
+    assert parse_config(render_config(config)) == config
+    default = parse_config(document())
+    assert default.management.state_interval_s == 1.0
+    assert default.management.takeover_tolerance_bytes == 16 * 1024 * 1024
+
+
+def test_state_mode_keys_report_bad_values_with_their_lines():
+    found = problems(document(
+        top="management:\n  state_interval_s: 0\n  takeover_tolerance_bytes: lots\n"))  # fmt: skip
+    assert found == [
+        "prism.yaml:2:21: management.state_interval_s: must be a number of seconds > 0, got 0",
+        "prism.yaml:3:29: management.takeover_tolerance_bytes: expected an integer, got a string",
+    ]
+    assert problems(document(top="management: {takeover_tolerance_bytes: -1}\n")) == [
+        "prism.yaml:1:40: management.takeover_tolerance_bytes: must be an integer >= 0, got -1"]
+    odd = parse_config(document(top="management: {state_interval_s: 0.01, takeover_tolerance_bytes: 1000}\n"),
+                       "prism.yaml")  # fmt: skip
+    assert [problem.path for problem in odd.warnings] == [
+        "management.state_interval_s", "management.takeover_tolerance_bytes"]

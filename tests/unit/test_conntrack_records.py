@@ -6,7 +6,7 @@ import json
 import pytest
 
 from cell_helpers import Conversation
-from prism.cell.conntrack import ABSORB, DROP_NO_STATE, FORWARD, ConnTracker
+from prism.cell.conntrack import ABSORB, DROP_NO_STATE, FORWARD, ConnTracker, TrackerConfig
 from prism.cell.entry import ConnState, FlowVerdict
 from prism.cell.records import RECORD_SCHEMA, StateRecordError
 from prism.flows import TCP_ACK, TCP_FIN, TCP_PSH
@@ -154,3 +154,88 @@ def test_records_with_swapped_endpoints_keep_the_initiator():
     replica = ConnTracker()
     replica.merge([swapped])
     assert replica.snapshot()[0]["initiator"] == "a"
+
+
+# --- state mode: counters in records, re-anchoring at a takeover ---------------------------
+def _replica_of(primary):
+    replica = ConnTracker()
+    replica.merge(json.loads(json.dumps(primary.snapshot())), NOW)
+    return replica
+
+
+def test_records_carry_the_flow_counters_and_a_receiver_keeps_the_larger():
+    primary, conv = _established()
+    for _ in range(5):
+        primary.process(conv.packet(True, TCP_ACK | TCP_PSH, b"x" * 100), False, NOW)
+    entry = primary.get(conv.syn().key)
+    record = primary.snapshot()[0]
+    assert (record["packets"], record["bytes"]) == (8, entry.primary_bytes)
+    replica = _replica_of(primary)
+    taken = replica.get(conv.syn().key)
+    assert (taken.packets, taken.bytes) == (8, entry.primary_bytes)
+    older = dict(record, version=record["version"] + 1, packets=3, bytes=10)
+    replica.merge([older], NOW)  # a later version with smaller counters (another primary's) never lowers them
+    assert taken.packets == 8
+    assert replica.process(conv.packet(True, TCP_ACK), False, NOW) is FORWARD
+    assert taken.packets == 9  # a takeover counts on from the replicated counters
+
+
+def test_records_without_counters_still_apply():
+    primary, conv = _established()
+    record = primary.snapshot()[0]
+    del record["packets"], record["bytes"]
+    replica = ConnTracker()
+    assert replica.merge([record], NOW) == 1 and replica.get(conv.syn().key).packets == 0
+
+
+@pytest.mark.parametrize("strict", [False, True], ids=["loose", "strict"])
+def test_a_takeover_accepts_the_next_packets_within_the_window_and_re_anchors(strict):
+    primary, conv = _established(tracker=ConnTracker(TrackerConfig(strict=strict)))
+    replica = ConnTracker(TrackerConfig(strict=strict))
+    replica.merge(primary.snapshot(), NOW)
+    replica.set_takeover_tolerance(5000)
+    for _ in range(3):  # 3000 bytes the replica never heard of
+        primary.process(conv.packet(True, TCP_ACK | TCP_PSH, b"x" * 1000), False, NOW)
+    entry = replica.get(conv.syn().key)
+    assert entry.anchor == 3
+    assert replica.process(conv.packet(True, TCP_ACK | TCP_PSH, b"x" * 1000), False, NOW) is FORWARD
+    assert entry.anchor == 2 and entry.orig.seq_end == conv.client_next  # re-anchored
+    assert replica.process(conv.packet(False, TCP_ACK), False, NOW) is FORWARD
+    assert entry.anchor == 0 and replica.counters()["flows_reanchored"] == 2
+
+
+def test_a_takeover_refuses_a_first_packet_beyond_window_and_tolerance_then_takes_the_real_one():
+    primary, conv = _established()
+    replica = ConnTracker()
+    replica.merge(primary.snapshot(), NOW)
+    replica.set_takeover_tolerance(0)
+    window = 65535 << 7  # the peer's window at the assumed scale
+    far = conv.packet(True, TCP_ACK | TCP_PSH, b"x", seq=(conv.client_next + window + 10) & 0xFFFFFFFF,
+                      advance=False)  # fmt: skip
+    assert replica.process(far, False, NOW).reason == "out_of_window"
+    assert replica.get(conv.syn().key).anchor == 3
+    assert replica.process(conv.packet(True, TCP_ACK | TCP_PSH, b"x"), False, NOW) is FORWARD
+    with pytest.raises(ValueError, match="tolerance"):
+        replica.set_takeover_tolerance(-1)
+
+
+def test_mirror_copies_never_re_anchor_and_pass_unchecked_in_loose_mode():
+    primary, conv = _established()
+    replica = _replica_of(primary)
+    far = (conv.client_next + (65535 << 7) + (32 << 20)) & 0xFFFFFFFF
+    fin = conv.packet(True, TCP_FIN | TCP_ACK, seq=far, advance=False)
+    assert replica.process(fin, True, NOW) is ABSORB
+    entry = replica.get(conv.syn().key)
+    assert entry.anchor == 3 and entry.state is ConnState.FIN_WAIT
+    strict = ConnTracker(TrackerConfig(strict=True))
+    strict.merge(primary.snapshot(), NOW)
+    assert strict.process(fin, True, NOW) is ABSORB
+    assert strict.get(conv.syn().key).state is ConnState.ESTABLISHED  # out of reach: not taken
+    assert strict.counters()["mirror_rejected_out_of_window"] == 1
+
+
+def test_a_primary_s_own_flows_are_never_checked_for_a_takeover():
+    primary, conv = _established()
+    wild = conv.packet(True, TCP_ACK | TCP_PSH, b"x", seq=12345, advance=False)
+    assert primary.process(wild, False, NOW) is FORWARD  # loose mode, as before state mode
+    assert primary.get(conv.syn().key).anchor == 0

@@ -11,7 +11,9 @@ import pytest
 
 pytest.importorskip("ryu")
 
-from ryu.ofproto import ofproto_protocol, ofproto_v1_3, ofproto_v1_3_parser  # noqa: E402
+from ryu.ofproto import ofproto_v1_3, ofproto_v1_3_parser  # noqa: E402
+
+from tests.support import FakeDatapath  # noqa: E402
 
 from prism import mgmt, oxm  # noqa: E402
 from prism.actions import MgmtMessage  # noqa: E402
@@ -30,19 +32,6 @@ KEY = KEY_TEXT.encode()
 def open_sealed(datagram: bytes) -> dict:
     """A datagram the controller sent, checked and decoded as a cell would."""
     return mgmt.decode(Verifier(KEY).open(datagram, time.time()).body)
-
-
-class FakeDatapath(ofproto_protocol.ProtocolDesc):
-    """A datapath that records what is sent to it."""
-
-    def __init__(self, dp_id: int) -> None:
-        super().__init__(OFP.OFP_VERSION)
-        self.id = dp_id
-        self.sent = []
-
-    def send_msg(self, message) -> None:
-        message.serialize()
-        self.sent.append(message)
 
 
 @pytest.fixture
@@ -182,6 +171,28 @@ def test_forged_replayed_and_impersonating_datagrams_are_refused_and_counted(app
     counts = app.channel.auth_counts()
     assert (counts["refused_bad_tag"], counts["refused_wrong_sender"], counts["refused_replayed"]) == (1, 1, 1)
     assert counts["accepted"] == 1
+
+
+def test_the_drain_of_the_socket_authenticates_issue_8_and_9_messages_too(app):
+    """``receive_pending`` (what the app's loop and tick read with) opens every datagram like ``receive``."""
+    sender = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    cell1, forger = MgmtAuth(KEY, "cell1"), MgmtAuth(b"x" * 64, "cell1")
+    milestone = mgmt.encode({"type": "milestone", "cell": "cell1", "flows": [[1, 0.25, 3, 300]]})
+    path_down = mgmt.encode({"type": "heartbeat", "cell": "cell1", "seq": 1, "path_down": "draining"})
+    try:
+        for body in (milestone, path_down):
+            sender.sendto(forger.seal(body, time.time()), app.channel.address)
+            sender.sendto(cell1.seal(body, time.time()), app.channel.address)
+        deadline = time.monotonic() + 2.0
+        received = []
+        while len(received) < 2 and time.monotonic() < deadline:
+            received += app.channel.receive_pending()
+    finally:
+        sender.close()
+    assert [message["type"] for message, _, _ in received] == ["milestone", "heartbeat"]
+    assert received[1][0]["path_down"] == "draining"
+    counts = app.channel.auth_counts()
+    assert (counts["refused_bad_tag"], counts["accepted"]) == (2, 2) and app.channel.drained
 
 
 def test_control_plane_failures_are_caught_and_counted(app, monkeypatch):

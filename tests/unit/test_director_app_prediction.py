@@ -40,13 +40,13 @@ def make_app(tmp_path, monkeypatch, prediction: str = ""):
 @pytest.fixture
 def model_copy(tmp_path):
     copy = tmp_path / "model"
-    shutil.copytree(REPO / "models" / "default", copy)
+    shutil.copytree(REPO / "models" / "first_packet", copy)  # models/default is the aging model
     return copy
 
 
 def test_a_configured_model_gives_every_switch_the_predictive_policy_with_health(tmp_path, monkeypatch,
                                                                                 model_copy):
-    app = make_app(tmp_path, monkeypatch, f"prediction: {{model: {model_copy}, budget: 0.3}}\n")
+    app = make_app(tmp_path, monkeypatch, f"prediction: {{policy: first_packet, model: {model_copy}, budget: 0.3}}\n")
     policy = app.directors[1].policy
     assert isinstance(policy, PredictivePolicy)
     assert policy.health is app.control.detector and policy.max_replication_factor == 2
@@ -62,12 +62,12 @@ def test_without_a_model_the_fixed_policy_and_no_reload(tmp_path, monkeypatch):
 
 def test_a_model_that_does_not_load_stops_the_controller_with_the_reason(tmp_path, monkeypatch):
     with pytest.raises(SystemExit) as stopped:
-        make_app(tmp_path, monkeypatch, f"prediction: {{model: {tmp_path / 'nowhere'}}}\n")
+        make_app(tmp_path, monkeypatch, f"prediction: {{policy: first_packet, model: {tmp_path / 'nowhere'}}}\n")
     assert "prediction.model" in str(stopped.value) and "nowhere" in str(stopped.value)
 
 
 def test_reload_swaps_the_model_and_a_broken_file_keeps_the_old_one(tmp_path, monkeypatch, model_copy):
-    app = make_app(tmp_path, monkeypatch, f"prediction: {{model: {model_copy}}}\n")
+    app = make_app(tmp_path, monkeypatch, f"prediction: {{policy: first_packet, model: {model_copy}}}\n")
     app.models._run = lambda function, *args: function(*args)
     engine = app.directors[1].policy.engine
     answer = app.reload_model()
@@ -83,26 +83,18 @@ def test_a_flows_last_flow_removed_teaches_the_policy_and_raises_the_telemetry_e
                                                                                     model_copy):
     from types import SimpleNamespace
 
-    from ryu.ofproto import ofproto_protocol, ofproto_v1_3, ofproto_v1_3_parser
+    from ryu.ofproto import ofproto_v1_3_parser
 
     from prism.flows import direction_match, parse_frame
     from prism.openflow import TABLE_FSC
     from prism.packets import build_udp_frame
     from ryu_apps.telemetry_events import EventFlowEnded
+    from tests.support import FakeDatapath
 
-    class Datapath(ofproto_protocol.ProtocolDesc):
-        def __init__(self) -> None:
-            super().__init__(ofproto_v1_3.OFP_VERSION)
-            self.id, self.sent = 1, []
-
-        def send_msg(self, message) -> None:
-            message.serialize()
-            self.sent.append(message)
-
-    app = make_app(tmp_path, monkeypatch, f"prediction: {{model: {model_copy}}}\n")
+    app = make_app(tmp_path, monkeypatch, f"prediction: {{policy: first_packet, model: {model_copy}}}\n")
     events = []
     monkeypatch.setattr(app, "send_event_to_observers", lambda event, *args: events.append(event))
-    datapath = Datapath()
+    datapath = FakeDatapath(1)
     frame = build_udp_frame("10.0.0.4", "10.0.0.5", 40000, 53, b"query")
     info = parse_frame(frame)
     parser = ofproto_v1_3_parser
@@ -124,3 +116,23 @@ def test_a_flows_last_flow_removed_teaches_the_policy_and_raises_the_telemetry_e
     assert app.directors[1].policy.in_flight == 0
     assert engine.tracker.status()["ended_flows_in_window"] == 1
     assert app.handler_errors == {}
+
+
+def test_the_aging_policy_without_a_model_uses_the_age_rule_and_tells_the_cells_its_milestones(tmp_path,
+                                                                                               monkeypatch):
+    from prism.policy_aging import AgingPolicy
+
+    app = make_app(tmp_path, monkeypatch, "prediction: {milestones_s: [0.25, 1]}\n")
+    policy = app.directors[1].policy
+    assert isinstance(policy, AgingPolicy) and policy.scorer is None
+    assert policy.health is app.control.detector
+    assert app.models.status()["milestones_s"] == [0.25, 1.0]
+    assert app.control.milestones_s == (0.25, 1.0)
+    with pytest.raises(LookupError):
+        app.models.reload()
+
+
+def test_mirroring_mode_reaches_the_fixed_policy(tmp_path, monkeypatch):
+    app = make_app(tmp_path, monkeypatch, "mirroring_mode: state\n")
+    policy = app.directors[1].policy
+    assert isinstance(policy, FixedPolicy) and policy.mode_for(1) == "state"

@@ -288,7 +288,12 @@ def test_deleting_a_group_removes_the_flows_that_use_it():
 
 
 def test_deleting_a_missing_group_is_harmless():
-    FakeSwitch().apply([group(5, GroupType.ALL, command=Command.DELETE)])
+    switch = FakeSwitch(strict=False)
+    switch.apply([group(1, GroupType.ALL, Bucket((Output(1),))), add(0, 10, [GroupAction(1)], notify=True)])
+    before = switch.dump()
+    result = switch.apply([group(5, GroupType.ALL, command=Command.DELETE)])
+    assert switch.errors == [], "OpenFlow 1.3: deleting a group that does not exist is no error"
+    assert result.flow_removed == [] and switch.dump() == before
 
 
 def test_idle_entries_expire_with_a_flow_removed_report_when_asked():
@@ -331,3 +336,63 @@ def test_dump_is_independent_of_install_order_and_counters():
     second.apply(list(reversed(changes)))
     first.process(1, UDP)
     assert first.dump() == second.dump()
+
+
+# --- metadata, masked matches, MODIFY_STRICT (state-mode pipeline) ------------------------------------
+TCP_SYN = oxm.tcp_packet(MAC_A, MAC_B, "10.0.0.1", "10.0.0.2", 1000, 80, flags=0x02)
+TCP_ACK = oxm.tcp_packet(MAC_A, MAC_B, "10.0.0.1", "10.0.0.2", 1000, 80, flags=0x10)
+
+
+def _metadata_switch(value=0x10001, mask=0xFFFFFFFF):
+    switch = FakeSwitch()
+    switch.apply([
+        FlowMod(Command.ADD, 0, Match.of(in_port=1), 100, write_metadata=(value, mask), goto_table=3),
+        FlowMod(Command.ADD, 3, Match.of(metadata=(value, mask), eth_type=0x0800, ip_proto=6, tcp_flags=(2, 2)),
+                300, (Output(7),)),
+        FlowMod(Command.ADD, 3, Match.of(metadata=(value, mask)), 200, (Output(8),)),
+        FlowMod(Command.ADD, 3, Match.of(), 0, (Output(9),)),
+    ])  # fmt: skip
+    return switch
+
+
+def test_write_metadata_carries_to_the_next_table_and_tcp_flags_match_under_their_mask():
+    switch = _metadata_switch()
+    assert switch.process(1, TCP_SYN).ports == [7]
+    assert switch.process(1, oxm.tcp_packet(MAC_A, MAC_B, "10.0.0.1", "10.0.0.2", 1000, 80, flags=0x12)).ports == [7]
+    assert switch.process(1, TCP_ACK).ports == [8]
+    assert switch.process(1, UDP).ports == [8], "no TCP header: never matches tcp_flags"
+    assert "metadata" not in switch.process(1, UDP).outputs[0][1], "metadata never leaves the switch"
+    other = _metadata_switch(value=0x10002)
+    other.apply([FlowMod(Command.ADD, 3, Match.of(metadata=(0x10001, 0xFFFFFFFF)), 250, (Output(6),))])
+    assert other.process(1, TCP_ACK).ports == [8], "another profile's metadata"
+    assert FakeSwitch().process(1, TCP_ACK).ports == []
+
+
+def test_masked_match_values_are_checked():
+    switch = FakeSwitch()
+    with pytest.raises(FakeSwitchError, match="OFPBMC_BAD_WILDCARDS"):
+        switch.apply([FlowMod(Command.ADD, 3, Match.of(metadata=(0x3, 0x1)), 1, (Output(1),))])
+    with pytest.raises(FakeSwitchError, match="OFPBMC_BAD_MASK"):
+        switch.apply([FlowMod(Command.ADD, 3, Match.of(in_port=(1, 1)), 1, (Output(1),))])
+    with pytest.raises(FakeSwitchError, match="OFPBMC_BAD_PREREQ"):
+        switch.apply([FlowMod(Command.ADD, 3, Match.of(tcp_flags=(2, 2)), 1, (Output(1),))])
+    with pytest.raises(FakeSwitchError, match="OFPBIC_UNSUP_METADATA"):
+        switch.apply([FlowMod(Command.ADD, 0, Match.of(), 1, write_metadata=(0x3, 0x1), goto_table=3)])
+
+
+def test_modify_strict_replaces_instructions_of_the_exact_entry_and_keeps_its_counters():
+    switch = FakeSwitch()
+    match = Match.of(in_port=1, eth_type=0x0800)
+    switch.apply([
+        FlowMod(Command.ADD, 0, match, 100, (Output(2),), cookie=5, idle_timeout=10),
+        FlowMod(Command.ADD, 0, Match.of(in_port=1), 50, (Output(3),)),
+    ])  # fmt: skip
+    switch.process(1, UDP)
+    switch.apply([
+        FlowMod(Command.MODIFY_STRICT, 0, match, 100, (Output(4),), cookie=99, idle_timeout=1),
+        FlowMod(Command.MODIFY_STRICT, 0, match, 101, (Output(5),)),  # no such priority: adds nothing
+    ])  # fmt: skip
+    entry = switch.flows(0)[0]
+    assert (entry.actions, entry.packet_count, entry.cookie, entry.idle_timeout) == ((Output(4),), 1, 5, 10)
+    assert len(switch.flows(0)) == 2 and switch.flows(0)[1].actions == (Output(3),)
+    assert switch.process(1, UDP).ports == [4]

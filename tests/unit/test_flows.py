@@ -509,35 +509,24 @@ def test_random_garbage_never_raises():
         _check_no_raise(bytes(rng.randrange(256) for _ in range(rng.randrange(120))))
 
 
-try:  # optional: the seeded random tests above already cover the same ground
-    from hypothesis import given, settings, strategies as st
-except ImportError:  # pragma: no cover - depends on the environment
-    given = None
+from hypothesis import given, settings, strategies as st  # noqa: E402  (pinned in the test extra)
 
-needs_hypothesis = pytest.mark.skipif(given is None, reason="hypothesis is not installed")
 
-if given is not None:
+@settings(max_examples=500, deadline=None)
+@given(st.binary(max_size=200))
+def test_hypothesis_garbage_never_raises(data):
+    _check_no_raise(data)
 
-    @settings(max_examples=500, deadline=None)
-    @given(st.binary(max_size=200))
-    def test_hypothesis_garbage_never_raises(data):
-        _check_no_raise(data)
 
-    @settings(max_examples=500, deadline=None)
-    @given(
-        st.sampled_from(range(6)),
-        st.lists(st.tuples(st.integers(0, 199), st.integers(0, 255)), max_size=6),
-        st.integers(0, 200),
-    )
-    def test_hypothesis_mutated_frames_never_raise(index, edits, cut):
-        frame = bytearray(_valid_frames()[index])
-        for position, value in edits:
-            if position < len(frame):
-                frame[position] = value
-        _check_no_raise(bytes(frame[: len(frame) - cut % (len(frame) + 1)]))
-
-else:
-
-    @needs_hypothesis
-    def test_hypothesis_fuzzing():
-        """Placeholder so that a run without hypothesis says what it skipped."""
+@settings(max_examples=500, deadline=None)
+@given(
+    st.sampled_from(range(len(_valid_frames()))),
+    st.lists(st.tuples(st.integers(0, 199), st.integers(0, 255)), max_size=6),
+    st.integers(0, 200),
+)
+def test_hypothesis_mutated_frames_never_raise(index, edits, cut):
+    frame = bytearray(_valid_frames()[index])
+    for position, value in edits:
+        if position < len(frame):
+            frame[position] = value
+    _check_no_raise(bytes(frame[: len(frame) - cut % (len(frame) + 1)]))

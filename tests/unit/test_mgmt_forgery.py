@@ -30,7 +30,17 @@ KIND_EXAMPLES = {
     "ack": {"type": "ack", "cell": "c1", "seq": 1},
     "heartbeat": {"type": "heartbeat", "cell": "c1", "seq": 1},
     "seeded": {"type": "seeded", "cell": "c1", "profile_id": PROFILE, "target": "c2", "flows": 1},
+    "milestone": {"type": "milestone", "cell": "c1", "flows": [[1, 0.25, 3, 300]]},
 }
+#: Issue 8's and 9's fields on existing types: a per-flow seed and its answer, a state-mode assign,
+#: a directory with milestones, a heartbeat with ``path_down``.
+FIELD_VARIANTS = (
+    {"type": "seed", "profile_id": PROFILE, "target": "c3", "flows": [1, 2]},
+    {"type": "seeded", "cell": "c1", "profile_id": PROFILE, "target": "c2", "flows": [1, 2], "count": 2},
+    {"type": "assign", "flows": [[1, 99, "x", "state"]]},
+    {"type": "directory", "epoch": 99, "cells": {}, "live": [], "milestones_s": [0.25], "state_interval_s": 0.1},
+    {"type": "heartbeat", "cell": "c1", "seq": 1, "path_down": "draining"},
+)
 
 
 def replicated_bed():
@@ -57,12 +67,13 @@ def test_messages_of_every_type_sealed_with_another_key_are_refused_and_counted(
     bed = replicated_bed()
     before = picture(bed)
     forger = MgmtAuth(OTHER_KEY, CONTROLLER_SENDER)
-    for message in KIND_EXAMPLES.values():
+    for message in (*KIND_EXAMPLES.values(), *FIELD_VARIANTS):
         bed.smms["c2"].on_datagram(forger.seal(mgmt.encode(message), bed.now), CONTROLLER, bed.now)
     bed.smms["c2"].on_datagram(mgmt.encode(KIND_EXAMPLES["state"]), address_of("c1"), bed.now)  # unsealed
     bed.run_until_quiet()
     counts = auth_counts(bed.smms["c2"])
-    assert counts["refused_bad_tag"] == len(KIND_EXAMPLES) and counts["refused_malformed"] == 1
+    assert counts["refused_bad_tag"] == len(KIND_EXAMPLES) + len(FIELD_VARIANTS)
+    assert counts["refused_malformed"] == 1
     assert picture(bed) == before
 
 

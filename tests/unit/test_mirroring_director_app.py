@@ -9,7 +9,9 @@ import pytest
 
 pytest.importorskip("ryu")
 
-from ryu.ofproto import ofproto_protocol, ofproto_v1_3, ofproto_v1_3_parser  # noqa: E402
+from ryu.ofproto import ofproto_v1_3, ofproto_v1_3_parser  # noqa: E402
+
+from tests.support import FakeDatapath  # noqa: E402
 
 from prism import oxm  # noqa: E402
 from prism.openflow import TABLE_FSC  # noqa: E402
@@ -28,19 +30,6 @@ CONFIG = textwrap.dedent("""\
           - {id: cell2, port: 2}
         edge_ports: [4, 5]
     """)
-
-
-class FakeDatapath(ofproto_protocol.ProtocolDesc):
-    """A datapath that records what is sent to it."""
-
-    def __init__(self, dp_id: int) -> None:
-        super().__init__(OFP.OFP_VERSION)
-        self.id = dp_id
-        self.sent = []
-
-    def send_msg(self, message) -> None:
-        message.serialize()  # what Ryu's Datapath does before writing to the socket
-        self.sent.append(message)
 
 
 @pytest.fixture

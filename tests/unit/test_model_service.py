@@ -13,7 +13,7 @@ from prism.ring import HashRing
 from ryu_apps.prediction import ModelService, load_model
 
 REPO = Path(__file__).resolve().parents[2]
-SHIPPED_MODEL = REPO / "models" / "default"
+SHIPPED_MODEL = REPO / "models" / "first_packet"  # the first_packet policy's model (models/default: aging)
 CONFIG = """\
 idle_timeout: 5
 max_replication_factor: 3

@@ -167,3 +167,53 @@ def test_match_is_built_in_oxm_order_with_the_same_bytes_as_keywords(datapath, f
 def test_match_with_an_unknown_field_is_refused(datapath):
     with pytest.raises(KeyError, match="unknown OXM field"):
         to_ofmsg(datapath, FlowMod(Command.ADD, 0, Match.of(no_such_field=1)))
+
+
+def test_state_mode_entries_write_metadata_and_match_tcp_flags_as_the_onf_extension(datapath):
+    from prism.openflow import METADATA_PROFILE_MASK, TABLE_PROFILE
+
+    fsc = FlowMod(
+        Command.MODIFY_STRICT, TABLE_FSC, Match.of(eth_type=0x0800, ip_proto=6, tcp_src=1, tcp_dst=2),
+        priority=200, goto_table=TABLE_PROFILE, cookie=7, write_metadata=(0x10001, METADATA_PROFILE_MASK),
+    )  # fmt: skip
+    parsed = _reparse_flow_mod(datapath, to_ofmsg(datapath, fsc))
+    assert parsed.command == OFP.OFPFC_MODIFY_STRICT
+    write, goto = parsed.instructions
+    assert (write.metadata, write.metadata_mask) == (0x10001, METADATA_PROFILE_MASK)
+    assert goto.table_id == TABLE_PROFILE
+    flags = FlowMod(
+        Command.ADD, TABLE_PROFILE,
+        Match.of(metadata=(0x10001, METADATA_PROFILE_MASK), eth_type=0x86DD, ip_proto=6, tcp_flags=(0x02, 0x02)),
+        priority=300, actions=(GroupAction(0x10001),),
+    )  # fmt: skip
+    message = to_ofmsg(datapath, flags)
+    message.serialize()
+    assert struct.pack("!I", 0x4F4E4600) in bytes(message.buf), "tcp_flags goes out as the ONF experimenter OXM"
+    parsed = _reparse_flow_mod(datapath, message)
+    fields = match_to_dict(parsed.match)
+    assert fields["tcp_flags"] == (0x02, 0x02) and fields["metadata"] == (0x10001, METADATA_PROFILE_MASK)
+
+
+@pytest.mark.parametrize("fields", [
+    dict(eth_type=0x0800, ip_proto=6, ipv4_src="10.0.1.1", ipv4_dst="10.0.2.2", tcp_src=50000, tcp_dst=80),
+    dict(eth_type=0x86DD, ip_proto=17, ipv6_src="2001:db8::1", ipv6_dst="2001:db8::2", udp_src=5, udp_dst=53),
+    dict(eth_type=0x86DD, ip_proto=58, ipv6_src="fe80::1", ipv6_dst="ff02::1"),
+    dict(in_port=3, eth_type=0x0806),
+    dict(eth_dst="02:50:52:49:53:4D"),
+    dict(in_port=0xFFFFFFF0, eth_type=0x0800, ip_proto=132, ipv4_src="0.0.0.0", ipv4_dst="255.255.255.255",
+         sctp_src=1, sctp_dst=65535),
+])  # fmt: skip
+def test_matches_encoded_ahead_serialize_to_the_bytes_ryu_writes(datapath, fields):
+    change = FlowMod(Command.ADD, TABLE_FSC, Match.of(**fields), priority=200, actions=(GroupAction(7),), cookie=9)
+    ours = to_ofmsg(datapath, change)
+    ours.serialize()
+    reference = ofproto_v1_3_parser.OFPFlowMod(
+        datapath, cookie=9, cookie_mask=0, table_id=TABLE_FSC, command=OFP.OFPFC_ADD, idle_timeout=0,
+        hard_timeout=0, priority=200, buffer_id=OFP.OFP_NO_BUFFER, out_port=OFP.OFPP_ANY, out_group=OFP.OFPG_ANY,
+        flags=0, match=ofproto_v1_3_parser.OFPMatch(**fields),
+        instructions=[ofproto_v1_3_parser.OFPInstructionActions(
+            OFP.OFPIT_APPLY_ACTIONS, [ofproto_v1_3_parser.OFPActionGroup(7)])],
+    )  # fmt: skip
+    reference.serialize()
+    assert bytes(ours.buf) == bytes(reference.buf)
+    assert sorted(dict(ours.match.items())) == sorted(fields), "it still reads like any OFPMatch"

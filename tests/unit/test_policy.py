@@ -6,7 +6,7 @@ import pytest
 
 from prism.flows import parse_frame
 from prism.oxm import to_frame, udp_packet
-from prism.policy import FixedPolicy, NoLiveCell, Policy
+from prism.policy import MODE_FULL, MODE_STATE, FixedPolicy, NoLiveCell, Policy
 from prism.profiles import MirroringProfile
 from prism.ring import HashRing
 
@@ -66,3 +66,16 @@ def test_a_negative_replication_factor_is_refused():
 def test_fixed_policy_is_a_policy():
     policy: Policy = FixedPolicy(HashRing(CELLS), 1)
     assert "replication_factor=1" in repr(policy)
+
+
+def test_fixed_policy_answers_the_aging_interface():
+    """Mode as configured, no milestones, never a re-decision; flow ends are accepted and ignored."""
+    policy = FixedPolicy(HashRing(CELLS), 1)
+    info = _packet(1234)
+    profile = policy.profile_for(info, CELLS, now=0.0)
+    assert policy.mode_for(info.flow_id) == MODE_FULL and policy.milestones_s == ()
+    assert policy.redecide(info.flow_id, profile, 1.0, 10, 1000, CELLS, 1.0) is None
+    policy.flow_ended(object(), 2.0)
+    assert FixedPolicy(HashRing(CELLS), 1, MODE_STATE).mode_for(info.flow_id) == MODE_STATE
+    with pytest.raises(ValueError, match="mode"):
+        FixedPolicy(HashRing(CELLS), 1, "partial")

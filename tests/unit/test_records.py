@@ -124,3 +124,52 @@ def test_digest_follows_content_not_encoding(tmp_path):
     assert records_digest(frame) == records_digest(reread)
     assert records_digest(frame) != records_digest(records_to_frame([record(), record(first_ip_len=0)]))
     assert records_digest(frame) != records_digest(records_to_frame([record(), record(flow_id=2**63 + 6)]))
+
+
+def counts(packets=10, nbytes=4000, state=4):
+    """Milestone counts of a flow that has all its packets by the first milestone."""
+    return tuple((packets, nbytes, state) for _ in records.MILESTONES_S)
+
+
+def test_milestone_columns_are_named_by_kind_and_milliseconds():
+    assert records.milestone_column("packets", 0.25) == "packets_at_250ms"
+    assert records.milestone_column("state_packets", 64.0) == "state_packets_at_64000ms"
+    assert len(records.MILESTONE_COLUMNS) == 3 * len(records.MILESTONES_S)
+    with pytest.raises(ValueError):
+        records.milestone_column("packets", 3.0)
+    with pytest.raises(ValueError):
+        records.milestone_column("flows", 0.25)
+
+
+def test_state_and_milestone_counts_round_trip(tmp_path):
+    rows = [record(state_packets=4, milestones=counts()), record()]
+    frame = read_records(write_records(rows, tmp_path / "f.parquet"))
+    assert frame["state_packets"].dtype == "Int64"
+    assert frame["state_packets"].tolist()[0] == 4 and frame["state_packets"].isna().tolist() == [False, True]
+    assert frame.loc[0, records.milestone_column("bytes", 8.0)] == 4000
+    assert frame[list(records.MILESTONE_COLUMNS)].iloc[1].isna().all()
+
+
+def test_impossible_milestone_counts_are_refused():
+    falling = counts()[:3] + ((3, 100, 1),) + counts()[4:]
+    with pytest.raises(RecordsError, match="packets_at_2000ms' is negative, below an earlier"):
+        records_to_frame([record(state_packets=4, milestones=falling)])
+    with pytest.raises(RecordsError, match="bytes_at_250ms' .* above the flow's total"):
+        records_to_frame([record(state_packets=4, milestones=counts(nbytes=5000))])
+    with pytest.raises(RecordsError, match="'state_packets' is negative or above packets"):
+        records_to_frame([record(state_packets=11)])
+    with pytest.raises(RecordsError, match="9 milestone counts|expected 9"):
+        records_to_frame([record(milestones=counts()[:2])])
+
+
+def test_version_1_file_is_read_with_the_new_columns_null(tmp_path):
+    v1_names = [name for name in COLUMN_NAMES if name not in records.V2_COLUMNS]
+    frame = records_to_frame([record(state_packets=4, milestones=counts())])[v1_names]
+    table = pa.Table.from_pandas(frame, preserve_index=False)
+    table = table.replace_schema_metadata({b"prism.schema_version": b"1"})
+    path = tmp_path / "v1.parquet"
+    pq.write_table(table, path)
+    reread = read_records(path)
+    assert list(reread.columns) == list(COLUMN_NAMES)
+    assert reread[list(records.V2_COLUMNS)].isna().all().all()
+    assert reread.loc[0, "packets"] == 10

@@ -61,7 +61,8 @@ def test_removing_a_cell_moves_only_its_flows(ids):
         else:
             assert primary == before[f][0]
     print(f"\nremove 1 of 8: moved {moved / FLOWS:.4f} of flows (expected {1 / 8:.4f})")
-    assert moved == sum(1 for f in ids if before[f][0] == "c3")
+    # c3 held about one flow in eight (binomial: sd 0.001 over 100,000 flows).
+    assert abs(moved / FLOWS - 1 / len(CELLS)) < 0.01
 
 
 def test_adding_a_cell_moves_about_one_in_n_plus_one_only_to_it(ids):

@@ -15,7 +15,8 @@ from prism.flows import PROTO_TCP
 from prism.policy import FixedPolicy
 from prism.ring import HashRing
 from prism.sim_distributions import load_distributions
-from prism.sim_flows import REPLICATION_BYTES_PER_FLOW, SEED_BYTES_PER_FLOW, Flows, SimulationError, live_ranks
+from prism.evaluation import REPLICATION_BYTES_PER_FLOW, SEED_BYTES_PER_FLOW, FlowCurves
+from prism.sim_flows import Flows, SimulationError, live_ranks
 from prism.sim_policies import (
     FIXED_RF1,
     FIXED_RF2,
@@ -26,8 +27,8 @@ from prism.sim_policies import (
     PREDICTIVE_RANKED,
     PREDICTIVE_THRESHOLD,
     RANDOM_BUDGET,
-    budget_factors,
-    model_factors,
+    budget_decisions,
+    model_decisions,
 )
 from prism.sim_population import ARRIVALS_HOUR, generate_population
 from prism.sim_run import cell_ids, run_policies
@@ -64,7 +65,7 @@ def test_hand_worked_failure_without_mirrors_loses_the_flow_on_the_failed_cell(t
     none = two_flows[NONE]
     assert none.failures == 1
     assert none.at_risk_flows == 1  # A; B's primary is c01
-    assert none.at_risk_packets == pytest.approx(5.0)  # A's 10 packets over 10 s, 5 s left
+    assert none.at_risk_packets == pytest.approx(4.5)  # A's first packet at 0, 9 more over 10 s, 5 s left
     assert none.lost_flows == 1
     assert none.flows_protected == 0.0 and none.packets_protected == 0.0
     assert none.replication_bytes == 0.0 and none.packets_mirrored == 0.0
@@ -203,8 +204,9 @@ def test_state_balance_is_reported_per_cell(population):
 
 def test_budget_policies_spend_at_most_the_budget():
     packets = np.array([1000, 5, 5, 5, 5, 80])
-    chosen = budget_factors(np.array([6, 5, 4, 3, 2, 1]), packets, budget=0.05)  # 55 packets
-    assert chosen.tolist() == [0, 1, 1, 1, 1, 0]  # the elephant does not fit, the small ones do
+    curves = FlowCurves.from_frame(frame_of([(i + 1, 0.0, 1.0, p, p * 100) for i, p in enumerate(packets)]))
+    chosen = budget_decisions(curves, np.array([6, 5, 4, 3, 2, 1]), budget=0.05)  # 55 packets
+    assert chosen.replication_factor.tolist() == [0, 1, 1, 1, 1, 0]  # the elephant does not fit, the small ones do
 
 
 def test_bad_input_is_refused_with_the_reason():
@@ -220,7 +222,7 @@ def test_bad_input_is_refused_with_the_reason():
 def predictor():
     from models.predictor import Predictor
 
-    return Predictor.load(Path(__file__).resolve().parents[2] / "models" / "default")
+    return Predictor.load(Path(__file__).resolve().parents[2] / "models" / "first_packet")  # first-packet SPE
 
 
 @pytest.fixture(scope="module")
@@ -237,7 +239,8 @@ def test_predictive_decisions_are_the_controllers(predictor, spread):
 
     frame = spread
     budget = 0.25
-    got = model_factors([PREDICTIVE], frame, predictor, budget)[PREDICTIVE]
+    got = model_decisions([PREDICTIVE], frame, FlowCurves.from_frame(frame), predictor, budget)[PREDICTIVE]
+    got = got.replication_factor
     engine = PredictionEngine(predictor, BudgetSettings(budget))
     delay = float(predictor.manifest["report_delay_s"])
     pending, expected = [], []

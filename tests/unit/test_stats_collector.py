@@ -13,7 +13,9 @@ import pytest
 pytest.importorskip("ryu")
 
 from ryu.controller.handler import DEAD_DISPATCHER, MAIN_DISPATCHER  # noqa: E402
-from ryu.ofproto import ofproto_protocol, ofproto_v1_3, ofproto_v1_3_parser  # noqa: E402
+from ryu.ofproto import ofproto_v1_3, ofproto_v1_3_parser  # noqa: E402
+
+from tests.support import FakeDatapath  # noqa: E402
 
 from prism.flows import parse_frame  # noqa: E402
 from prism.packets import build_udp_frame  # noqa: E402
@@ -36,19 +38,6 @@ CONFIG = textwrap.dedent("""\
         edge_ports: [4, 5]
     telemetry: {dir: telemetry, rotate_records: 100, rotate_s: 30, poll_interval: 5}
     """)
-
-
-class FakeDatapath(ofproto_protocol.ProtocolDesc):
-    """A datapath that records what is sent to it."""
-
-    def __init__(self, dp_id: int) -> None:
-        super().__init__(OFP.OFP_VERSION)
-        self.id = dp_id
-        self.sent = []
-
-    def send_msg(self, message) -> None:
-        message.serialize()
-        self.sent.append(message)
 
 
 @pytest.fixture
@@ -125,6 +114,7 @@ def test_ended_flows_are_written_as_flow_records_and_flows_without_counters_coun
     app.flow_ended_handler(EventFlowEnded(1, info.flow_id, flow_record(entry, 1, 10), NOW + 10.2))
     app.flow_ended_handler(EventFlowEnded(1, 99, None, NOW + 11))
     assert app.counts["flows_recorded"] == 1 and app.counts["flows_without_counters"] == 1
+    assert app.writer_thread.wait_idle()
     assert part_files(tmp_path / "telemetry", TABLE_FLOWS) == [], "the open part lives in memory"
     app.flush(NOW + 12)
     frame = read_flows(tmp_path / "telemetry")
@@ -135,10 +125,12 @@ def test_ended_flows_are_written_as_flow_records_and_flows_without_counters_coun
 def test_the_timer_rotates_old_parts(app, tmp_path):
     datapath = connect(app)
     app.port_stats_handler(reply(datapath, [PARSER.OFPPortStats(*([1] + [0] * 12 + [1, 0]))]))
-    received = time.time()
+    received = app.clock.now()
     app.tick(received + 1)
+    assert app.writer_thread.wait_idle()
     assert part_files(tmp_path / "telemetry", "port_stats") == []
     app.tick(received + 31)
+    assert app.writer_thread.wait_idle()
     assert len(part_files(tmp_path / "telemetry", "port_stats")) == 1
 
 
@@ -157,3 +149,47 @@ def test_without_a_telemetry_section_nothing_is_recorded(tmp_path, monkeypatch):
     app.flow_ended_handler(EventFlowEnded(1, 1, None, NOW))
     app.flush(NOW)
     assert not (tmp_path / "telemetry").exists()
+
+
+class SlowWriter:
+    """A writer whose writes hang until released (a slow disk's fsync), recording the thread that writes."""
+
+    def __init__(self):
+        import threading
+
+        self.release = threading.Event()
+        self.threads = set()
+        self.rows = []
+
+    def add(self, table, rows, now):
+        import threading
+
+        self.threads.add(threading.get_ident())
+        self.release.wait(10)
+        self.rows += rows
+
+    def tick(self, now):
+        pass
+
+    def flush_all(self, now):
+        self.rows.append("flushed")
+
+
+def test_a_slow_write_never_blocks_the_caller_and_a_full_queue_drops_rows():
+    import threading
+
+    from ryu_apps.telemetry_thread import TelemetryThread
+
+    writer = SlowWriter()
+    thread = TelemetryThread(writer, max_rows=10)
+    started = time.monotonic()
+    assert thread.add("port_stats", [1, 2, 3], NOW)  # taken by the thread, which hangs in its write
+    for _ in range(50):
+        thread.add("port_stats", [4, 5, 6], NOW)
+    assert time.monotonic() - started < 0.5  # the caller (the event loop) never waited
+    assert thread.rows_dropped > 0 and thread.queued_rows <= 10
+    writer.release.set()
+    assert thread.close(NOW + 1)
+    assert writer.rows[-1] == "flushed" and writer.rows[:3] == [1, 2, 3]
+    assert writer.threads and threading.get_ident() not in writer.threads
+    assert not thread.add("port_stats", [7], NOW)  # closed: refused and counted

@@ -22,7 +22,16 @@ from prism.capture import (
 )
 from prism.flowmeter import FlowMeter
 from prism.flows import TCP_ACK, TCP_SYN, FlowKey, parse_ip
-from prism.records import END_CAPTURE, END_FIN, END_IDLE, read_records
+from prism.records import (
+    END_CAPTURE,
+    END_FIN,
+    END_IDLE,
+    MILESTONE_KINDS,
+    MILESTONES_S,
+    milestone_column,
+    read_records,
+    records_to_frame,
+)
 from prism.trace import decode, trace_file
 
 from tests.unit.trace_helpers import (
@@ -196,6 +205,37 @@ def test_port_reuse_after_close_starts_a_new_flow():
     records = meter_records(conv + again + [(100.0, udp_ip(*V4, 1, 2))])
     tcp = [r for r in records if r.proto == 6]
     assert len(tcp) == 2 and all(not r.truncated for r in tcp)
+
+
+# --- state packets and age milestones ----------------------------------------------
+def counts_at(record, kind):
+    index = MILESTONE_KINDS.index(kind)
+    return {m: counts[index] for m, counts in zip(MILESTONES_S, record.milestones)}
+
+
+def test_tcp_state_packets_and_milestones_count_from_the_packets():
+    (record,) = meter_records(tcp_conversation(*V4, 40000, 443, start=0.0, data_packets=4)
+                              + [(100.0, udp_ip(*V4, 1, 2))])[:1]  # fmt: skip
+    assert record.packets == 10 and record.state_packets == 4  # SYN, SYN/ACK, FIN, FIN
+    packets = counts_at(record, "packets")
+    assert [packets[m] for m in (0.25, 0.5, 1.0, 2.0, 4.0, 64.0)] == [3, 3, 4, 6, 10, 10]
+    state = counts_at(record, "state_packets")
+    assert [state[m] for m in (0.25, 2.0, 4.0, 64.0)] == [2, 2, 4, 4]
+    assert counts_at(record, "bytes")[64.0] == record.bytes
+
+
+def test_milestone_counts_packets_at_or_before_it_and_non_tcp_has_one_state_packet():
+    packet = udp_ip(*V4, 5000, 5001, b"p" * 72)
+    early = udp_ip(*V4, 5000, 5001, b"e")  # captured out of order, before the first packet
+    records = meter_records([(10.0, packet), (10.25, packet), (10.3, packet), (9.9, early), (15.0, packet)])
+    (record,) = records
+    packets = counts_at(record, "packets")
+    assert [packets[m] for m in (0.25, 0.5, 4.0, 8.0)] == [3, 4, 4, 5]
+    assert counts_at(record, "bytes")[0.25] == 2 * len(packet) + len(early)
+    assert record.state_packets == 1 and set(counts_at(record, "state_packets").values()) == {1}
+    frame = records_to_frame(records)
+    assert frame.loc[0, milestone_column("packets", 0.25)] == 3
+    assert frame.loc[0, milestone_column("state_packets", 64.0)] == 1
 
 
 # --- the command --------------------------------------------------------------------

@@ -1,0 +1,246 @@
+"""Replay flow records through a policy object, as the controller would drive it: ``replay_decisions``.
+
+The evaluation's ``controller`` row must be what the controller does, so the
+policy object here is the one the director holds (``prism.policy_aging.AgingPolicy``,
+``FixedPolicy``, ...), called through the same methods, with the events the
+director would see, in time order over all flows (the policy's budget is shared,
+so the order matters):
+
+- **birth** at ``ts_start``: ``profile_for(first packet, live cells, now)``;
+- **milestone** at ``ts_start + M`` for each of the policy's ``milestones_s``
+  while the director still holds the flow, i.e. before its FSC entries idle
+  out one ``idle_timeout_s`` after its last packet: ``redecide(flow_id,
+  current profile, M, packets, bytes, live cells, now)``, the counters being
+  the record's milestone columns (a flow shorter than M has its totals there,
+  as the primary cell reports a flow it still tracks). A flow that sent its
+  last packet before M is thus still asked about, as the cells report it;
+- **end** at ``ts_start + duration + idle_timeout_s``: ``flow_ended(entry, now)``
+  with the counters the switch's flow-removed reports give (``EndedFlow``: all
+  packets but the first, which went out by packet-out; the duration including
+  the idle timeout).
+
+Records without milestone counts (Argus binetflow: the columns are null) get
+counters interpolated at a uniform rate over the flow's duration
+(``DecisionTimeline.interpolated`` counts them): an approximation that says
+nothing about how bursty a flow is.
+
+Events at the same instant run in the order end, birth, milestone.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import List, Optional, Sequence, Tuple
+
+import numpy as np
+import pandas as pd
+
+from prism.flows import ip_to_bytes
+from prism.policy import MODE_STATE
+from prism.profiles import MirroringProfile
+from prism.records import milestone_column
+
+#: The FSC entries' idle timeout the replay assumes by default (configuration ``idle_timeout``).
+DEFAULT_IDLE_TIMEOUT_S = 10.0
+DEFAULT_CELLS = ("cell1", "cell2", "cell3")
+MODE_CODE_FULL = 0
+MODE_CODE_STATE = 1
+_END, _BIRTH, _MILESTONE = 0, 1, 2
+
+
+#: Ethernet header bytes added to an IP length for a frame length.
+ETHERNET_HEADER_BYTES = 14
+
+
+@dataclass(frozen=True)
+class RecordPacket:
+    """A flow's first packet as much as a record tells (what policies read of a ``PacketInfo``).
+
+    ``ip_len`` and ``tcp_flags`` are 0 when the record does not know them (Argus).
+    """
+
+    flow_id: int
+    ip_version: int
+    proto: int
+    src: bytes
+    dst: bytes
+    sport: int
+    dport: int
+    ip_len: int
+    tcp_flags: int
+
+    @property
+    def key(self) -> str:
+        return f"{self.proto}:{self.sport}-{self.dport}#{self.flow_id:x}"
+
+    @property
+    def frame_len(self) -> int:
+        return self.ip_len + ETHERNET_HEADER_BYTES if self.ip_len else 0
+
+
+@dataclass(frozen=True)
+class EndedFlow:
+    """What ``flow_ended`` reads of a ``prism.profiles.FlowEntry`` after its last flow-removed report.
+
+    As the switch reports them: the FSC entries never counted the first packet (it went out
+    by packet-out), and their duration runs to the idle timeout after the last packet.
+    """
+
+    flow_id: int
+    packets: int
+    bytes: int
+    duration_s: float
+    profile: MirroringProfile
+    first_packet: RecordPacket
+    created_at: float
+
+
+@dataclass(frozen=True)
+class DecisionTimeline:
+    """Every decision a policy made over a frame of flow records (contract section 3).
+
+    Arrays of equal length, sorted by flow then age; a flow's first row is at age 0
+    (its birth), then one row per re-decision that changed its replication factor or
+    mode, which holds from that age on.
+
+    Attributes:
+        flow: Row index of the flow in the frame (0-based position).
+        age_s: Age of the decision (s).
+        replication_factor: Mirrors from then on.
+        mode: ``MODE_CODE_FULL`` (0) or ``MODE_CODE_STATE`` (1).
+        redecisions: ``redecide`` calls made.
+        interpolated: Flows whose milestone counters were interpolated (no counts in the record).
+    """
+
+    flow: np.ndarray
+    age_s: np.ndarray
+    replication_factor: np.ndarray
+    mode: np.ndarray
+    redecisions: int = 0
+    interpolated: int = 0
+
+    def final_replication_factor(self, flows: int) -> np.ndarray:
+        """Each flow's last replication factor (``flows`` = rows of the frame)."""
+        last = np.zeros(flows, dtype=np.int64)
+        last[self.flow] = self.replication_factor  # later rows of a flow overwrite earlier ones
+        return last
+
+
+def _counters(frame: pd.DataFrame, milestones: Sequence[float]) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Packets and bytes per flow and milestone (flows x milestones), and which flows were interpolated."""
+    duration = frame["duration_s"].to_numpy(dtype=float)
+    packets = frame["packets"].to_numpy(dtype=float)
+    bytes_ = frame["bytes"].to_numpy(dtype=float)
+    n, k = len(frame), len(milestones)
+    at_packets, at_bytes = np.empty((n, k)), np.empty((n, k))
+    missing = np.zeros(n, dtype=bool)
+    for j, m in enumerate(milestones):
+        column_p, column_b = milestone_column("packets", m), milestone_column("bytes", m)
+        if column_p in frame and column_b in frame:
+            p = frame[column_p].to_numpy(dtype=float, na_value=np.nan)
+            b = frame[column_b].to_numpy(dtype=float, na_value=np.nan)
+        else:
+            p = b = np.full(n, np.nan)
+        gone = np.isnan(p) | np.isnan(b)
+        missing |= gone
+        share = np.where(duration > 0, np.minimum(m / np.maximum(duration, 1e-12), 1.0), 1.0)
+        at_packets[:, j] = np.where(gone, np.maximum(np.round(1 + (packets - 1) * share), 1), p)
+        at_bytes[:, j] = np.where(gone, np.round(bytes_ * np.maximum(share, 1.0 / np.maximum(packets, 1))), b)
+    return at_packets, at_bytes, missing
+
+
+def replay_decisions(frame: pd.DataFrame, policy, idle_timeout_s: float = DEFAULT_IDLE_TIMEOUT_S,
+                     cells: Sequence[str] = DEFAULT_CELLS) -> DecisionTimeline:  # fmt: skip
+    """Drive ``policy`` with the events a controller would see for ``frame``'s flows (module docstring).
+
+    Args:
+        frame: Flow records (``prism.records`` schema, v1 or v2).
+        policy: A ``prism.policy.Policy`` (over a ring of ``cells``), used as the director uses it.
+        idle_timeout_s: The FSC entries' idle timeout: how long after its last packet a flow ends.
+        cells: The live cells (all of them, all along).
+
+    Returns:
+        The decisions, flow by flow.
+    """
+    n = len(frame)
+    milestones = tuple(float(m) for m in getattr(policy, "milestones_s", ()))
+    start = frame["ts_start"].to_numpy(dtype=float)
+    duration = np.maximum(frame["duration_s"].to_numpy(dtype=float), 0.0)
+    end = start + duration + idle_timeout_s
+    at_packets, at_bytes, missing = _counters(frame, milestones)
+    flow_ids = frame["flow_id"].to_numpy(dtype=np.uint64)
+    protos = frame["proto"].to_numpy(dtype=np.int64)
+    versions = frame["ip_version"].to_numpy(dtype=np.int64)
+    sources, destinations = frame["src_addr"].to_numpy(dtype=object), frame["dst_addr"].to_numpy(dtype=object)
+    first_len = frame["first_ip_len"].to_numpy(dtype=float, na_value=np.nan)
+    first_flags = frame["first_tcp_flags"].to_numpy(dtype=float, na_value=np.nan)
+    sports = frame["sport"].to_numpy(dtype=np.int64)
+    dports = frame["dport"].to_numpy(dtype=np.int64)
+    packets_total = frame["packets"].to_numpy(dtype=np.int64)
+    bytes_total = frame["bytes"].to_numpy(dtype=np.int64)
+
+    # Events: (time, order, flow, milestone index); a milestone only while the flow is held.
+    times: List[np.ndarray] = [end, start]
+    kinds: List[np.ndarray] = [np.full(n, _END), np.full(n, _BIRTH)]
+    flows: List[np.ndarray] = [np.arange(n), np.arange(n)]
+    which: List[np.ndarray] = [np.full(n, -1), np.full(n, -1)]
+    for j, m in enumerate(milestones):
+        held = np.flatnonzero(m < duration + idle_timeout_s)
+        times.append(start[held] + m)
+        kinds.append(np.full(len(held), _MILESTONE))
+        flows.append(held)
+        which.append(np.full(len(held), j))
+    time_all, kind_all = np.concatenate(times), np.concatenate(kinds)
+    flow_all, which_all = np.concatenate(flows), np.concatenate(which)
+    order = np.lexsort((flow_all, kind_all, time_all))
+
+    live = frozenset(cells)
+    profiles: List[Optional[MirroringProfile]] = [None] * n
+    packets_of: List[Optional[RecordPacket]] = [None] * n
+    rows_flow: List[int] = []
+    rows_age: List[float] = []
+    rows_rf: List[int] = []
+    rows_mode: List[int] = []
+    redecisions = 0
+    for index in order.tolist():
+        i, kind, now = int(flow_all[index]), int(kind_all[index]), float(time_all[index])
+        flow_id = int(flow_ids[i])
+        if kind == _BIRTH:
+            packet = packets_of[i] = RecordPacket(
+                flow_id, int(versions[i]), int(protos[i]), ip_to_bytes(str(sources[i])),
+                ip_to_bytes(str(destinations[i])), int(sports[i]), int(dports[i]),
+                0 if np.isnan(first_len[i]) else int(first_len[i]),
+                0 if np.isnan(first_flags[i]) else int(first_flags[i]),
+            )  # fmt: skip
+            profile = policy.profile_for(packet, live, now)
+            profiles[i] = profile
+            rows_flow.append(i)
+            rows_age.append(0.0)
+            rows_rf.append(profile.replication_factor)
+            rows_mode.append(MODE_CODE_STATE if policy.mode_for(flow_id) == MODE_STATE else MODE_CODE_FULL)
+        elif kind == _MILESTONE:
+            j = int(which_all[index])
+            redecisions += 1
+            decision = policy.redecide(flow_id, profiles[i], milestones[j], int(at_packets[i, j]),
+                                       int(at_bytes[i, j]), live, now)  # fmt: skip
+            if decision is None:
+                continue
+            profile, mode = decision
+            if profile.primary_cell != profiles[i].primary_cell:
+                raise ValueError(f"the policy moved flow {flow_id:#x}'s primary at a re-decision")
+            profiles[i] = profile
+            rows_flow.append(i)
+            rows_age.append(milestones[j])
+            rows_rf.append(profile.replication_factor)
+            rows_mode.append(MODE_CODE_STATE if mode == MODE_STATE else MODE_CODE_FULL)
+        else:
+            first = packets_of[i]
+            first_bytes = min(first.ip_len or int(bytes_total[i] / max(packets_total[i], 1)), int(bytes_total[i]))
+            policy.flow_ended(EndedFlow(flow_id, max(int(packets_total[i]) - 1, 0), int(bytes_total[i]) - first_bytes,
+                                        float(duration[i]) + idle_timeout_s, profiles[i], first,
+                                        float(start[i])), now)  # fmt: skip
+    flow_arr = np.asarray(rows_flow, dtype=np.int64)
+    age_arr = np.asarray(rows_age, dtype=float)
+    sort = np.lexsort((age_arr, flow_arr))
+    return DecisionTimeline(flow_arr[sort], age_arr[sort], np.asarray(rows_rf, dtype=np.int64)[sort],
+                            np.asarray(rows_mode, dtype=np.int8)[sort], redecisions, int(missing.sum()))  # fmt: skip

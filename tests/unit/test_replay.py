@@ -1,0 +1,131 @@
+"""replay_decisions: the director's calls, in time order, on the policy object itself; aging rows."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from models.aging import aging_rows
+from models.replay import MODE_CODE_FULL, MODE_CODE_STATE, replay_decisions
+from prism.aging_features import AGING_FEATURE_NAMES, aging_row, port_class, proto_class
+from prism.policy import FixedPolicy
+from prism.policy_aging import AgingPolicy, AgingSettings
+from prism.records import MILESTONES_S, FlowRecord, records_to_frame
+from prism.ring import HashRing
+
+CELLS = ("cell1", "cell2", "cell3")
+IDLE = 10.0
+
+
+def _record(flow_id: int, start: float, duration: float, packets: int, counts=None, **changes) -> FlowRecord:
+    """A flow whose packets and bytes (100 B each) at each milestone are ``counts(m)`` (default: uniform)."""
+    if counts is None:
+        def counts(m):
+            return 1 + int((packets - 1) * min(m / duration, 1.0)) if duration > 0 else packets
+    milestones = tuple((counts(m), 100 * counts(m), 1) for m in MILESTONES_S)
+    base = dict(flow_id=flow_id, ts_start=start, ip_version=4, proto=17, src_addr="192.0.2.1",
+                dst_addr="198.51.100.2", sport=40000 + flow_id, dport=5000, first_ip_len=100, first_tcp_flags=None,
+                source="pcap", duration_s=duration, packets=packets, bytes=100 * packets, truncated=False,
+                end_reason="idle", group="a.pcap", state_packets=1, milestones=milestones)  # fmt: skip
+    base.update(changes)
+    return FlowRecord(**base)
+
+
+class Recorder:
+    """Wraps a policy and records the calls the replay makes, in order."""
+
+    def __init__(self, policy):
+        self.policy, self.calls = policy, []
+        self.milestones_s = policy.milestones_s
+
+    def profile_for(self, packet, live, now):
+        self.calls.append(("birth", packet.flow_id, now))
+        return self.policy.profile_for(packet, live, now)
+
+    def mode_for(self, flow_id):
+        return self.policy.mode_for(flow_id)
+
+    def redecide(self, flow_id, current, age_s, packets, bytes_, live, now):
+        self.calls.append(("milestone", flow_id, now, age_s, packets))
+        return self.policy.redecide(flow_id, current, age_s, packets, bytes_, live, now)
+
+    def flow_ended(self, entry, now):
+        self.calls.append(("end", entry.flow_id, now, entry.packets))
+        self.policy.flow_ended(entry, now)
+
+
+def test_events_come_in_time_order_with_the_records_counters():
+    frame = records_to_frame([_record(1, 100.0, 3.0, 31), _record(2, 101.0, 0.1, 2)])
+    recorder = Recorder(AgingPolicy(HashRing(CELLS), 1, AgingSettings(milestones_s=(0.25, 4.0, 16.0))))
+    timeline = replay_decisions(frame, recorder, idle_timeout_s=IDLE)
+    times = [call[2] for call in recorder.calls]
+    assert times == sorted(times)
+    assert ("milestone", 1, 100.25, 0.25, 3) in recorder.calls  # 1 + 30 * 0.25 / 3
+    assert ("milestone", 1, 104.0, 4.0, 31) in recorder.calls  # after its last packet, still held
+    assert not any(c[0] == "milestone" and c[1] == 1 and c[3] == 16.0 for c in recorder.calls)  # idled out
+    assert ("end", 2, 101.0 + 0.1 + IDLE, 1) in recorder.calls  # the switch never counts the first packet
+    assert timeline.redecisions == sum(c[0] == "milestone" for c in recorder.calls) and timeline.interpolated == 0
+    # flow 0 promoted at 0.25 s in state mode, flow 1 (two packets by then) too
+    assert timeline.flow.tolist() == [0, 0, 1, 1]
+    assert timeline.age_s.tolist() == [0.0, 0.25, 0.0, 0.25]
+    assert timeline.replication_factor.tolist() == [0, 1, 0, 1]
+    assert timeline.mode.tolist() == [MODE_CODE_STATE] * 4
+    assert timeline.final_replication_factor(2).tolist() == [1, 1]
+
+
+def test_the_first_packet_policy_replays_too():
+    """The first-packet policy reads the whole first packet and the flow-removed outcome."""
+    from models.predictor import Predictor
+    from prism.budget import BudgetSettings
+    from prism.policy_predictive import PredictionEngine, PredictivePolicy
+
+    predictor = Predictor.load("models/first_packet")
+    policy = PredictivePolicy(HashRing(CELLS), PredictionEngine(predictor, BudgetSettings(0.5)), 1, IDLE)
+    frame = records_to_frame([_record(i, 100.0 + i, 3.0, 20, proto=6, first_tcp_flags=2) for i in range(30)])
+    timeline = replay_decisions(frame, policy, idle_timeout_s=IDLE)
+    assert timeline.flow.tolist() == list(range(30)) and policy.engine.flows_scored == 30
+    assert len(policy.engine.history) > 0 and policy.engine.outcomes_unknown == 0
+
+
+def test_a_fixed_policy_gives_one_row_per_flow():
+    frame = records_to_frame([_record(i, 100.0 + i, 1.0, 5) for i in range(4)])
+    timeline = replay_decisions(frame, FixedPolicy(HashRing(CELLS), 2))
+    assert timeline.flow.tolist() == [0, 1, 2, 3] and set(timeline.replication_factor) == {2}
+    assert set(timeline.mode) == {MODE_CODE_FULL} and timeline.redecisions == 0
+
+
+def test_records_without_milestone_counts_are_interpolated():
+    frame = records_to_frame([_record(1, 0.0, 10.0, 101, milestones=None)])
+    recorder = Recorder(AgingPolicy(HashRing(CELLS), 1, AgingSettings(milestones_s=(1.0,))))
+    timeline = replay_decisions(frame, recorder)
+    assert ("milestone", 1, 1.0, 1.0, 11) in recorder.calls and timeline.interpolated == 1
+
+
+def test_a_policy_that_moves_the_primary_is_refused():
+    class Mover(FixedPolicy):
+        milestones_s = (0.25,)
+
+        def redecide(self, flow_id, current, *args):
+            others = [c for c in CELLS if c != current.primary_cell]
+            return type(current)(others[0]), "full"
+
+    frame = records_to_frame([_record(1, 0.0, 1.0, 5)])
+    with pytest.raises(ValueError, match="primary"):
+        replay_decisions(frame, Mover(HashRing(CELLS), 0))
+
+
+def test_aging_rows_are_the_policys_rows_with_labels():
+    quiet_then_busy = {0.25: 1, 0.5: 1, 1.0: 4, 2.0: 4, 4.0: 8, 8.0: 8, 16.0: 8, 32.0: 8, 64.0: 8}
+    frame = records_to_frame([_record(1, 0.0, 5.0, 8, counts=quiet_then_busy.get, proto=6, dport=443),
+                              _record(2, 0.0, 3.0, 9, end_reason="capture_end", truncated=True)])  # fmt: skip
+    rows = aging_rows(frame, milestones_s=(0.25, 1.0, 4.0), horizon_s=2.0, idle_timeout_s=IDLE)
+    assert rows.X.shape[1] == len(AGING_FEATURE_NAMES)
+    # flow 0: quiet at 0.25 (left out), busy at 1 and 4; flow 1 (uniform): one packet at 0.25, then 3, 9
+    assert rows.flow.tolist() == [0, 0, 1, 1] and rows.milestone.tolist() == [1.0, 4.0, 1.0, 4.0]
+    assert rows.X[0].tolist() == aging_row(1.0, 4, 400, 0.25, 1, proto_class(6), port_class(40001, 443))
+    assert rows.alive[:2].tolist() == [1.0, 0.0]  # 5 s >= 1 + 2; 5 s < 4 + 2
+    assert np.isnan(rows.alive[3]) and rows.alive[2] == 1.0  # cut by the capture at 3 s < 4 + 2
+    assert rows.log_remaining_packets[:2].tolist() == [np.log1p(4), 0.0]
+    assert np.isnan(rows.log_remaining_packets[2:]).all()
+    everything = aging_rows(frame, milestones_s=(0.25, 1.0, 4.0), quiet_rows=True)
+    assert len(everything) == len(rows) + 2
