@@ -16,6 +16,8 @@ SWITCH_COUNTERS = (
     ("flows_unprotected", "flows_unprotected",
      "Flows forwarded to their primary cell unmirrored (FSC copy full, or their group refused)."),
     ("flows_refused", "flows_refused", "Flows whose FSC entry the switch refused (e.g. a full flow table)."),
+    ("flows_returned", "flows_returned",
+     "Flows that came back (after an idle-out, a reconnect or a restart) placed on the cells holding their state."),
     ("groups_refused", "groups_refused", "Profile groups the switch refused (e.g. a full group table)."),
     ("packet_ins", "packet_ins", "Packet-ins handled."),
     ("groups_installed", "groups_installed", "Profile groups created."),

@@ -1,4 +1,4 @@
-"""What the controller's management channel needs at start: the deployment's key and the next generation.
+"""What the controller needs at start besides its configuration: the management key, its generation, saved placements.
 
 Both stop ``ryu-manager`` at start with a message saying what to fix
 (``SystemExit``), as a bad configuration does: a controller that cannot
@@ -13,7 +13,9 @@ from pathlib import Path
 from typing import Mapping, Optional
 
 from prism.config_types import DEFAULT_GENERATION_FILE, DEFAULT_MGMT_KEY_ENV, PrismConfig
+from prism.director import MirroringDirector
 from prism.generation import GenerationError, next_generation
+from prism.placement_store import load_placements
 from prism.mgmt_auth import CONTROLLER_SENDER, MgmtAuth, MgmtKeyError, key_bytes, read_key_file
 
 PLACEMENTS_FILE = "placements.json"
@@ -51,6 +53,15 @@ def placements_path(config: PrismConfig) -> str:
     """Where the controller saves flow placements: beside its generation file (``placements.json``)."""
     generation = Path(config.management.generation_file or DEFAULT_GENERATION_FILE)
     return str(generation.with_name(PLACEMENTS_FILE))
+
+
+def restore_placements(directors: Mapping[int, MirroringDirector], path: str, logger) -> None:
+    """Give every director the flow placements a previous controller saved in ``path`` (none: nothing)."""
+    for dp_id, entries in load_placements(path).items():
+        director = directors.get(dp_id)
+        if director is not None:
+            loaded = director.memory.load(entries, director.cell_ports)
+            logger.info("switch %016x: %d flow placements from %s", dp_id, loaded, path)
 
 
 def controller_generation(config: PrismConfig, now: Optional[float] = None) -> int:

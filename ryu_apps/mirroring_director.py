@@ -65,7 +65,7 @@ from prism.director import MirroringDirector
 from prism.flow_end import flow_removed, tell_policy
 from prism.health import HealthSettings
 from prism.openflow import OfChange
-from prism.placement_store import load_placements, save_placements
+from prism.placement_store import save_placements
 from prism.policy import FixedPolicy
 from prism.ring import HashRing
 from prism.switch_refusals import refused_addition
@@ -73,7 +73,7 @@ from prism.telemetry import flow_record
 from ryu_apps.clock import CLOCK
 from ryu_apps.listen import apply_listen_addresses
 from ryu_apps.mgmt_channel import MAX_PENDING, RECEIVE_TIMEOUT_S, MgmtChannel
-from ryu_apps.mgmt_setup import controller_generation, management_auth, placements_path
+from ryu_apps.mgmt_setup import controller_generation, management_auth, placements_path, restore_placements
 from ryu_apps.ofmsg import match_to_dict, to_ofmsg, to_ofmsgs
 from ryu_apps.telemetry_events import EventFlowEnded
 
@@ -204,11 +204,7 @@ class MirroringDirectorApp(app_manager.RyuApp):
         self.generation = controller_generation(self.config) if self.mgmt_auth is not None else 0
         self.placements_file = placements_path(self.config) if self.mgmt_auth is not None else None
         if self.placements_file is not None:
-            for dp_id, entries in load_placements(self.placements_file).items():
-                if dp_id in self.directors:
-                    loaded = self.directors[dp_id].memory.load(entries, self.directors[dp_id].cell_ports)
-                    self.logger.info("switch %s: %d flow placements from %s", _dpid(dp_id), loaded,
-                                     self.placements_file)  # fmt: skip
+            restore_placements(self.directors, self.placements_file, self.logger)
         self.handler_errors: Counter = Counter()
         self.switch_errors: Counter = Counter()
         self.ignored_switches: Counter = Counter()

@@ -456,7 +456,7 @@ class StateMirroringModule:
             raise ValueError("state needs an integer seq and a list of records")
         sender = message["cell"]
         if self.auth is not None:
-            if self.view.has_directory and sender not in self.view.live:
+            if sender not in self.view.live:  # before the first directory nobody is known live
                 self.counters.foreign_messages += 1  # not acknowledged: it retries once it is live
                 return
             kept = [record for record in records if self._may_write(sender, record)]

@@ -175,3 +175,12 @@ def test_decompression_bombs_are_refused_forged_or_not():
     victim.on_datagram(MgmtAuth(KEY, "c1").seal(bomb, bed.now), address_of("c1"), bed.now)
     counts = auth_counts(victim)
     assert (counts["refused_bad_tag"], counts["refused_undecodable"]) == (1, 1)
+
+
+def test_state_from_a_peer_not_known_live_is_refused_unacknowledged():
+    bed = SmmBed(3, auth=True)  # no directory yet: nobody is known live
+    victim = bed.smms["c2"]
+    message = {"type": "state", "cell": "c1", "seq": 9, "records": []}
+    victim.on_datagram(MgmtAuth(KEY, "c1").seal(mgmt.encode(message), bed.now), address_of("c1"), bed.now)
+    counters = victim.replication_counters()
+    assert counters["foreign_messages"] == 1 and counters["acks_sent"] == 0
