@@ -38,6 +38,7 @@ from models.predictor import Predictor  # noqa: E402
 from prism.budget import BudgetSettings  # noqa: E402
 from prism.policy_predictive import PredictionEngine  # noqa: E402
 from prism.records import read_records  # noqa: E402
+from prism.training_groups import trained_groups
 
 GAP_BETWEEN_CAPTURES_S = 1.0
 
@@ -99,7 +100,7 @@ def main() -> int:
     predictor = Predictor.load(args.model)
     frame = read_records(args.flows)
     if not args.include_training_groups:
-        trained_on = set(predictor.manifest.get("training_data", {}).get("train_groups", []))
+        trained_on = trained_groups(predictor.manifest, frame)
         frame = frame[~frame["group"].isin(trained_on)]
     frame = one_timeline(frame)
     print(f"{len(frame)} flows, {frame['group'].nunique()} captures on one timeline of "

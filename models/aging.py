@@ -216,6 +216,7 @@ class AgingTrainResult:
         from prism.records import records_digest
 
         from models.artifact import probe_rows_json
+        from prism.training_groups import training_groups_facts
 
         test_flows = np.unique(self.rows.flow[self.test])
         train_groups = sorted(set(self.rows.group[~self.test].tolist()))
@@ -233,7 +234,7 @@ class AgingTrainResult:
                 "train_rows": int((~self.test).sum()),
                 "test_rows": int(self.test.sum()),
                 "test_flows": int(len(test_flows)),
-                "train_groups": train_groups,
+                **training_groups_facts(self.frame, train_groups),
                 "test_groups": sorted(set(self.rows.group[self.test].tolist())),
                 "sources": sorted(set(self.rows.source.tolist())),
                 "interpolated_rows": int(self.rows.interpolated.sum()),

@@ -35,6 +35,7 @@ from prism.evaluation import (
     targets,
 )
 from prism.records import RecordsError, read_records
+from prism.training_groups import trained_groups
 
 from models.artifact import ModelError
 from models.controller_row import CONFIGURED, SHIPPED_CONFIG, controller_replay, describe, load
@@ -81,6 +82,10 @@ def run(args: argparse.Namespace) -> int:
 
             return run_cross_source(args, config, settings, print_report, write_json)
         predictor = _load_model(args.model)
+        if predictor is not None and not _has_baseline(predictor):
+            print(f"prism evaluate: {args.model} is an aging model (it scores live flows, not first packets); "
+                  f"the port-mean baseline row comes from {DEFAULT_MODEL}", file=sys.stderr)  # fmt: skip
+            predictor = _load_model(str(DEFAULT_MODEL))
         frame = read_records(args.flows)
     except (ModelError, RecordsError, ConfigError, OSError, ValueError) as exc:
         print(f"prism evaluate: {exc}", file=sys.stderr)
@@ -88,8 +93,7 @@ def run(args: argparse.Namespace) -> int:
     excluded = 0
     manifest = predictor.manifest if predictor is not None else {}
     if not args.include_training_groups:
-        trained_on = set(manifest.get("training_data", {}).get("train_groups", []))
-        trained_on |= _controller_training_groups(config)
+        trained_on = trained_groups(manifest, frame) | _controller_training_groups(config, frame)
         keep = ~frame["group"].isin(trained_on).to_numpy()
         excluded = int((~keep).sum())
         frame = frame[keep].reset_index(drop=True)
@@ -116,14 +120,14 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _controller_training_groups(config) -> set:
-    """Capture files the controller row's configured model was trained on (empty: no model)."""
+def _controller_training_groups(config, frame) -> set:
+    """Groups of ``frame`` that the controller row's configured model was trained on (empty: no model)."""
     directory = getattr(config.prediction, "model", None) if config.prediction is not None else None
     if not directory:
         return set()
     from models.artifact import read_manifest
 
-    return set(read_manifest(Path(directory)).get("training_data", {}).get("train_groups", []))
+    return trained_groups(read_manifest(Path(directory)), frame)
 
 
 def _load_model(directory: Optional[str]):
@@ -136,6 +140,13 @@ def _load_model(directory: Optional[str]):
         return Predictor.load(DEFAULT_MODEL)
     except ModelError:
         return None
+
+
+def _has_baseline(predictor) -> bool:
+    """Whether a loaded model has the first-packet estimators (an aging model has not)."""
+    from models.estimator import BASELINE_DURATION
+
+    return BASELINE_DURATION in getattr(predictor, "estimators", {})
 
 
 def evaluate(frame, config, predictor, settings: EvalSettings, budgets=None, controller_model=CONFIGURED) -> dict:

@@ -24,6 +24,7 @@ from threadpoolctl import threadpool_limits
 
 from prism.flowmeter import DEFAULT_IDLE_TIMEOUT_S
 from prism.records import END_CAPTURE, records_digest
+from prism.training_groups import training_groups_facts
 
 from models.artifact import probe_rows_json
 from models.estimator import (
@@ -128,7 +129,7 @@ class TrainResult:
                 "flows": int(len(frame)),
                 "train_flows": int((~test).sum()),
                 "test_flows": int(test.sum()),
-                "train_groups": sorted(frame.loc[~test, "group"].unique().tolist()),
+                **training_groups_facts(frame, frame.loc[~test, "group"].unique().tolist()),
                 "test_groups": sorted(frame.loc[test, "group"].unique().tolist()),
             },
             "metrics_heldout": self.metrics,

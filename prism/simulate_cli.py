@@ -16,6 +16,7 @@ import pandas as pd
 
 from prism.atomic import atomic_write_bytes
 from prism.records import RecordsError, read_records
+from prism.training_groups import trained_groups
 from prism.sim_distributions import DEFAULT_AGH_DIR, DistributionError, load_distributions
 from prism.sim_policies import ALL_POLICIES, CONTROLLER, DEFAULT_BUDGET, MODEL_POLICIES, PolicyError
 from prism.sim_population import ARRIVAL_MODES, ARRIVALS_REAL, PopulationError, generate_population
@@ -162,7 +163,7 @@ def _flows(args, predictor, timings) -> tuple:
         source = ", ".join(args.records)
         trained: set = set()
         if predictor is not None and not args.include_training_groups:
-            trained = set(predictor.manifest.get("training_data", {}).get("train_groups", []))
+            trained = trained_groups(predictor.manifest, frame)
             source += " (captures the model was not trained on)"
         frame = replay_frame(frame, trained, pooled=args.timeline == TIMELINE_POOLED)
         if frame.empty:
