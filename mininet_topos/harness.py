@@ -20,7 +20,7 @@ import time
 import urllib.request
 from functools import partial
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import yaml
 from mininet.net import Mininet
@@ -43,7 +43,9 @@ from mininet_topos.prism_topo import (
     switch_of,
 )
 
+from prism.atomic import atomic_write
 from prism.config_bfd import BfdConfig, bfd_interface_options, cell_bfd_arguments
+from prism.mgmt_auth import new_key_text
 
 LOG = logging.getLogger("prism.harness")
 
@@ -61,6 +63,12 @@ OFCTL = ["ovs-ofctl", "-O", "OpenFlow13"]
 #: machine-wide, so a second PRISM network waits for the first to stop.
 NETWORK_LOCK = Path("/run/lock/prism-network.lock")
 NETWORK_LOCK_TIMEOUT_S = 300.0  # below pytest-timeout (600 s): fail with a message, not hang
+#: Packet-ins the switch sends per second at most, and in one burst (Open vSwitch's
+#: controller_rate_limit / controller_burst_limit on the bridge's Controller record;
+#: OVS takes at least 100 and 25). New flows beyond it queue per port in the switch
+#: and are dropped when the queue is full: a flood of new flows cannot swamp the controller.
+PACKET_IN_RATE_LIMIT = 1000
+PACKET_IN_BURST_LIMIT = 200
 #: Host interface offloads turned off (ethtool -K names), one at a time.
 OFFLOADS_OFF = ("tx", "rx", "tso", "gso", "gro")
 #: Seconds the cells get to be usable at the controller (BFD up, heartbeats heard) after they start.
@@ -193,6 +201,7 @@ class PrismNetwork:
                  config_overrides: Optional[dict] = None, management: bool = True,
                  extra_apps: Sequence[Path] = (), apps: Optional[Sequence[Path]] = None,
                  controllers: int = 1, lease_s: Optional[float] = None, switches: int = 1,
+                 packet_in_limit: Tuple[int, int] = (PACKET_IN_RATE_LIMIT, PACKET_IN_BURST_LIMIT),
                  bfd: Optional[dict] = None):
         self.workdir = Path(workdir)
         self.workdir.mkdir(parents=True, exist_ok=True)
@@ -201,6 +210,11 @@ class PrismNetwork:
         self.management = management
         self.config = prism_config(clients, servers, cells, idle_timeout, replication_factor,
                                    management=management, switches=switches)
+        #: The management key of this network alone, made at start in the workdir (never committed).
+        self.key_path = self.workdir / "mgmt.key"
+        if management:
+            self.config["management"].update({"key_file": str(self.key_path),
+                                              "generation_file": str(self.workdir / "controller-generation")})
         self.config.update(config_overrides or {})
         if bfd is not None:
             self.config["bfd"] = dict(bfd)
@@ -208,6 +222,7 @@ class PrismNetwork:
         self.config_path = self.workdir / "prism.yaml"
         self.start_cells = start_cells
         self.cell_args = list(cell_args)
+        self.packet_in_limit = packet_in_limit
         base_apps = CONTROLLER_APPS if apps is None else tuple(apps)
         self.controllers = [ControllerProcess(self.workdir, self.config_path, (*base_apps, *extra_apps),
                                               extra_env=extra_env)]
@@ -257,6 +272,8 @@ class PrismNetwork:
     def start(self) -> None:
         """Write the config, start the controller, the network and the cells."""
         self._acquire_lock()
+        if self.management and not self.key_path.exists():
+            atomic_write(self.key_path, lambda handle: handle.write(new_key_text().encode()), 0o600)
         self.config_path.write_text(yaml.safe_dump(self.config, sort_keys=False))
         if self.management:
             self._create_mgmt_bridge()
@@ -272,6 +289,7 @@ class PrismNetwork:
             self.net.addController(ListeningController(f"ctl{index}", ip="127.0.0.1", port=controller.of_port))
         self.net.build()
         self.net.start()
+        self._limit_packet_ins()
         for host in self.net.hosts:
             self._configure_host(host)
         for switch in self.net.switches:  # no IPv6 chatter from the switch-side ends either
@@ -369,7 +387,20 @@ class PrismNetwork:
         index = cell_names(self.cells).index(cell_id)
         controllers = [arg for address in self.controller_mgmt_ips
                        for arg in ("--controller", f"{address}:{MGMT_CONTROLLER_PORT}")]  # fmt: skip
-        return ["--mgmt-listen", f"{cell_mgmt_ip(index)}:{MGMT_CELL_PORT}", *controllers]
+        return ["--mgmt-listen", f"{cell_mgmt_ip(index)}:{MGMT_CELL_PORT}", *controllers,
+                "--mgmt-key-file", str(self.key_path)]
+
+    def _limit_packet_ins(self) -> None:
+        """Rate-limit every switch's packet-ins (``packet_in_limit``) on each of its Controller records."""
+        rate, burst = self.packet_in_limit
+        for switch in self.net.switches:
+            uuids = subprocess.run(["ovs-vsctl", "-t", "10", "get", "bridge", switch.name, "controller"],
+                                   capture_output=True, text=True, timeout=15, check=True).stdout  # fmt: skip
+            for uuid in uuids.strip().strip("[]").split(","):
+                if uuid.strip():
+                    subprocess.run(["ovs-vsctl", "-t", "10", "set", "controller", uuid.strip(),
+                                    f"controller_rate_limit={rate}", f"controller_burst_limit={burst}"],
+                                   capture_output=True, timeout=15, check=True)  # fmt: skip
 
     def _wait_for_pipeline(self) -> None:
         deadline = time.monotonic() + SWITCH_CONNECT_TIMEOUT_S

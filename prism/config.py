@@ -137,7 +137,8 @@ def render_config(config: PrismConfig) -> str:
         "max_replication_factor": config.max_replication_factor,
         "mirroring_mode": config.mirroring_mode,
         "management": _render_management(config.management),
-        "rest": {k: v for k, v in dataclasses.asdict(config.rest).items() if v is not None},
+        "rest": {k: (format_address(v) if k == "listen" else v)
+                 for k, v in dataclasses.asdict(config.rest).items() if v is not None},  # fmt: skip
         "switches": [
             {
                 "dpid": switch.dp_id,
@@ -150,6 +151,10 @@ def render_config(config: PrismConfig) -> str:
     }
     if not document["rest"]:
         del document["rest"]
+    if config.limits != type(config.limits)():
+        document["limits"] = dataclasses.asdict(config.limits)
+    if config.openflow.listen is not None:
+        document["openflow"] = {"listen": format_address(config.openflow.listen)}
     if config.telemetry is not None:
         document["telemetry"] = render_telemetry(config.telemetry)
     if config.prediction is not None:
@@ -162,7 +167,7 @@ def render_config(config: PrismConfig) -> str:
 
 
 def _render_management(management: ManagementConfig) -> dict:
-    rendered = dataclasses.asdict(management)
+    rendered = {k: v for k, v in dataclasses.asdict(management).items() if v is not None or k == "listen"}
     if management.listen is None:
         del rendered["listen"]
     else:

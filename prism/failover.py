@@ -147,6 +147,10 @@ class Failover:
         """Cumulative counters."""
         return dict(self._counts)
 
+    def count_state_lost(self, flows: int) -> None:
+        """``flows`` flows were placed on cells that may lack their state (counted in ``state_lost_flows``)."""
+        self._counts["state_lost_flows"] += flows
+
     def reset(self) -> None:
         """The switch reconnected and lost its groups: forget queued messages, refresh every cell soon."""
         self._announce.clear()

@@ -313,6 +313,9 @@ class Cluster:
             return
         self.mastership.set_role(dp_id, ROLE_MASTER)
         self.generations[dp_id] = msg.generation_id
+        raise_generation = getattr(self.app, "raise_generation", None)
+        if raise_generation is not None:  # fencing: cells refuse directory/profiles of older generations
+            raise_generation(msg.generation_id)
         adoption = Adoption(msg.generation_id, time.time())
         try:
             items = self.store.read(switch_prefix(self.config.cluster, dp_id))

@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Protocol, Sequence, Set, Tuple, Union
 
 from prism import mgmt
+from prism.mgmt_auth import CONTROLLER_SENDER, MgmtAuth
 from prism.cell.cell import Cell, TickReport
 from prism.cell.entry import ConnEntry
 from prism.cell.records import StateRecordError, entry_to_wire_record
@@ -19,7 +20,7 @@ from prism.cell.smm_channel import (
     PeerChannel,
     ReplicationCounters,
 )
-from prism.cell.smm_view import Address, ControlView
+from prism.cell.smm_view import DEFAULT_MAX_ASSIGNMENTS, Address, ControlView
 from prism.flows import FlowKey
 
 LOG = logging.getLogger(__name__)
@@ -35,6 +36,7 @@ DEFAULT_ASSIGNMENT_GRACE_S = 300.0
 UNASSIGNED_REPORTED = 32  #: flow ids of held flows listed in a heartbeat
 SEED_MEMORY_S = 10.0  #: a repeated seed this soon after completing is answered with ``seeded`` again
 CONTROL_TYPES = frozenset(("directory", "profiles", "assign", "seed", "drain", "restore"))
+PEER_TYPES = frozenset(("state", "ack"))  #: from a cell, naming it in ``cell``
 
 
 class Transport(Protocol):
@@ -55,6 +57,7 @@ class SmmSettings:
             the oldest is dropped beyond (counted in ``held_dropped``).
         hold_timeout_s: A flow waiting longer than this for its ``assign`` is dropped (counted).
         assignment_grace_s: An assignment is kept this long after its flow left the table.
+        max_assignments: Assignments kept at most (the oldest go first beyond).
     """
 
     heartbeat_interval_s: float = mgmt.HEARTBEAT_INTERVAL_S
@@ -63,6 +66,7 @@ class SmmSettings:
     max_held_flows: int = DEFAULT_MAX_HELD_FLOWS
     hold_timeout_s: float = DEFAULT_HOLD_TIMEOUT_S
     assignment_grace_s: float = DEFAULT_ASSIGNMENT_GRACE_S
+    max_assignments: int = DEFAULT_MAX_ASSIGNMENTS
 
     def __post_init__(self) -> None:
         if self.heartbeat_interval_s <= 0:
@@ -148,12 +152,19 @@ class StateMirroringModule:
             accepted from anyone.
         settings: Knobs.
         rng: Randomness (first sequence numbers).
+        auth: Seals what the SMM sends and opens what it receives
+            (``prism.mgmt_auth``); then control messages are taken only from
+            ``CONTROLLER_SENDER``, ``state`` only from a live peer and only
+            for flows of profiles it belongs to, ``ack`` only for the sender's
+            own channel. None (benchmarks and replication tests only): plain
+            ``prism.mgmt`` datagrams, the claimed ``cell`` trusted. ``prism
+            cell`` always authenticates.
     """
 
     def __init__(self, cell: Cell, transport: Transport,
                  controller: Union[Address, Sequence[Address], None] = None,
                  settings: Optional[SmmSettings] = None,
-                 rng: Optional[random.Random] = None) -> None:  # fmt: skip
+                 rng: Optional[random.Random] = None, auth: Optional[MgmtAuth] = None) -> None:  # fmt: skip
         self.cell = cell
         self.cell_id = cell.cell_id
         self.tracker = cell.tracker
@@ -168,8 +179,9 @@ class StateMirroringModule:
         self._controller_hosts = {c[0] for c in self.controllers}
         self.settings = settings or SmmSettings()
         self._rng = rng or random.Random()
+        self.auth = auth
         self.counters = ReplicationCounters()
-        self.view = ControlView(self.cell_id, self.settings.assignment_grace_s)
+        self.view = ControlView(self.cell_id, self.settings.assignment_grace_s, self.settings.max_assignments)
         self._held: "OrderedDict[int, Tuple[FlowKey, float]]" = OrderedDict()
         self.channels: Dict[str, PeerChannel] = {}
         self._flush_turn = 0
@@ -226,7 +238,7 @@ class StateMirroringModule:
         for peer_id, channel in self.channels.items():
             address = self.view.address_of(peer_id)
             if address is not None and channel.in_flight:
-                channel.retry(now, self._sender(address))
+                channel.retry(now, self._sender(address, now))
         self._flush(now, self.settings.max_records_per_tick)
         self.view.prune(now, self._present)
 
@@ -325,7 +337,7 @@ class StateMirroringModule:
                 datagram = mgmt.encode({"type": "milestone", "cell": self.cell_id,
                                         "flows": reports[start:start + limit]})  # fmt: skip
                 for controller in self.controllers:  # each acts only for the switches it masters
-                    self._send(datagram, controller)
+                    self._send(datagram, controller, now)
 
     def _reschedule_milestones(self, now: float) -> None:
         """The directory changed the milestones: schedule every flow forwarded here afresh."""
@@ -385,9 +397,11 @@ class StateMirroringModule:
             self.channels[peer_id] = channel
         return channel
 
-    def _sender(self, address: Address) -> Callable[[bytes], bool]:
-        sendto = self.transport.sendto
-        return lambda datagram: sendto(datagram, address)
+    def _sender(self, address: Address, now: float) -> Callable[[bytes], bool]:
+        sendto, auth = self.transport.sendto, self.auth
+        if auth is None:
+            return lambda datagram: sendto(datagram, address)
+        return lambda datagram: sendto(auth.seal(datagram, now), address)
 
     def _flush(self, now: float, budget: int) -> None:
         """Send queued records, peers taking turns at going first (none starves under load)."""
@@ -401,7 +415,7 @@ class StateMirroringModule:
             address = self.view.address_of(peer_id)
             if address is None or not channel.queued:
                 continue
-            result = channel.flush(now, self._records_of, self._sender(address), budget)
+            result = channel.flush(now, self._records_of, self._sender(address, now), budget)
             budget -= result.records + len(result.skipped)
             self._settle_skipped(result, now)
 
@@ -419,12 +433,22 @@ class StateMirroringModule:
     # -- datagrams -------------------------------------------------------------------------
     def on_datagram(self, datagram: bytes, source: Address, now: float) -> None:
         """Handle one datagram from the management socket (never raises on bad input)."""
-        message = mgmt.decode(datagram)
+        if self.auth is None:
+            message = mgmt.decode(datagram)
+            sender = message.get("cell") if message is not None else None
+        else:
+            opened = self.auth.open(datagram, now)
+            message, sender = (None, None) if opened is None else (opened[1], opened[0])
         if message is None:
             self.counters.bad_datagrams += 1
             return
         kind = message["type"]
-        if kind in CONTROL_TYPES and self.controllers and source[0] not in self._controller_hosts:
+        if kind in CONTROL_TYPES and (self.controllers and source[0] not in self._controller_hosts
+                                      or self.auth is not None and sender != CONTROLLER_SENDER):
+            self.counters.foreign_messages += 1
+            return
+        if kind in PEER_TYPES and (not isinstance(sender, str) or sender == CONTROLLER_SENDER
+                                   or message.get("cell") != sender):
             self.counters.foreign_messages += 1
             return
         handler = self._handlers.get(kind)
@@ -442,6 +466,14 @@ class StateMirroringModule:
         records = message["records"]
         if not isinstance(seq, int) or not isinstance(records, list):
             raise ValueError("state needs an integer seq and a list of records")
+        sender = message["cell"]
+        if self.auth is not None:
+            if sender not in self.view.live:  # before the first directory nobody is known live
+                self.counters.foreign_messages += 1  # not acknowledged: it retries once it is live
+                return
+            kept = [record for record in records if self._may_write(sender, record)]
+            self.counters.records_refused += len(records) - len(kept)
+            records = kept
         self.counters.batches_received += 1
         self.counters.records_received += len(records)
         try:
@@ -454,8 +486,20 @@ class StateMirroringModule:
         else:
             self.counters.records_ignored += len(records) - applied
         self.counters.records_applied += applied
-        self._send(mgmt.encode({"type": "ack", "cell": self.cell_id, "seq": seq}), source)
+        self._send(mgmt.encode({"type": "ack", "cell": self.cell_id, "seq": seq}), source, now)
         self.counters.acks_sent += 1
+
+    def _may_write(self, sender: str, record: Any) -> bool:
+        """A record ``sender`` may write here: its flow's profile (when known here) includes the sender.
+
+        A flow whose assignment has not arrived yet is taken from any live
+        peer (the ``assign`` to the cells of a profile goes out in one tick,
+        but datagrams race); its record then goes through the usual checks.
+        """
+        if not isinstance(record, dict) or not isinstance(record.get("flow_id"), int):
+            return False
+        profile = self.view.profile_of(record["flow_id"])
+        return profile is None or sender == profile.primary_cell or sender in profile.mirror_cells
 
     def _on_ack(self, message: Mapping, source: Address, now: float) -> None:
         channel = self.channels.get(message["cell"])
@@ -472,7 +516,8 @@ class StateMirroringModule:
         if channel.queued:  # acks clock the next batches out, within the tick's budget
             address = self.view.address_of(channel.peer_id)
             if address is not None:
-                result = channel.flush(now, self._records_of, self._sender(address), batch.records * 2)
+                result = channel.flush(now, self._records_of, self._sender(address, now),
+                                       batch.records * 2)  # fmt: skip
                 self._settle_skipped(result, now)
 
     def _settle_skipped(self, result: FlushResult, now: float) -> None:
@@ -513,6 +558,7 @@ class StateMirroringModule:
 
     def _applied(self, applied: bool) -> bool:
         self.counters.stale_control = self.view.stale_messages
+        self.counters.stale_generation = self.view.stale_generations
         return applied
 
     def _on_admin(self, message: Mapping, source: Address, now: float) -> None:
@@ -537,7 +583,7 @@ class StateMirroringModule:
             return  # in progress: the controller asked again before our answer
         done = self._seeds_done.get(op_key)
         if done is not None and now - done[0] < SEED_MEMORY_S:
-            self._send_seeded(profile_id, target, done[1], requested)  # our answer was lost
+            self._send_seeded(profile_id, target, done[1], now, requested)  # our answer was lost
             return
         key_of = self.tracker.key_of
         keys = [key for key in map(key_of, flow_ids) if key is not None]
@@ -574,9 +620,9 @@ class StateMirroringModule:
         self._seeds_done[_seed_key(op)] = (now, op.flows)
         for op_key in [k for k, (at, _) in self._seeds_done.items() if now - at >= SEED_MEMORY_S]:
             del self._seeds_done[op_key]
-        self._send_seeded(op.profile_id, op.target, op.flows, op.requested)
+        self._send_seeded(op.profile_id, op.target, op.flows, now, op.requested)
 
-    def _send_seeded(self, profile_id: int, target: str, flows: int,
+    def _send_seeded(self, profile_id: int, target: str, flows: int, now: float,
                      requested: Optional[List[int]] = None) -> None:  # fmt: skip
         """``seeded`` to every controller: ``flows`` the count for a whole profile, else the list and ``count``."""
         message = {"type": "seeded", "cell": self.cell_id, "profile_id": profile_id, "target": target,
@@ -585,7 +631,7 @@ class StateMirroringModule:
             message["flows"], message["count"] = requested, flows
         datagram = mgmt.encode(message)
         for controller in self.controllers:
-            self._send(datagram, controller)
+            self._send(datagram, controller, now)
 
     # -- heartbeats ------------------------------------------------------------------------
     def heartbeat(self, now: float) -> None:
@@ -611,9 +657,11 @@ class StateMirroringModule:
         }  # fmt: skip
         datagram = mgmt.encode(message)
         for controller in self.controllers:
-            self._send(datagram, controller)
+            self._send(datagram, controller, now)
 
-    def _send(self, datagram: bytes, address: Address) -> None:
+    def _send(self, datagram: bytes, address: Address, now: float) -> None:
+        if self.auth is not None:
+            datagram = self.auth.seal(datagram, now)
         if not self.transport.sendto(datagram, address):
             self.counters.send_errors += 1
 
@@ -625,6 +673,9 @@ class StateMirroringModule:
         counters["queued_records"] = sum(len(c.queued) for c in self.channels.values())
         counters["in_flight_batches"] = sum(len(c.in_flight) for c in self.channels.values())
         counters["seeds_in_progress"] = len(self._seeds)
+        counters["assignments_evicted"] = self.view.assignments_evicted
+        if self.auth is not None:
+            counters.update({f"auth_{name}": value for name, value in self.auth.counters.as_dict().items()})
         return counters
 
     def describe(self) -> Dict[str, Any]:
@@ -640,6 +691,7 @@ class StateMirroringModule:
             "seeds": [{"profile_id": op.profile_id, "target": op.target, "flows": op.flows,
                        "pending": len(op.pending)} for op in self._seeds.values()],  # fmt: skip
             "heartbeat_seq": self.heartbeat_seq,
+            "generation": self.view.generation,
             "state_flows": len(self._state_flows),
             "milestones_s": list(self.view.milestones_s),
             "milestones_scheduled": len(self._milestone_next),

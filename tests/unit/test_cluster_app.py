@@ -135,6 +135,8 @@ def test_a_new_master_reads_the_switch_holds_packet_ins_then_converges_and_handl
     request = sent_of(datapath, "OFPRoleRequest")[-1]
     app.role_reply_handler(SimpleNamespace(msg=SimpleNamespace(
         datapath=datapath, role=OFP.OFPCR_ROLE_MASTER, generation_id=request.generation_id)))
+    # fencing (issue 10): directory and profiles go out under the claim's etcd revision, above any older master's
+    assert app.generation == request.generation_id > 0
     groups_request = sent_of(datapath, "OFPGroupDescStatsRequest")[-1]
     flows_request = sent_of(datapath, "OFPFlowStatsRequest")[-1]
     frame = oxm.to_frame(oxm.udp_packet("02:00:00:00:00:01", "02:00:00:00:00:02", "10.0.0.1", "10.0.0.2",
