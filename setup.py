@@ -52,6 +52,10 @@ setup(
         "matplotlib",
         "webob",
         "routes",
+        # Several controllers share a network through etcd (leases, shared state): etcd3gw
+        # is OpenStack's etcd v3 client over the HTTP gateway, built on requests, so its
+        # calls are green under ryu-manager's eventlet (grpc-based clients block the hub).
+        "etcd3gw",
     ],
     extras_require={
         "test": [

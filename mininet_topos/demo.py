@@ -31,6 +31,8 @@ GAP_WINDOW_S = 3.0
 IPERF_GRACE_S = 5.0
 #: Width of the throughput bins computed from the server-side capture.
 THROUGHPUT_BIN_S = 0.1
+#: With --fail-controller the primary cell fails this long after the master controller is killed.
+CELL_FAIL_AFTER_CONTROLLER_S = 2.0
 #: BFD between the switch and the cells (the configuration's ``bfd`` section) unless ``--no-bfd``.
 DEMO_BFD = {"interval": 10, "mult": 4, "switch_interval": 100}
 #: The probe's source ports are searched from here for one whose primary is the failing cell.
@@ -61,6 +63,8 @@ class DemoOptions:
     workdir: Path = Path("out/demo")
     json_path: Optional[Path] = None
     prediction: bool = False
+    controllers: int = 1
+    fail_controller: bool = False
     policy_config: Optional[Path] = None
     bfd: bool = True
     probe: bool = True
@@ -85,6 +89,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--workdir", type=Path, default=Path("out/demo"),
                         help="where logs, captures and the report go (default out/demo)")
     parser.add_argument("--json", type=Path, dest="json_path", help="also write the report as JSON")
+    parser.add_argument("--controllers", type=int, default=1,
+                        help="ryu-manager instances sharing the switch through a private etcd (default 1)")
+    parser.add_argument("--fail-controller", action="store_true",
+                        help="kill the master controller at --fail-at, then fail the transfer's primary "
+                             f"cell {CELL_FAIL_AFTER_CONTROLLER_S:g} s later (needs --controllers 2 or more)")
     parser.add_argument("--policy-config", type=Path, dest="policy_config",
                         help="the configuration whose replication policy (prediction, mirroring_mode, "
                              "management.state_interval_s) the demo runs (default: the shipped "
@@ -135,6 +144,15 @@ def _preflight(options: DemoOptions) -> Optional[str]:
         return f"--rf {options.replication_factor} needs at least {options.replication_factor + 1} cells"
     if options.fail_at_s >= options.duration_s:
         return "--fail-at must be before the end of --duration"
+    if options.controllers < 1:
+        return "--controllers must be at least 1"
+    if options.fail_controller and options.fail_at_s < 1.0:
+        return "--fail-controller starts flows 1 s before the kill: --fail-at must be at least 1"
+    if options.fail_controller and options.controllers < 2:
+        return "--fail-controller needs --controllers 2 or more (a standby to take over)"
+    if options.fail_controller and options.fail_at_s + CELL_FAIL_AFTER_CONTROLLER_S + 1 >= options.duration_s:
+        return (f"--fail-controller fails the cell {CELL_FAIL_AFTER_CONTROLLER_S:g} s after the controller: "
+                f"--duration must be more than --fail-at + {CELL_FAIL_AFTER_CONTROLLER_S + 1:g}")
     if subprocess.run(["ovs-vsctl", "--timeout=3", "show"], capture_output=True).returncode != 0:
         return "Open vSwitch is not running: run `make setup` first"
     return None
@@ -166,9 +184,14 @@ def run_demo(options: DemoOptions) -> Dict:
     probe_sender = None
     network = PrismNetwork(workdir, clients=options.clients, servers=1, cells=options.cells,
                            replication_factor=options.replication_factor, config_overrides=overrides,
-                           bfd=DEMO_BFD if options.bfd else None)
+                           bfd=DEMO_BFD if options.bfd else None, controllers=options.controllers)
     network.config["management"].update(management)  # written when the network starts
+    clustered = options.controllers > 1
     with network as net:
+        if clustered:
+            from mininet_topos import demo_cluster
+
+            demo_cluster.settle_master(net, net.config["etcd"].get("lease_s", 0.75))
         server = net.host(net.server_names[0])
         server_ip = server.IP()
         capture = workdir / "server.pcap"
@@ -211,7 +234,17 @@ def run_demo(options: DemoOptions) -> Dict:
                  "--json", str(probe_sent_json)],
                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
             net.background.append(probe_sender)
-        time.sleep(max(0.0, options.fail_at_s - (time.monotonic() - iperf_started)))
+        controller_failover = None
+        if options.fail_controller:  # the master dies first, the transfer's primary cell after it
+            lead_s = demo_cluster.ESTABLISHED_LEAD_S
+            time.sleep(max(0.0, options.fail_at_s - lead_s - (time.monotonic() - iperf_started)))
+            controller_failover = demo_cluster.ControllerFailover(net, server, workdir)
+            controller_failover.start_established_flows()
+            time.sleep(lead_s)
+            killed_at = controller_failover.kill_master()
+            time.sleep(max(0.0, killed_at + CELL_FAIL_AFTER_CONTROLLER_S - time.time()))
+        else:
+            time.sleep(max(0.0, options.fail_at_s - (time.monotonic() - iperf_started)))
         if options.fail_primary != "none" and tcp_primary:
             failed_cell = tcp_primary
             last_states[failed_cell] = _cell_summary(net, failed_cell)  # unreachable once killed
@@ -244,6 +277,11 @@ def run_demo(options: DemoOptions) -> Dict:
                 pass
         for process in net.background:  # the sinks write their JSON when they are stopped
             stop_process(process)
+        if controller_failover is not None:
+            controller_failover_report = controller_failover.finish()
+            # the cell fails CELL_FAIL_AFTER_CONTROLLER_S after the kill: the window stops short of it
+            controller_failover_report["tcp_gap_ms_at_takeover"] = demo_cluster.tcp_gap_ms(
+                capture, killed_at - 0.5, killed_at + CELL_FAIL_AFTER_CONTROLLER_S - 0.1, TCP_CLIENT_PORT)
     udp = json.loads(sink_json.read_text()) if sink_json.exists() else {"datagrams": 0, "flows": {}}
     gaps = interruption_from_capture(capture, fail_time, TCP_CLIENT_PORT)
     # The transfer's data connection is the flow whose primary failed; judge it
@@ -260,12 +298,13 @@ def run_demo(options: DemoOptions) -> Dict:
     if probe is not None:
         probe["source_port"] = probe_sport
         probe["primary"] = tcp_primary if probe_sport else None
-    return {
+    report = {
         "options": {"cells": options.cells, "clients": options.clients,
                     "replication_factor": options.replication_factor,
                     "fail_at_s": options.fail_at_s,
                     "fail_primary": options.fail_primary, "duration_s": options.duration_s,
-                    "prediction": options.prediction, "bfd": DEMO_BFD if options.bfd else None},
+                    "prediction": options.prediction, "bfd": DEMO_BFD if options.bfd else None,
+                    "controllers": options.controllers, "fail_controller": options.fail_controller},
         "flows_total": status.get("flows_total"),
         "flows_mirrored": status.get("flows_mirrored"),
         "flows_promoted": status.get("promotions"),
@@ -300,6 +339,9 @@ def run_demo(options: DemoOptions) -> Dict:
         "udp_flows_received": len(udp.get("flows", {})),
         "workdir": str(workdir),
     }
+    if options.fail_controller:
+        report["controller_failover"] = controller_failover_report
+    return report
 
 
 def _policy_name(config: Dict) -> str:
@@ -624,6 +666,16 @@ def format_report(report: Dict) -> str:
         lines.append(f"  replication traffic between cells: {report['replication_bytes']} bytes")
     else:
         lines.append("failover: no failure injected")
+    takeover = report.get("controller_failover")
+    if takeover:
+        lines.append(f"controller failover: {takeover['killed']} (master) killed -> {takeover['new_master']} "
+                     f"master after {takeover['role_ms']} ms, tables adopted after {takeover['takeover_ms']} ms "
+                     f"({takeover['groups_adopted']} groups, {takeover['flows_adopted']} flow entries)")
+        lines.append(f"  established flows across it: {takeover['established_flows']}, lost "
+                     f"{takeover['flows_lost']} ({takeover['established_datagrams_lost']} datagrams); TCP gap "
+                     f"{takeover['tcp_gap_ms_at_takeover']} ms; duplicate groups {takeover['duplicate_groups']}, "
+                     f"orphaned {takeover['orphaned_groups']}; new flows set up by the new master: "
+                     f"{takeover['new_flows_after']}")
     lines.append(f"logs and captures: {report['workdir']}")
     return "\n".join(lines)
 

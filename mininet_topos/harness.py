@@ -20,7 +20,7 @@ import time
 import urllib.request
 from functools import partial
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import yaml
 from mininet.net import Mininet
@@ -40,10 +40,13 @@ from mininet_topos.prism_topo import (
     client_names,
     prism_config,
     server_names,
+    switch_of,
 )
 from mininet_topos.ryu_process import RyuProcess, free_tcp_port, start_ryu_manager
 
+from prism.atomic import atomic_write
 from prism.config_bfd import BfdConfig, bfd_interface_options, cell_bfd_arguments
+from prism.mgmt_auth import new_key_text
 
 LOG = logging.getLogger("prism.harness")
 
@@ -61,6 +64,12 @@ OFCTL = ["ovs-ofctl", "-O", "OpenFlow13"]
 #: machine-wide, so a second PRISM network waits for the first to stop.
 NETWORK_LOCK = Path("/run/lock/prism-network.lock")
 NETWORK_LOCK_TIMEOUT_S = 300.0  # below pytest-timeout (600 s): fail with a message, not hang
+#: Packet-ins the switch sends per second at most, and in one burst (Open vSwitch's
+#: controller_rate_limit / controller_burst_limit on the bridge's Controller record;
+#: OVS takes at least 100 and 25). New flows beyond it queue per port in the switch
+#: and are dropped when the queue is full: a flood of new flows cannot swamp the controller.
+PACKET_IN_RATE_LIMIT = 1000
+PACKET_IN_BURST_LIMIT = 200
 #: Host interface offloads turned off (ethtool -K names), one at a time.
 OFFLOADS_OFF = ("tx", "rx", "tso", "gso", "gro")
 #: Seconds the cells get to be usable at the controller (BFD up, heartbeats heard) after they start.
@@ -89,12 +98,13 @@ class ControllerProcess:
     """``ryu-manager`` with PRISM's apps as a subprocess on loopback (started by ``mininet_topos.ryu_process``)."""
 
     def __init__(self, workdir: Path, config_path: Path, apps: Sequence[Path] = CONTROLLER_APPS,
-                 extra_env: Optional[Dict[str, str]] = None):
+                 extra_env: Optional[Dict[str, str]] = None, name: str = ""):
         self.workdir = workdir
+        self.name = name
         self.config_path = config_path
         self.apps = [str(app) for app in apps]
         self.extra_env = dict(extra_env or {})
-        self.log_path = workdir / "ryu-manager.log"
+        self.log_path = workdir / (f"ryu-manager-{name}.log" if name else "ryu-manager.log")
         # Chosen once: a restart listens on the same ports and the switch reconnects by itself.
         self.of_port = free_tcp_port()
         self.rest_port = free_tcp_port()
@@ -163,6 +173,8 @@ class PrismNetwork:
         apps: Ryu apps to run instead of ``CONTROLLER_APPS`` (paths or module names, e.g.
             ``("ryu.app.simple_switch_13",)`` with ``start_cells=False, management=False``
             for a baseline on the same topology); it must install a table-0 entry.
+        controllers: ryu-manager instances; more than one share the switch through a private
+            etcd (``mininet_topos.cluster_net``), ``self.controller`` is the first.
         bfd: The configuration's ``bfd`` section (e.g. ``{"min_tx": 10, "min_rx": 10, "mult": 3}``):
             every cell port gets ``bfd:*`` and every cell ``--bfd`` with those values. None: no BFD.
     """
@@ -172,13 +184,21 @@ class PrismNetwork:
                  cell_args: Sequence[str] = (), extra_env: Optional[Dict[str, str]] = None,
                  config_overrides: Optional[dict] = None, management: bool = True,
                  extra_apps: Sequence[Path] = (), apps: Optional[Sequence[Path]] = None,
+                 controllers: int = 1, lease_s: Optional[float] = None, switches: int = 1,
+                 packet_in_limit: Tuple[int, int] = (PACKET_IN_RATE_LIMIT, PACKET_IN_BURST_LIMIT),
                  bfd: Optional[dict] = None):
         self.workdir = Path(workdir)
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.clients, self.servers, self.cells = clients, servers, cells
+        self.switches = switches
         self.management = management
         self.config = prism_config(clients, servers, cells, idle_timeout, replication_factor,
-                                   management=management)
+                                   management=management, switches=switches)
+        #: The management key of this network alone, made at start in the workdir (never committed).
+        self.key_path = self.workdir / "mgmt.key"
+        if management:
+            self.config["management"].update({"key_file": str(self.key_path),
+                                              "generation_file": str(self.workdir / "controller-generation")})
         self.config.update(config_overrides or {})
         if bfd is not None:
             self.config["bfd"] = dict(bfd)
@@ -186,9 +206,18 @@ class PrismNetwork:
         self.config_path = self.workdir / "prism.yaml"
         self.start_cells = start_cells
         self.cell_args = list(cell_args)
+        self.packet_in_limit = packet_in_limit
         base_apps = CONTROLLER_APPS if apps is None else tuple(apps)
-        self.controller = ControllerProcess(self.workdir, self.config_path, (*base_apps, *extra_apps),
-                                            extra_env=extra_env)
+        self.controllers = [ControllerProcess(self.workdir, self.config_path, (*base_apps, *extra_apps),
+                                              extra_env=extra_env)]
+        self.etcd = None
+        #: The controllers' addresses on the management network (one per controller).
+        self.controller_mgmt_ips = [MGMT_CONTROLLER_IP]
+        if controllers > 1:
+            from mininet_topos.cluster_net import add_cluster
+
+            add_cluster(self, controllers, lease_s, (*base_apps, *extra_apps), extra_env, ControllerProcess)
+        self.controller = self.controllers[0]
         self.net: Optional[Mininet] = None
         self.cell_processes: Dict[str, subprocess.Popen] = {}
         self.background: List[subprocess.Popen] = []
@@ -227,17 +256,24 @@ class PrismNetwork:
     def start(self) -> None:
         """Write the config, start the controller, the network and the cells."""
         self._acquire_lock()
+        if self.management and not self.key_path.exists():
+            atomic_write(self.key_path, lambda handle: handle.write(new_key_text().encode()), 0o600)
         self.config_path.write_text(yaml.safe_dump(self.config, sort_keys=False))
         if self.management:
             self._create_mgmt_bridge()
-        self.controller.start()
-        topo = PrismTopo(clients=self.clients, servers=self.servers, cells=self.cells)
+        if self.etcd is not None:
+            self.etcd.start()
+        for controller in self.controllers:
+            controller.start()
+        topo = PrismTopo(clients=self.clients, servers=self.servers, cells=self.cells, switches=self.switches)
         switch = partial(OVSSwitch, datapath="user", protocols="OpenFlow13")
         self.net = Mininet(topo=topo, switch=switch, controller=None, ipBase=IP_BASE,
                            autoSetMacs=True, build=False, waitConnected=False)
-        self.net.addController(ListeningController("c0", ip="127.0.0.1", port=self.controller.of_port))
+        for index, controller in enumerate(self.controllers):
+            self.net.addController(ListeningController(f"ctl{index}", ip="127.0.0.1", port=controller.of_port))
         self.net.build()
         self.net.start()
+        self._limit_packet_ins()
         for host in self.net.hosts:
             self._configure_host(host)
         for switch in self.net.switches:  # no IPv6 chatter from the switch-side ends either
@@ -277,7 +313,10 @@ class PrismNetwork:
             with contextlib.suppress(Exception):
                 self.net.stop()
             self.net = None
-        self.controller.stop()
+        for controller in self.controllers:
+            controller.stop()
+        if self.etcd is not None:
+            self.etcd.stop()
         if self.management:
             self._delete_mgmt_bridge()
         self._release_lock()
@@ -308,7 +347,8 @@ class PrismNetwork:
         """A Linux bridge in the root namespace, holding the controller's management address."""
         self._delete_mgmt_bridge()  # a run that was killed may have left ours behind
         self._ip("link", "add", MGMT_BRIDGE, "type", "bridge")
-        self._ip("addr", "add", f"{MGMT_CONTROLLER_IP}/{MGMT_PREFIX_LEN}", "dev", MGMT_BRIDGE)
+        for address in self.controller_mgmt_ips:
+            self._ip("addr", "add", f"{address}/{MGMT_PREFIX_LEN}", "dev", MGMT_BRIDGE)
         self._ip("link", "set", MGMT_BRIDGE, "up")
 
     def _attach_to_mgmt(self, host, index: int) -> None:
@@ -329,13 +369,28 @@ class PrismNetwork:
         if not self.management:
             return []
         index = cell_names(self.cells).index(cell_id)
-        return ["--mgmt-listen", f"{cell_mgmt_ip(index)}:{MGMT_CELL_PORT}",
-                "--controller", f"{MGMT_CONTROLLER_IP}:{MGMT_CONTROLLER_PORT}"]
+        controllers = [arg for address in self.controller_mgmt_ips
+                       for arg in ("--controller", f"{address}:{MGMT_CONTROLLER_PORT}")]  # fmt: skip
+        return ["--mgmt-listen", f"{cell_mgmt_ip(index)}:{MGMT_CELL_PORT}", *controllers,
+                "--mgmt-key-file", str(self.key_path)]
+
+    def _limit_packet_ins(self) -> None:
+        """Rate-limit every switch's packet-ins (``packet_in_limit``) on each of its Controller records."""
+        rate, burst = self.packet_in_limit
+        for switch in self.net.switches:
+            uuids = subprocess.run(["ovs-vsctl", "-t", "10", "get", "bridge", switch.name, "controller"],
+                                   capture_output=True, text=True, timeout=15, check=True).stdout  # fmt: skip
+            for uuid in uuids.strip().strip("[]").split(","):
+                if uuid.strip():
+                    subprocess.run(["ovs-vsctl", "-t", "10", "set", "controller", uuid.strip(),
+                                    f"controller_rate_limit={rate}", f"controller_burst_limit={burst}"],
+                                   capture_output=True, timeout=15, check=True)  # fmt: skip
 
     def _wait_for_pipeline(self) -> None:
         deadline = time.monotonic() + SWITCH_CONNECT_TIMEOUT_S
         while time.monotonic() < deadline:
-            if "table=0" in self.ofctl("dump-flows", "table=0"):
+            if all("table=0" in self.ofctl("dump-flows", "table=0", switch=switch.name)
+                   for switch in self.net.switches):
                 return
             time.sleep(0.2)
         raise RuntimeError(f"the director installed no pipeline:\n{self.controller.log_tail()}")
@@ -436,12 +491,16 @@ class PrismNetwork:
 
     def set_cell_link(self, cell_id: str, up: bool) -> None:
         """Take a cell's link down or up (both ends, as a cable pull would)."""
-        self.net.configLinkStatus(cell_id, SWITCH_NAME, "up" if up else "down")
+        self.net.configLinkStatus(cell_id, self.switch_of(cell_id), "up" if up else "down")
+
+    def switch_of(self, host: str) -> str:
+        """The switch a host or cell hangs on (s1 with one switch)."""
+        return switch_of(host, self.clients, self.servers, self.cells, self.switches)
 
     # -- switch inspection -----------------------------------------------------
-    def ofctl(self, *args: str) -> str:
-        """Run ``ovs-ofctl -O OpenFlow13 <args> s1`` and return its output."""
-        command = [*OFCTL, args[0], SWITCH_NAME, *args[1:]]
+    def ofctl(self, *args: str, switch: str = SWITCH_NAME) -> str:
+        """Run ``ovs-ofctl -O OpenFlow13 <args> s1`` (or ``switch``) and return its output."""
+        command = [*OFCTL, args[0], switch, *args[1:]]
         return subprocess.run(command, capture_output=True, text=True, timeout=10).stdout
 
     @property

@@ -53,18 +53,57 @@ SHIPPED_CONFIG = _THIS_FILE.resolve().parent.parent / "examples" / "prism.yaml"
 
 
 class PrismTopo(Topo):
-    """``clients`` + ``servers`` edge hosts and ``cells`` cell hosts on one switch."""
+    """``clients`` + ``servers`` edge hosts and ``cells`` cell hosts on ``switches`` switches.
 
-    def build(self, clients: int = 2, servers: int = 1, cells: int = 3) -> None:  # noqa: D102
-        if clients < 1 or servers < 1 or cells < 1:
-            raise ValueError("the topology needs at least one client, server and cell")
-        switch = self.addSwitch(SWITCH_NAME, dpid=f"{SWITCH_DPID:016x}")
-        port = EDGE_PORT_BASE
-        for name in client_names(clients) + server_names(servers):
-            self.addLink(self.addHost(name), switch, port2=port)
-            port += 1
-        for index, name in enumerate(cell_names(cells)):
-            self.addLink(self.addHost(name), switch, port2=CELL_PORT_BASE + index)
+    With several switches (s1, s2, ... with dpids 1, 2, ...) the hosts and the cells
+    are dealt round-robin (:func:`layout`); each switch is a pod of its own (no
+    link between switches: a flow stays on the switch of its client and server).
+    """
+
+    def build(self, clients: int = 2, servers: int = 1, cells: int = 3, switches: int = 1) -> None:  # noqa: D102
+        pods = layout(clients, servers, cells, switches)
+        for index, pod in enumerate(pods):
+            switch = self.addSwitch(switch_name(index), dpid=f"{SWITCH_DPID + index:016x}")
+            for port, name in pod["edge"].items():
+                self.addLink(self.addHost(name), switch, port2=port)
+            for port, name in pod["cells"].items():
+                self.addLink(self.addHost(name), switch, port2=port)
+
+
+def switch_name(index: int) -> str:
+    """Name of the switch with 0-based ``index``: s1, s2, ..."""
+    return f"s{index + 1}"
+
+
+def layout(clients: int, servers: int, cells: int, switches: int = 1) -> List[Dict]:
+    """Per switch: ``edge`` and ``cells`` as port -> host name (round-robin), and ``cell_indexes``.
+
+    Raises:
+        ValueError: fewer than one client, server or cell per switch.
+    """
+    if switches < 1 or clients < switches or servers < switches or cells < switches:
+        raise ValueError("the topology needs at least one client, server and cell per switch")
+    pods: List[Dict] = [{"edge": {}, "cells": {}, "cell_indexes": []} for _ in range(switches)]
+    edge_hosts = client_names(clients) + server_names(servers)
+    # clients round-robin, then servers round-robin, so that every pod gets both
+    ordered = [(i % switches, name) for i, name in enumerate(client_names(clients))]
+    ordered += [(i % switches, name) for i, name in enumerate(server_names(servers))]
+    for pod_index, name in sorted(ordered, key=lambda item: edge_hosts.index(item[1])):
+        pod = pods[pod_index]
+        pod["edge"][EDGE_PORT_BASE + len(pod["edge"])] = name
+    for index, name in enumerate(cell_names(cells)):
+        pod = pods[index % switches]
+        pod["cells"][CELL_PORT_BASE + len(pod["cells"])] = name
+        pod["cell_indexes"].append(index)
+    return pods
+
+
+def switch_of(host: str, clients: int, servers: int, cells: int, switches: int = 1) -> str:
+    """The name of the switch ``host`` hangs on."""
+    for index, pod in enumerate(layout(clients, servers, cells, switches)):
+        if host in pod["edge"].values() or host in pod["cells"].values():
+            return switch_name(index)
+    raise KeyError(host)
 
 
 def client_names(count: int) -> List[str]:
@@ -95,6 +134,7 @@ def prism_config(
     replication_factor: int = 1,
     management: bool = True,
     prediction: bool = False,
+    switches: int = 1,
 ) -> Dict:
     """The PRISM configuration (as a YAML-ready dict) for ``PrismTopo``.
 
@@ -102,27 +142,28 @@ def prism_config(
     listens for their heartbeats (see ``PrismNetwork``, which builds that network).
     With ``prediction`` the controller serves the shipped model (``prediction_config``).
     """
-    edge_ports = list(range(EDGE_PORT_BASE, EDGE_PORT_BASE + clients + servers))
+    pods = layout(clients, servers, cells, switches)
+    smallest = min(len(pod["cells"]) for pod in pods)
     config = {
         "idle_timeout": idle_timeout,
         "default_replication_factor": replication_factor,
-        "max_replication_factor": max(replication_factor, min(2, cells - 1)),
+        "max_replication_factor": max(replication_factor, min(2, smallest - 1)),
         "switches": [
             {
-                "dpid": SWITCH_DPID,
-                "name": SWITCH_NAME,
-                "edge_ports": edge_ports,
-                "cells": [
-                    {"id": name, "port": CELL_PORT_BASE + index}
-                    for index, name in enumerate(cell_names(cells))
-                ],
+                "dpid": SWITCH_DPID + index,
+                "name": switch_name(index),
+                "edge_ports": sorted(pod["edge"]),
+                "cells": [{"id": name, "port": port} for port, name in sorted(pod["cells"].items())],
             }
+            for index, pod in enumerate(pods)
         ],
     }
     if management:
         config["management"] = {"listen": f"{MGMT_CONTROLLER_IP}:{MGMT_CONTROLLER_PORT}"}
-        for index, cell in enumerate(config["switches"][0]["cells"]):
-            cell["mgmt"] = f"{cell_mgmt_ip(index)}:{MGMT_CELL_PORT}"
+        for switch in config["switches"]:
+            for cell in switch["cells"]:
+                index = cell_names(cells).index(cell["id"])
+                cell["mgmt"] = f"{cell_mgmt_ip(index)}:{MGMT_CELL_PORT}"
     if prediction:
         config["prediction"] = prediction_config()
     return config

@@ -39,6 +39,7 @@ import yaml
 
 from prism.config_bfd import render_bfd
 from prism.config_mgmt import format_address
+from prism.config_etcd import EtcdConfig, render_etcd
 from prism.config_schema import check_document, parse_dpid
 from prism.config_telemetry import PredictionConfig, TelemetryConfig, render_prediction, render_telemetry
 from prism.config_types import (
@@ -65,6 +66,7 @@ __all__ = [
     "CellConfig",
     "ConfigError",
     "ConfigProblem",
+    "EtcdConfig",
     "ManagementConfig",
     "PredictionConfig",
     "PrismConfig",
@@ -135,7 +137,8 @@ def render_config(config: PrismConfig) -> str:
         "max_replication_factor": config.max_replication_factor,
         "mirroring_mode": config.mirroring_mode,
         "management": _render_management(config.management),
-        "rest": {k: v for k, v in dataclasses.asdict(config.rest).items() if v is not None},
+        "rest": {k: (format_address(v) if k == "listen" else v)
+                 for k, v in dataclasses.asdict(config.rest).items() if v is not None},  # fmt: skip
         "switches": [
             {
                 "dpid": switch.dp_id,
@@ -148,17 +151,23 @@ def render_config(config: PrismConfig) -> str:
     }
     if not document["rest"]:
         del document["rest"]
+    if config.limits != type(config.limits)():
+        document["limits"] = dataclasses.asdict(config.limits)
+    if config.openflow.listen is not None:
+        document["openflow"] = {"listen": format_address(config.openflow.listen)}
     if config.telemetry is not None:
         document["telemetry"] = render_telemetry(config.telemetry)
     if config.prediction is not None:
         document["prediction"] = render_prediction(config.prediction)
     if config.bfd is not None:
         document["bfd"] = render_bfd(config.bfd)
+    if config.etcd is not None:
+        document["etcd"] = render_etcd(config.etcd)
     return yaml.safe_dump(document, sort_keys=False)
 
 
 def _render_management(management: ManagementConfig) -> dict:
-    rendered = dataclasses.asdict(management)
+    rendered = {k: v for k, v in dataclasses.asdict(management).items() if v is not None or k == "listen"}
     if management.listen is None:
         del rendered["listen"]
     else:

@@ -7,16 +7,29 @@ Schema::
       heartbeat_interval: 0.1         # s, > 0: how often cells send heartbeats
       dead_after: 0.35                # s, > heartbeat_interval (default 3.5 intervals)
       alive_after: 1.0                # s, > 0: unbroken heartbeats before a dead cell is used again
+      key_file: mgmt.key              # the deployment's management key (relative: to this file), or
+      key_env: PRISM_MGMT_KEY         #   the environment variable holding it (the default)
+      generation_file: /var/lib/prism/controller-generation   # the controller's generation (fencing)
       state_interval_s: 1.0           # s, > 0: progress records of a ``state`` flow (prism/mgmt.py)
       takeover_tolerance_bytes: 16777216  # >= 0: how far a taken-over ``state`` flow may have moved
     rest:                             # optional; at most one of:
       token_env: PRISM_REST_TOKEN     #   environment variable holding the REST token
       token_file: /etc/prism/token    #   file holding it
+      listen: "127.0.0.1:8080"        # optional: the REST API's TCP address (default: loopback)
+    openflow:
+      listen: "127.0.0.1:6653"        # optional: the OpenFlow listener's TCP address (default: loopback)
+    limits:
+      max_flows: 1000000              # flows each switch's director tracks; beyond: unmirrored, untracked
     switches:
       - cells:
           - {id: cell1, port: 1, mgmt: "172.30.0.10:7700"}   # the cell's management address
 
 Addresses are IP literals (``[v6]:port`` for IPv6) with a UDP port 1-65535.
+Every management datagram is authenticated with the key (``prism.mgmt_auth``);
+a key file that cannot be read, or holds a key shorter than
+``MIN_KEY_CHARS``, is an error here, at the line of ``key_file``. The key is
+a secret: keep it out of version control (``make demo`` and the tests make
+one in their work directory).
 """
 
 from __future__ import annotations
@@ -28,6 +41,9 @@ from typing import Dict, List, Optional, Tuple
 
 from yaml.nodes import Node, ScalarNode
 
+from prism.mgmt_auth import MgmtKeyError, read_key_file
+
+from prism.config_telemetry import resolve_path
 from prism.config_types import (
     DEFAULT_ALIVE_AFTER_S,
     DEFAULT_DEAD_AFTER_INTERVALS,
@@ -36,17 +52,21 @@ from prism.config_types import (
     DEFAULT_TAKEOVER_TOLERANCE_BYTES,
     SEVERITY_WARNING,
     CellConfig,
+    LimitsConfig,
     ManagementConfig,
+    OpenFlowConfig,
     RestConfig,
 )
 
-MANAGEMENT_KEYS = ("listen", "heartbeat_interval", "dead_after", "alive_after", "state_interval_s",
-                   "takeover_tolerance_bytes")  # fmt: skip
+MANAGEMENT_KEYS = ("listen", "heartbeat_interval", "dead_after", "alive_after", "key_file", "key_env",
+                   "generation_file", "state_interval_s", "takeover_tolerance_bytes")  # fmt: skip
 #: Below this a ``state`` flow's progress records would come more often than a cell's tick sends them.
 CELL_TICK_S = 0.1
 #: Below this a taken-over flow must not have moved more than one full-size TCP window.
 SMALL_TOLERANCE_BYTES = 65535
-REST_KEYS = ("token_env", "token_file")
+REST_KEYS = ("token_env", "token_file", "listen")
+OPENFLOW_KEYS = ("listen",)
+LIMITS_KEYS = ("max_flows",)
 MAX_UDP_PORT = 65535
 _TAG_INT = "tag:yaml.org,2002:int"
 _TAG_FLOAT = "tag:yaml.org,2002:float"
@@ -131,6 +151,13 @@ def check_management(checker, node: Optional[Node]) -> ManagementConfig:
         checker.report(fields["dead_after"], "management.dead_after",
                        f"{dead_after} s is less than two heartbeat intervals: one lost heartbeat fails a cell",
                        SEVERITY_WARNING)  # fmt: skip
+    key_file, key_env = _key_source(checker, fields)
+    generation_file = None
+    if "generation_file" in fields:
+        generation_file = checker.string(fields["generation_file"], "management.generation_file",
+                                         "management.generation_file")  # fmt: skip
+        if generation_file is not None:
+            generation_file = resolve_path(generation_file, checker.source)
     state_interval = values.get("state_interval_s") or DEFAULT_STATE_INTERVAL_S
     if values.get("state_interval_s") and state_interval < CELL_TICK_S:
         checker.report(fields["state_interval_s"], "management.state_interval_s",
@@ -146,7 +173,31 @@ def check_management(checker, node: Optional[Node]) -> ManagementConfig:
                 checker.report(node, "management.takeover_tolerance_bytes",
                                f"{checked} bytes is less than one TCP window: a cell taking over a state-mode "
                                f"flow refuses it if it moved further since its last record", SEVERITY_WARNING)  # fmt: skip
-    return ManagementConfig(listen, interval, dead_after, alive_after, state_interval, tolerance)
+    return ManagementConfig(listen, interval, dead_after, alive_after, key_file=key_file, key_env=key_env,
+                            generation_file=generation_file, state_interval_s=state_interval,
+                            takeover_tolerance_bytes=tolerance)  # fmt: skip
+
+
+def _key_source(checker, fields: Dict[str, Node]) -> Tuple[Optional[str], Optional[str]]:
+    """``key_file`` (resolved, readable, long enough) and ``key_env`` (a variable name): at most one."""
+    key_file = key_env = None
+    if "key_env" in fields:
+        key_env = checker.string(fields["key_env"], "management.key_env", "management.key_env")
+        if key_env is not None and not _ENV_NAME.fullmatch(key_env):
+            checker.report(fields["key_env"], "management.key_env",
+                           f"{key_env!r} is not an environment variable name (letters, digits, _)")
+            key_env = None
+    if "key_file" in fields:
+        key_file = checker.string(fields["key_file"], "management.key_file", "management.key_file")
+        if key_file is not None:
+            key_file = resolve_path(key_file, checker.source)
+            try:
+                read_key_file(key_file)
+            except MgmtKeyError as error:
+                checker.report(fields["key_file"], "management.key_file", str(error))
+    if "key_env" in fields and "key_file" in fields:
+        checker.report(fields["key_file"], "management.key_file", "give either key_file or key_env, not both")
+    return key_file, key_env
 
 
 def check_rest(checker, node: Optional[Node]) -> RestConfig:
@@ -168,7 +219,31 @@ def check_rest(checker, node: Optional[Node]) -> RestConfig:
     if "token_env" in fields and "token_file" in fields:
         checker.report(fields["token_file"], "rest.token_file",
                        "give either token_env or token_file, not both")
-    return RestConfig(token_env, token_file)
+    listen = None
+    if "listen" in fields:
+        listen = check_address(checker, fields["listen"], "rest.listen", "rest.listen")
+    return RestConfig(token_env, token_file, listen)
+
+
+def check_limits(checker, node: Optional[Node]) -> LimitsConfig:
+    """The ``limits`` section: bounds of the controller's state."""
+    if node is None:
+        return LimitsConfig()
+    fields = checker.mapping(node, "limits", LIMITS_KEYS, ())
+    if fields is None or "max_flows" not in fields:
+        return LimitsConfig()
+    value = checker.integer(fields["max_flows"], "limits.max_flows", 1)
+    return LimitsConfig() if value is None else LimitsConfig(value)
+
+
+def check_openflow(checker, node: Optional[Node]) -> OpenFlowConfig:
+    """The ``openflow`` section: the address the OpenFlow listener binds."""
+    if node is None:
+        return OpenFlowConfig()
+    fields = checker.mapping(node, "openflow", OPENFLOW_KEYS, ())
+    if fields is None or "listen" not in fields:
+        return OpenFlowConfig()
+    return OpenFlowConfig(check_address(checker, fields["listen"], "openflow.listen", "openflow.listen"))
 
 
 def check_cell_addresses(

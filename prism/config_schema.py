@@ -23,13 +23,21 @@ from prism.config_types import (
     SwitchConfig,
 )
 from prism.config_bfd import check_bfd
-from prism.config_mgmt import check_address, check_cell_addresses, check_management, check_rest
+from prism.config_mgmt import (
+    check_address,
+    check_cell_addresses,
+    check_limits,
+    check_management,
+    check_openflow,
+    check_rest,
+)
+from prism.config_etcd import check_etcd
 from prism.config_telemetry import check_prediction, check_telemetry
 from prism.profiles import MODE_FULL, MODES
 
 TOP_KEYS = (
     "idle_timeout", "default_replication_factor", "max_replication_factor", "mirroring_mode", "management",
-    "rest", "telemetry", "prediction", "bfd", "switches",
+    "rest", "telemetry", "prediction", "bfd", "etcd", "switches", "openflow", "limits",
 )  # fmt: skip
 SWITCH_KEYS = ("dpid", "name", "cells", "edge_ports")
 CELL_KEYS = ("id", "port", "mgmt")
@@ -205,10 +213,13 @@ class _Checker:
             DEFAULT_REPLICATION_FACTOR if default_rf is None else default_rf,
             DEFAULT_MAX_REPLICATION_FACTOR if max_rf is None else max_rf,
             management=management, rest=check_rest(self, top.get("rest")),
+            openflow=check_openflow(self, top.get("openflow")),
+            limits=check_limits(self, top.get("limits")),
             telemetry=check_telemetry(self, top.get("telemetry")),
             prediction=check_prediction(self, top.get("prediction"), max_rf),
             mirroring_mode=self._mirroring_mode(top.get("mirroring_mode")),
             bfd=check_bfd(self, top.get("bfd")),
+            etcd=check_etcd(self, top.get("etcd")),
             source=self.source,
         )  # fmt: skip
 

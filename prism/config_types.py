@@ -10,6 +10,7 @@ from prism.mgmt import DEFAULT_STATE_INTERVAL_S, DEFAULT_TAKEOVER_TOLERANCE_BYTE
 if TYPE_CHECKING:  # pragma: no cover - defined beside their checks
     from prism.config_bfd import BfdConfig
     from prism.config_telemetry import PredictionConfig, TelemetryConfig
+    from prism.config_etcd import EtcdConfig
 
 DEFAULT_IDLE_TIMEOUT_S = 10
 DEFAULT_REPLICATION_FACTOR = 1
@@ -71,6 +72,12 @@ class CellConfig:
     mgmt: Optional[Tuple[str, int]] = None
 
 
+#: Environment variable holding the management key when the configuration names no source.
+DEFAULT_MGMT_KEY_ENV = "PRISM_MGMT_KEY"
+#: Where the controller keeps its generation when ``management.generation_file`` is not set.
+DEFAULT_GENERATION_FILE = "/var/lib/prism/controller-generation"
+
+
 @dataclass(frozen=True)
 class ManagementConfig:
     """The management network as the controller sees it (``management:`` section).
@@ -80,6 +87,10 @@ class ManagementConfig:
         heartbeat_interval: Seconds between two heartbeats of a cell.
         dead_after: Seconds without a heartbeat after which a cell is dead.
         alive_after: Seconds of unbroken heartbeats before a dead cell is used again.
+        key_file: File holding the management key (resolved against the configuration's directory).
+        key_env: Environment variable holding it (neither: ``DEFAULT_MGMT_KEY_ENV``).
+        generation_file: Where the controller keeps its generation (resolved likewise;
+            None: ``DEFAULT_GENERATION_FILE``).
         state_interval_s: Seconds between two progress records of a ``state`` flow
             (sent to the cells in the ``directory``).
         takeover_tolerance_bytes: How far beyond the replicated window a cell taking
@@ -90,16 +101,51 @@ class ManagementConfig:
     heartbeat_interval: float = DEFAULT_HEARTBEAT_INTERVAL_S
     dead_after: float = DEFAULT_HEARTBEAT_INTERVAL_S * DEFAULT_DEAD_AFTER_INTERVALS
     alive_after: float = DEFAULT_ALIVE_AFTER_S
+    key_file: Optional[str] = None
+    key_env: Optional[str] = None
+    generation_file: Optional[str] = None
     state_interval_s: float = DEFAULT_STATE_INTERVAL_S
     takeover_tolerance_bytes: int = DEFAULT_TAKEOVER_TOLERANCE_BYTES
 
 
 @dataclass(frozen=True)
 class RestConfig:
-    """Where the REST API's token comes from (``rest:`` section); neither: ``PRISM_REST_TOKEN``."""
+    """The REST API (``rest:`` section): its token source (neither: ``PRISM_REST_TOKEN``) and address.
+
+    ``listen`` (``(ip, port)``) overrides ryu-manager's ``--wsapi-host/--wsapi-port``;
+    without it the REST API listens on 127.0.0.1 unless ``--wsapi-host`` says otherwise.
+    """
 
     token_env: Optional[str] = None
     token_file: Optional[str] = None
+    listen: Optional[Tuple[str, int]] = None
+
+
+#: Flows each switch's director tracks at most by default (``limits.max_flows``).
+DEFAULT_LIMIT_MAX_FLOWS = 1_000_000
+
+
+@dataclass(frozen=True)
+class LimitsConfig:
+    """Bounds of the controller's state (``limits:`` section).
+
+    ``max_flows``: flows each switch's director tracks (FSC copy, assignments);
+    new flows beyond go to their primary cell unmirrored and untracked.
+    """
+
+    max_flows: int = DEFAULT_LIMIT_MAX_FLOWS
+
+
+@dataclass(frozen=True)
+class OpenFlowConfig:
+    """The OpenFlow listener (``openflow:`` section).
+
+    ``listen`` (``(ip, port)``) overrides ryu-manager's ``--ofp-listen-host`` and
+    ``--ofp-tcp-listen-port``; without it the director listens on 127.0.0.1
+    unless ``--ofp-listen-host`` says otherwise (switches on other hosts need an address here).
+    """
+
+    listen: Optional[Tuple[str, int]] = None
 
 
 @dataclass(frozen=True)
@@ -141,6 +187,7 @@ class PrismConfig:
         prediction: The predictive policy's model and budget (None: fixed replication factor).
         mirroring_mode: The fixed policy's mirroring mode, ``full`` or ``state`` (prism.profiles).
         bfd: BFD between the switch and the cells (``prism.config_bfd``; None: no BFD).
+        etcd: Several controllers through etcd (``prism.config_etcd.EtcdConfig``; None: one controller).
         source: Where it was read from.
         warnings: Problems that did not stop it from loading.
     """
@@ -151,10 +198,13 @@ class PrismConfig:
     max_replication_factor: int = DEFAULT_MAX_REPLICATION_FACTOR
     management: ManagementConfig = field(default_factory=ManagementConfig)
     rest: RestConfig = field(default_factory=RestConfig)
+    openflow: OpenFlowConfig = field(default_factory=OpenFlowConfig)
+    limits: LimitsConfig = field(default_factory=LimitsConfig)
     telemetry: Optional[TelemetryConfig] = None
     prediction: Optional[PredictionConfig] = None
     mirroring_mode: str = "full"
     bfd: Optional[BfdConfig] = None
+    etcd: Optional[EtcdConfig] = None
     source: str = field(default="<string>", compare=False)
     warnings: Tuple[ConfigProblem, ...] = field(default=(), compare=False)
 

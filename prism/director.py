@@ -15,6 +15,7 @@ from prism.flows import (
     ETH_TYPE_IPV6,
     PROTO_ICMPV6,
     PROTO_TCP,
+    TCP_SYN,
     FlowKey,
     NotAFlow,
     PacketInfo,
@@ -22,11 +23,12 @@ from prism.flows import (
     key_from_match,
     parse_frame,
 )
-from prism.failover import Failover, FailoverStats, UnknownCell
-from prism.groups import GroupTable, ProfileGroup
+from prism.failover import SEED_RETRY_S, Failover, FailoverStats, UnknownCell
+from prism.groups import GroupTable, PendingSeed, ProfileGroup
 from prism.openflow import (
     COOKIE_HOST,
     COOKIE_PIPELINE,
+    COOKIE_UNPROTECTED,
     FF_GROUP_OFFSET,
     METADATA_PROFILE_MASK,
     MIRROR_MAC,
@@ -55,15 +57,20 @@ from prism.openflow import (
     PacketOut,
 )
 from prism.policy import NoLiveCell, Policy
+from prism.placement_memory import PlacementMemory
 from prism.profiles import MODE_FULL, MODE_STATE, MODES, FlowEntry, FlowStateCache, MirroringProfile
 from prism.ring import HashRing
+from prism.switch_refusals import FLOW, GROUP, Refusal
 
 if TYPE_CHECKING:  # pragma: no cover
     from prism.config import SwitchConfig
+    from prism.takeover import TakeoverPlan
 
 ETH_TYPE_ARP = 0x0806
 MAX_IDLE_TIMEOUT = 0xFFFF  #: OpenFlow's idle_timeout is 16 bits
 MAX_HOSTS = 65536  #: learnt MACs per switch; beyond it new hosts are flooded to, not learnt
+#: Flows in the controller's FSC copy per switch by default (``limits.max_flows``).
+DEFAULT_MAX_FLOWS = 1_000_000
 _ETH = struct.Struct("!6s6s")
 _DIGITS = re.compile(r"\d+")
 
@@ -99,7 +106,12 @@ class DirectorCounters:
     packet_ins: int = 0
     flows_total: int = 0
     flows_mirrored: int = 0
+    flows_unprotected: int = 0
+    flows_returned: int = 0
+    flows_refused: int = 0
+    groups_refused: int = 0
     flows_ended: int = 0
+    takeovers: int = 0
     flow_races: int = 0
     directions_reinstalled: int = 0
     groups_installed: int = 0
@@ -158,6 +170,16 @@ class MirroringDirector:
             the decision itself; default ``prism.director``).
         ring: The shared ring over the switch's cells, for failover choices
             (default: equal weights over every configured cell).
+        max_flows: Flows tracked at most; a new flow beyond goes to its primary
+            cell without mirroring and untracked (``flows_unprotected``), so
+            neither memory nor packet-ins grow with a flood of new flows.
+
+    A flow whose entries idled out, or were wiped by a reconnect, is
+    remembered with its cells (``memory``, a ``PlacementMemory``): when it
+    comes back it is placed on the live cells that still hold its state
+    (``flows_returned``), not where the policy would put a new flow. A TCP
+    flow that comes back mid-connection without such a placement is counted
+    in ``state_lost_flows``: its cells may not hold its state.
 
     Raises:
         ValueError: an idle_timeout OpenFlow cannot carry, or a port that is both a cell and an edge port.
@@ -170,6 +192,7 @@ class MirroringDirector:
         policy: Policy,
         logger: Optional[logging.Logger] = None,
         ring: Optional[HashRing] = None,
+        max_flows: int = DEFAULT_MAX_FLOWS,
     ) -> None:
         if not 0 < idle_timeout <= MAX_IDLE_TIMEOUT:
             raise ValueError(f"idle_timeout must be 1..{MAX_IDLE_TIMEOUT} s, not {idle_timeout}")
@@ -177,6 +200,8 @@ class MirroringDirector:
         self.dp_id: int = switch.dp_id
         self.idle_timeout = int(idle_timeout)
         self.policy = policy
+        self.max_flows = max_flows
+        self.memory = PlacementMemory(max_entries=max_flows)
         self.logger = logger or logging.getLogger(__name__)
         self._cell_ports: Dict[str, int] = {cell.id: cell.port for cell in switch.cells}
         self._cell_of_port: Dict[int, str] = {port: cell_id for cell_id, port in self._cell_ports.items()}
@@ -288,6 +313,8 @@ class MirroringDirector:
         start afresh; live flows come back through packet-ins.
         """
         self._count("switch_connects")
+        for entry in self._flows:  # the switch holds none of them now; their cells still do
+            self.memory.remember(entry.flow_id, entry.profile.cells, now)
         self._reset()
         return [
             FlowMod(Command.DELETE, None),
@@ -329,6 +356,45 @@ class MirroringDirector:
             entry(TABLE_DELIVERY, PRIORITY_MISS, to_controller),
         ]
         return mods
+
+    def adopt(self, now: float, plan: "TakeoverPlan", down=(), draining=()) -> List[OfChange]:
+        """Take over a switch that keeps forwarding: its groups and FSC entries become this director's.
+
+        Nothing live is deleted or re-added; only groups no entry uses are deleted.
+        ``down``/``draining``: the cells' status as the previous master left it (etcd).
+        A plan without the pipeline (a fresh switch) converges from scratch instead.
+        """
+        if not plan.has_pipeline:
+            return self.on_switch_connect(now)
+        self._count("takeovers")
+        self._reset()
+        self._failover.adopt_verdicts(down, draining)
+        self._live_cells = self._failover.live_cells
+        for group_id, (profile, target_rf) in sorted(plan.groups.items()):
+            # a mirror still waiting for its seed: asked again at the next tick (the primary's
+            # "seeded" may have gone to the old master)
+            pending = {
+                mirror: PendingSeed(profile.primary_cell, now - SEED_RETRY_S)
+                for mirror in plan.pending.get(group_id, ())
+            }
+            self._groups.adopt(group_id, profile, target_rf, pending)
+        for group_id in plan.state_entries:
+            self._groups.get(group_id).state_entries = True  # installed: deleted with the group, never re-added
+        for key, forward, group_id, mode in plan.flows:
+            entry = self._flows.get(key.flow_id)
+            if entry is None:
+                self._flows.add(key, self._groups.get(group_id).profile, group_id, now, directions=(forward,),
+                                mode=mode)  # fmt: skip
+                self._groups.get(group_id).refcount += 1
+            elif entry.group_id == group_id:
+                entry.directions.add(forward)
+        changes: List[OfChange] = []
+        for group_id in plan.orphan_groups:
+            changes.append(GroupMod(Command.DELETE, GroupType.ALL, group_id))
+            changes.append(GroupMod(Command.DELETE, GroupType.FAST_FAILOVER, group_id + FF_GROUP_OFFSET))
+        for ff_group_id in plan.stray_ff_groups:
+            changes.append(GroupMod(Command.DELETE, GroupType.FAST_FAILOVER, ff_group_id))
+        return changes
 
     # --- Packet-ins -----------------------------------------------------------------------
     def on_packet_in(self, now: float, in_port: int, table_id: int, data: bytes) -> List[OfChange]:
@@ -400,14 +466,23 @@ class MirroringDirector:
     def _new_flow(self, now: float, in_port: int, info: PacketInfo, data: bytes) -> List[OfChange]:
         if not self._live_cells:
             return self._drop(DROP_NO_LIVE_CELL)
-        try:
-            profile = self.policy.profile_for(info, self._live_cells, now)
-        except NoLiveCell:
-            return self._drop(DROP_NO_LIVE_CELL)
+        holding = self.memory.recall(info.flow_id, now, self._live_cells) if len(self.memory) else None
+        if holding is not None:
+            profile = MirroringProfile.of(*holding)
+            self._count("flows_returned")
+        else:
+            try:
+                profile = self.policy.profile_for(info, self._live_cells, now)
+            except NoLiveCell:
+                return self._drop(DROP_NO_LIVE_CELL)
+            if info.proto == PROTO_TCP and not info.tcp_flags & TCP_SYN:
+                self._failover.count_state_lost(1)  # mid-connection, placed where its state may not be
         if any(cell_id not in self._cell_ports for cell_id in profile.cells):
             return self._drop(DROP_BAD_PROFILE)
         if any(cell_id not in self._live_cells for cell_id in profile.cells):
             return self._drop(DROP_UNUSABLE_CELL)
+        if len(self._flows) >= self.max_flows:
+            return self._unprotected(in_port, info, profile.primary_cell, data)
         changes: List[OfChange] = []
         group_id = self._groups.group_for(profile)
         created = group_id is None
@@ -436,6 +511,73 @@ class MirroringDirector:
         ]
         changes.append(PacketOut(in_port, (GroupAction(group_id),), data))  # the first packet: to every mirror
         return changes
+
+    def _unprotected(self, in_port: int, info: PacketInfo, primary_cell: str, data: bytes) -> List[OfChange]:
+        """A flow the director cannot track: both directions to its primary cell, no mirror, no record."""
+        to_primary = (Output(self._cell_ports[primary_cell]),)
+        return [*self._unprotected_entries(info.key, primary_cell), PacketOut(in_port, to_primary, data)]
+
+    def _unprotected_entries(self, key, primary_cell: str) -> List[FlowMod]:
+        self._count("flows_unprotected")
+        to_primary = (Output(self._cell_ports[primary_cell]),)
+        return [
+            FlowMod(Command.ADD, TABLE_FSC, Match.of(**direction_match(key, forward)), PRIORITY_MID,
+                    to_primary, cookie=COOKIE_UNPROTECTED, idle_timeout=self.idle_timeout)
+            for forward in (True, False)
+        ]  # fmt: skip
+
+    def placements(self, now: float) -> List[list]:
+        """Every remembered placement and every live flow's, for the placements file (``prism.placement_store``)."""
+        return self.memory.entries() + [[entry.flow_id, list(entry.profile.cells), now] for entry in self._flows]
+
+    # --- What the switch refused ----------------------------------------------------------
+    def on_refused(self, refusal: Refusal, now: float) -> List[OfChange]:
+        """The switch refused one of our additions: roll the view back to what the switch holds.
+
+        A refused profile group (a full group table): its flows go to their
+        primary cell without mirroring, by entries of their own
+        (``flows_unprotected``), instead of reaching the controller packet by
+        packet through entries that name a missing group; the group is
+        forgotten. A refused FSC entry (a full flow table): the flow is
+        forgotten (``flows_refused``; its group goes when it was the last),
+        so no failover, seed or count assumes it is installed.
+
+        Returns:
+            The changes that follow (unprotected entries, group deletions).
+        """
+        if refusal.kind == GROUP:
+            group_id = refusal.ident
+            if self._groups.get(group_id) is None and self._groups.get(group_id - FF_GROUP_OFFSET) is not None:
+                group_id -= FF_GROUP_OFFSET
+            return self._group_refused(group_id)
+        if refusal.kind == FLOW and refusal.table_id == TABLE_FSC:
+            return self._flow_refused(refusal.ident)
+        return []
+
+    def _group_refused(self, group_id: int) -> List[OfChange]:
+        group = self._groups.get(group_id)
+        if group is None:
+            return []
+        self._count("groups_refused")
+        changes: List[OfChange] = []
+        for entry in [entry for entry in self._flows.flows_using_profile(group.profile)
+                      if entry.group_id == group_id]:  # fmt: skip
+            self._flows.remove(entry.flow_id)
+            self._failover.flow_ended(entry.flow_id)
+            changes += self._unprotected_entries(entry.key, entry.profile.primary_cell)
+        return changes + list(self._groups.release(group_id))
+
+    def _flow_refused(self, flow_id: int) -> List[OfChange]:
+        entry = self._flows.remove(flow_id)
+        if entry is None:
+            return []
+        self._count("flows_refused")
+        self._failover.flow_ended(flow_id)
+        group = self._groups.get(entry.group_id)
+        if group is None:
+            return []
+        group.refcount -= 1
+        return list(self._groups.release(entry.group_id)) if group.refcount <= 0 else []
 
     def _fsc_entry(
         self, key: FlowKey, forward: bool, group_id: int, profile: MirroringProfile, mode: str,
@@ -644,6 +786,7 @@ class MirroringDirector:
         if not self._flows.remove_direction(cookie, forward, packets, bytes, duration_s, now):
             return []
         self._count("flows_ended")
+        self.memory.remember(cookie, entry.profile.cells, now)
         self._failover.flow_ended(cookie)
         group = self._groups.get(entry.group_id)
         if group is None:
@@ -666,6 +809,7 @@ class MirroringDirector:
         Raises:
             UnknownCell: the switch has no such cell.
         """
+        self.memory.cell_down(cell_id)
         decisions = self._failover.cell_down(cell_id, kind, now, self._groups, self._flows)
         self._live_cells = self._failover.live_cells
         stats = self._failover.last_failover
@@ -743,6 +887,7 @@ class MirroringDirector:
 
     def tick(self, now: float) -> List[MgmtMessage]:
         """Periodic work: new groups' ``profiles`` and flows' ``assign`` batches, seed retries, full tables."""
+        self.memory.expire(now)
         return self._failover.tick(now, self._groups)
 
     # --- L2: hosts on edge ports ------------------------------------------------------------------

@@ -147,12 +147,21 @@ class Failover:
         """Cumulative counters."""
         return dict(self._counts)
 
+    def count_state_lost(self, flows: int) -> None:
+        """``flows`` flows were placed on cells that may lack their state (counted in ``state_lost_flows``)."""
+        self._counts["state_lost_flows"] += flows
+
     def reset(self) -> None:
         """The switch reconnected and lost its groups: forget queued messages, refresh every cell soon."""
         self._announce.clear()
         self._assigns.clear()
         self.flow_seeds.reset()
         self._next_refresh = None
+
+    def adopt_verdicts(self, down: Iterable[str], draining: Iterable[str]) -> None:
+        """Take the cells' status from the previous master (a takeover); unknown cells are ignored."""
+        self._down = {c for c in down if c in self.cell_ids}
+        self._draining = {c for c in draining if c in self.cell_ids}
 
     # --- events ------------------------------------------------------------------------
     def cell_down(

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import heapq
 from dataclasses import dataclass, field
+from types import MappingProxyType
 from typing import Dict, Iterator, List, Mapping, Optional, Set, Tuple
 
 from prism.openflow import (
@@ -153,6 +154,33 @@ class GroupTable:
         group = GroupState(group_id, profile, profile.replication_factor)
         self._groups[group_id] = group
         self._by_profile.setdefault(profile, set()).add(group_id)
+        return group
+
+    def adopt(
+        self, group_id: int, profile: MirroringProfile, target_rf: int,
+        pending: Mapping[str, PendingSeed] = MappingProxyType({}),
+    ) -> GroupState:
+        """Take in a group the switch already holds (a takeover), keeping its id.
+
+        ``pending``: its mirrors still waiting for their seed.
+
+        Raises:
+            ValueError: the id is outside the profile range or already taken.
+        """
+        if not PROFILE_GROUP_BASE <= group_id < PROFILE_GROUP_BASE + MAX_PROFILE_GROUPS:
+            raise ValueError(f"group id {group_id:#x} is not a profile group id")
+        if group_id in self._groups:
+            raise ValueError(f"group {group_id:#x} is already in the table")
+        group = GroupState(group_id, profile, target_rf, pending=dict(pending))
+        self._groups[group_id] = group
+        self._by_profile.setdefault(profile, set()).add(group_id)
+        if group_id >= self._next_id:
+            # ids skipped below it stay unused until groups are released (no list of them is built:
+            # an adopted id near the top of the range would make it millions long)
+            self._next_id = group_id + 1
+        elif group_id in self._free_ids:
+            self._free_ids.remove(group_id)
+            heapq.heapify(self._free_ids)
         return group
 
     def rewrite(self, group_id: int, profile: MirroringProfile) -> None:

@@ -3,8 +3,13 @@
 PRISM keeps control and replication traffic off the data path: every cell has
 a second interface on a management network (in Mininet, a Linux bridge in the
 root namespace that the controller also sits on). Messages are UDP datagrams:
-one JSON object, zlib-compressed, behind a 4-byte header (magic + version).
-``decode`` never raises on garbage: it returns None and the caller counts it.
+one JSON object, zlib-compressed, behind a 4-byte header (magic + version),
+sealed in an authenticated envelope (``prism.mgmt_auth``: HMAC-SHA256 under
+the deployment's key, a replay counter per sender) that is checked before
+anything here runs. ``decode`` never raises on garbage: it returns None and
+the caller counts it. It inflates at most ``MAX_MESSAGE_BYTES`` (``encode``
+refuses to make a bigger message), refuses bytes after the compressed stream,
+NaN and infinities, and integers of more than 64 bits.
 
 Message types (field ``type``); ``cell`` is always the sender's cell id
 (messages from the controller carry none):
@@ -41,7 +46,11 @@ Message types (field ``type``); ``cell`` is always the sender's cell id
   "this is the whole table"; every cell gets its whole table every 5 s.
   A cell ignores a partial ``profiles`` with an epoch below the last it
   applied (a reordered datagram); a full table and a ``directory`` always
-  apply (the controller may have restarted with lower epochs).
+  apply (the controller may have restarted with lower epochs). Both carry
+  the controller's ``generation`` (``prism.generation``, bumped at every
+  start): a cell refuses those of a lower generation than it applied (a
+  replaced controller is fenced), and within one a full table with a stale
+  epoch too.
 - ``assign`` controller -> the cells of a profile:
   ``{flows: [[flow_id, profile_id, key_text, mode], ...]}`` batched per tick;
   tells a cell which profile a flow of its belongs to and its mirroring mode
@@ -167,12 +176,16 @@ copied are never lost.
 
 A cell with a configured controller accepts ``directory``, ``profiles``,
 ``assign``, ``seed``, ``drain`` and ``restore`` only from the controller's IP
-address (any source port).
+address (any source port) and sealed by ``CONTROLLER_SENDER``; ``state`` only
+from a live peer, and of its records only those of flows whose profile names
+the sender (or whose assignment has not arrived); ``ack`` only for the
+sealer's own channel. Every message naming a ``cell`` must be sealed by it.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import struct
 import zlib
 from typing import Any, Dict, Optional
@@ -205,8 +218,12 @@ ASSIGN_MODES = (MODE_FULL, MODE_STATE)
 MAX_MILESTONES_PER_MESSAGE = 500
 #: Largest datagram we send; state batches are split below this.
 MAX_DATAGRAM = 60_000
-#: A decompressed message larger than this is refused (no zip bombs).
-MAX_MESSAGE_BYTES = 8 * 1024 * 1024
+#: A decompressed message larger than this is refused (no zip bombs), and
+#: ``encode`` makes none: a full ``profiles`` table or an ``assign`` of a
+#: MAX_DATAGRAM compresses about 4-8 times, far below it.
+MAX_MESSAGE_BYTES = 1024 * 1024
+#: Integers in a message are below this in magnitude (64-bit counters at most).
+MAX_INTEGER = 1 << 64
 
 MESSAGE_TYPES = frozenset(
     {"heartbeat", "directory", "profiles", "assign", "seed", "seeded", "state", "ack",
@@ -214,12 +231,43 @@ MESSAGE_TYPES = frozenset(
 )
 
 
+class MessageTooBig(ValueError):
+    """A message whose JSON exceeds ``MAX_MESSAGE_BYTES``: no receiver would inflate it."""
+
+
 def encode(message: Dict[str, Any]) -> bytes:
-    """One message as a datagram. ``message['type']`` must be a known type."""
+    """One message as a datagram. ``message['type']`` must be a known type.
+
+    Raises:
+        ValueError: an unknown type, or a NaN or infinite number.
+        MessageTooBig: its JSON is longer than ``MAX_MESSAGE_BYTES``.
+    """
     if message.get("type") not in MESSAGE_TYPES:
         raise ValueError(f"unknown management message type {message.get('type')!r}")
-    body = zlib.compress(json.dumps(message, separators=(",", ":")).encode(), 1)
-    return _HEADER.pack(MAGIC, VERSION) + body
+    text = json.dumps(message, separators=(",", ":"), allow_nan=False).encode()
+    if len(text) > MAX_MESSAGE_BYTES:
+        raise MessageTooBig(f"{message['type']} message of {len(text)} bytes (at most {MAX_MESSAGE_BYTES})")
+    return _HEADER.pack(MAGIC, VERSION) + zlib.compress(text, 1)
+
+
+def _refuse_constant(name: str) -> None:
+    raise ValueError(f"{name} is not a number a message may carry")
+
+
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise ValueError(f"{text} is not finite")
+    return value
+
+
+def _bounded_int(text: str) -> int:
+    if len(text) > 21:  # cheaper than converting first: 2**64 has 20 digits
+        raise ValueError("integer too large")
+    value = int(text)
+    if abs(value) >= MAX_INTEGER:
+        raise ValueError("integer too large")
+    return value
 
 
 def decode(datagram: bytes) -> Optional[Dict[str, Any]]:
@@ -232,9 +280,10 @@ def decode(datagram: bytes) -> Optional[Dict[str, Any]]:
     try:
         inflater = zlib.decompressobj()
         text = inflater.decompress(datagram[_HEADER.size:], MAX_MESSAGE_BYTES)
-        if inflater.unconsumed_tail:
-            return None
-        message = json.loads(text)
+        if inflater.unconsumed_tail or not inflater.eof or inflater.unused_data:
+            return None  # bigger than any real message, truncated, or trailing bytes
+        message = json.loads(text, parse_constant=_refuse_constant, parse_float=_finite_float,
+                             parse_int=_bounded_int)  # fmt: skip
     except (zlib.error, ValueError, UnicodeDecodeError, RecursionError):
         return None
     if not isinstance(message, dict) or not isinstance(message.get("type"), str) \

@@ -50,6 +50,8 @@ PRIORITY_CONTROL = 400  #: control traffic (heartbeats, replication) above all
 #: flow_id equal to this value is remapped by ``prism.flows``.
 COOKIE_PIPELINE = 0x5052_4953_4D00_0000  # "PRISM\0\0\0"
 COOKIE_HOST = 0x5052_4953_4D00_0001  #: learnt host entries in TABLE_DELIVERY
+#: FSC entries of flows forwarded to their primary cell without mirroring (the FSC copy was full).
+COOKIE_UNPROTECTED = 0x5052_4953_4D00_0002
 COOKIE_ALL_MASK = 0xFFFF_FFFF_FFFF_FFFF
 #: Cookie of a profile's TABLE_PROFILE entries: this base plus its ALL group id
 #: (deleted, in TABLE_PROFILE only, with COOKIE_ALL_MASK when the profile's groups go).

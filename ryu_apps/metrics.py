@@ -13,6 +13,12 @@ SWITCH_COUNTERS = (
     ("flows_total", "flows", "New flows installed in the FSC."),
     ("flows_mirrored", "flows_mirrored", "New flows with at least one mirror cell."),
     ("flows_ended", "flows_ended", "Flows whose FSC entries all expired."),
+    ("flows_unprotected", "flows_unprotected",
+     "Flows forwarded to their primary cell unmirrored (FSC copy full, or their group refused)."),
+    ("flows_refused", "flows_refused", "Flows whose FSC entry the switch refused (e.g. a full flow table)."),
+    ("flows_returned", "flows_returned",
+     "Flows that came back (after an idle-out, a reconnect or a restart) placed on the cells holding their state."),
+    ("groups_refused", "groups_refused", "Profile groups the switch refused (e.g. a full group table)."),
     ("packet_ins", "packet_ins", "Packet-ins handled."),
     ("groups_installed", "groups_installed", "Profile groups created."),
     ("groups_deleted", "groups_deleted", "Profile groups deleted after their last flow ended."),
@@ -63,6 +69,18 @@ class PrismCollector:
         for kind, value in sorted(status["mgmt"].items()):
             mgmt.add_metric([kind], value)
         yield mgmt
+        refused = CounterMetricFamily("prism_mgmt_refused", "Management datagrams refused, by reason "
+                                      "(bad_tag: forged; replayed; stale; oversized ...).", labels=["reason"])  # fmt: skip
+        channel = getattr(self.app, "channel", None)
+        for name, value in sorted((channel.auth_counts() if channel is not None else {}).items()):
+            if name.startswith("refused_"):
+                refused.add_metric([name[len("refused_"):]], value)
+        yield refused
+        switch_errors = CounterMetricFamily("prism_switch_errors", "OpenFlow error messages from switches.",
+                                            labels=["type", "code"])  # fmt: skip
+        for (kind, code), value in sorted(getattr(self.app, "switch_errors", {}).items()):
+            switch_errors.add_metric([str(kind), str(code)], value)
+        yield switch_errors
         errors = CounterMetricFamily("prism_handler_errors", "Exceptions caught per handler.", labels=["handler"])
         for handler, value in sorted(self.app.handler_errors.items()):
             errors.add_metric([handler], value)

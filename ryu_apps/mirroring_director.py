@@ -60,21 +60,30 @@ from ryu.ofproto import ofproto_v1_3
 
 from prism.actions import MgmtMessage
 from prism.config import ConfigError, PrismConfig, load_config
+from prism.config_mgmt import parse_address
 from prism.control import ControlPlane, Outgoing, SwitchChange
 from prism.director import MirroringDirector
 from prism.flow_end import flow_removed, tell_policy
 from prism.health import HealthSettings
 from prism.openflow import OfChange
+from prism.placement_store import save_placements
 from prism.policy import FixedPolicy
 from prism.ring import HashRing
+from prism.switch_refusals import refused_addition
 from prism.telemetry import flow_record
 from ryu_apps.clock import CLOCK
-from ryu_apps.mgmt_channel import RECEIVE_TIMEOUT_S, MgmtChannel
+from ryu_apps.cluster import Cluster, ClusterEvents, controller_id_from_env
+from ryu_apps.listen import apply_listen_addresses
+from ryu_apps.mgmt_channel import MAX_PENDING, RECEIVE_TIMEOUT_S, MgmtChannel
+from ryu_apps.mgmt_setup import controller_generation, management_auth, placements_path, restore_placements
 from ryu_apps.ofmsg import match_to_dict, to_ofmsg, to_ofmsgs
 from ryu_apps.telemetry_events import EventFlowEnded
 
 #: Environment variable naming the PRISM configuration file.
 CONFIG_ENV = "PRISM_CONFIG"
+#: Environment variable overriding ``management.listen`` for this controller ("IP:PORT"): several
+#: controllers sharing one configuration each listen on their own address (cells name them all).
+MGMT_LISTEN_ENV = "PRISM_MGMT_LISTEN"
 NANOSECONDS = 1e9
 #: Seconds between two ticks of the control plane (failure detection, batched cell messages).
 TICK_S = 0.05
@@ -82,6 +91,11 @@ TICK_S = 0.05
 BIND_RETRY_S = 1.0
 #: Seconds the receive loop waits when the tick is handling the datagrams itself.
 BUSY_RETRY_S = 0.002
+#: Seconds between two saves of the flow placements (a restarted controller places returning flows by them).
+PLACEMENT_SAVE_S = 5.0
+#: Datagrams the management loop handles before it lets the other green threads run
+#: (a green socket with data queued never yields: a flood would starve the tick and OpenFlow).
+MGMT_DATAGRAMS_PER_TURN = 64
 #: A tick this much later than due is a controller stall (counted and logged; verdicts stay exact).
 STALL_LOG_S = 0.25
 
@@ -98,7 +112,8 @@ def load_directors(config: PrismConfig, logger, models=None) -> Dict[int, Mirror
             policy = models.policy_for(switch, ring)
         else:
             policy = FixedPolicy(ring, config.default_replication_factor, config.mirroring_mode)
-        directors[dp_id] = MirroringDirector(switch, config.idle_timeout, policy, logger=logger, ring=ring)
+        directors[dp_id] = MirroringDirector(switch, config.idle_timeout, policy, logger=logger, ring=ring,
+                                             max_flows=config.limits.max_flows)  # fmt: skip
     return directors
 
 
@@ -141,7 +156,7 @@ def cell_addresses(config: PrismConfig) -> Dict[str, tuple]:
     }
 
 
-class MirroringDirectorApp(app_manager.RyuApp):
+class MirroringDirectorApp(ClusterEvents, app_manager.RyuApp):
     """Ryu shell of the Mirroring Director.
 
     Attributes:
@@ -154,6 +169,10 @@ class MirroringDirectorApp(app_manager.RyuApp):
         switch_errors: OpenFlow error messages received, by ``(type, code)``.
         ignored_switches: Events from switches not in the configuration, by dp_id.
         unsent: Changes and messages that had nowhere to go, by reason.
+        cluster: With an ``etcd`` section, this controller's part in a shared network
+            (``ryu_apps.cluster``): it decides which switches this controller programs.
+        duplicate_connections: Connections refused because they claimed the dp_id of a
+            switch whose connection is live (a second connection never takes a switch over), by dp_id.
     """
 
     OFP_VERSIONS = [ofproto_v1_3.OFP_VERSION]
@@ -171,6 +190,7 @@ class MirroringDirectorApp(app_manager.RyuApp):
             raise SystemExit(f"PRISM: {path} is not a valid configuration:\n{error}") from None
         for warning in self.config.warnings:
             self.logger.warning("%s", warning)
+        apply_listen_addresses(self.config, self.logger)
         self.models = load_models(self.config)
         self.directors = load_directors(self.config, self.logger, self.models)
         self.clock = CLOCK
@@ -190,10 +210,33 @@ class MirroringDirectorApp(app_manager.RyuApp):
             self.models.attach_health(self.control.detector)
         self.datapaths: Dict[int, object] = {}
         self.channel: Optional[MgmtChannel] = None
+        self.mgmt_auth = management_auth(self.config)
+        alone = self.config.etcd is None
+        # Fencing (issue 10): one controller counts its generations in its file; several take theirs
+        # from etcd (the revision of their latest claim, raise_generation), so a new master always
+        # stamps above the one it replaced. The placements file is one controller's too: with several,
+        # a takeover reads the switch's tables and etcd instead.
+        self.generation = controller_generation(self.config) if self.mgmt_auth is not None and alone else 0
+        self.placements_file = placements_path(self.config) if self.mgmt_auth is not None and alone else None
+        if self.placements_file is not None:
+            restore_placements(self.directors, self.placements_file, self.logger)
         self.handler_errors: Counter = Counter()
         self.switch_errors: Counter = Counter()
         self.ignored_switches: Counter = Counter()
         self.unsent: Counter = Counter()
+        self.duplicate_connections: Counter = Counter()
+        self.mgmt_listen = self.config.management.listen
+        if os.environ.get(MGMT_LISTEN_ENV):
+            self.mgmt_listen = parse_address(os.environ[MGMT_LISTEN_ENV])
+            if self.mgmt_listen is None:
+                raise SystemExit(f"PRISM: {MGMT_LISTEN_ENV}={os.environ[MGMT_LISTEN_ENV]!r} is not IP:PORT")
+        self.cluster: Optional[Cluster] = None
+        if self.config.etcd is not None:
+            from ryu import cfg
+
+            self.cluster = Cluster(self, self.config.etcd, controller_id_from_env(cfg.CONF.ofp_tcp_listen_port))
+            self.logger.info("controller %s of a cluster (etcd %s, lease %g s)", self.cluster.controller_id,
+                             self.config.etcd.endpoints, self.config.etcd.lease_s)
         self.logger.info(
             "PRISM Mirroring Director: %d switch(es) from %s, idle_timeout %d s, replication factor %d",
             len(self.directors),
@@ -211,17 +254,23 @@ class MirroringDirectorApp(app_manager.RyuApp):
         thread = super().start()
         self.threads.append(hub.spawn(self._receive_loop))
         self.threads.append(hub.spawn(self._tick_loop))
+        if self.cluster is not None:
+            self.threads.append(hub.spawn(self.cluster.run))
+        if self.placements_file is not None:
+            self.threads.append(hub.spawn(self._save_loop))
         return thread
 
     def stop(self):
         """Stop the green threads (they notice within a receive timeout), then close the channel."""
         super().stop()
+        if self.cluster is not None:
+            self.cluster.stop()
         if self.channel is not None:
             self.channel.close()
 
     def _receive_loop(self) -> None:
         """Bind the management address (retrying until it exists), then feed datagrams to the core."""
-        listen = self.config.management.listen
+        listen = self.mgmt_listen
         if listen is None:
             self.logger.warning("no management.listen in %s: no heartbeats, process failures go undetected",
                                 CONFIG_ENV)
@@ -229,8 +278,10 @@ class MirroringDirectorApp(app_manager.RyuApp):
         warned = False
         while self.is_active and self.channel is None:
             try:
-                self.channel = MgmtChannel(listen, cell_addresses(self.config))
-                self.logger.info("management channel on %s:%d", *self.channel.address)
+                self.channel = MgmtChannel(listen, cell_addresses(self.config), self.mgmt_auth,
+                                           self.generation)  # fmt: skip
+                self.logger.info("management channel on %s:%d, generation %d",
+                                 *self.channel.address, self.generation)  # fmt: skip
                 self.control.start_listening(self.clock.now())  # never-heard cells: their clock starts
             except OSError as error:
                 if not warned:
@@ -248,11 +299,13 @@ class MirroringDirectorApp(app_manager.RyuApp):
                 self.logger.exception("management socket wait failed")
                 hub.sleep(BIND_RETRY_S)
                 continue
-            if self.receive_pending() is None:
+            if self.receive_pending(MGMT_DATAGRAMS_PER_TURN) is None:
                 hub.sleep(BUSY_RETRY_S)
+            else:
+                hub.sleep(0)  # a flood keeps the socket readable: let the tick and OpenFlow run
 
-    def receive_pending(self) -> Optional[int]:
-        """Handle every management datagram waiting now, each at the time the kernel received it.
+    def receive_pending(self, limit: int = MAX_PENDING) -> Optional[int]:
+        """Handle the management datagrams waiting now (``limit`` at most), each at the time the kernel received it.
 
         Returns:
             How many messages were handled; None if another green thread is handling them now.
@@ -267,7 +320,7 @@ class MirroringDirectorApp(app_manager.RyuApp):
         self._receiving = True
         try:
             try:
-                received = self.channel.receive_pending()
+                received = self.channel.receive_pending(limit)
             except OSError:  # a socket in trouble: the next wait or tick tries again
                 self.handler_errors["mgmt_receive"] += 1
                 self.logger.exception("management receive failed")
@@ -278,10 +331,34 @@ class MirroringDirectorApp(app_manager.RyuApp):
                 # the kernel's time, on our clock; never before the last time the queue was emptied
                 at = now if arrival is None else min(now, max(earliest, self.clock.wall_to_clock(arrival)))
                 self.handle_mgmt_message(message, sender, at)
-            self._last_drain = now
+            if getattr(self.channel, "drained", True):  # what comes later arrived after now (with a limit reached: not known)
+                self._last_drain = now
             return len(received)
         finally:
             self._receiving = False
+
+    def raise_generation(self, generation: int) -> None:
+        """Stamp ``generation`` on ``directory`` and ``profiles`` from now on, if it is higher (a claim's revision)."""
+        if generation > self.generation:
+            self.generation = generation
+            if self.channel is not None:
+                self.channel.generation = generation
+
+    def _save_loop(self) -> None:
+        """Save every switch's flow placements every PLACEMENT_SAVE_S (errors are logged, counted, retried)."""
+        while self.is_active:
+            hub.sleep(PLACEMENT_SAVE_S)
+            self.save_placements()
+
+    def save_placements(self) -> None:
+        """Write the placements file now."""
+        now = self.clock.now()
+        try:
+            save_placements(self.placements_file,
+                            {dp_id: d.placements(now) for dp_id, d in self.directors.items()}, now)  # fmt: skip
+        except Exception:  # a full disk must not stop the controller
+            self.handler_errors["save_placements"] += 1
+            self.logger.exception("saving flow placements to %s failed", self.placements_file)
 
     def _tick_loop(self) -> None:
         while self.is_active:
@@ -338,12 +415,18 @@ class MirroringDirectorApp(app_manager.RyuApp):
         """Send the control plane's answer: switch changes to their datapath, messages to their cell."""
         for item in outgoing:
             if isinstance(item, SwitchChange):
+                if self.cluster is not None and not self.cluster.may_send(item.dp_id):
+                    self.unsent["not_master"] += 1
+                    continue
                 datapath = self.datapaths.get(item.dp_id)
                 if datapath is None:  # it converges from scratch when it connects
                     self.unsent["switch_not_connected"] += 1
                     continue
                 datapath.send_msg(to_ofmsg(datapath, item.change))
             elif isinstance(item, MgmtMessage):
+                if self.cluster is not None and not self.cluster.may_message(item.cell_id):
+                    self.unsent["mgmt_not_master"] += 1
+                    continue
                 if self.channel is None:
                     self.unsent["mgmt_channel_not_bound"] += 1
                     continue
@@ -357,10 +440,20 @@ class MirroringDirectorApp(app_manager.RyuApp):
             self.handler_errors[handler] += 1
             self.logger.exception("%s failed", handler)
 
+    def _is_current(self, datapath) -> bool:
+        """False for events of a second connection claiming the dp_id of a connected switch (counted)."""
+        current = self.datapaths.get(datapath.id)
+        if current is not None and current is not datapath:
+            self.duplicate_connections[datapath.id] += 1
+            return False
+        return True
+
     def _dispatch(
         self, handler: str, datapath, decide: Callable[[MirroringDirector], List[OfChange]]
     ) -> None:
         """Ask the switch's director, send its answer; log and count any exception."""
+        if not self._is_current(datapath):
+            return
         try:
             director = self.directors.get(datapath.id)
             if director is None:
@@ -379,6 +472,19 @@ class MirroringDirectorApp(app_manager.RyuApp):
         """A switch (re)connected: converge it to the pipeline."""
         datapath = ev.msg.datapath
         if datapath.id in self.directors:
+            current = self.datapaths.get(datapath.id)
+            if current is not None and current is not datapath and getattr(current, "is_active", False):
+                self.duplicate_connections[datapath.id] += 1
+                self.logger.warning("a second connection claims switch %s while its connection is live: "
+                                    "refused and closed", _dpid(datapath.id))  # fmt: skip
+                datapath.close()
+                return
+        if self.cluster is not None and datapath.id in self.directors:
+            self.logger.info("switch %s connected: its master is decided through etcd", _dpid(datapath.id))
+            self.datapaths[datapath.id] = datapath
+            self.cluster.on_switch_connect(datapath)
+            return
+        if datapath.id in self.directors:
             self.logger.info("switch %s connected: installing the pipeline", _dpid(datapath.id))
             self.datapaths[datapath.id] = datapath
         self._dispatch("switch_features", datapath, lambda d: d.on_switch_connect(self.clock.now()))
@@ -396,12 +502,16 @@ class MirroringDirectorApp(app_manager.RyuApp):
         if datapath is not None and self.datapaths.get(datapath.id) is datapath:
             del self.datapaths[datapath.id]
             self.logger.warning("switch %s disconnected", _dpid(datapath.id))
+        if datapath is not None and self.cluster is not None:
+            self.cluster.on_switch_disconnect(datapath)
 
     @set_ev_cls(ofp_event.EventOFPPortStatus, MAIN_DISPATCHER)
     def port_status_handler(self, ev) -> None:
         """A port changed: a cell port's link going down or up is a health input."""
         msg = ev.msg
         datapath = msg.datapath
+        if not self._is_current(datapath):
+            return
         up = msg.reason != datapath.ofproto.OFPPR_DELETE and _port_is_up(datapath.ofproto, msg.desc)
         live = self._port_is_live(datapath.ofproto, msg.desc)
         now = self.clock.now()
@@ -412,6 +522,8 @@ class MirroringDirectorApp(app_manager.RyuApp):
         """The ports at connection time: cell ports found down are failed over."""
         datapath = ev.msg.datapath
         ofp = datapath.ofproto
+        if not self._is_current(datapath):
+            return
 
         def produce(control: ControlPlane) -> List[Outgoing]:
             now = self.clock.now()
@@ -427,6 +539,12 @@ class MirroringDirectorApp(app_manager.RyuApp):
     def packet_in_handler(self, ev) -> None:
         """A table-miss or a controller-bound packet."""
         msg = ev.msg
+        if self.cluster is not None and not self.cluster.admit_packet_in(msg):
+            return  # held while this new master reads the switch, or not this controller's switch
+        self.handle_packet_in(msg)
+
+    def handle_packet_in(self, msg) -> None:
+        """Hand one packet-in to its switch's director and send the answer."""
         self._dispatch(
             "packet_in",
             msg.datapath,
@@ -437,6 +555,9 @@ class MirroringDirectorApp(app_manager.RyuApp):
     def flow_removed_handler(self, ev) -> None:
         """An FSC entry ended: its final counters. The flow's last entry ends the flow (``flow_ended``)."""
         msg = ev.msg
+        if self.cluster is not None and not self.cluster.may_send(msg.datapath.id):
+            self.unsent["flow_removed_not_master"] += 1
+            return
         now = self.clock.now()
         ended = []
 
@@ -465,9 +586,11 @@ class MirroringDirectorApp(app_manager.RyuApp):
 
     @set_ev_cls(ofp_event.EventOFPErrorMsg, [HANDSHAKE_DISPATCHER, CONFIG_DISPATCHER, MAIN_DISPATCHER])
     def error_handler(self, ev) -> None:
-        """The switch refused a message: log it (with what the switch echoed back) and count it."""
+        """The switch refused a message: log and count it; a refused addition rolls the director back."""
         msg = ev.msg
         self.switch_errors[(msg.type, msg.code)] += 1
+        if self.cluster is not None and msg.type == msg.datapath.ofproto.OFPET_ROLE_REQUEST_FAILED:
+            self.cluster.on_role_error(msg)
         self.logger.warning(
             "switch %s refused a message: type 0x%02x code 0x%02x data %s",
             _dpid(msg.datapath.id),
@@ -475,6 +598,9 @@ class MirroringDirectorApp(app_manager.RyuApp):
             msg.code,
             bytes(msg.data or b"")[:64].hex(),
         )
+        refusal = refused_addition(msg.type, msg.code, bytes(msg.data or b""))
+        if refusal is not None:
+            self._dispatch("switch_error", msg.datapath, lambda d: d.on_refused(refusal, self.clock.now()))
 
 
     def _port_is_live(self, ofp, desc) -> Optional[bool]:

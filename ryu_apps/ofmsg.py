@@ -26,6 +26,7 @@ from prism.openflow import (
     PacketOut,
     SetField,
 )
+from prism.takeover import GROUP_ALL, GROUP_FAST_FAILOVER, SwitchBucket, SwitchFlow, SwitchGroup
 
 
 def to_ofmsgs(datapath: Any, changes: Iterable[OfChange]) -> List[Any]:
@@ -271,3 +272,70 @@ def _actions(datapath: Any, actions: Iterable[Action]) -> List[Any]:
         else:
             raise TypeError(f"not an action description: {action!r}")
     return built
+
+
+# --- Mastership and takeover (ryu_apps.cluster) ------------------------------------------------
+def role_request(datapath: Any, master: bool, generation_id: int) -> Any:
+    """An OFPRoleRequest for MASTER or SLAVE with ``generation_id`` (the switch fences older ones)."""
+    ofp = datapath.ofproto
+    role = ofp.OFPCR_ROLE_MASTER if master else ofp.OFPCR_ROLE_SLAVE
+    return datapath.ofproto_parser.OFPRoleRequest(datapath, role, generation_id)
+
+
+def role_of_reply(datapath: Any, role: int) -> Optional[bool]:
+    """True for MASTER, False for SLAVE, None for EQUAL/NOCHANGE (a role reply's role)."""
+    ofp = datapath.ofproto
+    return {ofp.OFPCR_ROLE_MASTER: True, ofp.OFPCR_ROLE_SLAVE: False}.get(role)
+
+
+def takeover_requests(datapath: Any) -> List[Any]:
+    """What a new master asks: every group's description and every flow entry (all tables)."""
+    ofp = datapath.ofproto
+    parser = datapath.ofproto_parser
+    return [
+        parser.OFPGroupDescStatsRequest(datapath, 0),
+        parser.OFPFlowStatsRequest(datapath, 0, ofp.OFPTT_ALL, ofp.OFPP_ANY, ofp.OFPG_ANY),
+    ]
+
+
+def port_desc_request(datapath: Any) -> Any:
+    """The ports' description (link state of the cell ports)."""
+    return datapath.ofproto_parser.OFPPortDescStatsRequest(datapath, 0)
+
+
+def switch_groups(datapath: Any, body: Iterable[Any]) -> List[SwitchGroup]:
+    """A group description reply's groups as ``prism.takeover.SwitchGroup``."""
+    ofp = datapath.ofproto
+    kinds = {ofp.OFPGT_ALL: GROUP_ALL, ofp.OFPGT_FF: GROUP_FAST_FAILOVER}
+    groups = []
+    for desc in body:
+        buckets = []
+        for bucket in desc.buckets:
+            parser = datapath.ofproto_parser
+            outputs = tuple(a.port for a in bucket.actions if isinstance(a, parser.OFPActionOutput))
+            chained = tuple(a.group_id for a in bucket.actions if isinstance(a, parser.OFPActionGroup))
+            watch = bucket.watch_port if bucket.watch_port != ofp.OFPP_ANY else None
+            buckets.append(SwitchBucket(watch, outputs, chained))
+        groups.append(SwitchGroup(desc.group_id, kinds.get(desc.type, str(desc.type)), tuple(buckets)))
+    return groups
+
+
+def switch_flows(datapath: Any, body: Iterable[Any]) -> List[SwitchFlow]:
+    """A flow statistics reply's entries as ``prism.takeover.SwitchFlow`` (group actions, goto and metadata kept)."""
+    parser = datapath.ofproto_parser
+    flows = []
+    for stat in body:
+        group_ids = tuple(
+            action.group_id
+            for instruction in stat.instructions if isinstance(instruction, parser.OFPInstructionActions)
+            for action in instruction.actions if isinstance(action, parser.OFPActionGroup)
+        )  # fmt: skip
+        goto_table = metadata = None
+        for instruction in stat.instructions:  # a state-mode TCP entry: metadata and TABLE_PROFILE (issue 8)
+            if isinstance(instruction, parser.OFPInstructionGotoTable):
+                goto_table = instruction.table_id
+            elif isinstance(instruction, parser.OFPInstructionWriteMetadata):
+                metadata = instruction.metadata
+        flows.append(SwitchFlow(stat.table_id, stat.cookie, match_to_dict(stat.match), group_ids, goto_table,
+                                metadata))  # fmt: skip
+    return flows

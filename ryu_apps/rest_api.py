@@ -8,7 +8,10 @@ Launch it beside the director (it reads the director app's state)::
 Ryu's own default for ``--wsapi-host`` is 0.0.0.0; loading this module makes
 it 127.0.0.1 unless the option is given. Endpoints (JSON unless said):
 
-- ``GET /prism/v1/status``: counters over all switches and per switch, the last failover.
+- ``GET /prism/v1/status``: counters over all switches and per switch, the last failover,
+  management datagrams refused by reason (``mgmt_auth``: forged, replayed ...), OpenFlow
+  errors by ``type/code`` (``switch_errors``; a refused addition also shows as
+  ``flows_refused``/``groups_refused``/``flows_unprotected``), refused duplicate connections.
 - ``GET /prism/v1/cells[?horizon_s=60]``: every cell's health, link, failure
   history, failure probability over the horizon, flows as primary/mirror.
 - ``GET /prism/v1/cells/{id}``: one cell (404 if unknown).
@@ -108,6 +111,17 @@ def configured_token(config) -> str:
             raise HttpError(403, f"changes are disabled: the token file {rest.token_file} "
                                  f"(rest.token_file) cannot be read: {error}") from None  # fmt: skip
     return os.environ.get(rest.token_env or TOKEN_ENV, "").strip()
+
+
+def status_document(app, now: float) -> Dict[str, Any]:
+    """The control plane's status plus ``mgmt_auth``: management datagrams refused by reason, and accepted."""
+    status = app.control.status(now)
+    channel = getattr(app, "channel", None)
+    status["mgmt_auth"] = channel.auth_counts() if channel is not None else {}
+    status["switch_errors"] = {f"{kind:#x}/{code:#x}": count
+                               for (kind, code), count in sorted(getattr(app, "switch_errors", {}).items())}
+    status["duplicate_connections"] = sum(getattr(app, "duplicate_connections", {}).values())
+    return status
 
 
 def check_authorization(header: Optional[str], token: str) -> None:
@@ -238,7 +252,17 @@ class PrismRestController(ControllerBase):
 
     @route("prism", "/prism/v1/status", methods=["GET"])
     def get_status(self, req, **_kwargs):
-        return self.api.answer("GET status", lambda app: (200, app.control.status(app.clock.now())))
+        return self.api.answer("GET status", lambda app: (200, status_document(app, app.clock.now())))
+
+    @route("prism", "/prism/v1/cluster", methods=["GET"])
+    def get_cluster(self, req, **_kwargs):
+        """This controller's part in a cluster (roles, etcd reachability, takeovers); null without etcd."""
+        def produce(app):
+            cluster = getattr(app, "cluster", None)
+            counters = {f"{dp_id:016x}": d.counters.as_dict() for dp_id, d in app.directors.items()}
+            return 200, {"cluster": None if cluster is None else cluster.status(), "directors": counters}
+
+        return self.api.answer("GET cluster", produce)
 
     @route("prism", "/prism/v1/cells", methods=["GET"])
     def get_cells(self, req, **_kwargs):

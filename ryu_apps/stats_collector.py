@@ -133,7 +133,16 @@ class StatsCollectorApp(app_manager.RyuApp):
         if now >= self._next_poll:
             self._next_poll = now + self.telemetry.poll_interval
             for datapath in list(self.datapaths.values()):
+                if not self._polls(datapath.id):
+                    continue
                 self._guard("request", lambda d=datapath: self.request_stats(d))
+
+    @staticmethod
+    def _polls(dp_id: int) -> bool:
+        """With several controllers (an ``etcd`` section), only a switch's master polls it: no row twice."""
+        director = app_manager.lookup_service_brick("MirroringDirectorApp")
+        cluster = getattr(director, "cluster", None)
+        return cluster is None or cluster.may_send(dp_id)
 
     def request_stats(self, datapath) -> None:
         """Ask one switch for its flow (all tables), port and group statistics."""

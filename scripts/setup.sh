@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # One-command, idempotent setup of a PRISM machine (Debian 12, as root); `make setup` runs it.
 #
-#   1. Debian packages: Open vSwitch, Mininet, ping, tcpdump, iperf3, ethtool ...
-#      (`apt-get update` only when one is missing).
+#   1. Debian packages: Open vSwitch, Mininet, ping, tcpdump, iperf3, ethtool, etcd ...
+#      (`apt-get update` only when one is missing). etcd is only installed, never started
+#      here: the tests, the demo and the benchmarks start their own on loopback and end it
+#      by PID (mininet_topos/etcd_process.py), as no systemd runs on these machines.
 #   2. Open vSwitch daemons, userspace datapath, userspace TSO on (scripts/ovs.sh start).
 #   3. .venv from Python 3.11 with every version pinned by constraints.txt; Ryu 4.34 built
 #      with setuptools<68 and patched to start with current eventlet (scripts/patch_ryu_wsgi.py);
@@ -17,6 +19,7 @@ source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
 APT_PACKAGES=(
     openvswitch-switch openvswitch-common mininet
     iputils-ping tcpdump iperf3 ethtool iproute2 net-tools procps nftables
+    etcd-server etcd-client
     python3 python3-venv
 )
 MININET_SRC=/usr/lib/python3/dist-packages/mininet

@@ -68,6 +68,8 @@ class PeerProtocol:
         self.unexpected_packet_outs = 0  #: packet-outs carrying no frame this peer is waiting for
         self.echo_replies: Dict[int, int] = {}  #: xid -> arrival (ns) of ECHO_REPLYs
         self.completions: List[Completion] = []
+        #: ROLE_REQUESTs received: (arrival ns, role, generation_id); each is granted.
+        self.role_requests: List[Tuple[int, int, int]] = []
         self._reader = wire.MessageReader()
         self._waiting: Dict[bytes, int] = {}
         self._flow_mods = 0
@@ -80,6 +82,12 @@ class PeerProtocol:
         self._waiting = {frame: index for index, frame in enumerate(frames)}
         self.completions = []
         self._flow_mods = self._group_mods = 0
+
+    @property
+    def role(self) -> int:
+        """The role last granted to this controller (EQUAL before any request)."""
+        granted = [role for _ns, role, _gen in self.role_requests if role != wire.OFPCR_ROLE_NOCHANGE]
+        return granted[-1] if granted else wire.OFPCR_ROLE_EQUAL
 
     @property
     def waiting(self) -> int:
@@ -135,6 +143,10 @@ class PeerProtocol:
                 self.port_desc_replies += 1
                 return wire.port_desc_reply(xid, self.ports, self.dp_id)
             return wire.empty_multipart_reply(xid, mp_type)
+        if msg_type == wire.OFPT_ROLE_REQUEST:
+            role, generation_id = wire.role_of_request(message)
+            self.role_requests.append((now_ns, role, generation_id))
+            return wire.role_reply(xid, role, generation_id)
         if msg_type == wire.OFPT_ERROR:
             self.errors.append(message)
         return None  # HELLO, SET_CONFIG and anything else: nothing to answer

@@ -36,6 +36,14 @@ OFPT_MULTIPART_REQUEST = 18
 OFPT_MULTIPART_REPLY = 19
 OFPT_BARRIER_REQUEST = 20
 OFPT_BARRIER_REPLY = 21
+OFPT_ROLE_REQUEST = 24
+OFPT_ROLE_REPLY = 25
+
+# Controller roles (ofp_controller_role).
+OFPCR_ROLE_NOCHANGE = 0
+OFPCR_ROLE_EQUAL = 1
+OFPCR_ROLE_MASTER = 2
+OFPCR_ROLE_SLAVE = 3
 
 OFPMP_PORT_DESC = 13
 OFPHET_VERSIONBITMAP = 1
@@ -60,6 +68,7 @@ _IN_PORT_MATCH = struct.Struct("!HHII4x")  # ofp_match with one OXM (in_port), p
 _PACKET_OUT = struct.Struct("!IIH6x")
 _FLOW_MOD = struct.Struct("!QQBBHHHIIIH2x")
 _GROUP_MOD = struct.Struct("!HBxI")
+_ROLE = struct.Struct("!I4xQ")
 _MAX_LEN = 0xFFFF
 
 
@@ -163,6 +172,16 @@ def flow_mod_summary(message: bytes) -> FlowModSummary:
 def group_mod_id(message: bytes) -> int:
     """The group id a GROUP_MOD names."""
     return _GROUP_MOD.unpack_from(message, HEADER.size)[2]
+
+
+def role_of_request(message: bytes) -> Tuple[int, int]:
+    """``(role, generation_id)`` of a ROLE_REQUEST."""
+    return _ROLE.unpack_from(message, HEADER.size)
+
+
+def role_reply(xid: int, role: int, generation_id: int) -> bytes:
+    """ROLE_REPLY granting ``role`` (this peer checks no generation)."""
+    return _message(OFPT_ROLE_REPLY, xid, _ROLE.pack(role, generation_id))
 
 
 def multipart_type(message: bytes) -> int:

@@ -31,6 +31,7 @@ from prism.cell.entry import (
     seq_diff,
 )
 from prism.cell.records import (
+    decision_digest,
     entry_to_record,
     is_removal,
     merge_entry,
@@ -157,6 +158,8 @@ class TrackerConfig:
         max_flows: Table size; new flows beyond it are dropped (``table_full``).
         timeouts: Idle timeouts per state.
         tombstone_ttl_s: How long a removed flow's last version is remembered.
+        max_tombstones: Tombstones kept at most; the oldest go first beyond
+            (``tombstones_evicted``: a late record of such a flow could come back).
     """
 
     strict: bool = False
@@ -164,12 +167,14 @@ class TrackerConfig:
     max_flows: int = DEFAULT_MAX_FLOWS
     timeouts: Timeouts = field(default_factory=Timeouts)
     tombstone_ttl_s: float = DEFAULT_TOMBSTONE_TTL_S
+    max_tombstones: int = DEFAULT_MAX_FLOWS
 
     def __post_init__(self) -> None:
         if not 0 <= self.window_scale <= MAX_WINDOW_SCALE:
             raise ValueError(f"window_scale must be 0..{MAX_WINDOW_SCALE}, not {self.window_scale}")
-        if self.max_flows < 1:
-            raise ValueError(f"max_flows must be at least 1, not {self.max_flows}")
+        if self.max_flows < 1 or self.max_tombstones < 1:
+            raise ValueError(f"max_flows and max_tombstones must be at least 1, not "
+                             f"{self.max_flows} and {self.max_tombstones}")  # fmt: skip
 
 
 AdmitPolicy = Callable[[PacketInfo], bool]
@@ -258,6 +263,7 @@ class ConnTracker:
         self.flows_expired = 0
         self.flows_reopened = 0
         self.flows_taken_over = 0  #: flows versioned elsewhere that got their first primary copy here
+        self.tombstones_evicted = 0  #: tombstones forgotten early (``max_tombstones``)
         self.flows_reanchored = 0  #: directions whose replicated positions a primary copy confirmed
         self._tolerance = DEFAULT_TAKEOVER_TOLERANCE_BYTES
         self.records_applied = 0
@@ -576,7 +582,15 @@ class ConnTracker:
             version = entry.version + 1 if versioned_here else entry.version
             self._tombstones[key] = _Tombstone(version, until, versioned_here)
         self.flows_expired += len(expired)
+        self._bound_tombstones()
         return expired
+
+    def _bound_tombstones(self) -> None:
+        """Forget the oldest tombstones beyond ``max_tombstones`` (counted)."""
+        tombstones, limit = self._tombstones, self.config.max_tombstones
+        while len(tombstones) > limit:
+            del tombstones[next(iter(tombstones))]
+            self.tombstones_evicted += 1
 
     def removal_version(self, key: FlowKey) -> Optional[int]:
         """The version of ``key``'s removal record if this cell, as its primary, removed it; else None."""
@@ -674,6 +688,7 @@ class ConnTracker:
         counters = {
             "flows_tracked": len(self._flows),
             "tombstones": len(self._tombstones),
+            "tombstones_evicted": self.tombstones_evicted,
             "flows_created": self.flows_created,
             "flows_expired": self.flows_expired,
             "flows_reopened": self.flows_reopened,
@@ -736,8 +751,8 @@ class ConnTracker:
         for key, version, entry in incoming:
             local = self._flows.get(key)
             tombstone = tombstones.get(key) if tombstones else None
-            if local is not None and version <= local.version or (
-                tombstone is not None and version <= tombstone.version
+            if tombstone is not None and version <= tombstone.version or (
+                local is not None and not _wins(version, entry, local)
             ):
                 self.records_ignored += 1
                 continue
@@ -747,6 +762,8 @@ class ConnTracker:
                     self._keys_by_id.pop(key.flow_id, None)
                     self._changed.pop(key, None)
                 tombstones[key] = _Tombstone(version, now + self.config.tombstone_ttl_s, False)
+                if len(tombstones) > self.config.max_tombstones:
+                    self._bound_tombstones()
             elif local is not None:
                 merge_entry(local, entry)
             elif len(self._flows) >= self._max_flows:
@@ -777,3 +794,19 @@ class ConnTracker:
                 merge_entry(local, entry)
         return len(self._flows)
 
+
+def _wins(version: int, incoming: Optional[ConnEntry], local: ConnEntry) -> bool:
+    """Whether a record (``incoming`` None: a removal) at ``version`` replaces the local entry.
+
+    A higher version wins. At an equal version a removal wins, and of two
+    entries the higher ``decision_digest`` (an identical decision is a
+    repeat, and changes nothing): every cell orders them alike, so no two
+    cells keep different states under one version.
+    """
+    if version != local.version:
+        return version > local.version
+    if version == 0:  # nobody's decision yet: mirror copies' views, never replaced by another's
+        return False
+    if incoming is None:
+        return True
+    return decision_digest(incoming) > decision_digest(local)

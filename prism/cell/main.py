@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import random
 import re
 import signal
@@ -14,14 +15,17 @@ from typing import Optional
 
 from prism.cell.bfd import OVERLOADED, BfdSession, BfdSettings, BfdSpeaker, OverloadGuard
 from prism.cell.cell import Cell, TickReport
-from prism.cell.conntrack import ConnTracker, TrackerConfig
+from prism.cell.conntrack import DEFAULT_MAX_FLOWS, ConnTracker, TrackerConfig
+from prism.cell.smm_view import DEFAULT_MAX_ASSIGNMENTS
 from prism.cell.io import CellIOError, PacketSocket
 from prism.cell.loop import DEFAULT_TICK_S, CellLoop
 from prism.cell.smm import SmmSettings, StateMirroringModule
 from prism.cell.smm_io import UdpTransport, attach, parse_address
 from prism.cell.state_server import StateServer, default_state_socket
 from prism.flows import mac_to_bytes, mac_to_str
+from prism.config_types import DEFAULT_MGMT_KEY_ENV
 from prism.mgmt import CELL_MGMT_PORT, CONTROLLER_MGMT_PORT, HEARTBEAT_INTERVAL_S
+from prism.mgmt_auth import MgmtAuth, MgmtKeyError, key_bytes, read_key_file
 from prism.openflow import MIRROR_MAC
 
 LOG = logging.getLogger("prism.cell")
@@ -71,6 +75,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     mode.add_argument("--loose", dest="strict", action="store_false",
                       help="check TCP flags and state only (default)")  # fmt: skip
     parser.set_defaults(strict=False)
+    parser.add_argument("--max-flows", type=int, default=DEFAULT_MAX_FLOWS, metavar="N",
+                        help=f"flows tracked at most; new ones beyond are dropped (default {DEFAULT_MAX_FLOWS})")
+    parser.add_argument("--max-tombstones", type=int, default=DEFAULT_MAX_FLOWS, metavar="N",
+                        help=f"removed flows remembered at most (default {DEFAULT_MAX_FLOWS})")
+    parser.add_argument("--max-assignments", type=int, default=DEFAULT_MAX_ASSIGNMENTS, metavar="N",
+                        help=f"flow-to-profile assignments kept at most (default {DEFAULT_MAX_ASSIGNMENTS})")
     parser.add_argument("--tick-interval", type=float, default=DEFAULT_TICK_S, metavar="SECONDS",
                         help=f"period of expiry and replication batches (default {DEFAULT_TICK_S})")  # fmt: skip
     smm = parser.add_argument_group(
@@ -79,11 +89,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                      metavar="IP[:PORT]",
                      help=f"this cell's management address: replication and control "
                           f"(default port {CELL_MGMT_PORT})")  # fmt: skip
-    smm.add_argument("--controller", type=_address(CONTROLLER_MGMT_PORT),
+    smm.add_argument("--controller", type=_address(CONTROLLER_MGMT_PORT), action="append",
                      metavar="IP[:PORT]",
                      help=f"the controller's management address: heartbeats go there, control "
                           f"messages only come from there (default port {CONTROLLER_MGMT_PORT}); "
-                          f"needs --mgmt-listen")  # fmt: skip
+                          f"repeat it for each of several controllers; needs --mgmt-listen")  # fmt: skip
+    smm.add_argument("--mgmt-key-file", metavar="PATH",
+                     help=f"file holding the deployment's management key (the controller's "
+                          f"management.key_file); default: the environment variable {DEFAULT_MGMT_KEY_ENV}")  # fmt: skip
     smm.add_argument("--heartbeat-interval", type=float, default=HEARTBEAT_INTERVAL_S,
                      metavar="SECONDS",
                      help=f"period of heartbeats to the controller (default {HEARTBEAT_INTERVAL_S})")  # fmt: skip
@@ -126,7 +139,9 @@ def run(args: argparse.Namespace) -> int:
     logging.basicConfig(level=args.log_level, stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")  # fmt: skip
     for option, value in (("--tick-interval", args.tick_interval),
-                          ("--heartbeat-interval", args.heartbeat_interval)):  # fmt: skip
+                          ("--heartbeat-interval", args.heartbeat_interval), ("--max-flows", args.max_flows),
+                          ("--max-tombstones", args.max_tombstones),
+                          ("--max-assignments", args.max_assignments)):  # fmt: skip
         if value <= 0:
             print(f"prism cell: {option} must be positive", file=sys.stderr)
             return 2
@@ -134,6 +149,13 @@ def run(args: argparse.Namespace) -> int:
         print("prism cell: --controller needs --mgmt-listen (the address the controller and the "
               "other cells reach this cell at)", file=sys.stderr)  # fmt: skip
         return 2
+    auth = None
+    if args.mgmt_listen is not None:
+        try:
+            auth = MgmtAuth(_management_key(args.mgmt_key_file), args.cell_id)
+        except MgmtKeyError as error:
+            print(f"prism cell: {error}", file=sys.stderr)
+            return 2
     bfd_settings = None
     if args.bfd:
         try:
@@ -142,7 +164,9 @@ def run(args: argparse.Namespace) -> int:
             print(f"prism cell: {error}", file=sys.stderr)
             return 2
     state_path = args.state_socket or default_state_socket(args.cell_id)
-    cell = Cell(args.cell_id, ConnTracker(TrackerConfig(strict=args.strict)), args.mirror_mac)
+    tracker = ConnTracker(TrackerConfig(strict=args.strict, max_flows=args.max_flows,
+                                        max_tombstones=args.max_tombstones))  # fmt: skip
+    cell = Cell(args.cell_id, tracker, args.mirror_mac)
     cell.add_tick_hook(_summary_hook(SUMMARY_INTERVAL_S))
     try:
         port = PacketSocket(args.interface)
@@ -170,7 +194,9 @@ def run(args: argparse.Namespace) -> int:
         if args.mgmt_listen is not None:
             transport = UdpTransport(args.mgmt_listen)
             smm = StateMirroringModule(cell, transport, args.controller,
-                                       SmmSettings(heartbeat_interval_s=args.heartbeat_interval))  # fmt: skip
+                                       SmmSettings(heartbeat_interval_s=args.heartbeat_interval,
+                                                   max_assignments=args.max_assignments),
+                                       auth=auth)  # fmt: skip
             attach(loop, smm, transport)
         server = StateServer(state_path, lambda: cell_state_document(cell, smm, args.interface, speaker))
         loop.add_reader(server.fileno(), server.serve_pending)
@@ -187,7 +213,8 @@ def run(args: argparse.Namespace) -> int:
         if transport is not None:
             LOG.info("cell %s: management on %s:%d, controller %s, heartbeats every %g s",
                      args.cell_id, *transport.address,
-                     "%s:%d" % args.controller if args.controller else "none (no heartbeats)",
+                     ", ".join("%s:%d" % c for c in args.controller) if args.controller
+                     else "none (no heartbeats)",
                      args.heartbeat_interval)  # fmt: skip
         loop.run()
     except CellIOError as error:
@@ -210,6 +237,17 @@ def run(args: argparse.Namespace) -> int:
     LOG.info("cell %s stopped: %s", args.cell_id,
              ", ".join(f"{name} {value}" for name, value in counters.items() if value))  # fmt: skip
     return 0
+
+
+def _management_key(path):
+    """The key from ``--mgmt-key-file``, else from PRISM_MGMT_KEY (MgmtKeyError if neither works)."""
+    if path:
+        return read_key_file(path)
+    text = os.environ.get(DEFAULT_MGMT_KEY_ENV, "")
+    if not text.strip():
+        raise MgmtKeyError(f"--mgmt-listen needs the deployment's management key: --mgmt-key-file PATH "
+                           f"or the environment variable {DEFAULT_MGMT_KEY_ENV}")  # fmt: skip
+    return key_bytes(text, f"the environment variable {DEFAULT_MGMT_KEY_ENV}")
 
 
 def cell_state_document(cell: Cell, smm, interface: str, speaker: Optional[BfdSpeaker] = None) -> dict:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import math
 import socket
 from typing import Any, Dict, Mapping, Optional, Tuple
 
@@ -20,6 +22,9 @@ from prism.cell.entry import (
 from prism.flows import PROTO_TCP, FlowKey, ip_to_str
 
 RECORD_SCHEMA = 2  #: 2: ``token``; version 0 allowed; removal records
+#: Versions stay below 2**53: every JSON reader holds them exactly, and a
+#: forged huge version could otherwise shadow the real primary for ever.
+MAX_VERSION = (1 << 53) - 1
 _SEQ_FIELDS = ("isn", "seq_end", "ack_max", "allowed_end", "fin_end")
 _WINDOW_FIELDS = ("window", "max_window")
 _MAX_WINDOW = 0xFFFF
@@ -186,7 +191,7 @@ def record_to_removal(record: Mapping, index: int = 0) -> Tuple[FlowKey, int]:
     """
     where = f"removal record {index}"
     key, _ = _record_key(record, where)
-    return key, _int(record, "version", where, 1, None)
+    return key, _int(record, "version", where, 1, MAX_VERSION)
 
 
 def _record_key(record: Mapping, where: str) -> Tuple[FlowKey, bool]:
@@ -249,7 +254,7 @@ def record_to_entry(record: Mapping, index: int = 0) -> ConnEntry:
     entry.state = state_of(entry.is_tcp, facts)
     entry.verdict = verdict
     entry.token = _int(record, "token", where, 0, TOKEN_MAX)
-    entry.version = _int(record, "version", where, 0, None)
+    entry.version = _int(record, "version", where, 0, MAX_VERSION)
     entry.last_seen = _float(record, "last_seen", where)
     entry.orig = _direction(record, "orig", where)
     entry.reply = _direction(record, "reply", where)
@@ -260,6 +265,21 @@ def record_to_entry(record: Mapping, index: int = 0) -> ConnEntry:
     if entry.is_tcp:
         entry.anchor = ANCHOR_BOTH
     return entry
+
+
+def decision_digest(entry: ConnEntry) -> bytes:
+    """A digest of what a flow's primary decided at its version: the tie-break between equal versions.
+
+    Two cells that each believed they were the primary (a link flap) may
+    have versioned different states under the same version. Every cell
+    orders such records the same way, by this digest (the higher wins), so
+    they all end up holding the same one. It covers what only a primary
+    decides (initiator, versioned facts, verdict, token, first_seen), not
+    what mirror copies update without a version (sequence numbers).
+    """
+    text = (f"{int(entry.orig_forward)}|{entry.versioned_facts}|{entry.verdict.value}|{entry.token}|"
+            f"{entry.first_seen!r}")  # fmt: skip
+    return hashlib.sha256(text.encode("ascii")).digest()
 
 
 def merge_entry(local: ConnEntry, incoming: ConnEntry) -> None:
@@ -325,7 +345,10 @@ def _float(record: Mapping, name: str, where: str) -> float:
     value = record.get(name)
     if not isinstance(value, (int, float)) or isinstance(value, bool):
         raise StateRecordError(f"{where}: {name} must be a number, not {value!r}")
-    return float(value)
+    value = float(value)
+    if not math.isfinite(value):  # an infinite last_seen would never expire
+        raise StateRecordError(f"{where}: {name} must be finite, not {value}")
+    return value
 
 
 def _str(record: Mapping, name: str, where: str) -> str:

@@ -7,9 +7,10 @@ import logging
 import random
 from collections import OrderedDict
 from dataclasses import dataclass, field
-from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Protocol, Sequence, Set, Tuple
+from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Protocol, Sequence, Set, Tuple, Union
 
 from prism import mgmt
+from prism.mgmt_auth import CONTROLLER_SENDER, MgmtAuth
 from prism.cell.cell import Cell, TickReport
 from prism.cell.conntrack import CLOSING_FACTS
 from prism.cell.entry import ConnEntry
@@ -20,7 +21,7 @@ from prism.cell.smm_channel import (
     PeerChannel,
     ReplicationCounters,
 )
-from prism.cell.smm_view import Address, ControlView
+from prism.cell.smm_view import DEFAULT_MAX_ASSIGNMENTS, Address, ControlView
 from prism.flows import FlowKey
 
 LOG = logging.getLogger(__name__)
@@ -49,6 +50,7 @@ PROGRESS_TOLERANCE_SHARE = 0.5
 #: half is for the record's retries and the interval's lateness).
 PROGRESS_REFRESH_SHARE = 0.5
 CONTROL_TYPES = frozenset(("directory", "profiles", "assign", "seed", "drain", "restore"))
+PEER_TYPES = frozenset(("state", "ack"))  #: from a cell, naming it in ``cell``
 
 
 class Transport(Protocol):
@@ -69,6 +71,7 @@ class SmmSettings:
             the oldest is dropped beyond (counted in ``held_dropped``).
         hold_timeout_s: A flow waiting longer than this for its ``assign`` is dropped (counted).
         assignment_grace_s: An assignment is kept this long after its flow left the table.
+        max_assignments: Assignments kept at most (the oldest go first beyond).
     """
 
     heartbeat_interval_s: float = mgmt.HEARTBEAT_INTERVAL_S
@@ -77,6 +80,7 @@ class SmmSettings:
     max_held_flows: int = DEFAULT_MAX_HELD_FLOWS
     hold_timeout_s: float = DEFAULT_HOLD_TIMEOUT_S
     assignment_grace_s: float = DEFAULT_ASSIGNMENT_GRACE_S
+    max_assignments: int = DEFAULT_MAX_ASSIGNMENTS
 
     def __post_init__(self) -> None:
         if self.heartbeat_interval_s <= 0:
@@ -160,24 +164,42 @@ class StateMirroringModule:
     Args:
         cell: The cell (its tracker, its packet counters).
         transport: Sends datagrams.
-        controller: The controller's management address (None: no heartbeats,
-            control messages accepted from anyone).
+        controller: The controller's management address, or a list of them when several
+            controllers share the network (each gets the heartbeats and reports; control
+            messages are accepted from any of them); None: no heartbeats, control messages
+            accepted from anyone.
         settings: Knobs.
         rng: Randomness (first sequence numbers).
+        auth: Seals what the SMM sends and opens what it receives
+            (``prism.mgmt_auth``); then control messages are taken only from
+            ``CONTROLLER_SENDER``, ``state`` only from a live peer and only
+            for flows of profiles it belongs to, ``ack`` only for the sender's
+            own channel. None (benchmarks and replication tests only): plain
+            ``prism.mgmt`` datagrams, the claimed ``cell`` trusted. ``prism
+            cell`` always authenticates.
     """
 
-    def __init__(self, cell: Cell, transport: Transport, controller: Optional[Address] = None,
+    def __init__(self, cell: Cell, transport: Transport,
+                 controller: Union[Address, Sequence[Address], None] = None,
                  settings: Optional[SmmSettings] = None,
-                 rng: Optional[random.Random] = None) -> None:  # fmt: skip
+                 rng: Optional[random.Random] = None, auth: Optional[MgmtAuth] = None) -> None:  # fmt: skip
         self.cell = cell
         self.cell_id = cell.cell_id
         self.tracker = cell.tracker
         self.transport = transport
-        self.controller = controller
+        if controller is None:
+            self.controllers: Tuple[Address, ...] = ()
+        elif isinstance(controller[0], str):
+            self.controllers = (tuple(controller),)
+        else:
+            self.controllers = tuple(tuple(c) for c in controller)
+        self.controller = self.controllers[0] if self.controllers else None
+        self._controller_hosts = {c[0] for c in self.controllers}
         self.settings = settings or SmmSettings()
         self._rng = rng or random.Random()
+        self.auth = auth
         self.counters = ReplicationCounters()
-        self.view = ControlView(self.cell_id, self.settings.assignment_grace_s)
+        self.view = ControlView(self.cell_id, self.settings.assignment_grace_s, self.settings.max_assignments)
         self._held: "OrderedDict[int, Tuple[FlowKey, float]]" = OrderedDict()
         self.channels: Dict[str, PeerChannel] = {}
         self._flush_turn = 0
@@ -234,7 +256,7 @@ class StateMirroringModule:
         for peer_id, channel in self.channels.items():
             address = self.view.address_of(peer_id)
             if address is not None and channel.in_flight:
-                channel.retry(now, self._sender(address))
+                channel.retry(now, self._sender(address, now))
         self._flush(now, self.settings.max_records_per_tick)
         self.view.prune(now, self._present)
 
@@ -348,12 +370,14 @@ class StateMirroringModule:
             if index < len(milestones):
                 schedule[flow_id] = (index, first_seen)
                 heapq.heappush(heap, (first_seen + milestones[index], flow_id))
-        if reports and self.controller is not None:
+        if reports and self.controllers:
             self.counters.milestones_reported += len(reports)
             limit = mgmt.MAX_MILESTONES_PER_MESSAGE
             for start in range(0, len(reports), limit):
-                self._send(mgmt.encode({"type": "milestone", "cell": self.cell_id,
-                                        "flows": reports[start:start + limit]}), self.controller)  # fmt: skip
+                datagram = mgmt.encode({"type": "milestone", "cell": self.cell_id,
+                                        "flows": reports[start:start + limit]})  # fmt: skip
+                for controller in self.controllers:  # each acts only for the switches it masters
+                    self._send(datagram, controller, now)
 
     def _reschedule_milestones(self, now: float) -> None:
         """The directory changed the milestones: schedule every flow forwarded here afresh."""
@@ -413,9 +437,11 @@ class StateMirroringModule:
             self.channels[peer_id] = channel
         return channel
 
-    def _sender(self, address: Address) -> Callable[[bytes], bool]:
-        sendto = self.transport.sendto
-        return lambda datagram: sendto(datagram, address)
+    def _sender(self, address: Address, now: float) -> Callable[[bytes], bool]:
+        sendto, auth = self.transport.sendto, self.auth
+        if auth is None:
+            return lambda datagram: sendto(datagram, address)
+        return lambda datagram: sendto(auth.seal(datagram, now), address)
 
     def _flush(self, now: float, budget: int) -> None:
         """Send queued records, peers taking turns at going first (none starves under load)."""
@@ -429,7 +455,7 @@ class StateMirroringModule:
             address = self.view.address_of(peer_id)
             if address is None or not channel.queued:
                 continue
-            result = channel.flush(now, self._records_of, self._sender(address), budget)
+            result = channel.flush(now, self._records_of, self._sender(address, now), budget)
             budget -= result.records + len(result.skipped)
             self._settle_skipped(result, now)
 
@@ -447,12 +473,22 @@ class StateMirroringModule:
     # -- datagrams -------------------------------------------------------------------------
     def on_datagram(self, datagram: bytes, source: Address, now: float) -> None:
         """Handle one datagram from the management socket (never raises on bad input)."""
-        message = mgmt.decode(datagram)
+        if self.auth is None:
+            message = mgmt.decode(datagram)
+            sender = message.get("cell") if message is not None else None
+        else:
+            opened = self.auth.open(datagram, now)
+            message, sender = (None, None) if opened is None else (opened[1], opened[0])
         if message is None:
             self.counters.bad_datagrams += 1
             return
         kind = message["type"]
-        if kind in CONTROL_TYPES and self.controller is not None and source[0] != self.controller[0]:
+        if kind in CONTROL_TYPES and (self.controllers and source[0] not in self._controller_hosts
+                                      or self.auth is not None and sender != CONTROLLER_SENDER):
+            self.counters.foreign_messages += 1
+            return
+        if kind in PEER_TYPES and (not isinstance(sender, str) or sender == CONTROLLER_SENDER
+                                   or message.get("cell") != sender):
             self.counters.foreign_messages += 1
             return
         handler = self._handlers.get(kind)
@@ -470,6 +506,14 @@ class StateMirroringModule:
         records = message["records"]
         if not isinstance(seq, int) or not isinstance(records, list):
             raise ValueError("state needs an integer seq and a list of records")
+        sender = message["cell"]
+        if self.auth is not None:
+            if sender not in self.view.live:  # before the first directory nobody is known live
+                self.counters.foreign_messages += 1  # not acknowledged: it retries once it is live
+                return
+            kept = [record for record in records if self._may_write(sender, record)]
+            self.counters.records_refused += len(records) - len(kept)
+            records = kept
         self.counters.batches_received += 1
         self.counters.records_received += len(records)
         try:
@@ -482,8 +526,20 @@ class StateMirroringModule:
         else:
             self.counters.records_ignored += len(records) - applied
         self.counters.records_applied += applied
-        self._send(mgmt.encode({"type": "ack", "cell": self.cell_id, "seq": seq}), source)
+        self._send(mgmt.encode({"type": "ack", "cell": self.cell_id, "seq": seq}), source, now)
         self.counters.acks_sent += 1
+
+    def _may_write(self, sender: str, record: Any) -> bool:
+        """A record ``sender`` may write here: its flow's profile (when known here) includes the sender.
+
+        A flow whose assignment has not arrived yet is taken from any live
+        peer (the ``assign`` to the cells of a profile goes out in one tick,
+        but datagrams race); its record then goes through the usual checks.
+        """
+        if not isinstance(record, dict) or not isinstance(record.get("flow_id"), int):
+            return False
+        profile = self.view.profile_of(record["flow_id"])
+        return profile is None or sender == profile.primary_cell or sender in profile.mirror_cells
 
     def _on_ack(self, message: Mapping, source: Address, now: float) -> None:
         channel = self.channels.get(message["cell"])
@@ -500,7 +556,8 @@ class StateMirroringModule:
         if channel.queued:  # acks clock the next batches out, within the tick's budget
             address = self.view.address_of(channel.peer_id)
             if address is not None:
-                result = channel.flush(now, self._records_of, self._sender(address), batch.records * 2)
+                result = channel.flush(now, self._records_of, self._sender(address, now),
+                                       batch.records * 2)  # fmt: skip
                 self._settle_skipped(result, now)
 
     def _settle_skipped(self, result: FlushResult, now: float) -> None:
@@ -541,6 +598,7 @@ class StateMirroringModule:
 
     def _applied(self, applied: bool) -> bool:
         self.counters.stale_control = self.view.stale_messages
+        self.counters.stale_generation = self.view.stale_generations
         return applied
 
     def _on_admin(self, message: Mapping, source: Address, now: float) -> None:
@@ -565,7 +623,7 @@ class StateMirroringModule:
             return  # in progress: the controller asked again before our answer
         done = self._seeds_done.get(op_key)
         if done is not None and now - done[0] < SEED_MEMORY_S:
-            self._send_seeded(profile_id, target, done[1], requested)  # our answer was lost
+            self._send_seeded(profile_id, target, done[1], now, requested)  # our answer was lost
             return
         key_of = self.tracker.key_of
         keys = [key for key in map(key_of, flow_ids) if key is not None]
@@ -602,18 +660,18 @@ class StateMirroringModule:
         self._seeds_done[_seed_key(op)] = (now, op.flows)
         for op_key in [k for k, (at, _) in self._seeds_done.items() if now - at >= SEED_MEMORY_S]:
             del self._seeds_done[op_key]
-        self._send_seeded(op.profile_id, op.target, op.flows, op.requested)
+        self._send_seeded(op.profile_id, op.target, op.flows, now, op.requested)
 
-    def _send_seeded(self, profile_id: int, target: str, flows: int,
+    def _send_seeded(self, profile_id: int, target: str, flows: int, now: float,
                      requested: Optional[List[int]] = None) -> None:  # fmt: skip
-        """``seeded``: ``flows`` the count for a whole profile, else the request's list and ``count``."""
-        if self.controller is None:
-            return
+        """``seeded`` to every controller: ``flows`` the count for a whole profile, else the list and ``count``."""
         message = {"type": "seeded", "cell": self.cell_id, "profile_id": profile_id, "target": target,
                    "flows": flows}  # fmt: skip
         if requested is not None:
             message["flows"], message["count"] = requested, flows
-        self._send(mgmt.encode(message), self.controller)
+        datagram = mgmt.encode(message)
+        for controller in self.controllers:
+            self._send(datagram, controller, now)
 
     # -- heartbeats ------------------------------------------------------------------------
     def heartbeat(self, now: float) -> None:
@@ -637,9 +695,13 @@ class StateMirroringModule:
             "unassigned": [flow_id for flow_id, _ in zip(self._held, range(UNASSIGNED_REPORTED))],
             **self.extra_report,
         }  # fmt: skip
-        self._send(mgmt.encode(message), self.controller)
+        datagram = mgmt.encode(message)
+        for controller in self.controllers:
+            self._send(datagram, controller, now)
 
-    def _send(self, datagram: bytes, address: Address) -> None:
+    def _send(self, datagram: bytes, address: Address, now: float) -> None:
+        if self.auth is not None:
+            datagram = self.auth.seal(datagram, now)
         if not self.transport.sendto(datagram, address):
             self.counters.send_errors += 1
 
@@ -651,12 +713,16 @@ class StateMirroringModule:
         counters["queued_records"] = sum(len(c.queued) for c in self.channels.values())
         counters["in_flight_batches"] = sum(len(c.in_flight) for c in self.channels.values())
         counters["seeds_in_progress"] = len(self._seeds)
+        counters["assignments_evicted"] = self.view.assignments_evicted
+        if self.auth is not None:
+            counters.update({f"auth_{name}": value for name, value in self.auth.counters.as_dict().items()})
         return counters
 
     def describe(self) -> Dict[str, Any]:
         """The SMM's part of the cell's state document."""
         return {
             "controller": list(self.controller) if self.controller else None,
+            "controllers": [list(c) for c in self.controllers],
             "counters": self.replication_counters(),
             "live": sorted(self.view.live),
             "profiles": len(self.view.profiles),
@@ -665,6 +731,7 @@ class StateMirroringModule:
             "seeds": [{"profile_id": op.profile_id, "target": op.target, "flows": op.flows,
                        "pending": len(op.pending)} for op in self._seeds.values()],  # fmt: skip
             "heartbeat_seq": self.heartbeat_seq,
+            "generation": self.view.generation,
             "state_flows": len(self._state_flows),
             "milestones_s": list(self.view.milestones_s),
             "milestones_scheduled": len(self._milestone_next),

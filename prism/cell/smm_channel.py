@@ -75,7 +75,8 @@ class ReplicationCounters:
         "seeds_completed", "seeds_abandoned", "batches_received", "records_received",
         "records_ignored", "rejected_batches", "acks_sent", "unknown_acks", "abandoned_batches",
         "held_dropped", "bad_datagrams", "bad_messages", "foreign_messages", "stale_control",
-        "send_errors", "progress_records", "milestones_reported", "removals_skipped",
+        "send_errors", "records_refused", "stale_generation", "progress_records",
+        "milestones_reported", "removals_skipped",
     )  # fmt: skip
 
     def __init__(self) -> None:

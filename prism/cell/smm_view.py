@@ -10,6 +10,8 @@ from prism import mgmt
 from prism.profiles import MirroringProfile
 
 Address = Tuple[str, int]
+#: Assignments a cell keeps at most by default (as many as its table holds flows).
+DEFAULT_MAX_ASSIGNMENTS = 1_000_000
 
 
 class ControlView:
@@ -21,19 +23,34 @@ class ControlView:
     ignored (a reordered datagram); a full table and a directory always apply
     (the controller may have restarted and counts epochs from scratch).
 
+    Generations (fencing): a ``directory`` or ``profiles`` of a controller
+    generation below the highest applied is refused (``stale_generations``):
+    a controller that was replaced by a restarted or second one cannot move
+    the cells back. A higher generation starts the epochs afresh; within a
+    generation (above 0) a stale epoch is refused even for a full table.
+    Messages without a generation count as generation 0.
+
     An assignment is forgotten ``assignment_grace_s`` after it arrived or
     after its flow left this cell's table, whichever is later, unless the
     flow is in the table then (``prune``): the work is spread over time, a
     constant amount per assignment, never a scan of the whole table.
 
+    At most ``max_assignments`` are kept: beyond, the oldest is forgotten
+    (``assignments_evicted``; its flow's changes wait for an ``assign`` again,
+    which the cell asks for in its heartbeats).
+
     Args:
         cell_id: This cell's id.
         assignment_grace_s: How long an assignment outlives its flow here.
+        max_assignments: Assignments kept at most.
     """
 
-    def __init__(self, cell_id: str, assignment_grace_s: float) -> None:
+    def __init__(self, cell_id: str, assignment_grace_s: float,
+                 max_assignments: int = DEFAULT_MAX_ASSIGNMENTS) -> None:  # fmt: skip
         self.cell_id = cell_id
         self.assignment_grace_s = assignment_grace_s
+        self.max_assignments = max_assignments
+        self.assignments_evicted = 0
         self.addresses: Dict[str, Address] = {}
         self.live: Set[str] = set()
         self.profiles: Dict[int, MirroringProfile] = {}
@@ -41,7 +58,9 @@ class ControlView:
         self._checks: Deque[Tuple[float, int]] = deque()  # (when, flow_id), oldest first
         self._profile_flows: Dict[int, Set[int]] = {}
         self._epochs: Dict[str, int] = {}
+        self.generation = 0
         self.stale_messages = 0
+        self.stale_generations = 0
         #: From the directory: ages at which primaries report flows (ascending).
         self.milestones_s: Tuple[float, ...] = ()
         #: From the directory: period of a ``state`` flow's progress records.
@@ -97,16 +116,28 @@ class ControlView:
             self._assignments[flow_id] = [profile_id, now, mode]
             self._profile_flows.setdefault(profile_id, set()).add(flow_id)
             self._checks.append((now, flow_id))
+        while len(self._assignments) > self.max_assignments and self._checks:
+            _, flow_id = self._checks.popleft()
+            assignment = self._assignments.pop(flow_id, None)
+            if assignment is not None:
+                self._discard(assignment[0], flow_id)
+                self.assignments_evicted += 1
         return [(flow_id, mode) for flow_id, _, mode in flows]
 
     def _fresh(self, kind: str, message: Mapping, full: bool) -> bool:
-        epoch = message.get("epoch", 0)
-        if not isinstance(epoch, int):
-            raise ValueError("epoch must be an integer")
+        epoch, generation = message.get("epoch", 0), message.get("generation", 0)
+        if not isinstance(epoch, int) or not isinstance(generation, int):
+            raise ValueError("epoch and generation must be integers")
+        if generation < self.generation:
+            self.stale_generations += 1
+            return False
+        if generation > self.generation:
+            self.generation = generation
+            self._epochs = {name: -1 for name in self._epochs}  # a new controller counts afresh
         last = self._epochs.get(kind)
         if last is not None and epoch < last:
             self.stale_messages += 1
-            if not full:
+            if not full or generation > 0:
                 return False
         self._epochs[kind] = epoch
         return True

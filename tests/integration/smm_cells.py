@@ -28,6 +28,7 @@ from prism.cell.smm import SmmSettings, StateMirroringModule  # noqa: E402
 from prism.cell.smm_io import UdpTransport, attach  # noqa: E402
 from prism.cell.state_server import StateServer, read_state  # noqa: E402
 from prism.flows import TCP_ACK, TCP_PSH  # noqa: E402
+from prism.mgmt_auth import CONTROLLER_SENDER, MgmtAuth, new_key_text  # noqa: E402
 from smm_helpers import flow_state, mirror_copy  # noqa: E402
 
 LOOPBACK = "127.0.0.1"
@@ -35,6 +36,8 @@ PROFILE = 11
 DEADLINE_S = 60.0  #: a bound for a hung test, not a performance assertion
 TICK_S = 0.05
 CLONE_NEWNET = 0x40000000
+#: This test run's management key: made at import, never written to the repository.
+KEY = new_key_text().encode()
 _libc = ctypes.CDLL(None, use_errno=True)
 
 __all__ = ["Conversation", "FakeController", "RunningCell", "DEADLINE_S", "PROFILE", "feed_flows",
@@ -88,7 +91,8 @@ class RunningCell:
         self.cell = Cell(cell_id, ConnTracker())
         self.port = QueuePort()
         self.transport = UdpTransport(listen)
-        self.smm = StateMirroringModule(self.cell, self.transport, controller, SmmSettings())
+        self.smm = StateMirroringModule(self.cell, self.transport, controller, SmmSettings(),
+                                        auth=MgmtAuth(KEY, cell_id))  # fmt: skip
         self.loop = CellLoop(self.cell, self.port, tick_interval_s=TICK_S)
         attach(self.loop, self.smm, self.transport)
         self.state_path = state_path
@@ -120,15 +124,17 @@ class FakeController:
         self.sock.bind(bind)
         self.address = self.sock.getsockname()
         self.received: List[dict] = []
+        self.auth = MgmtAuth(KEY, CONTROLLER_SENDER)
 
     def send(self, message: dict, address: Tuple[str, int]) -> None:
-        self.sock.sendto(mgmt.encode(message), address)
+        self.sock.sendto(self.auth.seal(mgmt.encode(message), time.time()), address)
 
     def collect(self, timeout_s: float) -> None:
         ready, _, _ = select.select([self.sock], [], [], timeout_s)
         while ready:
             datagram, _ = self.sock.recvfrom(65536)
-            self.received.append(mgmt.decode(datagram))
+            opened = self.auth.open(datagram, time.time())
+            self.received.append(opened[1] if opened else None)
             ready, _, _ = select.select([self.sock], [], [], 0)
 
     def of_type(self, kind: str, cell_id: str = None) -> List[dict]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import socket
 import subprocess
 import sys
@@ -18,10 +19,13 @@ pytest.importorskip("ryu")
 prometheus_parser = pytest.importorskip("prometheus_client.parser")
 
 from prism import mgmt  # noqa: E402
+from prism.mgmt_auth import MgmtAuth, new_key_text  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[2]
 APPS = ("ryu_apps/mirroring_director.py", "ryu_apps/rest_api.py")
 TOKEN = "t0ken-for-tests"
+#: This run's management key (written to the test's temporary directory only).
+KEY_TEXT = new_key_text()
 #: How long to wait for a heartbeat sent over UDP to show in the API.
 HEARTBEAT_WAIT_S = 5.0
 
@@ -45,7 +49,7 @@ def write_config(tmp_path, dead_after=None):
     timing = f", dead_after: {dead_after}" if dead_after else ""
     path.write_text(textwrap.dedent(f"""\
         default_replication_factor: 1
-        management: {{listen: "127.0.0.1:{listen}"{timing}}}
+        management: {{listen: "127.0.0.1:{listen}", key_file: mgmt.key, generation_file: generation{timing}}}
         switches:
           - dpid: 1
             cells:
@@ -54,6 +58,7 @@ def write_config(tmp_path, dead_after=None):
               - {{id: cell3, port: 3}}
             edge_ports: [4, 5]
         """))
+    (tmp_path / "mgmt.key").write_text(KEY_TEXT)
     return path, listen
 
 
@@ -151,17 +156,23 @@ def test_heartbeats_over_the_management_channel_show_in_the_cells_view(ryu_manag
     manager = start(ryu_manager, prism_config, monkeypatch, TOKEN)
     _path, listen = prism_config
     deadline = time.monotonic() + HEARTBEAT_WAIT_S
+    cell1, forger = MgmtAuth(KEY_TEXT.encode(), "cell1"), MgmtAuth(new_key_text().encode(), "cell1")
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as cell:
-        seq = 0
+        seq = 1
         while True:
-            cell.sendto(mgmt.encode({"type": "heartbeat", "cell": "cell1", "seq": seq, "flows": 7}),
-                        ("127.0.0.1", listen))  # fmt: skip
+            heartbeat = mgmt.encode({"type": "heartbeat", "cell": "cell1", "seq": seq, "flows": 7})
+            cell.sendto(forger.seal(heartbeat, time.time()), ("127.0.0.1", listen))
+            cell.sendto(cell1.seal(heartbeat, time.time()), ("127.0.0.1", listen))
             seq += 1
             body = call(manager, "/prism/v1/cells/cell1")[1]
             if body["heartbeat_seen"] or time.monotonic() > deadline:
                 break
             time.sleep(0.1)
     assert body["heartbeat_seen"] and body["last_report"]["flows"] == 7
+    refused = call(manager, "/prism/v1/status")[1]["mgmt_auth"]["refused_bad_tag"]
+    assert refused >= seq - 1
+    metrics = call(manager, "/metrics")[1]
+    assert re.search(r'prism_mgmt_refused_total\{reason="bad_tag"\} [1-9]', metrics), metrics
 
 
 def test_the_rest_api_binds_loopback_unless_told_otherwise():

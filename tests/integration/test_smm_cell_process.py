@@ -21,7 +21,7 @@ from prism.cell.io import PacketSocket
 from prism.cell.state_server import read_state
 from prism.flows import TCP_ACK, TCP_PSH, TCP_SYN
 from prism.packets import build_tcp_frame
-from tests.integration.smm_cells import FakeController, RunningCell, in_netns, wait_for
+from tests.integration.smm_cells import KEY, FakeController, RunningCell, in_netns, wait_for
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 _TAG = f"{os.getpid() % 1_000_000}"
@@ -86,7 +86,7 @@ def test_a_cell_process_beats_replicates_and_its_mirror_takes_over_with_the_same
                  "--mgmt-listen", "%s:%d" % CELL_MGMT, "--controller", "%s:%d" % CONTROLLER,
                  "--heartbeat-interval", "0.1", "--log-level", "DEBUG"],
                 stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, cwd=str(REPO_ROOT),
-                env={**os.environ, "PYTHONPATH": str(REPO_ROOT)},
+                env={**os.environ, "PYTHONPATH": str(REPO_ROOT), "PRISM_MGMT_KEY": KEY.decode()},
             )  # fmt: skip
         wait_for(lambda: controller.of_type("heartbeat", "c1") or proc.poll() is not None, controller,
                  "the cell's first heartbeat")  # fmt: skip

@@ -11,6 +11,7 @@ from prism.cell.cell import Cell
 from prism.cell.conntrack import ConnTracker, Timeouts, TrackerConfig
 from prism.cell.smm import SmmSettings, StateMirroringModule
 from prism.flows import mac_to_bytes
+from prism.mgmt_auth import CONTROLLER_SENDER, MgmtAuth, Verifier
 from prism.openflow import MIRROR_MAC
 
 CONTROLLER = ("172.30.0.254", mgmt.CONTROLLER_MGMT_PORT)
@@ -20,6 +21,8 @@ STEP = 0.05  #: seconds between two rounds (half a tick)
 CELL_FIELDS = ("role", "primary_packets", "primary_bytes", "mirror_packets", "mirror_bytes",
                "dropped_packets", "last_seen")  # fmt: skip
 _MIRROR_DST = mac_to_bytes(MIRROR_MAC)
+#: The management key of authenticated beds (``SmmBed(auth=True)``).
+KEY = b"test-key-" + b"0123456789abcdef" * 4
 
 
 def address_of(cell_id: str) -> Tuple[str, int]:
@@ -57,6 +60,8 @@ class FakeNetwork:
         self.datagram_sizes: List[int] = []
         self.dropped = 0
         self.blocked: set = set()  #: destination addresses that receive nothing (a partition)
+        #: Opens what cells send the controller when they authenticate (the fake controller has no clock).
+        self.controller_verifier: Optional[Verifier] = None
 
     def transport(self, address: Tuple[str, int]) -> "FakeTransport":
         return FakeTransport(self, address)
@@ -64,6 +69,8 @@ class FakeNetwork:
     def send(self, source, destination, datagram: bytes) -> bool:
         self.datagram_sizes.append(len(datagram))
         if destination == CONTROLLER:
+            if self.controller_verifier is not None:
+                datagram = self.controller_verifier.open(datagram, 0.0).body
             self.to_controller.append(mgmt.decode(datagram))
             return True
         self.queue.append((source, destination, datagram))
@@ -111,8 +118,12 @@ class SmmBed:
 
     def __init__(self, cells: int = 3, network: Optional[FakeNetwork] = None,
                  settings: Optional[SmmSettings] = None,
-                 timeouts: Optional[Timeouts] = None) -> None:  # fmt: skip
+                 timeouts: Optional[Timeouts] = None, auth: bool = False) -> None:  # fmt: skip
         self.network = network or FakeNetwork(random.Random(1))
+        #: With ``auth`` every datagram is sealed (``prism.mgmt_auth``) under ``KEY``.
+        self.controller_auth = MgmtAuth(KEY, CONTROLLER_SENDER) if auth else None
+        if auth:
+            self.network.controller_verifier = Verifier(KEY, max_age_s=1e12, max_skew_s=1e12)
         self.now = START
         self.cells: Dict[str, Cell] = {}
         self.smms: Dict[str, StateMirroringModule] = {}
@@ -121,7 +132,8 @@ class SmmBed:
             cell_id = f"c{index}"
             cell = Cell(cell_id, ConnTracker(config, tokens=_tokens(index)))
             smm = StateMirroringModule(cell, self.network.transport(address_of(cell_id)), CONTROLLER,
-                                       settings, random.Random(index))  # fmt: skip
+                                       settings, random.Random(index),
+                                       auth=MgmtAuth(KEY, cell_id) if auth else None)  # fmt: skip
             cell.add_tick_hook(smm.tick_hook)
             self.cells[cell_id], self.smms[cell_id] = cell, smm
             self.network.endpoints[address_of(cell_id)] = smm
@@ -131,6 +143,8 @@ class SmmBed:
     def control(self, message: dict, cells: Optional[Iterable[str]] = None) -> None:
         """Deliver a control message (never lost: the tests are about replication)."""
         datagram = mgmt.encode(message)
+        if self.controller_auth is not None:
+            datagram = self.controller_auth.seal(datagram, self.now)
         for cell_id in cells or self.smms:
             self.smms[cell_id].on_datagram(datagram, CONTROLLER, self.now)
 

@@ -165,3 +165,13 @@ def test_exchange_says_when_the_controller_drops_a_packet_in():
     switch.close()
     thread.join(5.0)
     controller_end.close()
+
+
+def test_role_requests_are_read_and_granted_as_ryu_writes_and_reads_them(datapath):
+    request = PARSER.OFPRoleRequest(datapath, OFP.OFPCR_ROLE_MASTER, 12345)
+    peer = PeerProtocol(DP_ID, [1, 2])
+    answer = peer.receive(serialized([request]), 7)
+    assert peer.role_requests == [(7, OFP.OFPCR_ROLE_MASTER, 12345)] and peer.role == wire.OFPCR_ROLE_MASTER
+    reply = ryu_parse(datapath, answer)
+    assert isinstance(reply, PARSER.OFPRoleReply)
+    assert (reply.role, reply.generation_id, reply.xid) == (OFP.OFPCR_ROLE_MASTER, 12345, 100)

@@ -152,7 +152,7 @@ def test_unknown_keys_at_every_level():
         "prism.yaml:3:31: switches[0].cells[0].weight: unknown key 'weight' (expected one of: id, port, mgmt)",
         "prism.yaml:4:5: switches[0].edge_port: unknown key 'edge_port' (did you mean 'edge_ports'?)",
         "prism.yaml:6:1: colour: unknown key 'colour' (expected one of: idle_timeout, "
-        "default_replication_factor, max_replication_factor, mirroring_mode, management, rest, telemetry, prediction, bfd, switches)",
+        "default_replication_factor, max_replication_factor, mirroring_mode, management, rest, telemetry, prediction, bfd, etcd, switches, openflow, limits)",
     ]
 
 
@@ -322,7 +322,7 @@ def test_error_lists_every_problem_in_its_message():
     assert str(info.value).splitlines() == [
         "x.yaml:1:11: switches: at least one switch is required",
         "x.yaml:2:1: colour: unknown key 'colour' (expected one of: idle_timeout, "
-        "default_replication_factor, max_replication_factor, mirroring_mode, management, rest, telemetry, prediction, bfd, switches)",
+        "default_replication_factor, max_replication_factor, mirroring_mode, management, rest, telemetry, prediction, bfd, etcd, switches, openflow, limits)",
     ]
     assert len(info.value.errors) == 2
 

@@ -115,6 +115,31 @@ def test_address_parsing(text, expected):
         assert parse_address(format_address(expected)) == expected
 
 
+def test_the_management_key_source_and_generation_file(tmp_path):
+    (tmp_path / "mgmt.key").write_text("a" * 64 + "\n")
+    config_path = str(tmp_path / "prism.yaml")
+    text = document(top="management:\n  key_file: mgmt.key\n  generation_file: state/generation\n")
+    config = parse_config(text, config_path)
+    assert config.management.key_file == str(tmp_path / "mgmt.key")
+    assert config.management.generation_file == str(tmp_path / "state" / "generation")
+    assert parse_config(render_config(config), config_path) == config
+    env = parse_config(document(top="management: {key_env: MY_KEY}\n"))
+    assert (env.management.key_env, env.management.key_file) == ("MY_KEY", None)
+
+
+def test_management_key_problems_are_reported_with_their_position(tmp_path):
+    (tmp_path / "short.key").write_text("abc")
+    found = problems(document(top='management:\n  key_file: short.key\n  key_env: "A-B"\n').replace(
+        "short.key", str(tmp_path / "short.key")))
+    assert found[0].startswith("prism.yaml:2:13: management.key_file: the management key in ")
+    assert "needs at least 32" in found[0]
+    assert found[1] == "prism.yaml:2:13: management.key_file: give either key_file or key_env, not both"
+    assert found[2].startswith("prism.yaml:3:12: management.key_env: 'A-B' is not an environment variable name")
+    missing = problems(document(top="management: {key_file: /nonexistent/prism.key}\n"))
+    assert missing == ["prism.yaml:1:24: management.key_file: the management key file /nonexistent/prism.key "
+                       "cannot be read: No such file or directory"]
+
+
 def test_state_mode_keys_are_read_defaulted_and_round_trip():
     config = parse_config(document(top="management:\n  state_interval_s: 0.5\n  takeover_tolerance_bytes: 1048576\n"))
     assert (config.management.state_interval_s, config.management.takeover_tolerance_bytes) == (0.5, 1048576)

@@ -16,9 +16,10 @@ from ryu.ofproto import ofproto_v1_3, ofproto_v1_3_parser  # noqa: E402
 
 from prism import mgmt  # noqa: E402
 from prism.health import FailureDetector, FailureKind, HealthSettings  # noqa: E402
+from prism.mgmt_auth import MgmtAuth  # noqa: E402
 from ryu_apps.clock import ControllerClock  # noqa: E402
 from ryu_apps.mgmt_channel import MgmtChannel  # noqa: E402
-from test_director_app_failover import FakeDatapath, connect_with_flows, group_mods  # noqa: E402
+from test_director_app_failover import KEY_TEXT, FakeDatapath, connect_with_flows, group_mods  # noqa: E402
 
 app_module = pytest.importorskip("ryu_apps.mirroring_director")
 
@@ -32,7 +33,8 @@ def make_app(tmp_path, monkeypatch, cells_port, bfd=""):
     """A director app whose cells cell1 and cell2 beat from 127.0.0.1 (cell3 has no management address)."""
     config = textwrap.dedent(f"""\
         default_replication_factor: 1
-        management: {{listen: "127.0.0.1:7600", heartbeat_interval: 0.1, dead_after: 0.35}}
+        management: {{listen: "127.0.0.1:7600", heartbeat_interval: 0.1, dead_after: 0.35,
+                      key_file: mgmt.key, generation_file: generation}}
         switches:
           - dpid: 0x1
             cells:
@@ -43,9 +45,11 @@ def make_app(tmp_path, monkeypatch, cells_port, bfd=""):
         """) + bfd
     path = tmp_path / "prism.yaml"
     path.write_text(config)
+    (tmp_path / "mgmt.key").write_text(KEY_TEXT)
     monkeypatch.setenv(app_module.CONFIG_ENV, str(path))
     app = app_module.MirroringDirectorApp()
-    app.channel = MgmtChannel(("127.0.0.1", 0), app_module.cell_addresses(app.config))
+    app.channel = MgmtChannel(("127.0.0.1", 0), app_module.cell_addresses(app.config), app.mgmt_auth,
+                              app.generation)  # fmt: skip
     return app
 
 
@@ -63,6 +67,7 @@ class Beater(threading.Thread):
     def __init__(self, sock, address, cells):
         super().__init__(daemon=True)
         self.sock, self.address, self.cells = sock, address, set(cells)
+        self.sealers = {cell: MgmtAuth(KEY_TEXT.encode(), cell) for cell in self.cells}
         self.seq = 0
         self.done = threading.Event()
 
@@ -70,7 +75,8 @@ class Beater(threading.Thread):
         while not self.done.is_set():
             self.seq += 1
             for cell in sorted(self.cells):
-                self.sock.sendto(mgmt.encode({"type": "heartbeat", "cell": cell, "seq": self.seq}), self.address)
+                heartbeat = mgmt.encode({"type": "heartbeat", "cell": cell, "seq": self.seq})
+                self.sock.sendto(self.sealers[cell].seal(heartbeat, time.time()), self.address)
             self.done.wait(BEAT_S)
 
 

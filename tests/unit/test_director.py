@@ -544,3 +544,66 @@ def test_a_port_cannot_be_both_a_cell_and_an_edge_port():
     config = SwitchConfig(dp_id=1, name="s1", cells=(CellConfig(id="c1", port=1),), edge_ports=(1, 2))
     with pytest.raises(ValueError):
         MirroringDirector(config, IDLE_TIMEOUT, FixedPolicy(HashRing(["c1"]), 0))
+
+
+def test_a_flow_beyond_max_flows_goes_to_its_primary_unmirrored_without_the_controller():
+    network = Network()
+    network.director.max_flows = 1
+    network.send(CLIENT_PORT, udp(sport=40000))
+    extra = udp(sport=40001)
+    result = network.send(CLIENT_PORT, extra)
+    primary = expected_profile(network, extra).primary_cell
+    assert result.ports == [network.port(primary)] and result.to_port(network.port(primary))[0]["eth_dst"] == SERVER_MAC
+    assert len(network.director.flows) == 1 and network.director.counters.flows_unprotected == 1
+    packet_ins = network.director.counters.packet_ins
+    assert network.send(CLIENT_PORT, extra).ports == [network.port(primary)]
+    assert network.send(SERVER_PORT, udp_reply(sport=40001)).ports == [network.port(primary)]
+    assert network.director.counters.packet_ins == packet_ins  # the switch forwards it on its own
+
+
+def test_a_group_the_switch_refused_leaves_its_flows_on_their_primary_unmirrored():
+    from prism.switch_refusals import GROUP, Refusal
+
+    network = Network()
+    network.send(CLIENT_PORT, udp())
+    profile = network.profile_of(udp())
+    group_id = network.director.profiles[profile].group_id
+    network.apply(network.director.on_refused(Refusal(GROUP, group_id, None, 6, 0), network.now))
+    assert network.director.groups == {} and len(network.director.flows) == 0
+    counters = network.director.counters
+    assert (counters.groups_refused, counters.flows_unprotected) == (1, 1)
+    packet_ins = counters.packet_ins
+    primary = network.port(profile.primary_cell)
+    assert network.send(CLIENT_PORT, udp()).ports == [primary]
+    assert network.send(SERVER_PORT, udp_reply()).ports == [primary]
+    assert network.director.counters.packet_ins == packet_ins
+
+
+def test_an_fsc_entry_the_switch_refused_is_forgotten_with_its_group():
+    from prism.openflow import TABLE_FSC
+    from prism.switch_refusals import FLOW, Refusal
+
+    network = Network()
+    network.send(CLIENT_PORT, udp())
+    changes = network.director.on_refused(Refusal(FLOW, flow_id(udp()), TABLE_FSC, 5, 1), network.now)
+    assert len(network.director.flows) == 0 and network.director.counters.flows_refused == 1
+    assert network.director.groups == {} and len(changes) == 2  # the group's deletions
+
+
+def test_refused_additions_are_read_from_the_echoed_request():
+    from ryu.ofproto import ofproto_protocol, ofproto_v1_3
+
+    from prism.switch_refusals import FLOW, GROUP, refused_addition
+
+    datapath = ofproto_protocol.ProtocolDesc(ofproto_v1_3.OFP_VERSION)
+    parser = datapath.ofproto_parser
+    group = parser.OFPGroupMod(datapath, ofproto_v1_3.OFPGC_ADD, ofproto_v1_3.OFPGT_ALL, 0x1234, [])
+    flow = parser.OFPFlowMod(datapath, cookie=0xABCDEF, table_id=1, command=ofproto_v1_3.OFPFC_ADD)
+    delete = parser.OFPGroupMod(datapath, ofproto_v1_3.OFPGC_DELETE, ofproto_v1_3.OFPGT_ALL, 0x1234, [])
+    for message in (group, flow, delete):
+        message.serialize()
+    assert refused_addition(6, 0, bytes(group.buf)[:64]).kind == GROUP
+    assert refused_addition(6, 0, bytes(group.buf)[:64]).ident == 0x1234
+    refusal = refused_addition(5, 1, bytes(flow.buf)[:64])
+    assert (refusal.kind, refusal.ident, refusal.table_id) == (FLOW, 0xABCDEF, 1)
+    assert refused_addition(6, 0, bytes(delete.buf)) is None and refused_addition(1, 1, b"\x04") is None

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import socket
 import textwrap
+import time
 from types import SimpleNamespace
 
 import pytest
@@ -16,13 +17,21 @@ from tests.support import FakeDatapath  # noqa: E402
 
 from prism import mgmt, oxm  # noqa: E402
 from prism.actions import MgmtMessage  # noqa: E402
-from prism.openflow import TABLE_FSC  # noqa: E402
+from prism.mgmt_auth import MgmtAuth, Verifier  # noqa: E402
+from prism.openflow import COOKIE_UNPROTECTED, TABLE_FSC  # noqa: E402
 from ryu_apps.mgmt_channel import MgmtChannel  # noqa: E402
 
 app_module = pytest.importorskip("ryu_apps.mirroring_director")
 
 OFP = ofproto_v1_3
 PARSER = ofproto_v1_3_parser
+KEY_TEXT = "k" * 64  #: this test's management key (written to its own temporary directory)
+KEY = KEY_TEXT.encode()
+
+
+def open_sealed(datagram: bytes) -> dict:
+    """A datagram the controller sent, checked and decoded as a cell would."""
+    return mgmt.decode(Verifier(KEY).open(datagram, time.time()).body)
 
 
 @pytest.fixture
@@ -39,7 +48,8 @@ def app(tmp_path, monkeypatch, cell_socket):
     cell_port = cell_socket.getsockname()[1]
     config = textwrap.dedent(f"""\
         default_replication_factor: 1
-        management: {{listen: "127.0.0.1:7600", heartbeat_interval: 0.1, dead_after: 0.35}}
+        management: {{listen: "127.0.0.1:7600", heartbeat_interval: 0.1, dead_after: 0.35,
+                      key_file: mgmt.key, generation_file: generation}}
         switches:
           - dpid: 0x1
             cells:
@@ -50,9 +60,11 @@ def app(tmp_path, monkeypatch, cell_socket):
         """)
     path = tmp_path / "prism.yaml"
     path.write_text(config)
+    (tmp_path / "mgmt.key").write_text(KEY_TEXT)
     monkeypatch.setenv(app_module.CONFIG_ENV, str(path))
     instance = app_module.MirroringDirectorApp()
-    instance.channel = MgmtChannel(("127.0.0.1", 0), app_module.cell_addresses(instance.config))
+    instance.channel = MgmtChannel(("127.0.0.1", 0), app_module.cell_addresses(instance.config),
+                                   instance.mgmt_auth, instance.generation)  # fmt: skip
     yield instance
     if instance.channel is not None:
         instance.channel.close()
@@ -95,11 +107,12 @@ def test_a_cell_link_going_down_rewrites_its_groups_and_seeds_through_the_channe
     cell_socket.settimeout(0.5)
     try:
         while True:
-            received.append(mgmt.decode(cell_socket.recv(65535)))
+            received.append(open_sealed(cell_socket.recv(65535)))
     except socket.timeout:
         pass
     kinds = {m["type"] for m in received}
     assert "profiles" in kinds and "directory" in kinds  # cell1's address; cell3 has none: counted
+    assert {m["generation"] for m in received if m["type"] in ("profiles", "directory")} == {app.generation}
     assert app.channel.counts["no_address"] > 0
 
 
@@ -127,15 +140,59 @@ def test_heartbeats_then_silence_fail_the_cell_over_on_a_tick(app):
 
 def test_a_heartbeat_datagram_travels_the_channel(app):
     sender = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    cell1 = MgmtAuth(KEY, "cell1")
     try:
-        sender.sendto(mgmt.encode({"type": "heartbeat", "cell": "cell1", "seq": 1}), app.channel.address)
+        sealed = cell1.seal(mgmt.encode({"type": "heartbeat", "cell": "cell1", "seq": 1}), time.time())
+        sender.sendto(sealed, app.channel.address)
         sender.sendto(b"garbage", app.channel.address)
         message, source = app.channel.receive()
         app.handle_mgmt_message(message, source)
-        assert app.channel.receive() is None and app.channel.counts["undecodable"] == 1
+        assert app.channel.receive() is None and app.channel.auth_counts()["refused_malformed"] == 1
     finally:
         sender.close()
     assert app.control.detector.health("cell1").heartbeat_seen
+
+
+def test_forged_replayed_and_impersonating_datagrams_are_refused_and_counted(app):
+    sender = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    heartbeat = mgmt.encode({"type": "heartbeat", "cell": "cell1", "seq": 1})
+    genuine = MgmtAuth(KEY, "cell1").seal(heartbeat, time.time())
+    try:
+        for datagram in (
+            MgmtAuth(b"x" * 64, "cell1").seal(heartbeat, time.time()),  # another key
+            MgmtAuth(KEY, "cell2").seal(heartbeat, time.time()),  # cell2 claiming to be cell1
+            genuine, genuine,  # the second is a replay
+        ):
+            sender.sendto(datagram, app.channel.address)
+        results = [app.channel.receive() for _ in range(4)]
+    finally:
+        sender.close()
+    assert [result is None for result in results] == [True, True, False, True]
+    counts = app.channel.auth_counts()
+    assert (counts["refused_bad_tag"], counts["refused_wrong_sender"], counts["refused_replayed"]) == (1, 1, 1)
+    assert counts["accepted"] == 1
+
+
+def test_the_drain_of_the_socket_authenticates_issue_8_and_9_messages_too(app):
+    """``receive_pending`` (what the app's loop and tick read with) opens every datagram like ``receive``."""
+    sender = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    cell1, forger = MgmtAuth(KEY, "cell1"), MgmtAuth(b"x" * 64, "cell1")
+    milestone = mgmt.encode({"type": "milestone", "cell": "cell1", "flows": [[1, 0.25, 3, 300]]})
+    path_down = mgmt.encode({"type": "heartbeat", "cell": "cell1", "seq": 1, "path_down": "draining"})
+    try:
+        for body in (milestone, path_down):
+            sender.sendto(forger.seal(body, time.time()), app.channel.address)
+            sender.sendto(cell1.seal(body, time.time()), app.channel.address)
+        deadline = time.monotonic() + 2.0
+        received = []
+        while len(received) < 2 and time.monotonic() < deadline:
+            received += app.channel.receive_pending()
+    finally:
+        sender.close()
+    assert [message["type"] for message, _, _ in received] == ["milestone", "heartbeat"]
+    assert received[1][0]["path_down"] == "draining"
+    counts = app.channel.auth_counts()
+    assert (counts["refused_bad_tag"], counts["accepted"]) == (2, 2) and app.channel.drained
 
 
 def test_control_plane_failures_are_caught_and_counted(app, monkeypatch):
@@ -156,3 +213,53 @@ def test_changes_for_a_disconnected_switch_and_messages_before_binding_are_count
     app.drain_cell("cell1")
     assert app.unsent["mgmt_channel_not_bound"] >= 1
     assert app.unsent["switch_not_connected"] == 0  # no flows yet: nothing for the switch
+
+
+def test_a_second_connection_for_a_live_switch_is_refused_and_its_events_ignored(app):
+    first = connect_with_flows(app, count=1)
+    first.is_active = True
+    second = FakeDatapath(1)
+    second.is_active, second.closed = True, False
+    second.close = lambda: setattr(second, "closed", True)
+    app.switch_features_handler(SimpleNamespace(msg=SimpleNamespace(datapath=second)))
+    assert second.closed and app.datapaths[1] is first and second.sent == []
+    packet_ins = app.directors[1].counters.packet_ins
+    frame = oxm.to_frame(oxm.udp_packet("02:00:00:00:00:04", "02:00:00:00:00:05", "10.0.0.4", "10.0.0.5", 999, 53))
+    msg = SimpleNamespace(datapath=second, match=PARSER.OFPMatch(in_port=4), table_id=TABLE_FSC, data=frame)
+    app.packet_in_handler(SimpleNamespace(msg=msg))
+    down = SimpleNamespace(datapath=second, reason=OFP.OFPPR_MODIFY, desc=port_desc(2, link_down=True))
+    app.port_status_handler(SimpleNamespace(msg=down))
+    assert app.directors[1].counters.packet_ins == packet_ins and second.sent == []
+    assert app.directors[1].down_cells == frozenset() and app.duplicate_connections[1] == 3
+    first.is_active = False  # the first connection died: a new one takes its place
+    app.switch_features_handler(SimpleNamespace(msg=SimpleNamespace(datapath=second)))
+    assert app.datapaths[1] is second
+
+
+def test_a_refused_group_rolls_the_director_back_and_shows_in_the_status(app):
+    from ryu_apps.rest_api import status_document
+
+    datapath = connect_with_flows(app, count=3)
+    group_id = next(iter(app.directors[1].groups))
+    refused = PARSER.OFPGroupMod(datapath, OFP.OFPGC_ADD, OFP.OFPGT_ALL, group_id, [])
+    refused.serialize()
+    error = SimpleNamespace(datapath=datapath, type=OFP.OFPET_GROUP_MOD_FAILED, code=OFP.OFPGMFC_OUT_OF_GROUPS,
+                            data=bytes(refused.buf)[:64])  # fmt: skip
+    app.error_handler(SimpleNamespace(msg=error))
+    assert group_id not in app.directors[1].groups
+    sent = [m for m in datapath.sent if isinstance(m, PARSER.OFPFlowMod)]
+    assert sent and all(m.cookie == COOKIE_UNPROTECTED for m in sent)
+    status = status_document(app, time.time())
+    assert status["groups_refused"] == 1 and status["flows_unprotected"] == len(sent) // 2
+    assert status["switch_errors"] == {f"{OFP.OFPET_GROUP_MOD_FAILED:#x}/{OFP.OFPGMFC_OUT_OF_GROUPS:#x}": 1}
+
+
+def test_a_restarted_controller_loads_the_placements_its_predecessor_saved(app):
+    connect_with_flows(app, count=3)
+    app.save_placements()
+    restarted = app_module.MirroringDirectorApp()
+    assert restarted.generation > app.generation
+    memory = restarted.directors[1].memory
+    assert len(memory) == 3
+    flow = next(iter(app.directors[1].flows))
+    assert memory.recall(flow.flow_id, time.time(), {"cell1", "cell2", "cell3"}) == flow.profile.cells

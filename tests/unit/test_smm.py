@@ -410,3 +410,21 @@ def test_a_wire_record_is_the_record_without_its_reader_only_fields():
         for name in ("addr_a", "addr_b"):  # same address, text written by inet_ntop
             assert ip_to_bytes(wire.pop(name)) == ip_to_bytes(full.pop(name))
         assert wire == full
+
+
+def test_with_several_controllers_each_gets_the_heartbeats_and_either_may_send_control():
+    from prism.cell.cell import Cell
+    from prism.cell.conntrack import ConnTracker, TrackerConfig
+    from prism.cell.smm import StateMirroringModule
+
+    second = ("172.30.0.253", mgmt.CONTROLLER_MGMT_PORT)
+    sent = []
+    transport = type("T", (), {"sendto": lambda self, datagram, address: sent.append(address) or True})()
+    smm = StateMirroringModule(Cell("c1", ConnTracker(TrackerConfig())), transport, [CONTROLLER, second])
+    smm.heartbeat(1.0)
+    assert sent == [CONTROLLER, second]
+    directory = mgmt.encode({"type": "directory", "epoch": 1, "cells": {}, "live": ["c1"]})
+    smm.on_datagram(directory, second, 1.0)
+    assert smm.view.live == {"c1"} and smm.replication_counters()["foreign_messages"] == 0
+    smm.on_datagram(directory, ("172.30.0.9", 7700), 1.0)
+    assert smm.replication_counters()["foreign_messages"] == 1

@@ -151,6 +151,14 @@ def test_without_a_telemetry_section_nothing_is_recorded(tmp_path, monkeypatch):
     assert not (tmp_path / "telemetry").exists()
 
 
+def test_with_several_controllers_only_a_switchs_master_polls_it(app, monkeypatch):
+    director = SimpleNamespace(cluster=SimpleNamespace(may_send=lambda dp_id: dp_id == 1))
+    monkeypatch.setattr(collector_module.app_manager, "lookup_service_brick", lambda name: director)
+    mastered, other = connect(app, 1), connect(app, 2)
+    app.tick(NOW)
+    assert len(mastered.sent) == 3 and other.sent == []
+
+
 class SlowWriter:
     """A writer whose writes hang until released (a slow disk's fsync), recording the thread that writes."""
 
