@@ -242,8 +242,14 @@ def test_handling_that_yields_cannot_reorder_heartbeats(tmp_path, monkeypatch, c
     app = make_app(tmp_path, monkeypatch, cells_socket.getsockname()[1])
     try:
         app.control.start_listening(app.clock.now())
+        sealer = MgmtAuth(KEY_TEXT.encode(), "cell1")
+
+        def beat(seq):
+            body = mgmt.encode({"type": "heartbeat", "cell": "cell1", "seq": seq})
+            cells_socket.sendto(sealer.seal(body, time.time()), app.channel.address)
+
         for seq in range(1, 6):
-            cells_socket.sendto(mgmt.encode({"type": "heartbeat", "cell": "cell1", "seq": seq}), app.channel.address)
+            beat(seq)
         time.sleep(0.05)
         handle = app.handle_mgmt_message
         nested = []
@@ -251,8 +257,7 @@ def test_handling_that_yields_cannot_reorder_heartbeats(tmp_path, monkeypatch, c
         def yielding_handle(message, sender, at=None):
             if not nested:  # the first message's handling yields: newer datagrams arrive, the loop runs
                 for seq in range(6, 10):
-                    cells_socket.sendto(mgmt.encode({"type": "heartbeat", "cell": "cell1", "seq": seq}),
-                                        app.channel.address)  # fmt: skip
+                    beat(seq)
                 time.sleep(0.05)
                 nested.append(app.receive_pending())
             handle(message, sender, at)
