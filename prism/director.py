@@ -93,7 +93,6 @@ REFUSED_MOVED_PRIMARY = "policy moved the primary"
 REFUSED_UNUSABLE_CELL = "policy named an unknown, dead or drained cell"
 REFUSED_NO_GROUP_ID = "no free group id"
 REFUSED_POLICY_ERROR = "policy raised"
-SAME_SWITCH_PATH = "unchanged"
 
 __all__ = ["DirectorCounters", "MirroringDirector", "ProfileGroup", "UnknownCell"]
 
