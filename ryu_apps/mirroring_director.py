@@ -199,10 +199,12 @@ class MirroringDirectorApp(ClusterEvents, app_manager.RyuApp):
     def start(self):
         """Start the event loop, then the management receiver and the tick."""
         thread = super().start()
-        self.threads.append(hub.spawn(self._receive_loop))
-        self.threads.append(hub.spawn(self._tick_loop))
+        # raise_error: a Ctrl-C that lands in one of them reaches ryu-manager, which stops (Ryu's
+        # default swallows it there and leaves the controller running without that loop)
+        self.threads.append(hub.spawn(self._receive_loop, raise_error=True))
+        self.threads.append(hub.spawn(self._tick_loop, raise_error=True))
         if self.cluster is not None:
-            self.threads.append(hub.spawn(self.cluster.run))
+            self.threads.append(hub.spawn(self.cluster.run, raise_error=True))
         return thread
 
     def stop(self):
