@@ -29,6 +29,12 @@ Two green threads are started in ``start()``: one receives management
 datagrams (heartbeats, ``seeded``) on ``management.listen``, one ticks every
 ``TICK_S`` (failure detection, batched messages to cells). Port status
 messages for cell ports are the link-failure input.
+
+With an ``etcd`` section several ryu-managers share the switches
+(``ryu_apps/cluster.py``, docs/controllers.md): a third green thread holds
+this controller's lease and roles, and only a switch's master programs it,
+handles its packet-ins and talks to its cells. ``PRISM_CONTROLLER_ID`` names
+the controller, ``PRISM_MGMT_LISTEN`` gives it its own management address.
 """
 
 from __future__ import annotations
