@@ -201,15 +201,23 @@ class Cluster:
 
     # --- the loop ----------------------------------------------------------------------------
     def run(self) -> None:
-        """Renew, read, decide, publish; every ``renew_s`` until the app stops."""
-        while self.app.is_active:
-            started = time.monotonic()
-            try:
-                self.step()
-            except Exception:  # the loop must outlive anything etcd or a switch does
-                self.counts["step_errors"] += 1
-                self.logger.exception("cluster step failed")
-            hub.sleep(max(0.0, self.mastership.renew_s - (time.monotonic() - started)))
+        """Renew, read, decide, publish; every ``renew_s`` until the app stops.
+
+        Ctrl-C landing in this green thread revokes the lease (a standby takes over at once)
+        and goes on to ryu-manager (spawn it with ``raise_error=True``), which stops.
+        """
+        try:
+            while self.app.is_active:
+                started = time.monotonic()
+                try:
+                    self.step()
+                except Exception:  # the loop must outlive anything etcd or a switch does
+                    self.counts["step_errors"] += 1
+                    self.logger.exception("cluster step failed")
+                hub.sleep(max(0.0, self.mastership.renew_s - (time.monotonic() - started)))
+        except KeyboardInterrupt:
+            self.stop()
+            raise
 
     def step(self) -> None:
         """One renewal and decision round."""
@@ -457,9 +465,11 @@ class Cluster:
 
     def stop(self) -> None:
         """Give the switches up at once (revoke the lease): a standby takes over without waiting."""
-        if self.lease_id is not None:
+        lease_id, self.lease_id = self.lease_id, None
+        self.ready.clear()
+        if lease_id is not None:
             try:
-                self.store.revoke(self.lease_id)
+                self.store.revoke(lease_id)
             except EtcdUnreachable:
                 pass
 

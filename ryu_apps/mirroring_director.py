@@ -37,6 +37,12 @@ reads every management datagram waiting in the socket, each with the time
 the kernel received it, and only then judges the cells: a controller that
 was busy (a long REST request, a statistics reply, a file write) cannot
 take its own silence for theirs.
+
+With an ``etcd`` section several ryu-managers share the switches
+(``ryu_apps/cluster.py``, docs/controllers.md): a third green thread holds
+this controller's lease and roles, and only a switch's master programs it,
+handles its packet-ins and talks to its cells. ``PRISM_CONTROLLER_ID`` names
+the controller, ``PRISM_MGMT_LISTEN`` gives it its own management address.
 """
 
 from __future__ import annotations
@@ -252,12 +258,14 @@ class MirroringDirectorApp(ClusterEvents, app_manager.RyuApp):
     def start(self):
         """Start the event loop, then the management receiver and the tick."""
         thread = super().start()
-        self.threads.append(hub.spawn(self._receive_loop))
-        self.threads.append(hub.spawn(self._tick_loop))
+        # raise_error: a Ctrl-C that lands in one of them reaches ryu-manager, which stops (Ryu's
+        # default swallows it there and leaves the controller running without that loop)
+        self.threads.append(hub.spawn(self._receive_loop, raise_error=True))
+        self.threads.append(hub.spawn(self._tick_loop, raise_error=True))
         if self.cluster is not None:
-            self.threads.append(hub.spawn(self.cluster.run))
+            self.threads.append(hub.spawn(self.cluster.run, raise_error=True))
         if self.placements_file is not None:
-            self.threads.append(hub.spawn(self._save_loop))
+            self.threads.append(hub.spawn(self._save_loop, raise_error=True))
         return thread
 
     def stop(self):
