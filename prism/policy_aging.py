@@ -84,7 +84,9 @@ SLOW_FLOW_PPS = 1.0
 #: packets so far all came in the first half of its age. Scale-free (the same
 #: rule at 0.25 s as at 64 s), chosen before looking at the captures' outcome.
 DEFAULT_MAX_IDLE_SHARE = 0.5
-#: The idle rule judges only flows that sent at least this many packets: an exchange
+#: The idle rule judges only flows that end in silence (not TCP: a TCP connection's end
+#: is seen, ``closing``; a silent one is a control channel or keep-alive and is protected)
+#: and that sent at least this many packets: an exchange
 #: (a query and its answer, a handshake) followed by silence is over, but a flow
 #: that sent only its first packet cannot be told from a sparse long one (a
 #: keep-alive): ``promote_quiet`` decides those. On nDPI, 486 of the 2402 flows with
@@ -281,6 +283,17 @@ class _Flow:
         self.promoted_packets = -1  #: packets when it got mirrors (-1: never mirrored)
 
 
+def _ends_silently(flow: _Flow) -> bool:
+    """Whether silence is how this flow ends: not TCP, whose end the cell sees (``closing``).
+
+    An established TCP connection that is silent is a control channel or a
+    keep-alive: alive until FIN, RST or the tracker's own expiry, cheap to
+    protect, and exactly what must not lose its state (iperf3's control
+    connection, an SSH session). A flow of unknown protocol is not judged either.
+    """
+    return flow.first is not None and flow.first.proto != PROTO_TCP
+
+
 class AgingPolicy:
     """The ``prism.policy.Policy`` of one switch that decides as flows age (see the module docstring).
 
@@ -379,7 +392,7 @@ class AgingPolicy:
             if closing:  # a FIN or RST seen: nothing left worth a seed
                 counts["closing"] += 1
                 return None
-            if (idle_s is not None and packets >= IDLE_RULE_MIN_PACKETS
+            if (idle_s is not None and packets >= IDLE_RULE_MIN_PACKETS and _ends_silently(flow)
                     and idle_s > self.settings.max_idle_share * age_s):  # fmt: skip
                 counts["idle"] += 1  # an exchange, then silence for most of its life: probably ended
                 return None

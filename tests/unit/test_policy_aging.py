@@ -262,6 +262,20 @@ def test_a_flow_idle_for_more_than_a_share_of_its_age_is_taken_as_ended():
     assert policy.counts["promoted"] == 2
 
 
+def test_a_silent_tcp_connection_that_is_not_closing_is_promoted():
+    """A control channel (iperf3's, SSH): a few packets at its start, then silence until the end. The
+    cell would report its FIN or RST; without one it is alive, and the idle rule must not leave it bare."""
+    policy = AgingPolicy(HashRing(CELLS), 1)
+    control, exchange = _tcp(5300), _udp(5301)
+    births = {info.flow_id: policy.profile_for(info, CELLS, 0.0) for info in (control, exchange)}
+    decided = policy.redecide(control.flow_id, births[control.flow_id], 0.25, 6, 700, CELLS, 0.25,
+                              idle_s=0.2, closing=False)  # fmt: skip
+    assert decided is not None and decided[0].mirror_cells
+    # the same silence on a UDP exchange: probably over
+    assert policy.redecide(exchange.flow_id, births[exchange.flow_id], 0.25, 6, 700, CELLS, 0.25, idle_s=0.2) is None
+    assert policy.counts["idle"] == 1 and policy.counts["promoted"] == 1
+
+
 def test_without_idle_s_the_policy_decides_as_before_and_the_share_is_checked():
     policy = AgingPolicy(HashRing(CELLS), 1)
     info = _udp(5300)
