@@ -14,7 +14,7 @@ Every policy the director holds answers four questions (issue 8, contract sectio
 
 from __future__ import annotations
 
-from typing import Collection, Optional, Protocol, Tuple
+from typing import Collection, Mapping, Optional, Protocol, Sequence, Tuple
 
 from prism.flows import PacketInfo
 from prism.profiles import MODE_FULL, MODE_STATE, MODES, MirroringProfile
@@ -134,3 +134,47 @@ class FixedPolicy:
     def __repr__(self) -> str:
         mode = "" if self.mode == MODE_FULL else f", mode={self.mode!r}"
         return f"FixedPolicy({self.ring!r}, replication_factor={self.replication_factor}{mode})"
+
+
+#: A mirror candidate this many times likelier to fail than the switch's median cell goes to the back.
+AVOID_RISK_RATIO = 10.0
+#: A candidate holding more than LOAD_FACTOR x the candidates' mean mirror load, plus LOAD_SLACK
+#: flows, goes to the back (after the healthy ones, before the risky ones).
+LOAD_FACTOR = 1.5
+LOAD_SLACK = 8
+
+
+def choose_mirrors(primary: str, candidates: Sequence[str], risk: Mapping[str, float], reference: float,
+                   loads: Mapping[str, int], max_replication_factor: int,
+                   risk_target: float) -> Tuple[str, ...]:  # fmt: skip
+    """A flow's mirrors: healthy, not overloaded candidates first (ring order within each rank).
+
+    One mirror, then more while the primary and every mirror could all fail within the
+    horizon with a probability above ``risk_target`` (independent failures), up to
+    ``max_replication_factor``.
+
+    Args:
+        primary: The flow's primary cell.
+        candidates: Live cells other than the primary, in the flow's ring order (not empty).
+        risk: Cell -> its failure probability within the horizon.
+        reference: The switch's median failure probability (0: none known).
+        loads: Cell -> flows it mirrors now.
+        max_replication_factor: The most mirrors.
+        risk_target: Mirrors are added while all replicas could fail together with more than this.
+    """
+    ranked = list(candidates)
+    mean_load = sum(loads.get(c, 0) for c in ranked) / len(ranked)
+    load_limit = LOAD_FACTOR * mean_load + LOAD_SLACK
+
+    def rank(cell_id: str) -> int:
+        risky = reference > 0 and risk.get(cell_id, 0.0) >= AVOID_RISK_RATIO * reference
+        return 2 if risky else (1 if loads.get(cell_id, 0) > load_limit else 0)
+
+    ranked.sort(key=rank)  # stable: ring order within each rank
+    limit = min(max_replication_factor, len(ranked))
+    chosen = [ranked[0]]
+    all_fail = risk.get(primary, 0.0) * risk.get(ranked[0], 0.0)
+    while len(chosen) < limit and all_fail > risk_target:
+        chosen.append(ranked[len(chosen)])
+        all_fail *= risk.get(chosen[-1], 0.0)
+    return tuple(chosen)

@@ -43,7 +43,7 @@ A flow's first packet says little about it; its own history says much more
    (``min_promotion_age_s`` steps up one milestone a time), stepping back
    down when they spend less than ``RELAX_SHARE`` of it.
 4. **Mirrors** (as the predictive policy chose them): the next live cells on
-   the ring, healthy and not overloaded first (a cell ``AVOID_RISK_RATIO``
+   the ring, healthy and not overloaded first (a cell ``prism.policy.AVOID_RISK_RATIO``
    times riskier than the median, or holding more than ``LOAD_FACTOR`` times
    the mean mirror load plus ``LOAD_SLACK`` flows, goes to the back); one
    mirror, then more while the primary and every mirror could all fail within
@@ -62,7 +62,7 @@ from typing import Collection, Deque, Dict, List, Mapping, Optional, Protocol, S
 
 from prism.aging_features import PROTO_TCP, aging_row, port_class, proto_class
 from prism.flows import PacketInfo
-from prism.policy import MODE_FULL, MODE_STATE, Decision, NoLiveCell
+from prism.policy import MODE_FULL, MODE_STATE, Decision, NoLiveCell, choose_mirrors
 from prism.profiles import MirroringProfile
 from prism.ring import HashRing
 
@@ -105,9 +105,6 @@ RELAX_SHARE = 0.5  #: the gate steps down when the window spends less than this 
 STATE_COPIES_AFTER_PROMOTION = 2
 
 MAX_RISK_BOOST = 100.0
-AVOID_RISK_RATIO = 10.0
-LOAD_FACTOR = 1.5
-LOAD_SLACK = 8
 DEFAULT_RISK_TARGET = 1e-6
 HEALTH_REFRESH_S = 1.0
 #: The most live flows remembered per policy; beyond it the oldest is forgotten (it keeps
@@ -449,24 +446,8 @@ class AgingPolicy:
         candidates = [c for c in self.ring.order(flow_id) if c != primary and c in live_cells]
         if not candidates:
             return ()
-        risk = self._risks(now)
-        reference = self._reference
-        loads = self._mirror_load
-        mean_load = sum(loads.get(c, 0) for c in candidates) / len(candidates)
-        load_limit = LOAD_FACTOR * mean_load + LOAD_SLACK
-
-        def rank(cell_id: str) -> int:
-            risky = reference > 0 and risk.get(cell_id, 0.0) >= AVOID_RISK_RATIO * reference
-            return 2 if risky else (1 if loads.get(cell_id, 0) > load_limit else 0)
-
-        candidates.sort(key=rank)  # stable: ring order within each rank
-        limit = min(self.max_replication_factor, len(candidates))
-        chosen = [candidates[0]]
-        all_fail = risk.get(primary, 0.0) * risk.get(candidates[0], 0.0)
-        while len(chosen) < limit and all_fail > self.settings.risk_target:
-            chosen.append(candidates[len(chosen)])
-            all_fail *= risk.get(chosen[-1], 0.0)
-        return tuple(chosen)
+        return choose_mirrors(primary, candidates, self._risks(now), self._reference, self._mirror_load,
+                              self.max_replication_factor, self.settings.risk_target)  # fmt: skip
 
     def _risks(self, now: float) -> Mapping[str, float]:
         """Every cell's failure probability within the horizon, refreshed once a HEALTH_REFRESH_S."""

@@ -22,7 +22,7 @@ For every new flow (``PredictivePolicy.profile_for``, the packet-in path):
    its copies count in the budget's window and are taken off the budget
    before the line is fitted.
 5. **Mirrors.** Candidates are the next live cells on the ring, healthy and
-   not overloaded first: a cell ``AVOID_RISK_RATIO`` times riskier than the
+   not overloaded first: a cell ``prism.policy.AVOID_RISK_RATIO`` times riskier than the
    median, or holding more than ``LOAD_FACTOR`` times the mean mirror load
    (plus ``LOAD_SLACK`` flows), goes to the back. One mirror, then more while
    the primary and every mirror could all fail within the horizon with a
@@ -46,14 +46,11 @@ from models.features import FirstPacket, FlowHistory, flow_features
 from prism.budget import CHEAP_FLOWS_BUDGET_SHARE, DEFAULT_CHEAP_FLOW_PACKETS, BudgetSettings, BudgetTracker
 from prism.flow_outcome import flow_outcome
 from prism.flows import FlowKey, PacketInfo
-from prism.policy import MODE_FULL, Decision, NoLiveCell
+from prism.policy import MODE_FULL, Decision, NoLiveCell, choose_mirrors
 from prism.profiles import MirroringProfile
 from prism.ring import HashRing
 
 MAX_RISK_BOOST = 100.0
-AVOID_RISK_RATIO = 10.0
-LOAD_FACTOR = 1.5
-LOAD_SLACK = 8
 DEFAULT_RISK_TARGET = 1e-6
 #: A takeover successor is predicted to access a flow's state if every cell before it may
 #: fail within the flow's remaining predicted lifetime with at least this probability.
@@ -300,24 +297,8 @@ class PredictivePolicy:
         return min(MAX_RISK_BOOST, max(1.0, mine / reference))
 
     def _choose_mirrors(self, ranked: Sequence[str], risk: Mapping[str, float]) -> Tuple[str, ...]:
-        candidates = list(ranked[1:])
-        reference = self._reference
-        loads = self._mirror_load
-        mean_load = sum(loads.get(c, 0) for c in candidates) / len(candidates)
-        load_limit = LOAD_FACTOR * mean_load + LOAD_SLACK
-
-        def rank(cell_id: str) -> int:
-            risky = reference > 0 and risk.get(cell_id, 0.0) >= AVOID_RISK_RATIO * reference
-            return 2 if risky else (1 if loads.get(cell_id, 0) > load_limit else 0)
-
-        candidates.sort(key=rank)  # stable: ring order within each rank
-        limit = min(self.max_replication_factor, len(candidates))
-        chosen = [candidates[0]]
-        all_fail = risk.get(ranked[0], 0.0) * risk.get(candidates[0], 0.0)
-        while len(chosen) < limit and all_fail > self.risk_target:
-            chosen.append(candidates[len(chosen)])
-            all_fail *= risk.get(chosen[-1], 0.0)
-        return tuple(chosen)
+        return choose_mirrors(ranked[0], ranked[1:], risk, self._reference, self._mirror_load,
+                              self.max_replication_factor, self.risk_target)  # fmt: skip
 
     def _remember(self, flow_id: int, flight: _Flight) -> None:
         old = self._in_flight.pop(flow_id, None)
