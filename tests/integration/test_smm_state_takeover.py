@@ -33,7 +33,7 @@ from prism.cell.io import PacketSocket
 from prism.cell.state_server import read_state
 from prism.flows import PROTO_TCP, TCP_FIN, TCP_RST, TCP_SYN, FlowKey, PacketInfo, mac_to_bytes, parse_frame
 from prism.openflow import MIRROR_MAC
-from tests.integration.smm_cells import FakeController, in_netns, wait_for
+from tests.integration.smm_cells import KEY, FakeController, in_netns, wait_for
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 _TAG = f"{os.getpid() % 1_000_000}"
@@ -196,18 +196,23 @@ class Relay:
 
     def stop(self) -> None:
         self._stop.set()
-        self.thread.join(5)
+        if self.thread.is_alive():  # never started when the cells failed to come up
+            self.thread.join(5)
         for sock in self.sockets.values():
             sock.close()
 
 
 def _start_cell(cell_id: str, tmp_path: Path) -> subprocess.Popen:
     host, port = CELL_MGMT[cell_id]
+    key_file = tmp_path / "mgmt.key"  # the FakeController's key (issue 10: cells authenticate)
+    if not key_file.exists():
+        key_file.write_bytes(KEY)
+        key_file.chmod(0o600)
     with open(tmp_path / f"{cell_id}.log", "wb") as log:
         return subprocess.Popen(
             ["ip", "netns", "exec", NS_CELLS, sys.executable, "-m", "prism.cli", "cell",
              "--interface", LINKS[cell_id[1]][0], "--cell-id", cell_id,
-             "--state-socket", str(tmp_path / f"{cell_id}.sock"),
+             "--state-socket", str(tmp_path / f"{cell_id}.sock"), "--mgmt-key-file", str(key_file),
              "--mgmt-listen", f"{host}:{port}", "--controller", "%s:%d" % CONTROLLER],
             stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, cwd=str(REPO_ROOT),
             env={**os.environ, "PYTHONPATH": str(REPO_ROOT)},
