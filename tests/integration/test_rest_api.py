@@ -222,12 +222,14 @@ def test_a_two_second_controller_freeze_kills_no_beating_cell(ryu_manager, tmp_p
         for cell, port in addresses.items():
             sockets[cell] = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
             sockets[cell].bind(("127.0.0.1", port))
+        sealers = {cell: MgmtAuth(KEY_TEXT.encode(), cell) for cell in sockets}  # issue 10: only sealed ones count
         seq = 0
         try:
             while not done.is_set():
                 seq += 1
                 for cell, sock in sockets.items():
-                    sock.sendto(mgmt.encode({"type": "heartbeat", "cell": cell, "seq": seq}), ("127.0.0.1", listen))
+                    heartbeat = mgmt.encode({"type": "heartbeat", "cell": cell, "seq": seq})
+                    sock.sendto(sealers[cell].seal(heartbeat, time.time()), ("127.0.0.1", listen))
                 done.wait(0.1)
         finally:
             for sock in sockets.values():
