@@ -243,7 +243,8 @@ class ControlPlane:
                 if change.alive:
                     decisions = director.on_cell_up(change.cell_id, now)
                 else:
-                    decisions = director.on_cell_down(change.cell_id, change.kind.value, now)
+                    decisions = director.on_cell_down(change.cell_id, change.kind.value, now,
+                                                      seen_working=change.counted)  # fmt: skip
                 out += _wrap(dp_id, decisions)
         if changed:
             out += self.directory(now)

@@ -797,8 +797,12 @@ class MirroringDirector:
         return list(self._groups.release(entry.group_id))
 
     # --- Failover, drain, seeding (prism.failover decides) --------------------------------------
-    def on_cell_down(self, cell_id: str, kind: str, now: float) -> List[Decision]:
+    def on_cell_down(self, cell_id: str, kind: str, now: float, seen_working: bool = True) -> List[Decision]:
         """A cell died (``kind``: ``"link"`` or ``"process"``): rewrite every group naming it.
+
+        ``seen_working`` False: the controller never saw the cell working since it started (a
+        restarted controller that has not heard it yet); its remembered placements stay valid,
+        since nothing the controller knew it to hold is known to be lost.
 
         Returns:
             Two GroupMod MODIFY per rewritten group (flows keep their entries),
@@ -808,7 +812,8 @@ class MirroringDirector:
         Raises:
             UnknownCell: the switch has no such cell.
         """
-        self.memory.cell_down(cell_id)
+        if seen_working:
+            self.memory.cell_down(cell_id)
         decisions = self._failover.cell_down(cell_id, kind, now, self._groups, self._flows)
         self._live_cells = self._failover.live_cells
         stats = self._failover.last_failover

@@ -181,6 +181,9 @@ class HealthChange:
     at: float
     kind: Optional[FailureKind] = None
     reason: str = ""
+    #: False for a cell never seen working since the controller started: not a failure the
+    #: controller saw, so nothing it knew the cell to hold is known to be lost.
+    counted: bool = True
 
 
 @dataclass(frozen=True)
@@ -370,7 +373,7 @@ class FailureDetector:
         window_start = now - self.settings.flap_window
         recent = sum(1 for record in cell.history if record.detected_at >= window_start and record.counted)
         cell.holddown = self.settings.holddown(recent)
-        return HealthChange(cell.cell_id, False, now, kind, reason)
+        return HealthChange(cell.cell_id, False, now, kind, reason, counted)
 
     def _recover(self, cell: _Cell, now: float) -> HealthChange:
         cell.alive = True

@@ -67,3 +67,25 @@ def test_the_memory_forgets_cells_that_failed_since_and_old_placements():
     restored = PlacementMemory()
     assert restored.load(saved + [["x", [], 0], [9, ["nowhere"], 0]], {"c2": 1}) == 2
     assert restored.recall(5, 1.0, {"c2"}) == ("c2",)
+
+
+def test_a_cell_not_yet_heard_by_a_restarted_controller_keeps_what_it_was_remembered_to_hold():
+    """A restarted controller declares a cell it has not heard from dead (not a failure it saw): the flows
+    remembered on that cell are still placed there when they return; a failure it saw forgets them."""
+    for seen_working, returned_on_first in ((False, True), (True, False)):
+        network = Network(replication_factor=1)
+        network.send(CLIENT_PORT, tcp(TCP_SYN, b""))
+        first = network.profile_of(tcp())
+        idle_out(network)
+        network.apply(network.director.on_cell_down(first.primary_cell, "process", network.now,
+                                                    seen_working=seen_working))  # fmt: skip
+        network.now += 1
+        network.apply(network.director.on_cell_up(first.primary_cell, network.now))
+        network.seed_all()
+        network.send(CLIENT_PORT, tcp())  # the connection resumes
+        returned = network.profile_of(tcp())
+        assert network.director.counters.flows_returned == 1
+        if returned_on_first:
+            assert returned == first, returned
+        else:  # the cell failed while the controller watched: what it held is gone
+            assert first.primary_cell not in returned.cells, returned
