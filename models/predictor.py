@@ -149,16 +149,38 @@ class CompactEnsemble:
         return raw
 
 
-class Predictor:
+class _ModelView:
+    """What every loaded model answers from its manifest: horizon, feature names, estimators."""
+
+    def __init__(self, loaded: LoadedModel):
+        self.manifest = loaded.manifest
+        self.directory = loaded.directory
+        self._estimators = loaded.estimators
+
+    @property
+    def horizon_s(self) -> float:
+        """The horizon H (s): how much longer the model asks a flow to live."""
+        return float(self.manifest["horizon_s"])
+
+    @property
+    def feature_names(self) -> Tuple[str, ...]:
+        """Input columns, in order."""
+        return tuple(self.manifest["feature_names"])
+
+    @property
+    def estimators(self) -> Dict[str, object]:
+        """The loaded scikit-learn estimators by name (models and baselines)."""
+        return dict(self._estimators)
+
+
+class Predictor(_ModelView):
     """The SPE's inference API, for the director and the policy.
 
     Use ``Predictor.load(directory)``; the constructor takes a loaded model.
     """
 
     def __init__(self, loaded: LoadedModel):
-        self.manifest = loaded.manifest
-        self.directory = loaded.directory
-        self._estimators = loaded.estimators
+        super().__init__(loaded)
         self._alive = CompactEnsemble(loaded.estimators[ALIVE])
         self._duration = CompactEnsemble(loaded.estimators[DURATION])
         self._packets = CompactEnsemble(loaded.estimators[PACKETS])
@@ -179,21 +201,6 @@ class Predictor:
         if model_kind(loaded.manifest) == KIND_AGING:
             return AgingPredictor(loaded)
         return Predictor(loaded)
-
-    @property
-    def horizon_s(self) -> float:
-        """The takeover horizon H the model predicts survival over."""
-        return float(self.manifest["horizon_s"])
-
-    @property
-    def feature_names(self) -> Tuple[str, ...]:
-        """Input columns, in order."""
-        return tuple(self.manifest["feature_names"])
-
-    @property
-    def estimators(self) -> Dict[str, object]:
-        """The loaded scikit-learn estimators by name (models and baselines)."""
-        return dict(self._estimators)
 
     def threshold_for(self, budget: float) -> Optional[float]:
         """The predicted-duration threshold (s) calibrated on training data for a mirroring budget.
@@ -297,16 +304,14 @@ def check_walkers(pairs, probe: np.ndarray, directory) -> None:
                 )
 
 
-class AgingPredictor:
+class AgingPredictor(_ModelView):
     """The aging model's inference for ``prism.policy_aging`` (an ``AliveScorer``).
 
     Use ``Predictor.load(directory)`` on an ``aging`` model; the constructor takes a loaded one.
     """
 
     def __init__(self, loaded: LoadedModel):
-        self.manifest = loaded.manifest
-        self.directory = loaded.directory
-        self._estimators = loaded.estimators
+        super().__init__(loaded)
         self._alive = CompactEnsemble(loaded.estimators[ALIVE])
         self._remaining = CompactEnsemble(loaded.estimators[REMAINING_PACKETS])
         self.alive_probability = self._alive.predict  # the hot path: one bound method, no wrapper
@@ -315,21 +320,6 @@ class AgingPredictor:
         check_walkers(((self._alive, lambda X: self._estimators[ALIVE].predict_proba(X)[:, 1]),
                        (self._remaining, self._estimators[REMAINING_PACKETS].predict)),
                       probe_matrix(self.manifest), self.directory)  # fmt: skip
-
-    @property
-    def horizon_s(self) -> float:
-        """How much longer (s) ``alive_probability`` asks a flow to live."""
-        return float(self.manifest["horizon_s"])
-
-    @property
-    def feature_names(self) -> Tuple[str, ...]:
-        """Input columns, in order (``prism.aging_features.AGING_FEATURE_NAMES``)."""
-        return tuple(self.manifest["feature_names"])
-
-    @property
-    def estimators(self) -> Dict[str, object]:
-        """The loaded scikit-learn estimators by name."""
-        return dict(self._estimators)
 
     def remaining_packets(self, row: Sequence[float]) -> float:
         """Expected packets still to come (both directions) of a flow with this ``aging_row``."""
