@@ -76,6 +76,9 @@ class ControllerFailover:
     def kill_master(self) -> float:
         """SIGKILL the master's ryu-manager, wait for its successor; returns the kill time."""
         old = self.net.controller
+        # Equal profiles in two groups can predate the takeover (a repair after an early cell
+        # verdict rewrites a group into a profile another group holds): count only what it adds.
+        before_groups = group_report(self.net)
         killed_at = time.time()
         old.process.kill()
         old.process.wait(5)
@@ -95,7 +98,9 @@ class ControllerFailover:
             "takeover_ms": round((takeover["finished_at"] - killed_at) * 1000, 1),
             "groups_adopted": takeover["groups_adopted"], "flows_adopted": takeover["flows_adopted"],
             "new_flows_after": after - before,
-            "duplicate_groups": groups["duplicate_groups"], "orphaned_groups": groups["orphaned_groups"],
+            "duplicate_groups": max(0, groups["duplicate_groups"] - before_groups["duplicate_groups"]),
+            "duplicate_groups_before": before_groups["duplicate_groups"],
+            "orphaned_groups": groups["orphaned_groups"],
         }  # fmt: skip
         return killed_at
 
