@@ -72,6 +72,8 @@ PACKET_IN_RATE_LIMIT = 1000
 PACKET_IN_BURST_LIMIT = 200
 #: Host interface offloads turned off (ethtool -K names), one at a time.
 OFFLOADS_OFF = ("tx", "rx", "tso", "gso", "gro")
+#: Open vSwitch's longest wait between two attempts to reach its controller (ms; its default is 8000).
+CONTROLLER_MAX_BACKOFF_MS = 1000
 #: Seconds the cells get to be usable at the controller (BFD up, heartbeats heard) after they start.
 CELLS_READY_TIMEOUT_S = 30.0
 
@@ -273,7 +275,7 @@ class PrismNetwork:
             self.net.addController(ListeningController(f"ctl{index}", ip="127.0.0.1", port=controller.of_port))
         self.net.build()
         self.net.start()
-        self._limit_packet_ins()
+        self._configure_controller_connections()
         for host in self.net.hosts:
             self._configure_host(host)
         for switch in self.net.switches:  # no IPv6 chatter from the switch-side ends either
@@ -374,8 +376,13 @@ class PrismNetwork:
         return ["--mgmt-listen", f"{cell_mgmt_ip(index)}:{MGMT_CELL_PORT}", *controllers,
                 "--mgmt-key-file", str(self.key_path)]
 
-    def _limit_packet_ins(self) -> None:
-        """Rate-limit every switch's packet-ins (``packet_in_limit``) on each of its Controller records."""
+    def _configure_controller_connections(self) -> None:
+        """On each switch's Controller records: the packet-in rate limit, and reconnection within a second.
+
+        Open vSwitch backs off up to 8 s between attempts to reach a controller
+        that went away; a restarted controller would wait that long for its
+        switches. ``max_backoff`` (ms, at least 1000) caps it.
+        """
         rate, burst = self.packet_in_limit
         for switch in self.net.switches:
             uuids = subprocess.run(["ovs-vsctl", "-t", "10", "get", "bridge", switch.name, "controller"],
@@ -383,7 +390,8 @@ class PrismNetwork:
             for uuid in uuids.strip().strip("[]").split(","):
                 if uuid.strip():
                     subprocess.run(["ovs-vsctl", "-t", "10", "set", "controller", uuid.strip(),
-                                    f"controller_rate_limit={rate}", f"controller_burst_limit={burst}"],
+                                    f"controller_rate_limit={rate}", f"controller_burst_limit={burst}",
+                                    f"max_backoff={CONTROLLER_MAX_BACKOFF_MS}"],
                                    capture_output=True, timeout=15, check=True)  # fmt: skip
 
     def _wait_for_pipeline(self) -> None:
@@ -394,6 +402,29 @@ class PrismNetwork:
                 return
             time.sleep(0.2)
         raise RuntimeError(f"the director installed no pipeline:\n{self.controller.log_tail()}")
+
+    def restart_controller(self) -> None:
+        """Stop the controller and start it again on the same ports; returns once every switch is back on it.
+
+        The switches' old entries stay in their tables while no controller is
+        connected, so the pipeline's presence proves nothing: the controller's
+        own ``switches_connected`` does.
+        """
+        self.controller.stop()
+        self.controller.start()
+        self.wait_for_switches()
+
+    def wait_for_switches(self, timeout: float = SWITCH_CONNECT_TIMEOUT_S) -> None:
+        """Wait until the controller reports every switch of the network connected (RuntimeError if not)."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            try:
+                if len(self.controller.rest("/prism/v1/status")["switches_connected"]) >= len(self.net.switches):
+                    return
+            except OSError:
+                pass  # the REST server is not up yet
+            time.sleep(0.2)
+        raise RuntimeError(f"the switches did not connect to the controller:\n{self.controller.log_tail()}")
 
     def host(self, name: str):
         """The Mininet host called ``name``."""

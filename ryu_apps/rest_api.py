@@ -11,7 +11,8 @@ it 127.0.0.1 unless the option is given. Endpoints (JSON unless said):
 - ``GET /prism/v1/status``: counters over all switches and per switch, the last failover,
   management datagrams refused by reason (``mgmt_auth``: forged, replayed ...), OpenFlow
   errors by ``type/code`` (``switch_errors``; a refused addition also shows as
-  ``flows_refused``/``groups_refused``/``flows_unprotected``), refused duplicate connections.
+  ``flows_refused``/``groups_refused``/``flows_unprotected``), refused duplicate connections,
+  the switches connected now (``switches_connected``, dpids in hex).
 - ``GET /prism/v1/cells[?horizon_s=60]``: every cell's health, link, failure
   history, failure probability over the horizon, flows as primary/mirror.
 - ``GET /prism/v1/cells/{id}``: one cell (404 if unknown).
@@ -121,6 +122,8 @@ def status_document(app, now: float) -> Dict[str, Any]:
     status["switch_errors"] = {f"{kind:#x}/{code:#x}": count
                                for (kind, code), count in sorted(getattr(app, "switch_errors", {}).items())}
     status["duplicate_connections"] = sum(getattr(app, "duplicate_connections", {}).values())
+    status["switches_connected"] = sorted(f"{dp_id:016x}" for dp_id, datapath in getattr(app, "datapaths", {}).items()
+                                          if getattr(datapath, "is_active", True))  # fmt: skip
     return status
 
 

@@ -19,7 +19,7 @@ import time
 import pytest
 
 from mininet_topos.harness import PrismNetwork
-from tests.integration.test_failover_ovs import poll, primary_counts, state_of
+from tests.integration.test_failover_ovs import poll, state_of
 
 CLIENT_PORT = 45200
 ECHO_PORT = 7007
@@ -97,6 +97,20 @@ def connection_flow(state):
     return None
 
 
+def saved_placements(net: PrismNetwork) -> int:
+    """How many flow placements the controller's placements file holds (0 if none yet)."""
+    try:
+        document = json.loads((net.workdir / "placements.json").read_text())
+    except (OSError, ValueError):
+        return 0
+    return sum(len(entries) for entries in document["switches"].values())
+
+
+def primary_counts(net: PrismNetwork) -> dict:
+    """Each cell's count of the connection's packets it forwarded as primary (0 if it holds none)."""
+    return {c: (connection_flow(state_of(net, c)) or {}).get("primary_packets", 0) for c in net.cell_names}
+
+
 def wait_line(process, expected: str, timeout: float) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -119,10 +133,9 @@ def test_a_tcp_connection_resumed_after_an_idle_out_survives_its_primarys_failur
 
         assert poll(idled_out, timeout=IDLE_TIMEOUT_S + 5), "the switch entries did not idle out"
         if restart:
-            time.sleep(1.0)  # past the previous save of the placements (every 5 s: the flow is in it)
-            net.controller.stop()
-            net.controller.start()
-            assert poll(lambda: "table=0" in net.ofctl("dump-flows", "table=0"), timeout=30)
+            # The controller saves its placements every 5 s: wait for a save that has the flow.
+            assert poll(lambda: saved_placements(net), timeout=10), "the controller saved no placement"
+            net.restart_controller()  # returns once the switch is connected to the new controller
             # A cell the new controller never heard beat is judged by its link alone (prism/health.py): wait
             # until it hears every cell, or a killed process would go unnoticed.
             assert poll(lambda: all(c["heartbeat_seen"] and c["state"] == "alive"
@@ -131,12 +144,11 @@ def test_a_tcp_connection_resumed_after_an_idle_out_survives_its_primarys_failur
         (net.workdir / "resume").touch()
         wait_line(client, "resumed", timeout=15)
         time.sleep(FAIL_AFTER_RESUME_S)
-        grown = {c: (connection_flow(state_of(net, c)) or {}).get("primary_packets", 0) - counts.get(c, 0)
-                 for c in net.cell_names}  # fmt: skip
+        grown = {c: count - counts[c] for c, count in primary_counts(net).items()}
         primary = max(grown, key=grown.get)
         assert grown[primary] > 0, grown
         status = net.controller.rest("/prism/v1/status")
-        assert status["flows_returned"] >= 1, status
+        assert status["flows_returned"] >= 1, (status, net.controller.log_tail())
         net.stop_cell(primary, kill=True)
         output, _ = client.communicate(timeout=AFTER_S + 30)
         result = json.loads(output.strip().splitlines()[-1])
@@ -170,8 +182,7 @@ def test_a_connection_moved_by_a_failover_comes_back_to_the_cells_holding_its_st
         (net.workdir / "resume").touch()
         wait_line(client, "resumed", timeout=15)
         time.sleep(FAIL_AFTER_RESUME_S)
-        grown = {c: (connection_flow(state_of(net, c)) or {}).get("primary_packets", 0) - counts.get(c, 0)
-                 for c in net.cell_names}  # fmt: skip
+        grown = {c: count - counts[c] for c, count in primary_counts(net).items()}
         primary = max(grown, key=grown.get)
         assert primary != first and grown[primary] > 0, (first, grown)
         net.stop_cell(primary, kill=True)

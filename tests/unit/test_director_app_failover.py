@@ -254,6 +254,16 @@ def test_a_refused_group_rolls_the_director_back_and_shows_in_the_status(app):
     assert status["switch_errors"] == {f"{OFP.OFPET_GROUP_MOD_FAILED:#x}/{OFP.OFPGMFC_OUT_OF_GROUPS:#x}": 1}
 
 
+def test_the_status_lists_the_switches_connected_now(app):
+    from ryu_apps.rest_api import status_document
+
+    assert status_document(app, time.time())["switches_connected"] == []
+    datapath = connect_with_flows(app, count=0)
+    assert status_document(app, time.time())["switches_connected"] == ["0000000000000001"]
+    app.state_change_handler(SimpleNamespace(datapath=datapath))
+    assert status_document(app, time.time())["switches_connected"] == []
+
+
 def test_a_restarted_controller_loads_the_placements_its_predecessor_saved(app):
     connect_with_flows(app, count=3)
     app.save_placements()
