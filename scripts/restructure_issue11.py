@@ -445,7 +445,9 @@ def add_benchmark_bootstrap(path: Path, text: str) -> str:
     if path.parent != Path("benchmarks") or "testkit" not in text or "sys.path.insert(0" in text:
         return text
     lines = text.splitlines(keepends=True)
-    first = next(i for i, line in enumerate(lines) if re.match(r"(from testkit|import testkit)", line))
+    first = next((i for i, line in enumerate(lines) if re.match(r"(from testkit|import testkit)", line)), None)
+    if first is None:  # imported inside functions only: after the last top-level import
+        first = max(i for i, line in enumerate(lines) if re.match(r"(from|import) \w", line)) + 1
     needs = []
     if not re.search(r"^import sys$", text, re.M):
         needs.append("import sys\n")
