@@ -14,9 +14,9 @@ sys.path.insert(0, str(ROOT))  # the checkout's packages, test tools included, w
 
 from prism.cell.cell import Cell  # noqa: E402
 from prism.cell.conntrack import ConnTracker, TrackerConfig  # noqa: E402
-from prism.flows import TCP_ACK, TCP_PSH, TCP_SYN, parse_frame  # noqa: E402
-from prism.openflow import MIRROR_MAC  # noqa: E402
-from prism.packets import build_tcp_frame  # noqa: E402
+from prism.flows.identity import TCP_ACK, TCP_PSH, TCP_SYN, parse_frame  # noqa: E402
+from prism.openflow.changes import MIRROR_MAC  # noqa: E402
+from testkit.packets import build_tcp_frame  # noqa: E402
 
 DEFAULT_FLOWS = 1000
 DEFAULT_FRAMES = 50_000

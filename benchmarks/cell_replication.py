@@ -57,13 +57,13 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from prism import mgmt  # noqa: E402
+from prism.mgmt import protocol as mgmt  # noqa: E402
 from prism.cell.cell import Cell  # noqa: E402
 from prism.cell.loop import CellLoop  # noqa: E402
 from prism.cell.smm import StateMirroringModule  # noqa: E402
 from prism.cell.smm_io import UdpTransport, attach, receive_pending  # noqa: E402
-from prism.flows import TCP_ACK, TCP_FIN, TCP_PSH, TCP_SYN, parse_frame  # noqa: E402
-from prism.packets import build_tcp_frame  # noqa: E402
+from prism.flows.identity import TCP_ACK, TCP_FIN, TCP_PSH, TCP_SYN, parse_frame  # noqa: E402
+from testkit.packets import build_tcp_frame  # noqa: E402
 
 LOOPBACK = "127.0.0.1"
 SERVER = "172.31.0.1"

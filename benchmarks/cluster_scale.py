@@ -48,7 +48,7 @@ from benchmarks.harness.openflow_peer import PeerProtocol, ScriptedSwitch  # noq
 from benchmarks.harness.ryu_process import ryu_manager  # noqa: E402
 from benchmarks.harness.workload import CELL_PORTS, EDGE_PORTS, new_flows, warm_up_flows  # noqa: E402
 from mininet_topos.etcd_process import EtcdProcess  # noqa: E402
-from prism.openflow import COOKIE_PIPELINE, TABLE_FSC  # noqa: E402
+from prism.openflow.changes import COOKIE_PIPELINE, TABLE_FSC  # noqa: E402
 
 DIRECTOR_APP = str(ROOT / "ryu_apps" / "mirroring_director.py")
 LEASE_S = 0.75

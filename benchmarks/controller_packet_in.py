@@ -58,12 +58,12 @@ sys.path.insert(0, str(ROOT))
 from benchmarks.harness.openflow_peer import PeerError, PeerProtocol, ScriptedSwitch  # noqa: E402
 from mininet_topos.ryu_process import RyuProcess, RyuStartError, ryu_manager  # noqa: E402
 from benchmarks.harness.workload import CELL_PORTS, DP_ID, EDGE_PORTS, new_flows, warm_up_flows  # noqa: E402
-from prism.config import parse_config  # noqa: E402
-from prism.openflow import COOKIE_PIPELINE, TABLE_FSC  # noqa: E402
+from prism.config.load import parse_config  # noqa: E402
+from prism.openflow.changes import COOKIE_PIPELINE, TABLE_FSC  # noqa: E402
 
 DEFAULT_MODEL = ROOT / "models" / "first_packet"  #: --policy first_packet's model
 SHIPPED_CONFIG = ROOT / "examples" / "prism.yaml"
-DEFAULT_BUDGET = 0.25  #: as the configuration's default (prism/config_telemetry.py)
+DEFAULT_BUDGET = 0.25  #: as the configuration's default (prism/config/telemetry.py)
 TARGET_RATIO = 2.0  #: the issue's target: PRISM within 2x of simple_switch_13's cost per new flow
 TIMEOUT_S = 10.0
 NS_PER_US = 1_000

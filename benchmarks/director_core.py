@@ -41,12 +41,12 @@ from ryu.ofproto import ofproto_parser, ofproto_protocol, ofproto_v1_3  # noqa: 
 
 from benchmarks.harness import openflow_wire as wire  # noqa: E402
 from benchmarks.harness.workload import CELL_PORTS, DP_ID, EDGE_PORTS, new_flows, warm_up_flows  # noqa: E402
-from prism.config import PrismConfig, load_config, parse_config  # noqa: E402
-from prism.director import MirroringDirector  # noqa: E402
-from prism.flows import direction_match, parse_frame  # noqa: E402
-from prism.openflow import COOKIE_PIPELINE, TABLE_FSC, Match  # noqa: E402
-from prism.policy import FixedPolicy  # noqa: E402
-from prism.ring import HashRing  # noqa: E402
+from prism.config.load import PrismConfig, load_config, parse_config  # noqa: E402
+from prism.director.core import MirroringDirector  # noqa: E402
+from prism.flows.identity import direction_match, parse_frame  # noqa: E402
+from prism.openflow.changes import COOKIE_PIPELINE, TABLE_FSC, Match  # noqa: E402
+from prism.policy.base import FixedPolicy  # noqa: E402
+from prism.placement.ring import HashRing  # noqa: E402
 from ryu_apps.ofmsg import to_ofmsgs  # noqa: E402
 
 WARM_UP_FLOWS = 200

@@ -43,19 +43,19 @@ sys.path.insert(0, str(ROOT))
 
 from models.features import FirstPacket, FlowHistory, flow_features, replay_features  # noqa: E402
 from models.predictor import Predictor  # noqa: E402
-from prism.config import CellConfig, SwitchConfig  # noqa: E402
-from prism.director import MirroringDirector  # noqa: E402
-from prism.flows import TCP_SYN, parse_frame  # noqa: E402
-from prism.openflow import TABLE_FSC  # noqa: E402
-from prism.packets import build_tcp_frame  # noqa: E402
-from prism.budget import DEFAULT_CHEAP_FLOW_PACKETS, BudgetSettings  # noqa: E402
-from prism.health import FailureDetector  # noqa: E402
-from prism.policy import FixedPolicy  # noqa: E402
-from prism.policy_predictive import PredictionEngine, PredictivePolicy  # noqa: E402
-from prism.aging_features import aging_row  # noqa: E402
-from prism.policy_aging import AgingPolicy, AgingSettings  # noqa: E402
-from prism.records import read_records  # noqa: E402
-from prism.ring import HashRing  # noqa: E402
+from prism.config.load import CellConfig, SwitchConfig  # noqa: E402
+from prism.director.core import MirroringDirector  # noqa: E402
+from prism.flows.identity import TCP_SYN, parse_frame  # noqa: E402
+from prism.openflow.changes import TABLE_FSC  # noqa: E402
+from testkit.packets import build_tcp_frame  # noqa: E402
+from prism.policy.budget import DEFAULT_CHEAP_FLOW_PACKETS, BudgetSettings  # noqa: E402
+from prism.control.health import FailureDetector  # noqa: E402
+from prism.policy.base import FixedPolicy  # noqa: E402
+from prism.policy.predictive import PredictionEngine, PredictivePolicy  # noqa: E402
+from prism.policy.aging_features import aging_row  # noqa: E402
+from prism.policy.aging import AgingPolicy, AgingSettings  # noqa: E402
+from prism.telemetry.records import read_records  # noqa: E402
+from prism.placement.ring import HashRing  # noqa: E402
 
 ROUNDS = 7
 EDGE_PORT = 1

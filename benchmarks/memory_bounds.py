@@ -25,6 +25,9 @@ import subprocess
 import sys
 import time
 from typing import Dict
+from pathlib import Path
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # testkit (test tools) is not installed: import it from the checkout
+
 
 DEFAULT_FLOWS = 100_000  #: `make bench` quick default; the README figure is --flows 1000000
 OVERSHOOT = 1.2
@@ -40,12 +43,12 @@ def _client(index: int) -> str:
 
 
 def run_director(flows: int) -> Dict:
-    from prism import oxm
-    from prism.config import CellConfig, SwitchConfig
-    from prism.director import MirroringDirector
-    from prism.openflow import TABLE_FSC
-    from prism.policy import FixedPolicy
-    from prism.ring import HashRing
+    from testkit import oxm
+    from prism.config.load import CellConfig, SwitchConfig
+    from prism.director.core import MirroringDirector
+    from prism.openflow.changes import TABLE_FSC
+    from prism.policy.base import FixedPolicy
+    from prism.placement.ring import HashRing
 
     cells = {"c1": 1, "c2": 2, "c3": 3}
     switch = SwitchConfig(1, "s1", tuple(CellConfig(c, p) for c, p in cells.items()), (4, 5))
@@ -69,8 +72,8 @@ def run_director(flows: int) -> Dict:
 
 def _tracker(flows: int, **config):
     from prism.cell.conntrack import ConnTracker, TrackerConfig
-    from prism.flows import TCP_ACK, TCP_SYN, parse_frame
-    from prism.packets import build_tcp_frame
+    from prism.flows.identity import TCP_ACK, TCP_SYN, parse_frame
+    from testkit.packets import build_tcp_frame
 
     tracker = ConnTracker(TrackerConfig(max_flows=flows, **config))
     base = _rss_mib()

@@ -34,10 +34,12 @@ import zlib
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple
 
-from prism import mgmt
-from prism.flows import TCP_ACK, TCP_PSH, TCP_SYN
-from prism.mgmt_auth import CONTROLLER_SENDER, MgmtAuth, Sealer, new_key_text
-from prism.packets import build_tcp_frame
+from prism.mgmt import protocol as mgmt
+from prism.flows.identity import TCP_ACK, TCP_PSH, TCP_SYN
+from prism.mgmt.auth import CONTROLLER_SENDER, MgmtAuth, Sealer, new_key_text
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # testkit (test tools) is not installed: import it from the checkout
+
+from testkit.packets import build_tcp_frame  # noqa: E402
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_RATE = 10_000

@@ -9,7 +9,7 @@ outcome reaches the history and the budget's window when the switch would have
 reported it (duration + idle timeout later), as ``PredictivePolicy.flow_ended``
 does. Printed per budget: mirror copies per packet realised over the whole
 replay and over its second half, flows mirrored and at-risk packets protected
-(``prism.evaluation``'s weights), for
+(``prism.sim.evaluation``'s weights), for
 
 - the online threshold (what the controller does),
 - the training data's threshold kept fixed (the manifest's operating point),
@@ -32,13 +32,13 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from prism.evaluation import ranked_policy  # noqa: E402
+from prism.sim.evaluation import ranked_policy  # noqa: E402
 from models.features import FirstPacket  # noqa: E402
 from models.predictor import Predictor  # noqa: E402
-from prism.budget import BudgetSettings  # noqa: E402
-from prism.policy_predictive import PredictionEngine  # noqa: E402
-from prism.records import read_records  # noqa: E402
-from prism.training_groups import trained_groups
+from prism.policy.budget import BudgetSettings  # noqa: E402
+from prism.policy.predictive import PredictionEngine  # noqa: E402
+from prism.telemetry.records import read_records  # noqa: E402
+from prism.telemetry.training_groups import trained_groups
 
 GAP_BETWEEN_CAPTURES_S = 1.0
 

@@ -42,17 +42,17 @@ import yaml  # noqa: E402
 from ryu.ofproto import ofproto_protocol, ofproto_v1_3  # noqa: E402
 
 from benchmarks.harness.workload import CELL_PORTS, DP_ID, EDGE_PORTS, new_flows, warm_up_flows  # noqa: E402
-from prism.actions import split_decisions  # noqa: E402
-from prism.config import parse_config  # noqa: E402
-from prism.director import MirroringDirector  # noqa: E402
-from prism.flows import parse_frame  # noqa: E402
-from prism.openflow import TABLE_FSC  # noqa: E402
-from prism.policy_aging import AgingPolicy, settings_from_config  # noqa: E402
-from prism.ring import HashRing  # noqa: E402
+from prism.director.actions import split_decisions  # noqa: E402
+from prism.config.load import parse_config  # noqa: E402
+from prism.director.core import MirroringDirector  # noqa: E402
+from prism.flows.identity import parse_frame  # noqa: E402
+from prism.openflow.changes import TABLE_FSC  # noqa: E402
+from prism.policy.aging import AgingPolicy, settings_from_config  # noqa: E402
+from prism.placement.ring import HashRing  # noqa: E402
 from ryu_apps.ofmsg import to_ofmsgs  # noqa: E402
 
 SHIPPED_CONFIG = ROOT / "examples" / "prism.yaml"
-BATCH = 500  #: flows per ``milestone`` message (prism.mgmt.MAX_MILESTONES_PER_MESSAGE)
+BATCH = 500  #: flows per ``milestone`` message (prism.mgmt.protocol.MAX_MILESTONES_PER_MESSAGE)
 US = 1e6
 
 

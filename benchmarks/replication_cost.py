@@ -26,14 +26,14 @@ from typing import Dict, List, Sequence, Tuple
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # the checkout's packages, test tools included, without an install
 
-from prism import mgmt  # noqa: E402
+from prism.mgmt import protocol as mgmt  # noqa: E402
 from prism.cell.cell import Cell  # noqa: E402
 from prism.cell.conntrack import ConnTracker, Timeouts, TrackerConfig  # noqa: E402
 from prism.cell.records import entry_to_record, entry_to_wire_record  # noqa: E402
 from prism.cell.smm import StateMirroringModule  # noqa: E402
-from prism.flows import TCP_ACK, TCP_FIN, TCP_PSH, TCP_RST, TCP_SYN, mac_to_bytes, parse_frame  # noqa: E402
-from prism.openflow import MIRROR_MAC  # noqa: E402
-from prism.packets import build_tcp_frame  # noqa: E402
+from prism.flows.identity import TCP_ACK, TCP_FIN, TCP_PSH, TCP_RST, TCP_SYN, mac_to_bytes, parse_frame  # noqa: E402
+from prism.openflow.changes import MIRROR_MAC  # noqa: E402
+from testkit.packets import build_tcp_frame  # noqa: E402
 
 DEFAULT_FLOWS = 500
 DEFAULT_DURATION_S = 30.0

@@ -441,8 +441,8 @@ def _detection(cells: Dict, failed_cell: Optional[str], fail_time: Optional[floa
 def probe_source_port(cell_names: List[str], cell: str, client_ip: str, server_ip: str) -> int:
     """A UDP source port whose flow to the probe port the ring places on ``cell`` as primary."""
     from mininet_topos.probe import PROBE_PORT
-    from prism.flows import FlowKey
-    from prism.ring import HashRing
+    from prism.flows.identity import FlowKey
+    from prism.placement.ring import HashRing
 
     ring = HashRing(cell_names)
     for sport in range(PROBE_SPORT_BASE, PROBE_SPORT_BASE + PROBE_SPORT_SEARCH):

@@ -45,8 +45,8 @@ from mininet_topos.prism_topo import (
 from mininet_topos.ryu_process import RyuProcess, free_tcp_port, start_ryu_manager
 
 from prism.atomic import atomic_write
-from prism.config_bfd import BfdConfig, bfd_interface_options, cell_bfd_arguments
-from prism.mgmt_auth import new_key_text
+from prism.config.bfd import BfdConfig, bfd_interface_options, cell_bfd_arguments
+from prism.mgmt.auth import new_key_text
 
 LOG = logging.getLogger("prism.harness")
 

@@ -3,8 +3,8 @@
 The controller re-decides a flow at each of the policy's milestones M while it
 still holds the flow (before its FSC entries idle out, one idle timeout after
 its last packet), with the packets and bytes its primary cell counted so far
-(``prism.policy_aging``). Training rows are those same questions, made from
-flow records' milestone columns by ``prism.aging_features.aging_row``, the
+(``prism.policy.aging``). Training rows are those same questions, made from
+flow records' milestone columns by ``prism.policy.aging_features.aging_row``, the
 function the policy calls:
 
 - **alive**: 1 if the flow still sends packets ``horizon_s`` after M
@@ -25,9 +25,9 @@ from typing import Optional, Sequence, Tuple
 import numpy as np
 import pandas as pd
 
-from prism.aging_features import AGING_FEATURE_NAMES, aging_row, port_class, proto_class
-from prism.policy_aging import DEFAULT_MILESTONES_S
-from prism.records import END_CAPTURE, milestone_column
+from prism.policy.aging_features import AGING_FEATURE_NAMES, aging_row, port_class, proto_class
+from prism.policy.aging import DEFAULT_MILESTONES_S
+from prism.telemetry.records import END_CAPTURE, milestone_column
 
 from models.replay import DEFAULT_IDLE_TIMEOUT_S, _counters
 
@@ -213,10 +213,10 @@ class AgingTrainResult:
 
     def manifest(self) -> dict:
         """The training facts for the model manifest (``models.artifact.save_model``, kind aging)."""
-        from prism.records import records_digest
+        from prism.telemetry.records import records_digest
 
         from models.artifact import probe_rows_json
-        from prism.training_groups import training_groups_facts
+        from prism.telemetry.training_groups import training_groups_facts
 
         test_flows = np.unique(self.rows.flow[self.test])
         train_groups = sorted(set(self.rows.group[~self.test].tolist()))

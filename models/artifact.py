@@ -8,9 +8,9 @@ whose file is missing or differs from the digest in its manifest, or that
 holds any other type, is refused with a ``ModelError`` saying what to do.
 
 Two kinds of model (manifest ``kind``): ``first_packet`` (``models.features``
-rows of a flow's first packet, for ``prism.policy_predictive``; the kind of
-manifests without the key) and ``aging`` (``prism.aging_features`` rows of a
-live flow at an age milestone, for ``prism.policy_aging``). Every manifest
+rows of a flow's first packet, for ``prism.policy.predictive``; the kind of
+manifests without the key) and ``aging`` (``prism.policy.aging_features`` rows of a
+live flow at an age milestone, for ``prism.policy.aging``). Every manifest
 carries ``probe_rows``: up to ``MAX_PROBE_ROWS`` real held-out feature rows on
 which ``models.predictor`` checks, at load, that its compact tree walker gives
 scikit-learn's numbers.
@@ -28,9 +28,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO, Dict, List, Mapping, Optional, Union
 
-from prism.aging_features import AGING_FEATURE_NAMES
+from prism.policy.aging_features import AGING_FEATURE_NAMES
 from prism.atomic import atomic_write_bytes
-from prism.records import READABLE_SCHEMA_VERSIONS, SCHEMA_VERSION
+from prism.telemetry.records import READABLE_SCHEMA_VERSIONS, SCHEMA_VERSION
 
 from models.features import FEATURE_NAMES
 

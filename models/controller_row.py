@@ -22,9 +22,9 @@ from typing import Any, Callable, Optional, Union
 
 import pandas as pd
 
-from prism.config import PrismConfig, load_config
-from prism.policy import FixedPolicy
-from prism.ring import HashRing
+from prism.config.load import PrismConfig, load_config
+from prism.policy.base import FixedPolicy
+from prism.placement.ring import HashRing
 
 #: The configuration the repository ships (the controller row's default).
 _IN_CHECKOUT = Path(__file__).resolve().parents[1] / "examples" / "prism.yaml"

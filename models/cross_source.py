@@ -16,7 +16,7 @@ ordered pair (train, test):
    nothing learnt, nothing to transfer) keeps its controller row as it is, and
    the same policy with the training source's model is the row
    ``controller + aging model``;
-3. every row of ``prism.evaluation.compare`` is judged on the test source.
+3. every row of ``prism.sim.evaluation.compare`` is judged on the test source.
 
 Nothing of the test source is seen before it is judged.
 """
@@ -32,8 +32,8 @@ from typing import Dict, List, Optional, Sequence
 import numpy as np
 import pandas as pd
 
-from prism.evaluation import EvalSettings
-from prism.records import read_records
+from prism.sim.evaluation import EvalSettings
+from prism.telemetry.records import read_records
 
 #: The row of the configured policy with the training source's model, when the configuration names none.
 WITH_MODEL = "controller + aging model"
@@ -116,7 +116,7 @@ def cross_source(frame: pd.DataFrame, config, settings: EvalSettings = EvalSetti
         ValueError: fewer than two sources.
     """
     from models.controller_row import controller_replay, describe
-    from prism.evaluation import at_risk_summary, compare, targets
+    from prism.sim.evaluation import at_risk_summary, compare, targets
 
     frame = subset(frame, max_flows)
     sources = sorted(frame["source"].unique())

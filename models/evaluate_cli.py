@@ -1,4 +1,4 @@
-"""``prism evaluate FLOWS``: the policy comparison (``prism.evaluation``) on any flow records.
+"""``prism evaluate FLOWS``: the policy comparison (``prism.sim.evaluation``) on any flow records.
 
 Rows: ``controller`` (what the configuration, by default the shipped
 ``examples/prism.yaml``, makes the controller do, flow by flow:
@@ -24,8 +24,8 @@ import numpy as np
 from threadpoolctl import threadpool_limits
 
 from prism.atomic import atomic_write_bytes
-from prism.config import ConfigError
-from prism.evaluation import (
+from prism.config.load import ConfigError
+from prism.sim.evaluation import (
     DEFAULT_BUDGETS,
     EvalSettings,
     at_risk_summary,
@@ -34,8 +34,8 @@ from prism.evaluation import (
     policy_table,
     targets,
 )
-from prism.records import RecordsError, read_records
-from prism.training_groups import trained_groups
+from prism.telemetry.records import RecordsError, read_records
+from prism.telemetry.training_groups import trained_groups
 
 from models.artifact import ModelError
 from models.controller_row import CONFIGURED, SHIPPED_CONFIG, controller_replay, describe, load
@@ -219,7 +219,7 @@ def _metrics(frame, predictor) -> dict:
 
 def print_report(report: dict) -> None:
     """The report's tables and notes on stdout."""
-    from prism.evaluation import PolicyResult
+    from prism.sim.evaluation import PolicyResult
 
     print(f"controller row: {report['controller']}; budgeted rows spend the controller's "
           f"{report['budget']:.4f} copies per packet")  # fmt: skip

@@ -1,8 +1,8 @@
-"""The policy comparison moved to ``prism.evaluation`` (one engine for ``prism evaluate``,
+"""The policy comparison moved to ``prism.sim.evaluation`` (one engine for ``prism evaluate``,
 ``prism simulate``, ``prism train`` and the notebooks); these names stay importable from here
 for code written against the old module."""
 
-from prism.evaluation import (  # noqa: F401
+from prism.sim.evaluation import (  # noqa: F401
     DEFAULT_BUDGETS,
     PolicyResult,
     at_risk_summary,

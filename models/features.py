@@ -27,7 +27,7 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple
 import numpy as np
 import pandas as pd
 
-from prism.flows import PROTO_TCP, PROTO_UDP, TCP_ACK, TCP_SYN, PacketInfo, ip_to_bytes
+from prism.flows.identity import PROTO_TCP, PROTO_UDP, TCP_ACK, TCP_SYN, PacketInfo, ip_to_bytes
 
 NAN = float("nan")
 
@@ -127,7 +127,7 @@ class FirstPacket:
 
     @classmethod
     def from_record(cls, row) -> "FirstPacket":
-        """From a flow record (a ``prism.records`` row as a namedtuple or mapping)."""
+        """From a flow record (a ``prism.telemetry.records`` row as a namedtuple or mapping)."""
         get = row.__getitem__ if isinstance(row, dict) else lambda name: getattr(row, name)
         return cls(
             float(get("ts_start")), int(get("ip_version")), int(get("proto")),
@@ -328,7 +328,7 @@ def replay_features(
     expires), never earlier.
 
     Args:
-        frame: flow records (``prism.records`` schema).
+        frame: flow records (``prism.telemetry.records`` schema).
         horizon_s: the takeover horizon H.
         report_delay_s: delay between a flow's last packet and its report.
         make_history: builds a fresh history per group (default: ``FlowHistory(horizon_s)``).

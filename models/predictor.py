@@ -13,7 +13,7 @@ feature rows, so that the walk reaches the thresholds real flows reach), each
 also with one column missing in turn (the trees' missing-value routes), and a
 model whose compact walker disagrees with scikit-learn on any of them is
 refused. ``Predictor.load`` returns an ``AgingPredictor`` for an ``aging`` model
-(``prism.policy_aging``'s scorer), a ``Predictor`` for a ``first_packet`` one.
+(``prism.policy.aging``'s scorer), a ``Predictor`` for a ``first_packet`` one.
 """
 
 from __future__ import annotations
@@ -305,7 +305,7 @@ def check_walkers(pairs, probe: np.ndarray, directory) -> None:
 
 
 class AgingPredictor(_ModelView):
-    """The aging model's inference for ``prism.policy_aging`` (an ``AliveScorer``).
+    """The aging model's inference for ``prism.policy.aging`` (an ``AliveScorer``).
 
     Use ``Predictor.load(directory)`` on an ``aging`` model; the constructor takes a loaded one.
     """

@@ -1,7 +1,7 @@
 """Replay flow records through a policy object, as the controller would drive it: ``replay_decisions``.
 
 The evaluation's ``controller`` row must be what the controller does, so the
-policy object here is the one the director holds (``prism.policy_aging.AgingPolicy``,
+policy object here is the one the director holds (``prism.policy.aging.AgingPolicy``,
 ``FixedPolicy``, ...), called through the same methods, with the events the
 director would see, in time order over all flows (the policy's budget is shared,
 so the order matters):
@@ -14,7 +14,7 @@ so the order matters):
   the record's milestone columns (a flow shorter than M has its totals there,
   as the primary cell reports a flow it still tracks). A flow that sent its
   last packet before M is thus still asked about, as the cells report it,
-  with what its primary would tell (``prism.mgmt`` ``milestone``):
+  with what its primary would tell (``prism.mgmt.protocol`` ``milestone``):
   ``idle_s``, the time since its last packet, exactly ``M - duration`` once
   M is past its last packet, and **estimated** before that from the record's
   counts at every milestone (``MILESTONES_S``): no packet since the previous
@@ -45,10 +45,10 @@ from typing import List, Optional, Sequence, Tuple
 import numpy as np
 import pandas as pd
 
-from prism.flows import ip_to_bytes
-from prism.policy import MODE_STATE
-from prism.profiles import MirroringProfile
-from prism.records import END_FIN, END_RST, MILESTONES_S, milestone_column
+from prism.flows.identity import ip_to_bytes
+from prism.policy.base import MODE_STATE
+from prism.placement.profiles import MirroringProfile
+from prism.telemetry.records import END_FIN, END_RST, MILESTONES_S, milestone_column
 
 #: The FSC entries' idle timeout the replay assumes by default (configuration ``idle_timeout``).
 DEFAULT_IDLE_TIMEOUT_S = 10.0
@@ -91,7 +91,7 @@ class RecordPacket:
 
 @dataclass(frozen=True)
 class EndedFlow:
-    """What ``flow_ended`` reads of a ``prism.profiles.FlowEntry`` after its last flow-removed report.
+    """What ``flow_ended`` reads of a ``prism.placement.profiles.FlowEntry`` after its last flow-removed report.
 
     As the switch reports them: the FSC entries never counted the first packet (it went out
     by packet-out), and their duration runs to the idle timeout after the last packet.
@@ -191,8 +191,8 @@ def replay_decisions(frame: pd.DataFrame, policy, idle_timeout_s: float = DEFAUL
     """Drive ``policy`` with the events a controller would see for ``frame``'s flows (module docstring).
 
     Args:
-        frame: Flow records (``prism.records`` schema, v1 or v2).
-        policy: A ``prism.policy.Policy`` (over a ring of ``cells``), used as the director uses it.
+        frame: Flow records (``prism.telemetry.records`` schema, v1 or v2).
+        policy: A ``prism.policy.base.Policy`` (over a ring of ``cells``), used as the director uses it.
         idle_timeout_s: The FSC entries' idle timeout: how long after its last packet a flow ends.
         cells: The live cells (all of them, all along).
 

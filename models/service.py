@@ -15,10 +15,10 @@ import time
 from typing import Any, Callable, Dict, List, Optional
 
 from models.artifact import ModelError
-from prism.budget import BudgetSettings
-from prism.config import PrismConfig, SwitchConfig
-from prism.policy_predictive import Health, PredictionEngine, PredictivePolicy
-from prism.ring import HashRing
+from prism.policy.budget import BudgetSettings
+from prism.config.load import PrismConfig, SwitchConfig
+from prism.policy.predictive import Health, PredictionEngine, PredictivePolicy
+from prism.placement.ring import HashRing
 
 __all__ = ["AgingService", "ModelError", "ModelService", "load_model", "run_here"]
 
@@ -117,11 +117,11 @@ class ModelService:
 
 
 class AgingService:
-    """Every switch's aging policy (``prism.policy_aging``), sharing one copy budget and, if configured, a model.
+    """Every switch's aging policy (``prism.policy.aging``), sharing one copy budget and, if configured, a model.
 
     Without ``prediction.model`` the policies use the age rule (no model, no scikit-learn).
     With one, the model is loaded like the first-packet policy's and must answer
-    ``alive_probability(row)`` (``prism.policy_aging.AliveScorer``); ``reload()``
+    ``alive_probability(row)`` (``prism.policy.aging.AliveScorer``); ``reload()``
     swaps it on every policy at once.
 
     Args:
@@ -135,7 +135,7 @@ class AgingService:
 
     def __init__(self, config: PrismConfig, load: Callable[[str], Any] = load_model,
                  run: Callable[..., Any] = run_here) -> None:  # fmt: skip
-        from prism.policy_aging import CopyBudget, settings_from_config
+        from prism.policy.aging import CopyBudget, settings_from_config
 
         if config.prediction is None:
             raise ValueError("the configuration has no prediction section")
@@ -162,7 +162,7 @@ class AgingService:
 
     def policy_for(self, switch: SwitchConfig, ring: HashRing):
         """The aging policy of one switch (its ring; the shared budget and model)."""
-        from prism.policy_aging import AgingPolicy
+        from prism.policy.aging import AgingPolicy
 
         max_rf = min(self.max_replication_factor, max(len(switch.cells) - 1, 0))
         policy = AgingPolicy(ring, max_rf, self.aging, self.scorer, budget=self.budget)

@@ -22,9 +22,9 @@ from sklearn.metrics import (
 from sklearn.model_selection import GroupKFold, GroupShuffleSplit
 from threadpoolctl import threadpool_limits
 
-from prism.flowmeter import DEFAULT_IDLE_TIMEOUT_S
-from prism.records import END_CAPTURE, records_digest
-from prism.training_groups import training_groups_facts
+from prism.trace.flowmeter import DEFAULT_IDLE_TIMEOUT_S
+from prism.telemetry.records import END_CAPTURE, records_digest
+from prism.telemetry.training_groups import training_groups_facts
 
 from models.artifact import probe_rows_json
 from models.estimator import (
@@ -272,7 +272,7 @@ def train(frame: pd.DataFrame, config: Optional[TrainConfig] = None) -> TrainRes
     """Fit the SPE on flow records and measure it on held-out capture files.
 
     Args:
-        frame: flow records (``prism.records`` schema), e.g. from ``read_records``.
+        frame: flow records (``prism.telemetry.records`` schema), e.g. from ``read_records``.
         config: settings; defaults to ``TrainConfig()``.
 
     Returns:

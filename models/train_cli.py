@@ -11,11 +11,11 @@ import argparse
 import json
 import sys
 
-from prism.flowmeter import DEFAULT_IDLE_TIMEOUT_S
-from prism.records import RecordsError, read_records
+from prism.trace.flowmeter import DEFAULT_IDLE_TIMEOUT_S
+from prism.telemetry.records import RecordsError, read_records
 
-from prism.aging_features import AGING_FEATURE_NAMES
-from prism.policy_aging import ALLOWED_MILESTONES_S, DEFAULT_MILESTONES_S
+from prism.policy.aging_features import AGING_FEATURE_NAMES
+from prism.policy.aging import ALLOWED_MILESTONES_S, DEFAULT_MILESTONES_S
 
 from models.aging import AgingTrainConfig, train_aging
 from models.artifact import KIND_AGING, KIND_FIRST_PACKET, ModelError, save_model

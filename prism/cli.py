@@ -14,14 +14,14 @@ from typing import List, Optional
 
 #: subcommand -> (module, one-line help)
 SUBCOMMANDS = {
-    "check-config": ("prism.config_cli", "validate a PRISM YAML configuration"),
+    "check-config": ("prism.config.cli", "validate a PRISM YAML configuration"),
     "cell": ("prism.cell.main", "run an exception-path cell on an interface"),
     "cell-state": ("prism.cell.main_state", "print a running cell's state table"),
     "demo": ("mininet_topos.demo", "run the failover demo in Mininet"),
-    "trace": ("prism.trace", "turn pcap/pcapng captures and Argus binetflow files into flow records"),
+    "trace": ("prism.trace.cli", "turn pcap/pcapng captures and Argus binetflow files into flow records"),
     "train": ("models.train_cli", "train the state prediction model on flow records"),
     "evaluate": ("models.evaluate_cli", "compare replication policies on flow records with a model"),
-    "simulate": ("prism.simulate_cli", "simulate policies, cells and failures on flow records or a generated population"),
+    "simulate": ("prism.sim.cli", "simulate policies, cells and failures on flow records or a generated population"),
 }
 
 

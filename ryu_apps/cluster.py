@@ -8,7 +8,7 @@ Used by ``ryu_apps/mirroring_director.py`` when the configuration has an
    and keeps etcd's own lease alive (the backstop that removes the key of a
    controller that is gone);
 2. reads every controller's key and every switch's last claim, and asks
-   ``prism.mastership.Mastership`` which roles to change;
+   ``prism.cluster.mastership.Mastership`` which roles to change;
 3. claims a switch by writing its claim key (the write's revision is the
    generation id) and sends OFPRoleRequest(MASTER, generation); steps down with
    OFPRoleRequest(SLAVE, the last claim's generation);
@@ -16,7 +16,7 @@ Used by ``ryu_apps/mirroring_director.py`` when the configuration has an
    numbering with target replication factors, cell verdicts), differences only.
 
 A new master reads the switch's groups and flows and adopts them
-(``prism.takeover``), then asks for the ports again (cells whose link went
+(``prism.cluster.takeover``), then asks for the ports again (cells whose link went
 down meanwhile). Packet-ins that arrive while it reads are held and handled
 right after. No packet-in or flow-removed ever waits on etcd.
 
@@ -41,9 +41,9 @@ from ryu.controller import ofp_event
 from ryu.controller.handler import MAIN_DISPATCHER, set_ev_cls
 from ryu.lib import hub
 
-from prism.config_etcd import EtcdConfig
-from prism.mastership import ROLE_MASTER, ROLE_SLAVE, Mastership, Membership, RoleChange
-from prism.shared_state import (
+from prism.config.etcd import EtcdConfig
+from prism.cluster.mastership import ROLE_MASTER, ROLE_SLAVE, Mastership, Membership, RoleChange
+from prism.cluster.shared_state import (
     Publisher,
     SwitchShared,
     beats_from,
@@ -58,7 +58,7 @@ from prism.shared_state import (
     switch_state_from,
     switch_state_values,
 )
-from prism.takeover import plan_takeover
+from prism.cluster.takeover import plan_takeover
 from ryu_apps.ofmsg import (
     port_desc_request,
     role_of_reply,

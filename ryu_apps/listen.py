@@ -14,7 +14,7 @@ import ryu.app.wsgi  # noqa: F401 - registers wsapi_host / wsapi_port
 import ryu.controller.controller  # noqa: F401 - registers ofp_listen_host / ofp_tcp_listen_port
 from ryu import cfg
 
-from prism.config_types import PrismConfig
+from prism.config.types import PrismConfig
 
 LOOPBACK = "127.0.0.1"
 

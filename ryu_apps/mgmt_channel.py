@@ -4,7 +4,7 @@ Under ``ryu-manager`` the ``socket`` module is eventlet's green one, so a
 blocking ``recvfrom`` only parks its own green thread. The receive timeout
 lets the loop that owns the channel notice that the app is stopping.
 
-Every datagram is sealed and opened by ``prism.mgmt_auth`` (HMAC under the
+Every datagram is sealed and opened by ``prism.mgmt.auth`` (HMAC under the
 deployment's key, a replay counter per sender); refusals are counted by
 reason in ``counts`` (``refused_<reason>``). ``directory`` and ``profiles``
 carry the controller's ``generation`` (fencing: cells refuse older ones).
@@ -27,9 +27,9 @@ import time
 from collections import Counter
 from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple
 
-from prism.actions import MgmtMessage
-from prism.mgmt import MAX_DATAGRAM, MessageTooBig, encode
-from prism.mgmt_auth import MgmtAuth
+from prism.director.actions import MgmtMessage
+from prism.mgmt.protocol import MAX_DATAGRAM, MessageTooBig, encode
+from prism.mgmt.auth import MgmtAuth
 
 #: Seconds a receive waits before giving its loop a chance to stop.
 RECEIVE_TIMEOUT_S = 0.5

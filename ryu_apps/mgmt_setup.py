@@ -12,11 +12,11 @@ import time
 from pathlib import Path
 from typing import Mapping, Optional
 
-from prism.config_types import DEFAULT_GENERATION_FILE, DEFAULT_MGMT_KEY_ENV, PrismConfig
-from prism.director import MirroringDirector
-from prism.generation import GenerationError, next_generation
-from prism.placement_store import load_placements
-from prism.mgmt_auth import CONTROLLER_SENDER, MgmtAuth, MgmtKeyError, key_bytes, read_key_file
+from prism.config.types import DEFAULT_GENERATION_FILE, DEFAULT_MGMT_KEY_ENV, PrismConfig
+from prism.director.core import MirroringDirector
+from prism.mgmt.generation import GenerationError, next_generation
+from prism.placement.store import load_placements
+from prism.mgmt.auth import CONTROLLER_SENDER, MgmtAuth, MgmtKeyError, key_bytes, read_key_file
 
 PLACEMENTS_FILE = "placements.json"
 

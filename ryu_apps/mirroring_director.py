@@ -14,13 +14,13 @@ default) and must speak OpenFlow 1.3; a switch whose dpid is not in the file
 is logged and ignored.
 
 With a ``prediction`` section in the configuration, every new flow's profile
-comes from the predictive policy (``prism.policy_predictive``, the model
+comes from the predictive policy (``prism.policy.predictive``, the model
 served by ``ryu_apps.prediction.ModelService``; ``reload_model`` swaps it
 live); without one, from ``FixedPolicy``. A model that does not load stops
 ryu-manager at start with the reason.
 
-All decisions live in ``prism.director.MirroringDirector`` (one per switch)
-and ``prism.control.ControlPlane`` (cell health and failover across them);
+All decisions live in ``prism.director.core.MirroringDirector`` (one per switch)
+and ``prism.control.plane.ControlPlane`` (cell health and failover across them);
 this shell only turns events into their calls, their answers into OpenFlow
 messages (``ryu_apps.ofmsg``) and management datagrams
 (``ryu_apps.mgmt_channel``), and survives its own exceptions.
@@ -64,19 +64,19 @@ from ryu.controller.handler import (
 from ryu.lib import hub
 from ryu.ofproto import ofproto_v1_3
 
-from prism.actions import MgmtMessage
-from prism.config import ConfigError, PrismConfig, load_config
-from prism.config_mgmt import parse_address
-from prism.control import ControlPlane, Outgoing, SwitchChange
-from prism.director import MirroringDirector
-from prism.flow_end import flow_removed, tell_policy
-from prism.health import HealthSettings
-from prism.openflow import OfChange
-from prism.placement_store import save_placements
-from prism.policy import FixedPolicy
-from prism.ring import HashRing
-from prism.switch_refusals import refused_addition
-from prism.telemetry import flow_record
+from prism.director.actions import MgmtMessage
+from prism.config.load import ConfigError, PrismConfig, load_config
+from prism.config.mgmt import parse_address
+from prism.control.plane import ControlPlane, Outgoing, SwitchChange
+from prism.director.core import MirroringDirector
+from prism.director.flow_end import flow_removed, tell_policy
+from prism.control.health import HealthSettings
+from prism.openflow.changes import OfChange
+from prism.placement.store import save_placements
+from prism.policy.base import FixedPolicy
+from prism.placement.ring import HashRing
+from prism.openflow.refusals import refused_addition
+from prism.telemetry.rows import flow_record
 from ryu_apps.clock import CLOCK
 from ryu_apps.cluster import Cluster, ClusterEvents, controller_id_from_env
 from ryu_apps.listen import apply_listen_addresses

@@ -1,4 +1,4 @@
-"""The one place that turns ``prism.openflow`` descriptions into Ryu OpenFlow 1.3 messages.
+"""The one place that turns ``prism.openflow.changes`` descriptions into Ryu OpenFlow 1.3 messages.
 
 Everything is built through ``datapath.ofproto`` / ``datapath.ofproto_parser``
 (as Ryu's own apps do), so a ``ProtocolDesc`` stands in for a datapath in
@@ -12,7 +12,7 @@ import struct
 from functools import partial
 from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
 
-from prism.openflow import (
+from prism.openflow.changes import (
     Action,
     Barrier,
     Bucket,
@@ -26,7 +26,7 @@ from prism.openflow import (
     PacketOut,
     SetField,
 )
-from prism.takeover import GROUP_ALL, GROUP_FAST_FAILOVER, SwitchBucket, SwitchFlow, SwitchGroup
+from prism.cluster.takeover import GROUP_ALL, GROUP_FAST_FAILOVER, SwitchBucket, SwitchFlow, SwitchGroup
 
 
 def to_ofmsgs(datapath: Any, changes: Iterable[OfChange]) -> List[Any]:
@@ -304,7 +304,7 @@ def port_desc_request(datapath: Any) -> Any:
 
 
 def switch_groups(datapath: Any, body: Iterable[Any]) -> List[SwitchGroup]:
-    """A group description reply's groups as ``prism.takeover.SwitchGroup``."""
+    """A group description reply's groups as ``prism.cluster.takeover.SwitchGroup``."""
     ofp = datapath.ofproto
     kinds = {ofp.OFPGT_ALL: GROUP_ALL, ofp.OFPGT_FF: GROUP_FAST_FAILOVER}
     groups = []
@@ -321,7 +321,7 @@ def switch_groups(datapath: Any, body: Iterable[Any]) -> List[SwitchGroup]:
 
 
 def switch_flows(datapath: Any, body: Iterable[Any]) -> List[SwitchFlow]:
-    """A flow statistics reply's entries as ``prism.takeover.SwitchFlow`` (group actions, goto and metadata kept)."""
+    """A flow statistics reply's entries as ``prism.cluster.takeover.SwitchFlow`` (group actions, goto and metadata kept)."""
     parser = datapath.ofproto_parser
     flows = []
     for stat in body:

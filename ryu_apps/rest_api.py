@@ -51,8 +51,8 @@ from ryu import cfg
 from ryu.app.wsgi import ControllerBase, Response, WSGIApplication, route
 from ryu.base import app_manager
 
-from prism.failover import UnknownCell
-from prism.control import MAX_FLOWS_LISTED
+from prism.director.failover import UnknownCell
+from prism.control.plane import MAX_FLOWS_LISTED
 from ryu_apps.metrics import render_metrics
 
 DEFAULT_REST_HOST = "127.0.0.1"

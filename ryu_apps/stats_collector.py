@@ -5,7 +5,7 @@ Launch it beside the director (same ``PRISM_CONFIG``)::
     PRISM_CONFIG=examples/prism.yaml ryu-manager ryu_apps/mirroring_director.py ryu_apps/stats_collector.py
 
 With a ``telemetry`` section in the configuration it writes, under
-``telemetry.dir`` (schemas in ``prism/telemetry.py``):
+``telemetry.dir`` (schemas in ``prism/telemetry/rows.py``):
 
 - ``flows/``: one flow record per ended flow, joined by the director
   (``EventFlowEnded``: first-packet features + the flow-removed counters of
@@ -35,8 +35,8 @@ from ryu.controller.handler import DEAD_DISPATCHER, MAIN_DISPATCHER, set_ev_cls
 from ryu.lib import hub
 from ryu.ofproto import ofproto_v1_3
 
-from prism.config import ConfigError, load_config
-from prism.telemetry import (
+from prism.config.load import ConfigError, load_config
+from prism.telemetry.rows import (
     TABLE_FLOW_STATS,
     TABLE_FLOWS,
     TABLE_GROUP_STATS,
@@ -46,7 +46,7 @@ from prism.telemetry import (
     group_stats_row,
     port_stats_row,
 )
-from prism.telemetry_files import TelemetryWriter
+from prism.telemetry.files import TelemetryWriter
 from ryu_apps.clock import CLOCK
 from ryu_apps.telemetry_thread import TelemetryThread
 from ryu_apps.ofmsg import match_to_dict

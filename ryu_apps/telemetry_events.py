@@ -6,7 +6,7 @@ from typing import Optional
 
 from ryu.controller import event
 
-from prism.records import FlowRecord
+from prism.telemetry.records import FlowRecord
 
 
 class EventFlowEnded(event.EventBase):
@@ -19,7 +19,7 @@ class EventFlowEnded(event.EventBase):
     Attributes:
         dp_id: The switch.
         flow_id: The flow (the FSC entries' cookie).
-        record: The flow-record row (``prism.telemetry.flow_record``); None when the
+        record: The flow-record row (``prism.telemetry.rows.flow_record``); None when the
             switch's counters were unsupported or no first packet was kept.
         at: When the director handled the last flow-removed report (seconds since the epoch).
     """

@@ -10,7 +10,7 @@ Run at the root of a clean checkout (main after the other branches merged):
 What it does, in order:
 
 1. Refuses to run on a dirty tree, or when ``prism/`` holds a top-level module that
-   neither the table below nor a prefix rule (``config_X`` -> ``prism.config.X``,
+   neither the table below nor a prefix rule (``config_X`` -> ``prism.config.load.X``,
    ``sim_X`` -> ``prism.sim.X`` ...; printed as "by rule") places: it lists them, so
    that they get a row in MOVES (or KEEP) first. ``--leave-unknown`` leaves such
    modules where they are instead (reported again at the end, and the exhaustive
@@ -54,93 +54,93 @@ from typing import Dict, List, Optional, Sequence, Tuple
 # --------------------------------------------------------------------------------------
 MOVES: Dict[str, str] = {
     # OpenFlow change descriptions and the pipeline's constants (no framework).
-    "prism.openflow": "prism.openflow.changes",
+    "prism.openflow.changes": "prism.openflow.changes.changes",
     # Flow identity and frame parsing; what a flow turned out to be.
-    "prism.flows": "prism.flows.identity",
-    "prism.flow_outcome": "prism.flows.outcome",
+    "prism.flows.identity": "prism.flows.identity.identity",
+    "prism.flows.outcome": "prism.flows.identity.outcome",
     # Where a flow's state lives: the ring, and profiles (+ the controller's FSC copy).
-    "prism.ring": "prism.placement.ring",
-    "prism.profiles": "prism.placement.profiles",
+    "prism.placement.ring": "prism.placement.ring",
+    "prism.placement.profiles": "prism.placement.profiles",
     # Who gets a new flow's packets.
-    "prism.policy": "prism.policy.base",
-    "prism.policy_predictive": "prism.policy.predictive",
-    "prism.budget": "prism.policy.budget",
+    "prism.policy.base": "prism.policy.base.base",
+    "prism.policy.predictive": "prism.policy.base.predictive",
+    "prism.policy.budget": "prism.policy.base.budget",
     # The Mirroring Director for one switch: FSC entries, groups, failover, repair, ends.
-    "prism.director": "prism.director.core",
-    "prism.groups": "prism.director.groups",
-    "prism.failover": "prism.director.failover",
-    "prism.repair": "prism.director.repair",
-    "prism.flow_end": "prism.director.flow_end",
-    "prism.actions": "prism.director.actions",
+    "prism.director.core": "prism.director.core.core",
+    "prism.director.groups": "prism.director.core.groups",
+    "prism.director.failover": "prism.director.core.failover",
+    "prism.director.repair": "prism.director.core.repair",
+    "prism.director.flow_end": "prism.director.core.flow_end",
+    "prism.director.actions": "prism.director.core.actions",
     # The controller across switches: cell health, views.
-    "prism.control": "prism.control.plane",
-    "prism.health": "prism.control.health",
+    "prism.control.plane": "prism.control.plane.plane",
+    "prism.control.health": "prism.control.plane.health",
     # Configuration.
-    "prism.config": "prism.config.load",
-    "prism.config_cli": "prism.config.cli",
-    "prism.config_mgmt": "prism.config.mgmt",
-    "prism.config_schema": "prism.config.schema",
-    "prism.config_telemetry": "prism.config.telemetry",
-    "prism.config_types": "prism.config.types",
+    "prism.config.load": "prism.config.load.load",
+    "prism.config.cli": "prism.config.load.cli",
+    "prism.config.mgmt": "prism.config.load.mgmt",
+    "prism.config.schema": "prism.config.load.schema",
+    "prism.config.telemetry": "prism.config.load.telemetry",
+    "prism.config.types": "prism.config.load.types",
     # Telemetry and the flow-record schema every producer and the models share.
-    "prism.records": "prism.telemetry.records",
-    "prism.telemetry": "prism.telemetry.rows",
-    "prism.telemetry_files": "prism.telemetry.files",
+    "prism.telemetry.records": "prism.telemetry.rows.records",
+    "prism.telemetry.rows": "prism.telemetry.rows.rows",
+    "prism.telemetry.files": "prism.telemetry.rows.files",
     # Offline: captures and binetflow files -> flow records.
-    "prism.trace": "prism.trace.cli",
-    "prism.binetflow": "prism.trace.binetflow",
-    "prism.capture": "prism.trace.capture",
-    "prism.linktypes": "prism.trace.linktypes",
-    "prism.flowmeter": "prism.trace.flowmeter",
+    "prism.trace.cli": "prism.trace.cli.cli",
+    "prism.trace.binetflow": "prism.trace.cli.binetflow",
+    "prism.trace.capture": "prism.trace.cli.capture",
+    "prism.trace.linktypes": "prism.trace.cli.linktypes",
+    "prism.trace.flowmeter": "prism.trace.cli.flowmeter",
     # Offline: the trace-driven simulator.
-    "prism.simulate": "prism.sim.engine",
-    "prism.simulate_cli": "prism.sim.cli",
-    "prism.sim_distributions": "prism.sim.distributions",
-    "prism.sim_flows": "prism.sim.flows",
-    "prism.sim_policies": "prism.sim.policies",
-    "prism.sim_population": "prism.sim.population",
-    "prism.sim_run": "prism.sim.run",
-    "prism.sim_schedule": "prism.sim.schedule",
+    "prism.sim.engine": "prism.sim.engine",
+    "prism.sim.cli": "prism.sim.cli",
+    "prism.sim.distributions": "prism.sim.distributions",
+    "prism.sim.flows": "prism.sim.flows",
+    "prism.sim.policies": "prism.sim.policies",
+    "prism.sim.population": "prism.sim.population",
+    "prism.sim.run": "prism.sim.run",
+    "prism.sim.schedule": "prism.sim.schedule",
     # Modules the merges of issues 8, 9, 10 and 12 add (a row whose file is absent is skipped).
-    "prism.aging_features": "prism.policy.aging_features",  # the pure feature row (no pandas)
-    "prism.policy_aging": "prism.policy.aging",
-    "prism.evaluation": "prism.sim.evaluation",  # pandas: offline, used by the simulator and models
-    "prism.training_groups": "prism.telemetry.training_groups",  # which flow records trained a model
-    "prism.flow_seeds": "prism.director.flow_seeds",
-    "prism.config_bfd": "prism.config.bfd",
-    "prism.config_etcd": "prism.config.etcd",
-    "prism.placement_memory": "prism.placement.memory",
-    "prism.placement_store": "prism.placement.store",
-    "prism.switch_refusals": "prism.openflow.refusals",
+    "prism.policy.aging_features": "prism.policy.base.aging_features",  # the pure feature row (no pandas)
+    "prism.policy.aging": "prism.policy.base.aging",
+    "prism.sim.evaluation": "prism.sim.evaluation",  # pandas: offline, used by the simulator and models
+    "prism.telemetry.training_groups": "prism.telemetry.rows.training_groups",  # which flow records trained a model
+    "prism.director.flow_seeds": "prism.director.core.flow_seeds",
+    "prism.config.bfd": "prism.config.load.bfd",
+    "prism.config.etcd": "prism.config.load.etcd",
+    "prism.placement.memory": "prism.placement.memory",
+    "prism.placement.store": "prism.placement.store",
+    "prism.openflow.refusals": "prism.openflow.changes.refusals",
     # The management network, below both the controller and the cells (both speak it).
-    "prism.mgmt": "prism.mgmt.protocol",
-    "prism.mgmt_auth": "prism.mgmt.auth",
-    "prism.generation": "prism.mgmt.generation",  # imported by the protocol (fencing)
+    "prism.mgmt.protocol": "prism.mgmt.protocol.protocol",
+    "prism.mgmt.auth": "prism.mgmt.protocol.auth",
+    "prism.mgmt.generation": "prism.mgmt.protocol.generation",  # imported by the protocol (fencing)
     # Several controllers: below config (config_etcd reads mastership's defaults) and director.
-    "prism.mastership": "prism.cluster.mastership",
-    "prism.shared_state": "prism.cluster.shared_state",
-    "prism.takeover": "prism.cluster.takeover",
+    "prism.cluster.mastership": "prism.cluster.mastership",
+    "prism.cluster.shared_state": "prism.cluster.shared_state",
+    "prism.cluster.takeover": "prism.cluster.takeover",
     # Test tools, out of the product (not packaged): the fake switch, frame builders.
-    "prism.fakeswitch": "testkit.fakeswitch",
-    "prism.oxm": "testkit.oxm",
-    "prism.packets": "testkit.packets",
+    "testkit.fakeswitch": "testkit.fakeswitch",
+    "testkit.oxm": "testkit.oxm",
+    "testkit.packets": "testkit.packets",
 }
 
 #: A top-level module that MOVES does not name but whose name starts with one of these
-#: prefixes (e.g. a prism/config_bfd.py added by a merge) goes to that package, under
-#: the rest of its name (prism.config.bfd); each such move is printed as "by rule".
+#: prefixes (e.g. a prism/config/bfd.py added by a merge) goes to that package, under
+#: the rest of its name (prism.config.load.bfd); each such move is printed as "by rule".
 PREFIX_RULES: Dict[str, str] = {
-    "config_": "prism.config",
+    "config_": "prism.config.load",
     "sim_": "prism.sim",
     "simulate_": "prism.sim",
-    "telemetry_": "prism.telemetry",
-    "policy_": "prism.policy",
-    "trace_": "prism.trace",
-    "director_": "prism.director",
-    "control_": "prism.control",
-    "flows_": "prism.flows",
+    "telemetry_": "prism.telemetry.rows",
+    "policy_": "prism.policy.base",
+    "trace_": "prism.trace.cli",
+    "director_": "prism.director.core",
+    "control_": "prism.control.plane",
+    "flows_": "prism.flows.identity",
     "ring_": "prism.placement",
-    "openflow_": "prism.openflow",
+    "openflow_": "prism.openflow.changes",
 }
 
 #: Modules that stay directly in prism/ (with __init__: 3 of the at most 6). The
@@ -150,17 +150,17 @@ KEEP = {"prism", "prism.cli", "prism.atomic"}
 
 #: One-line docstrings of the new packages.
 PACKAGES: Dict[str, str] = {
-    "prism.openflow": "OpenFlow 1.3 as the core describes it: change descriptions and the pipeline's constants.",
-    "prism.flows": "Flows: frames parsed into canonical bidirectional flow keys, and what a flow turned out to be.",
+    "prism.openflow.changes": "OpenFlow 1.3 as the core describes it: change descriptions and the pipeline's constants.",
+    "prism.flows.identity": "Flows: frames parsed into canonical bidirectional flow keys, and what a flow turned out to be.",
     "prism.placement": "Where a flow's state lives: the cell ring and mirroring profiles.",
-    "prism.policy": "Replication policies: which cells get a new flow's packets, within a budget.",
-    "prism.director": "The Mirroring Director of one switch: FSC entries, profile groups, failover and repair.",
-    "prism.control": "The controller across switches: cell health, failover and the views the REST API shows.",
-    "prism.config": "PRISM's YAML configuration: loading, checking every key with its line, and its types.",
-    "prism.telemetry": "Telemetry: flow records and switch statistics, as rows and crash-safe Parquet files.",
-    "prism.trace": "``prism trace``: captures and Argus binetflow files turned into flow records.",
+    "prism.policy.base": "Replication policies: which cells get a new flow's packets, within a budget.",
+    "prism.director.core": "The Mirroring Director of one switch: FSC entries, profile groups, failover and repair.",
+    "prism.control.plane": "The controller across switches: cell health, failover and the views the REST API shows.",
+    "prism.config.load": "PRISM's YAML configuration: loading, checking every key with its line, and its types.",
+    "prism.telemetry.rows": "Telemetry: flow records and switch statistics, as rows and crash-safe Parquet files.",
+    "prism.trace.cli": "``prism trace``: captures and Argus binetflow files turned into flow records.",
     "prism.sim": "The trace-driven simulator: flows, cells and failures through the controller's own code.",
-    "prism.mgmt": "The management network: its datagrams, their authentication, the controller's generation.",
+    "prism.mgmt.protocol": "The management network: its datagrams, their authentication, the controller's generation.",
     "prism.cluster": "Several controllers on one network: mastership of switches, shared state, takeover.",
     "testkit": "Test tools, not part of the product: a fake OpenFlow switch and well-formed test frames.",
 }
@@ -224,14 +224,14 @@ forbidden_modules =
 name = The decision path imports no pandas, pyarrow or models (a packet-in never waits for them)
 type = forbidden
 source_modules =
-    prism.director
-    prism.policy
-    prism.flows
+    prism.director.core
+    prism.policy.base
+    prism.flows.identity
     prism.placement
-    prism.openflow
-    prism.control
-    prism.config
-    prism.mgmt
+    prism.openflow.changes
+    prism.control.plane
+    prism.config.load
+    prism.mgmt.protocol
     prism.cell
     prism.cluster
 forbidden_modules =
@@ -241,7 +241,7 @@ forbidden_modules =
 ignore_imports =
     # the pure feature function (FirstPacket, FlowHistory, flow_features) moves
     # from models/features.py into prism/policy, without pandas (issue 11, next step).
-    prism.policy.predictive -> models.features
+    prism.policy.base.predictive -> models.features
 
 [importlinter:contract:layers]
 name = Shells on top, models in the middle, the core at the bottom
@@ -252,7 +252,7 @@ layers =
     prism
 ignore_imports =
     # see decision-path-light (the feature function moves into the core).
-    prism.policy.predictive -> models.features
+    prism.policy.base.predictive -> models.features
     # the simulator's policies score flows with the model's features and estimator
     # (issue 11, next step: they take the scores as an argument, or move to models).
     prism.sim.policies -> models.estimator
@@ -399,7 +399,7 @@ def tracked_text_files() -> List[Path]:
 
 
 def dotted_pattern(moves: Dict[str, str]) -> re.Pattern:
-    """``prism.X`` for every moved X, as a whole name (``prism.flows`` but not
+    """``prism.X`` for every moved X, as a whole name (``prism.flows.identity`` but not
     ``prism.flows_x`` nor ``foo.prism.flows``); an attribute may follow."""
     names = sorted(moves, key=len, reverse=True)
     return re.compile(r"(?<![\w.])(" + "|".join(re.escape(n) for n in names) + r")(?!\w)")
@@ -652,9 +652,9 @@ def add_code_map(moves: Dict[str, str]) -> None:
              "Packages from the command line down (each may import only the ones below it;",
              "`.importlinter` checks it, `make test` runs the check):", "",
              "| package | what it holds | modules |", "|---|---|---|"]
-    order = ["prism.sim", "prism.trace", "prism.cell", "prism.control", "prism.director", "prism.config",
-             "prism.policy", "prism.telemetry", "prism.cluster", "prism.placement", "prism.flows",
-             "prism.openflow", "prism.mgmt"]
+    order = ["prism.sim", "prism.trace.cli", "prism.cell", "prism.control.plane", "prism.director.core", "prism.config.load",
+             "prism.policy.base", "prism.telemetry.rows", "prism.cluster", "prism.placement", "prism.flows.identity",
+             "prism.openflow.changes", "prism.mgmt.protocol"]
     for package in order + sorted(p for p in set(packages) - set(order) if p.startswith("prism.")):
         if package == "prism.cell":
             modules = sorted(p.stem for p in Path("prism/cell").glob("*.py") if p.stem != "__init__")
@@ -685,7 +685,7 @@ def report_leftovers(moves: Dict[str, str], dry_run: bool) -> List[str]:
     leftovers = []
     old_bare = sorted({old.split(".", 1)[1] for old in moves})
     # `prism_X` in a path or a dotted name only; a package that kept the old name
-    # (prism.flows, prism.trace ...) is a valid prefix now and is not reported.
+    # (prism.flows.identity, prism.trace.cli ...) is a valid prefix now and is not reported.
     packages = {new.rsplit(".", 1)[0] for new in moves.values()}
     stale = re.compile(
         r"(?<![\w.])prism[./](" + "|".join(re.escape(n) for n in old_bare) + r")(?:\.py)?(?![\w/])"

@@ -26,7 +26,7 @@ import sys
 import time
 from typing import Dict, List, Optional
 
-from prism.packets import build_udp_frame
+from testkit.packets import build_udp_frame
 
 PAYLOAD_BYTES = 32
 ETH_P_ALL = 0x0003

@@ -5,8 +5,8 @@ from __future__ import annotations
 from typing import List
 
 from benchmarks.harness.openflow_peer import NewFlow
-from prism.flows import TCP_SYN
-from prism.packets import build_tcp_frame, build_udp_frame
+from prism.flows.identity import TCP_SYN
+from testkit.packets import build_tcp_frame, build_udp_frame
 
 DP_ID = 0x1
 CELL_PORTS = {"cell1": 1, "cell2": 2, "cell3": 3}

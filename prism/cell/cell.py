@@ -8,8 +8,8 @@ from dataclasses import dataclass
 from typing import Callable, Dict, List, Optional, Tuple
 
 from prism.cell.conntrack import FORWARD, ConnTracker
-from prism.flows import FlowKey, PacketInfo, mac_to_bytes, mac_to_str, parse_frame
-from prism.openflow import MIRROR_MAC
+from prism.flows.identity import FlowKey, PacketInfo, mac_to_bytes, mac_to_str, parse_frame
+from prism.openflow.changes import MIRROR_MAC
 
 LOG = logging.getLogger(__name__)
 

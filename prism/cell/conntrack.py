@@ -40,12 +40,12 @@ from prism.cell.records import (
     removal_record,
     wire_removal_record,
 )
-from prism.flows import PROTO_ICMP, PROTO_ICMPV6, PROTO_TCP, PROTO_UDP, FlowKey, PacketInfo
-from prism.flows import TCP_ACK as _ACK
-from prism.flows import TCP_FIN as _FIN
-from prism.flows import TCP_RST as _RST
-from prism.flows import TCP_SYN as _SYN
-from prism.mgmt import DEFAULT_TAKEOVER_TOLERANCE_BYTES
+from prism.flows.identity import PROTO_ICMP, PROTO_ICMPV6, PROTO_TCP, PROTO_UDP, FlowKey, PacketInfo
+from prism.flows.identity import TCP_ACK as _ACK
+from prism.flows.identity import TCP_FIN as _FIN
+from prism.flows.identity import TCP_RST as _RST
+from prism.flows.identity import TCP_SYN as _SYN
+from prism.mgmt.protocol import DEFAULT_TAKEOVER_TOLERANCE_BYTES
 
 #: Window scale assumed in strict mode (PacketInfo carries no TCP options;
 #: 7 is what Linux announces with its default buffer sizes).
@@ -470,7 +470,7 @@ class ConnTracker:
         """A primary copy of a direction whose positions came from a record (a takeover).
 
         The first one of each direction must lie within the replicated window
-        plus ``takeover_tolerance_bytes`` (see ``prism.mgmt``: a record may be
+        plus ``takeover_tolerance_bytes`` (see ``prism.mgmt.protocol``: a record may be
         an interval behind): its sequence number between the direction's
         highest sequence sent minus the retransmission slack and the highest
         of that and the sequence its peer allowed, plus the tolerance; its
@@ -517,7 +517,7 @@ class ConnTracker:
 
     @property
     def takeover_tolerance_bytes(self) -> int:
-        """The tolerance ``set_takeover_tolerance`` set (default ``prism.mgmt.DEFAULT_TAKEOVER_TOLERANCE_BYTES``)."""
+        """The tolerance ``set_takeover_tolerance`` set (default ``prism.mgmt.protocol.DEFAULT_TAKEOVER_TOLERANCE_BYTES``)."""
         return self._tolerance
 
     def _in_window(self, entry: ConnEntry, info: PacketInfo, is_orig: bool) -> bool:

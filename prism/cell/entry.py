@@ -5,7 +5,7 @@ from __future__ import annotations
 import enum
 from typing import Dict, Optional, Tuple
 
-from prism.flows import FlowKey
+from prism.flows.identity import FlowKey
 
 SEQ_MODULUS = 1 << 32
 SEQ_MASK = SEQ_MODULUS - 1

@@ -19,7 +19,7 @@ from prism.cell.entry import (
     seq_later,
     state_of,
 )
-from prism.flows import PROTO_TCP, FlowKey, ip_to_str
+from prism.flows.identity import PROTO_TCP, FlowKey, ip_to_str
 
 RECORD_SCHEMA = 2  #: 2: ``token``; version 0 allowed; removal records
 #: Versions stay below 2**53: every JSON reader holds them exactly, and a

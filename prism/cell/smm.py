@@ -9,8 +9,8 @@ from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Protocol, Sequence, Set, Tuple, Union
 
-from prism import mgmt
-from prism.mgmt_auth import CONTROLLER_SENDER, MgmtAuth
+from prism.mgmt import protocol as mgmt
+from prism.mgmt.auth import CONTROLLER_SENDER, MgmtAuth
 from prism.cell.cell import Cell, TickReport
 from prism.cell.conntrack import CLOSING_FACTS
 from prism.cell.entry import ConnEntry
@@ -22,7 +22,7 @@ from prism.cell.smm_channel import (
     ReplicationCounters,
 )
 from prism.cell.smm_view import DEFAULT_MAX_ASSIGNMENTS, Address, ControlView
-from prism.flows import FlowKey
+from prism.flows.identity import FlowKey
 
 LOG = logging.getLogger(__name__)
 
@@ -158,7 +158,7 @@ class StateMirroringModule:
     removal record (its mirrors' timers expire it). Milestones: each flow
     this cell forwards is reported to the controller (``milestone``) once per
     age in the directory's ``milestones_s`` it crosses here, with its idle
-    time and whether it is closing. See ``prism.mgmt`` for both messages and
+    time and whether it is closing. See ``prism.mgmt.protocol`` for both messages and
     for what a takeover may lose.
 
     Args:
@@ -171,11 +171,11 @@ class StateMirroringModule:
         settings: Knobs.
         rng: Randomness (first sequence numbers).
         auth: Seals what the SMM sends and opens what it receives
-            (``prism.mgmt_auth``); then control messages are taken only from
+            (``prism.mgmt.auth``); then control messages are taken only from
             ``CONTROLLER_SENDER``, ``state`` only from a live peer and only
             for flows of profiles it belongs to, ``ack`` only for the sender's
             own channel. None (benchmarks and replication tests only): plain
-            ``prism.mgmt`` datagrams, the claimed ``cell`` trusted. ``prism
+            ``prism.mgmt.protocol`` datagrams, the claimed ``cell`` trusted. ``prism
             cell`` always authenticates.
     """
 
@@ -264,7 +264,7 @@ class StateMirroringModule:
         """An expired flow's removal record goes to its mirrors if this cell, its primary, removed it,
         unless the flow is in ``state`` mode: its mirrors hold its facts (change records, the FIN/RST
         copies) and a last_seen never later than this cell's, so their own timers (the same
-        ``Timeouts``) expire it no later than this cell did (``prism.mgmt``, "Mirroring modes")."""
+        ``Timeouts``) expire it no later than this cell did (``prism.mgmt.protocol``, "Mirroring modes")."""
         if self.tracker.removal_version(key) is None or not self.view.is_primary(key.flow_id):
             return False
         if self.view.mode_of(key.flow_id) == mgmt.MODE_STATE:
@@ -280,7 +280,7 @@ class StateMirroringModule:
     def _send_progress(self, now: float) -> None:
         """Version and queue the ``state`` flows whose mirrors need a progress record now.
 
-        A flow's progress record goes (``prism.mgmt``, "Mirroring modes"):
+        A flow's progress record goes (``prism.mgmt.protocol``, "Mirroring modes"):
         at the next tick once its frames grew by more than
         ``PROGRESS_TOLERANCE_SHARE`` of the takeover tolerance since its last
         record (so that a cell taking it over finds its next packets within

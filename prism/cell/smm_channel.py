@@ -6,8 +6,8 @@ from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Callable, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
 
-from prism import mgmt
-from prism.flows import FlowKey
+from prism.mgmt import protocol as mgmt
+from prism.flows.identity import FlowKey
 
 #: Datagram size the SMM aims at: one Ethernet frame (1500 bytes minus IP and
 #: UDP headers, with room to spare). A bigger datagram is IP-fragmented, and

@@ -6,8 +6,8 @@ import ipaddress
 from collections import deque
 from typing import Callable, Deque, Dict, List, Mapping, Optional, Set, Tuple
 
-from prism import mgmt
-from prism.profiles import MirroringProfile
+from prism.mgmt import protocol as mgmt
+from prism.placement.profiles import MirroringProfile
 
 Address = Tuple[str, int]
 #: Assignments a cell keeps at most by default (as many as its table holds flows).

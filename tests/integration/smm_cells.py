@@ -19,7 +19,7 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "unit"))
 
 from cell_helpers import Conversation  # noqa: E402
-from prism import mgmt  # noqa: E402
+from prism.mgmt import protocol as mgmt  # noqa: E402
 from prism.cell.cell import Cell  # noqa: E402
 from prism.cell.conntrack import ConnTracker  # noqa: E402
 from prism.cell.loop import CellLoop  # noqa: E402
@@ -27,8 +27,8 @@ from prism.cell.main import cell_state_document  # noqa: E402
 from prism.cell.smm import SmmSettings, StateMirroringModule  # noqa: E402
 from prism.cell.smm_io import UdpTransport, attach  # noqa: E402
 from prism.cell.state_server import StateServer, read_state  # noqa: E402
-from prism.flows import TCP_ACK, TCP_PSH  # noqa: E402
-from prism.mgmt_auth import CONTROLLER_SENDER, MgmtAuth, new_key_text  # noqa: E402
+from prism.flows.identity import TCP_ACK, TCP_PSH  # noqa: E402
+from prism.mgmt.auth import CONTROLLER_SENDER, MgmtAuth, new_key_text  # noqa: E402
 from smm_helpers import flow_state, mirror_copy  # noqa: E402
 
 LOOPBACK = "127.0.0.1"

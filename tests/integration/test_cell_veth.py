@@ -13,9 +13,9 @@ import pytest
 
 from prism.cell.io import PacketSocket
 from prism.cell.state_server import read_state
-from prism.flows import TCP_ACK, TCP_PSH, TCP_SYN
-from prism.openflow import MIRROR_MAC
-from prism.packets import build_arp_frame, build_tcp_frame
+from prism.flows.identity import TCP_ACK, TCP_PSH, TCP_SYN
+from prism.openflow.changes import MIRROR_MAC
+from testkit.packets import build_arp_frame, build_tcp_frame
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 _TAG = f"{os.getpid() % 1_000_000}"

@@ -17,7 +17,7 @@ import dpkt
 import pytest
 
 from mininet_topos.harness import PrismNetwork, stop_process
-from prism.openflow import MIRROR_MAC
+from prism.openflow.changes import MIRROR_MAC
 from tests.support import poll
 
 IDLE_TIMEOUT_S = 3

@@ -27,8 +27,8 @@ from pathlib import Path
 import pytest
 
 from benchmarks.mgmt_flood import FloodBed, finish_flood
-from prism import mgmt
-from prism.mgmt_auth import MgmtAuth, new_key_text
+from prism.mgmt import protocol as mgmt
+from prism.mgmt.auth import MgmtAuth, new_key_text
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 FLOOD_RATE = 10_000

@@ -26,8 +26,8 @@ import pytest
 
 from mininet_topos.harness import STATS_COLLECTOR_APP, PrismNetwork
 from mininet_topos.prism_topo import prediction_config
-from prism.openflow import MIRROR_MAC
-from prism.telemetry_files import read_flows, read_stats
+from prism.openflow.changes import MIRROR_MAC
+from prism.telemetry.files import read_flows, read_stats
 from tests.support import poll
 
 IDLE_TIMEOUT_S = 2

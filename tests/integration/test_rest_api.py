@@ -18,8 +18,8 @@ import pytest
 pytest.importorskip("ryu")
 prometheus_parser = pytest.importorskip("prometheus_client.parser")
 
-from prism import mgmt  # noqa: E402
-from prism.mgmt_auth import MgmtAuth, new_key_text  # noqa: E402
+from prism.mgmt import protocol as mgmt  # noqa: E402
+from prism.mgmt.auth import MgmtAuth, new_key_text  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[2]
 APPS = ("ryu_apps/mirroring_director.py", "ryu_apps/rest_api.py")

@@ -136,7 +136,7 @@ def test_a_tcp_connection_resumed_after_an_idle_out_survives_its_primarys_failur
             # The controller saves its placements every 5 s: wait for a save that has the flow.
             assert poll(lambda: saved_placements(net), timeout=10), "the controller saved no placement"
             net.restart_controller()  # returns once the switch is connected to the new controller
-            # A cell the new controller never heard beat is judged by its link alone (prism/health.py): wait
+            # A cell the new controller never heard beat is judged by its link alone (prism/control/health.py): wait
             # until it hears every cell, or a killed process would go unnoticed.
             assert poll(lambda: all(c["heartbeat_seen"] and c["state"] == "alive"
                                     for c in net.controller.rest("/prism/v1/cells")["cells"]), timeout=10)

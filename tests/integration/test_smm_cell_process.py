@@ -19,8 +19,8 @@ import pytest
 
 from prism.cell.io import PacketSocket
 from prism.cell.state_server import read_state
-from prism.flows import TCP_ACK, TCP_PSH, TCP_SYN
-from prism.packets import build_tcp_frame
+from prism.flows.identity import TCP_ACK, TCP_PSH, TCP_SYN
+from testkit.packets import build_tcp_frame
 from tests.integration.smm_cells import KEY, FakeController, RunningCell, in_netns, wait_for
 
 REPO_ROOT = Path(__file__).resolve().parents[2]

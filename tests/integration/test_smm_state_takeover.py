@@ -28,11 +28,11 @@ from typing import Dict, List, Optional
 
 import pytest
 
-from prism import mgmt
+from prism.mgmt import protocol as mgmt
 from prism.cell.io import PacketSocket
 from prism.cell.state_server import read_state
-from prism.flows import PROTO_TCP, TCP_FIN, TCP_RST, TCP_SYN, FlowKey, PacketInfo, mac_to_bytes, parse_frame
-from prism.openflow import MIRROR_MAC
+from prism.flows.identity import PROTO_TCP, TCP_FIN, TCP_RST, TCP_SYN, FlowKey, PacketInfo, mac_to_bytes, parse_frame
+from prism.openflow.changes import MIRROR_MAC
 from tests.integration.smm_cells import KEY, FakeController, in_netns, wait_for
 
 REPO_ROOT = Path(__file__).resolve().parents[2]

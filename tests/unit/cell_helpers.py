@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from prism.flows import TCP_ACK, PacketInfo, parse_frame
-from prism.openflow import MIRROR_MAC
-from prism.packets import build_tcp_frame
+from prism.flows.identity import TCP_ACK, PacketInfo, parse_frame
+from prism.openflow.changes import MIRROR_MAC
+from testkit.packets import build_tcp_frame
 
 CLIENT = "10.0.0.1"
 SERVER = "10.0.0.2"

@@ -6,13 +6,13 @@ import random
 from typing import Dict, Iterable, List, Optional, Sequence, Tuple
 
 from cell_helpers import Conversation
-from prism import mgmt
+from prism.mgmt import protocol as mgmt
 from prism.cell.cell import Cell
 from prism.cell.conntrack import ConnTracker, Timeouts, TrackerConfig
 from prism.cell.smm import SmmSettings, StateMirroringModule
-from prism.flows import mac_to_bytes
-from prism.mgmt_auth import CONTROLLER_SENDER, MgmtAuth, Verifier
-from prism.openflow import MIRROR_MAC
+from prism.flows.identity import mac_to_bytes
+from prism.mgmt.auth import CONTROLLER_SENDER, MgmtAuth, Verifier
+from prism.openflow.changes import MIRROR_MAC
 
 CONTROLLER = ("172.30.0.254", mgmt.CONTROLLER_MGMT_PORT)
 START = 1000.0
@@ -120,7 +120,7 @@ class SmmBed:
                  settings: Optional[SmmSettings] = None,
                  timeouts: Optional[Timeouts] = None, auth: bool = False) -> None:  # fmt: skip
         self.network = network or FakeNetwork(random.Random(1))
-        #: With ``auth`` every datagram is sealed (``prism.mgmt_auth``) under ``KEY``.
+        #: With ``auth`` every datagram is sealed (``prism.mgmt.auth``) under ``KEY``.
         self.controller_auth = MgmtAuth(KEY, CONTROLLER_SENDER) if auth else None
         if auth:
             self.network.controller_verifier = Verifier(KEY, max_age_s=1e12, max_skew_s=1e12)

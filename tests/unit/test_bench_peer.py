@@ -13,12 +13,12 @@ from ryu.ofproto import ofproto_parser, ofproto_protocol, ofproto_v1_3, ofproto_
 
 from benchmarks.harness import openflow_wire as wire  # noqa: E402
 from benchmarks.harness.openflow_peer import NewFlow, PeerError, PeerProtocol, ScriptedSwitch  # noqa: E402
-from prism.config import CellConfig, SwitchConfig  # noqa: E402
-from prism.director import MirroringDirector  # noqa: E402
-from prism.openflow import COOKIE_PIPELINE, TABLE_FSC  # noqa: E402
-from prism.packets import build_tcp_frame, build_udp_frame  # noqa: E402
-from prism.policy import FixedPolicy  # noqa: E402
-from prism.ring import HashRing  # noqa: E402
+from prism.config.load import CellConfig, SwitchConfig  # noqa: E402
+from prism.director.core import MirroringDirector  # noqa: E402
+from prism.openflow.changes import COOKIE_PIPELINE, TABLE_FSC  # noqa: E402
+from testkit.packets import build_tcp_frame, build_udp_frame  # noqa: E402
+from prism.policy.base import FixedPolicy  # noqa: E402
+from prism.placement.ring import HashRing  # noqa: E402
 from ryu_apps.ofmsg import to_ofmsgs  # noqa: E402
 
 OFP = ofproto_v1_3

@@ -6,10 +6,10 @@ import io
 
 import pytest
 
-from prism.binetflow import BinetflowError, looks_like_binetflow, read_binetflow
-from prism.flows import FlowKey
-from prism.records import END_CAPTURE, END_FIN, END_IDLE, END_RST, MILESTONE_COLUMNS, records_to_frame
-from prism.trace import trace_file
+from prism.trace.binetflow import BinetflowError, looks_like_binetflow, read_binetflow
+from prism.flows.identity import FlowKey
+from prism.telemetry.records import END_CAPTURE, END_FIN, END_IDLE, END_RST, MILESTONE_COLUMNS, records_to_frame
+from prism.trace.cli import trace_file
 
 HEADER = "StartTime,Dur,Proto,SrcAddr,Sport,Dir,DstAddr,Dport,State,sTos,dTos,TotPkts,TotBytes,SrcBytes,SrcPkts,Label"
 ROWS = [

@@ -6,7 +6,7 @@ import random
 
 import pytest
 
-from prism.budget import BudgetSettings, BudgetTracker, bin_floor, score_bin
+from prism.policy.budget import BudgetSettings, BudgetTracker, bin_floor, score_bin
 
 
 def tracker(budget=0.25, initial=10.0, **settings) -> BudgetTracker:

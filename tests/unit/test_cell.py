@@ -12,9 +12,9 @@ from prism.cell.cell import Cell
 from prism.cell.conntrack import ConnTracker, Timeouts, TrackerConfig
 from prism.cell.io import CellIOError
 from prism.cell.loop import CellLoop
-from prism.flows import TCP_ACK, TCP_PSH
-from prism.openflow import MIRROR_MAC
-from prism.packets import build_arp_frame, build_udp_frame
+from prism.flows.identity import TCP_ACK, TCP_PSH
+from prism.openflow.changes import MIRROR_MAC
+from testkit.packets import build_arp_frame, build_udp_frame
 
 
 class FakePort:

@@ -13,7 +13,7 @@ from prism.cell.cell import Cell
 from prism.cell.io import CellIOError
 from prism.cell.main_state import format_state
 from prism.cell.state_server import StateServer, default_state_socket, read_state
-from prism.flows import TCP_ACK
+from prism.flows.identity import TCP_ACK
 
 
 def _busy_cell():

@@ -11,8 +11,8 @@ pytest.importorskip("ryu")
 
 from ryu.ofproto import ofproto_v1_3 as OFP  # noqa: E402
 
-from prism import oxm  # noqa: E402
-from prism.openflow import TABLE_FSC  # noqa: E402
+from testkit import oxm  # noqa: E402
+from prism.openflow.changes import TABLE_FSC  # noqa: E402
 from ryu_apps.cluster import EtcdUnreachable  # noqa: E402
 from tests.unit.test_mirroring_director_app import FakeDatapath, _packet_in, app_module  # noqa: E402
 
@@ -176,7 +176,7 @@ def test_with_etcd_unreachable_roles_are_kept_and_said(pair):
 
 
 def test_only_the_master_of_a_cells_switch_sends_it_management_messages(pair):
-    from prism.actions import MgmtMessage
+    from prism.director.actions import MgmtMessage
 
     store, apps, datapaths = pair
     sent = {}
@@ -205,7 +205,7 @@ def test_a_takeover_whose_replies_do_not_come_asks_again(pair, monkeypatch):
 
 
 def test_a_master_whose_switch_was_claimed_after_it_claims_again_with_a_newer_generation(pair):
-    from prism.shared_state import claim_key, encode_claim
+    from prism.cluster.shared_state import claim_key, encode_claim
 
     store, apps, datapaths = pair
     name = next(n for n, dp in datapaths.items()

@@ -1,4 +1,4 @@
-"""Tests for prism.config and ``prism check-config``: every error kind with its exact location."""
+"""Tests for prism.config.load and ``prism check-config``: every error kind with its exact location."""
 
 import pathlib
 import textwrap
@@ -6,7 +6,7 @@ import textwrap
 import pytest
 
 from prism import cli
-from prism.config import (
+from prism.config.load import (
     CellConfig,
     ConfigError,
     PrismConfig,

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from prism.config import ConfigError, parse_config, render_config
-from prism.config_bfd import BfdConfig, bfd_interface_options, cell_bfd_arguments
+from prism.config.load import ConfigError, parse_config, render_config
+from prism.config.bfd import BfdConfig, bfd_interface_options, cell_bfd_arguments
 
 BASE = """\
 {top}switches:

@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import pytest
 
-from prism.config import (
+from prism.config.load import (
     ConfigError,
     ManagementConfig,
     RestConfig,
     parse_config,
     render_config,
 )
-from prism.config_mgmt import format_address, parse_address
+from prism.config.mgmt import format_address, parse_address
 
 BASE = """\
 {top}switches:

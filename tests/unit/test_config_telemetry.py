@@ -4,17 +4,17 @@ from __future__ import annotations
 
 import pytest
 
-from prism.config import ConfigError, PredictionConfig, TelemetryConfig, load_config, parse_config, render_config
-from prism.config_telemetry import (
+from prism.config.load import ConfigError, PredictionConfig, TelemetryConfig, load_config, parse_config, render_config
+from prism.config.telemetry import (
     DEFAULT_CHEAP_FLOW_PACKETS,
     DEFAULT_MIRROR_BUDGET,
     POLICY_AGING,
     POLICY_FIRST_PACKET,
     resolve_path,
 )
-from prism.policy import MODE_FULL, MODE_STATE
-from prism.policy_aging import DEFAULT_BUDGET as DEFAULT_AGING_BUDGET
-from prism.policy_aging import DEFAULT_MILESTONES_S
+from prism.policy.base import MODE_FULL, MODE_STATE
+from prism.policy.aging import DEFAULT_BUDGET as DEFAULT_AGING_BUDGET
+from prism.policy.aging import DEFAULT_MILESTONES_S
 
 BASE = """\
 switches:

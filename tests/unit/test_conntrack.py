@@ -19,8 +19,8 @@ from prism.cell.conntrack import (
     TrackerConfig,
 )
 from prism.cell.entry import ConnState, FlowVerdict
-from prism.flows import TCP_ACK, TCP_FIN, TCP_PSH, TCP_RST, TCP_SYN
-from prism.packets import build_icmp_frame, build_ip_frame, build_udp_frame
+from prism.flows.identity import TCP_ACK, TCP_FIN, TCP_PSH, TCP_RST, TCP_SYN
+from testkit.packets import build_icmp_frame, build_ip_frame, build_udp_frame
 
 NOW = 100.0
 STRICT = TrackerConfig(strict=True)

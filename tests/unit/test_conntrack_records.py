@@ -9,7 +9,7 @@ from cell_helpers import Conversation
 from prism.cell.conntrack import ABSORB, DROP_NO_STATE, FORWARD, ConnTracker, TrackerConfig
 from prism.cell.entry import ConnState, FlowVerdict
 from prism.cell.records import RECORD_SCHEMA, StateRecordError
-from prism.flows import TCP_ACK, TCP_FIN, TCP_PSH
+from prism.flows.identity import TCP_ACK, TCP_FIN, TCP_PSH
 
 NOW = 50.0
 

@@ -6,8 +6,8 @@ from cell_helpers import Conversation
 from prism.cell.conntrack import ABSORB, DROP_DENIED, FORWARD, ConnTracker, Timeouts, TrackerConfig
 from prism.cell.entry import FlowVerdict
 from prism.cell.records import removal_record
-from prism.flows import TCP_ACK, TCP_FIN, TCP_PSH, parse_frame
-from prism.packets import build_udp_frame
+from prism.flows.identity import TCP_ACK, TCP_FIN, TCP_PSH, parse_frame
+from testkit.packets import build_udp_frame
 
 NOW = 100.0
 SHORT = TrackerConfig(timeouts=Timeouts(time_wait=1.0, closed=1.0), tombstone_ttl_s=30.0)

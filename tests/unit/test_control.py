@@ -7,16 +7,16 @@ from typing import List
 
 import pytest
 
-from prism.actions import MgmtMessage
-from prism.config import CellConfig, SwitchConfig
-from prism.control import ControlPlane, SwitchChange
-from prism.director import MirroringDirector
-from prism.failover import UnknownCell
-from prism.fakeswitch import FakeSwitch
-from prism.health import HealthSettings
-from prism.openflow import Command, GroupMod
-from prism.policy import FixedPolicy
-from prism.ring import HashRing
+from prism.director.actions import MgmtMessage
+from prism.config.load import CellConfig, SwitchConfig
+from prism.control.plane import ControlPlane, SwitchChange
+from prism.director.core import MirroringDirector
+from prism.director.failover import UnknownCell
+from testkit.fakeswitch import FakeSwitch
+from prism.control.health import HealthSettings
+from prism.openflow.changes import Command, GroupMod
+from prism.policy.base import FixedPolicy
+from prism.placement.ring import HashRing
 from test_failover import CLIENT_PORT, FOUR_CELLS, udp
 
 SETTINGS = HealthSettings(heartbeat_interval=0.1, dead_after=0.35, alive_after=1.0, holddown_base=1.0)

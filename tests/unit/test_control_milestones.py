@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from prism.control import ControlPlane
-from prism.profiles import MODE_STATE, MirroringProfile
+from prism.control.plane import ControlPlane
+from prism.placement.profiles import MODE_STATE, MirroringProfile
 from test_control import ADDRESSES, SETTINGS, Controller
 from test_failover import CLIENT_PORT
 

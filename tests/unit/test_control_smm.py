@@ -6,20 +6,20 @@ import random
 from typing import Dict, List
 
 from cell_helpers import Conversation
-from prism import mgmt
-from prism.actions import MgmtMessage
+from prism.mgmt import protocol as mgmt
+from prism.director.actions import MgmtMessage
 from prism.cell.cell import Cell
 from prism.cell.conntrack import ConnTracker
 from prism.cell.smm import StateMirroringModule
-from prism.config import CellConfig, SwitchConfig
-from prism.control import DIRECTORY_REFRESH_S, ControlPlane, SwitchChange
-from prism.director import MirroringDirector
-from prism.fakeswitch import FakeSwitch
-from prism.flows import TCP_ACK, TCP_SYN
-from prism.health import HealthSettings
-from prism.oxm import to_frame
-from prism.policy import FixedPolicy
-from prism.ring import HashRing
+from prism.config.load import CellConfig, SwitchConfig
+from prism.control.plane import DIRECTORY_REFRESH_S, ControlPlane, SwitchChange
+from prism.director.core import MirroringDirector
+from testkit.fakeswitch import FakeSwitch
+from prism.flows.identity import TCP_ACK, TCP_SYN
+from prism.control.health import HealthSettings
+from testkit.oxm import to_frame
+from prism.policy.base import FixedPolicy
+from prism.placement.ring import HashRing
 from smm_helpers import CONTROLLER, FakeNetwork, address_of
 
 CELLS = {"c1": 11, "c2": 12, "c3": 13}

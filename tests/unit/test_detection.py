@@ -14,9 +14,9 @@ pytest.importorskip("ryu")
 
 from ryu.ofproto import ofproto_v1_3, ofproto_v1_3_parser  # noqa: E402
 
-from prism import mgmt  # noqa: E402
-from prism.health import FailureDetector, FailureKind, HealthSettings  # noqa: E402
-from prism.mgmt_auth import MgmtAuth  # noqa: E402
+from prism.mgmt import protocol as mgmt  # noqa: E402
+from prism.control.health import FailureDetector, FailureKind, HealthSettings  # noqa: E402
+from prism.mgmt.auth import MgmtAuth  # noqa: E402
 from ryu_apps.clock import ControllerClock  # noqa: E402
 from ryu_apps.mgmt_channel import MgmtChannel  # noqa: E402
 from test_director_app_failover import KEY_TEXT, FakeDatapath, connect_with_flows, group_mods  # noqa: E402

@@ -8,12 +8,12 @@ from typing import Dict, List, Optional
 
 import pytest
 
-from prism import oxm
-from prism.config import CellConfig, SwitchConfig
-from prism.director import DROP_CELL_PORT_IN_FSC, DROP_UNKNOWN_PORT, MirroringDirector
-from prism.fakeswitch import FakeSwitch, Result
-from prism.flows import parse_frame
-from prism.openflow import (
+from testkit import oxm
+from prism.config.load import CellConfig, SwitchConfig
+from prism.director.core import DROP_CELL_PORT_IN_FSC, DROP_UNKNOWN_PORT, MirroringDirector
+from testkit.fakeswitch import FakeSwitch, Result
+from prism.flows.identity import parse_frame
+from prism.openflow.changes import (
     COOKIE_HOST,
     FF_GROUP_OFFSET,
     MIRROR_MAC,
@@ -27,9 +27,9 @@ from prism.openflow import (
     PacketOut,
     SetField,
 )
-from prism.policy import FixedPolicy
-from prism.profiles import MirroringProfile
-from prism.ring import HashRing
+from prism.policy.base import FixedPolicy
+from prism.placement.profiles import MirroringProfile
+from prism.placement.ring import HashRing
 
 IDLE_TIMEOUT = 10
 CLIENT_PORT, SERVER_PORT, OTHER_PORT = 1, 2, 3
@@ -562,7 +562,7 @@ def test_a_flow_beyond_max_flows_goes_to_its_primary_unmirrored_without_the_cont
 
 
 def test_a_group_the_switch_refused_leaves_its_flows_on_their_primary_unmirrored():
-    from prism.switch_refusals import GROUP, Refusal
+    from prism.openflow.refusals import GROUP, Refusal
 
     network = Network()
     network.send(CLIENT_PORT, udp())
@@ -580,8 +580,8 @@ def test_a_group_the_switch_refused_leaves_its_flows_on_their_primary_unmirrored
 
 
 def test_an_fsc_entry_the_switch_refused_is_forgotten_with_its_group():
-    from prism.openflow import TABLE_FSC
-    from prism.switch_refusals import FLOW, Refusal
+    from prism.openflow.changes import TABLE_FSC
+    from prism.openflow.refusals import FLOW, Refusal
 
     network = Network()
     network.send(CLIENT_PORT, udp())
@@ -593,7 +593,7 @@ def test_an_fsc_entry_the_switch_refused_is_forgotten_with_its_group():
 def test_refused_additions_are_read_from_the_echoed_request():
     from ryu.ofproto import ofproto_protocol, ofproto_v1_3
 
-    from prism.switch_refusals import FLOW, GROUP, refused_addition
+    from prism.openflow.refusals import FLOW, GROUP, refused_addition
 
     datapath = ofproto_protocol.ProtocolDesc(ofproto_v1_3.OFP_VERSION)
     parser = datapath.ofproto_parser

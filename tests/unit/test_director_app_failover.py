@@ -15,10 +15,11 @@ from ryu.ofproto import ofproto_v1_3, ofproto_v1_3_parser  # noqa: E402
 
 from tests.support import FakeDatapath  # noqa: E402
 
-from prism import mgmt, oxm  # noqa: E402
-from prism.actions import MgmtMessage  # noqa: E402
-from prism.mgmt_auth import MgmtAuth, Verifier  # noqa: E402
-from prism.openflow import COOKIE_UNPROTECTED, TABLE_FSC  # noqa: E402
+from prism.mgmt import protocol as mgmt
+from testkit import oxm  # noqa: E402
+from prism.director.actions import MgmtMessage  # noqa: E402
+from prism.mgmt.auth import MgmtAuth, Verifier  # noqa: E402
+from prism.openflow.changes import COOKIE_UNPROTECTED, TABLE_FSC  # noqa: E402
 from ryu_apps.mgmt_channel import MgmtChannel  # noqa: E402
 
 app_module = pytest.importorskip("ryu_apps.mirroring_director")

@@ -11,8 +11,8 @@ import pytest
 pytest.importorskip("ryu")
 
 from models.artifact import ModelError  # noqa: E402
-from prism.policy import FixedPolicy  # noqa: E402
-from prism.policy_predictive import PredictivePolicy  # noqa: E402
+from prism.policy.base import FixedPolicy  # noqa: E402
+from prism.policy.predictive import PredictivePolicy  # noqa: E402
 
 app_module = pytest.importorskip("ryu_apps.mirroring_director")
 
@@ -85,9 +85,9 @@ def test_a_flows_last_flow_removed_teaches_the_policy_and_raises_the_telemetry_e
 
     from ryu.ofproto import ofproto_v1_3_parser
 
-    from prism.flows import direction_match, parse_frame
-    from prism.openflow import TABLE_FSC
-    from prism.packets import build_udp_frame
+    from prism.flows.identity import direction_match, parse_frame
+    from prism.openflow.changes import TABLE_FSC
+    from testkit.packets import build_udp_frame
     from ryu_apps.telemetry_events import EventFlowEnded
     from tests.support import FakeDatapath
 
@@ -120,7 +120,7 @@ def test_a_flows_last_flow_removed_teaches_the_policy_and_raises_the_telemetry_e
 
 def test_the_aging_policy_without_a_model_uses_the_age_rule_and_tells_the_cells_its_milestones(tmp_path,
                                                                                                monkeypatch):
-    from prism.policy_aging import AgingPolicy
+    from prism.policy.aging import AgingPolicy
 
     app = make_app(tmp_path, monkeypatch, "prediction: {milestones_s: [0.25, 1]}\n")
     policy = app.directors[1].policy

@@ -6,10 +6,10 @@ from typing import Optional
 
 import pytest
 
-from prism import oxm
-from prism.actions import MgmtMessage, split_decisions
-from prism.groups import STATE_ENTRIES_PER_PROFILE
-from prism.openflow import (
+from testkit import oxm
+from prism.director.actions import MgmtMessage, split_decisions
+from prism.director.groups import STATE_ENTRIES_PER_PROFILE
+from prism.openflow.changes import (
     FF_GROUP_OFFSET,
     MIRROR_MAC,
     TABLE_FSC,
@@ -18,8 +18,8 @@ from prism.openflow import (
     FlowMod,
     Match,
 )
-from prism.policy import FixedPolicy
-from prism.profiles import MODE_FULL, MODE_STATE, MirroringProfile
+from prism.policy.base import FixedPolicy
+from prism.placement.profiles import MODE_FULL, MODE_STATE, MirroringProfile
 from tests.unit.test_director import (
     CLIENT_IP,
     CLIENT_IP6,

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from prism.cli import main
-from prism.records import read_records, write_records
+from prism.telemetry.records import read_records, write_records
 
 from models.controller_row import SHIPPED_CONFIG, controller_replay, describe
 

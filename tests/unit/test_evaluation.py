@@ -1,4 +1,4 @@
-"""The one policy engine (prism.evaluation): expected protection over a uniform failure time, from decision timelines."""
+"""The one policy engine (prism.sim.evaluation): expected protection over a uniform failure time, from decision timelines."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from prism.evaluation import (
+from prism.sim.evaluation import (
     CONTROLLER,
     FIXED_RF1,
     FIXED_RF1_STATE,
@@ -28,7 +28,7 @@ from prism.evaluation import (
     targets,
     threshold_policy,
 )
-from prism.records import MILESTONES_S, FlowRecord, milestone_column, records_to_frame
+from prism.telemetry.records import MILESTONES_S, FlowRecord, milestone_column, records_to_frame
 
 # Three flows: a long one with few packets, a long heavy one, and an instant one.
 DURATION = np.array([10.0, 10.0, 0.0])

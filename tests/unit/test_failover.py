@@ -7,18 +7,18 @@ from typing import Dict, List, Optional
 
 import pytest
 
-from prism import oxm
-from prism.actions import MgmtMessage, split_decisions
-from prism.config import CellConfig, SwitchConfig
-from prism.director import DROP_UNUSABLE_CELL, MirroringDirector, UnknownCell
-from prism.failover import SEED_RETRY_S
-from prism.repair import plan_repair, profile_key
-from prism.fakeswitch import FakeSwitch, Result
-from prism.flows import parse_frame
-from prism.openflow import MIRROR_MAC, Command, FlowMod, GroupMod, GroupType
-from prism.policy import FixedPolicy
-from prism.profiles import MirroringProfile
-from prism.ring import HashRing
+from testkit import oxm
+from prism.director.actions import MgmtMessage, split_decisions
+from prism.config.load import CellConfig, SwitchConfig
+from prism.director.core import DROP_UNUSABLE_CELL, MirroringDirector, UnknownCell
+from prism.director.failover import SEED_RETRY_S
+from prism.director.repair import plan_repair, profile_key
+from testkit.fakeswitch import FakeSwitch, Result
+from prism.flows.identity import parse_frame
+from prism.openflow.changes import MIRROR_MAC, Command, FlowMod, GroupMod, GroupType
+from prism.policy.base import FixedPolicy
+from prism.placement.profiles import MirroringProfile
+from prism.placement.ring import HashRing
 
 IDLE_TIMEOUT = 10
 CLIENT_PORT, SERVER_PORT = 1, 2
@@ -460,7 +460,7 @@ def test_a_switch_reconnect_keeps_dead_and_drained_cells_out():
 
 
 def test_assignments_are_spread_over_ticks_when_there_are_many(monkeypatch):
-    from prism import failover
+    from prism.director import failover
 
     monkeypatch.setattr(failover, "ASSIGNS_PER_TICK", 30)
     network = Network(replication_factor=1)

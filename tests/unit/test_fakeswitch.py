@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from prism import oxm
-from prism.fakeswitch import (
+from testkit import oxm
+from testkit.fakeswitch import (
     REASON_ACTION,
     REASON_NO_MATCH,
     REMOVED_DELETE,
@@ -14,7 +14,7 @@ from prism.fakeswitch import (
     FakeSwitch,
     FakeSwitchError,
 )
-from prism.openflow import (
+from prism.openflow.changes import (
     MIRROR_MAC,
     OFPG_ALL,
     OFPG_ANY,

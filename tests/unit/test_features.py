@@ -22,10 +22,10 @@ from models.features import (
     replay_features,
     service_of,
 )
-from prism.flowmeter import FlowMeter
-from prism.flows import TCP_SYN, ip_to_bytes, parse_frame
-from prism.packets import build_tcp_frame
-from prism.records import records_to_frame
+from prism.trace.flowmeter import FlowMeter
+from prism.flows.identity import TCP_SYN, ip_to_bytes, parse_frame
+from testkit.packets import build_tcp_frame
+from prism.telemetry.records import records_to_frame
 
 COL = {name: i for i, name in enumerate(FEATURE_NAMES)}
 
@@ -105,7 +105,7 @@ def test_controller_and_training_compute_identical_features():
 
 def records_of(flows):
     """flows: (ts_start, duration, packets, sport)."""
-    from prism.records import FlowRecord
+    from prism.telemetry.records import FlowRecord
 
     return records_to_frame([
         FlowRecord(i + 1, ts, 4, 6, "10.0.0.1", "10.0.0.2", sport, 443, 60, 2, "pcap", d, p, p * 100,

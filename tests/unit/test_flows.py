@@ -1,12 +1,13 @@
-"""Tests for prism.flows: parsing, canonical keys, flow_id, matches."""
+"""Tests for prism.flows.identity: parsing, canonical keys, flow_id, matches."""
 
 import random
 import struct
 
 import pytest
 
-from prism import flows, packets
-from prism.flows import (
+from prism.flows import identity as flows
+from testkit import packets
+from prism.flows.identity import (
     ETH_TYPE_IPV4,
     ETH_TYPE_IPV6,
     PROTO_AH,
@@ -31,7 +32,7 @@ from prism.flows import (
     parse_frame,
     parse_ip,
 )
-from prism.openflow import COOKIE_HOST, COOKIE_PIPELINE
+from prism.openflow.changes import COOKIE_HOST, COOKIE_PIPELINE
 
 C4, S4 = "10.0.0.1", "10.0.0.2"
 C6, S6 = "2001:db8::1", "2001:db8::2"

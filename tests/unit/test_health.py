@@ -6,7 +6,7 @@ import math
 
 import pytest
 
-from prism.health import (
+from prism.control.health import (
     CellState,
     FailureDetector,
     FailureKind,

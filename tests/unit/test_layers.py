@@ -47,9 +47,9 @@ def test_a_broken_contract_fails_the_check(tmp_path):
     config = tmp_path / "contracts.ini"
     config.write_text(
         text + "\n[importlinter:contract:canary]\nname = canary\ntype = forbidden\n"
-        "source_modules =\n    prism.director\nforbidden_modules =\n    prism.flows\n",
+        "source_modules =\n    prism.director.core\nforbidden_modules =\n    prism.flows.identity\n",
         encoding="utf-8",
     )
     result = lint_imports(str(config))
     assert result.returncode != 0
-    assert "prism.director is not allowed to import prism.flows" in result.stdout
+    assert "prism.director.core is not allowed to import prism.flows.identity" in result.stdout

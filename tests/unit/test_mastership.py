@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from prism.mastership import ROLE_MASTER, ROLE_SLAVE, Beat, Mastership, Membership, master_of, switch_key
-from prism.shared_state import (
+from prism.cluster.mastership import ROLE_MASTER, ROLE_SLAVE, Beat, Mastership, Membership, master_of, switch_key
+from prism.cluster.shared_state import (
     Publisher,
     SharedGroup,
     SharedStateError,
@@ -20,7 +20,7 @@ from prism.shared_state import (
     switch_state_from,
     switch_state_values,
 )
-from prism.profiles import MirroringProfile
+from prism.placement.profiles import MirroringProfile
 
 LEASE = 0.75
 SWITCHES = tuple(range(1, 7))
@@ -133,7 +133,7 @@ def test_publisher_sends_only_differences():
 
 
 def test_bounded_load_gives_every_controller_its_share_of_few_switches():
-    from prism.mastership import assign_masters
+    from prism.cluster.mastership import assign_masters
 
     for switches in (3, 4, 6, 9):
         masters = assign_masters({dp: ["a", "b", "c"] for dp in range(1, switches + 1)})

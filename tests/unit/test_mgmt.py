@@ -7,7 +7,7 @@ import zlib
 
 import pytest
 
-from prism import mgmt
+from prism.mgmt import protocol as mgmt
 
 
 def raw(body: bytes) -> bytes:

@@ -7,9 +7,9 @@ import zlib
 
 import pytest
 
-from prism import mgmt
-from prism.generation import GenerationError, next_generation
-from prism.mgmt_auth import (
+from prism.mgmt import protocol as mgmt
+from prism.mgmt.generation import GenerationError, next_generation
+from prism.mgmt.auth import (
     CONTROLLER_SENDER,
     MAX_SEALED_BYTES,
     MIN_KEY_CHARS,

@@ -12,9 +12,9 @@ import zlib
 
 import pytest
 
-from prism import mgmt
+from prism.mgmt import protocol as mgmt
 from prism.cell.records import MAX_VERSION, entry_to_wire_record
-from prism.mgmt_auth import CONTROLLER_SENDER, MgmtAuth
+from prism.mgmt.auth import CONTROLLER_SENDER, MgmtAuth
 from smm_helpers import CONTROLLER, KEY, SmmBed, address_of
 from test_smm import PROFILE, open_flows
 

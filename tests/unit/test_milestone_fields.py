@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from prism.profiles import MODE_STATE, MirroringProfile
+from prism.placement.profiles import MODE_STATE, MirroringProfile
 from test_control import ADDRESSES
 from test_control_milestones import AtMilestones, controller
 

@@ -13,8 +13,8 @@ from ryu.ofproto import ofproto_v1_3, ofproto_v1_3_parser  # noqa: E402
 
 from tests.support import FakeDatapath  # noqa: E402
 
-from prism import oxm  # noqa: E402
-from prism.openflow import TABLE_FSC  # noqa: E402
+from testkit import oxm  # noqa: E402
+from prism.openflow.changes import TABLE_FSC  # noqa: E402
 
 app_module = pytest.importorskip("ryu_apps.mirroring_director")
 

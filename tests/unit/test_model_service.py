@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 
 from models.artifact import ModelError
-from prism.config import parse_config
-from prism.ring import HashRing
+from prism.config.load import parse_config
+from prism.placement.ring import HashRing
 from ryu_apps.prediction import ModelService, load_model
 
 REPO = Path(__file__).resolve().parents[2]

@@ -20,10 +20,10 @@ from models.features import FEATURE_NAMES
 from models import predictor as predictor_module
 from models.aging import AgingTrainConfig, train_aging
 from models.predictor import AgingPredictor, CompactEnsemble, Predictor
-from prism.aging_features import AGING_FEATURE_NAMES
+from prism.policy.aging_features import AGING_FEATURE_NAMES
 from models.train import TrainConfig, split_by_group, train
 from prism import cli
-from prism.records import MILESTONES_S, SCHEMA_VERSION, FlowRecord, records_to_frame, write_records
+from prism.telemetry.records import MILESTONES_S, SCHEMA_VERSION, FlowRecord, records_to_frame, write_records
 
 COL = {name: i for i, name in enumerate(FEATURE_NAMES)}
 

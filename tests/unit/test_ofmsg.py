@@ -10,7 +10,7 @@ pytest.importorskip("ryu")
 
 from ryu.ofproto import ofproto_protocol, ofproto_v1_3, ofproto_v1_3_parser  # noqa: E402
 
-from prism.openflow import (  # noqa: E402
+from prism.openflow.changes import (  # noqa: E402
     COOKIE_ALL_MASK,
     MIRROR_MAC,
     OFPG_ALL,
@@ -170,7 +170,7 @@ def test_match_with_an_unknown_field_is_refused(datapath):
 
 
 def test_state_mode_entries_write_metadata_and_match_tcp_flags_as_the_onf_extension(datapath):
-    from prism.openflow import METADATA_PROFILE_MASK, TABLE_PROFILE
+    from prism.openflow.changes import METADATA_PROFILE_MASK, TABLE_PROFILE
 
     fsc = FlowMod(
         Command.MODIFY_STRICT, TABLE_FSC, Match.of(eth_type=0x0800, ip_proto=6, tcp_src=1, tcp_dst=2),

@@ -7,7 +7,7 @@ import struct
 
 import pytest
 
-from prism import oxm
+from testkit import oxm
 
 MAC_A = "02:00:00:00:00:0a"
 MAC_B = "02:00:00:00:00:0b"

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import pytest
 
-from prism.flows import parse_frame
-from prism.oxm import to_frame, udp_packet
-from prism.policy import MODE_FULL, MODE_STATE, FixedPolicy, NoLiveCell, Policy
-from prism.profiles import MirroringProfile
-from prism.ring import HashRing
+from prism.flows.identity import parse_frame
+from testkit.oxm import to_frame, udp_packet
+from prism.policy.base import MODE_FULL, MODE_STATE, FixedPolicy, NoLiveCell, Policy
+from prism.placement.profiles import MirroringProfile
+from prism.placement.ring import HashRing
 
 CELLS = ("c1", "c2", "c3", "c4", "c5")
 

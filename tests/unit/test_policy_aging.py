@@ -6,19 +6,19 @@ from types import SimpleNamespace
 
 import pytest
 
-from prism.aging_features import AGING_FEATURE_NAMES, PORT_CLASS_WELL_KNOWN, aging_row, port_class
-from prism.flows import parse_frame
-from prism.oxm import tcp_packet, to_frame, udp_packet
-from prism.policy import MODE_FULL, MODE_STATE, Policy
-from prism.policy_aging import (
+from prism.policy.aging_features import AGING_FEATURE_NAMES, PORT_CLASS_WELL_KNOWN, aging_row, port_class
+from prism.flows.identity import parse_frame
+from testkit.oxm import tcp_packet, to_frame, udp_packet
+from prism.policy.base import MODE_FULL, MODE_STATE, Policy
+from prism.policy.aging import (
     MIN_BUDGET_FLOWS,
     AgingPolicy,
     AgingSettings,
     CopyBudget,
     make_policies,
 )
-from prism.profiles import MirroringProfile
-from prism.ring import HashRing
+from prism.placement.profiles import MirroringProfile
+from prism.placement.ring import HashRing
 
 CELLS = ("c1", "c2", "c3")
 
@@ -210,8 +210,8 @@ def test_make_policies_share_one_budget():
 
 
 def test_settings_from_a_configuration_section():
-    from prism.config import parse_config
-    from prism.policy_aging import settings_from_config
+    from prism.config.load import parse_config
+    from prism.policy.aging import settings_from_config
 
     text = ("switches:\n  - dpid: 1\n    cells: [{id: c1, port: 1}, {id: c2, port: 2}]\n    edge_ports: [3]\n"
             "prediction: {milestones_s: [0.5, 4], mode: auto, budget: 0.05, promote_probability: 0.7,"
@@ -225,7 +225,7 @@ def test_the_policy_core_imports_no_data_or_model_library():
     import subprocess
     import sys
 
-    code = ("import sys, prism.policy_aging, prism.aging_features, prism.policy\n"
+    code = ("import sys, prism.policy.aging, prism.policy.aging_features, prism.policy.base\n"
             "print(sorted({m.split('.')[0] for m in sys.modules} & {'numpy', 'pandas', 'pyarrow', 'models', "
             "'sklearn'}))")  # fmt: skip
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout

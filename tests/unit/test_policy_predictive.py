@@ -8,17 +8,17 @@ from typing import Dict, List, Optional
 import pytest
 
 from models.features import FEATURE_NAMES, FirstPacket
-from prism import oxm
-from prism.budget import BudgetSettings
-from prism.config import CellConfig, SwitchConfig
-from prism.director import MirroringDirector
-from prism.fakeswitch import FakeSwitch, Result
-from prism.flow_end import flow_removed, tell_policy
-from prism.flows import TCP_SYN, parse_frame
-from prism.openflow import MIRROR_MAC
-from prism.policy import FixedPolicy, NoLiveCell
-from prism.policy_predictive import PredictionEngine, PredictivePolicy
-from prism.ring import HashRing
+from testkit import oxm
+from prism.policy.budget import BudgetSettings
+from prism.config.load import CellConfig, SwitchConfig
+from prism.director.core import MirroringDirector
+from testkit.fakeswitch import FakeSwitch, Result
+from prism.director.flow_end import flow_removed, tell_policy
+from prism.flows.identity import TCP_SYN, parse_frame
+from prism.openflow.changes import MIRROR_MAC
+from prism.policy.base import FixedPolicy, NoLiveCell
+from prism.policy.predictive import PredictionEngine, PredictivePolicy
+from prism.placement.ring import HashRing
 
 IDLE_TIMEOUT = 10
 CLIENT_PORT, SERVER_PORT = 1, 2

@@ -1,12 +1,12 @@
-"""Tests for prism.profiles: MirroringProfile validation and the FlowStateCache."""
+"""Tests for prism.placement.profiles: MirroringProfile validation and the FlowStateCache."""
 
 import dataclasses
 
 import pytest
 
-from prism.flows import PROTO_TCP, PROTO_UDP, FlowKey, parse_frame
-from prism.packets import build_udp_frame
-from prism.profiles import FlowEntry, FlowStateCache, MirroringProfile
+from prism.flows.identity import PROTO_TCP, PROTO_UDP, FlowKey, parse_frame
+from testkit.packets import build_udp_frame
+from prism.placement.profiles import FlowEntry, FlowStateCache, MirroringProfile
 
 P12 = MirroringProfile.of("c1", "c2")
 P123 = MirroringProfile.of("c1", "c2", "c3")
@@ -188,7 +188,7 @@ def test_udp_and_tcp_same_ports_are_distinct_flows():
 
 
 def test_relabel_group_moves_only_that_groups_flows_and_keeps_the_indexes_right():
-    from prism.flows import FlowKey
+    from prism.flows.identity import FlowKey
 
     def key(port):
         return FlowKey(4, 17, bytes([10, 0, 0, 1]), port, bytes([10, 0, 0, 2]), 53)

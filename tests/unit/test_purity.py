@@ -70,7 +70,7 @@ print(json.dumps(report))
 
 def test_every_module_is_found():
     modules = all_modules()
-    for expected in ("prism.flows", "prism.ring", "prism.profiles", "prism.config", "prism.cli"):
+    for expected in ("prism.flows.identity", "prism.placement.ring", "prism.placement.profiles", "prism.config.load", "prism.cli"):
         assert expected in modules
     assert len(modules) == len(python_files()), "a file under prism/ is not importable as a module"
 

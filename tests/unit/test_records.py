@@ -8,9 +8,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from prism import records
+from prism.telemetry import records
 from prism.atomic import atomic_write
-from prism.records import (
+from prism.telemetry.records import (
     COLUMN_NAMES,
     SCHEMA_VERSION,
     FlowRecord,

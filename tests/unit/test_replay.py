@@ -7,11 +7,11 @@ import pytest
 
 from models.aging import aging_rows
 from models.replay import MODE_CODE_FULL, MODE_CODE_STATE, replay_decisions, what_the_primary_knows
-from prism.aging_features import AGING_FEATURE_NAMES, aging_row, port_class, proto_class
-from prism.policy import FixedPolicy
-from prism.policy_aging import AgingPolicy, AgingSettings
-from prism.records import MILESTONES_S, FlowRecord, records_to_frame
-from prism.ring import HashRing
+from prism.policy.aging_features import AGING_FEATURE_NAMES, aging_row, port_class, proto_class
+from prism.policy.base import FixedPolicy
+from prism.policy.aging import AgingPolicy, AgingSettings
+from prism.telemetry.records import MILESTONES_S, FlowRecord, records_to_frame
+from prism.placement.ring import HashRing
 
 CELLS = ("cell1", "cell2", "cell3")
 IDLE = 10.0
@@ -79,8 +79,8 @@ def test_events_come_in_time_order_with_the_records_counters():
 def test_the_first_packet_policy_replays_too():
     """The first-packet policy reads the whole first packet and the flow-removed outcome."""
     from models.predictor import Predictor
-    from prism.budget import BudgetSettings
-    from prism.policy_predictive import PredictionEngine, PredictivePolicy
+    from prism.policy.budget import BudgetSettings
+    from prism.policy.predictive import PredictionEngine, PredictivePolicy
 
     predictor = Predictor.load("models/first_packet")
     policy = PredictivePolicy(HashRing(CELLS), PredictionEngine(predictor, BudgetSettings(0.5)), 1, IDLE)

@@ -9,7 +9,7 @@ import pytest
 pytest.importorskip("ryu")
 pytest.importorskip("prometheus_client")
 
-from prism.config import RestConfig  # noqa: E402
+from prism.config.load import RestConfig  # noqa: E402
 from ryu_apps.rest_api import HttpError, check_authorization, configured_token, parse_body  # noqa: E402
 
 

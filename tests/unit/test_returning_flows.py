@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from prism import oxm
-from prism.flows import TCP_ACK, TCP_SYN
-from prism.placement_memory import PlacementMemory
+from testkit import oxm
+from prism.flows.identity import TCP_ACK, TCP_SYN
+from prism.placement.memory import PlacementMemory
 from test_failover import CLIENT_IP, CLIENT_MAC, CLIENT_PORT, IDLE_TIMEOUT, SERVER_IP, SERVER_MAC, Network, flow_id
 
 

@@ -1,4 +1,4 @@
-"""Tests for prism.ring: balance, minimal disruption, determinism, weights."""
+"""Tests for prism.placement.ring: balance, minimal disruption, determinism, weights."""
 
 import collections
 import random
@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from prism.ring import HashRing, cell_seed, splitmix64
+from prism.placement.ring import HashRing, cell_seed, splitmix64
 
 FLOWS = 100_000
 CELLS = [f"c{i}" for i in range(8)]
@@ -37,7 +37,7 @@ def test_balance_100k_flows_8_cells(ids):
 
 
 def test_balance_with_real_flow_ids():
-    from prism.flows import FlowKey
+    from prism.flows.identity import FlowKey
 
     keys = [
         FlowKey.between(6, f"10.0.{i // 250}.{i % 250 + 1}", 1024 + i % 5000, "10.1.0.1", 80)[0]
@@ -140,7 +140,7 @@ def test_deterministic_across_processes():
     uniform = HashRing(CELLS)
     code = (
         "import sys, json\n"
-        "from prism.ring import HashRing\n"
+        "from prism.placement.ring import HashRing\n"
         f"cells = {CELLS!r}\n"
         f"ids = {sample!r}\n"
         "w = HashRing(cells, weights={'c0': 2.0}); u = HashRing(cells)\n"
@@ -212,9 +212,9 @@ def test_array_paths_match_scalar(ids, weights):
 
 def test_array_chunks(monkeypatch):
     pytest.importorskip("numpy")
-    import prism.ring
+    import prism.placement.ring
 
-    monkeypatch.setattr(prism.ring, "ARRAY_CHUNK_ELEMENTS", 40)  # 5 rows per chunk
+    monkeypatch.setattr(prism.placement.ring, "ARRAY_CHUNK_ELEMENTS", 40)  # 5 rows per chunk
     ring = HashRing(CELLS)
     sample = flow_ids(23, seed=11)
     assert [ring.cells[i] for i in ring.primary_array(sample)] == [ring.primary(f) for f in sample]

@@ -6,10 +6,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from prism.flows import PROTO_TCP, PROTO_UDP, FlowKey, ip_to_bytes
-from prism.records import conform
-from prism.sim_distributions import DistributionError, load_distributions, read_histogram
-from prism.sim_population import (
+from prism.flows.identity import PROTO_TCP, PROTO_UDP, FlowKey, ip_to_bytes
+from prism.telemetry.records import conform
+from prism.sim.distributions import DistributionError, load_distributions, read_histogram
+from prism.sim.population import (
     ACTIVE_TIMEOUT_S,
     ARRIVALS_HOUR,
     PopulationError,

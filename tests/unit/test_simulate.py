@@ -11,13 +11,13 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from prism.flows import PROTO_TCP
-from prism.policy import FixedPolicy
-from prism.ring import HashRing
-from prism.sim_distributions import load_distributions
-from prism.evaluation import REPLICATION_BYTES_PER_FLOW, SEED_BYTES_PER_FLOW, FlowCurves
-from prism.sim_flows import Flows, SimulationError, live_ranks
-from prism.sim_policies import (
+from prism.flows.identity import PROTO_TCP
+from prism.policy.base import FixedPolicy
+from prism.placement.ring import HashRing
+from prism.sim.distributions import load_distributions
+from prism.sim.evaluation import REPLICATION_BYTES_PER_FLOW, SEED_BYTES_PER_FLOW, FlowCurves
+from prism.sim.flows import Flows, SimulationError, live_ranks
+from prism.sim.policies import (
     FIXED_RF1,
     FIXED_RF2,
     MODEL_POLICIES,
@@ -30,10 +30,10 @@ from prism.sim_policies import (
     budget_decisions,
     model_decisions,
 )
-from prism.sim_population import ARRIVALS_HOUR, generate_population
-from prism.sim_run import cell_ids, run_policies
-from prism.sim_schedule import FailureSchedule, given_failures, random_failures
-from prism.simulate import SimSettings, simulate_policy
+from prism.sim.population import ARRIVALS_HOUR, generate_population
+from prism.sim.run import cell_ids, run_policies
+from prism.sim.schedule import FailureSchedule, given_failures, random_failures
+from prism.sim.engine import SimSettings, simulate_policy
 
 CELLS = ["c00", "c01", "c02"]
 
@@ -170,7 +170,7 @@ def test_equal_seeds_give_equal_reports(population):
 
 
 def test_live_ranks_are_the_fixed_policys_profiles():
-    """The array placement equals what prism.policy.FixedPolicy gives each flow with the cells live then."""
+    """The array placement equals what prism.policy.base.FixedPolicy gives each flow with the cells live then."""
     cells = cell_ids(6)
     ring = HashRing(cells)
     rng = np.random.default_rng(4)
@@ -234,8 +234,8 @@ def spread():
 def test_predictive_decisions_are_the_controllers(predictor, spread):
     """Batched scores + the budget loop decide exactly what the controller's engine decides flow by flow."""
     from models.features import FirstPacket
-    from prism.budget import BudgetSettings
-    from prism.policy_predictive import PredictionEngine
+    from prism.policy.budget import BudgetSettings
+    from prism.policy.predictive import PredictionEngine
 
     frame = spread
     budget = 0.25

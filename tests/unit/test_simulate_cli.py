@@ -9,8 +9,8 @@ import pandas as pd
 import pytest
 
 from prism.cli import main
-from prism.records import empty_frame, read_records, write_records
-from prism.sim_policies import ALL_POLICIES
+from prism.telemetry.records import empty_frame, read_records, write_records
+from prism.sim.policies import ALL_POLICIES
 
 ROOT_FLOWS = Path(__file__).resolve().parents[2] / "data" / "flows" / "ndpi_flows.parquet"
 FAST = ["--policies", "none", "fixed rf1", "--no-progress"]

@@ -5,14 +5,14 @@ import random
 import pytest
 
 from cell_helpers import Conversation
-from prism import mgmt
+from prism.mgmt import protocol as mgmt
 from prism.cell.conntrack import Timeouts
 from prism.cell.records import READER_ONLY_FIELDS, entry_to_record, entry_to_wire_record
 from prism.cell.smm import SmmSettings
 from prism.cell.smm_channel import ChannelSettings
-from prism.flows import TCP_ACK, TCP_FIN, TCP_PSH
+from prism.flows.identity import TCP_ACK, TCP_FIN, TCP_PSH
 from prism.cell.records import removal_record
-from prism.flows import ip_to_bytes
+from prism.flows.identity import ip_to_bytes
 from smm_helpers import CONTROLLER, FakeNetwork, SmmBed, address_of, flow_state, mirror_copy
 
 PROFILE = 7

@@ -3,11 +3,11 @@
 import random
 
 from cell_helpers import Conversation
-from prism import mgmt
+from prism.mgmt import protocol as mgmt
 from prism.cell.conntrack import Timeouts
 from prism.cell.smm import PROGRESS_REFRESH_SHARE, SmmSettings
-from prism.flows import TCP_ACK, TCP_FIN, TCP_PSH, TCP_RST, parse_frame
-from prism.packets import build_udp_frame
+from prism.flows.identity import TCP_ACK, TCP_FIN, TCP_PSH, TCP_RST, parse_frame
+from testkit.packets import build_udp_frame
 from smm_helpers import FakeNetwork, SmmBed, flow_state, mirror_copy
 
 PROFILE = 7

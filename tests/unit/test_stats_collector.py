@@ -17,11 +17,11 @@ from ryu.ofproto import ofproto_v1_3, ofproto_v1_3_parser  # noqa: E402
 
 from tests.support import FakeDatapath  # noqa: E402
 
-from prism.flows import parse_frame  # noqa: E402
-from prism.packets import build_udp_frame  # noqa: E402
-from prism.profiles import FlowStateCache, MirroringProfile  # noqa: E402
-from prism.telemetry import ALL_ONES_32, ALL_ONES_64, TABLE_FLOWS, flow_record  # noqa: E402
-from prism.telemetry_files import part_files, read_flows, read_stats  # noqa: E402
+from prism.flows.identity import parse_frame  # noqa: E402
+from testkit.packets import build_udp_frame  # noqa: E402
+from prism.placement.profiles import FlowStateCache, MirroringProfile  # noqa: E402
+from prism.telemetry.rows import ALL_ONES_32, ALL_ONES_64, TABLE_FLOWS, flow_record  # noqa: E402
+from prism.telemetry.files import part_files, read_flows, read_stats  # noqa: E402
 from ryu_apps.telemetry_events import EventFlowEnded  # noqa: E402
 
 collector_module = pytest.importorskip("ryu_apps.stats_collector")

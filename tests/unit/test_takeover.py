@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from prism.fakeswitch import FakeSwitch
-from prism.director import MirroringDirector
-from prism.openflow import FF_GROUP_OFFSET, GroupAction, GroupType, Output
-from prism.policy import FixedPolicy
-from prism.shared_state import SwitchShared
-from prism.takeover import GROUP_ALL, GROUP_FAST_FAILOVER, SwitchBucket, SwitchFlow, SwitchGroup, plan_takeover
+from testkit.fakeswitch import FakeSwitch
+from prism.director.core import MirroringDirector
+from prism.openflow.changes import FF_GROUP_OFFSET, GroupAction, GroupType, Output
+from prism.policy.base import FixedPolicy
+from prism.cluster.shared_state import SwitchShared
+from prism.cluster.takeover import GROUP_ALL, GROUP_FAST_FAILOVER, SwitchBucket, SwitchFlow, SwitchGroup, plan_takeover
 from tests.unit.test_director import CLIENT_PORT, IDLE_TIMEOUT, Network, expected_profile, flow_id, udp
 
 
@@ -104,7 +104,7 @@ def test_a_fresh_switch_converges_from_scratch():
 
 
 def test_a_mirror_still_waiting_for_its_seed_is_asked_for_again_by_the_new_master():
-    from prism.shared_state import SharedGroup
+    from prism.cluster.shared_state import SharedGroup
 
     network = Network()
     network.learn_hosts()
@@ -122,8 +122,8 @@ def test_a_mirror_still_waiting_for_its_seed_is_asked_for_again_by_the_new_maste
 
 def test_state_mode_flows_are_adopted_with_their_mode_and_their_profile_entries():
     """Issue 8's state mode: a TCP flow's FSC entries go to TABLE_PROFILE by metadata, a UDP flow's to the FF group."""
-    from prism.openflow import TABLE_PROFILE
-    from prism.profiles import MODE_STATE
+    from prism.openflow.changes import TABLE_PROFILE
+    from prism.placement.profiles import MODE_STATE
     from tests.unit.test_director_modes import ACK, PSH, SYN, ModeNetwork, tcp
 
     network = ModeNetwork(replication_factor=1, mode=MODE_STATE)

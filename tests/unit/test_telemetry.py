@@ -8,12 +8,12 @@ import pandas as pd
 import pyarrow.parquet as pq
 import pytest
 
-from prism import telemetry_files
-from prism.flows import TCP_ACK, TCP_SYN, parse_frame
-from prism.packets import build_tcp_frame, build_udp_frame
-from prism.profiles import FlowStateCache, MirroringProfile
-from prism.records import SOURCE_TELEMETRY, read_records
-from prism.telemetry import (
+from prism.telemetry import files as telemetry_files
+from prism.flows.identity import TCP_ACK, TCP_SYN, parse_frame
+from testkit.packets import build_tcp_frame, build_udp_frame
+from prism.placement.profiles import FlowStateCache, MirroringProfile
+from prism.telemetry.records import SOURCE_TELEMETRY, read_records
+from prism.telemetry.rows import (
     ALL_ONES_32,
     ALL_ONES_64,
     TABLE_FLOWS,
@@ -30,7 +30,7 @@ from prism.telemetry import (
     stats_table,
     telemetry_group,
 )
-from prism.telemetry_files import TelemetryError, TelemetryWriter, part_files, read_flows, read_stats
+from prism.telemetry.files import TelemetryError, TelemetryWriter, part_files, read_flows, read_stats
 
 IDLE = 10
 START = 1_700_000_000.0  # 2023-11-14T22:13:20Z

@@ -6,7 +6,7 @@ import pytest
 import yaml
 
 from mininet_topos.prism_topo import PrismTopo, layout, prism_config, switch_of
-from prism.config import parse_config
+from prism.config.load import parse_config
 
 
 def test_one_switch_is_the_topology_it_always_was():

@@ -7,7 +7,7 @@ import io
 import pytest
 
 from prism import cli
-from prism.capture import (
+from prism.trace.capture import (
     LINKTYPE_ETHERNET,
     LINKTYPE_IPV4,
     LINKTYPE_IPV6,
@@ -20,9 +20,9 @@ from prism.capture import (
     CaptureError,
     read_packets,
 )
-from prism.flowmeter import FlowMeter
-from prism.flows import TCP_ACK, TCP_SYN, FlowKey, parse_ip
-from prism.records import (
+from prism.trace.flowmeter import FlowMeter
+from prism.flows.identity import TCP_ACK, TCP_SYN, FlowKey, parse_ip
+from prism.telemetry.records import (
     END_CAPTURE,
     END_FIN,
     END_IDLE,
@@ -32,7 +32,7 @@ from prism.records import (
     read_records,
     records_to_frame,
 )
-from prism.trace import decode, trace_file
+from prism.trace.cli import decode, trace_file
 
 from tests.unit.trace_helpers import (
     frame_for,

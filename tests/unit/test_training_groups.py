@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from prism.records import read_records
-from prism.training_groups import FINGERPRINTS_KEY, group_fingerprints, trained_groups, training_groups_facts
+from prism.telemetry.records import read_records
+from prism.telemetry.training_groups import FINGERPRINTS_KEY, group_fingerprints, trained_groups, training_groups_facts
 
 REPO = Path(__file__).resolve().parents[2]
 

@@ -6,7 +6,7 @@ import struct
 from pathlib import Path
 from typing import Iterable, List, Sequence, Tuple
 
-from prism.capture import (
+from prism.trace.capture import (
     LINKTYPE_ETHERNET,
     LINKTYPE_IPV4,
     LINKTYPE_IPV6,
@@ -17,8 +17,8 @@ from prism.capture import (
     LINKTYPE_RAW,
     LINKTYPE_RAW_BSD,
 )
-from prism.flows import TCP_ACK, TCP_FIN, TCP_SYN
-from prism.packets import ethernet_frame, ip_packet, tcp_segment, udp_datagram
+from prism.flows.identity import TCP_ACK, TCP_FIN, TCP_SYN
+from testkit.packets import ethernet_frame, ip_packet, tcp_segment, udp_datagram
 
 Packet = Tuple[float, bytes]  #: (timestamp, frame in the file's link type)
 

@@ -1,0 +1,1 @@
+"""Several controllers on one network: mastership of switches, shared state, takeover."""

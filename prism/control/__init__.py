@@ -1,0 +1,1 @@
+"""The controller across switches: cell health, failover and the views the REST API shows."""

@@ -1,0 +1,1 @@
+"""The management network: its datagrams, their authentication, the controller's generation."""

@@ -1,0 +1,1 @@
+"""Where a flow's state lives: the cell ring and mirroring profiles."""

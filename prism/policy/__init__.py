@@ -1,0 +1,1 @@
+"""Replication policies: which cells get a new flow's packets, within a budget."""

@@ -1,0 +1,1 @@
+"""The trace-driven simulator: flows, cells and failures through the controller's own code."""

@@ -1,0 +1,1 @@
+"""Telemetry: flow records and switch statistics, as rows and crash-safe Parquet files."""

@@ -1,0 +1,1 @@
+"""``prism trace``: captures and Argus binetflow files turned into flow records."""

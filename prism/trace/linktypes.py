@@ -1,0 +1,76 @@
+"""Link-layer headers of captured frames: where the IP packet starts, per link type."""
+
+from __future__ import annotations
+
+import struct
+from typing import Callable, Dict, Optional
+
+from prism.trace.capture import (
+    LINKTYPE_ETHERNET,
+    LINKTYPE_IPV4,
+    LINKTYPE_IPV6,
+    LINKTYPE_LINUX_SLL,
+    LINKTYPE_LINUX_SLL2,
+    LINKTYPE_LOOP,
+    LINKTYPE_NULL,
+    LINKTYPE_RAW,
+    LINKTYPE_RAW_BSD,
+)
+
+ETHERTYPE_IPV4 = 0x0800
+ETHERTYPE_IPV6 = 0x86DD
+SLL_HEADER = 16
+SLL2_HEADER = 20
+NULL_HEADER = 4
+#: BSD address families meaning IPv4 / IPv6 (IPv6's value differs per BSD).
+AF_INET = 2
+AF_INET6_VALUES = frozenset({10, 24, 28, 30})
+
+
+def _sll_payload(data: bytes) -> Optional[bytes]:
+    if len(data) < SLL_HEADER:
+        return None
+    (protocol,) = struct.unpack_from("!H", data, 14)
+    return data[SLL_HEADER:] if protocol in (ETHERTYPE_IPV4, ETHERTYPE_IPV6) else None
+
+
+def _sll2_payload(data: bytes) -> Optional[bytes]:
+    if len(data) < SLL2_HEADER:
+        return None
+    (protocol,) = struct.unpack_from("!H", data, 0)
+    return data[SLL2_HEADER:] if protocol in (ETHERTYPE_IPV4, ETHERTYPE_IPV6) else None
+
+
+def _null_payload(order: str) -> Callable[[bytes], Optional[bytes]]:
+    def payload(data: bytes) -> Optional[bytes]:
+        if len(data) < NULL_HEADER:
+            return None
+        (family,) = struct.unpack_from(order + "I", data)
+        if family != AF_INET and family not in AF_INET6_VALUES:
+            # A capture from another machine may store the family in the other order.
+            (family,) = struct.unpack_from(("<" if order == ">" else ">") + "I", data)
+        ok = family == AF_INET or family in AF_INET6_VALUES
+        return data[NULL_HEADER:] if ok else None
+
+    return payload
+
+
+def _raw_payload(data: bytes) -> Optional[bytes]:
+    return data
+
+
+#: Link type -> function returning the IP packet inside a frame (None: not IP).
+#: Ethernet is absent: whole frames go to ``prism.flows.identity.parse_frame``.
+IP_PAYLOAD: Dict[int, Callable[[bytes], Optional[bytes]]] = {
+    LINKTYPE_NULL: _null_payload("<"),
+    LINKTYPE_LOOP: _null_payload(">"),
+    LINKTYPE_RAW_BSD: _raw_payload,
+    LINKTYPE_RAW: _raw_payload,
+    LINKTYPE_IPV4: _raw_payload,
+    LINKTYPE_IPV6: _raw_payload,
+    LINKTYPE_LINUX_SLL: _sll_payload,
+    LINKTYPE_LINUX_SLL2: _sll2_payload,
+}
+
+#: Every link type a trace can decode.
+SUPPORTED_LINKTYPES = frozenset(IP_PAYLOAD) | {LINKTYPE_ETHERNET}

@@ -1,0 +1,1 @@
+"""Test tools, not part of the product: a fake OpenFlow switch and well-formed test frames."""
