@@ -41,10 +41,11 @@ from threadpoolctl import threadpool_limits
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from models.features import FirstPacket, FlowHistory, flow_features, replay_features  # noqa: E402
+from models.features import replay_features  # noqa: E402
 from models.predictor import Predictor  # noqa: E402
 from prism.config.load import CellConfig, SwitchConfig  # noqa: E402
 from prism.director.core import MirroringDirector  # noqa: E402
+from prism.policy.features import FirstPacket, FlowHistory, flow_features  # noqa: E402
 from prism.flows.identity import TCP_SYN, parse_frame  # noqa: E402
 from prism.openflow.changes import TABLE_FSC  # noqa: E402
 from testkit.packets import build_tcp_frame  # noqa: E402

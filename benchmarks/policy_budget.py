@@ -33,7 +33,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from prism.sim.evaluation import ranked_policy  # noqa: E402
-from models.features import FirstPacket  # noqa: E402
+from prism.policy.features import FirstPacket  # noqa: E402
 from models.predictor import Predictor  # noqa: E402
 from prism.policy.budget import BudgetSettings  # noqa: E402
 from prism.policy.predictive import PredictionEngine  # noqa: E402

@@ -7,7 +7,7 @@ manifest does not match this code (schema version, feature names and order),
 whose file is missing or differs from the digest in its manifest, or that
 holds any other type, is refused with a ``ModelError`` saying what to do.
 
-Two kinds of model (manifest ``kind``): ``first_packet`` (``models.features``
+Two kinds of model (manifest ``kind``): ``first_packet`` (``prism.policy.features``
 rows of a flow's first packet, for ``prism.policy.predictive``; the kind of
 manifests without the key) and ``aging`` (``prism.policy.aging_features`` rows of a
 live flow at an age milestone, for ``prism.policy.aging``). Every manifest
@@ -32,7 +32,7 @@ from prism.policy.aging_features import AGING_FEATURE_NAMES
 from prism.atomic import atomic_write_bytes
 from prism.telemetry.records import READABLE_SCHEMA_VERSIONS, SCHEMA_VERSION
 
-from models.features import FEATURE_NAMES
+from prism.policy.features import FEATURE_NAMES
 
 MODEL_FILE = "model.skops"
 MANIFEST_FILE = "manifest.json"

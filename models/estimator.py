@@ -20,7 +20,7 @@ from sklearn.base import BaseEstimator, ClassifierMixin, RegressorMixin
 from sklearn.ensemble import HistGradientBoostingClassifier, HistGradientBoostingRegressor
 from sklearn.utils.validation import check_is_fitted, validate_data
 
-from models.features import FEATURE_NAMES
+from prism.policy.features import FEATURE_NAMES
 
 _PROTO = FEATURE_NAMES.index("proto")
 _PORT = FEATURE_NAMES.index("service_port")

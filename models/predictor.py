@@ -27,9 +27,10 @@ from threadpoolctl import threadpool_limits
 
 from models.artifact import KIND_AGING, LoadedModel, ModelError, load_model, model_kind
 from models.estimator import ALIVE, BYTES, DURATION, PACKETS
-from models.features import FEATURE_NAMES
+from prism.policy.features import FEATURE_NAMES
 
 PROBE_TOLERANCE = 1e-9
+PREDICT_CHUNK = 50_000  #: rows per batched call of ``replay_durations`` (bounds its temporary arrays)
 REMAINING_PACKETS = "remaining_packets"
 _LEAF = -1
 
@@ -217,7 +218,7 @@ class Predictor(_ModelView):
         return points[max(fitting)] if fitting else None
 
     def predict_one(self, features: Sequence[float]) -> Prediction:
-        """Predict one flow from ``models.features.flow_features`` output."""
+        """Predict one flow from ``prism.policy.features.flow_features`` output."""
         return Prediction(
             self._alive.predict(features),
             math.expm1(self._duration.predict(features)),
@@ -256,6 +257,29 @@ class Predictor(_ModelView):
             PACKETS: np.expm1(self._packets.predict_batch(X)),
             BYTES: np.expm1(self._bytes.predict_batch(X)),
         }
+
+    def replay_durations(self, frame, stage=None) -> np.ndarray:
+        """The expected duration (s) of every flow record, from the features a controller would have seen.
+
+        Args:
+            frame: flow records sorted by start (``prism.telemetry.records`` columns).
+            stage: progress reporting, ``stage(name, total)`` -> update function
+                (``prism.sim.run.Stage``): a "features" stage, then a "predict" one.
+        """
+        from models.features import replay_features
+
+        done = stage("features", len(frame)) if stage is not None else None
+        features = replay_features(frame, self.horizon_s, float(self.manifest.get("report_delay_s", 0.0)))
+        if done is not None:
+            done(len(frame))
+        progress = stage("predict", len(frame)) if stage is not None else None
+        out = np.empty(len(frame), dtype=np.float64)
+        for start in range(0, len(frame), PREDICT_CHUNK):
+            stop = start + PREDICT_CHUNK
+            out[start:stop] = self.predict_batch(features[start:stop])[DURATION]
+            if progress is not None:
+                progress(len(out[start:stop]))
+        return out
 
     def _check_against_sklearn(self) -> None:
         probe = probe_matrix(self.manifest)

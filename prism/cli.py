@@ -21,7 +21,7 @@ SUBCOMMANDS = {
     "trace": ("prism.trace.cli", "turn pcap/pcapng captures and Argus binetflow files into flow records"),
     "train": ("models.train_cli", "train the state prediction model on flow records"),
     "evaluate": ("models.evaluate_cli", "compare replication policies on flow records with a model"),
-    "simulate": ("prism.sim.cli", "simulate policies, cells and failures on flow records or a generated population"),
+    "simulate": ("models.simulate_cli", "simulate policies, cells and failures on flow records or a generated population"),
 }
 
 

@@ -4,7 +4,7 @@ A flow is described by what it has shown so far, never by the numbers of its
 ports: its age, its packets and bytes (both directions), its rate overall and
 since the previous milestone, its mean packet size, its protocol and, at most,
 a coarse port class (well-known, registered or dynamic ports). The same
-function makes the rows the model is trained on (``models.features``, from
+function makes the rows the model is trained on (``models.aging.aging_rows``, from
 flow records' milestone columns) and the rows the controller asks about
 (``prism.policy.aging.AgingPolicy.redecide``), so both see one definition.
 

@@ -4,7 +4,7 @@ For every new flow (``PredictivePolicy.profile_for``, the packet-in path):
 
 1. **Placement.** The primary is the first live cell of the flow's ring order,
    as with ``FixedPolicy``, so both policies place a flow on the same cell.
-2. **Prediction.** ``models.features.flow_features`` (first packet + the
+2. **Prediction.** ``prism.policy.features.flow_features`` (first packet + the
    bounded history of recent flows) and the model's predicted duration.
 3. **Risk.** The score is the predicted duration times how much likelier the
    primary is to fail within ``horizon_s`` than the median cell of the switch
@@ -42,7 +42,7 @@ from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Collection, Dict, List, Mapping, Optional, Protocol, Sequence, Tuple, Union
 
-from models.features import FirstPacket, FlowHistory, flow_features
+from prism.policy.features import FirstPacket, FlowHistory, flow_features
 from prism.policy.budget import CHEAP_FLOWS_BUDGET_SHARE, DEFAULT_CHEAP_FLOW_PACKETS, BudgetSettings, BudgetTracker
 from prism.flows.outcome import flow_outcome
 from prism.flows.identity import FlowKey, PacketInfo

@@ -17,9 +17,9 @@
   flow in start order, whether it is mirrored; it starts from the model's
   training threshold and re-fits its line on the flows that ended (each
   reported one idle timeout after its last packet), so that mirror copies per
-  packet track the budget. Scores come from ``models.features.replay_features``
-  and ``Predictor.predict_batch`` in chunks: the values the controller's
-  single-flow path computes. Not simulated: the policy's move of a mirror off
+  packet track the budget. Scores come from the model
+  (``models.predictor.Predictor.replay_durations``: the values the
+  controller's single-flow path computes). Not simulated: the policy's move of a mirror off
   a cell holding 1.5x the mean mirror load.
 - ``predictive, training threshold``: the model manifest's threshold for the
   budget kept fixed.
@@ -59,7 +59,6 @@ MODEL_POLICIES = (PREDICTIVE, PREDICTIVE_THRESHOLD, PREDICTIVE_RANKED)
 #: Policies that decide once, at birth, with a fixed factor and mode.
 FIXED_POLICIES = {NONE: (0, "full"), FIXED_RF1: (1, "full"), FIXED_RF2: (2, "full"), FIXED_RF1_STATE: (1, "state")}
 DEFAULT_BUDGET = 0.25
-PREDICT_CHUNK = 50_000  #: rows per batched predictor call (bounds its temporary arrays)
 
 #: ``stage(name, total)`` returns a function called with units done (``prism.sim.run.Stage``).
 Stage = Callable[[str, int], Callable[[int], None]]
@@ -69,33 +68,6 @@ ControllerReplay = Callable[[pd.DataFrame], object]
 
 class PolicyError(ValueError):
     """A policy that cannot be computed as asked; the message says what to change."""
-
-
-def predicted_durations(frame: pd.DataFrame, predictor, stage: Optional[Stage] = None) -> np.ndarray:
-    """The SPE's expected duration (s) of every flow, with the features a controller would have seen.
-
-    Args:
-        frame: flow records sorted by start (``prism.telemetry.records`` columns).
-        predictor: a loaded ``models.predictor.Predictor``.
-        stage: progress reporting, ``stage(name, total)`` -> update function
-            (``prism.sim.run.Stage``): a "features" stage, then a "predict" one.
-    """
-    from models.estimator import DURATION
-    from models.features import replay_features
-
-    report_delay_s = float(predictor.manifest.get("report_delay_s", 0.0))
-    done = stage("features", len(frame)) if stage is not None else None
-    features = replay_features(frame, predictor.horizon_s, report_delay_s)
-    if done is not None:
-        done(len(frame))
-    progress = stage("predict", len(frame)) if stage is not None else None
-    out = np.empty(len(frame), dtype=np.float64)
-    for start in range(0, len(frame), PREDICT_CHUNK):
-        stop = start + PREDICT_CHUNK
-        out[start:stop] = predictor.predict_batch(features[start:stop])[DURATION]
-        if progress is not None:
-            progress(len(out[start:stop]))
-    return out
 
 
 def budget_decisions(curves: FlowCurves, scores, budget: float, mode: str = "full",
@@ -164,7 +136,7 @@ def model_decisions(
     wanted = [name for name in names if name in MODEL_POLICIES]
     if not wanted:
         return {}
-    scores = np.maximum(predicted_durations(frame, predictor, stage), 0.0)
+    scores = np.maximum(predictor.replay_durations(frame, stage), 0.0)
     out: Dict[str, Decisions] = {}
     if PREDICTIVE in wanted:
         out[PREDICTIVE] = Decisions.at_birth(online_factors(frame, scores, predictor, budget))

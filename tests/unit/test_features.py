@@ -7,7 +7,9 @@ import math
 import numpy as np
 import pytest
 
-from models.features import (
+from models.features import replay_features
+from prism.flows.identity import TCP_SYN, ip_to_bytes, parse_frame
+from prism.policy.features import (
     FEATURE_NAMES,
     SERVICE_DNS,
     SERVICE_DYNAMIC,
@@ -19,11 +21,9 @@ from models.features import (
     FirstPacket,
     FlowHistory,
     flow_features,
-    replay_features,
     service_of,
 )
 from prism.trace.flowmeter import FlowMeter
-from prism.flows.identity import TCP_SYN, ip_to_bytes, parse_frame
 from testkit.packets import build_tcp_frame
 from prism.telemetry.records import records_to_frame
 

@@ -16,7 +16,7 @@ from sklearn.preprocessing import StandardScaler
 from models import artifact
 from models.artifact import MANIFEST_FILE, MODEL_FILE, ModelError, load_model, save_model
 from models.estimator import ServicePortMean, ServicePortRate
-from models.features import FEATURE_NAMES
+from prism.policy.features import FEATURE_NAMES
 from models import predictor as predictor_module
 from models.aging import AgingTrainConfig, train_aging
 from models.predictor import AgingPredictor, CompactEnsemble, Predictor

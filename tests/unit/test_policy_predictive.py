@@ -7,7 +7,7 @@ from typing import Dict, List, Optional
 
 import pytest
 
-from models.features import FEATURE_NAMES, FirstPacket
+from prism.policy.features import FEATURE_NAMES, FirstPacket
 from testkit import oxm
 from prism.policy.budget import BudgetSettings
 from prism.config.load import CellConfig, SwitchConfig

@@ -233,7 +233,7 @@ def spread():
 
 def test_predictive_decisions_are_the_controllers(predictor, spread):
     """Batched scores + the budget loop decide exactly what the controller's engine decides flow by flow."""
-    from models.features import FirstPacket
+    from prism.policy.features import FirstPacket
     from prism.policy.budget import BudgetSettings
     from prism.policy.predictive import PredictionEngine
 

@@ -14,6 +14,8 @@ from typing import Dict, List, Optional
 import numpy as np
 import pandas as pd
 
+from models.artifact import ModelError
+from models.controller_row import SHIPPED_CONFIG
 from prism.atomic import atomic_write_bytes
 from prism.telemetry.records import RecordsError, read_records
 from prism.telemetry.training_groups import trained_groups
@@ -26,8 +28,7 @@ from prism.sim.flows import SimulationError
 from prism.sim.engine import DEFAULT_SAMPLES, DEFAULT_SEED_TIME_S, SimSettings
 
 #: The first-packet SPE of the predictive policies (models/default is the aging model).
-DEFAULT_MODEL = Path(__file__).resolve().parents[2] / "models" / "first_packet"
-DEFAULT_CONFIG = Path(__file__).resolve().parents[2] / "examples" / "prism.yaml"
+DEFAULT_MODEL = Path(__file__).resolve().parent / "first_packet"
 DEFAULT_FLOWS = 100_000
 DEFAULT_CELLS = 64
 #: Failures per hour over all cells: a stress (each of 64 cells fails every ~11 min)
@@ -64,7 +65,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="policies to compare: " + ", ".join(repr(p) for p in ALL_POLICIES))  # fmt: skip
     parser.add_argument("--model", default=str(DEFAULT_MODEL), metavar="DIR",
                         help="first-packet SPE model directory of the predictive policies (default models/first_packet)")  # fmt: skip
-    parser.add_argument("--config", default=str(DEFAULT_CONFIG), metavar="FILE",
+    parser.add_argument("--config", default=str(SHIPPED_CONFIG), metavar="FILE",
                         help="configuration whose policy gives the controller row, replayed flow by flow "
                              "(default: the shipped examples/prism.yaml)")  # fmt: skip
     parser.add_argument("--budget-mode", choices=("full", "state"), default="full",
@@ -134,7 +135,6 @@ def _controller(args):
     """The controller row's replay (``models.controller_row``), if that row is asked for."""
     if CONTROLLER not in args.policies:
         return None
-    from models.artifact import ModelError
     from models.controller_row import controller_replay
     from prism.config.load import ConfigError
 
@@ -147,7 +147,6 @@ def _controller(args):
 def _load_model(args):
     if not any(name in MODEL_POLICIES for name in args.policies):
         return None
-    from models.artifact import ModelError
     from models.predictor import Predictor
 
     try:
@@ -223,7 +222,7 @@ def _peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 
-def main(argv: Optional[List[str]] = None) -> int:  # pragma: no cover - python -m prism.sim.cli
+def main(argv: Optional[List[str]] = None) -> int:  # pragma: no cover - python -m models.simulate_cli
     parser = argparse.ArgumentParser(prog="prism simulate")
     add_arguments(parser)
     return run(parser.parse_args(argv))
