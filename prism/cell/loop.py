@@ -11,6 +11,7 @@ from typing import Callable, Dict, List, Optional, Protocol
 from prism.cell.bfd import BFD_MAC, BfdSpeaker
 from prism.cell.cell import Cell
 from prism.cell.io import FATAL_ERRNOS, CellIOError
+from prism.clock import AnchoredClock
 
 LOG = logging.getLogger(__name__)
 
@@ -57,25 +58,29 @@ class CellLoop:
 
     Timers, ticks and BFD are scheduled on a monotonic clock, so a step of the
     wall clock neither fires nor starves them; the cell and the callbacks get
-    the wall-clock ``now`` (its records travel between cells).
+    ``clock``'s ``now``, on the wall clock's scale (its records travel between cells).
 
     Args:
         cell: The cell.
         port: Its packet socket.
-        clock: Wall-clock time source (records travel between cells).
+        clock: The cell's time (default: monotonic on the wall clock's scale,
+            ``prism.clock.AnchoredClock``: a wall-clock step expires no flow, and
+            the ``last_seen`` it replicates still reads as a date).
         tick_interval_s: Period of ``cell.tick``.
         batch: Frames handled per wake-up at most.
         monotonic: Scheduling clock (default ``time.monotonic``; with a test ``clock``, that clock).
     """
 
-    def __init__(self, cell: Cell, port: FramePort, clock: Callable[[], float] = time.time,
+    def __init__(self, cell: Cell, port: FramePort, clock: Optional[Callable[[], float]] = None,
                  tick_interval_s: float = DEFAULT_TICK_S, batch: int = RECV_BATCH,
                  monotonic: Optional[Callable[[], float]] = None) -> None:  # fmt: skip
         self.cell = cell
         self.port = port
+        if clock is None:
+            clock, monotonic = AnchoredClock().now, monotonic or time.monotonic
         self.clock = clock
         if monotonic is None:
-            monotonic = time.monotonic if clock is time.time else clock
+            monotonic = clock
         self.monotonic = monotonic
         self.bfd: Optional[BfdSpeaker] = None
         self.tick_interval_s = tick_interval_s

@@ -198,7 +198,7 @@ def run(args: argparse.Namespace) -> int:
                                                    max_assignments=args.max_assignments),
                                        auth=auth)  # fmt: skip
             attach(loop, smm, transport)
-        server = StateServer(state_path, lambda: cell_state_document(cell, smm, args.interface, speaker))
+        server = StateServer(state_path, lambda: cell_state_document(cell, smm, args.interface, loop.clock(), speaker))
         loop.add_reader(server.fileno(), server.serve_pending)
         for signum in (signal.SIGTERM, signal.SIGINT):
             previous[signum] = signal.signal(signum, lambda *_: loop.stop())
@@ -250,14 +250,15 @@ def _management_key(path):
     return key_bytes(text, f"the environment variable {DEFAULT_MGMT_KEY_ENV}")
 
 
-def cell_state_document(cell: Cell, smm, interface: str, speaker: Optional[BfdSpeaker] = None) -> dict:
-    """The state document: the cell's, plus ``replication`` (the SMM's) and ``bfd`` when it runs them."""
+def cell_state_document(cell: Cell, smm, interface: str, now: float, speaker: Optional[BfdSpeaker] = None) -> dict:
+    """The state document as of ``now`` (the cell loop's clock): the cell's, plus ``replication`` (the SMM's)
+    and ``bfd`` when it runs them."""
     extra = {"interface": interface}
     if smm is not None:
         extra["replication"] = smm.describe()
     if speaker is not None:
         extra["bfd"] = speaker.describe(time.monotonic())
-    return cell.state_document(time.time(), **extra)
+    return cell.state_document(now, **extra)
 
 
 #: ``path_down`` reason of a cell asked to drain (SIGUSR1).

@@ -96,7 +96,7 @@ class RunningCell:
         self.loop = CellLoop(self.cell, self.port, tick_interval_s=TICK_S)
         attach(self.loop, self.smm, self.transport)
         self.state_path = state_path
-        self.server = StateServer(state_path, lambda: cell_state_document(self.cell, self.smm, "queue"))
+        self.server = StateServer(state_path, lambda: cell_state_document(self.cell, self.smm, "queue", self.loop.clock()))
         self.loop.add_reader(self.server.fileno(), self.server.serve_pending)
         self.thread = threading.Thread(target=self.loop.run, name=f"cell-{cell_id}", daemon=True)
 

@@ -1,9 +1,11 @@
 """Tests for the cell loop's timers (the SMM's heartbeats): regular, on phase, never bursting, never fatal."""
 
 import os
+import time
 
 from prism.cell.cell import Cell
 from prism.cell.loop import CellLoop
+from prism.clock import AnchoredClock
 
 INTERVAL = 0.1
 
@@ -99,3 +101,19 @@ def test_a_failing_timer_is_logged_and_the_loop_goes_on():
         loop.close()
         port.close()
     assert len(calls) == 3
+
+
+def test_a_wall_clock_step_moves_no_cell_time():
+    """The cell's default clock is monotonic on the wall clock's scale: an hour's step expires none of its flows."""
+    port = IdlePort()
+    try:
+        clock = CellLoop(Cell("c1"), port).clock
+        assert isinstance(getattr(clock, "__self__", None), AnchoredClock), clock
+        assert abs(clock() - time.time()) < 5  # records (last_seen) still read as dates
+    finally:
+        port.close()
+    readings = {"mono": 100.0, "wall": 1_700_000_000.0}
+    anchored = AnchoredClock(monotonic=lambda: readings["mono"], wall=lambda: readings["wall"])
+    readings["wall"] += 3600.0
+    readings["mono"] += 1.0
+    assert anchored.now() == 1_700_000_001.0

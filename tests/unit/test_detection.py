@@ -17,7 +17,7 @@ from ryu.ofproto import ofproto_v1_3, ofproto_v1_3_parser  # noqa: E402
 from prism.mgmt import protocol as mgmt  # noqa: E402
 from prism.control.health import FailureDetector, FailureKind, HealthSettings  # noqa: E402
 from prism.mgmt.auth import MgmtAuth  # noqa: E402
-from ryu_apps.clock import ControllerClock  # noqa: E402
+from prism.clock import AnchoredClock  # noqa: E402
 from ryu_apps.mgmt_channel import MgmtChannel  # noqa: E402
 from test_director_app_failover import KEY_TEXT, FakeDatapath, connect_with_flows, group_mods  # noqa: E402
 
@@ -129,7 +129,7 @@ def test_a_two_second_controller_stall_kills_no_beating_cell(tmp_path, monkeypat
 
 def test_a_wall_clock_step_moves_neither_the_clock_nor_a_verdict():
     readings = {"mono": 50.0, "wall": 1_700_000_000.0}
-    clock = ControllerClock(monotonic=lambda: readings["mono"], wall=lambda: readings["wall"])
+    clock = AnchoredClock(monotonic=lambda: readings["mono"], wall=lambda: readings["wall"])
     detector = FailureDetector(["c1"], clock.now(), HealthSettings())
     detector.on_heartbeat("c1", clock.now(), 1)
     readings["wall"] += 3600.0 + 0.1  # 0.1 s passes, and the wall clock steps an hour forward

@@ -1,6 +1,7 @@
 """Tests for the SMM's command-line options of ``prism cell``, its address parsing and its UDP socket."""
 
 import select
+import time
 
 import pytest
 
@@ -72,8 +73,8 @@ def test_the_state_document_and_cell_state_show_replication():
     cell = Cell("c1")
     smm = StateMirroringModule(cell, transport=None, controller=("172.30.0.254", 7600))
     smm.counters.records_sent = 12
-    document = cell_state_document(cell, smm, "c1-eth0")
+    document = cell_state_document(cell, smm, "c1-eth0", time.time())
     assert document["replication"]["counters"]["records_sent"] == 12
     assert document["replication"]["controller"] == ["172.30.0.254", 7600]
     assert "replication: sent 12 records" in format_state(document)
-    assert "replication" not in cell_state_document(cell, None, "c1-eth0")
+    assert "replication" not in cell_state_document(cell, None, "c1-eth0", time.time())
