@@ -1,4 +1,4 @@
-"""The test-frame builders (testkit.packets, testkit.oxm): dpkt finds their checksums valid, parse_frame their fields."""
+"""The test-frame builders (testkit.packets, testkit.oxm): dpkt finds their checksums valid, parse_frame reads them."""
 
 from __future__ import annotations
 
@@ -7,8 +7,18 @@ import struct
 import dpkt
 import pytest
 
-from prism.flows.identity import PROTO_ICMP, PROTO_ICMPV6, PROTO_SCTP, PROTO_TCP, PROTO_UDP, TCP_ACK, TCP_SYN
-from prism.flows.identity import PacketInfo, ip_to_bytes, parse_frame
+from prism.flows.identity import (
+    PROTO_ICMP,
+    PROTO_ICMPV6,
+    PROTO_SCTP,
+    PROTO_TCP,
+    PROTO_UDP,
+    TCP_ACK,
+    TCP_SYN,
+    PacketInfo,
+    ip_to_bytes,
+    parse_frame,
+)
 from testkit import oxm, packets
 
 C4, S4, C6, S6 = "10.0.0.1", "10.0.0.2", "2001:db8::1", "2001:db8::2"
