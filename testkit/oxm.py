@@ -19,6 +19,8 @@ import ipaddress
 import struct
 from typing import Any, Dict, Mapping
 
+import dpkt
+
 ETH_TYPE_IPV4 = 0x0800
 ETH_TYPE_ARP = 0x0806
 ETH_TYPE_VLAN = 0x8100
@@ -46,7 +48,7 @@ _IPV4 = struct.Struct("!BBHHHBBH4s4s")
 _IPV6 = struct.Struct("!IHBB16s16s")
 _TCP = struct.Struct("!HHIIBBHHH")
 _UDP = struct.Struct("!HHHH")
-_SCTP = struct.Struct("!HHII")  # ports, verification tag, checksum (left 0: nothing here checks it)
+_SCTP = struct.Struct("!HHII")  # ports, verification tag, checksum
 _ICMP = struct.Struct("!BBH")
 _ICMP_REST = 4  # identifier/sequence or unused word after type, code, checksum
 
@@ -94,23 +96,9 @@ def _mac_text(raw: bytes) -> str:
     return ":".join(f"{b:02x}" for b in raw)
 
 
-def _checksum(data: bytes) -> int:
-    if len(data) % 2:
-        data += b"\0"
-    total = sum(struct.unpack(f"!{len(data) // 2}H", data))
-    while total >> 16:
-        total = (total & 0xFFFF) + (total >> 16)
-    return ~total & 0xFFFF
-
-
-def _with_checksum(segment: bytes, offset: int, pseudo: bytes) -> bytes:
-    value = _checksum(pseudo + segment)
-    return segment[:offset] + struct.pack("!H", value) + segment[offset + 2 :]
-
-
 # --- Building ---------------------------------------------------------------
 def to_frame(packet: Mapping[str, Any]) -> bytes:
-    """The Ethernet frame of ``packet`` (defaults for missing fields, real checksums).
+    """The Ethernet frame of ``packet`` (defaults for missing fields, real checksums, dpkt's headers).
 
     A packet without ``eth_type`` is raw bytes: its ``payload`` alone.
     """
@@ -118,77 +106,71 @@ def to_frame(packet: Mapping[str, Any]) -> bytes:
     if "eth_type" not in packet:
         return payload
     eth_type = packet["eth_type"]
-    header = _mac(packet.get("eth_dst", BROADCAST_MAC)) + _mac(packet.get("eth_src", "00:00:00:00:00:00"))
-    if "vlan_vid" in packet:
-        tci = (packet.get("vlan_pcp", 0) << 13) | (packet["vlan_vid"] & 0x0FFF)
-        header += struct.pack("!HH", ETH_TYPE_VLAN, tci)
-    header += struct.pack("!H", eth_type)
+    body: Any = payload
     if eth_type == ETH_TYPE_ARP and "arp_op" in packet:
-        return header + _arp(packet) + payload
-    if eth_type == ETH_TYPE_IPV4 and ("ipv4_src" in packet or "ip_proto" in packet):
-        return header + _ipv4(packet, payload)
-    if eth_type == ETH_TYPE_IPV6 and ("ipv6_src" in packet or "ip_proto" in packet):
-        return header + _ipv6(packet, payload)
-    return header + payload
+        body = _arp(packet) + payload
+    elif eth_type == ETH_TYPE_IPV4 and ("ipv4_src" in packet or "ip_proto" in packet):
+        body = _ipv4(packet, payload)
+    elif eth_type == ETH_TYPE_IPV6 and ("ipv6_src" in packet or "ip_proto" in packet):
+        body = _ipv6(packet, payload)
+    if "vlan_vid" in packet:
+        tag = dpkt.ethernet.VLANtag8021Q(pri=packet.get("vlan_pcp", 0), id=packet["vlan_vid"] & 0x0FFF, type=eth_type)
+        body, eth_type = bytes(tag) + bytes(body), ETH_TYPE_VLAN
+    header = dpkt.ethernet.Ethernet(dst=_mac(packet.get("eth_dst", BROADCAST_MAC)),
+                                    src=_mac(packet.get("eth_src", "00:00:00:00:00:00")), type=eth_type)
+    return header.pack_hdr() + bytes(body)  # not data=: dpkt's Ethernet would parse it and pack it anew
 
 
 def _arp(packet: Mapping[str, Any]) -> bytes:
-    return _ARP.pack(
-        1, ETH_TYPE_IPV4, 6, 4, packet["arp_op"],
-        _mac(packet.get("arp_sha", "00:00:00:00:00:00")),
-        ipaddress.IPv4Address(packet.get("arp_spa", "0.0.0.0")).packed,
-        _mac(packet.get("arp_tha", "00:00:00:00:00:00")),
-        ipaddress.IPv4Address(packet.get("arp_tpa", "0.0.0.0")).packed,
-    )  # fmt: skip
+    return bytes(dpkt.arp.ARP(
+        op=packet["arp_op"], sha=_mac(packet.get("arp_sha", "00:00:00:00:00:00")),
+        spa=ipaddress.IPv4Address(packet.get("arp_spa", "0.0.0.0")).packed,
+        tha=_mac(packet.get("arp_tha", "00:00:00:00:00:00")),
+        tpa=ipaddress.IPv4Address(packet.get("arp_tpa", "0.0.0.0")).packed,
+    ))  # fmt: skip
 
 
-def _l4(packet: Mapping[str, Any], payload: bytes, pseudo: bytes) -> bytes:
-    """The transport segment (checksum filled in) or ``payload`` if there is none."""
+def _l4(packet: Mapping[str, Any], payload: bytes) -> Any:
+    """The transport message (its IP layer fills in the checksum when packed), or ``payload`` if there is none."""
     proto = packet.get("ip_proto", 0)
     if proto == PROTO_TCP and "tcp_src" in packet:
-        segment = _TCP.pack(
-            packet["tcp_src"], packet.get("tcp_dst", 0), packet.get("tcp_seq", 0),
-            packet.get("tcp_ack", 0), 5 << 4, packet.get("tcp_flags", 0) & 0xFF,
-            packet.get("tcp_window", 65535), 0, 0,
-        ) + payload  # fmt: skip
-        return _with_checksum(segment, 16, pseudo + struct.pack("!xBH", proto, len(segment)))
+        return dpkt.tcp.TCP(
+            sport=packet["tcp_src"], dport=packet.get("tcp_dst", 0), seq=packet.get("tcp_seq", 0),
+            ack=packet.get("tcp_ack", 0), flags=packet.get("tcp_flags", 0) & 0xFF,
+            win=packet.get("tcp_window", 65535), data=payload,
+        )  # fmt: skip
     if proto == PROTO_UDP and "udp_src" in packet:
-        segment = (
-            _UDP.pack(packet["udp_src"], packet.get("udp_dst", 0), _UDP.size + len(payload), 0) + payload
-        )
-        return _with_checksum(segment, 6, pseudo + struct.pack("!xBH", proto, len(segment)))
+        return dpkt.udp.UDP(sport=packet["udp_src"], dport=packet.get("udp_dst", 0),
+                            ulen=dpkt.udp.UDP.__hdr_len__ + len(payload), data=payload)  # fmt: skip
     if proto == PROTO_SCTP and "sctp_src" in packet:
-        return _SCTP.pack(packet["sctp_src"], packet.get("sctp_dst", 0), 0, 0) + payload
+        return bytes(dpkt.sctp.SCTP(sport=packet["sctp_src"], dport=packet.get("sctp_dst", 0), chunks=[payload]))
     if proto == PROTO_ICMP and "icmpv4_type" in packet:
-        segment = _ICMP.pack(packet["icmpv4_type"], packet.get("icmpv4_code", 0), 0) + payload
-        return _with_checksum(segment, 2, b"")
+        return bytes(dpkt.icmp.ICMP(type=packet["icmpv4_type"], code=packet.get("icmpv4_code", 0), data=payload))
     if proto == PROTO_ICMPV6 and "icmpv6_type" in packet:
         body = payload
         if "ipv6_nd_target" in packet:
             body = bytes(_ICMP_REST) + ipaddress.IPv6Address(packet["ipv6_nd_target"]).packed + payload
-        segment = _ICMP.pack(packet["icmpv6_type"], packet.get("icmpv6_code", 0), 0) + body
-        return _with_checksum(segment, 2, pseudo + struct.pack("!IxxxB", len(segment), proto))
+        return dpkt.icmp6.ICMP6(type=packet["icmpv6_type"], code=packet.get("icmpv6_code", 0), data=body)
     return payload
 
 
 def _ipv4(packet: Mapping[str, Any], payload: bytes) -> bytes:
-    src = ipaddress.IPv4Address(packet.get("ipv4_src", "0.0.0.0")).packed
-    dst = ipaddress.IPv4Address(packet.get("ipv4_dst", "0.0.0.0")).packed
-    proto = packet.get("ip_proto", 0)
-    body = _l4(packet, payload, src + dst)
-    tos = (packet.get("ip_dscp", 0) << 2) | packet.get("ip_ecn", 0)
-    header = _IPV4.pack(0x45, tos, 20 + len(body), 0, 0, packet.get("ip_ttl", 64), proto, 0, src, dst)
-    return header[:10] + struct.pack("!H", _checksum(header)) + header[12:] + body
+    return bytes(dpkt.ip.IP(
+        tos=(packet.get("ip_dscp", 0) << 2) | packet.get("ip_ecn", 0), ttl=packet.get("ip_ttl", 64),
+        p=packet.get("ip_proto", 0), src=ipaddress.IPv4Address(packet.get("ipv4_src", "0.0.0.0")).packed,
+        dst=ipaddress.IPv4Address(packet.get("ipv4_dst", "0.0.0.0")).packed, data=_l4(packet, payload),
+    ))  # fmt: skip
 
 
 def _ipv6(packet: Mapping[str, Any], payload: bytes) -> bytes:
-    src = ipaddress.IPv6Address(packet.get("ipv6_src", "::")).packed
-    dst = ipaddress.IPv6Address(packet.get("ipv6_dst", "::")).packed
-    proto = packet.get("ip_proto", 0)
-    body = _l4(packet, payload, src + dst)
+    body = _l4(packet, payload)
     tc = (packet.get("ip_dscp", 0) << 2) | packet.get("ip_ecn", 0)
-    first = (6 << 28) | (tc << 20) | (packet.get("ipv6_flabel", 0) & 0xFFFFF)
-    return _IPV6.pack(first, len(body), proto, packet.get("ip_ttl", 64), src, dst) + body
+    return bytes(dpkt.ip6.IP6(
+        _v_fc_flow=(6 << 28) | (tc << 20) | (packet.get("ipv6_flabel", 0) & 0xFFFFF), plen=len(body),
+        nxt=packet.get("ip_proto", 0), hlim=packet.get("ip_ttl", 64),
+        src=ipaddress.IPv6Address(packet.get("ipv6_src", "::")).packed,
+        dst=ipaddress.IPv6Address(packet.get("ipv6_dst", "::")).packed, data=body,
+    ))  # fmt: skip
 
 
 # --- Parsing -------------------------------------------------------------------

@@ -1,9 +1,16 @@
-"""Build well-formed test frames (Ethernet/VLAN, IPv4/IPv6, TCP/UDP/SCTP/ICMP) with correct checksums."""
+"""Build well-formed test frames (Ethernet/VLAN, IPv4/IPv6, TCP/UDP/SCTP/ICMP) with correct checksums.
+
+The headers are dpkt's (``dpkt.tcp.TCP``, ``dpkt.ip.IP`` ...) and dpkt fills in
+the checksums: the transport's over its IPv4/IPv6 pseudo header, the IPv4
+header's, ICMP's and SCTP's CRC32c. Test tools only: the controller parses
+frames with its own hot-path code (``prism.flows.identity.parse_frame``).
+"""
 
 from __future__ import annotations
 
-import struct
-from typing import Iterable, Optional, Sequence, Tuple
+from typing import Iterable, Optional, Sequence, Tuple, Union
+
+import dpkt
 
 from prism.flows.identity import (
     ETH_TYPE_8021AD,
@@ -26,61 +33,31 @@ DEFAULT_ETH_SRC = "02:00:00:00:00:01"
 DEFAULT_ETH_DST = "02:00:00:00:00:02"
 DEFAULT_TTL = 64
 DEFAULT_WINDOW = 65535
-IPV4_FLAG_MORE_FRAGMENTS = 0x2000
-IPV4_FLAG_DONT_FRAGMENT = 0x4000
-IPV6_FLAG_MORE_FRAGMENTS = 0x0001
 ICMP_ECHO_REQUEST = 8
 ICMPV6_ECHO_REQUEST = 128
 ETH_MIN_FRAME_LEN = 60  #: without FCS; shorter frames are padded with zeros
+ETH_TYPE_ARP = 0x0806
+#: A UDP checksum of 0 means "none", so a computed 0 is sent as this (RFC 768).
+UDP_CHECKSUM_OF_ZERO = 0xFFFF
 
-_ETH = struct.Struct("!6s6sH")
-_VLAN_TAG = struct.Struct("!HH")
-_IPV4 = struct.Struct("!BBHHHBBH4s4s")
-_IPV6 = struct.Struct("!IHBB16s16s")
-_TCP = struct.Struct("!HHIIBBHHH")
-_UDP = struct.Struct("!HHHH")
-_SCTP = struct.Struct("!HHII")
-_ICMP_ECHO = struct.Struct("!BBHHH")
-_IPV6_FRAG = struct.Struct("!BBHI")
-_U16 = struct.Struct("!H")
-_CRC32C_POLY = 0x82F63B78
+Transport = Union[dpkt.tcp.TCP, dpkt.udp.UDP, dpkt.icmp.ICMP, dpkt.icmp6.ICMP6]
 
 
-def internet_checksum(data: bytes) -> int:
-    """RFC 1071 one's-complement checksum of ``data``."""
-    if len(data) % 2:
-        data += b"\0"
-    total = sum(struct.unpack(f"!{len(data) // 2}H", data))
-    while total >> 16:
-        total = (total & 0xFFFF) + (total >> 16)
-    return ~total & 0xFFFF
+def _checksummed(src: str, dst: str, proto: int, message: Transport) -> bytes:
+    """``message`` packed with its checksum over the pseudo header of ``src`` -> ``dst``.
 
-
-def _pseudo_header(src: bytes, dst: bytes, proto: int, length: int) -> bytes:
-    if len(src) == 4:
-        return src + dst + struct.pack("!BBH", 0, proto, length)
-    return src + dst + struct.pack("!IxxxB", length, proto)
-
-
-def _crc32c_table() -> Tuple[int, ...]:
-    table = []
-    for byte in range(256):
-        crc = byte
-        for _ in range(8):
-            crc = (crc >> 1) ^ _CRC32C_POLY if crc & 1 else crc >> 1
-        table.append(crc)
-    return tuple(table)
-
-
-_CRC32C = _crc32c_table()
-
-
-def crc32c(data: bytes) -> int:
-    """CRC32c (Castagnoli), the SCTP checksum."""
-    crc = 0xFFFFFFFF
-    for byte in data:
-        crc = _CRC32C[(crc ^ byte) & 0xFF] ^ (crc >> 8)
-    return crc ^ 0xFFFFFFFF
+    dpkt's IP and IPv6 layers fill in their payload's zero checksum when they
+    are packed; the carrier packet itself is thrown away.
+    """
+    message.sum = 0
+    if ":" in src:
+        carrier = dpkt.ip6.IP6(src=ip_to_bytes(src), dst=ip_to_bytes(dst), nxt=proto, data=message)
+    else:
+        carrier = dpkt.ip.IP(src=ip_to_bytes(src), dst=ip_to_bytes(dst), p=proto, data=message)
+    bytes(carrier)
+    if proto == PROTO_UDP and not message.sum:
+        message.sum = UDP_CHECKSUM_OF_ZERO  # dpkt's IPv4 layer does this, its IPv6 layer does not
+    return bytes(message)
 
 
 # --- L4 ------------------------------------------------------------------------
@@ -90,28 +67,22 @@ def tcp_segment(
 ) -> bytes:  # fmt: skip
     """A TCP segment with a correct checksum (``options`` padded to 4 bytes)."""
     options += b"\0" * (-len(options) % 4)
-    data_offset = ((20 + len(options)) // 4) << 4
-    header = _TCP.pack(sport, dport, seq, ack, data_offset, flags, window, 0, 0) + options
-    segment = header + payload
-    pseudo = _pseudo_header(ip_to_bytes(src), ip_to_bytes(dst), PROTO_TCP, len(segment))
-    csum = internet_checksum(pseudo + segment)
-    return segment[:16] + _U16.pack(csum) + segment[18:]
+    segment = dpkt.tcp.TCP(sport=sport, dport=dport, seq=seq, ack=ack, flags=flags, win=window, opts=options,
+                           data=payload)  # fmt: skip
+    segment.off = (segment.__hdr_len__ + len(options)) // 4
+    return _checksummed(src, dst, PROTO_TCP, segment)
 
 
 def udp_datagram(src: str, dst: str, sport: int, dport: int, payload: bytes = b"") -> bytes:
     """A UDP datagram with a correct checksum."""
-    length = 8 + len(payload)
-    datagram = _UDP.pack(sport, dport, length, 0) + payload
-    pseudo = _pseudo_header(ip_to_bytes(src), ip_to_bytes(dst), PROTO_UDP, length)
-    csum = internet_checksum(pseudo + datagram) or 0xFFFF
-    return datagram[:6] + _U16.pack(csum) + datagram[8:]
+    datagram = dpkt.udp.UDP(sport=sport, dport=dport, ulen=dpkt.udp.UDP.__hdr_len__ + len(payload), data=payload)
+    return _checksummed(src, dst, PROTO_UDP, datagram)
 
 
 def sctp_packet(sport: int, dport: int, chunks: bytes = b"", tag: int = 0) -> bytes:
     """An SCTP packet (common header + raw ``chunks``) with a correct CRC32c."""
-    packet = _SCTP.pack(sport, dport, tag, 0) + chunks
-    csum = crc32c(packet)
-    return packet[:8] + struct.pack("<I", csum) + packet[12:]
+    # dpkt packs each chunk with bytes(): raw chunk bytes go in as they are, well-formed or not
+    return bytes(dpkt.sctp.SCTP(sport=sport, dport=dport, vtag=tag, chunks=[chunks]))
 
 
 def icmp_echo(
@@ -119,12 +90,11 @@ def icmp_echo(
 ) -> Tuple[int, bytes]:
     """An ICMP (IPv4) or ICMPv6 echo request; returns ``(proto, message)``."""
     if ":" in src:
-        body = _ICMP_ECHO.pack(ICMPV6_ECHO_REQUEST, 0, 0, ident, seq) + payload
-        pseudo = _pseudo_header(ip_to_bytes(src), ip_to_bytes(dst), PROTO_ICMPV6, len(body))
-        csum = internet_checksum(pseudo + body)
-        return PROTO_ICMPV6, body[:2] + _U16.pack(csum) + body[4:]
-    body = _ICMP_ECHO.pack(ICMP_ECHO_REQUEST, 0, 0, ident, seq) + payload
-    return PROTO_ICMP, body[:2] + _U16.pack(internet_checksum(body)) + body[4:]
+        echo6 = dpkt.icmp6.ICMP6(type=ICMPV6_ECHO_REQUEST, code=0,
+                                 data=dpkt.icmp6.ICMP6.Echo(id=ident, seq=seq, data=payload))  # fmt: skip
+        return PROTO_ICMPV6, _checksummed(src, dst, PROTO_ICMPV6, echo6)
+    echo = dpkt.icmp.ICMP(type=ICMP_ECHO_REQUEST, code=0, data=dpkt.icmp.ICMP.Echo(id=ident, seq=seq, data=payload))
+    return PROTO_ICMP, bytes(echo)  # ICMP's checksum covers the message alone: dpkt fills it in
 
 
 # --- L3 ------------------------------------------------------------------------
@@ -149,14 +119,11 @@ def ipv4_packet(
         The packet.
     """
     options += b"\0" * (-len(options) % 4)
-    header_len = 20 + len(options)
-    frag = fragment_offset | (IPV4_FLAG_MORE_FRAGMENTS if more_fragments else 0)
-    header = _IPV4.pack(
-        0x40 | header_len // 4, 0, header_len + len(payload), ident, frag, ttl, proto, 0,
-        ip_to_bytes(src), ip_to_bytes(dst),
-    ) + options  # fmt: skip
-    csum = internet_checksum(header)
-    return header[:10] + _U16.pack(csum) + header[12:] + payload
+    packet = dpkt.ip.IP(src=ip_to_bytes(src), dst=ip_to_bytes(dst), p=proto, ttl=ttl, id=ident, opts=options,
+                        data=payload)  # fmt: skip
+    packet.hl = (packet.__hdr_len__ + len(options)) // 4
+    packet.offset, packet.mf = fragment_offset, int(more_fragments)
+    return bytes(packet)  # dpkt sets the total length and the header checksum; the payload is packed as given
 
 
 def ipv6_packet(
@@ -182,11 +149,9 @@ def ipv6_packet(
     types = [t for t, _ in ext_headers] + [next_header]
     for (ext_type, body), following in zip(ext_headers, types[1:]):
         chain += bytes([following]) + body
-    first = types[0]
-    header = _IPV6.pack(
-        6 << 28, len(chain) + len(payload), first, hop_limit, ip_to_bytes(src), ip_to_bytes(dst)
-    )
-    return header + chain + payload
+    packet = dpkt.ip6.IP6(src=ip_to_bytes(src), dst=ip_to_bytes(dst), nxt=types[0], hlim=hop_limit,
+                          plen=len(chain) + len(payload), data=chain + payload)  # fmt: skip
+    return bytes(packet)
 
 
 def ipv6_option_header(options_len: int = 6) -> bytes:
@@ -200,8 +165,9 @@ def ipv6_option_header(options_len: int = 6) -> bytes:
 
 def ipv6_fragment_header(offset: int = 0, more: bool = False, ident: int = 1) -> bytes:
     """Body of an IPv6 fragment header (offset in 8-byte units)."""
-    frag = (offset << 3) | (IPV6_FLAG_MORE_FRAGMENTS if more else 0)
-    return _IPV6_FRAG.pack(0, 0, frag, ident)[1:]
+    header = dpkt.ip6.IP6FragmentHeader(nxt=0, id=ident)
+    header.frag_off, header.m_flag = offset, int(more)
+    return bytes(header)[1:]  # the next-header byte is the chain's (ipv6_packet)
 
 
 def ip_packet(src: str, dst: str, proto: int, payload: bytes, **kwargs) -> bytes:
@@ -232,10 +198,11 @@ def ethernet_frame(
     vlans = tuple(vlans)
     tpids = [ETH_TYPE_8021AD] * (len(vlans) - 1) + [ETH_TYPE_8021Q] if vlans else []
     types = tpids + [eth_type]
-    frame = _ETH.pack(mac_to_bytes(eth_dst), mac_to_bytes(eth_src), types[0])
-    for vid, inner_type in zip(vlans, types[1:]):
-        frame += _VLAN_TAG.pack(vid, inner_type)
-    frame += payload
+    # the tags are packed one by one: dpkt's own vlan_tags stop at two, and tests use three
+    tags = b"".join(bytes(dpkt.ethernet.VLANtag8021Q(id=vid, type=inner_type))
+                    for vid, inner_type in zip(vlans, types[1:]))  # fmt: skip
+    header = dpkt.ethernet.Ethernet(dst=mac_to_bytes(eth_dst), src=mac_to_bytes(eth_src), type=types[0])
+    frame = header.pack_hdr() + tags + payload  # not data=: dpkt's Ethernet would parse it and pack it anew
     if pad and len(frame) < ETH_MIN_FRAME_LEN:
         frame += b"\0" * (ETH_MIN_FRAME_LEN - len(frame))
     return frame
@@ -310,11 +277,9 @@ def build_arp_frame(
     vlans: Iterable[int] = (),
 ) -> bytes:  # fmt: skip
     """A broadcast ARP request (a frame that is not a flow)."""
-    body = struct.pack(
-        "!HHBBH6s4s6s4s", 1, ETH_TYPE_IPV4, 6, 4, 1, mac_to_bytes(eth_src),
-        ip_to_bytes(sender_ip), b"\0" * 6, ip_to_bytes(target_ip),
-    )  # fmt: skip
-    return ethernet_frame(body, 0x0806, eth_src, "ff:ff:ff:ff:ff:ff", vlans)
+    request = dpkt.arp.ARP(op=dpkt.arp.ARP_OP_REQUEST, sha=mac_to_bytes(eth_src), spa=ip_to_bytes(sender_ip),
+                           tha=b"\0" * 6, tpa=ip_to_bytes(target_ip))  # fmt: skip
+    return ethernet_frame(bytes(request), ETH_TYPE_ARP, eth_src, "ff:ff:ff:ff:ff:ff", vlans)
 
 
 def fragment_ipv6_frame(

@@ -25,10 +25,18 @@ import pytest
 from mininet_topos.demo import probe_source_port
 from mininet_topos.harness import PrismNetwork, stop_process
 from mininet_topos.probe import PROBE_PORT, analyse
+from tests import support
 
 BFD = {"interval": 10, "mult": 4, "switch_interval": 100}
 FROZEN_S = 1.5  # below Open vSwitch's 5 s inactivity probe of the controller connection
 PROBE_S = 8.0
+#: The switch's detection time is read off a poll: look every 10 ms, not every 250.
+FINE_POLL_S = 0.01
+
+
+def poll(predicate, timeout: float):
+    """``tests.support.poll`` at the fine interval this module's timings need."""
+    return support.poll(predicate, timeout=timeout, interval=FINE_POLL_S)
 
 
 @pytest.fixture(scope="module")
@@ -36,15 +44,6 @@ def net(ovs, tmp_path_factory):
     with PrismNetwork(tmp_path_factory.mktemp("bfd"), clients=1, servers=1, cells=3, replication_factor=1,
                       bfd=BFD) as network:  # fmt: skip
         yield network
-
-
-def poll(predicate, timeout=10.0, interval=0.01):
-    deadline = time.monotonic() + timeout
-    value = predicate()
-    while not value and time.monotonic() < deadline:
-        time.sleep(interval)
-        value = predicate()
-    return value
 
 
 def probe_entry(net, cell, sport):
@@ -81,7 +80,7 @@ def test_a_killed_cell_is_routed_around_by_the_switch_without_the_controller(net
                          "--duration", str(PROBE_S + 5), "--json", str(received_json)],
                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
     net.background.append(sink)
-    time.sleep(0.5)
+    support.wait_listening(server, PROBE_PORT, sink, proto="udp")
     sender = client.popen([sys.executable, "-m", "mininet_topos.probe", "send", "--dst", server.IP(),
                            "--port", str(PROBE_PORT), "--sport", str(sport), "--duration", str(PROBE_S),
                            "--json", str(sent_json)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)

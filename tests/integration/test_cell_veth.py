@@ -16,6 +16,7 @@ from prism.cell.state_server import read_state
 from prism.flows.identity import TCP_ACK, TCP_PSH, TCP_SYN
 from prism.openflow.changes import MIRROR_MAC
 from testkit.packets import build_arp_frame, build_tcp_frame
+from tests.support import poll
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 _TAG = f"{os.getpid() % 1_000_000}"
@@ -76,11 +77,9 @@ def cell_process(veth_netns, tmp_path):
             env={**os.environ, "PYTHONPATH": str(REPO_ROOT)},
         )  # fmt: skip
     try:
-        deadline = time.monotonic() + START_TIMEOUT_S
-        while not state_socket.exists():
-            if proc.poll() is not None or time.monotonic() > deadline:
-                pytest.fail(f"prism cell did not start:\n{log_path.read_text(errors='replace')}")
-            time.sleep(0.05)
+        poll(lambda: state_socket.exists() or proc.poll() is not None, timeout=START_TIMEOUT_S, interval=0.05)
+        if not state_socket.exists() or proc.poll() is not None:
+            pytest.fail(f"prism cell did not start:\n{log_path.read_text(errors='replace')}")
         yield proc, state_socket, log_path
     finally:
         if proc.poll() is None:

@@ -25,8 +25,13 @@ from mininet_topos.cluster_net import (
     wait_for_master,
 )
 from mininet_topos.harness import PrismNetwork
+from prism.cluster.mastership import assign_masters
+from tests.support import poll
 
 LEASE_S = 0.75
+#: How long two controllers may take to see each other and settle who masters what.
+SETTLE_TIMEOUT_S = 20.0
+DP1_KEY = "0000000000000001"
 #: The issue's target is 1 s; the slack covers a loaded 2-core machine (the figure is printed).
 TAKEOVER_LIMIT_S = 1.5
 PING_INTERVAL_S = 0.01
@@ -37,6 +42,14 @@ def start_ping(host, dst: str, count: int):
     """A ping at 100 packets/s in the background (an established flow through the cells)."""
     return host.popen(["ping", "-n", "-i", str(PING_INTERVAL_S), "-c", str(count), "-W", "1", dst],
                       stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def wait_first_reply(process, timeout: float = 10.0) -> None:
+    """Return once the background ping printed its first reply: its packets cross the switch both ways."""
+    # no pause between looks: readline itself waits for ping's next line
+    replied = poll(lambda: "bytes from" in process.stdout.readline() or process.poll() is not None,
+                   timeout=timeout, interval=0)  # fmt: skip
+    assert replied and process.poll() is None, "the background ping got no reply"
 
 
 def ping_result(process, timeout: float = 30.0):
@@ -70,10 +83,23 @@ def new_flow_works(net, src: str, dst: str) -> NewFlow:
 
 
 def settled_master(net) -> str:
-    """The master once both controllers have seen each other (the first to start may hold it briefly)."""
-    wait_for_master(net)
-    time.sleep(3 * LEASE_S)
-    return wait_for_master(net)
+    """The master once both controllers have seen each other, and the other its standby.
+
+    The first to start holds the switch alone until the second's lease key shows up; from then on
+    the master is the one rendezvous hashing picks for the pair (``assign_masters``, which every
+    controller computes), and the other says it is a slave.
+    """
+    expected = assign_masters({1: [c.name for c in net.controllers]})[1]
+
+    def settled() -> bool:
+        standbys = [cluster_status(c) for c in net.controllers if c.name != expected]
+        return masters(net) == [expected] and all(s and s["cluster"]["roles"].get(DP1_KEY) == "slave"
+                                                  for s in standbys)  # fmt: skip
+
+    assert poll(settled, timeout=SETTLE_TIMEOUT_S, interval=0.1), \
+        (f"{expected} never became the master with the other as its standby",
+         [cluster_status(c) for c in net.controllers])  # fmt: skip
+    return expected
 
 
 def test_kill_the_master_standby_takes_over_without_loss_then_the_old_master_rejoins(ovs, tmp_path):
@@ -83,7 +109,7 @@ def test_kill_the_master_standby_takes_over_without_loss_then_the_old_master_rej
         assert (flow := new_flow_works(net, "c1", "sv1")), flow
         server_ip = net.host("sv1").IP()
         ping = start_ping(net.host("c1"), server_ip, 600)
-        time.sleep(1.0)  # the flow is established (its entries installed) before the kill
+        wait_first_reply(ping)  # the flow is established (its entries installed) before the kill
         victim = controller_named(net, first)
         killed_at = time.time()
         victim.process.kill()
@@ -107,7 +133,7 @@ def test_kill_the_master_standby_takes_over_without_loss_then_the_old_master_rej
 
         # the killed controller comes back with its id: it takes its switch back, again without loss
         ping = start_ping(net.host("c2"), server_ip, 400)
-        time.sleep(0.5)
+        wait_first_reply(ping)  # the ping crosses the switch before the controller returns
         victim.start()
         back = wait_for_master(net, not_named=second, timeout=30)
         assert back == first
@@ -131,21 +157,16 @@ def test_etcd_away_and_back_controllers_keep_roles_and_say_so(ovs, tmp_path):
             answers = [cluster_status(c)["cluster"] for c in net.controllers]
             return all(a is not None and not a["etcd_reachable"] and a["etcd_error"] for a in answers)
 
-        deadline = time.monotonic() + 10
-        while not both_say_unreachable():
-            assert time.monotonic() < deadline, [cluster_status(c) for c in net.controllers]
-            time.sleep(0.05)
-        time.sleep(3 * LEASE_S)  # well past a lease: nobody may give up or take over
+        assert poll(both_say_unreachable, timeout=10, interval=0.05), [cluster_status(c) for c in net.controllers]
+        time.sleep(3 * LEASE_S)  # an absence is checked over a while: past a lease, nobody may give up or take over
         assert masters(net) == [master]
         assert (flow := new_flow_works(net, "c1", "sv1")), flow  # no flow waits for etcd
         standby = next(c for c in net.controllers if c.name != master)
         assert cluster_status(standby)["cluster"]["roles"] == {"0000000000000001": "slave"}
         net.etcd.start()
-        deadline = time.monotonic() + 10
-        while not all(cluster_status(c)["cluster"]["etcd_reachable"] for c in net.controllers):
-            assert time.monotonic() < deadline
-            time.sleep(0.05)
-        time.sleep(3 * LEASE_S)
+        assert poll(lambda: all(cluster_status(c)["cluster"]["etcd_reachable"] for c in net.controllers),
+                    timeout=10, interval=0.05), [cluster_status(c) for c in net.controllers]  # fmt: skip
+        time.sleep(3 * LEASE_S)  # an absence again: with etcd back, nothing may change hands over a few leases
         assert masters(net) == [master]
         # nothing changed hands: no takeover anywhere since before etcd went away
         assert {c.name: len(cluster_status(c)["cluster"]["takeovers"]) for c in net.controllers} == takeovers_before
@@ -155,11 +176,12 @@ def test_etcd_away_and_back_controllers_keep_roles_and_say_so(ovs, tmp_path):
 def test_two_switches_are_spread_over_two_controllers(ovs, tmp_path):
     with PrismNetwork(tmp_path, clients=2, servers=2, cells=4, replication_factor=1, idle_timeout=30,
                       controllers=2, lease_s=LEASE_S, switches=2) as net:
-        wait_for_master(net, 1)
-        wait_for_master(net, 2)
-        time.sleep(3 * LEASE_S)
-        owners = {wait_for_master(net, 1), wait_for_master(net, 2)}
-        assert owners == {"ctl1", "ctl2"}, owners  # one switch each
+        def owners():
+            return {owner for dp_id in (1, 2) for owner in masters(net, dp_id)}
+
+        # one switch each, once both controllers have seen each other (the first to start holds both till then)
+        assert poll(lambda: owners() == {"ctl1", "ctl2"} and all(len(masters(net, dp)) == 1 for dp in (1, 2)),
+                    timeout=SETTLE_TIMEOUT_S, interval=0.1), owners()  # fmt: skip
         assert net.switch_of("c1") == net.switch_of("sv1") == "s1"
         assert net.switch_of("c2") == net.switch_of("sv2") == "s2"
         assert (flow := new_flow_works(net, "c1", "sv1")), flow

@@ -18,17 +18,11 @@ import pytest
 
 from mininet_topos.harness import PrismNetwork, stop_process
 from prism.openflow.changes import MIRROR_MAC
-from tests.support import poll
+from tests.support import poll, wait_capturing, wait_listening
 
 IDLE_TIMEOUT_S = 3
 POLL_TIMEOUT_S = 15.0
 CAPTURE_SETTLE_S = 1.0
-PCAP_HEADER_BYTES = 24
-
-
-def listening_in(host, port: int) -> bool:
-    """Whether a TCP socket listens on ``port`` inside a Mininet host's namespace."""
-    return bool(host.cmd(f"ss -Hltn 'sport = :{port}'").strip())
 
 
 @pytest.fixture(scope="module")
@@ -56,8 +50,7 @@ class Captures:
                 ["tcpdump", "-i", f"{host}-eth0", "-n", "-U", "-w", str(path), bpf],
                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
         # tcpdump writes the file header once its capture is active: from then on it sees every packet.
-        assert poll(lambda: all(p.exists() and p.stat().st_size >= PCAP_HEADER_BYTES
-                                for p in self.files.values())), "tcpdump did not start capturing"
+        wait_capturing(self.files.values(), self.processes)
 
     def stop(self) -> None:
         time.sleep(CAPTURE_SETTLE_S)  # the last packets' copies still crossing the cells
@@ -120,7 +113,7 @@ def test_icmp_and_tcp_reach_the_server_through_the_primary_while_mirrors_get_mar
         iperf_server = server.popen(["iperf3", "-s", "-1", "-p", "5301"],
                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         net.background.append(iperf_server)  # stopped with the network if the test fails
-        assert poll(lambda: listening_in(server, 5301)), "iperf3 -s did not listen"
+        wait_listening(server, 5301, iperf_server)
         transfer = client.cmd(f"iperf3 -c {server.IP()} -p 5301 -t 1 -b 5M")
         stop_process(iperf_server)
     finally:

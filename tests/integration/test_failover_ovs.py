@@ -19,12 +19,15 @@ import dpkt
 import pytest
 
 from mininet_topos.harness import PrismNetwork, stop_process
-from tests.support import poll
+from tests.support import poll, wait_capturing, wait_listening
 
 CLIENT_PORT = 45100
 IPERF_PORT = 5401
 TRANSFER_S = 8
+#: The transfer runs this long before its primary fails (the scenario, not a wait for readiness).
 FAIL_AT_S = 2.5
+#: After the client has finished: the last segments and ACKs still crossing the cells reach the capture.
+CAPTURE_SETTLE_S = 0.5
 RATE = "10M"
 REST_TOKEN = "test-token"
 
@@ -44,7 +47,8 @@ class Transfer:
             server.popen(["iperf3", "-s", "-1", "-p", str(IPERF_PORT)],
                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL),
         ]
-        time.sleep(1.0)
+        wait_capturing([self.capture], self.processes[:1])
+        wait_listening(server, IPERF_PORT, self.processes[1])
         self.client = net.host("c1").popen(
             ["iperf3", "-c", self.server_ip, "-p", str(IPERF_PORT), "--cport", str(CLIENT_PORT),
              "-t", str(TRANSFER_S), "-b", RATE, "-i", "0.5", "-J", "--connect-timeout", "3000"],
@@ -58,7 +62,7 @@ class Transfer:
         except subprocess.TimeoutExpired:
             self.client.kill()
             output, _ = self.client.communicate()
-        time.sleep(0.5)
+        time.sleep(CAPTURE_SETTLE_S)  # not a wait for a state: the capture gets the last packets in flight
         for process in self.processes:
             stop_process(process)
         try:
@@ -100,14 +104,18 @@ def state_of(net: PrismNetwork, cell: str) -> Dict:
 
 
 def find_primary(net: PrismNetwork) -> str:
-    deadline = time.monotonic() + 5
-    while time.monotonic() < deadline:
+    """The cell that forwards the transfer as its primary (polled: its table reports it within a state interval)."""
+
+    def forwarding():
         for cell in net.cell_names:
             flow = data_flow(net.cell_state(cell))
             if flow and flow.get("primary_packets", 0) > 0:
                 return cell
-        time.sleep(0.2)
-    raise AssertionError("no cell forwards the transfer")
+        return None
+
+    primary = poll(forwarding, timeout=5, interval=0.2)
+    assert primary, f"no cell forwards the transfer\n{net.controller.log_tail()}"
+    return primary
 
 
 def forwarding_cell(net: PrismNetwork, exclude: str, since: Dict[str, int]) -> Optional[str]:
@@ -144,7 +152,7 @@ def make_network(tmp_path: Path, replication_factor: int) -> PrismNetwork:
 def fail_primary_and_check(net: PrismNetwork, kind: str) -> Dict:
     """Run the transfer, fail its primary mid-way, and return what happened."""
     transfer = Transfer(net, kind)
-    time.sleep(FAIL_AT_S)
+    time.sleep(FAIL_AT_S)  # the scenario: the transfer runs a while before the failure
     primary = find_primary(net)
     before = data_flow(net.cell_state(primary))
     counts = primary_counts(net, skip=primary)
@@ -215,7 +223,7 @@ def test_without_replication_the_same_failure_breaks_the_connection(ovs, tmp_pat
 def test_draining_the_primary_moves_the_transfer_with_its_state(ovs, tmp_path):
     with make_network(tmp_path, replication_factor=1) as net:
         transfer = Transfer(net, "drain")
-        time.sleep(FAIL_AT_S)
+        time.sleep(FAIL_AT_S)  # the scenario: the transfer runs a while before the drain
         primary = find_primary(net)
         before = data_flow(net.cell_state(primary))
         counts = primary_counts(net, skip=primary)
@@ -229,7 +237,7 @@ def test_draining_the_primary_moves_the_transfer_with_its_state(ovs, tmp_path):
         assert after["token"] == before["token"], (before, after)
         # The drained cell forwards nothing more and no profile names it.
         drained = data_flow(net.cell_state(primary))["primary_packets"]
-        time.sleep(1.0)
+        time.sleep(1.0)  # an absence is checked over a while: a second of transfer must not reach it
         assert data_flow(net.cell_state(primary))["primary_packets"] == drained
         cell = rest(net, f"/prism/v1/cells/{primary}")
         assert cell["draining"] and cell["flows_primary"] == 0 and cell["flows_mirror"] == 0, cell
@@ -256,14 +264,14 @@ def test_rf2_survives_a_second_failure_before_the_first_is_repaired(ovs, tmp_pat
     third cell, an original mirror, still holds the connection's state."""
     with make_network(tmp_path, replication_factor=2) as net:
         transfer = Transfer(net, "double")
-        time.sleep(FAIL_AT_S)
+        time.sleep(FAIL_AT_S)  # the scenario: the transfer runs a while before the failure
         first = find_primary(net)
         before = data_flow(net.cell_state(first))
         counts = primary_counts(net, skip=first)
         net.stop_cell(first, kill=True)
         second = poll(lambda: forwarding_cell(net, first, counts), timeout=8)
         assert second, net.controller.log_tail()
-        time.sleep(0.2)
+        time.sleep(0.2)  # the scenario: the second failure comes 0.2 s after the takeover, before any repair
         counts = primary_counts(net, skip=first)
         net.stop_cell(second, kill=True)
         counts.pop(second, None)

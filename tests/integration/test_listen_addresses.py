@@ -6,12 +6,12 @@ import os
 import subprocess
 import sys
 import textwrap
-import time
 from pathlib import Path
 
 import pytest
 
 from tests.integration.conftest import free_tcp_port
+from tests.support import poll
 
 REPO = Path(__file__).resolve().parents[2]
 APPS = ("ryu_apps/mirroring_director.py", "ryu_apps/rest_api.py")
@@ -50,10 +50,9 @@ def test_openflow_and_rest_listen_on_the_configured_or_loopback_address(tmp_path
                                 stdout=out, stderr=subprocess.STDOUT,
                                 env={**os.environ, "PRISM_CONFIG": str(config), "PYTHONPATH": str(REPO)})  # fmt: skip
     try:
-        deadline = time.monotonic() + START_TIMEOUT_S
-        while not (listeners(of_port) and listeners(rest_port)):
-            assert proc.poll() is None and time.monotonic() < deadline, log.read_text(errors="replace")
-            time.sleep(0.1)
+        poll(lambda: (listeners(of_port) and listeners(rest_port)) or proc.poll() is not None,
+             timeout=START_TIMEOUT_S, interval=0.1)  # fmt: skip
+        assert proc.poll() is None and listeners(of_port) and listeners(rest_port), log.read_text(errors="replace")
         assert listeners(of_port) == listeners(rest_port) == {"0100007F"}  # 127.0.0.1, not 0.0.0.0
     finally:
         proc.terminate()

@@ -59,7 +59,7 @@ def burst_of_new_flows(net):
     start = time.monotonic()
     took = client.cmd(f"{sys.executable} {script} {server.IP()} {FLOWS}").strip()
     assert float(took) < WINDOW_S / 2, took
-    time.sleep(max(0.0, start + WINDOW_S - time.monotonic()))
+    time.sleep(max(0.0, start + WINDOW_S - time.monotonic()))  # the measurement window itself, not a wait for a state
     handled = net.controller.rest("/prism/v1/status")["packet_ins"] - before
     allowed = RATE * WINDOW_S + BURST + SLACK
     print(f"{FLOWS} new flows sent in {took} s; {handled} packet-ins in {WINDOW_S} s "

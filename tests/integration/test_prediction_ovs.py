@@ -18,7 +18,6 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-import time
 from pathlib import Path
 from typing import Dict, List, Optional
 
@@ -28,7 +27,7 @@ from mininet_topos.harness import STATS_COLLECTOR_APP, PrismNetwork
 from mininet_topos.prism_topo import prediction_config
 from prism.openflow.changes import MIRROR_MAC
 from prism.telemetry.files import read_flows, read_stats
-from tests.support import poll
+from tests.support import poll, wait_listening
 
 IDLE_TIMEOUT_S = 2
 DNS_PORT = 53
@@ -36,6 +35,8 @@ IPERF_PORT = 5201
 WARM_UP_DATA_PORT, DATA_PORT = 45001, 45002
 TRANSFER_S = 3
 TRANSFER_RATE = "20M"
+#: Copies the long transfer's mirror must have received (a 3 s transfer at 20 Mbit/s sends thousands).
+MIRROR_COPIES_MIN = 100
 QUERY = b"\x12\x34\x01\x00\x00\x01" + b"\x00" * 24  # 30 bytes, a DNS-sized query
 
 DNS_RESPONDER = f"""
@@ -72,9 +73,10 @@ def dns_exchanges(net: PrismNetwork, client: str, count: int) -> int:
 
 def start_transfer(net: PrismNetwork, client: str, data_port: int) -> subprocess.Popen:
     server = net.host("sv1")
-    net.background.append(server.popen(["iperf3", "-s", "-1", "-p", str(IPERF_PORT)],
-                                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
-    time.sleep(0.5)
+    iperf_server = server.popen(["iperf3", "-s", "-1", "-p", str(IPERF_PORT)],
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    net.background.append(iperf_server)
+    wait_listening(server, IPERF_PORT, iperf_server)
     iperf = net.host(client).popen(
         ["iperf3", "-c", server.IP(), "-p", str(IPERF_PORT), "--cport", str(data_port), "-t", str(TRANSFER_S),
          "-b", TRANSFER_RATE, "-J", "--connect-timeout", "3000"],
@@ -119,9 +121,10 @@ def run(ovs, tmp_path_factory):
     seen: Dict[str, object] = {"workdir": workdir, "telemetry": telemetry}
     with PrismNetwork(workdir, clients=2, servers=1, cells=3, idle_timeout=IDLE_TIMEOUT_S,
                       config_overrides=overrides, extra_apps=(STATS_COLLECTOR_APP,)) as net:
-        net.background.append(net.host("sv1").popen([sys.executable, "-c", DNS_RESPONDER],
-                                                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
-        time.sleep(0.5)
+        responder = net.host("sv1").popen([sys.executable, "-c", DNS_RESPONDER],
+                                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        net.background.append(responder)
+        wait_listening(net.host("sv1"), DNS_PORT, responder, proto="udp")
         seen["model"] = net.controller.rest("/prism/v1/model")
         # Round 1: what the controller learns from (cold model).
         assert dns_exchanges(net, "c2", 5) == 5
@@ -137,7 +140,10 @@ def run(ovs, tmp_path_factory):
         seen["data_flows"] = data
         if data:
             seen["data_group"] = group_of(net, data[0]["group_id"])
-            time.sleep(1.0)
+            # the mirror's counter grows while the transfer runs: read it once it shows copies (or the transfer is over)
+            mirrors = data[0]["mirror_cells"][:1]
+            poll(lambda: all(net.cell_state(m)["counters"]["mirror_packets"] > MIRROR_COPIES_MIN for m in mirrors),
+                 timeout=TRANSFER_S)  # fmt: skip
             seen["cells"] = {name: net.cell_state(name)["counters"] for name in net.cell_names}
         seen["bytes"] = finish_transfer(iperf)
         seen["ended"] = poll(lambda: status(net)["flows_active"] == 0)
@@ -167,7 +173,7 @@ def test_the_long_transfer_gets_a_mirror_that_receives_marked_copies(run):
     group = run["data_group"]
     assert group is not None and "type=all" in group and MIRROR_MAC in group, group
     mirror = flow["mirror_cells"][0]
-    assert run["cells"][mirror]["mirror_packets"] > 100, run["cells"]
+    assert run["cells"][mirror]["mirror_packets"] > MIRROR_COPIES_MIN, run["cells"]
     assert run["bytes"] > 1_000_000
 
 

@@ -20,6 +20,7 @@ prometheus_parser = pytest.importorskip("prometheus_client.parser")
 
 from prism.mgmt import protocol as mgmt  # noqa: E402
 from prism.mgmt.auth import MgmtAuth, new_key_text  # noqa: E402
+from tests.support import poll  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[2]
 APPS = ("ryu_apps/mirroring_director.py", "ryu_apps/rest_api.py")
@@ -28,6 +29,9 @@ TOKEN = "t0ken-for-tests"
 KEY_TEXT = new_key_text()
 #: How long to wait for a heartbeat sent over UDP to show in the API.
 HEARTBEAT_WAIT_S = 5.0
+#: The controller freeze (SIGSTOP), and how long after it no cell may be declared dead.
+FREEZE_S = 2.0
+AFTER_FREEZE_S = 1.0
 
 
 def free_udp_port() -> int:
@@ -155,22 +159,23 @@ def test_without_a_token_changes_are_refused_with_how_to_set_one(ryu_manager, pr
 def test_heartbeats_over_the_management_channel_show_in_the_cells_view(ryu_manager, prism_config, monkeypatch):
     manager = start(ryu_manager, prism_config, monkeypatch, TOKEN)
     _path, listen = prism_config
-    deadline = time.monotonic() + HEARTBEAT_WAIT_S
     cell1, forger = MgmtAuth(KEY_TEXT.encode(), "cell1"), MgmtAuth(new_key_text().encode(), "cell1")
+    sent = []  # the heartbeats' sequence numbers, each sent once forged and once sealed with the key
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as cell:
-        seq = 1
-        while True:
-            heartbeat = mgmt.encode({"type": "heartbeat", "cell": "cell1", "seq": seq, "flows": 7})
+
+        def beat_until_heard():
+            sent.append(len(sent) + 1)
+            heartbeat = mgmt.encode({"type": "heartbeat", "cell": "cell1", "seq": sent[-1], "flows": 7})
             cell.sendto(forger.seal(heartbeat, time.time()), ("127.0.0.1", listen))
             cell.sendto(cell1.seal(heartbeat, time.time()), ("127.0.0.1", listen))
-            seq += 1
             body = call(manager, "/prism/v1/cells/cell1")[1]
-            if body["heartbeat_seen"] or time.monotonic() > deadline:
-                break
-            time.sleep(0.1)
-    assert body["heartbeat_seen"] and body["last_report"]["flows"] == 7
+            return body if body["heartbeat_seen"] else None
+
+        body = poll(beat_until_heard, timeout=HEARTBEAT_WAIT_S, interval=0.1)
+    assert body, f"no heartbeat heard in {HEARTBEAT_WAIT_S} s: {call(manager, '/prism/v1/cells/cell1')[1]}"
+    assert body["last_report"]["flows"] == 7, body
     refused = call(manager, "/prism/v1/status")[1]["mgmt_auth"]["refused_bad_tag"]
-    assert refused >= seq - 1
+    assert refused >= len(sent)
     metrics = call(manager, "/metrics")[1]
     assert re.search(r'prism_mgmt_refused_total\{reason="bad_tag"\} [1-9]', metrics), metrics
 
@@ -189,11 +194,8 @@ def test_a_cell_never_heard_from_is_declared_dead(ryu_manager, tmp_path, monkeyp
     """A (re)started controller starts the clock of every cell that should beat: silence kills it."""
     config = write_config(tmp_path)  # dead_after: the default 0.35 s
     manager = start(ryu_manager, config, monkeypatch, TOKEN)
-    deadline = time.monotonic() + HEARTBEAT_WAIT_S
+    poll(lambda: call(manager, "/prism/v1/cells/cell1")[1]["state"] == "dead", timeout=HEARTBEAT_WAIT_S, interval=0.1)
     body = call(manager, "/prism/v1/cells/cell1")[1]
-    while body["state"] != "dead" and time.monotonic() < deadline:
-        time.sleep(0.1)
-        body = call(manager, "/prism/v1/cells/cell1")[1]
     assert body["state"] == "dead" and not body["heartbeat_seen"], body
     [record] = body["failure_history"]
     assert record["kind"] == "process" and "since the controller started listening" in record["reason"]
@@ -238,16 +240,14 @@ def test_a_two_second_controller_freeze_kills_no_beating_cell(ryu_manager, tmp_p
     beater = threading.Thread(target=beat, daemon=True)
     beater.start()
     try:
-        deadline = time.monotonic() + HEARTBEAT_WAIT_S
-        while not all(c["heartbeat_seen"] for c in call(manager, "/prism/v1/cells")[1]["cells"][:2]):
-            assert time.monotonic() < deadline, "heartbeats not heard"
-            time.sleep(0.1)
+        assert poll(lambda: all(c["heartbeat_seen"] for c in call(manager, "/prism/v1/cells")[1]["cells"][:2]),
+                    timeout=HEARTBEAT_WAIT_S, interval=0.1), ("heartbeats not heard", manager.log_tail())
         os.kill(manager.pid, signal.SIGSTOP)
         try:
-            time.sleep(2.0)
+            time.sleep(FREEZE_S)  # the scenario: the controller is frozen this long
         finally:
             os.kill(manager.pid, signal.SIGCONT)
-        time.sleep(1.0)
+        time.sleep(AFTER_FREEZE_S)  # an absence is checked over a while: no cell may be judged dead after the thaw
         cells = call(manager, "/prism/v1/cells")[1]["cells"]
     finally:
         done.set()

@@ -19,7 +19,8 @@ import time
 import pytest
 
 from mininet_topos.harness import PrismNetwork
-from tests.integration.test_failover_ovs import poll, state_of
+from tests.integration.test_failover_ovs import state_of
+from tests.support import poll, wait_listening
 
 CLIENT_PORT = 45200
 ECHO_PORT = 7007
@@ -59,13 +60,13 @@ def talk(seconds, field):
                 raise ConnectionError("closed by the peer")
             got += chunk
         result[field] += 1
-        time.sleep(0.1)
+        time.sleep(0.1)  # pacing: ten exchanges a second
 try:
     talk(before, "echoed_before")
     print("paused", flush=True)
     deadline = time.monotonic() + pause
     while not os.path.exists(go) and time.monotonic() < deadline:
-        time.sleep(0.05)
+        time.sleep(0.05)  # the client's own poll for the test's go-ahead (tests.support is not importable here)
     print("resumed", flush=True)
     talk(after, "echoed_after")
 except Exception as error:
@@ -79,9 +80,10 @@ def conversation(net: PrismNetwork):
     server, client = net.host("sv1"), net.host("c1")
     (net.workdir / "echo_server.py").write_text(ECHO_SERVER)
     (net.workdir / "echo_client.py").write_text(CLIENT)
-    net.background.append(server.popen([sys.executable, str(net.workdir / "echo_server.py"), str(ECHO_PORT)],
-                                       stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT))  # fmt: skip
-    time.sleep(0.5)
+    echo = server.popen([sys.executable, str(net.workdir / "echo_server.py"), str(ECHO_PORT)],
+                        stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
+    net.background.append(echo)
+    wait_listening(server, ECHO_PORT, echo)
     process = client.popen([sys.executable, str(net.workdir / "echo_client.py"), server.IP(), str(ECHO_PORT),
                             str(CLIENT_PORT), str(BEFORE_S), str(MAX_PAUSE_S), str(AFTER_S),
                             str(net.workdir / "resume")],
@@ -143,7 +145,7 @@ def test_a_tcp_connection_resumed_after_an_idle_out_survives_its_primarys_failur
         counts = primary_counts(net)
         (net.workdir / "resume").touch()
         wait_line(client, "resumed", timeout=15)
-        time.sleep(FAIL_AFTER_RESUME_S)
+        time.sleep(FAIL_AFTER_RESUME_S)  # the scenario: the resumed conversation runs a while before the failure
         grown = {c: count - counts[c] for c, count in primary_counts(net).items()}
         primary = max(grown, key=grown.get)
         assert grown[primary] > 0, grown
@@ -181,7 +183,7 @@ def test_a_connection_moved_by_a_failover_comes_back_to_the_cells_holding_its_st
         counts = primary_counts(net)
         (net.workdir / "resume").touch()
         wait_line(client, "resumed", timeout=15)
-        time.sleep(FAIL_AFTER_RESUME_S)
+        time.sleep(FAIL_AFTER_RESUME_S)  # the scenario: the resumed conversation runs a while before the failure
         grown = {c: count - counts[c] for c, count in primary_counts(net).items()}
         primary = max(grown, key=grown.get)
         assert primary != first and grown[primary] > 0, (first, grown)

@@ -22,6 +22,7 @@ from prism.cell.state_server import read_state
 from prism.flows.identity import TCP_ACK, TCP_PSH, TCP_SYN
 from testkit.packets import build_tcp_frame
 from tests.integration.smm_cells import KEY, FakeController, RunningCell, in_netns, wait_for
+from tests.support import poll
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 _TAG = f"{os.getpid() % 1_000_000}"
@@ -91,10 +92,7 @@ def test_a_cell_process_beats_replicates_and_its_mirror_takes_over_with_the_same
         wait_for(lambda: controller.of_type("heartbeat", "c1") or proc.poll() is not None, controller,
                  "the cell's first heartbeat")  # fmt: skip
         assert proc.poll() is None, log_path.read_text(errors="replace")
-        deadline = time.monotonic() + START_TIMEOUT_S
-        while not state_socket.exists():
-            assert time.monotonic() < deadline, log_path.read_text(errors="replace")
-            time.sleep(0.05)
+        assert poll(state_socket.exists, timeout=START_TIMEOUT_S, interval=0.05), log_path.read_text(errors="replace")
         mirror.thread.start()
         directory = {"type": "directory", "epoch": 1, "live": ["c1", "c2"],
                      "cells": {"c1": list(CELL_MGMT), "c2": list(MIRROR_MGMT)}}  # fmt: skip
@@ -137,10 +135,8 @@ def test_a_cell_process_beats_replicates_and_its_mirror_takes_over_with_the_same
         proc.wait(10)
         data = _frame(True, TCP_ACK | TCP_PSH, CLIENT_ISN + 1, SERVER_ISN + 1, b"after the failover")
         mirror.port.put(data)  # the switch now sends the primary copies to c2
-        deadline = time.monotonic() + FRAME_TIMEOUT_S
-        while data not in mirror.port.sent:
-            assert time.monotonic() < deadline, "the mirror did not forward after the takeover"
-            time.sleep(0.02)
+        assert poll(lambda: data in mirror.port.sent, timeout=FRAME_TIMEOUT_S, interval=0.02), \
+            "the mirror did not forward after the takeover"
         (taken,) = mirror.state()["flows"]
         assert taken["token"] == primary_flow["token"] != 0
         assert taken["first_seen"] == primary_flow["first_seen"]

@@ -22,7 +22,6 @@ import signal
 import subprocess
 import sys
 import threading
-import time
 from pathlib import Path
 from typing import Dict, List, Optional
 
@@ -34,6 +33,7 @@ from prism.cell.state_server import read_state
 from prism.flows.identity import PROTO_TCP, TCP_FIN, TCP_RST, TCP_SYN, FlowKey, PacketInfo, mac_to_bytes, parse_frame
 from prism.openflow.changes import MIRROR_MAC
 from tests.integration.smm_cells import KEY, FakeController, in_netns, wait_for
+from tests.support import poll
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 _TAG = f"{os.getpid() % 1_000_000}"
@@ -88,7 +88,7 @@ sent = 0
 while sent < {TRANSFER_BYTES}:
     sock.sendall(chunk)
     sent += len(chunk)
-    time.sleep({CHUNK_PAUSE_S})
+    time.sleep({CHUNK_PAUSE_S})  # pacing: the transfer lasts long enough to fail a cell in its middle
 sock.shutdown(socket.SHUT_WR)
 reply = b""
 while True:
@@ -244,10 +244,10 @@ def test_a_state_mirror_takes_a_tcp_transfer_over_mid_way(namespaces, tmp_path):
     try:
         for cell_id in ("c1", "c2"):
             cells[cell_id] = _start_cell(cell_id, tmp_path)
-        deadline = time.monotonic() + START_TIMEOUT_S
-        while not all((tmp_path / f"{cell_id}.sock").exists() for cell_id in cells):
-            assert time.monotonic() < deadline and all(p.poll() is None for p in cells.values()), logs()
-            time.sleep(0.05)
+        poll(lambda: all((tmp_path / f"{cell_id}.sock").exists() for cell_id in cells)
+             or any(p.poll() is not None for p in cells.values()), timeout=START_TIMEOUT_S, interval=0.05)  # fmt: skip
+        assert all(p.poll() is None for p in cells.values()), logs()
+        assert all((tmp_path / f"{cell_id}.sock").exists() for cell_id in cells), logs()
         relay.start()
         directory = {"type": "directory", "epoch": 1, "live": ["c1", "c2"],
                      "cells": {cell_id: list(address) for cell_id, address in CELL_MGMT.items()},
@@ -264,10 +264,9 @@ def test_a_state_mirror_takes_a_tcp_transfer_over_mid_way(namespaces, tmp_path):
         server_log = open(tmp_path / "server.log", "w+")
         server = subprocess.Popen(["ip", "netns", "exec", NS_SERVER, sys.executable, "-c", SERVER_SCRIPT],
                                   stdout=server_log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)  # fmt: skip
-        deadline = time.monotonic() + START_TIMEOUT_S
-        while "listening" not in (tmp_path / "server.log").read_text():
-            assert time.monotonic() < deadline and server.poll() is None, logs()
-            time.sleep(0.05)
+        poll(lambda: "listening" in (tmp_path / "server.log").read_text() or server.poll() is not None,
+             timeout=START_TIMEOUT_S, interval=0.05)  # fmt: skip
+        assert server.poll() is None and "listening" in (tmp_path / "server.log").read_text(), logs()
         client_log = open(tmp_path / "client.log", "w+")
         client = subprocess.Popen(["ip", "netns", "exec", NS_CLIENT, sys.executable, "-c", CLIENT_SCRIPT],
                                   stdout=client_log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)  # fmt: skip

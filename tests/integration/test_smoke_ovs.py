@@ -4,17 +4,18 @@ from __future__ import annotations
 
 import json
 import os
-import time
 from pathlib import Path
 
 from mininet.topo import Topo
 
 from .conftest import is_listening, net_namespace, ovs_bridges, processes_in_namespace
+from tests.support import poll, wait_listening
 
 SWITCH = "smoke1"  # a name no other test uses, so leftovers are ours
 SIMPLE_SWITCH = "ryu.app.simple_switch_13"
 REAP_TIMEOUT_S = 10.0
 IPERF_SECONDS = 1
+IPERF_PORT = 5201  # iperf3's default
 
 
 class TwoHosts(Topo):
@@ -27,10 +28,7 @@ class TwoHosts(Topo):
 
 
 def _reaped(popen) -> bool:
-    deadline = time.monotonic() + REAP_TIMEOUT_S
-    while popen.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.1)
-    return popen.poll() is not None
+    return poll(lambda: popen.poll() is not None, timeout=REAP_TIMEOUT_S, interval=0.1)
 
 
 def test_ovs_runs_with_userspace_tso(ovs):
@@ -56,9 +54,7 @@ def test_simple_switch_pingall_tcp_and_clean_teardown(ryu_manager, mininet_net):
         # TCP through the userspace datapath (fails without userspace TSO).
         server, client = hosts[1], hosts[0]
         server.cmd(f"iperf3 -s -1 -D -B {server.IP()}")
-        deadline = time.monotonic() + 10  # -D returns before the server listens
-        while ":5201" not in server.cmd("ss -ltn") and time.monotonic() < deadline:
-            time.sleep(0.1)
+        wait_listening(server, IPERF_PORT)  # -D returns before the server listens
         report = client.cmd(f"iperf3 -c {server.IP()} -t {IPERF_SECONDS} -J")
         assert json.loads(report)["end"]["sum_received"]["bytes"] > 0, report
 

@@ -22,6 +22,7 @@ from mininet_topos.demo import data_connection_outcome
 from mininet_topos.harness import PrismNetwork
 from tests.integration.test_failover_ovs import (
     CLIENT_PORT,
+    FAIL_AT_S,
     REST_TOKEN,
     Transfer,
     data_flow,
@@ -73,7 +74,7 @@ def fail(net: PrismNetwork, cell: str, kind: str) -> None:
 def test_state_mode_transfer_survives_its_primary_with_only_handshake_copies(ovs, tmp_path, kind):
     with make_network(tmp_path, {"mirroring_mode": "state"}) as net:
         transfer = Transfer(net, f"state-{kind}")
-        time.sleep(2.5)
+        time.sleep(FAIL_AT_S)  # the scenario: the transfer runs a while before the failure
         primary = find_primary(net)
         flow = poll(lambda: transfer_flow(net), timeout=5)
         assert flow and flow["mode"] == "state" and len(flow["mirror_cells"]) == 1, flow
@@ -112,7 +113,6 @@ def test_a_flow_promoted_at_a_milestone_survives_a_failure_after_its_seed(ovs, t
     prediction = {"milestones_s": [PROMOTION_MILESTONE_S], "mode": "state", "budget": 1.0}
     with make_network(tmp_path, {"prediction": prediction, "max_replication_factor": 1}) as net:
         transfer = Transfer(net, "promoted")
-        time.sleep(0.3)
         born = poll(lambda: transfer_flow(net), timeout=5)
         assert born and born["mirror_cells"] == [], born
         promoted = poll(lambda: _seeded(net), timeout=PROMOTION_MILESTONE_S + 5)
@@ -122,8 +122,9 @@ def test_a_flow_promoted_at_a_milestone_survives_a_failure_after_its_seed(ovs, t
         assert primary == born["primary_cell"], (born, promoted)
         status = rest(net, "/prism/v1/status")
         assert status["promotions"] >= 1 and status["flows_seeded"] >= 1, status
-        time.sleep(0.5)
         before = data_flow(net.cell_state(primary))
+        held = poll(lambda: _holds(net, mirror, before), timeout=5)
+        assert held, ("the mirror never reported the seeded flow", data_flow(state_of(net, mirror)), before)
         counts = primary_counts(net, skip=primary)
         killed_at = time.time()
         net.stop_cell(primary, kill=True)
@@ -139,6 +140,12 @@ def test_a_flow_promoted_at_a_milestone_survives_a_failure_after_its_seed(ovs, t
         assert after["token"] == before["token"] and after["first_seen"] == before["first_seen"], (before, after)
         status = rest(net, "/prism/v1/status")
         assert status["flows_seeded"] >= 1, status
+
+
+def _holds(net: PrismNetwork, mirror: str, before: Dict) -> Optional[Dict]:
+    """The mirror's record of the flow once it carries the primary's token (the seed arrived)."""
+    held = data_flow(state_of(net, mirror))
+    return held if held and held.get("token") == before["token"] else None
 
 
 def _seeded(net: PrismNetwork) -> Optional[Dict]:

@@ -14,6 +14,7 @@ from ryu.ofproto import ofproto_v1_3 as OFP  # noqa: E402
 from testkit import oxm  # noqa: E402
 from prism.openflow.changes import TABLE_FSC  # noqa: E402
 from ryu_apps.cluster import EtcdUnreachable  # noqa: E402
+from tests.support import director_app  # noqa: E402
 from tests.unit.test_mirroring_director_app import FakeDatapath, _packet_in, app_module  # noqa: E402
 
 CONFIG = textwrap.dedent("""\
@@ -74,11 +75,7 @@ class FakeStore:
 
 
 def make_app(tmp_path, monkeypatch, name, store):
-    path = tmp_path / "prism.yaml"
-    path.write_text(CONFIG)
-    monkeypatch.setenv(app_module.CONFIG_ENV, str(path))
-    monkeypatch.setenv("PRISM_CONTROLLER_ID", name)
-    app = app_module.MirroringDirectorApp()
+    app = director_app(tmp_path, monkeypatch, CONFIG, env={"PRISM_CONTROLLER_ID": name})
     app.cluster.store = store
     return app
 

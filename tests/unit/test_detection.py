@@ -18,7 +18,7 @@ from prism.mgmt import protocol as mgmt  # noqa: E402
 from prism.control.health import FailureDetector, FailureKind, HealthSettings  # noqa: E402
 from prism.mgmt.auth import MgmtAuth  # noqa: E402
 from prism.clock import AnchoredClock  # noqa: E402
-from ryu_apps.mgmt_channel import MgmtChannel  # noqa: E402
+from tests.support import director_app  # noqa: E402
 from test_director_app_failover import KEY_TEXT, FakeDatapath, connect_with_flows, group_mods  # noqa: E402
 
 app_module = pytest.importorskip("ryu_apps.mirroring_director")
@@ -43,14 +43,7 @@ def make_app(tmp_path, monkeypatch, cells_port, bfd=""):
               - {{id: cell3, port: 3}}
             edge_ports: [4, 5]
         """) + bfd
-    path = tmp_path / "prism.yaml"
-    path.write_text(config)
-    (tmp_path / "mgmt.key").write_text(KEY_TEXT)
-    monkeypatch.setenv(app_module.CONFIG_ENV, str(path))
-    app = app_module.MirroringDirectorApp()
-    app.channel = MgmtChannel(("127.0.0.1", 0), app_module.cell_addresses(app.config), app.mgmt_auth,
-                              app.generation)  # fmt: skip
-    return app
+    return director_app(tmp_path, monkeypatch, config, key=KEY_TEXT, mgmt_channel=True)
 
 
 @pytest.fixture

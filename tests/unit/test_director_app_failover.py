@@ -13,14 +13,13 @@ pytest.importorskip("ryu")
 
 from ryu.ofproto import ofproto_v1_3, ofproto_v1_3_parser  # noqa: E402
 
-from tests.support import FakeDatapath  # noqa: E402
+from tests.support import FakeDatapath, director_app  # noqa: E402
 
 from prism.mgmt import protocol as mgmt
 from testkit import oxm  # noqa: E402
 from prism.director.actions import MgmtMessage  # noqa: E402
 from prism.mgmt.auth import MgmtAuth, Verifier  # noqa: E402
 from prism.openflow.changes import COOKIE_UNPROTECTED, TABLE_FSC  # noqa: E402
-from ryu_apps.mgmt_channel import MgmtChannel  # noqa: E402
 
 app_module = pytest.importorskip("ryu_apps.mirroring_director")
 
@@ -59,13 +58,7 @@ def app(tmp_path, monkeypatch, cell_socket):
               - {{id: cell3, port: 3}}
             edge_ports: [4, 5]
         """)
-    path = tmp_path / "prism.yaml"
-    path.write_text(config)
-    (tmp_path / "mgmt.key").write_text(KEY_TEXT)
-    monkeypatch.setenv(app_module.CONFIG_ENV, str(path))
-    instance = app_module.MirroringDirectorApp()
-    instance.channel = MgmtChannel(("127.0.0.1", 0), app_module.cell_addresses(instance.config),
-                                   instance.mgmt_auth, instance.generation)  # fmt: skip
+    instance = director_app(tmp_path, monkeypatch, config, key=KEY_TEXT, mgmt_channel=True)
     yield instance
     if instance.channel is not None:
         instance.channel.close()

@@ -13,6 +13,7 @@ pytest.importorskip("ryu")
 from models.artifact import ModelError  # noqa: E402
 from prism.policy.base import FixedPolicy  # noqa: E402
 from prism.policy.predictive import PredictivePolicy  # noqa: E402
+from tests.support import director_app  # noqa: E402
 
 app_module = pytest.importorskip("ryu_apps.mirroring_director")
 
@@ -31,10 +32,7 @@ CONFIG = textwrap.dedent("""\
 
 
 def make_app(tmp_path, monkeypatch, prediction: str = ""):
-    path = tmp_path / "prism.yaml"
-    path.write_text(CONFIG + prediction)
-    monkeypatch.setenv(app_module.CONFIG_ENV, str(path))
-    return app_module.MirroringDirectorApp()
+    return director_app(tmp_path, monkeypatch, CONFIG + prediction)
 
 
 @pytest.fixture

@@ -11,7 +11,7 @@ pytest.importorskip("ryu")
 
 from ryu.ofproto import ofproto_v1_3, ofproto_v1_3_parser  # noqa: E402
 
-from tests.support import FakeDatapath  # noqa: E402
+from tests.support import FakeDatapath, director_app  # noqa: E402
 
 from testkit import oxm  # noqa: E402
 from prism.openflow.changes import TABLE_FSC  # noqa: E402
@@ -34,10 +34,7 @@ CONFIG = textwrap.dedent("""\
 
 @pytest.fixture
 def app(tmp_path, monkeypatch):
-    path = tmp_path / "prism.yaml"
-    path.write_text(CONFIG)
-    monkeypatch.setenv(app_module.CONFIG_ENV, str(path))
-    return app_module.MirroringDirectorApp()
+    return director_app(tmp_path, monkeypatch, CONFIG)
 
 
 def _event(**fields):
