@@ -350,7 +350,7 @@ class CopyBudget:
             self._restart_window()
 
     def report(self, packets: int, copies: int) -> None:
-        """A flow's report (a milestone's, or its end): feeds ``birth_estimate`` (``BirthEstimate.report``)."""
+        """A flow's report (its birth, a milestone's, its end): feeds ``birth_estimate`` (``BirthEstimate.report``)."""
         estimate = self.birth_estimate
         estimate.report(packets, copies)
         self.birth_open = (self.birth and self.gate == 0 and estimate.judged
