@@ -7,7 +7,9 @@ groups created by a warm-up), turned into Ryu messages by ``ryu_apps.ofmsg``
 and serialized, as the Ryu app does. The director runs with a FixedPolicy
 (replication factor 1), with the shipped configuration's policy
 (``examples/prism.yaml``'s ``prediction``: the aging policy, which gives a new
-flow its primary only and decides again at age milestones) and, when the
+flow its primary only and decides again at age milestones; once more with its
+birth mirroring held open, so that every SYN-opened flow gets a mirror chosen
+at birth, the path's worst case) and, when the
 model loads, with the first-packet predictive policy (``--model``, default
 ``models/first_packet``; budget 0.25).
 Each stage is also timed alone on prebuilt inputs; ``parse_frame`` is the
@@ -56,6 +58,7 @@ MIRROR_BUDGET = 0.25
 US = 1e6
 FIXED = "FixedPolicy"
 SHIPPED = "AgingPolicy (shipped)"
+BIRTH_OPEN = "AgingPolicy (shipped, birth mirroring open)"
 PREDICTIVE = "PredictivePolicy"
 SHIPPED_CONFIG = ROOT / "examples" / "prism.yaml"
 
@@ -92,9 +95,20 @@ def bench_config(model: Optional[Path]) -> PrismConfig:
     return parse_config(text, "director_core")
 
 
-def shipped_policy_factory() -> Callable[[HashRing], object]:
-    """The shipped configuration's prediction section on the benchmark's switch (the aging policy)."""
+def shipped_policy_factory(birth_open: bool = False) -> Callable[[HashRing], object]:
+    """The shipped configuration's prediction section on the benchmark's switch (the aging policy).
+
+    ``birth_open``: its birth mirroring held open (every SYN-opened flow gets a mirror chosen at
+    birth: the path's worst case; the benchmark's flows report no cost that would shut it).
+    """
     import dataclasses
+
+    from prism.policy.aging import CopyBudget
+
+    class OpenBirth(CopyBudget):
+        def report(self, packets: int, copies: int) -> None:
+            super().report(packets, copies)
+            self.birth_open = True
 
     from ryu_apps.prediction import AgingService
 
@@ -104,13 +118,22 @@ def shipped_policy_factory() -> Callable[[HashRing], object]:
     config = dataclasses.replace(bench_config(None), prediction=shipped)
     service = AgingService(config, run=lambda function, *args: function(*args))
     switch = config.switches[DP_ID]
-    return lambda ring: service.policy_for(switch, ring)
+
+    def make(ring: HashRing) -> object:
+        policy = service.policy_for(switch, ring)
+        if birth_open:
+            policy.budget = OpenBirth.of(policy.settings)
+            policy.budget.birth_open = True
+        return policy
+
+    return make
 
 
 def policy_factory(model: Optional[Path]) -> Dict[str, Callable[[HashRing], object]]:
     """Policy name -> a function making that policy over a ring; the predictive one only if the model loads."""
     factories: Dict[str, Callable[[HashRing], object]] = {FIXED: lambda ring: FixedPolicy(ring, REPLICATION_FACTOR),
-                                                          SHIPPED: shipped_policy_factory()}  # fmt: skip
+                                                          SHIPPED: shipped_policy_factory(),
+                                                          BIRTH_OPEN: shipped_policy_factory(birth_open=True)}  # fmt: skip
     if model is None:
         return factories
     try:

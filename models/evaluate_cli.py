@@ -168,6 +168,7 @@ def evaluate(frame, config, predictor, settings: EvalSettings, budgets=None, con
         "flows": int(len(frame)),
         "groups": int(frame["group"].nunique()),
         "redecisions": int(getattr(timeline, "redecisions", 0)),
+        "replay_reids": int(getattr(timeline, "reids", 0)),  # records given a replay-unique flow id
         "at_risk": at_risk_summary(frame),
         "settings": asdict(settings),
         "budget": comparison.budget,

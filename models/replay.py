@@ -35,6 +35,19 @@ counters interpolated at a uniform rate over the flow's duration
 nothing about how bursty a flow is.
 
 Events at the same instant run in the order end, birth, milestone.
+
+**Reused flow ids.** ``prism trace`` starts a new record when a TCP key
+reopens with a SYN after a FIN or RST, and captures may share 5-tuples, so
+two records can carry one ``flow_id``. When the second begins after the
+first's end event (its FSC entries idled out), the switch sees exactly that:
+a new packet-in under the same id, and the replay keeps it. When the two
+overlap while the director still holds the first, the switch would keep one
+FSC entry and never ask the policy about the second; the replay gives the
+later record a replay-unique id instead (``replay_flow_ids``), so that each
+record is judged as the flow it is and the policy's memory of the first is
+not taken over (``DecisionTimeline.reids`` counts them). This treats the
+second connection as a flow of its own, a new packet-in the switch would not
+have sent.
 """
 
 from __future__ import annotations
@@ -123,6 +136,7 @@ class DecisionTimeline:
         interpolated: Flows whose milestone counters were interpolated (no counts in the record).
         idle_estimated: Re-decisions at an age before the flow's last packet, whose ``idle_s``
             (and ``closing``: False) are estimates (module docstring).
+        reids: Records given a replay-unique flow id (their id was held by an earlier record).
     """
 
     flow: np.ndarray
@@ -132,6 +146,7 @@ class DecisionTimeline:
     redecisions: int = 0
     interpolated: int = 0
     idle_estimated: int = 0
+    reids: int = 0
 
     def final_replication_factor(self, flows: int) -> np.ndarray:
         """Each flow's last replication factor (``flows`` = rows of the frame)."""
@@ -186,6 +201,39 @@ def what_the_primary_knows(frame: pd.DataFrame, milestones: Sequence[float]) -> 
     return idle_grid[:, columns], closed[:, None] & past
 
 
+#: Odd 64-bit step (the golden ratio's) between a reused flow id and the ids tried for it.
+_ID_STEP = 0x9E3779B97F4A7C15
+_ID_MASK = (1 << 64) - 1
+
+
+def replay_flow_ids(frame: pd.DataFrame, idle_timeout_s: float = DEFAULT_IDLE_TIMEOUT_S) -> Tuple[np.ndarray, int]:
+    """Each record's flow id for the replay, and how many were changed (module docstring, "Reused flow ids").
+
+    A record whose ``flow_id`` an earlier record still holds at its start (that one's end
+    event, one ``idle_timeout_s`` after its last packet, comes later) gets an id no record uses.
+    """
+    ids = frame["flow_id"].to_numpy(dtype=np.uint64).copy()
+    if len(ids) == len(np.unique(ids)):
+        return ids, 0
+    start = frame["ts_start"].to_numpy(dtype=float)
+    end = start + np.maximum(frame["duration_s"].to_numpy(dtype=float), 0.0) + idle_timeout_s
+    taken = set(int(i) for i in ids)
+    held_until: dict = {}
+    changed = 0
+    for i in np.lexsort((np.arange(len(ids)), start)).tolist():
+        flow_id = int(ids[i])
+        if held_until.get(flow_id, -np.inf) > start[i]:  # the first still held: a second packet-in here is the replay's
+            new_id = flow_id
+            while new_id in taken:
+                new_id = (new_id + _ID_STEP) & _ID_MASK
+            taken.add(new_id)
+            ids[i] = np.uint64(new_id)
+            flow_id = new_id
+            changed += 1
+        held_until[flow_id] = max(held_until.get(flow_id, -np.inf), end[i])
+    return ids, changed
+
+
 def replay_decisions(frame: pd.DataFrame, policy, idle_timeout_s: float = DEFAULT_IDLE_TIMEOUT_S,
                      cells: Sequence[str] = DEFAULT_CELLS) -> DecisionTimeline:  # fmt: skip
     """Drive ``policy`` with the events a controller would see for ``frame``'s flows (module docstring).
@@ -206,7 +254,7 @@ def replay_decisions(frame: pd.DataFrame, policy, idle_timeout_s: float = DEFAUL
     end = start + duration + idle_timeout_s
     at_packets, at_bytes, missing = _counters(frame, milestones)
     idle_at, closing_at = what_the_primary_knows(frame, milestones)
-    flow_ids = frame["flow_id"].to_numpy(dtype=np.uint64)
+    flow_ids, reids = replay_flow_ids(frame, idle_timeout_s)
     protos = frame["proto"].to_numpy(dtype=np.int64)
     versions = frame["ip_version"].to_numpy(dtype=np.int64)
     sources, destinations = frame["src_addr"].to_numpy(dtype=object), frame["dst_addr"].to_numpy(dtype=object)
@@ -284,4 +332,4 @@ def replay_decisions(frame: pd.DataFrame, policy, idle_timeout_s: float = DEFAUL
     sort = np.lexsort((age_arr, flow_arr))
     return DecisionTimeline(flow_arr[sort], age_arr[sort], np.asarray(rows_rf, dtype=np.int64)[sort],
                             np.asarray(rows_mode, dtype=np.int8)[sort], redecisions, int(missing.sum()),
-                            int(idle_estimated))  # fmt: skip
+                            int(idle_estimated), reids)  # fmt: skip

@@ -146,7 +146,7 @@ class AgingService:
         self.scorer = self._checked(load(self.directory)) if self.directory else None
         horizon = getattr(self.scorer, "horizon_s", None)
         self.aging = settings_from_config(self.settings, horizon)
-        self.budget = CopyBudget(self.aging.budget, self.aging.milestones_s, self.aging.budget_window)
+        self.budget = CopyBudget.of(self.aging)
         self.policies: List[Any] = []
         self.loaded_at = time.time()
         self.reloads = 0

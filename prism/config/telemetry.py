@@ -23,6 +23,8 @@ Schema::
                                       # 1 packet/s while the budget allows, else state)
       promote_quiet: true             # aging: promote a flow that sent nothing since its last report
                                       # too (sparse long flows; ended flows the cells still report)
+      birth: auto                     # aging: auto (default) mirrors a TCP flow opened by a SYN at birth
+                                      # (state mode) while the copy budget has headroom; off: never
       promote_probability: 0.5        # aging with a model: promote a flow the model gives at least
                                       # this probability of living the model's horizon more
       demote_probability: 0           # aging with a model: drop the mirrors of a flow below this (0: never)
@@ -48,6 +50,7 @@ from prism.policy.budget import DEFAULT_CHEAP_FLOW_PACKETS
 from prism.config.types import SEVERITY_WARNING
 from prism.policy.aging import (
     ALLOWED_MILESTONES_S,
+    BIRTH_CHOICES,
     POLICY_MODES,
     DEFAULT_BUDGET as DEFAULT_AGING_BUDGET,
     DEFAULT_DEMOTE_PROBABILITY,
@@ -58,7 +61,7 @@ from prism.policy.aging import (
 )
 
 TELEMETRY_KEYS = ("dir", "rotate_records", "rotate_s", "poll_interval")
-PREDICTION_KEYS = ("policy", "model", "budget", "horizon_s", "milestones_s", "mode", "promote_quiet",
+PREDICTION_KEYS = ("policy", "model", "budget", "horizon_s", "milestones_s", "mode", "promote_quiet", "birth",
                    "promote_probability", "demote_probability", "cheap_flow_packets")
 DEFAULT_PROMOTE_QUIET = AgingSettings.promote_quiet
 _TAG_BOOL = "tag:yaml.org,2002:bool"
@@ -108,6 +111,8 @@ class PredictionConfig:
         promote_probability: aging with a model: least P(lives the horizon more) to promote.
         demote_probability: aging with a model: mirrored flows below this lose their mirrors.
         promote_quiet: aging: promote flows quiet since their last report too.
+        birth: aging: ``auto`` mirrors SYN-opened TCP flows at birth while the budget has headroom,
+            ``off`` never.
     """
 
     model: Optional[str]
@@ -120,6 +125,7 @@ class PredictionConfig:
     promote_probability: float = DEFAULT_PROMOTE_PROBABILITY
     demote_probability: float = DEFAULT_DEMOTE_PROBABILITY
     promote_quiet: bool = DEFAULT_PROMOTE_QUIET
+    birth: str = AgingSettings.birth
 
 
 def resolve_path(path: str, source: str) -> str:
@@ -274,6 +280,9 @@ def check_prediction(
             shown = repr(node_quiet.value) if isinstance(node_quiet, ScalarNode) else "a collection"
             checker.report(node_quiet, "prediction.promote_quiet", f"expected true or false, got {shown}")
             promote_quiet = None
+    birth: Optional[str] = AgingSettings.birth
+    if "birth" in fields:  # YAML reads a bare off as a boolean: the text is what counts
+        birth = _choice(checker, fields["birth"], "prediction.birth", BIRTH_CHOICES)
     probabilities = {"promote_probability": DEFAULT_PROMOTE_PROBABILITY,
                      "demote_probability": DEFAULT_DEMOTE_PROBABILITY}  # fmt: skip
     for key in probabilities:
@@ -287,11 +296,12 @@ def check_prediction(
     if max_replication_factor == 0:
         checker.report(node, "prediction", "max_replication_factor is 0: the predictive policy can never "
                        "mirror a flow (raise max_replication_factor)", SEVERITY_WARNING)  # fmt: skip
-    values = (budget, cheap_flow_packets, milestones_s, mode, promote, demote, promote_quiet)
+    values = (budget, cheap_flow_packets, milestones_s, mode, promote, demote, promote_quiet, birth)
     if not ok or any(value is None for value in values):
         return None
     return PredictionConfig(None if model is None else resolve_path(model, checker.source), budget, horizon_s,
-                            cheap_flow_packets, policy, milestones_s, mode, promote, demote, promote_quiet)  # fmt: skip
+                            cheap_flow_packets, policy, milestones_s, mode, promote, demote, promote_quiet,
+                            birth)  # fmt: skip
 
 
 def render_telemetry(telemetry: TelemetryConfig) -> dict:
@@ -311,7 +321,7 @@ def render_prediction(prediction: PredictionConfig) -> dict:
                 "milestones_s": list(prediction.milestones_s), "mode": prediction.mode,
                 "promote_probability": prediction.promote_probability,
                 "demote_probability": prediction.demote_probability,
-                "promote_quiet": prediction.promote_quiet}  # fmt: skip
+                "promote_quiet": prediction.promote_quiet, "birth": prediction.birth}  # fmt: skip
     if prediction.model is not None:
         rendered["model"] = prediction.model
     if prediction.horizon_s is not None:

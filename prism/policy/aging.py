@@ -4,8 +4,13 @@ A flow's first packet says little about it; its own history says much more
 (issue 8). So:
 
 1. **Birth** (``profile_for``, the packet-in path): the primary is the first
-   live cell of the flow's ring order, as with ``FixedPolicy``; no mirror and
-   no model call. The flow is remembered (its first packet and birth time).
+   live cell of the flow's ring order, as with ``FixedPolicy``; no model call.
+   The flow is remembered (its first packet and birth time). With ``birth``
+   ``auto``, a TCP flow opened by a SYN (not a SYN/ACK, not mid-connection) also
+   gets mirrors at birth, in ``state`` mode, while the copy budget has headroom
+   for it (3. below): its mirror sees the SYN (the packet-out to the ALL group)
+   and every SYN/FIN/RST, the primary's SMM sends the rest, so it holds the
+   flow's state from birth without a seed. Every other flow: no mirror.
 2. **Milestones** (``redecide``, when the flow's primary cell reports it
    crossed an age in ``milestones_s``, with its packets and bytes so far):
    - a flow that sent nothing since the previous milestone (or since its
@@ -42,6 +47,18 @@ A flow's first packet says little about it; its own history says much more
    ``state`` alone spend more, promotion waits for a later milestone
    (``min_promotion_age_s`` steps up one milestone a time), stepping back
    down when they spend less than ``RELAX_SHARE`` of it.
+   The gate judges the flows promoted at milestones (and the unmirrored);
+   **birth mirroring** is the level below the first milestone: open while the
+   gate is at the first milestone and what mirroring every SYN-opened flow at
+   birth would cost (``BirthEstimate``: the SYN, the SYN/ACK, then the
+   teardown; a scan's unanswered or refused SYN costs a copy per packet) is
+   under the headroom, the budget less what the promotions spend, over the
+   last ``BIRTH_WINDOW`` reports. The estimate is the same whether birth
+   mirroring is open or not (it counts what it would cost, not what it did),
+   so it does not swing open and shut by its own doing. Its reports are
+   each flow's birth (its first packet, a SYN's copy: known at once), its
+   milestone reports and its end, so a scan's SYNs close birth mirroring as
+   they arrive, not one idle timeout after they end.
 4. **Mirrors** (as the predictive policy chose them): the next live cells on
    the ring, healthy and not overloaded first (a cell ``prism.policy.base.AVOID_RISK_RATIO``
    times riskier than the median, or holding more than ``LOAD_FACTOR`` times
@@ -103,6 +120,23 @@ RELAX_SHARE = 0.5  #: the gate steps down when the window spends less than this 
 #: A TCP flow promoted after its handshake can still send this many state packets (a FIN per
 #: direction, or a RST): the budget's estimate of its copies per mirror.
 STATE_COPIES_AFTER_PROMOTION = 2
+#: State packets of a TCP handshake a mirror present at birth is copied (SYN, SYN/ACK).
+HANDSHAKE_COPIES = 2
+#: Copies per mirror of a TCP flow mirrored at birth in ``state`` mode: its handshake and its
+#: teardown (a FIN per direction); never more than its packets (a scan's SYN, SYN + RST).
+STATE_COPIES_AT_BIRTH = HANDSHAKE_COPIES + STATE_COPIES_AFTER_PROMOTION
+#: Configuration values of ``birth``: mirror SYN-opened TCP flows at birth while the budget
+#: has headroom (``auto``), or never (``off``).
+BIRTH_AUTO = "auto"
+BIRTH_OFF = "off"
+BIRTH_CHOICES = (BIRTH_AUTO, BIRTH_OFF)
+DEFAULT_BIRTH = BIRTH_AUTO
+#: Reports (milestone reports and flow ends) over which birth mirroring's cost is estimated, and
+#: the fewest it is judged on (birth mirroring stays closed before).
+BIRTH_WINDOW = 1024
+MIN_BIRTH_REPORTS = 256
+_TCP_SYN, _TCP_ACK, _TCP_FIN, _TCP_RST = 0x02, 0x10, 0x01, 0x04
+_OPENING_FLAGS = _TCP_SYN | _TCP_ACK | _TCP_FIN | _TCP_RST
 
 MAX_RISK_BOOST = 100.0
 DEFAULT_RISK_TARGET = 1e-6
@@ -158,6 +192,8 @@ class AgingSettings:
             probably ended (the cells report every flow they still hold; the director
             holds an ended flow one idle timeout more). Reports without ``idle_s``, and
             flows of one packet so far, fall back to ``promote_quiet``.
+        birth: ``auto``: mirror a SYN-opened TCP flow at birth (``state`` mode) while the copy
+            budget has headroom for it (module docstring); ``off``: never mirror at birth.
     """
 
     milestones_s: Tuple[float, ...] = DEFAULT_MILESTONES_S
@@ -171,6 +207,7 @@ class AgingSettings:
     promote_quiet: bool = True
     slow_flow_pps: float = SLOW_FLOW_PPS
     max_idle_share: float = DEFAULT_MAX_IDLE_SHARE
+    birth: str = DEFAULT_BIRTH
 
     def __post_init__(self) -> None:
         milestones = tuple(float(m) for m in self.milestones_s)
@@ -178,6 +215,8 @@ class AgingSettings:
         if any(m not in ALLOWED_MILESTONES_S for m in milestones) or list(milestones) != sorted(set(milestones)):
             raise ValueError(f"milestones_s must be ascending, distinct and among {ALLOWED_MILESTONES_S}, "
                              f"not {self.milestones_s}")  # fmt: skip
+        if self.birth not in BIRTH_CHOICES:
+            raise ValueError(f"birth must be one of {BIRTH_CHOICES}, not {self.birth!r}")
         if self.mode not in POLICY_MODES:
             raise ValueError(f"mode must be one of {POLICY_MODES}, not {self.mode!r}")
         if not 0 < self.budget <= 1:
@@ -193,6 +232,55 @@ class AgingSettings:
             raise ValueError("horizon_s must be > 0 and budget_window >= 1")
 
 
+class BirthEstimate:
+    """What mirroring every SYN-opened TCP flow at birth would cost, in copies per packet, right now.
+
+    Fed by every report the policy hears, whichever flows it mirrored: a flow's
+    packets since its previous report, and, for a SYN-opened flow, the copies a
+    mirror present at birth would have had since (``birth_copies``). The same
+    estimate whether birth mirroring is open or not, so opening it does not
+    move it. Over the last ``window`` reports.
+    """
+
+    def __init__(self, window: int = BIRTH_WINDOW):
+        self.window = window
+        self._reports: Deque[Tuple[int, int]] = deque()
+        self._packets = 0
+        self._copies = 0
+
+    def report(self, packets: int, copies: int) -> None:
+        """``packets`` more packets of one flow, ``copies`` more that birth mirroring would copy.
+
+        A report of no packet (a quiet flow's) says nothing about the cost and is not kept.
+        """
+        if packets <= 0 and copies <= 0:
+            return
+        self._reports.append((packets, copies))
+        self._packets += packets
+        self._copies += copies
+        if len(self._reports) > self.window:
+            old_packets, old_copies = self._reports.popleft()
+            self._packets -= old_packets
+            self._copies -= old_copies
+
+    @property
+    def judged(self) -> bool:
+        """Whether enough reports came in to judge (``MIN_BIRTH_REPORTS``)."""
+        return len(self._reports) >= min(MIN_BIRTH_REPORTS, self.window)
+
+    def share(self) -> float:
+        """Estimated copies per packet of birth mirroring (0 before any report)."""
+        return self._copies / self._packets if self._packets else 0.0
+
+
+def birth_copies(packets: int, closing: bool) -> int:
+    """Copies per mirror a SYN-opened flow of ``packets`` so far sent a mirror present from its birth.
+
+    Its handshake (SYN, SYN/ACK), and once ``closing`` its teardown; never more than its packets.
+    """
+    return min(int(packets), STATE_COPIES_AT_BIRTH if closing else HANDSHAKE_COPIES)
+
+
 class CopyBudget:
     """Estimated mirror copies per packet over a window of ended flows, and the promotion gate it sets.
 
@@ -200,18 +288,30 @@ class CopyBudget:
         budget: Copies per packet to spend.
         milestones_s: The policy's milestones; the gate is the index of the first one that may promote.
         window: Ended flows in the window.
+        birth: Whether SYN-opened flows may be mirrored at birth (the level below the first
+            milestone): while the gate is at the first milestone and ``birth_estimate`` is
+            under the ``headroom``.
     """
 
-    def __init__(self, budget: float, milestones_s: Sequence[float], window: int = DEFAULT_BUDGET_WINDOW):
+    def __init__(self, budget: float, milestones_s: Sequence[float], window: int = DEFAULT_BUDGET_WINDOW,
+                 birth: bool = False) -> None:  # fmt: skip
         self.budget = budget
         self.milestones_s = tuple(milestones_s)
         self.window = window
+        self.birth = birth
+        self.birth_estimate = BirthEstimate()
+        self.birth_open = False  #: whether a SYN-opened flow is mirrored at birth now
         self._ends: Deque[Tuple[int, float, float]] = deque()
         self._packets = 0
         self._copies = 0.0
         self._full_copies = 0.0
         self.gate = 0  #: index into milestones_s of the youngest age that may promote
         self.gate_raises = 0
+
+    @classmethod
+    def of(cls, settings: "AgingSettings") -> "CopyBudget":
+        """The budget ``settings`` ask for (budget, milestones, window, birth mirroring)."""
+        return cls(settings.budget, settings.milestones_s, settings.budget_window, settings.birth == BIRTH_AUTO)
 
     @property
     def min_promotion_age_s(self) -> float:
@@ -243,10 +343,22 @@ class CopyBudget:
         if share > self.budget and self.gate < len(self.milestones_s):
             self.gate += 1
             self.gate_raises += 1
+            self.birth_open = False
             self._restart_window()
         elif share < RELAX_SHARE * self.budget and self.gate > 0:
             self.gate -= 1
             self._restart_window()
+
+    def report(self, packets: int, copies: int) -> None:
+        """A flow's report (its birth, a milestone's, its end): feeds ``birth_estimate`` (``BirthEstimate.report``)."""
+        estimate = self.birth_estimate
+        estimate.report(packets, copies)
+        self.birth_open = (self.birth and self.gate == 0 and estimate.judged
+                           and estimate.share() < self.headroom())  # fmt: skip
+
+    def headroom(self) -> float:
+        """Copies per packet birth mirroring may spend: the budget less what promotions spend."""
+        return self.budget - self.share()
 
     def _restart_window(self) -> None:
         """A new gate is judged on flows that end after it (the old ones were decided under the old one)."""
@@ -262,13 +374,15 @@ class CopyBudget:
     def status(self) -> Dict[str, object]:
         """Plain values for the REST API."""
         return {"budget": self.budget, "estimated_share": self.share(), "ended_flows_in_window": len(self._ends),
-                "min_promotion_age_s": self.min_promotion_age_s, "gate_raises": self.gate_raises}  # fmt: skip
+                "min_promotion_age_s": self.min_promotion_age_s, "gate_raises": self.gate_raises,
+                "birth_open": self.birth_open, "birth_estimated_share": self.birth_estimate.share()}  # fmt: skip
 
 
 class _Flow:
     """What the policy remembers of a live flow."""
 
-    __slots__ = ("first", "born", "mode", "mirrors", "last_age", "last_packets", "promoted_packets")
+    __slots__ = ("first", "born", "mode", "mirrors", "last_age", "last_packets", "promoted_packets", "syn",
+                 "reported", "birth_copies")  # fmt: skip
 
     def __init__(self, first: Optional[PacketInfo], born: float, mode: str) -> None:
         self.first = first
@@ -277,7 +391,17 @@ class _Flow:
         self.mirrors: Tuple[str, ...] = ()
         self.last_age = 0.0
         self.last_packets = 0
-        self.promoted_packets = -1  #: packets when it got mirrors (-1: never mirrored)
+        self.promoted_packets = -1  #: packets when it got mirrors (-1: never mirrored; 0: at birth)
+        self.syn = opened_by_syn(first)  #: a TCP flow whose first packet is a SYN
+        #: Packets and copies (``birth_copies``) reported to the birth estimate so far: a flow
+        #: born here reports its first packet (and a SYN's copy) at birth.
+        self.reported = 0 if first is None else 1
+        self.birth_copies = int(self.syn)
+
+
+def opened_by_syn(first: Optional[PacketInfo]) -> bool:
+    """Whether a flow's first packet opens a TCP connection: a SYN, no ACK, FIN or RST."""
+    return first is not None and first.proto == PROTO_TCP and first.tcp_flags & _OPENING_FLAGS == _TCP_SYN
 
 
 def _ends_silently(flow: _Flow) -> bool:
@@ -314,18 +438,18 @@ class AgingPolicy:
         self.settings = settings
         self.scorer = scorer
         self.health = health
-        self.budget = budget if budget is not None else CopyBudget(settings.budget, settings.milestones_s,
-                                                                   settings.budget_window)  # fmt: skip
+        self.budget = budget if budget is not None else CopyBudget.of(settings)
         self._birth_mode = MODE_STATE if settings.mode == MODE_AUTO else settings.mode
         self._flows: Dict[int, _Flow] = {}
         self._alone: Dict[str, MirroringProfile] = {}
+        self._mirrored: Dict[Tuple[str, Tuple[str, ...]], MirroringProfile] = {}
         self._mirror_load: Dict[str, int] = {}
         self._risk: Dict[str, float] = {}
         self._reference = 0.0
         self._risk_at: Optional[float] = None
         self.counts: Dict[str, int] = dict.fromkeys(
             ("born", "redecided", "scored", "promoted", "demoted", "to_state", "kept", "quiet", "forgotten",
-             "adopted", "closing", "idle"), 0)
+             "adopted", "closing", "idle", "born_mirrored"), 0)
 
     @property
     def milestones_s(self) -> Tuple[float, ...]:
@@ -334,7 +458,8 @@ class AgingPolicy:
 
     # --- birth: the packet-in path -----------------------------------------------------
     def profile_for(self, packet_info: PacketInfo, live_cells: Collection[str], now: float) -> MirroringProfile:
-        """The primary only (first live cell of the ring order); the flow is remembered.
+        """The primary (first live cell of the ring order), and mirrors for a SYN-opened TCP flow while
+        birth mirroring is open (module docstring); the flow is remembered.
 
         Raises:
             NoLiveCell: no live cell on this switch's ring.
@@ -346,10 +471,22 @@ class AgingPolicy:
         else:
             raise NoLiveCell(f"no live cell for flow {packet_info.key} (live: {sorted(live_cells)})")
         flows = self._flows
-        flows[flow_id] = _Flow(packet_info, now, self._birth_mode)
+        flow = flows[flow_id] = _Flow(packet_info, now, self._birth_mode)
         if len(flows) > MAX_LIVE_FLOWS:
             self._forget(next(iter(flows)))
         self.counts["born"] += 1
+        self.budget.report(flow.reported, flow.birth_copies)  # the first packet (a SYN's copy): known now
+        if flow.syn and self.budget.birth_open and self.max_replication_factor:
+            mirrors = self._choose_mirrors(flow_id, cell_id, live_cells, now)
+            if mirrors:
+                flow.mirrors, flow.promoted_packets, flow.mode = mirrors, 0, MODE_STATE
+                self._load(flow)
+                self.counts["born_mirrored"] += 1
+                key = (cell_id, mirrors)
+                profile = self._mirrored.get(key)
+                if profile is None:
+                    profile = self._mirrored[key] = MirroringProfile(cell_id, mirrors, len(mirrors))
+                return profile
         profile = self._alone.get(cell_id)
         if profile is None:  # profiles are immutable: one per primary serves every new flow
             profile = self._alone[cell_id] = MirroringProfile(cell_id)
@@ -381,6 +518,7 @@ class AgingPolicy:
         scorer = self.scorer
         ask = scorer is not None and (not quiet or getattr(scorer, "scores_quiet_flows", False))
         probability = self._alive_probability(flow, age_s, packets, bytes) if ask else None
+        self._report(flow, packets, bool(closing))
         flow.last_age, flow.last_packets = age_s, packets
         if not current.mirror_cells:
             if not self.max_replication_factor or age_s < self.budget.min_promotion_age_s:
@@ -419,6 +557,16 @@ class AgingPolicy:
             return current, MODE_STATE
         counts["kept"] += 1
         return None
+
+    def _report(self, flow: _Flow, packets: int, closing: bool) -> None:
+        """Feed the birth estimate with what a report says: its packets since the last, and the
+        copies a birth mirror of a SYN-opened flow would have had since."""
+        copies = 0
+        if flow.syn:
+            so_far = birth_copies(packets, closing)
+            copies, flow.birth_copies = max(so_far - flow.birth_copies, 0), max(so_far, flow.birth_copies)
+        more, flow.reported = max(packets - flow.reported, 0), max(packets, flow.reported)
+        self.budget.report(more, copies)
 
     def _promotion_mode(self, age_s: float, packets: int) -> str:
         """The configured mode; in ``auto``, ``full`` for a slow flow while the copy budget allows."""
@@ -488,6 +636,9 @@ class AgingPolicy:
             return
         self._unload(flow)
         packets = entry.packets + 1  # the switch's entries never counted the first packet (a packet-out)
+        self._report(flow, packets, True)  # ended: its teardown, if any, is behind it
+        if flow.promoted_packets == 0 and flow.syn:  # mirrored at birth: its cost is the birth estimate's
+            return
         self.budget.observe(packets, estimated_copies(flow, packets), flow.mode == MODE_FULL)
 
     # --- questions -----------------------------------------------------------------------
@@ -514,6 +665,8 @@ def estimated_copies(flow: _Flow, packets: int) -> float:
     """Copies a flow sent its mirrors, as the budget estimates them from its end counters."""
     if flow.promoted_packets < 0 or not flow.mirrors:
         return 0.0
+    if flow.promoted_packets == 0 and flow.syn and flow.mode == MODE_STATE:  # mirrored at birth
+        return float(birth_copies(packets, True) * len(flow.mirrors))
     after = max(int(packets) - flow.promoted_packets, 0)
     if flow.mode == MODE_FULL:
         return float(after * len(flow.mirrors))
@@ -524,7 +677,7 @@ def estimated_copies(flow: _Flow, packets: int) -> float:
 def make_policies(rings: Sequence[HashRing], max_replication_factors: Sequence[int], settings: AgingSettings,
                   scorer: Optional[AliveScorer] = None) -> List[AgingPolicy]:  # fmt: skip
     """One policy per switch, sharing one copy budget."""
-    budget = CopyBudget(settings.budget, settings.milestones_s, settings.budget_window)
+    budget = CopyBudget.of(settings)
     return [AgingPolicy(ring, rf, settings, scorer, budget=budget) for ring, rf in zip(rings, max_replication_factors)]
 
 
@@ -539,4 +692,5 @@ def settings_from_config(prediction, horizon_s: Optional[float] = None) -> Aging
     return AgingSettings(milestones_s=prediction.milestones_s, mode=prediction.mode, budget=prediction.budget,
                          promote_probability=prediction.promote_probability,
                          demote_probability=prediction.demote_probability, horizon_s=horizon,
-                         promote_quiet=getattr(prediction, "promote_quiet", AgingSettings.promote_quiet))  # fmt: skip
+                         promote_quiet=getattr(prediction, "promote_quiet", AgingSettings.promote_quiet),
+                         birth=getattr(prediction, "birth", AgingSettings.birth))  # fmt: skip

@@ -110,7 +110,8 @@ def _replicated(net: PrismNetwork, mirror: str, before: Dict) -> Optional[Dict]:
 
 
 def test_a_flow_promoted_at_a_milestone_survives_a_failure_after_its_seed(ovs, tmp_path):
-    prediction = {"milestones_s": [PROMOTION_MILESTONE_S], "mode": "state", "budget": 1.0}
+    # promotion alone: no mirror at birth (with birth: auto it would not open over a few flows anyway)
+    prediction = {"milestones_s": [PROMOTION_MILESTONE_S], "mode": "state", "budget": 1.0, "birth": "off"}
     with make_network(tmp_path, {"prediction": prediction, "max_replication_factor": 1}) as net:
         transfer = Transfer(net, "promoted")
         born = poll(lambda: transfer_flow(net), timeout=5)

@@ -94,6 +94,8 @@ def test_defaults_and_absent_sections():
          "conf/prism.yaml:8:20: prediction.mode: expected one of state, full, auto, got 'partial'"),
         ("prediction: {promote_quiet: 1}\n",
          "conf/prism.yaml:8:29: prediction.promote_quiet: expected true or false, got '1'"),
+        ("prediction: {birth: always}\n",
+         "conf/prism.yaml:8:21: prediction.birth: expected one of auto, off, got 'always'"),
         ("prediction: {promote_probability: 2}\n",
          "conf/prism.yaml:8:35: prediction.promote_probability: expected a probability between 0 and 1, got '2'"),
         ("prediction: {promote_probability: 0.2, demote_probability: 0.5}\n",
@@ -142,3 +144,11 @@ def test_the_aging_policy_needs_no_model_and_its_keys_round_trip():
     assert config.prediction == PredictionConfig(None, 0.05, None, DEFAULT_CHEAP_FLOW_PACKETS, POLICY_AGING,
                                                  (0.5, 2.0, 8.0), MODE_FULL, 0.6, 0.1, False)  # fmt: skip
     assert parse_config(render_config(config)) == config
+
+
+def test_birth_defaults_to_auto_reads_off_though_yaml_takes_it_for_a_boolean_and_round_trips():
+    assert parse_config(BASE + "prediction: {budget: 0.1}\n").prediction.birth == "auto"
+    for text in ("off", "auto", "'off'"):
+        config = parse_config(BASE + f"prediction: {{birth: {text}}}\n")
+        assert config.prediction.birth == text.strip("'")
+        assert parse_config(render_config(config)) == config

@@ -11,11 +11,18 @@ from prism.flows.identity import parse_frame
 from testkit.oxm import tcp_packet, to_frame, udp_packet
 from prism.policy.base import MODE_FULL, MODE_STATE, Policy
 from prism.policy.aging import (
+    BIRTH_WINDOW,
+    HANDSHAKE_COPIES,
+    MIN_BIRTH_REPORTS,
     MIN_BUDGET_FLOWS,
+    STATE_COPIES_AT_BIRTH,
     AgingPolicy,
     AgingSettings,
     CopyBudget,
+    birth_copies,
+    estimated_copies,
     make_policies,
+    opened_by_syn,
 )
 from prism.placement.profiles import MirroringProfile
 from prism.placement.ring import HashRing
@@ -284,3 +291,117 @@ def test_without_idle_s_the_policy_decides_as_before_and_the_share_is_checked():
     for bad in (0.0, 1.5, -0.1):
         with pytest.raises(ValueError, match="max_idle_share"):
             AgingSettings(max_idle_share=bad)
+
+
+# --- birth mirroring (issue 8: the only lever on the first 0.25 s + seed) -------------------------------
+def _tcp_flags(sport: int, flags: int):
+    return parse_frame(to_frame(tcp_packet("02:00:00:00:00:01", "02:00:00:00:00:02", "10.0.0.1", "10.0.0.2",
+                                           sport, 443, flags=flags)))  # fmt: skip
+
+
+def _cheap_traffic(policy, flows: int, packets: int = 100, sport: int = 20000) -> None:
+    """UDP flows that report many packets and no birth copy: the estimate has headroom."""
+    for i in range(flows):
+        info = _udp(sport + i)
+        birth = policy.profile_for(info, CELLS, 0.0)
+        policy.redecide(info.flow_id, birth, 0.25, packets, 100 * packets, CELLS, 0.25)
+
+
+def test_opened_by_syn_is_a_syn_without_ack_fin_or_rst():
+    assert opened_by_syn(_tcp_flags(1, 0x02))
+    for flags in (0x12, 0x10, 0x18, 0x04, 0x03):
+        assert not opened_by_syn(_tcp_flags(1, flags)), hex(flags)
+    assert not opened_by_syn(_udp(1)) and not opened_by_syn(None)
+
+
+def test_birth_copies_are_the_handshake_then_the_teardown_never_more_than_the_packets():
+    assert [birth_copies(p, False) for p in (1, 2, 10)] == [1, 2, HANDSHAKE_COPIES]
+    assert [birth_copies(p, True) for p in (1, 2, 3, 10)] == [1, 2, 3, STATE_COPIES_AT_BIRTH]
+
+
+def test_birth_mirroring_opens_only_once_judged_and_with_headroom_and_mirrors_syn_flows_in_state_mode():
+    policy = AgingPolicy(HashRing(CELLS), 2, AgingSettings(mode=MODE_FULL))
+    syn = _tcp_flags(100, 0x02)
+    assert policy.profile_for(syn, CELLS, 0.0).mirror_cells == ()  # not judged yet: closed
+    _cheap_traffic(policy, MIN_BIRTH_REPORTS)
+    assert policy.budget.birth_open and policy.budget.birth_estimate.share() < 0.1 * policy.budget.budget
+    first = _tcp_flags(101, 0x02)
+    load_before = sum(policy.mirror_load().values())
+    profile = policy.profile_for(first, CELLS, 1.0)
+    assert profile.primary_cell == HashRing(CELLS).order(first.flow_id)[0] and profile.replication_factor == 1
+    assert policy.mode_for(first.flow_id) == MODE_STATE  # whatever the configured mode: state
+    assert policy.counts["born_mirrored"] == 1 and sum(policy.mirror_load().values()) == load_before + 1
+    assert policy.profile_for(_tcp_flags(102, 0x02), CELLS, 1.0).replication_factor == 1
+    for not_opening in (_tcp_flags(103, 0x12), _tcp_flags(104, 0x10), _udp(105)):  # SYN/ACK, mid-connection, UDP
+        assert policy.profile_for(not_opening, CELLS, 1.0).mirror_cells == ()
+    # a mirrored-at-birth flow is kept at its milestones (no seed, no second promotion)
+    promoted = policy.counts["promoted"]
+    assert policy.redecide(first.flow_id, profile, 0.25, 10, 1000, CELLS, 1.25) is None
+    assert policy.counts["promoted"] == promoted
+
+
+def test_birth_off_never_mirrors_at_birth():
+    policy = AgingPolicy(HashRing(CELLS), 1, AgingSettings(birth="off"))
+    _cheap_traffic(policy, MIN_BIRTH_REPORTS)
+    assert not policy.budget.birth_open
+    assert policy.profile_for(_tcp_flags(101, 0x02), CELLS, 1.0).mirror_cells == ()
+
+
+def test_a_scan_closes_birth_mirroring_as_its_syns_arrive():
+    """A scan's SYNs (a copy per packet each) count at birth: birth mirroring shuts within the window."""
+    policy = AgingPolicy(HashRing(CELLS), 1)
+    _cheap_traffic(policy, MIN_BIRTH_REPORTS, packets=10)
+    assert policy.budget.birth_open
+    mirrored = 0
+    for i in range(BIRTH_WINDOW):
+        mirrored += bool(policy.profile_for(_tcp_flags(30000 + i, 0x02), CELLS, 2.0).mirror_cells)
+    assert not policy.budget.birth_open
+    # 512 reports of 2,560 packets: the 10% headroom is gone after about 285 SYNs, not the whole window
+    assert 0 < mirrored < 300 and policy.counts["born_mirrored"] == mirrored
+
+
+def test_birth_mirroring_stays_shut_while_the_gate_is_raised_and_its_flows_are_not_the_gates():
+    budget = CopyBudget(0.1, (0.25, 1.0), birth=True)
+    budget.gate = 1
+    for _ in range(MIN_BIRTH_REPORTS):
+        budget.report(100, 0)
+    assert not budget.birth_open
+    budget.gate = 0
+    budget.report(100, 0)
+    assert budget.birth_open
+    # promotions spending the budget leave no headroom
+    budget.report(100, 50)
+    assert budget.birth_open and 0.001 < budget.birth_estimate.share() < 0.1
+    budget._copies, budget._packets = 9.9, 100
+    budget.report(100, 0)
+    assert budget.headroom() == pytest.approx(0.001) and not budget.birth_open
+    # a flow mirrored at birth ends: its copies are the birth estimate's, not the gate's window
+    policy = AgingPolicy(HashRing(CELLS), 1)
+    _cheap_traffic(policy, MIN_BIRTH_REPORTS)
+    info = _tcp_flags(101, 0x02)
+    assert policy.profile_for(info, CELLS, 1.0).mirror_cells
+    ends_before = len(policy.budget._ends)
+    policy.flow_ended(_entry(info.flow_id, 3), 12.0)
+    assert len(policy.budget._ends) == ends_before
+
+
+def test_estimated_copies_of_a_flow_mirrored_at_birth_are_its_state_packets():
+    policy = AgingPolicy(HashRing(CELLS), 1)
+    _cheap_traffic(policy, MIN_BIRTH_REPORTS)
+    scan, talk = _tcp_flags(101, 0x02), _tcp_flags(102, 0x02)
+    for info in (scan, talk):
+        policy.profile_for(info, CELLS, 1.0)
+    assert estimated_copies(policy._flows[scan.flow_id], 1) == 1.0  # an unanswered SYN
+    assert estimated_copies(policy._flows[talk.flow_id], 40) == float(STATE_COPIES_AT_BIRTH)
+
+
+def test_the_birth_setting_is_checked_and_read_from_a_configuration():
+    from prism.config import parse_config
+    from prism.policy.aging import settings_from_config
+
+    with pytest.raises(ValueError, match="birth"):
+        AgingSettings(birth="always")
+    text = ("switches:\n  - dpid: 1\n    cells: [{id: c1, port: 1}, {id: c2, port: 2}]\n    edge_ports: [3]\n"
+            "prediction: {birth: off}\n")
+    assert settings_from_config(parse_config(text).prediction).birth == "off"
+    assert AgingSettings().birth == "auto"

@@ -149,3 +149,22 @@ def test_the_primary_s_idle_time_and_closing_are_exact_past_the_last_packet_and_
     uniform = records_to_frame([_record(4, 0.0, 10.0, 101, milestones=None)])  # Argus: counts interpolated
     idle, closing = what_the_primary_knows(uniform, (1.0, 16.0))
     assert idle[0, 0] == pytest.approx(0.5 / 6) and idle[0, 1] == pytest.approx(6.0) and not closing.any()
+
+
+def test_a_flow_id_still_held_by_an_earlier_record_is_replaced_and_a_later_one_kept():
+    """Two records of one id: overlapping while held -> the later gets its own id; after the hold -> kept."""
+    from models.replay import replay_flow_ids
+
+    frame = records_to_frame([_record(7, 100.0, 2.0, 5, proto=6, first_tcp_flags=2),
+                              _record(7, 103.0, 1.0, 5, proto=6, first_tcp_flags=2),  # first held until 112
+                              _record(7, 200.0, 1.0, 5, proto=6, first_tcp_flags=2),  # both idled out by then
+                              _record(8, 100.0, 1.0, 5)])  # fmt: skip
+    ids, changed = replay_flow_ids(frame, IDLE)
+    assert changed == 1 and ids[0] == ids[2] == 7 and ids[3] == 8
+    assert ids[1] not in (7, 8)
+    recorder = Recorder(AgingPolicy(HashRing(CELLS), 1, AgingSettings(milestones_s=(0.25,), birth="off")))
+    timeline = replay_decisions(frame, recorder, idle_timeout_s=IDLE)
+    assert timeline.reids == 1
+    ends = [call for call in recorder.calls if call[0] == "end"]
+    assert sorted(call[1] for call in ends) == sorted(int(i) for i in ids)  # every record ends under its own id
+    assert recorder.policy.counts["adopted"] == 0  # no record's milestone found its id forgotten
