@@ -396,7 +396,7 @@ def test_estimated_copies_of_a_flow_mirrored_at_birth_are_its_state_packets():
 
 
 def test_the_birth_setting_is_checked_and_read_from_a_configuration():
-    from prism.config import parse_config
+    from prism.config.load import parse_config
     from prism.policy.aging import settings_from_config
 
     with pytest.raises(ValueError, match="birth"):
