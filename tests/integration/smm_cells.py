@@ -34,6 +34,9 @@ from smm_helpers import flow_state, mirror_copy  # noqa: E402
 LOOPBACK = "127.0.0.1"
 PROFILE = 11
 DEADLINE_S = 60.0  #: a bound for a hung test, not a performance assertion
+#: How often the fake controller re-sends its standing messages (directory, profiles), as the
+#: real one re-sends the directory (``prism.control.plane.DIRECTORY_REFRESH_S``, shorter here).
+REFRESH_S = 1.0
 TICK_S = 0.05
 CLONE_NEWNET = 0x40000000
 #: This test run's management key: made at import, never written to the repository.
@@ -117,7 +120,12 @@ class RunningCell:
 
 
 class FakeController:
-    """The controller's management socket: sends control messages, collects what cells send."""
+    """The controller's management socket: sends control messages, collects what cells send.
+
+    Messages sent with ``standing=True`` (the directory, the profile table) are
+    sent again every REFRESH_S while the test collects, as the real controller
+    refreshes its directory: a datagram lost on a lossy link is not lost for good.
+    """
 
     def __init__(self, bind: Tuple[str, int] = (LOOPBACK, 0)) -> None:
         self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
@@ -125,11 +133,24 @@ class FakeController:
         self.address = self.sock.getsockname()
         self.received: List[dict] = []
         self.auth = MgmtAuth(KEY, CONTROLLER_SENDER)
+        self.standing: Dict[Tuple[str, Tuple[str, int]], dict] = {}
+        self._next_refresh = time.monotonic() + REFRESH_S
 
-    def send(self, message: dict, address: Tuple[str, int]) -> None:
+    def send(self, message: dict, address: Tuple[str, int], standing: bool = False) -> None:
+        if standing:
+            self.standing[(message["type"], tuple(address))] = message
         self.sock.sendto(self.auth.seal(mgmt.encode(message), time.time()), address)
 
+    def refresh(self) -> None:
+        """Send the standing messages again once REFRESH_S has passed since the last time."""
+        if time.monotonic() < self._next_refresh:
+            return
+        self._next_refresh = time.monotonic() + REFRESH_S
+        for (_, address), message in list(self.standing.items()):
+            self.send(message, address)
+
     def collect(self, timeout_s: float) -> None:
+        self.refresh()
         ready, _, _ = select.select([self.sock], [], [], timeout_s)
         while ready:
             datagram, _ = self.sock.recvfrom(65536)
@@ -154,8 +175,8 @@ def start_cells(controller: FakeController, cells: Dict[str, RunningCell],
              "profiles": {str(pid): [primary, list(mirrors)] for pid, (primary, mirrors) in profiles.items()}}
     for running in cells.values():
         running.thread.start()
-        controller.send(directory, running.address)
-        controller.send(table, running.address)
+        controller.send(directory, running.address, standing=True)
+        controller.send(table, running.address, standing=True)
 
 
 def feed_flows(controller: FakeController, cells: Dict[str, RunningCell], count: int,
