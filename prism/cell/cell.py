@@ -13,8 +13,11 @@ from prism.openflow.changes import MIRROR_MAC
 
 LOG = logging.getLogger(__name__)
 
-#: How often ``tick`` scans the table for idle flows (the scan is O(flows)).
+#: How often ``tick`` begins a scan of the table for idle flows (the scan is O(flows)).
 EXPIRE_INTERVAL_S = 1.0
+#: Flows one tick checks for idleness at most: a scan of a large table is spread over
+#: several ticks (about 10 ms of packet loop each, ``benchmarks/cell_expiry.py``).
+EXPIRE_SLICE = 10_000
 
 
 #: Digits in a parser reason, collapsed so that reasons stay a small set of keys.
@@ -129,7 +132,10 @@ class Cell:
         self._tick_hooks.append(hook)
 
     def tick(self, now: float) -> TickReport:
-        """Periodic work: expire idle flows (every ``expire_interval_s``), then run the hooks.
+        """Periodic work: expire idle flows, then run the hooks.
+
+        A scan of the table begins every ``expire_interval_s`` and checks
+        ``EXPIRE_SLICE`` flows per tick until it has seen them all.
 
         Args:
             now: Current time in seconds.
@@ -138,8 +144,10 @@ class Cell:
             The report the hooks received.
         """
         expired: List[FlowKey] = []
-        if self._next_expiry is None or now >= self._next_expiry:
-            expired = self.tracker.expire(now)
+        if self.tracker.sweeping:
+            expired = self.tracker.expire(now, EXPIRE_SLICE)
+        elif self._next_expiry is None or now >= self._next_expiry:
+            expired = self.tracker.expire(now, EXPIRE_SLICE)
             self._next_expiry = now + self.expire_interval_s
         report = TickReport(now, tuple(self.tracker.take_changes()), tuple(expired))
         for hook in self._tick_hooks:

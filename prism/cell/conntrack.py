@@ -252,7 +252,10 @@ class ConnTracker:
         self._flows: Dict[FlowKey, ConnEntry] = {}
         self._keys_by_id: Dict[int, FlowKey] = {}  # flow_id -> key (not on the per-packet path)
         self._changed: Dict[FlowKey, None] = {}  # insertion-ordered set
+        #: Insertion order is expiry order: a key is popped before it is stored again.
         self._tombstones: Dict[FlowKey, _Tombstone] = {}
+        self._sweep: Optional[List[FlowKey]] = None  # keys still to check in the expiry sweep under way
+        self._sweep_next = 0
         self._tcp_timeouts = self.config.timeouts.tcp_table()
         self._other_timeouts: Dict[int, Dict[ConnState, float]] = {}
         #: Primary copies dropped, by reason.
@@ -551,39 +554,71 @@ class ConnTracker:
         return True
 
     # -- table maintenance -----------------------------------------------------------------
-    def expire(self, now: float) -> List[FlowKey]:
+    def expire(self, now: float, limit: Optional[int] = None) -> List[FlowKey]:
         """Remove flows idle longer than their state's timeout, leaving tombstones; drop old tombstones.
+
+        A sweep checks every flow the table held when it began. With ``limit``
+        one call checks at most that many and the sweep goes on at the next
+        call (``sweeping``), so that a table of a million flows never holds the
+        packet loop for a whole scan; a flow added meanwhile waits for the next
+        sweep.
 
         Args:
             now: Current time in seconds.
+            limit: Flows checked by this call at most (None: the whole sweep).
 
         Returns:
             The keys removed.
         """
+        self._drop_stale_tombstones(now)
+        if self._sweep is None:
+            self._sweep, self._sweep_next = list(self._flows), 0
+        sweep, start = self._sweep, self._sweep_next
+        stop = len(sweep) if limit is None else min(len(sweep), start + max(1, limit))
         expired = []
-        tcp_timeouts = self._tcp_timeouts
-        for key, entry in self._flows.items():
+        flows, tcp_timeouts = self._flows, self._tcp_timeouts
+        for index in range(start, stop):
+            key = sweep[index]
+            entry = flows.get(key)
+            if entry is None:  # removed since the sweep began
+                continue
             if entry.is_tcp:
                 timeout = tcp_timeouts[entry.state]
             else:
                 timeout = self._other_timeout_table(key.proto)[entry.state]
             if now - entry.last_seen > timeout:
                 expired.append(key)
-        if self._tombstones:
-            stale = [key for key, tombstone in self._tombstones.items() if tombstone.until <= now]
-            for key in stale:
-                del self._tombstones[key]
+        if stop >= len(sweep):
+            self._sweep = None
+        else:
+            self._sweep_next = stop
         until = now + self.config.tombstone_ttl_s
+        tombstones = self._tombstones
         for key in expired:
-            entry = self._flows.pop(key)
+            entry = flows.pop(key)
             self._keys_by_id.pop(key.flow_id, None)
             self._changed.pop(key, None)
             versioned_here = bool(entry.primary_packets or entry.dropped_packets) and entry.version > 0
             version = entry.version + 1 if versioned_here else entry.version
-            self._tombstones[key] = _Tombstone(version, until, versioned_here)
+            tombstones.pop(key, None)
+            tombstones[key] = _Tombstone(version, until, versioned_here)
         self.flows_expired += len(expired)
         self._bound_tombstones()
         return expired
+
+    @property
+    def sweeping(self) -> bool:
+        """Whether an expiry sweep begun with a ``limit`` has flows left to check."""
+        return self._sweep is not None
+
+    def _drop_stale_tombstones(self, now: float) -> None:
+        """Forget the tombstones whose lifetime ended: the oldest first, so O(tombstones dropped)."""
+        tombstones = self._tombstones
+        while tombstones:
+            key = next(iter(tombstones))
+            if tombstones[key].until > now:
+                return
+            del tombstones[key]
 
     def _bound_tombstones(self) -> None:
         """Forget the oldest tombstones beyond ``max_tombstones`` (counted)."""
@@ -761,6 +796,7 @@ class ConnTracker:
                     del self._flows[key]
                     self._keys_by_id.pop(key.flow_id, None)
                     self._changed.pop(key, None)
+                tombstones.pop(key, None)  # stored again at the end: insertion order stays expiry order
                 tombstones[key] = _Tombstone(version, now + self.config.tombstone_ttl_s, False)
                 if len(tombstones) > self.config.max_tombstones:
                     self._bound_tombstones()
@@ -785,6 +821,7 @@ class ConnTracker:
         self._keys_by_id.clear()
         self._changed.clear()
         self._tombstones.clear()
+        self._sweep = None
         for entry in incoming:
             local = self._flows.get(entry.key)
             if local is None:

@@ -8,6 +8,7 @@ from collections import deque
 import pytest
 
 from cell_helpers import CLIENT, SERVER, Conversation
+from prism.cell import cell as cell_module
 from prism.cell.cell import Cell
 from prism.cell.conntrack import ConnTracker, Timeouts, TrackerConfig
 from prism.cell.io import CellIOError
@@ -212,6 +213,20 @@ def test_ticks_report_changed_and_expired_flows_to_hooks():
     assert cell.tick(2.0).expired == ()  # idle past its timeout, but the last scan was at 0.1
     assert cell.tick(5.2).expired == (conv.syn().key,)
     assert len(reports) == 4 and cell.hook_errors == 4
+
+
+def test_a_scan_of_a_large_table_goes_on_at_every_tick_until_done(monkeypatch):
+    monkeypatch.setattr(cell_module, "EXPIRE_SLICE", 2)
+    tracker = ConnTracker(TrackerConfig(timeouts=Timeouts(udp_new=1.0)))
+    cell = Cell("c1", tracker, expire_interval_s=5.0)
+    for port in range(5):
+        assert cell.handle_frame(build_udp_frame(CLIENT, SERVER, 10000 + port, 53), 0.0)
+    assert len(cell.tick(2.0).expired) == 2  # the scan begins: two flows per tick
+    assert len(cell.tick(2.1).expired) == 2  # and goes on before the interval has passed
+    assert len(cell.tick(2.2).expired) == 1 and not tracker.sweeping
+    assert cell.handle_frame(build_udp_frame(CLIENT, SERVER, 20000, 53), 2.2)
+    assert cell.tick(4.0).expired == ()  # the next scan waits for the interval
+    assert len(cell.tick(7.0).expired) == 1
 
 
 def test_loop_calls_registered_readers_and_survives_their_errors():

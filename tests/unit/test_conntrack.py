@@ -19,6 +19,7 @@ from prism.cell.conntrack import (
     TrackerConfig,
 )
 from prism.cell.entry import ConnState, FlowVerdict
+from prism.cell.records import removal_record
 from prism.flows.identity import TCP_ACK, TCP_FIN, TCP_PSH, TCP_RST, TCP_SYN
 from testkit.packets import build_icmp_frame, build_ip_frame, build_udp_frame
 
@@ -386,6 +387,53 @@ def test_expiry_uses_per_state_timeouts():
     assert tracker.expire(1998.0) == []
     assert tracker.expire(2000.0) == [conv.syn().key]
     assert len(tracker) == 0 and tracker.counters()["flows_expired"] == 3
+
+
+def _idle_udp_flows(tracker, count, now=0.0):
+    infos = [info_of(build_udp_frame(CLIENT, SERVER, 10000 + index, 53)) for index in range(count)]
+    for info in infos:
+        tracker.process(info, False, now)
+    return [info.key for info in infos]
+
+
+def test_a_sliced_sweep_checks_every_flow_once_over_several_calls():
+    tracker = ConnTracker(TrackerConfig(timeouts=Timeouts(udp_new=10)))
+    keys = _idle_udp_flows(tracker, 25)
+    assert not tracker.sweeping
+    removed = []
+    calls = 0
+    while True:
+        removed += tracker.expire(20.0, limit=10)
+        calls += 1
+        if not tracker.sweeping:
+            break
+    assert calls == 3 and removed == keys and len(tracker) == 0
+    assert tracker.counters()["flows_expired"] == 25
+    assert tracker.expire(40.0, limit=10) == [] and not tracker.sweeping  # an empty table: a sweep ends at once
+
+
+def test_a_sweep_skips_flows_gone_since_it_began_and_leaves_new_ones_to_the_next():
+    tracker = ConnTracker(TrackerConfig(timeouts=Timeouts(udp_new=10)))
+    keys = _idle_udp_flows(tracker, 4)
+    assert tracker.expire(20.0, limit=2) == keys[:2] and tracker.sweeping
+    newcomer = info_of(build_udp_frame(CLIENT, SERVER, 30000, 53))
+    tracker.process(newcomer, False, 0.0)  # as idle as the others, but after the sweep began
+    assert tracker.merge([removal_record(keys[2], 1)], 20.0) == 1  # another cell removed it
+    assert tracker.expire(20.0, limit=2) == [keys[3]] and not tracker.sweeping
+    assert newcomer.key in tracker
+    assert tracker.expire(20.0, limit=2) == [newcomer.key]
+
+
+def test_tombstones_leave_in_the_order_they_expire_even_when_one_is_renewed():
+    tracker = ConnTracker(TrackerConfig(timeouts=Timeouts(udp_new=1), tombstone_ttl_s=10))
+    first, second = _idle_udp_flows(tracker, 2)
+    assert tracker.expire(5.0) == [first, second]  # tombstones until 15
+    tracker.process(info_of(build_udp_frame(CLIENT, SERVER, 10000, 53)), False, 8.0)  # first comes back
+    assert tracker.expire(12.0) == [first]  # and leaves again: its tombstone now lasts until 22
+    tracker.expire(16.0)
+    assert tracker.counters()["tombstones"] == 1  # second's is gone, first's renewed one stays
+    tracker.expire(23.0)
+    assert tracker.counters()["tombstones"] == 0
 
 
 def test_expired_flows_are_not_reported_as_changed():
