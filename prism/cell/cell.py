@@ -16,7 +16,8 @@ LOG = logging.getLogger(__name__)
 #: How often ``tick`` begins a scan of the table for idle flows (the scan is O(flows)).
 EXPIRE_INTERVAL_S = 1.0
 #: Flows one tick checks for idleness at most: a scan of a large table is spread over
-#: several ticks (about 10 ms of packet loop each, ``benchmarks/cell_expiry.py``).
+#: several ticks (at 10^6 flows the loop's longest pause went from 1.9 s to 36 ms,
+#: ``benchmarks/cell_expiry.py``).
 EXPIRE_SLICE = 10_000
 
 
