@@ -17,8 +17,11 @@ from typing import BinaryIO, Iterator, List, Optional, Tuple
 # --- Link types (www.tcpdump.org/linktypes.html) ----------------------------
 LINKTYPE_NULL = 0  #: BSD loopback: 4-byte address family in host byte order
 LINKTYPE_ETHERNET = 1
+LINKTYPE_PPP = 9  #: PPP: HDLC-like address and control bytes (optional), then the protocol
 LINKTYPE_RAW_BSD = 12  #: raw IP (OpenBSD's DLT_RAW value)
+LINKTYPE_PPP_HDLC = 50  #: PPP in HDLC-like framing (address 0xff, control 0x03)
 LINKTYPE_RAW = 101  #: raw IPv4 or IPv6, version from the first nibble
+LINKTYPE_C_HDLC = 104  #: Cisco HDLC: address, control, then an Ethernet type
 LINKTYPE_LOOP = 108  #: OpenBSD loopback: 4-byte address family, network order
 LINKTYPE_LINUX_SLL = 113  #: Linux cooked capture v1 (16-byte header)
 LINKTYPE_IPV4 = 228

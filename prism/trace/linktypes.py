@@ -6,6 +6,7 @@ import struct
 from typing import Callable, Dict, Optional
 
 from prism.trace.capture import (
+    LINKTYPE_C_HDLC,
     LINKTYPE_ETHERNET,
     LINKTYPE_IPV4,
     LINKTYPE_IPV6,
@@ -13,6 +14,8 @@ from prism.trace.capture import (
     LINKTYPE_LINUX_SLL2,
     LINKTYPE_LOOP,
     LINKTYPE_NULL,
+    LINKTYPE_PPP,
+    LINKTYPE_PPP_HDLC,
     LINKTYPE_RAW,
     LINKTYPE_RAW_BSD,
 )
@@ -25,6 +28,11 @@ NULL_HEADER = 4
 #: BSD address families meaning IPv4 / IPv6 (IPv6's value differs per BSD).
 AF_INET = 2
 AF_INET6_VALUES = frozenset({10, 24, 28, 30})
+#: PPP's HDLC-like framing (RFC 1662): all-stations address, unnumbered-information control.
+PPP_ADDRESS_CONTROL = b"\xff\x03"
+#: PPP protocol numbers of IPv4 and IPv6 (RFC 1332, RFC 5072).
+PPP_IPV4, PPP_IPV6 = 0x0021, 0x0057
+C_HDLC_HEADER = 4  #: address, control, Ethernet type
 
 
 def _sll_payload(data: bytes) -> Optional[bytes]:
@@ -55,6 +63,28 @@ def _null_payload(order: str) -> Callable[[bytes], Optional[bytes]]:
     return payload
 
 
+def _ppp_payload(data: bytes) -> Optional[bytes]:
+    """IP inside PPP, with or without the address and control bytes, protocol field compressed or not."""
+    if data[:2] == PPP_ADDRESS_CONTROL:
+        data = data[2:]
+    if not data:
+        return None
+    if data[0] & 1:  # a compressed protocol field: one byte, odd (RFC 1661 section 6.5)
+        protocol, start = data[0], 1
+    elif len(data) >= 2:
+        protocol, start = (data[0] << 8) | data[1], 2
+    else:
+        return None
+    return data[start:] if protocol in (PPP_IPV4, PPP_IPV6) else None
+
+
+def _c_hdlc_payload(data: bytes) -> Optional[bytes]:
+    if len(data) < C_HDLC_HEADER:
+        return None
+    (protocol,) = struct.unpack_from("!H", data, 2)
+    return data[C_HDLC_HEADER:] if protocol in (ETHERTYPE_IPV4, ETHERTYPE_IPV6) else None
+
+
 def _raw_payload(data: bytes) -> Optional[bytes]:
     return data
 
@@ -70,6 +100,9 @@ IP_PAYLOAD: Dict[int, Callable[[bytes], Optional[bytes]]] = {
     LINKTYPE_IPV6: _raw_payload,
     LINKTYPE_LINUX_SLL: _sll_payload,
     LINKTYPE_LINUX_SLL2: _sll2_payload,
+    LINKTYPE_PPP: _ppp_payload,
+    LINKTYPE_PPP_HDLC: _ppp_payload,
+    LINKTYPE_C_HDLC: _c_hdlc_payload,
 }
 
 #: Every link type a trace can decode.

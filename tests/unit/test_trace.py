@@ -8,6 +8,7 @@ import pytest
 
 from prism import cli
 from prism.trace.capture import (
+    LINKTYPE_C_HDLC,
     LINKTYPE_ETHERNET,
     LINKTYPE_IPV4,
     LINKTYPE_IPV6,
@@ -15,6 +16,8 @@ from prism.trace.capture import (
     LINKTYPE_LINUX_SLL2,
     LINKTYPE_LOOP,
     LINKTYPE_NULL,
+    LINKTYPE_PPP,
+    LINKTYPE_PPP_HDLC,
     LINKTYPE_RAW,
     LINKTYPE_RAW_BSD,
     CaptureError,
@@ -48,7 +51,7 @@ V4 = ("192.0.2.10", "198.51.100.20")
 V6 = ("2001:db8::10", "2001:db8:1::20")
 ALL_LINKTYPES = (
     LINKTYPE_ETHERNET, LINKTYPE_LINUX_SLL, LINKTYPE_LINUX_SLL2, LINKTYPE_RAW, LINKTYPE_RAW_BSD,
-    LINKTYPE_NULL, LINKTYPE_LOOP,
+    LINKTYPE_NULL, LINKTYPE_LOOP, LINKTYPE_PPP, LINKTYPE_PPP_HDLC, LINKTYPE_C_HDLC,
 )  # fmt: skip
 
 
@@ -149,8 +152,18 @@ def test_bad_files_are_reported_with_a_reason(tmp_path, content, reason):
 
 
 def test_unsupported_link_type_is_named(tmp_path):
-    path = write(tmp_path / "ppp.pcap", pcap_bytes([(1.0, b"\xff\x03\x00\x21" + bytes(40))], 9))
-    assert trace_file(path).error == "unsupported link type 9"
+    path = write(tmp_path / "ppi.pcap", pcap_bytes([(1.0, bytes(40))], 192))
+    assert trace_file(path).error == "unsupported link type 192"
+
+
+def test_ppp_without_framing_or_with_a_compressed_protocol_and_its_control_packets(tmp_path):
+    packets = [(ts, p) for ts, p in tcp_conversation(*V4, 40000, 443)]
+    bare = [(ts, b"\x00\x21" + p) for ts, p in packets]  # no address and control bytes
+    compressed = [(ts, b"\xff\x03\x21" + p) for ts, p in packets]  # one-byte protocol
+    lcp = [(0.5, b"\xff\x03\xc0\x21" + bytes(20))]  # a link control packet: not a flow
+    for name, frames in (("bare", bare), ("compressed", compressed)):
+        result = trace_file(write(tmp_path / f"{name}.pcap", pcap_bytes(sorted(frames + lcp), LINKTYPE_PPP)))
+        assert len(result.records) == 1 and result.records[0].packets == len(packets), name
 
 
 def test_missing_file_is_reported(tmp_path):

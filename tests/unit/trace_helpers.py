@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Iterable, List, Sequence, Tuple
 
 from prism.trace.capture import (
+    LINKTYPE_C_HDLC,
     LINKTYPE_ETHERNET,
     LINKTYPE_IPV4,
     LINKTYPE_IPV6,
@@ -14,6 +15,8 @@ from prism.trace.capture import (
     LINKTYPE_LINUX_SLL2,
     LINKTYPE_LOOP,
     LINKTYPE_NULL,
+    LINKTYPE_PPP,
+    LINKTYPE_PPP_HDLC,
     LINKTYPE_RAW,
     LINKTYPE_RAW_BSD,
 )
@@ -24,6 +27,7 @@ Packet = Tuple[float, bytes]  #: (timestamp, frame in the file's link type)
 
 ETH_TYPE = {4: 0x0800, 6: 0x86DD}
 AF = {4: 2, 6: 10}
+PPP_PROTOCOL = {4: 0x0021, 6: 0x0057}
 
 
 def tcp_ip(src: str, dst: str, sport: int, dport: int, flags: int, payload: bytes = b"") -> bytes:
@@ -51,6 +55,10 @@ def frame_for(linktype: int, packet: bytes) -> bytes:
         return struct.pack("<I", AF[version]) + packet
     if linktype == LINKTYPE_LOOP:
         return struct.pack(">I", AF[version]) + packet
+    if linktype in (LINKTYPE_PPP, LINKTYPE_PPP_HDLC):  # HDLC-like framing, uncompressed protocol
+        return b"\xff\x03" + struct.pack("!H", PPP_PROTOCOL[version]) + packet
+    if linktype == LINKTYPE_C_HDLC:  # unicast address, control 0, Ethernet type
+        return struct.pack("!BBH", 0x0F, 0, ETH_TYPE[version]) + packet
     if linktype in (LINKTYPE_RAW, LINKTYPE_RAW_BSD, LINKTYPE_IPV4, LINKTYPE_IPV6):
         return packet
     raise ValueError(f"no test framing for link type {linktype}")
