@@ -22,7 +22,7 @@ from prism.trace.binetflow import BinetflowError, looks_like_binetflow, read_bin
 from prism.trace.capture import LINKTYPE_ETHERNET, CaptureError, read_packets, sniff_format
 from prism.trace.flowmeter import DEFAULT_IDLE_TIMEOUT_S, FlowMeter
 from prism.flows.identity import NotAFlow, PacketInfo, parse_frame, parse_ip
-from prism.trace.linktypes import IP_PAYLOAD, SUPPORTED_LINKTYPES
+from prism.trace.linktypes import IP_PAYLOAD, SUPPORTED_LINKTYPES, ethernet_encapsulated_ip
 from prism.telemetry.records import END_CAPTURE, FlowRecord, RecordsError, write_records
 
 #: File name endings picked up when a directory is given.
@@ -233,7 +233,11 @@ def decode(linktype: int, data: bytes, wire_len: int) -> PacketInfo | NotAFlow:
     if wire_len > len(data):
         data = data + bytes(min(wire_len - len(data), MAX_SNAP_PADDING))
     if linktype == LINKTYPE_ETHERNET:
-        return parse_frame(data)
+        info = parse_frame(data)
+        if info:
+            return info
+        inner = ethernet_encapsulated_ip(data)  # PPPoE or MPLS: only frames parse_frame refused pay for it
+        return info if inner is None else parse_ip(inner, frame_len=len(data))
     payload_of = IP_PAYLOAD.get(linktype)
     if payload_of is None:
         return NotAFlow(f"unsupported link type {linktype}")

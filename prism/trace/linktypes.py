@@ -5,6 +5,7 @@ from __future__ import annotations
 import struct
 from typing import Callable, Dict, Optional
 
+from prism.flows.identity import ETH_HEADER_LEN, MAX_VLAN_TAGS, VLAN_TAG_LEN, VLAN_TPIDS
 from prism.trace.capture import (
     LINKTYPE_C_HDLC,
     LINKTYPE_ETHERNET,
@@ -33,6 +34,12 @@ PPP_ADDRESS_CONTROL = b"\xff\x03"
 #: PPP protocol numbers of IPv4 and IPv6 (RFC 1332, RFC 5072).
 PPP_IPV4, PPP_IPV6 = 0x0021, 0x0057
 C_HDLC_HEADER = 4  #: address, control, Ethernet type
+ETHERTYPE_PPPOE_SESSION = 0x8864
+ETHERTYPE_MPLS = frozenset((0x8847, 0x8848))  #: unicast, multicast
+PPPOE_HEADER = 6  #: version/type, code, session id, length (then PPP's protocol)
+MPLS_LABEL = 4
+MPLS_BOTTOM_OF_STACK = 0x100  #: in a label entry's third byte, as part of the 32-bit entry
+MAX_MPLS_LABELS = 8
 
 
 def _sll_payload(data: bytes) -> Optional[bytes]:
@@ -83,6 +90,36 @@ def _c_hdlc_payload(data: bytes) -> Optional[bytes]:
         return None
     (protocol,) = struct.unpack_from("!H", data, 2)
     return data[C_HDLC_HEADER:] if protocol in (ETHERTYPE_IPV4, ETHERTYPE_IPV6) else None
+
+
+def ethernet_encapsulated_ip(frame: bytes) -> Optional[bytes]:
+    """The IP packet inside an Ethernet frame's PPPoE session or MPLS label stack (after VLAN tags), else None.
+
+    For captures only: the cells and the director see plain Ethernet/IP, which
+    ``parse_frame`` reads; this is where a capture from an access or core
+    network keeps its flows.
+    """
+    offset = ETH_HEADER_LEN - 2
+    for _ in range(MAX_VLAN_TAGS + 1):
+        if len(frame) < offset + 2:
+            return None
+        (eth_type,) = struct.unpack_from("!H", frame, offset)
+        if eth_type not in VLAN_TPIDS:
+            break
+        offset += VLAN_TAG_LEN
+    offset += 2
+    if eth_type == ETHERTYPE_PPPOE_SESSION:
+        return _ppp_payload(frame[offset + PPPOE_HEADER:]) if len(frame) > offset + PPPOE_HEADER else None
+    if eth_type in ETHERTYPE_MPLS:
+        for _ in range(MAX_MPLS_LABELS):
+            if len(frame) < offset + MPLS_LABEL:
+                return None
+            (entry,) = struct.unpack_from("!I", frame, offset)
+            offset += MPLS_LABEL
+            if entry & MPLS_BOTTOM_OF_STACK:
+                inner = frame[offset:]
+                return inner if inner and inner[0] >> 4 in (4, 6) else None  # else Ethernet over MPLS
+    return None
 
 
 def _raw_payload(data: bytes) -> Optional[bytes]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import struct
 
 import pytest
 
@@ -37,7 +38,9 @@ from prism.telemetry.records import (
 )
 from prism.trace.cli import decode, trace_file
 
+from testkit.packets import ethernet_frame
 from tests.unit.trace_helpers import (
+    PPP_PROTOCOL,
     frame_for,
     pcap_bytes,
     pcapng_bytes,
@@ -149,6 +152,24 @@ def test_damaged_record_length_is_reported_not_allocated():
 def test_bad_files_are_reported_with_a_reason(tmp_path, content, reason):
     result = trace_file(write(tmp_path / "bad.pcap", content))
     assert result.records == [] and reason in result.error
+
+
+@pytest.mark.parametrize("encapsulation", ["pppoe", "mpls", "mpls-two-labels-vlan"])
+@pytest.mark.parametrize("addrs", [V4, V6], ids=["v4", "v6"])
+def test_ethernet_captures_keep_flows_inside_pppoe_and_mpls(tmp_path, encapsulation, addrs):
+    def framed(packet):
+        version = packet[0] >> 4
+        if encapsulation == "pppoe":  # session header (version/type 0x11, code 0, session 1, length)
+            ppp = struct.pack("!H", PPP_PROTOCOL[version]) + packet
+            return ethernet_frame(struct.pack("!BBHH", 0x11, 0, 1, len(ppp)) + ppp, 0x8864)
+        labels = [(16, True)] if encapsulation == "mpls" else [(100, False), (16, True)]
+        stack = b"".join(struct.pack("!I", label << 12 | (0x100 if bottom else 0) | 64) for label, bottom in labels)
+        return ethernet_frame(stack + packet, 0x8847, vlans=[7] if "vlan" in encapsulation else [])
+
+    packets = [(ts, framed(p)) for ts, p in tcp_conversation(*addrs, 40000, 443)]
+    result = trace_file(write(tmp_path / "encapsulated.pcap", pcap_bytes(packets, LINKTYPE_ETHERNET)))
+    assert len(result.records) == 1 and result.records[0].packets == len(packets)
+    assert result.records[0].end_reason == "fin"
 
 
 def test_unsupported_link_type_is_named(tmp_path):
