@@ -49,6 +49,7 @@ from __future__ import annotations
 
 import os
 import select
+import time
 from collections import Counter
 from typing import Any, Callable, Dict, Iterable, List, Optional
 
@@ -83,6 +84,7 @@ from ryu_apps.listen import apply_listen_addresses
 from ryu_apps.mgmt_channel import MAX_PENDING, RECEIVE_TIMEOUT_S, MgmtChannel
 from ryu_apps.mgmt_setup import controller_generation, management_auth, placements_path, restore_placements
 from ryu_apps.ofmsg import match_to_dict, to_ofmsg, to_ofmsgs
+from ryu_apps.native import in_native_thread
 from ryu_apps.telemetry_events import EventFlowEnded
 
 #: Environment variable naming the PRISM configuration file.
@@ -99,6 +101,9 @@ BIND_RETRY_S = 1.0
 BUSY_RETRY_S = 0.002
 #: Seconds between two saves of the flow placements (a restarted controller places returning flows by them).
 PLACEMENT_SAVE_S = 5.0
+#: The share of the event loop's time that reading the placements may take: a larger table is
+#: saved less often (10^5 flows hold the loop about 50 ms; JSON and the write run in a native thread).
+PLACEMENT_SAVE_SHARE = 0.02
 #: Datagrams the management loop handles before it lets the other green threads run
 #: (a green socket with data queued never yields: a flood would starve the tick and OpenFlow).
 MGMT_DATAGRAMS_PER_TURN = 64
@@ -224,6 +229,7 @@ class MirroringDirectorApp(ClusterEvents, app_manager.RyuApp):
         # a takeover reads the switch's tables and etcd instead.
         self.generation = controller_generation(self.config) if self.mgmt_auth is not None and alone else 0
         self.placements_file = placements_path(self.config) if self.mgmt_auth is not None and alone else None
+        self.placement_save_interval_s = PLACEMENT_SAVE_S
         if self.placements_file is not None:
             restore_placements(self.directors, self.placements_file, self.logger)
         self.handler_errors: Counter = Counter()
@@ -353,17 +359,23 @@ class MirroringDirectorApp(ClusterEvents, app_manager.RyuApp):
                 self.channel.generation = generation
 
     def _save_loop(self) -> None:
-        """Save every switch's flow placements every PLACEMENT_SAVE_S (errors are logged, counted, retried)."""
+        """Save every switch's flow placements every PLACEMENT_SAVE_S or more (errors are logged, counted, retried)."""
         while self.is_active:
-            hub.sleep(PLACEMENT_SAVE_S)
+            hub.sleep(self.placement_save_interval_s)
             self.save_placements()
 
     def save_placements(self) -> None:
-        """Write the placements file now."""
+        """Write the placements file now: read on the event loop, encoded and written in a native thread.
+
+        The next save waits until reading took at most PLACEMENT_SAVE_SHARE of the loop's time.
+        """
         now = self.clock.now()
+        started = time.perf_counter()
+        switches = {dp_id: d.placements(now) for dp_id, d in self.directors.items()}
+        held = time.perf_counter() - started
+        self.placement_save_interval_s = max(PLACEMENT_SAVE_S, held / PLACEMENT_SAVE_SHARE)
         try:
-            save_placements(self.placements_file,
-                            {dp_id: d.placements(now) for dp_id, d in self.directors.items()}, now)  # fmt: skip
+            in_native_thread(save_placements, self.placements_file, switches, now)
         except Exception:  # a full disk must not stop the controller
             self.handler_errors["save_placements"] += 1
             self.logger.exception("saving flow placements to %s failed", self.placements_file)

@@ -13,15 +13,9 @@ from typing import Any, Callable
 from models.service import AgingService as _AgingService
 from models.service import ModelError, load_model
 from models.service import ModelService as _ModelService
+from ryu_apps.native import in_native_thread
 
 __all__ = ["AgingService", "ModelError", "ModelService", "in_native_thread", "load_model"]
-
-
-def in_native_thread(function: Callable, *args):
-    """Run ``function(*args)`` in eventlet's pool of native threads; green threads keep running."""
-    from eventlet import tpool  # the Ryu process's eventlet; imported only when a model loads
-
-    return tpool.execute(function, *args)
 
 
 class ModelService(_ModelService):

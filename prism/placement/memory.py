@@ -87,9 +87,9 @@ class PlacementMemory:
         return forgotten
 
     # -- persistence (the controller saves it, with its live flows, and loads it at start) --------
-    def entries(self) -> List[list]:
-        """``[flow_id, [cells...], at]`` per placement, oldest first (JSON-able)."""
-        return [[flow_id, list(cells), at] for flow_id, (cells, _, at) in self._entries.items()]
+    def entries(self) -> List[tuple]:
+        """``(flow_id, (cells...), at)`` per placement, oldest first (JSON-able: tuples encode as arrays)."""
+        return [(flow_id, cells, at) for flow_id, (cells, _, at) in self._entries.items()]
 
     def load(self, entries: Iterable[Sequence], known_cells: Mapping[str, object]) -> int:
         """Add saved placements (a new process: every cell in its first incarnation); returns how many.

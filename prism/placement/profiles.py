@@ -342,6 +342,10 @@ class FlowStateCache:
         """How many cached flows use ``profile``."""
         return len(self._by_profile.get(profile, ()))
 
+    def flow_ids_by_profile(self) -> List[Tuple[MirroringProfile, List[int]]]:
+        """Every profile in use with its flows' ids: O(profiles) in Python, the ids copied in C."""
+        return [(profile, list(flow_ids)) for profile, flow_ids in self._by_profile.items()]
+
     def profiles(self) -> List[MirroringProfile]:
         """The distinct profiles in use."""
         return list(self._by_profile)

@@ -258,6 +258,15 @@ def test_the_status_lists_the_switches_connected_now(app):
     assert status_document(app, time.time())["switches_connected"] == []
 
 
+def test_a_table_that_takes_long_to_read_is_saved_less_often(app, monkeypatch):
+    connect_with_flows(app, count=3)
+    app.save_placements()
+    assert app.placement_save_interval_s == app_module.PLACEMENT_SAVE_S  # three flows read in no time
+    monkeypatch.setattr(app_module, "PLACEMENT_SAVE_SHARE", 1e-12)  # as if reading took the whole loop
+    app.save_placements()
+    assert app.placement_save_interval_s > app_module.PLACEMENT_SAVE_S
+
+
 def test_a_restarted_controller_loads_the_placements_its_predecessor_saved(app):
     connect_with_flows(app, count=3)
     app.save_placements()
