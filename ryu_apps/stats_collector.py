@@ -91,7 +91,7 @@ class StatsCollectorApp(app_manager.RyuApp):
             self.logger.warning("no telemetry section in %s: the stats collector records nothing", path)
             return
         rotation = RotationPolicy(self.telemetry.rotate_records, self.telemetry.rotate_s)
-        self.writer = TelemetryWriter(self.telemetry.dir, rotation, self.clock.now())
+        self.writer = TelemetryWriter(self.telemetry.dir, rotation, self.clock.now(), _writer_id(config))
         self.writer_thread = TelemetryThread(self.writer)
         self.logger.info("PRISM stats collector: telemetry to %s, polling every %g s",
                          self.telemetry.dir, self.telemetry.poll_interval)  # fmt: skip
@@ -209,3 +209,14 @@ class StatsCollectorApp(app_manager.RyuApp):
             return
         self.counts["flows_recorded"] += 1
         self._guard("flow_ended", lambda: self._add(TABLE_FLOWS, [ev.record], ev.at))
+
+
+def _writer_id(config) -> str:
+    """With several controllers (an ``etcd`` section) this controller's id names its telemetry files, else nothing."""
+    if config.etcd is None:
+        return ""
+    from ryu import cfg
+
+    from ryu_apps.cluster import controller_id_from_env
+
+    return controller_id_from_env(cfg.CONF.ofp_tcp_listen_port)

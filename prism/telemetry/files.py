@@ -40,7 +40,9 @@ LOG = logging.getLogger(__name__)
 PART_SUFFIX = ".parquet"
 #: Parts' worth of rows kept in memory per table while files cannot be written; older rows are dropped.
 MAX_PARTS_KEPT = 10
-_PART_NAME = re.compile(r"(?P<table>[a-z_]+)-(?P<start>\d{8}T\d{6}Z)-(?P<seq>\d{6})\.parquet")
+_PART_NAME = re.compile(r"(?P<table>[a-z_]+)-(?P<start>\d{8}T\d{6}Z)(-(?P<writer>[A-Za-z0-9_.]+))?-(?P<seq>\d{6})\.parquet")
+#: What a writer's id may keep in a file name; anything else becomes "_".
+_UNSAFE_IN_NAME = re.compile(r"[^A-Za-z0-9_.]")
 #: pandas dtypes of the statistics tables' nullable Arrow types when read back.
 _READ_TYPES = {
     pa.uint64(): pd.UInt64Dtype(), pa.int64(): pd.Int64Dtype(), pa.int32(): pd.Int32Dtype(),
@@ -60,12 +62,17 @@ class TelemetryWriter:
         rotation: When a part is closed.
         now: Current time: names this writer's parts (with a sequence number
             that skips names already on disk, so a restart never overwrites).
+        writer_id: Names this writer's parts too, when several processes write
+            to one directory (a controller's id in a cluster): two started in
+            the same second then never pick the same name.
     """
 
-    def __init__(self, directory: Union[str, Path], rotation: RotationPolicy, now: float) -> None:
+    def __init__(self, directory: Union[str, Path], rotation: RotationPolicy, now: float,
+                 writer_id: str = "") -> None:  # fmt: skip
         self.directory = Path(directory)
         self.rotation = rotation
-        self._start = datetime.datetime.fromtimestamp(now, tz=datetime.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+        start = datetime.datetime.fromtimestamp(now, tz=datetime.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+        self._start = f"{start}-{_UNSAFE_IN_NAME.sub('_', writer_id)}" if writer_id else start
         self._buffers: Dict[str, PartBuffer] = {table: PartBuffer() for table in TABLES}
         self._seq = 0
         self.files_written: Dict[str, int] = {table: 0 for table in TABLES}

@@ -189,6 +189,14 @@ def test_a_restarted_writer_never_overwrites_a_closed_part(tmp_path):
     assert len(part_files(tmp_path, TABLE_FLOWS)) == 2
 
 
+def test_writers_of_two_controllers_started_in_the_same_second_name_their_parts_apart(tmp_path):
+    for controller, port, in_name in (("ctl-a:6653", 20000, "ctl_a_6653"), ("ctl-b:6653", 30000, "ctl_b_6653")):
+        writer = TelemetryWriter(tmp_path, RotationPolicy(10, 30), START, writer_id=controller)
+        writer.add(TABLE_FLOWS, flow_records(2, first_port=port), START)
+        assert writer.flush_all(START)[0].name.endswith(f"Z-{in_name}-000001.parquet")
+    assert len(part_files(tmp_path, TABLE_FLOWS)) == 2 and len(read_flows(tmp_path)) == 4
+
+
 def test_a_write_that_fails_half_way_leaves_no_file_and_keeps_the_rows(tmp_path, monkeypatch):
     writer = TelemetryWriter(tmp_path, RotationPolicy(10, 30), START)
     writer.add(TABLE_PORT_STATS, [port_stats_row(START, 1, port_stat())], START)
