@@ -22,16 +22,13 @@ them, ``bfd_interface_options``), every ``prism cell`` runs with ``--bfd
 LIVE flag as the cell's data-plane health.
 """
 
-from __future__ import annotations
-
 from dataclasses import dataclass
-from typing import Dict, List, Optional
+from typing import Annotated, List
 
-from yaml.nodes import Node
-
+from prism.config.document import Document
+from prism.config.fields import Section, integer
 from prism.config.types import SEVERITY_WARNING
 
-BFD_KEYS = ("interval", "mult", "switch_interval")
 DEFAULT_INTERVAL_MS = 10
 DEFAULT_SWITCH_INTERVAL_MS = 100
 DEFAULT_MULT = 4
@@ -61,32 +58,22 @@ class BfdConfig:
         return self.mult * self.interval
 
 
-def check_bfd(checker, node: Optional[Node]) -> Optional[BfdConfig]:
-    """The ``bfd`` section, or None when absent (problems reported through ``checker``)."""
-    if node is None:
-        return None
-    fields = checker.mapping(node, "bfd", BFD_KEYS, ())
-    if fields is None:
-        return None
-    values: Dict[str, Optional[int]] = {}
-    for key, maximum in (("interval", MAX_INTERVAL_MS), ("mult", MAX_MULT), ("switch_interval", MAX_INTERVAL_MS)):
-        if key in fields:
-            values[key] = checker.integer(fields[key], f"bfd.{key}", 1, maximum)
-    config = BfdConfig(
-        values.get("interval") or DEFAULT_INTERVAL_MS,
-        values.get("mult") or DEFAULT_MULT,
-        values.get("switch_interval") or DEFAULT_SWITCH_INTERVAL_MS,
-    )
-    if config.detection_ms < FRAGILE_DETECTION_MS:
-        checker.report(node, "bfd", f"the switch would declare a cell down after {config.detection_ms} ms of "
-                       f"silence: a healthy cell descheduled that long is failed (use mult * interval >= "
-                       f"{FRAGILE_DETECTION_MS} ms)", SEVERITY_WARNING)  # fmt: skip
-    return config
+class BfdSection(Section):
+    """The ``bfd`` section as written (intervals in ms)."""
+
+    interval: Annotated[int, integer(1, MAX_INTERVAL_MS)] = DEFAULT_INTERVAL_MS
+    mult: Annotated[int, integer(1, MAX_MULT)] = DEFAULT_MULT
+    switch_interval: Annotated[int, integer(1, MAX_INTERVAL_MS)] = DEFAULT_SWITCH_INTERVAL_MS
 
 
-def render_bfd(config: BfdConfig) -> dict:
-    """The section as :func:`check_bfd` reads it back."""
-    return {"interval": config.interval, "mult": config.mult, "switch_interval": config.switch_interval}
+def check_bfd(doc: Document) -> None:
+    """A detection time that a busy machine's scheduling alone can reach is a warning."""
+    interval = doc.value(("bfd", "interval"), DEFAULT_INTERVAL_MS)
+    mult = doc.value(("bfd", "mult"), DEFAULT_MULT)
+    if doc.has(("bfd",)) and interval and mult and mult * interval < FRAGILE_DETECTION_MS:
+        doc.report(("bfd",), f"the switch would declare a cell down after {mult * interval} ms of silence: a "
+                   f"healthy cell descheduled that long is failed (use mult * interval >= {FRAGILE_DETECTION_MS} "
+                   "ms)", SEVERITY_WARNING)  # fmt: skip
 
 
 def bfd_interface_options(config: BfdConfig) -> List[str]:

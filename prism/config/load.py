@@ -29,19 +29,16 @@ to the cells that exist, so exceeding it is a warning.
 """
 
 
-from __future__ import annotations
-
 import dataclasses
 from pathlib import Path
-from typing import Union
+from typing import Any, Union
 
 import yaml
 
-from prism.config.bfd import render_bfd
+from prism.config.etcd import EtcdConfig
 from prism.config.mgmt import format_address
-from prism.config.etcd import EtcdConfig, render_etcd
 from prism.config.schema import check_document, parse_dpid
-from prism.config.telemetry import PredictionConfig, TelemetryConfig, render_prediction, render_telemetry
+from prism.config.telemetry import PredictionConfig, TelemetryConfig
 from prism.config.types import (
     DEFAULT_IDLE_TIMEOUT_S,
     DEFAULT_MAX_REPLICATION_FACTOR,
@@ -136,47 +133,26 @@ def render_config(config: PrismConfig) -> str:
         "default_replication_factor": config.default_replication_factor,
         "max_replication_factor": config.max_replication_factor,
         "mirroring_mode": config.mirroring_mode,
-        "management": _render_management(config.management),
-        "rest": {k: (format_address(v) if k == "listen" else v)
-                 for k, v in dataclasses.asdict(config.rest).items() if v is not None},  # fmt: skip
         "switches": [
-            {
-                "dpid": switch.dp_id,
-                "name": switch.name,
-                "cells": [_render_cell(cell) for cell in switch.cells],
-                "edge_ports": list(switch.edge_ports),
-            }
+            {"dpid": switch.dp_id, "name": switch.name, "cells": [_render(cell) for cell in switch.cells],
+             "edge_ports": list(switch.edge_ports)}
             for switch in config.switches.values()
         ],
-    }
-    if not document["rest"]:
-        del document["rest"]
-    if config.limits != type(config.limits)():
-        document["limits"] = dataclasses.asdict(config.limits)
-    if config.openflow.listen is not None:
-        document["openflow"] = {"listen": format_address(config.openflow.listen)}
-    if config.telemetry is not None:
-        document["telemetry"] = render_telemetry(config.telemetry)
-    if config.prediction is not None:
-        document["prediction"] = render_prediction(config.prediction)
-    if config.bfd is not None:
-        document["bfd"] = render_bfd(config.bfd)
-    if config.etcd is not None:
-        document["etcd"] = render_etcd(config.etcd)
+    }  # fmt: skip
+    for key in ("management", "rest", "openflow", "limits", "telemetry", "prediction", "bfd", "etcd"):
+        if getattr(config, key) is not None:
+            document[key] = _render(getattr(config, key))
     return yaml.safe_dump(document, sort_keys=False)
 
 
-def _render_management(management: ManagementConfig) -> dict:
-    rendered = {k: v for k, v in dataclasses.asdict(management).items() if v is not None or k == "listen"}
-    if management.listen is None:
-        del rendered["listen"]
-    else:
-        rendered["listen"] = format_address(management.listen)
-    return rendered
-
-
-def _render_cell(cell: CellConfig) -> dict:
-    rendered = {"id": cell.id, "port": cell.port}
-    if cell.mgmt is not None:
-        rendered["mgmt"] = format_address(cell.mgmt)
+def _render(settings: Any) -> dict:
+    """A settings dataclass as the mapping the schema reads: no None values, addresses as text."""
+    rendered = {}
+    for key, value in dataclasses.asdict(settings).items():
+        if key in ("listen", "mgmt") and value is not None:
+            value = format_address(value)
+        elif key == "endpoints":
+            value = [format_address(endpoint) for endpoint in value]
+        if value is not None:
+            rendered[key] = list(value) if isinstance(value, tuple) else value
     return rendered

@@ -376,5 +376,5 @@ def test_mirroring_mode_defaults_to_full_and_takes_state_only():
     assert parse_config(base).mirroring_mode == "full"
     config = parse_config(base + "mirroring_mode: state\n")
     assert config.mirroring_mode == "state" and parse_config(render_config(config)) == config
-    with pytest.raises(ConfigError, match="mirroring_mode: must be one of full, state, got 'copy'"):
+    with pytest.raises(ConfigError, match="mirroring_mode: expected one of full, state, got 'copy'"):
         parse_config(base + "mirroring_mode: copy\n")
