@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from typing import Annotated, List
 
 from prism.config.document import Document
-from prism.config.fields import Section, integer
+from prism.config.fields import FORBID, integer
 from prism.config.types import SEVERITY_WARNING
 
 DEFAULT_INTERVAL_MS = 10
@@ -48,22 +48,16 @@ class BfdConfig:
         switch_interval: The switch's transmit interval (the cell's required receive interval).
     """
 
-    interval: int = DEFAULT_INTERVAL_MS
-    mult: int = DEFAULT_MULT
-    switch_interval: int = DEFAULT_SWITCH_INTERVAL_MS
+    __pydantic_config__ = FORBID
+
+    interval: Annotated[int, integer(1, MAX_INTERVAL_MS)] = DEFAULT_INTERVAL_MS
+    mult: Annotated[int, integer(1, MAX_MULT)] = DEFAULT_MULT
+    switch_interval: Annotated[int, integer(1, MAX_INTERVAL_MS)] = DEFAULT_SWITCH_INTERVAL_MS
 
     @property
     def detection_ms(self) -> int:
         """How long the switch takes at most to declare a silent cell down."""
         return self.mult * self.interval
-
-
-class BfdSection(Section):
-    """The ``bfd`` section as written (intervals in ms)."""
-
-    interval: Annotated[int, integer(1, MAX_INTERVAL_MS)] = DEFAULT_INTERVAL_MS
-    mult: Annotated[int, integer(1, MAX_MULT)] = DEFAULT_MULT
-    switch_interval: Annotated[int, integer(1, MAX_INTERVAL_MS)] = DEFAULT_SWITCH_INTERVAL_MS
 
 
 def check_bfd(doc: Document) -> None:

@@ -7,11 +7,12 @@ the values here, and only those that passed their own checks, so that every
 problem of a file is reported at once.
 """
 
+import dataclasses
 import difflib
-from typing import Any, Dict, List, Optional, Tuple, Type, Union, get_args
+from typing import Any, Dict, List, Optional, Tuple, Union, get_args, get_type_hints
 
 import yaml
-from pydantic import BaseModel, ValidationError
+from pydantic import ValidationError
 from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 
 from prism.config.types import SEVERITY_ERROR, ConfigProblem
@@ -106,12 +107,13 @@ class Document:
             self._bad.append(loc)
         self._add(self._node(loc), loc, message, severity)
 
-    def report_validation(self, error: ValidationError, model: Type[BaseModel]) -> None:
-        """pydantic's errors from validating ``data`` as ``model``, each at its node, in the configuration's words."""
+    def report_validation(self, error: ValidationError, schema: type) -> None:
+        """pydantic's errors from validating ``data`` as ``schema`` (a dataclass), each at its node,
+        in the configuration's words."""
         for item in error.errors(include_url=False):
             loc, error_type = tuple(item["loc"]), item["type"]
-            if error_type == "extra_forbidden":  # an unknown key leaves the rest of its mapping usable
-                self._add(self._keys[loc], loc, _unknown_key(str(loc[-1]), _keys_at(model, loc[:-1])))
+            if error_type == "unexpected_keyword_argument":  # an unknown key leaves the rest of its mapping usable
+                self._add(self._keys[loc], loc, _unknown_key(str(loc[-1]), _keys_at(schema, loc[:-1])))
                 continue
             self._bad.append(loc)
             if error_type == "missing":
@@ -119,7 +121,7 @@ class Document:
                 continue
             node = self._node(loc)
             shown = repr(node.value) if isinstance(node, ScalarNode) else kind(node)
-            message = "expected a mapping, got {kind}" if error_type == "model_type" else item["msg"]
+            message = "expected a mapping, got {kind}" if error_type == "dataclass_type" else item["msg"]
             message = message.replace("{kind}", kind(node)).replace("{shown}", shown)
             self._add(node, loc, message.replace("{text}", node.value if isinstance(node, ScalarNode) else shown))
 
@@ -171,16 +173,16 @@ def _unknown_key(key: str, allowed: Tuple[str, ...]) -> str:
     return f"unknown key '{key}' ({hint})"
 
 
-def _keys_at(model: Type[BaseModel], loc: Loc) -> Tuple[str, ...]:
-    """The keys of the mapping at ``loc`` of a document checked as ``model``."""
+def _keys_at(schema: type, loc: Loc) -> Tuple[str, ...]:
+    """The keys of the mapping at ``loc`` of a document checked as ``schema``."""
     for part in loc:
         if isinstance(part, str):
-            model = _model_in(model.model_fields[part].annotation)
-    return tuple(model.model_fields)
+            schema = _dataclass_in(get_type_hints(schema)[part])
+    return tuple(field.name for field in dataclasses.fields(schema))
 
 
-def _model_in(annotation: Any) -> Optional[Type[BaseModel]]:
-    """The model in an annotation such as ``Tuple[SwitchModel, ...]``."""
-    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+def _dataclass_in(annotation: Any) -> Optional[type]:
+    """The dataclass in an annotation such as ``Tuple[CellConfig, ...]``."""
+    if isinstance(annotation, type) and dataclasses.is_dataclass(annotation):
         return annotation
-    return next(filter(None, map(_model_in, get_args(annotation))), None)
+    return next(filter(None, map(_dataclass_in, get_args(annotation))), None)

@@ -18,8 +18,7 @@ from dataclasses import dataclass
 from typing import Annotated, Tuple
 
 from prism.cluster.mastership import DEFAULT_LEASE_S
-from prism.config.fields import Section, listed, number, text
-from prism.config.mgmt import Address, address
+from prism.config.fields import FORBID, Address, address, listed, number, text
 
 MAX_LEASE_S = 10.0
 DEFAULT_CLUSTER = "prism"
@@ -36,13 +35,7 @@ class EtcdConfig:
         cluster: Name under which this network's keys live.
     """
 
-    endpoints: Tuple[Address, ...]
-    lease_s: float = DEFAULT_LEASE_S
-    cluster: str = DEFAULT_CLUSTER
-
-
-class EtcdSection(Section):
-    """The ``etcd`` section as written."""
+    __pydantic_config__ = FORBID
 
     endpoints: Annotated[Tuple[Annotated[Address, address("etcd endpoint")], ...], listed("endpoints", "endpoint")]
     lease_s: Annotated[float, number(maximum=MAX_LEASE_S)] = DEFAULT_LEASE_S

@@ -1,4 +1,8 @@
-"""The schema's building blocks: a section model and validators whose errors read as the YAML was written.
+"""The schema's building blocks: validators whose errors read as the YAML was written, and addresses.
+
+The settings dataclasses (``prism.config.types`` and beside each section's
+checks) carry these validators in their annotations; pydantic uses them only
+when it reads a YAML document, never when the code builds a setting itself.
 
 Each validator rejects a value with a message in the configuration's words;
 ``{kind}``, ``{shown}`` and ``{text}`` in it are filled from the value's YAML
@@ -6,18 +10,19 @@ node (``prism.config.document``): its kind (``a string``), its quoted text
 (or its kind, for a mapping or a list) and its text as written.
 """
 
+import ipaddress
 import math
 import re
-from typing import Any, Callable, NoReturn, Optional
+from typing import Any, Callable, NoReturn, Optional, Tuple
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, PlainValidator
+from pydantic import BeforeValidator, ConfigDict, PlainValidator
 from pydantic_core import PydanticCustomError
 
-
-class Section(BaseModel):
-    """A mapping of the configuration: unknown keys are errors, absent keys take their defaults."""
-
-    model_config = ConfigDict(extra="forbid")
+#: A section's ``__pydantic_config__``: a key that is not a field is an error.
+FORBID = ConfigDict(extra="forbid")
+MAX_UDP_PORT = 65535
+_ADDRESS = re.compile(r"(?:\[(?P<v6>[^\]]+)\]|(?P<v4>[^:\[\]]+)):(?P<port>[0-9]+)")
+Address = Tuple[str, int]
 
 
 def fail(message: str) -> NoReturn:
@@ -124,3 +129,38 @@ def listed(plural: str, what: Optional[str] = None, wrong: Optional[str] = None)
 def checked_by(validator: PlainValidator) -> Callable[[Any], Any]:
     """The check function of a validator made here, to build a stricter one on it."""
     return validator.func
+
+
+def parse_address(text: str) -> Optional[Address]:
+    """``"IP:PORT"`` or ``"[IPv6]:PORT"`` as ``(ip, port)``, or None if it is not one."""
+    match = _ADDRESS.fullmatch(text.strip())
+    if match is None:
+        return None
+    try:
+        host = ipaddress.ip_address(match.group("v6") or match.group("v4"))
+    except ValueError:
+        return None
+    port = int(match.group("port"))
+    if (host.version == 6) != (match.group("v6") is not None) or not 1 <= port <= MAX_UDP_PORT:
+        return None
+    return str(host), port
+
+
+def format_address(address: Address) -> str:
+    """The text form :func:`parse_address` reads."""
+    host, port = address
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def address(what: str) -> PlainValidator:
+    """An ``IP:PORT`` string, as ``(ip, port)``."""
+    as_text = checked_by(text(what))
+
+    def check(value: Any) -> Address:
+        found = parse_address(as_text(value))
+        if found is None:
+            fail(f"{what} {{shown}} is not IP:PORT (e.g. 172.30.0.10:7700 or [fd00::a]:7700; "
+                 f"a UDP port 1-{MAX_UDP_PORT}, no host names)")  # fmt: skip
+        return found
+
+    return PlainValidator(check)

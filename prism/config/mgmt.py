@@ -32,119 +32,20 @@ a secret: keep it out of version control (``make demo`` and the tests make
 one in their work directory).
 """
 
-import ipaddress
-import re
-from typing import Annotated, Any, Dict, Optional, Tuple
-
-from pydantic import PlainValidator
+from typing import Dict, Optional, Tuple
 
 from prism.config.document import Document, Loc
-from prism.config.fields import Section, checked_by, fail, integer, number, text
+from prism.config.fields import Address, format_address, parse_address
 from prism.config.telemetry import resolve_path
-from prism.config.types import (
-    DEFAULT_ALIVE_AFTER_S,
-    DEFAULT_DEAD_AFTER_INTERVALS,
-    DEFAULT_HEARTBEAT_INTERVAL_S,
-    DEFAULT_LIMIT_MAX_FLOWS,
-    DEFAULT_STATE_INTERVAL_S,
-    DEFAULT_TAKEOVER_TOLERANCE_BYTES,
-    SEVERITY_WARNING,
-    ManagementConfig,
-)
+from prism.config.types import DEFAULT_HEARTBEAT_INTERVAL_S, SEVERITY_WARNING
 from prism.mgmt.auth import MgmtKeyError, read_key_file
+
+__all__ = ["check_cell_addresses", "check_management", "check_rest", "format_address", "parse_address"]
 
 #: Below this a ``state`` flow's progress records would come more often than a cell's tick sends them.
 CELL_TICK_S = 0.1
 #: Below this a taken-over flow must not have moved more than one full-size TCP window.
 SMALL_TOLERANCE_BYTES = 65535
-MAX_UDP_PORT = 65535
-_ENV_NAME = r"[A-Za-z_][A-Za-z0-9_]*"
-_NOT_ENV_NAME = "{shown} is not an environment variable name (letters, digits, _)"
-_ADDRESS = re.compile(r"(?:\[(?P<v6>[^\]]+)\]|(?P<v4>[^:\[\]]+)):(?P<port>[0-9]+)")
-Address = Tuple[str, int]
-
-
-def parse_address(text: str) -> Optional[Address]:
-    """``"IP:PORT"`` or ``"[IPv6]:PORT"`` as ``(ip, port)``, or None if it is not one."""
-    match = _ADDRESS.fullmatch(text.strip())
-    if match is None:
-        return None
-    host = match.group("v6") or match.group("v4")
-    try:
-        address = ipaddress.ip_address(host)
-    except ValueError:
-        return None
-    if (address.version == 6) != (match.group("v6") is not None):
-        return None
-    port = int(match.group("port"))
-    if not 1 <= port <= MAX_UDP_PORT:
-        return None
-    return str(address), port
-
-
-def format_address(address: Address) -> str:
-    """The text form :func:`parse_address` reads."""
-    host, port = address
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-
-
-def address(what: str) -> PlainValidator:
-    """An ``IP:PORT`` string, as ``(ip, port)``."""
-    as_text = checked_by(text(what))
-
-    def check(value: Any) -> Address:
-        found = parse_address(as_text(value))
-        if found is None:
-            fail(f"{what} {{shown}} is not IP:PORT (e.g. 172.30.0.10:7700 or [fd00::a]:7700; "
-                 f"a UDP port 1-{MAX_UDP_PORT}, no host names)")  # fmt: skip
-        return found
-
-    return PlainValidator(check)
-
-
-class ManagementSection(Section):
-    """The ``management`` section as written (``dead_after`` None: DEFAULT_DEAD_AFTER_INTERVALS heartbeats)."""
-
-    listen: Annotated[Optional[Address], address("management.listen")] = None
-    heartbeat_interval: Annotated[float, number()] = DEFAULT_HEARTBEAT_INTERVAL_S
-    dead_after: Annotated[Optional[float], number()] = None
-    alive_after: Annotated[float, number()] = DEFAULT_ALIVE_AFTER_S
-    key_file: Annotated[Optional[str], text("management.key_file")] = None
-    key_env: Annotated[Optional[str], text("management.key_env", _ENV_NAME, _NOT_ENV_NAME)] = None
-    generation_file: Annotated[Optional[str], text("management.generation_file")] = None
-    state_interval_s: Annotated[float, number()] = DEFAULT_STATE_INTERVAL_S
-    takeover_tolerance_bytes: Annotated[int, integer(0)] = DEFAULT_TAKEOVER_TOLERANCE_BYTES
-
-
-class RestSection(Section):
-    """The ``rest`` section as written."""
-
-    token_env: Annotated[Optional[str], text("rest.token_env", _ENV_NAME, _NOT_ENV_NAME)] = None
-    token_file: Annotated[Optional[str], text("rest.token_file")] = None
-    listen: Annotated[Optional[Address], address("rest.listen")] = None
-
-
-class OpenFlowSection(Section):
-    """The ``openflow`` section as written."""
-
-    listen: Annotated[Optional[Address], address("openflow.listen")] = None
-
-
-class LimitsSection(Section):
-    """The ``limits`` section as written."""
-
-    max_flows: Annotated[int, integer(1)] = DEFAULT_LIMIT_MAX_FLOWS
-
-
-def management_config(section: Optional[ManagementSection], source: str) -> ManagementConfig:
-    """The settings of a checked section: ``dead_after`` defaulted, files resolved against ``source``'s directory."""
-    if section is None:
-        return ManagementConfig()
-    values = section.model_dump()
-    values["dead_after"] = section.dead_after or section.heartbeat_interval * DEFAULT_DEAD_AFTER_INTERVALS
-    for key in ("key_file", "generation_file"):
-        values[key] = values[key] and resolve_path(values[key], source)
-    return ManagementConfig(**values)
 
 
 def check_management(doc: Document) -> None:

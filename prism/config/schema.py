@@ -1,34 +1,19 @@
 """PRISM's configuration schema: the document's pydantic models, the checks across keys, and the PrismConfig they give."""
 
+import dataclasses
 import re
+from dataclasses import dataclass
 from typing import Annotated, Any, Dict, List, Optional, Tuple
 
-from pydantic import PlainValidator, ValidationError
+from pydantic import PlainValidator, TypeAdapter, ValidationError
 from yaml.nodes import Node
 
-from prism.config.bfd import BfdConfig, BfdSection, check_bfd
-from prism.config.document import Document, path_of
-from prism.config.etcd import EtcdConfig, EtcdSection
-from prism.config.fields import Section, choice, fail, integer, listed, text
-from prism.config.mgmt import (
-    Address,
-    LimitsSection,
-    ManagementSection,
-    OpenFlowSection,
-    RestSection,
-    address,
-    check_cell_addresses,
-    check_management,
-    check_rest,
-    management_config,
-)
-from prism.config.telemetry import (
-    PredictionSection,
-    TelemetrySection,
-    check_prediction,
-    prediction_config,
-    telemetry_config,
-)
+from prism.config.bfd import BfdConfig, check_bfd
+from prism.config.document import Document, Loc, path_of
+from prism.config.etcd import EtcdConfig
+from prism.config.fields import FORBID, choice, fail, integer, listed, text
+from prism.config.mgmt import check_cell_addresses, check_management, check_rest
+from prism.config.telemetry import PredictionConfig, TelemetryConfig, check_prediction, resolve_path
 from prism.config.types import (
     DEFAULT_IDLE_TIMEOUT_S,
     DEFAULT_MAX_REPLICATION_FACTOR,
@@ -40,6 +25,7 @@ from prism.config.types import (
     CellConfig,
     ConfigProblem,
     LimitsConfig,
+    ManagementConfig,
     OpenFlowConfig,
     PrismConfig,
     RestConfig,
@@ -51,7 +37,6 @@ _DPID_COLONS = re.compile(r"[0-9a-fA-F]{2}(?::[0-9a-fA-F]{2}){7}")
 _DPID_HEX = re.compile(r"0[xX][0-9a-fA-F]+")
 _DPID_RYU = re.compile(r"[0-9a-fA-F]{16}")  #: Ryu's dpid_lib text form
 _DPID_DECIMAL = re.compile(r"[0-9]+")
-_PORT = integer(1, MAX_PORT_NUMBER)
 
 
 def parse_dpid(text: str) -> Optional[int]:
@@ -76,35 +61,38 @@ def _dpid(value: Any) -> int:
     return dp_id
 
 
-class _Cell(Section):
-    id: Annotated[str, text("cell id")]
-    port: Annotated[int, _PORT]
-    mgmt: Annotated[Optional[Address], address("cell management address")] = None
+@dataclass(frozen=True, kw_only=True)
+class _Switch:
+    __pydantic_config__ = FORBID
 
-
-class _Switch(Section):
     dpid: Annotated[int, PlainValidator(_dpid)]
     name: Annotated[Optional[str], text("switch name")] = None
-    cells: Annotated[Tuple[_Cell, ...], listed("cells", "cell")]
-    edge_ports: Annotated[Tuple[Annotated[int, _PORT], ...], listed("ports")]
+    cells: Annotated[Tuple[CellConfig, ...], listed("cells", "cell")]
+    edge_ports: Annotated[Tuple[Annotated[int, integer(1, MAX_PORT_NUMBER)], ...], listed("ports")]
 
 
-class _Document(Section):
+@dataclass(frozen=True, kw_only=True)
+class _Document:
     """The whole file; a section that is absent is None (written, it must be a mapping)."""
+
+    __pydantic_config__ = FORBID
 
     idle_timeout: Annotated[int, integer(1)] = DEFAULT_IDLE_TIMEOUT_S
     default_replication_factor: Annotated[int, integer(0)] = DEFAULT_REPLICATION_FACTOR
     max_replication_factor: Annotated[int, integer(0)] = DEFAULT_MAX_REPLICATION_FACTOR
     mirroring_mode: Annotated[str, choice(*MODES)] = MODE_FULL
-    management: ManagementSection = None
-    rest: RestSection = None
-    telemetry: TelemetrySection = None
-    prediction: PredictionSection = None
-    bfd: BfdSection = None
-    etcd: EtcdSection = None
+    management: ManagementConfig = None
+    rest: RestConfig = None
+    telemetry: TelemetryConfig = None
+    prediction: PredictionConfig = None
+    bfd: BfdConfig = None
+    etcd: EtcdConfig = None
     switches: Annotated[Tuple[_Switch, ...], listed("switches", "switch")]
-    openflow: OpenFlowSection = None
-    limits: LimitsSection = None
+    openflow: OpenFlowConfig = None
+    limits: LimitsConfig = None
+
+
+_READ = TypeAdapter(_Document)
 
 
 def check_document(root: Optional[Node], source: str) -> Tuple[Optional[PrismConfig], List[ConfigProblem]]:
@@ -121,7 +109,7 @@ def check_document(root: Optional[Node], source: str) -> Tuple[Optional[PrismCon
         return None, [ConfigProblem(source, 1, 1, "", "empty configuration: expected at least a 'switches' list")]
     doc = Document(root, source)
     try:
-        document: Optional[_Document] = _Document.model_validate(doc.data)
+        document: Optional[_Document] = _READ.validate_python(doc.data)
     except ValidationError as error:
         doc.report_validation(error, _Document)
         document = None
@@ -206,22 +194,22 @@ def _factor_at(doc: Document, key: str, fallback: Tuple) -> Tuple[Tuple, str]:
 
 
 def _config(document: _Document, source: str) -> PrismConfig:
-    """The settings of a document without errors."""
+    """The settings of a document without errors, its files resolved against its directory."""
     switches = {
-        switch.dpid: SwitchConfig(switch.dpid, switch.name or f"s{switch.dpid}",
-                                  tuple(CellConfig(cell.id, cell.port, cell.mgmt) for cell in switch.cells),
-                                  switch.edge_ports)  # fmt: skip
+        switch.dpid: SwitchConfig(switch.dpid, switch.name or f"s{switch.dpid}", switch.cells, switch.edge_ports)
         for switch in document.switches
     }
-    sections = {
-        "rest": RestConfig(**document.rest.model_dump()) if document.rest else RestConfig(),
-        "openflow": OpenFlowConfig(**document.openflow.model_dump()) if document.openflow else OpenFlowConfig(),
-        "limits": LimitsConfig(**document.limits.model_dump()) if document.limits else LimitsConfig(),
-        "bfd": document.bfd and BfdConfig(**document.bfd.model_dump()),
-        "etcd": document.etcd and EtcdConfig(**document.etcd.model_dump()),
-        "telemetry": document.telemetry and telemetry_config(document.telemetry, source),
-        "prediction": document.prediction and prediction_config(document.prediction, source),
-    }
-    return PrismConfig(switches, document.idle_timeout, document.default_replication_factor,
-                       document.max_replication_factor, management=management_config(document.management, source),
-                       mirroring_mode=document.mirroring_mode, source=source, **sections)  # fmt: skip
+    management = document.management or ManagementConfig()
+    files = {key: resolve_path(getattr(management, key), source)
+             for key in ("key_file", "generation_file") if getattr(management, key)}  # fmt: skip
+    telemetry, prediction = document.telemetry, document.prediction
+    if telemetry is not None:
+        telemetry = dataclasses.replace(telemetry, dir=resolve_path(telemetry.dir, source))
+    if prediction is not None and prediction.model is not None:
+        prediction = dataclasses.replace(prediction, model=resolve_path(prediction.model, source))
+    return PrismConfig(
+        switches, document.idle_timeout, document.default_replication_factor, document.max_replication_factor,
+        management=dataclasses.replace(management, **files), rest=document.rest or RestConfig(),
+        openflow=document.openflow or OpenFlowConfig(), limits=document.limits or LimitsConfig(),
+        telemetry=telemetry, prediction=prediction, mirroring_mode=document.mirroring_mode, bfd=document.bfd, etcd=document.etcd, source=source,
+    )  # fmt: skip

@@ -44,7 +44,7 @@ from typing import Annotated, Optional, Tuple
 from pydantic import PlainValidator
 
 from prism.config.document import Document
-from prism.config.fields import Section, checked_by, choice, fail, flag, integer, listed, number, probability, text
+from prism.config.fields import FORBID, checked_by, choice, fail, flag, integer, listed, number, probability, text
 from prism.config.types import SEVERITY_WARNING
 from prism.policy.aging import (
     ALLOWED_MILESTONES_S,
@@ -71,6 +71,13 @@ MAX_MIRROR_BUDGET = 1.0
 _ALLOWED = ", ".join(f"{m:g}" for m in ALLOWED_MILESTONES_S)
 
 
+def _milestone(value: object) -> float:
+    seconds = checked_by(number())(value)
+    if seconds not in ALLOWED_MILESTONES_S:
+        fail(f"{{text}} s is not a milestone the flow records count at (one of {_ALLOWED})")
+    return seconds
+
+
 @dataclass(frozen=True)
 class TelemetryConfig:
     """Where and how the stats collector writes telemetry (``telemetry:`` section).
@@ -82,10 +89,12 @@ class TelemetryConfig:
         poll_interval: Seconds between two polls of every switch's statistics.
     """
 
-    dir: str
-    rotate_records: int = DEFAULT_ROTATE_RECORDS
-    rotate_s: float = DEFAULT_ROTATE_S
-    poll_interval: float = DEFAULT_POLL_INTERVAL_S
+    __pydantic_config__ = FORBID
+
+    dir: Annotated[str, text("telemetry.dir")]
+    rotate_records: Annotated[int, integer(1)] = DEFAULT_ROTATE_RECORDS
+    rotate_s: Annotated[float, number()] = DEFAULT_ROTATE_S
+    poll_interval: Annotated[float, number()] = DEFAULT_POLL_INTERVAL_S
 
 
 @dataclass(frozen=True)
@@ -109,17 +118,26 @@ class PredictionConfig:
             ``off`` never.
     """
 
-    model: Optional[str]
-    budget: float = DEFAULT_AGING_BUDGET
-    horizon_s: Optional[float] = None
-    cheap_flow_packets: int = DEFAULT_CHEAP_FLOW_PACKETS
-    policy: str = POLICY_AGING
-    milestones_s: Tuple[float, ...] = DEFAULT_MILESTONES_S
-    mode: str = DEFAULT_MODE
-    promote_probability: float = DEFAULT_PROMOTE_PROBABILITY
-    demote_probability: float = DEFAULT_DEMOTE_PROBABILITY
-    promote_quiet: bool = DEFAULT_PROMOTE_QUIET
-    birth: str = AgingSettings.birth
+    __pydantic_config__ = FORBID
+
+    model: Annotated[Optional[str], text("prediction.model")] = None
+    budget: Annotated[float, number("a share of packets (e.g. 0.25)", MAX_MIRROR_BUDGET)] = None  # type: ignore
+    horizon_s: Annotated[Optional[float], number()] = None
+    cheap_flow_packets: Annotated[int, integer(0)] = DEFAULT_CHEAP_FLOW_PACKETS
+    policy: Annotated[str, choice(*POLICIES)] = POLICY_AGING
+    milestones_s: Annotated[Tuple[Annotated[float, PlainValidator(_milestone)], ...], listed(
+        "ages in seconds", "age", "expected a non-empty list of ages in seconds, e.g. [0.25, 1, 4, 16, 64]",
+    )] = DEFAULT_MILESTONES_S  # fmt: skip
+    mode: Annotated[str, choice(*POLICY_MODES)] = DEFAULT_MODE
+    promote_probability: Annotated[float, probability()] = DEFAULT_PROMOTE_PROBABILITY
+    demote_probability: Annotated[float, probability()] = DEFAULT_DEMOTE_PROBABILITY
+    promote_quiet: Annotated[bool, flag()] = DEFAULT_PROMOTE_QUIET
+    birth: Annotated[str, choice(*BIRTH_CHOICES)] = AgingSettings.birth
+
+    def __post_init__(self) -> None:
+        if self.budget is None:
+            budget = DEFAULT_MIRROR_BUDGET if self.policy == POLICY_FIRST_PACKET else DEFAULT_AGING_BUDGET
+            object.__setattr__(self, "budget", budget)
 
 
 def resolve_path(path: str, source: str) -> str:
@@ -130,40 +148,6 @@ def resolve_path(path: str, source: str) -> str:
     if posixpath.isabs(path) or (source.startswith("<") and source.endswith(">")):
         return path
     return posixpath.normpath(posixpath.join(posixpath.dirname(source) or ".", path))
-
-
-class TelemetrySection(Section):
-    """The ``telemetry`` section as written."""
-
-    dir: Annotated[str, text("telemetry.dir")]
-    rotate_records: Annotated[int, integer(1)] = DEFAULT_ROTATE_RECORDS
-    rotate_s: Annotated[float, number()] = DEFAULT_ROTATE_S
-    poll_interval: Annotated[float, number()] = DEFAULT_POLL_INTERVAL_S
-
-
-def _milestone(value: object) -> float:
-    seconds = checked_by(number())(value)
-    if seconds not in ALLOWED_MILESTONES_S:
-        fail(f"{{text}} s is not a milestone the flow records count at (one of {_ALLOWED})")
-    return seconds
-
-
-class PredictionSection(Section):
-    """The ``prediction`` section as written (``budget`` None: the policy's default)."""
-
-    policy: Annotated[str, choice(*POLICIES)] = POLICY_AGING
-    model: Annotated[Optional[str], text("prediction.model")] = None
-    budget: Annotated[Optional[float], number("a share of packets (e.g. 0.25)", MAX_MIRROR_BUDGET)] = None
-    horizon_s: Annotated[Optional[float], number()] = None
-    milestones_s: Annotated[Tuple[Annotated[float, PlainValidator(_milestone)], ...], listed(
-        "ages in seconds", "age", "expected a non-empty list of ages in seconds, e.g. [0.25, 1, 4, 16, 64]",
-    )] = DEFAULT_MILESTONES_S  # fmt: skip
-    mode: Annotated[str, choice(*POLICY_MODES)] = DEFAULT_MODE
-    promote_quiet: Annotated[bool, flag()] = DEFAULT_PROMOTE_QUIET
-    birth: Annotated[str, choice(*BIRTH_CHOICES)] = AgingSettings.birth
-    promote_probability: Annotated[float, probability()] = DEFAULT_PROMOTE_PROBABILITY
-    demote_probability: Annotated[float, probability()] = DEFAULT_DEMOTE_PROBABILITY
-    cheap_flow_packets: Annotated[int, integer(0)] = DEFAULT_CHEAP_FLOW_PACKETS
 
 
 def check_prediction(doc: Document) -> None:
@@ -189,17 +173,3 @@ def check_prediction(doc: Document) -> None:
     if doc.value(("max_replication_factor",)) == 0:
         doc.report(at, "max_replication_factor is 0: the predictive policy can never mirror a flow "
                    "(raise max_replication_factor)", SEVERITY_WARNING)  # fmt: skip
-
-
-def telemetry_config(section: TelemetrySection, source: str) -> TelemetryConfig:
-    """The settings of a checked section, ``dir`` resolved against the configuration's directory."""
-    return TelemetryConfig(**{**section.model_dump(), "dir": resolve_path(section.dir, source)})
-
-
-def prediction_config(section: PredictionSection, source: str) -> PredictionConfig:
-    """The settings of a checked section: the policy's budget by default, ``model`` resolved."""
-    default_budget = DEFAULT_MIRROR_BUDGET if section.policy == POLICY_FIRST_PACKET else DEFAULT_AGING_BUDGET
-    return PredictionConfig(**{
-        **section.model_dump(), "model": section.model and resolve_path(section.model, source),
-        "budget": default_budget if section.budget is None else section.budget,
-    })  # fmt: skip
