@@ -1,18 +1,11 @@
-"""The configuration's ``bfd`` section: data-plane liveness of the cells (BFD with the switch), with file:line checks.
+"""The configuration's ``bfd`` section: data-plane liveness of the cells (BFD with the switch).
 
-Schema::
-
-    bfd:                  # optional; without it a dead cell process is found by missed heartbeats only
-      interval: 10        # ms, integer 1-10000: the cell sends a control packet this often
-      mult: 4             # integer 1-255: the switch declares the cell down after this many intervals
-                          #   of silence (and the cell the switch after mult switch_intervals)
-      switch_interval: 100  # ms, integer 1-10000: the switch sends this often (default 100)
-
-The two directions have their own interval: the switch must find a dead cell
-fast (``mult * interval``, 40 ms by default), while the cell only needs to
-know that the switch is there, and a switch whose own BFD thread is late now
-and then (Open vSwitch on a busy machine logs "long delay ... sending BFD
-control message") must not make healthy cells take their sessions down.
+Without it a dead cell process is found by missed heartbeats only. The two
+directions have their own interval: the switch must find a dead cell fast
+(``mult * interval``, 40 ms by default), while the cell only needs to know
+that the switch is there, and a switch whose own BFD thread is late now and
+then (Open vSwitch on a busy machine logs "long delay ... sending BFD control
+message") must not make healthy cells take their sessions down.
 
 With this section every cell port gets ``bfd:enable=true bfd:min_rx=interval
 bfd:min_tx=switch_interval bfd:mult=mult`` (the topology and harness code set

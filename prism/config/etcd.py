@@ -1,12 +1,4 @@
-"""Check of the configuration's ``etcd`` section: several controllers sharing one network.
-
-Schema::
-
-    etcd:                             # optional; without it one controller runs the network alone
-      endpoints: ["127.0.0.1:2379"]   # etcd client addresses, IP:PORT (the first that answers is used)
-      lease_s: 0.75                   # s, 0 < lease_s <= 10: a controller silent this long is dead and
-                                      # a standby becomes master of its switches (default 0.75)
-      cluster: prism                  # key prefix in etcd (/prism/<cluster>/...): one per network
+"""The configuration's ``etcd`` section: several controllers sharing one network (absent: one controller).
 
 Every controller of the network reads the same file; each is told its own id
 by ``PRISM_CONTROLLER_ID`` (the Ryu shell reads it, default host name and
@@ -30,9 +22,9 @@ class EtcdConfig:
     """Where etcd is and how mastership is held (``etcd:`` section).
 
     Attributes:
-        endpoints: etcd client addresses ``(ip, port)``.
+        endpoints: etcd client addresses ``(ip, port)``; the first that answers is used.
         lease_s: Seconds after which a silent controller loses its switches.
-        cluster: Name under which this network's keys live.
+        cluster: Name under which this network's keys live (``/prism/<cluster>/...``).
     """
 
     __pydantic_config__ = FORBID

@@ -1,33 +1,18 @@
-"""PRISM's YAML configuration: switches, their cell and edge ports, replication defaults.
+"""PRISM's YAML configuration: read a file, check it, get a :class:`PrismConfig` or every problem.
 
-Schema (unknown keys are errors)::
+The schema is the settings dataclasses themselves: each key is a field whose
+annotation carries its check (``prism/config/types.py``, ``bfd.py``,
+``etcd.py``, ``telemetry.py``; the document and its switches in
+``schema.py``), and ``examples/prism.yaml`` documents every key. Unknown keys
+are errors. Every problem is reported at once as
+``file:line:column: key.path: message``.
 
-    idle_timeout: 10                  # s, int > 0: FSC entries expire after this idle time
-    default_replication_factor: 1     # int >= 0: mirrors per flow unless the policy says otherwise
-    max_replication_factor: 2         # int >= default: the most mirrors any flow gets
-    mirroring_mode: full              # full | state: what the switch copies to mirrors (fixed policy)
-    management:                       # optional: see prism/config/mgmt.py
-      listen: "172.30.0.254:7600"     # the controller's UDP address on the management network
-      heartbeat_interval: 0.1         # s; dead_after (default 3.5 intervals), alive_after (1 s)
-    rest: {token_env: PRISM_REST_TOKEN}   # optional: or token_file
-    telemetry: {dir: telemetry}       # optional: see prism/config/telemetry.py
-    prediction: {model: ../models/default, budget: 0.25}   # optional: the predictive policy
-    bfd: {interval: 10, mult: 4}     # optional: cells speak BFD with the switch (prism/config/bfd.py)
-    switches:                         # at least one
-      - dpid: 1                       # int, "0x1", "0000000000000001" or "00:00:00:00:00:00:00:01"
-        name: s1                      # optional, default "s<dpid>"
-        cells:                        # at least one; ids and ports unique within the switch
-          - {id: cell1, port: 1, mgmt: "172.30.0.10:7700"}   # mgmt optional
-        edge_ports: [4, 5]            # where clients and servers are; never a cell's port
-
-Every problem is reported at once with ``file:line:column: key.path: message``.
 A ``default_replication_factor`` that a switch cannot honour with all of its
 cells healthy (more than its cells minus one) is an error: every flow would be
 under-replicated from the start, which is a configuration mistake rather than
 a failure. ``max_replication_factor`` is only a ceiling that the policy caps
 to the cells that exist, so exceeding it is a warning.
 """
-
 
 import dataclasses
 from pathlib import Path
@@ -36,7 +21,7 @@ from typing import Any, Union
 import yaml
 
 from prism.config.etcd import EtcdConfig
-from prism.config.mgmt import format_address
+from prism.config.fields import format_address
 from prism.config.schema import check_document, parse_dpid
 from prism.config.telemetry import PredictionConfig, TelemetryConfig
 from prism.config.types import (
@@ -55,26 +40,11 @@ from prism.config.types import (
 )
 
 __all__ = [
-    "DEFAULT_IDLE_TIMEOUT_S",
-    "DEFAULT_MAX_REPLICATION_FACTOR",
-    "DEFAULT_REPLICATION_FACTOR",
-    "SEVERITY_ERROR",
-    "SEVERITY_WARNING",
-    "CellConfig",
-    "ConfigError",
-    "ConfigProblem",
-    "EtcdConfig",
-    "ManagementConfig",
-    "PredictionConfig",
-    "PrismConfig",
-    "RestConfig",
-    "SwitchConfig",
-    "TelemetryConfig",
-    "load_config",
-    "parse_config",
-    "parse_dpid",
-    "render_config",
-]
+    "DEFAULT_IDLE_TIMEOUT_S", "DEFAULT_MAX_REPLICATION_FACTOR", "DEFAULT_REPLICATION_FACTOR", "SEVERITY_ERROR",
+    "SEVERITY_WARNING", "CellConfig", "ConfigError", "ConfigProblem", "EtcdConfig", "ManagementConfig",
+    "PredictionConfig", "PrismConfig", "RestConfig", "SwitchConfig", "TelemetryConfig", "load_config",
+    "parse_config", "parse_dpid", "render_config",
+]  # fmt: skip
 
 
 def load_config(path: Union[str, Path]) -> PrismConfig:

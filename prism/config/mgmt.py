@@ -1,35 +1,11 @@
-"""Checks of the configuration's management network and REST sections (``management:``, ``rest:``, cells' ``mgmt``).
+"""Checks across the management network's keys (``management``, ``rest``, the cells' ``mgmt``).
 
-Schema::
-
-    management:                       # optional; without it no heartbeats are heard
-      listen: "172.30.0.254:7600"     # the controller's UDP address on the management network
-      heartbeat_interval: 0.1         # s, > 0: how often cells send heartbeats
-      dead_after: 0.35                # s, > heartbeat_interval (default 3.5 intervals)
-      alive_after: 1.0                # s, > 0: unbroken heartbeats before a dead cell is used again
-      key_file: mgmt.key              # the deployment's management key (relative: to this file), or
-      key_env: PRISM_MGMT_KEY         #   the environment variable holding it (the default)
-      generation_file: /var/lib/prism/controller-generation   # the controller's generation (fencing)
-      state_interval_s: 1.0           # s, > 0: progress records of a ``state`` flow (prism/mgmt/protocol.py)
-      takeover_tolerance_bytes: 16777216  # >= 0: how far a taken-over ``state`` flow may have moved
-    rest:                             # optional; at most one of:
-      token_env: PRISM_REST_TOKEN     #   environment variable holding the REST token
-      token_file: /etc/prism/token    #   file holding it
-      listen: "127.0.0.1:8080"        # optional: the REST API's TCP address (default: loopback)
-    openflow:
-      listen: "127.0.0.1:6653"        # optional: the OpenFlow listener's TCP address (default: loopback)
-    limits:
-      max_flows: 1000000              # flows each switch's director tracks; beyond: unmirrored, untracked
-    switches:
-      - cells:
-          - {id: cell1, port: 1, mgmt: "172.30.0.10:7700"}   # the cell's management address
-
-Addresses are IP literals (``[v6]:port`` for IPv6) with a UDP port 1-65535.
-Every management datagram is authenticated with the key (``prism.mgmt.auth``);
-a key file that cannot be read, or holds a key shorter than
-``MIN_KEY_CHARS``, is an error here, at the line of ``key_file``. The key is
-a secret: keep it out of version control (``make demo`` and the tests make
-one in their work directory).
+Their settings are in ``prism.config.types``. Addresses are IP literals
+(``[v6]:port`` for IPv6) with a UDP port 1-65535. Every management datagram is
+authenticated with the key (``prism.mgmt.auth``); a key file that cannot be
+read, or holds a key shorter than ``MIN_KEY_CHARS``, is an error here, at the
+line of ``key_file``. The key is a secret: keep it out of version control
+(``make demo`` and the tests make one in their work directory).
 """
 
 from typing import Dict, Optional, Tuple

@@ -1,40 +1,11 @@
-"""Checks of the configuration's ``telemetry`` and ``prediction`` sections, with file:line positions.
+"""The ``telemetry`` and ``prediction`` sections: their settings (each field its own check) and the
+checks across the prediction's keys. ``examples/prism.yaml`` documents every key.
 
-Schema::
-
-    telemetry:                        # optional; without it no statistics are written
-      dir: /var/lib/prism/telemetry   # where the Parquet files go (relative: to the config file)
-      rotate_records: 10000           # int >= 1: a file is closed after this many records ...
-      rotate_s: 300                   # s, > 0: ... or when its first record is this old
-      poll_interval: 10               # s, > 0: flow, port and group statistics are polled this often
-    prediction:                       # optional; without it every flow gets default_replication_factor
-      policy: aging                   # "aging" (default): decide as flows age (prism/policy/aging.py);
-                                      # "first_packet": decide once at the first packet (needs a model)
-      model: ../models/default        # a model directory (prism train); relative: to the config file.
-                                      # aging without a model: every flow alive at a milestone is promoted
-      budget: 0.1                     # 0 < share <= 1: mirror copies per packet the policy may spend
-                                      # (default 0.1 aging, 0.25 first_packet)
-      horizon_s: 2                    # s, > 0: look-ahead of the cells' failure probability
-                                      # (default: the model's takeover horizon)
-      milestones_s: [0.25, 1, 4, 16, 64]  # aging: ages (s) at which a live flow is re-decided,
-                                      # ascending, among 0.25 0.5 1 2 4 8 16 32 64
-      mode: state                     # aging: mode of promoted flows, state (only SYN/FIN/RST copied),
-                                      # full (every packet copied) or auto (full for flows slower than
-                                      # 1 packet/s while the budget allows, else state)
-      promote_quiet: true             # aging: promote a flow that sent nothing since its last report
-                                      # too (sparse long flows; ended flows the cells still report)
-      birth: auto                     # aging: auto (default) mirrors a TCP flow opened by a SYN at birth
-                                      # (state mode) while the copy budget has headroom; off: never
-      promote_probability: 0.5        # aging with a model: promote a flow the model gives at least
-                                      # this probability of living the model's horizon more
-      demote_probability: 0           # aging with a model: drop the mirrors of a flow below this (0: never)
-      cheap_flow_packets: 64          # first_packet: int >= 0: a flow predicted to outlive horizon_s
-                                      # with at most this many packets is mirrored below the line (0: never)
-
-Paths are kept as written when absolute and joined to the configuration
-file's directory otherwise, so that a configuration means the same thing
-whatever directory ryu-manager starts in. Whether the model loads is checked
-when the controller starts (``models.artifact.ModelError``), not here.
+Paths (``telemetry.dir``, ``prediction.model``) are kept as written when
+absolute and joined to the configuration file's directory otherwise, so that
+a configuration means the same thing whatever directory ryu-manager starts
+in. Whether the model loads is checked when the controller starts
+(``models.artifact.ModelError``), not here.
 """
 
 import posixpath

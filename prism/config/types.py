@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Annotated, Dict, List, Optional, Tuple
 
 from prism.config.fields import FORBID, Address, address, integer, number, text
-from prism.mgmt.auth import DEFAULT_MGMT_KEY_ENV
+from prism.mgmt.auth import DEFAULT_MGMT_KEY_ENV  # noqa: F401  (the shells take it from here)
 from prism.mgmt.protocol import DEFAULT_STATE_INTERVAL_S, DEFAULT_TAKEOVER_TOLERANCE_BYTES
 
 if TYPE_CHECKING:  # pragma: no cover - defined beside their checks
@@ -30,6 +30,7 @@ DEFAULT_DEAD_AFTER_INTERVALS = 3.5  #: dead_after defaults to this many heartbea
 DEFAULT_ALIVE_AFTER_S = 1.0
 _ENV_NAME = r"[A-Za-z_][A-Za-z0-9_]*"
 _NOT_ENV_NAME = "{shown} is not an environment variable name (letters, digits, _)"
+
 
 @dataclass(frozen=True)
 class ConfigProblem:
@@ -93,7 +94,8 @@ class ManagementConfig:
     Attributes:
         listen: The controller's UDP ``(ip, port)`` for heartbeats and reports (None: no channel).
         heartbeat_interval: Seconds between two heartbeats of a cell.
-        dead_after: Seconds without a heartbeat after which a cell is dead.
+        dead_after: Seconds without a heartbeat after which a cell is dead (None given:
+            ``DEFAULT_DEAD_AFTER_INTERVALS`` heartbeat intervals).
         alive_after: Seconds of unbroken heartbeats before a dead cell is used again.
         key_file: File holding the management key (resolved against the configuration's directory).
         key_env: Environment variable holding it (neither: ``DEFAULT_MGMT_KEY_ENV``).
@@ -109,7 +111,7 @@ class ManagementConfig:
 
     listen: Annotated[Optional[Address], address("management.listen")] = None
     heartbeat_interval: Annotated[float, number()] = DEFAULT_HEARTBEAT_INTERVAL_S
-    dead_after: Annotated[float, number()] = None  # type: ignore[assignment]  # None: DEFAULT_DEAD_AFTER_INTERVALS heartbeats
+    dead_after: Annotated[float, number()] = None  # type: ignore[assignment]
     alive_after: Annotated[float, number()] = DEFAULT_ALIVE_AFTER_S
     key_file: Annotated[Optional[str], text("management.key_file")] = None
     key_env: Annotated[Optional[str], text("management.key_env", _ENV_NAME, _NOT_ENV_NAME)] = None
