@@ -15,6 +15,7 @@ from prism.config.fields import FORBID, Address, address, listed, number, text
 MAX_LEASE_S = 10.0
 DEFAULT_CLUSTER = "prism"
 _CLUSTER_NAME = r"[A-Za-z0-9_.-]{1,64}"
+_NOT_CLUSTER_NAME = "etcd.cluster {shown} must be 1-64 letters, digits, '.', '_' or '-'"
 
 
 @dataclass(frozen=True)
@@ -31,5 +32,4 @@ class EtcdConfig:
 
     endpoints: Annotated[Tuple[Annotated[Address, address("etcd endpoint")], ...], listed("endpoints", "endpoint")]
     lease_s: Annotated[float, number(maximum=MAX_LEASE_S)] = DEFAULT_LEASE_S
-    cluster: Annotated[str, text("etcd.cluster", _CLUSTER_NAME,
-                                 "etcd.cluster {shown} must be 1-64 letters, digits, '.', '_' or '-'")] = DEFAULT_CLUSTER
+    cluster: Annotated[str, text("etcd.cluster", _CLUSTER_NAME, _NOT_CLUSTER_NAME)] = DEFAULT_CLUSTER

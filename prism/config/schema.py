@@ -1,4 +1,5 @@
-"""PRISM's configuration schema: the document's pydantic models, the checks across keys, and the PrismConfig they give."""
+"""The configuration document's schema (its switches; the sections' settings are their own), the checks
+across keys, and the PrismConfig they give."""
 
 import dataclasses
 import re
@@ -149,7 +150,7 @@ def _check_switches(doc: Document) -> None:
         _check_edge_ports(doc, at, ports)
 
 
-def _check_edge_ports(doc: Document, at: Tuple, cell_ports: Dict[int, Tuple[str, int]]) -> None:
+def _check_edge_ports(doc: Document, at: Loc, cell_ports: Dict[int, Tuple[str, int]]) -> None:
     """Edge ports: unique, none a cell's port; none at all is a warning."""
     if doc.value(at + ("edge_ports",)) == ():
         doc.report(at + ("edge_ports",), "no edge ports: no traffic will reach the cells", SEVERITY_WARNING)
@@ -188,7 +189,7 @@ def _check_factors(doc: Document) -> None:
             doc.report(loc, f"{subject}{maximum} needs {maximum + 1} cells to be reached; {has}", SEVERITY_WARNING)
 
 
-def _factor_at(doc: Document, key: str, fallback: Tuple) -> Tuple[Tuple, str]:
+def _factor_at(doc: Document, key: str, fallback: Loc) -> Tuple[Loc, str]:
     """Where to report a factor: at its key if written, else at ``fallback``, naming the default."""
     return ((key,), "") if doc.has((key,)) else (fallback, f"{key} (default) ")
 
@@ -211,5 +212,6 @@ def _config(document: _Document, source: str) -> PrismConfig:
         switches, document.idle_timeout, document.default_replication_factor, document.max_replication_factor,
         management=dataclasses.replace(management, **files), rest=document.rest or RestConfig(),
         openflow=document.openflow or OpenFlowConfig(), limits=document.limits or LimitsConfig(),
-        telemetry=telemetry, prediction=prediction, mirroring_mode=document.mirroring_mode, bfd=document.bfd, etcd=document.etcd, source=source,
+        telemetry=telemetry, prediction=prediction, mirroring_mode=document.mirroring_mode, bfd=document.bfd,
+        etcd=document.etcd, source=source,
     )  # fmt: skip
