@@ -41,6 +41,10 @@ setup(
         # deprecation banner on every import (each ryu-manager start).
         "eventlet>=0.33.3,<0.41",
         "pyyaml",
+        # The configuration's schema (prism/config): declared as models instead of
+        # hand-written checks; read once at start, never on a packet's path. Pinned
+        # exactly (it pins its pydantic-core); constraints.txt pins the rest.
+        "pydantic==2.14.4",
         "numpy",
         "pandas",
         "pyarrow",

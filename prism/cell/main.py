@@ -23,9 +23,8 @@ from prism.cell.smm import SmmSettings, StateMirroringModule
 from prism.cell.smm_io import UdpTransport, attach, parse_address
 from prism.cell.state_server import StateServer, default_state_socket
 from prism.flows.identity import mac_to_bytes, mac_to_str
-from prism.config.types import DEFAULT_MGMT_KEY_ENV
 from prism.mgmt.protocol import CELL_MGMT_PORT, CONTROLLER_MGMT_PORT, HEARTBEAT_INTERVAL_S
-from prism.mgmt.auth import MgmtAuth, MgmtKeyError, key_bytes, read_key_file
+from prism.mgmt.auth import DEFAULT_MGMT_KEY_ENV, MgmtAuth, MgmtKeyError, key_bytes, read_key_file
 from prism.openflow.changes import MIRROR_MAC
 
 LOG = logging.getLogger("prism.cell")

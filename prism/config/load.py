@@ -1,26 +1,12 @@
-"""PRISM's YAML configuration: switches, their cell and edge ports, replication defaults.
+"""PRISM's YAML configuration: read a file, check it, get a :class:`PrismConfig` or every problem.
 
-Schema (unknown keys are errors)::
+The schema is the settings dataclasses themselves: each key is a field whose
+annotation carries its check (``prism/config/types.py``, ``bfd.py``,
+``etcd.py``, ``telemetry.py``; the document and its switches in
+``schema.py``), and ``examples/prism.yaml`` documents every key. Unknown keys
+are errors. Every problem is reported at once as
+``file:line:column: key.path: message``.
 
-    idle_timeout: 10                  # s, int > 0: FSC entries expire after this idle time
-    default_replication_factor: 1     # int >= 0: mirrors per flow unless the policy says otherwise
-    max_replication_factor: 2         # int >= default: the most mirrors any flow gets
-    mirroring_mode: full              # full | state: what the switch copies to mirrors (fixed policy)
-    management:                       # optional: see prism/config/mgmt.py
-      listen: "172.30.0.254:7600"     # the controller's UDP address on the management network
-      heartbeat_interval: 0.1         # s; dead_after (default 3.5 intervals), alive_after (1 s)
-    rest: {token_env: PRISM_REST_TOKEN}   # optional: or token_file
-    telemetry: {dir: telemetry}       # optional: see prism/config/telemetry.py
-    prediction: {model: ../models/default, budget: 0.25}   # optional: the predictive policy
-    bfd: {interval: 10, mult: 4}     # optional: cells speak BFD with the switch (prism/config/bfd.py)
-    switches:                         # at least one
-      - dpid: 1                       # int, "0x1", "0000000000000001" or "00:00:00:00:00:00:00:01"
-        name: s1                      # optional, default "s<dpid>"
-        cells:                        # at least one; ids and ports unique within the switch
-          - {id: cell1, port: 1, mgmt: "172.30.0.10:7700"}   # mgmt optional
-        edge_ports: [4, 5]            # where clients and servers are; never a cell's port
-
-Every problem is reported at once with ``file:line:column: key.path: message``.
 A ``default_replication_factor`` that a switch cannot honour with all of its
 cells healthy (more than its cells minus one) is an error: every flow would be
 under-replicated from the start, which is a configuration mistake rather than
@@ -28,20 +14,16 @@ a failure. ``max_replication_factor`` is only a ceiling that the policy caps
 to the cells that exist, so exceeding it is a warning.
 """
 
-
-from __future__ import annotations
-
 import dataclasses
 from pathlib import Path
-from typing import Union
+from typing import Any, Union
 
 import yaml
 
-from prism.config.bfd import render_bfd
-from prism.config.mgmt import format_address
-from prism.config.etcd import EtcdConfig, render_etcd
+from prism.config.etcd import EtcdConfig
+from prism.config.fields import format_address
 from prism.config.schema import check_document, parse_dpid
-from prism.config.telemetry import PredictionConfig, TelemetryConfig, render_prediction, render_telemetry
+from prism.config.telemetry import PredictionConfig, TelemetryConfig
 from prism.config.types import (
     DEFAULT_IDLE_TIMEOUT_S,
     DEFAULT_MAX_REPLICATION_FACTOR,
@@ -58,26 +40,11 @@ from prism.config.types import (
 )
 
 __all__ = [
-    "DEFAULT_IDLE_TIMEOUT_S",
-    "DEFAULT_MAX_REPLICATION_FACTOR",
-    "DEFAULT_REPLICATION_FACTOR",
-    "SEVERITY_ERROR",
-    "SEVERITY_WARNING",
-    "CellConfig",
-    "ConfigError",
-    "ConfigProblem",
-    "EtcdConfig",
-    "ManagementConfig",
-    "PredictionConfig",
-    "PrismConfig",
-    "RestConfig",
-    "SwitchConfig",
-    "TelemetryConfig",
-    "load_config",
-    "parse_config",
-    "parse_dpid",
-    "render_config",
-]
+    "DEFAULT_IDLE_TIMEOUT_S", "DEFAULT_MAX_REPLICATION_FACTOR", "DEFAULT_REPLICATION_FACTOR", "SEVERITY_ERROR",
+    "SEVERITY_WARNING", "CellConfig", "ConfigError", "ConfigProblem", "EtcdConfig", "ManagementConfig",
+    "PredictionConfig", "PrismConfig", "RestConfig", "SwitchConfig", "TelemetryConfig", "load_config",
+    "parse_config", "parse_dpid", "render_config",
+]  # fmt: skip
 
 
 def load_config(path: Union[str, Path]) -> PrismConfig:
@@ -136,47 +103,26 @@ def render_config(config: PrismConfig) -> str:
         "default_replication_factor": config.default_replication_factor,
         "max_replication_factor": config.max_replication_factor,
         "mirroring_mode": config.mirroring_mode,
-        "management": _render_management(config.management),
-        "rest": {k: (format_address(v) if k == "listen" else v)
-                 for k, v in dataclasses.asdict(config.rest).items() if v is not None},  # fmt: skip
         "switches": [
-            {
-                "dpid": switch.dp_id,
-                "name": switch.name,
-                "cells": [_render_cell(cell) for cell in switch.cells],
-                "edge_ports": list(switch.edge_ports),
-            }
+            {"dpid": switch.dp_id, "name": switch.name, "cells": [_render(cell) for cell in switch.cells],
+             "edge_ports": list(switch.edge_ports)}
             for switch in config.switches.values()
         ],
-    }
-    if not document["rest"]:
-        del document["rest"]
-    if config.limits != type(config.limits)():
-        document["limits"] = dataclasses.asdict(config.limits)
-    if config.openflow.listen is not None:
-        document["openflow"] = {"listen": format_address(config.openflow.listen)}
-    if config.telemetry is not None:
-        document["telemetry"] = render_telemetry(config.telemetry)
-    if config.prediction is not None:
-        document["prediction"] = render_prediction(config.prediction)
-    if config.bfd is not None:
-        document["bfd"] = render_bfd(config.bfd)
-    if config.etcd is not None:
-        document["etcd"] = render_etcd(config.etcd)
+    }  # fmt: skip
+    for key in ("management", "rest", "openflow", "limits", "telemetry", "prediction", "bfd", "etcd"):
+        if getattr(config, key) is not None:
+            document[key] = _render(getattr(config, key))
     return yaml.safe_dump(document, sort_keys=False)
 
 
-def _render_management(management: ManagementConfig) -> dict:
-    rendered = {k: v for k, v in dataclasses.asdict(management).items() if v is not None or k == "listen"}
-    if management.listen is None:
-        del rendered["listen"]
-    else:
-        rendered["listen"] = format_address(management.listen)
-    return rendered
-
-
-def _render_cell(cell: CellConfig) -> dict:
-    rendered = {"id": cell.id, "port": cell.port}
-    if cell.mgmt is not None:
-        rendered["mgmt"] = format_address(cell.mgmt)
+def _render(settings: Any) -> dict:
+    """A settings dataclass as the mapping the schema reads: no None values, addresses as text."""
+    rendered = {}
+    for key, value in dataclasses.asdict(settings).items():
+        if key in ("listen", "mgmt") and value is not None:
+            value = format_address(value)
+        elif key == "endpoints":
+            value = [format_address(endpoint) for endpoint in value]
+        if value is not None:
+            rendered[key] = list(value) if isinstance(value, tuple) else value
     return rendered

@@ -1,10 +1,16 @@
-"""The validated configuration's types, its problems, and the error that lists them."""
+"""The configuration's settings types, its problems, and the error that lists them.
+
+A section's dataclass is its schema too: the validators in its annotations
+(``prism.config.fields``) check it when a YAML document is read.
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Dict, List, Optional, Tuple
+from typing import TYPE_CHECKING, Annotated, Dict, List, Optional, Tuple
 
+from prism.config.fields import FORBID, Address, address, integer, number, text
+from prism.mgmt.auth import DEFAULT_MGMT_KEY_ENV  # noqa: F401  (the shells take it from here)
 from prism.mgmt.protocol import DEFAULT_STATE_INTERVAL_S, DEFAULT_TAKEOVER_TOLERANCE_BYTES
 
 if TYPE_CHECKING:  # pragma: no cover - defined beside their checks
@@ -22,6 +28,9 @@ SEVERITY_WARNING = "warning"
 DEFAULT_HEARTBEAT_INTERVAL_S = 0.1
 DEFAULT_DEAD_AFTER_INTERVALS = 3.5  #: dead_after defaults to this many heartbeat intervals
 DEFAULT_ALIVE_AFTER_S = 1.0
+_ENV_NAME = r"[A-Za-z_][A-Za-z0-9_]*"
+_NOT_ENV_NAME = "{shown} is not an environment variable name (letters, digits, _)"
+
 
 @dataclass(frozen=True)
 class ConfigProblem:
@@ -67,13 +76,13 @@ class ConfigError(Exception):
 class CellConfig:
     """A cell: its id, the switch port it hangs on, its management ``(ip, udp_port)`` if any."""
 
-    id: str
-    port: int
-    mgmt: Optional[Tuple[str, int]] = None
+    __pydantic_config__ = FORBID
+
+    id: Annotated[str, text("cell id")]
+    port: Annotated[int, integer(1, MAX_PORT_NUMBER)]
+    mgmt: Annotated[Optional[Address], address("cell management address")] = None
 
 
-#: Environment variable holding the management key when the configuration names no source.
-DEFAULT_MGMT_KEY_ENV = "PRISM_MGMT_KEY"
 #: Where the controller keeps its generation when ``management.generation_file`` is not set.
 DEFAULT_GENERATION_FILE = "/var/lib/prism/controller-generation"
 
@@ -85,7 +94,8 @@ class ManagementConfig:
     Attributes:
         listen: The controller's UDP ``(ip, port)`` for heartbeats and reports (None: no channel).
         heartbeat_interval: Seconds between two heartbeats of a cell.
-        dead_after: Seconds without a heartbeat after which a cell is dead.
+        dead_after: Seconds without a heartbeat after which a cell is dead (None given:
+            ``DEFAULT_DEAD_AFTER_INTERVALS`` heartbeat intervals).
         alive_after: Seconds of unbroken heartbeats before a dead cell is used again.
         key_file: File holding the management key (resolved against the configuration's directory).
         key_env: Environment variable holding it (neither: ``DEFAULT_MGMT_KEY_ENV``).
@@ -97,15 +107,21 @@ class ManagementConfig:
             over a ``state`` flow accepts its packets (``directory``; see ``prism.mgmt.protocol``).
     """
 
-    listen: Optional[Tuple[str, int]] = None
-    heartbeat_interval: float = DEFAULT_HEARTBEAT_INTERVAL_S
-    dead_after: float = DEFAULT_HEARTBEAT_INTERVAL_S * DEFAULT_DEAD_AFTER_INTERVALS
-    alive_after: float = DEFAULT_ALIVE_AFTER_S
-    key_file: Optional[str] = None
-    key_env: Optional[str] = None
-    generation_file: Optional[str] = None
-    state_interval_s: float = DEFAULT_STATE_INTERVAL_S
-    takeover_tolerance_bytes: int = DEFAULT_TAKEOVER_TOLERANCE_BYTES
+    __pydantic_config__ = FORBID
+
+    listen: Annotated[Optional[Address], address("management.listen")] = None
+    heartbeat_interval: Annotated[float, number()] = DEFAULT_HEARTBEAT_INTERVAL_S
+    dead_after: Annotated[float, number()] = None  # type: ignore[assignment]
+    alive_after: Annotated[float, number()] = DEFAULT_ALIVE_AFTER_S
+    key_file: Annotated[Optional[str], text("management.key_file")] = None
+    key_env: Annotated[Optional[str], text("management.key_env", _ENV_NAME, _NOT_ENV_NAME)] = None
+    generation_file: Annotated[Optional[str], text("management.generation_file")] = None
+    state_interval_s: Annotated[float, number()] = DEFAULT_STATE_INTERVAL_S
+    takeover_tolerance_bytes: Annotated[int, integer(0)] = DEFAULT_TAKEOVER_TOLERANCE_BYTES
+
+    def __post_init__(self) -> None:
+        if self.dead_after is None:
+            object.__setattr__(self, "dead_after", self.heartbeat_interval * DEFAULT_DEAD_AFTER_INTERVALS)
 
 
 @dataclass(frozen=True)
@@ -116,9 +132,11 @@ class RestConfig:
     without it the REST API listens on 127.0.0.1 unless ``--wsapi-host`` says otherwise.
     """
 
-    token_env: Optional[str] = None
-    token_file: Optional[str] = None
-    listen: Optional[Tuple[str, int]] = None
+    __pydantic_config__ = FORBID
+
+    token_env: Annotated[Optional[str], text("rest.token_env", _ENV_NAME, _NOT_ENV_NAME)] = None
+    token_file: Annotated[Optional[str], text("rest.token_file")] = None
+    listen: Annotated[Optional[Address], address("rest.listen")] = None
 
 
 #: Flows each switch's director tracks at most by default (``limits.max_flows``).
@@ -133,7 +151,9 @@ class LimitsConfig:
     new flows beyond go to their primary cell unmirrored and untracked.
     """
 
-    max_flows: int = DEFAULT_LIMIT_MAX_FLOWS
+    __pydantic_config__ = FORBID
+
+    max_flows: Annotated[int, integer(1)] = DEFAULT_LIMIT_MAX_FLOWS
 
 
 @dataclass(frozen=True)
@@ -145,7 +165,9 @@ class OpenFlowConfig:
     unless ``--ofp-listen-host`` says otherwise (switches on other hosts need an address here).
     """
 
-    listen: Optional[Tuple[str, int]] = None
+    __pydantic_config__ = FORBID
+
+    listen: Annotated[Optional[Address], address("openflow.listen")] = None
 
 
 @dataclass(frozen=True)

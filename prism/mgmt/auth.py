@@ -41,6 +41,9 @@ from typing import Dict, Optional, Tuple
 
 from prism.mgmt import protocol as mgmt
 
+#: Environment variable holding the management key when nothing else names its source.
+DEFAULT_MGMT_KEY_ENV = "PRISM_MGMT_KEY"
+
 MAGIC = b"PA"
 VERSION = 1
 _HEAD = struct.Struct("!2sBB")

@@ -376,5 +376,17 @@ def test_mirroring_mode_defaults_to_full_and_takes_state_only():
     assert parse_config(base).mirroring_mode == "full"
     config = parse_config(base + "mirroring_mode: state\n")
     assert config.mirroring_mode == "state" and parse_config(render_config(config)) == config
-    with pytest.raises(ConfigError, match="mirroring_mode: must be one of full, state, got 'copy'"):
+    with pytest.raises(ConfigError, match="mirroring_mode: expected one of full, state, got 'copy'"):
         parse_config(base + "mirroring_mode: copy\n")
+
+
+def test_yaml_oddities_are_problems_with_their_line_not_tracebacks():
+    """What pydantic never sees as YAML: aliases of their own container, unknown tags, odd keys, null sections."""
+    assert "a YAML alias may not refer to a mapping or list that encloses it" in problems("a: &x [*x]\n")[-1]
+    base = one_switch()
+    assert problems(base + "idle_timeout: !seconds 5\n") == [
+        "prism.yaml:6:15: idle_timeout: expected an integer, got !seconds"]
+    assert problems(base + "? [a]\n: 1\n")[0].startswith("prism.yaml:6:3: <a list>: unknown key '<a list>'")
+    assert problems(base + "bfd:\n") == ["prism.yaml:6:5: bfd: expected a mapping, got null"]
+    assert problems(base.replace("dpid: 1", "dpid: 1\n    name:")) == [
+        "prism.yaml:3:10: switches[0].name: switch name must be a string, got null"]

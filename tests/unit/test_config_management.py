@@ -153,7 +153,7 @@ def test_state_mode_keys_report_bad_values_with_their_lines():
     found = problems(document(
         top="management:\n  state_interval_s: 0\n  takeover_tolerance_bytes: lots\n"))  # fmt: skip
     assert found == [
-        "prism.yaml:2:21: management.state_interval_s: must be a number of seconds > 0, got 0",
+        "prism.yaml:2:21: management.state_interval_s: a number of seconds must be > 0, got 0",
         "prism.yaml:3:29: management.takeover_tolerance_bytes: expected an integer, got a string",
     ]
     assert problems(document(top="management: {takeover_tolerance_bytes: -1}\n")) == [
