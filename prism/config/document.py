@@ -28,6 +28,9 @@ _TAG_NAMES = {
     "tag:yaml.org,2002:float": "a float",
     "tag:yaml.org,2002:str": "a string",
 }
+#: Values a document may hold once its aliases are expanded: a file of a thousand switches holds
+#: far fewer, and nine nested aliases of nine items each ("billion laughs") far more.
+MAX_VALUES = 100_000
 _ABSENT = object()
 _UNREADABLE = object()  #: a scalar of a tag that safe YAML does not construct (the checks name its tag)
 
@@ -61,9 +64,16 @@ class Document:
         self._keys: Dict[Loc, Node] = {}
         self._bad: List[Loc] = []  # where an error is, to keep the checks across keys off it
         self._constructor = yaml.SafeLoader("")
+        self._values = 0
         self.data = self._read(root, (), frozenset())
 
     def _read(self, node: Node, loc: Loc, enclosing: frozenset) -> Any:
+        self._values += 1
+        if self._values > MAX_VALUES:
+            if self._values == MAX_VALUES + 1:
+                self.report((), f"the document holds more than {MAX_VALUES:,} values once its aliases are "
+                                "expanded: refused (an alias bomb?)")  # fmt: skip
+            return None
         self._nodes[loc] = node
         if isinstance(node, ScalarNode):
             if loc and loc[-1] in AS_WRITTEN:

@@ -2,6 +2,7 @@
 
 import pathlib
 import textwrap
+import time
 
 import pytest
 
@@ -378,6 +379,15 @@ def test_mirroring_mode_defaults_to_full_and_takes_state_only():
     assert config.mirroring_mode == "state" and parse_config(render_config(config)) == config
     with pytest.raises(ConfigError, match="mirroring_mode: expected one of full, state, got 'copy'"):
         parse_config(base + "mirroring_mode: copy\n")
+
+
+def test_an_alias_bomb_is_refused_at_once():
+    lines = ["a0: &a0 [1, 1, 1, 1, 1, 1, 1, 1, 1]"]
+    lines += [f"a{n}: &a{n} [{', '.join([f'*a{n - 1}'] * 9)}]" for n in range(1, 9)]  # 9^9 values expanded
+    started = time.perf_counter()
+    found = problems("\n".join(lines) + "\nswitches: *a8\n")
+    assert time.perf_counter() - started < 30, "the bound for a hung test, not a performance assertion"
+    assert any("more than 100,000 values once its aliases are expanded" in problem for problem in found)
 
 
 def test_yaml_oddities_are_problems_with_their_line_not_tracebacks():
