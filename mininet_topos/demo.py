@@ -240,7 +240,8 @@ def run_demo(options: DemoOptions) -> Dict:
             time.sleep(max(0.0, options.fail_at_s - lead_s - (time.monotonic() - iperf_started)))
             controller_failover = demo_cluster.ControllerFailover(net, server, workdir)
             controller_failover.start_established_flows()
-            time.sleep(lead_s)
+            time.sleep(lead_s)  # the flows run a while before the kill (part of the scenario)
+            controller_failover.wait_established()  # and the old master has set them up
             killed_at = controller_failover.kill_master()
             time.sleep(max(0.0, killed_at + CELL_FAIL_AFTER_CONTROLLER_S - time.time()))
         else:

@@ -12,6 +12,7 @@ orphaned group, and how many new flows the new master set up afterwards.
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 import time
@@ -31,6 +32,11 @@ ESTABLISHED_SPAN_S = 2.5
 NEW_FLOWS = 4
 NEW_FLOW_DATAGRAMS = 10
 TAKEOVER_TIMEOUT_S = 15.0
+#: How long the old master may take to install the established flows (a bound on a busy machine).
+ESTABLISHED_SETUP_TIMEOUT_S = 10.0
+#: How long the new master may take to count the new flows it set up (their datagrams were all sent).
+NEW_FLOWS_TIMEOUT_S = 5.0
+POLL_S = 0.05
 
 
 def settle_master(net, lease_s: float) -> str:
@@ -65,6 +71,33 @@ class ControllerFailover:
             self.sent[port] = count
             self.senders.append(self._send(name, port, count, ESTABLISHED_RATE))
 
+    def wait_established(self, switch: str = "s1") -> float:
+        """Poll until the switch holds both directions' entries of every established flow (seconds waited).
+
+        On a busy machine the old master can take longer than ESTABLISHED_LEAD_S to set them up; killed
+        before that, it leaves flows the switch does not carry alone, which is not what the demo shows.
+        """
+        started = time.monotonic()
+        wanted = [re.compile(rf"\b{field}={port}\b") for port in self.sent for field in ("tp_dst", "tp_src")]
+        while time.monotonic() - started < ESTABLISHED_SETUP_TIMEOUT_S:
+            flows = subprocess.run(["ovs-ofctl", "-O", "OpenFlow13", "dump-flows", switch, "table=1"],
+                                   capture_output=True, text=True, timeout=10).stdout  # fmt: skip
+            if all(match.search(flows) for match in wanted):
+                return time.monotonic() - started
+            time.sleep(POLL_S)
+        raise AssertionError(f"the master did not set up the established flows within {ESTABLISHED_SETUP_TIMEOUT_S} s")
+
+    @staticmethod
+    def _flows_total_reaching(controller, wanted: int) -> int:
+        """The controller's flow count once it reaches ``wanted``, or as it is after NEW_FLOWS_TIMEOUT_S."""
+        deadline = time.monotonic() + NEW_FLOWS_TIMEOUT_S
+        while True:
+            status = cluster_status(controller)
+            total = status["directors"]["0000000000000001"]["flows_total"] if status else 0
+            if total >= wanted or time.monotonic() > deadline:
+                return total
+            time.sleep(POLL_S)
+
     def _send(self, client: str, port: int, count: int, rate: float) -> subprocess.Popen:
         sender = self.net.host(client).popen(
             [sys.executable, "-m", "mininet_topos.traffic", "udp-send", "--dst", self.server.IP(),
@@ -91,7 +124,7 @@ class ControllerFailover:
         for index in range(NEW_FLOWS):
             client = self.net.client_names[index % len(self.net.client_names)]
             self._send(client, NEW_FLOWS_BASE_PORT + index, NEW_FLOW_DATAGRAMS, 50.0).wait(10)
-        after = cluster_status(new)["directors"]["0000000000000001"]["flows_total"]
+        after = self._flows_total_reaching(new, before + NEW_FLOWS)
         self.report = {
             "killed": old.name, "new_master": new_name,
             "role_ms": round((takeover["started_at"] - killed_at) * 1000, 1),
