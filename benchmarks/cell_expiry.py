@@ -70,7 +70,8 @@ def sliced_sweep(tracker: ConnTracker) -> dict:
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--flows", type=int, default=DEFAULT_FLOWS, help=f"flows in the table (default {DEFAULT_FLOWS})")
+    parser.add_argument("--flows", type=int, default=DEFAULT_FLOWS,
+                        help=f"flows in the table (default {DEFAULT_FLOWS})")  # fmt: skip
     parser.add_argument("--repeat", type=int, default=3, help="runs of each, alternated (default 3)")
     args = parser.parse_args(argv)
     if args.flows < 2 or args.repeat < 1:

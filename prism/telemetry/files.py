@@ -40,7 +40,8 @@ LOG = logging.getLogger(__name__)
 PART_SUFFIX = ".parquet"
 #: Parts' worth of rows kept in memory per table while files cannot be written; older rows are dropped.
 MAX_PARTS_KEPT = 10
-_PART_NAME = re.compile(r"(?P<table>[a-z_]+)-(?P<start>\d{8}T\d{6}Z)(-(?P<writer>[A-Za-z0-9_.]+))?-(?P<seq>\d{6})\.parquet")
+_PART_NAME = re.compile(
+    r"(?P<table>[a-z_]+)-(?P<start>\d{8}T\d{6}Z)(-(?P<writer>[A-Za-z0-9_.]+))?-(?P<seq>\d{6})\.parquet")
 #: What a writer's id may keep in a file name; anything else becomes "_".
 _UNSAFE_IN_NAME = re.compile(r"[^A-Za-z0-9_.]")
 #: pandas dtypes of the statistics tables' nullable Arrow types when read back.
