@@ -271,7 +271,9 @@ def run_demo(options: DemoOptions) -> Dict:
         cells_view = _controller_cells(net)
         carried_over = _entry_carried_over(net, failed_cell, entry_before) if failed_cell else None
         groups_text = net.ofctl("dump-groups")
-        for sender in udp_sent + ([probe_sender] if probe_sender else []):
+        senders = udp_sent + ([probe_sender] if probe_sender else [])
+        senders += controller_failover.senders if controller_failover is not None else []
+        for sender in senders:  # every datagram sent before the sinks stop
             try:
                 sender.wait(timeout=10)
             except subprocess.TimeoutExpired:

@@ -15,7 +15,7 @@ import signal
 import socket
 import sys
 import time
-from typing import List, Optional
+from typing import Dict, List, Optional
 
 PAYLOAD_BYTES = 200
 SINK_PORT_SPAN = 64
@@ -64,21 +64,27 @@ def udp_sink(port: int, span: int, duration: float) -> dict:
         sock.setblocking(False)
         selector.register(sock, selectors.EVENT_READ, port + offset)
         sockets.append(sock)
-    received = {}
+    received: Dict[str, int] = {}
+
+    def drain(sock: socket.socket, port: int) -> None:
+        while True:
+            try:
+                _, (src, sport) = sock.recvfrom(65535)
+            except BlockingIOError:
+                return
+            flow = f"{src}:{sport}->{port}"
+            received[flow] = received.get(flow, 0) + 1
+
     deadline = time.monotonic() + duration
     previous = signal.signal(signal.SIGTERM, _raise_stopped)
     try:
         while time.monotonic() < deadline:
             for key, _ in selector.select(timeout=0.2):
-                while True:
-                    try:
-                        _, (src, sport) = key.fileobj.recvfrom(65535)
-                    except BlockingIOError:
-                        break
-                    flow = f"{src}:{sport}->{key.data}"
-                    received[flow] = received.get(flow, 0) + 1
-    except _Stopped:
-        pass
+                drain(key.fileobj, key.data)
+    except _Stopped:  # what already reached the sockets was received: a starved sink still counts it
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        for offset, sock in enumerate(sockets):
+            drain(sock, port + offset)
     finally:
         signal.signal(signal.SIGTERM, previous)
         for sock in sockets:
