@@ -42,26 +42,38 @@ def _client(index: int) -> str:
     return f"10.{index >> 16 & 0xFF}.{index >> 8 & 0xFF}.{index & 0xFF}"
 
 
-def run_director(flows: int) -> Dict:
-    from testkit import oxm
+def new_director(max_flows: int):
+    """A switch's MirroringDirector (rf 1 over 3 cells, FixedPolicy), connected, with no flow yet."""
     from prism.config.load import CellConfig, SwitchConfig
     from prism.director.core import MirroringDirector
-    from prism.openflow.changes import TABLE_FSC
     from prism.policy.base import FixedPolicy
     from prism.placement.ring import HashRing
 
     cells = {"c1": 1, "c2": 2, "c3": 3}
     switch = SwitchConfig(1, "s1", tuple(CellConfig(c, p) for c, p in cells.items()), (4, 5))
     ring = HashRing(list(cells))
-    director = MirroringDirector(switch, 10, FixedPolicy(ring, 1), ring=ring, max_flows=flows)
+    director = MirroringDirector(switch, 10, FixedPolicy(ring, 1), ring=ring, max_flows=max_flows)
     director.on_switch_connect(0.0)
+    return director
+
+
+def offer_new_flow(director, index: int) -> None:
+    """The first packet of UDP flow ``index`` (a client address of its own) as a packet-in."""
+    from testkit import oxm
+    from prism.openflow.changes import TABLE_FSC
+
+    frame = oxm.to_frame(oxm.udp_packet("02:00:00:00:00:04", "02:00:00:00:00:05", _client(index), "172.16.0.1",
+                                        10000 + index % 50000, 53))  # fmt: skip
+    director.on_packet_in(1.0, 4, TABLE_FSC, frame)
+
+
+def run_director(flows: int) -> Dict:
+    director = new_director(flows)
     base = _rss_mib()
     marks = {}
     total = int(flows * OVERSHOOT)
     for index in range(total):
-        frame = oxm.to_frame(oxm.udp_packet("02:00:00:00:00:04", "02:00:00:00:00:05", _client(index), "172.16.0.1",
-                                            10000 + index % 50000, 53))  # fmt: skip
-        director.on_packet_in(1.0, 4, TABLE_FSC, frame)
+        offer_new_flow(director, index)
         if index + 1 == flows:
             marks["at_bound_mib"] = _rss_mib()
     marks["after_overshoot_mib"] = _rss_mib()

@@ -25,29 +25,19 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # testkit (test tools) is not installed
 
-from benchmarks.memory_bounds import _client  # noqa: E402
-from prism.config.load import CellConfig, SwitchConfig  # noqa: E402
+from benchmarks.memory_bounds import new_director, offer_new_flow  # noqa: E402
 from prism.director.core import MirroringDirector  # noqa: E402
-from prism.openflow.changes import TABLE_FSC  # noqa: E402
-from prism.placement.ring import HashRing  # noqa: E402
 from prism.placement.store import save_placements  # noqa: E402
-from prism.policy.base import FixedPolicy  # noqa: E402
-from testkit import oxm  # noqa: E402
 
 DEFAULT_FLOWS = 100_000
 PLACEMENT_SAVE_S, PLACEMENT_SAVE_SHARE = 5.0, 0.02  # as in ryu_apps/mirroring_director.py (no Ryu import here)
 
 
 def director_with_flows(flows: int) -> MirroringDirector:
-    cells = {"c1": 1, "c2": 2, "c3": 3}
-    switch = SwitchConfig(1, "s1", tuple(CellConfig(c, p) for c, p in cells.items()), (4, 5))
-    ring = HashRing(list(cells))
-    director = MirroringDirector(switch, 10, FixedPolicy(ring, 1), ring=ring, max_flows=flows)
-    director.on_switch_connect(0.0)
+    """The memory benchmark's director, with ``flows`` live UDP flows."""
+    director = new_director(flows)
     for index in range(flows):
-        frame = oxm.to_frame(oxm.udp_packet("02:00:00:00:00:04", "02:00:00:00:00:05", _client(index), "172.16.0.1",
-                                            10000 + index % 50000, 53))  # fmt: skip
-        director.on_packet_in(1.0, 4, TABLE_FSC, frame)
+        offer_new_flow(director, index)
     return director
 
 

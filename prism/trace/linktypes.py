@@ -42,18 +42,16 @@ MPLS_BOTTOM_OF_STACK = 0x100  #: in a label entry's third byte, as part of the 3
 MAX_MPLS_LABELS = 8
 
 
-def _sll_payload(data: bytes) -> Optional[bytes]:
-    if len(data) < SLL_HEADER:
-        return None
-    (protocol,) = struct.unpack_from("!H", data, 14)
-    return data[SLL_HEADER:] if protocol in (ETHERTYPE_IPV4, ETHERTYPE_IPV6) else None
+def _ethertype_payload(header: int, type_at: int) -> Callable[[bytes], Optional[bytes]]:
+    """The IP packet after a ``header``-byte link header whose Ethernet type is at byte ``type_at``."""
 
+    def payload(data: bytes) -> Optional[bytes]:
+        if len(data) < header:
+            return None
+        (protocol,) = struct.unpack_from("!H", data, type_at)
+        return data[header:] if protocol in (ETHERTYPE_IPV4, ETHERTYPE_IPV6) else None
 
-def _sll2_payload(data: bytes) -> Optional[bytes]:
-    if len(data) < SLL2_HEADER:
-        return None
-    (protocol,) = struct.unpack_from("!H", data, 0)
-    return data[SLL2_HEADER:] if protocol in (ETHERTYPE_IPV4, ETHERTYPE_IPV6) else None
+    return payload
 
 
 def _null_payload(order: str) -> Callable[[bytes], Optional[bytes]]:
@@ -83,13 +81,6 @@ def _ppp_payload(data: bytes) -> Optional[bytes]:
     else:
         return None
     return data[start:] if protocol in (PPP_IPV4, PPP_IPV6) else None
-
-
-def _c_hdlc_payload(data: bytes) -> Optional[bytes]:
-    if len(data) < C_HDLC_HEADER:
-        return None
-    (protocol,) = struct.unpack_from("!H", data, 2)
-    return data[C_HDLC_HEADER:] if protocol in (ETHERTYPE_IPV4, ETHERTYPE_IPV6) else None
 
 
 def ethernet_encapsulated_ip(frame: bytes) -> Optional[bytes]:
@@ -135,11 +126,11 @@ IP_PAYLOAD: Dict[int, Callable[[bytes], Optional[bytes]]] = {
     LINKTYPE_RAW: _raw_payload,
     LINKTYPE_IPV4: _raw_payload,
     LINKTYPE_IPV6: _raw_payload,
-    LINKTYPE_LINUX_SLL: _sll_payload,
-    LINKTYPE_LINUX_SLL2: _sll2_payload,
+    LINKTYPE_LINUX_SLL: _ethertype_payload(SLL_HEADER, type_at=14),
+    LINKTYPE_LINUX_SLL2: _ethertype_payload(SLL2_HEADER, type_at=0),
     LINKTYPE_PPP: _ppp_payload,
     LINKTYPE_PPP_HDLC: _ppp_payload,
-    LINKTYPE_C_HDLC: _c_hdlc_payload,
+    LINKTYPE_C_HDLC: _ethertype_payload(C_HDLC_HEADER, type_at=2),
 }
 
 #: Every link type a trace can decode.
